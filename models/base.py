@@ -1,0 +1,128 @@
+"""What every engine promises: a spec in, a stream of audio blocks out.
+
+An engine turns a :class:`GenerationSpec` into an :class:`AudioStream`: consecutive float32 blocks of
+shape ``(variations, channels, n)`` at the engine's own rate. It checks ``should_stop`` between
+decoding steps and raises :class:`Cancelled` when it returns True; it reports ``on_progress(fraction)``.
+The pipeline (``stemd.models.pipeline``) conforms the stream to the DAW's rate and grid and cuts it
+into bar-exact chunks; the daemon and ``stemd render`` only ever see those chunks.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+
+from stemd.timing import Grid
+
+
+class EngineError(RuntimeError):
+    """An engine could not do what was asked; ``code`` is a stable protocol error code."""
+
+    code = "engine_error"
+
+    def __init__(self, message: str, code: Optional[str] = None):
+        super().__init__(message)
+        if code:
+            self.code = code
+
+
+class ModelNotFound(EngineError):
+    code = "model_not_found"
+
+
+class Cancelled(Exception):
+    """Raised inside an engine when ``should_stop()`` said so between steps."""
+
+
+@dataclass(frozen=True)
+class Audio:
+    """Audio with its rate: ``samples`` is float32 ``(channels, n)``."""
+
+    samples: np.ndarray
+    sample_rate: int
+
+    @property
+    def seconds(self) -> float:
+        return self.samples.shape[-1] / self.sample_rate
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """Everything an engine needs for one request, already validated by the protocol layer."""
+
+    grid: Grid
+    bars: int
+    prompt: str = ""
+    start_bar: int = 0
+    sample_rate: int = 48000          # the DAW's rate: what the pipeline delivers
+    channels: int = 2                 # what the pipeline delivers (engines may produce 1 or 2)
+    variations: int = 1
+    seed: Optional[int] = None
+    temperature: float = 1.0
+    top_k: int = 250
+    top_p: float = 0.0
+    guidance: float = 3.0
+    continuation: Optional[Audio] = None   # the DAW's selection to continue from (trimmed from output)
+    loop: bool = False                # make the take loop seamlessly at its bar length
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> Fraction:
+        """Exact length of the take on the DAW's grid."""
+        return self.grid.bar_start_seconds(self.start_bar + self.bars) - self.grid.bar_start_seconds(self.start_bar)
+
+
+@dataclass
+class AudioStream:
+    """Audio as an engine makes it: consecutive blocks ``(variations, channels, n)`` at ``sample_rate``.
+
+    ``on_grid`` is True when the engine already placed its audio exactly on the spec's grid at the
+    spec's rate (the click engine); otherwise the pipeline conforms it. ``tempo_hint`` is the tempo the
+    engine aimed for, a starting point for tempo estimation.
+    """
+
+    sample_rate: int
+    channels: int
+    blocks: Iterator[np.ndarray]
+    on_grid: bool = False
+    tempo_hint: Optional[float] = None
+
+    def close(self) -> None:
+        close = getattr(self.blocks, "close", None)
+        if close:
+            close()
+
+
+ProgressFn = Callable[[float], None]
+StopFn = Callable[[], bool]
+
+
+def never_stop() -> bool:
+    return False
+
+
+def no_progress(_fraction: float) -> None:
+    return None
+
+
+class Engine(ABC):
+    """One model, held warm. Not thread-safe: one worker owns it."""
+
+    name: str = "engine"
+    #: the longest take (seconds) this engine accepts in one request
+    max_seconds: float = 600.0
+    #: the most variations per request
+    max_variations: int = 16
+
+    @abstractmethod
+    def stream(self, spec: GenerationSpec, *, should_stop: StopFn = never_stop,
+               on_progress: ProgressFn = no_progress) -> AudioStream:
+        """Start generating; audio is produced lazily as the returned stream's blocks are pulled."""
+
+    def info(self) -> dict:
+        """What a ``/stemd/pong`` or ``stemd doctor`` says about this engine."""
+        return {"model": self.name, "device": "cpu", "dtype": "float32"}

@@ -1,0 +1,54 @@
+"""From a spec to bar-exact chunks at the DAW's rate: engine -> conform -> chunker.
+
+This is the one path every take goes through, streamed (daemon) or offline (``stemd render``).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from stemd.models.base import AudioStream, Engine, GenerationSpec, never_stop, no_progress
+from stemd.models.chunker import BarChunk, chunk_blocks
+
+
+def match_channels(block: np.ndarray, channels: int) -> np.ndarray:
+    """Up- or down-mix ``(variations, c, n)`` to ``channels`` (mono is copied, stereo is averaged)."""
+    have = block.shape[1]
+    if have == channels:
+        return block
+    if have == 1:
+        return np.repeat(block, channels, axis=1)
+    mono = block.mean(axis=1, keepdims=True)
+    return mono if channels == 1 else np.repeat(mono, channels, axis=1)
+
+
+def conformed_blocks(stream: AudioStream, spec: GenerationSpec) -> Iterator[np.ndarray]:
+    """The engine's blocks at the spec's rate, tempo and channel count."""
+    if stream.on_grid and stream.sample_rate == spec.sample_rate:
+        for block in stream.blocks:
+            yield match_channels(block, spec.channels)
+        return
+    from stemd.models.conform import StreamConformer  # imported here: pulls soxr and the stretcher
+
+    conformer = StreamConformer(stream, spec)
+    for block in conformer.blocks():
+        yield match_channels(block, spec.channels)
+
+
+def bar_chunks(engine: Engine, spec: GenerationSpec, *, should_stop=never_stop,
+               on_progress=no_progress) -> Iterator[BarChunk]:
+    """Generate ``spec`` and yield each bar the moment it exists; closing the iterator stops the engine."""
+    stream = engine.stream(spec, should_stop=should_stop, on_progress=on_progress)
+    try:
+        yield from chunk_blocks(conformed_blocks(stream, spec), spec.grid, spec.sample_rate,
+                                spec.start_bar, spec.bars)
+    finally:
+        stream.close()
+
+
+def render_take(engine: Engine, spec: GenerationSpec, **kwargs) -> np.ndarray:
+    """The whole take at once: ``(variations, channels, n)`` with n exactly ``spec.bars`` bars."""
+    chunks = [c.audio for c in bar_chunks(engine, spec, **kwargs)]
+    return np.concatenate(chunks, axis=2)
