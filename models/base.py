@@ -16,18 +16,14 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
+from stemd.errors import StemdError
 from stemd.timing import Grid
 
 
-class EngineError(RuntimeError):
+class EngineError(StemdError):
     """An engine could not do what was asked; ``code`` is a stable protocol error code."""
 
     code = "engine_error"
-
-    def __init__(self, message: str, code: Optional[str] = None):
-        super().__init__(message)
-        if code:
-            self.code = code
 
 
 class ModelNotFound(EngineError):

@@ -1,0 +1,83 @@
+"""A validated request becomes an engine spec; a finished take becomes files with a sidecar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from stemd.models.base import Audio, Engine, EngineError, GenerationSpec
+from stemd.protocol import GenerateRequest, ProtocolError
+from stemd.takes import take_name, write_take
+from stemd.timing import Grid
+
+
+def spec_from_request(request: GenerateRequest, engine: Engine,
+                      continuation_root: Optional[Path] = None) -> GenerationSpec:
+    """Check the request against the engine's limits and build its spec."""
+    if float(request.seconds) > engine.max_seconds:
+        raise ProtocolError("out_of_range", f"{request.bars} bars at {request.bpm} BPM is "
+                            f"{float(request.seconds):.0f} s; {engine.name} takes at most {engine.max_seconds:.0f} s",
+                            request.request_id)
+    if request.variations > engine.max_variations:
+        raise ProtocolError("out_of_range", f"{engine.name} makes at most {engine.max_variations} variations",
+                            request.request_id)
+    continuation = None
+    samples = request.continuation_audio()
+    if samples is not None:
+        continuation = Audio(samples, request.continuation_rate)
+    elif request.continuation_path:
+        continuation = _load_continuation(request, continuation_root)
+    extra = {"key": request.key} if request.key else {}
+    return GenerationSpec(
+        grid=Grid(request.bpm, request.meter), bars=request.bars, prompt=request.prompt,
+        start_bar=request.start_bar, sample_rate=request.sample_rate, channels=request.channels,
+        variations=request.variations, seed=request.seed, temperature=request.temperature,
+        top_k=request.top_k, top_p=request.top_p, guidance=request.guidance,
+        continuation=continuation, loop=request.loop, extra=extra)
+
+
+def _load_continuation(request: GenerateRequest, root: Optional[Path]) -> Audio:
+    import soundfile
+
+    path = Path(request.continuation_path).expanduser()
+    if root is not None:
+        from stemd.takes import inside
+
+        try:
+            path = inside(root, str(path))
+        except ValueError as e:
+            raise ProtocolError("out_of_range", str(e), request.request_id) from None
+    try:
+        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises several types for unreadable files
+        raise ProtocolError("bad_arguments", f"cannot read continuation {path}: {e}", request.request_id) from None
+    return Audio(np.ascontiguousarray(data.T), rate)
+
+
+def sidecar_for(request: GenerateRequest, engine: Engine, variation: int) -> dict:
+    info = engine.info()
+    meta = {"model": info.get("model", engine.name), "engine": info, "prompt": request.prompt,
+            "seed": request.seed, "variation": variation, "tempo": float(request.bpm.bpm),
+            "tempo_exact": f"{request.bpm.bpm.numerator}/{request.bpm.bpm.denominator}",
+            "meter": str(request.meter), "bars": request.bars, "start_bar": request.start_bar,
+            "request": request.describe()}
+    if info.get("test_model"):
+        meta["note"] = "made by a test model with random weights: noise, not music"
+    return meta
+
+
+def write_takes(folder: Path, request: GenerateRequest, engine: Engine, audio: np.ndarray,
+                take: int, subtype: str = "float32") -> list[Path]:
+    """One WAV + sidecar per variation of ``audio`` ``(variations, channels, n)``."""
+    paths = []
+    for v in range(audio.shape[0]):
+        name = take_name(request.prompt or engine.name, request.start_bar, take,
+                         v if audio.shape[0] > 1 else None)
+        paths.append(write_take(folder, name, audio[v], request.sample_rate,
+                                sidecar_for(request, engine, v), subtype))
+    return paths
+
+
+__all__ = ["spec_from_request", "sidecar_for", "write_takes", "EngineError"]

@@ -1,0 +1,5 @@
+import sys
+
+from stemd.cli import main
+
+sys.exit(main())

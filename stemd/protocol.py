@@ -1,0 +1,341 @@
+"""The stemd OSC protocol: addresses, request fields, limits and error codes.
+
+Requests are validated here, at the edge, when they are built: a :class:`GenerateRequest` that exists
+is a request the daemon can run. Everything wrong with one raises :class:`ProtocolError` with a
+stable ``code`` (sent back as ``/stemd/error <id> <code> <message>``) and a message a producer can act
+on. docs/protocol.md is the reference for users; the tables below are the reference for code.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, fields
+from fractions import Fraction
+from typing import Any, Optional
+
+import numpy as np
+
+from stemd.errors import StemdError
+from stemd.timing import Meter, Tempo, TimingError
+
+VERSION = "0.1.0"
+DEFAULT_PORT = 9130
+
+# --- addresses -------------------------------------------------------------------------------
+PING, PONG = "/stemd/ping", "/stemd/pong"
+HELLO = "/stemd/hello"  # <token:s>: first message on TCP when the daemon requires a token
+GENERATE, CANCEL, STATUS = "/stemd/generate", "/stemd/cancel", "/stemd/status"
+ACCEPTED, QUEUED, PROGRESS = "/stemd/accepted", "/stemd/queued", "/stemd/progress"
+CHUNK, TAKE, DONE, ERROR = "/stemd/chunk", "/stemd/take", "/stemd/done", "/stemd/error"
+STATUS_REPLY = "/stemd/status/reply"
+CANCELLED = "/stemd/cancelled"
+BYE = "/stemd/bye"  # the daemon is shutting down
+
+# --- error codes (stable: clients may switch on them) ---------------------------------------
+ERROR_CODES = {
+    "bad_packet": "the bytes are not an OSC packet",
+    "bad_framing": "the TCP stream cannot be framed as OSC 1.0 or SLIP",
+    "too_large": "a packet, blob or take is over its size limit",
+    "unknown_address": "no handler for this OSC address",
+    "bad_arguments": "the arguments do not have the shape the address expects",
+    "unknown_key": "a generate key stemd does not know",
+    "wrong_type": "a value of the wrong OSC type for its key",
+    "out_of_range": "a value outside what stemd accepts",
+    "duplicate_id": "a request id that this client is already using",
+    "unknown_request": "no request with this id",
+    "busy": "the queue is full: try again later",
+    "unauthorized": "the daemon requires a token and none (or a wrong one) was given",
+    "tcp_only": "this needs a TCP connection",
+    "model_not_found": "the model is not available on the daemon's machine",
+    "engine_error": "the engine failed on this request",
+    "cancelled": "the request was cancelled",
+    "shutting_down": "the daemon is stopping",
+    "internal": "a bug in stemd: please report it with the daemon's log",
+}
+
+LIMITS = {
+    "bars": (1, 256),
+    "start_bar": (0, 1_000_000),
+    "sample_rate": (8000, 192000),
+    "channels": (1, 2),
+    "variations": (1, 16),
+    "seed": (0, 2 ** 63 - 1),
+    "temperature": (0.01, 5.0),
+    "top_k": (0, 2048),
+    "top_p": (0.0, 1.0),
+    "guidance": (0.0, 20.0),
+    "prompt_chars": (0, 2000),
+    "id_chars": (1, 128),
+    "reply_port": (1, 65535),
+}
+PRIORITIES = ("live", "offline")
+MAX_CONTINUATION_BYTES = 64 * 1024 * 1024
+_ID = re.compile(r"^[A-Za-z0-9_.:\-]+$")
+
+
+class ProtocolError(StemdError, ValueError):
+    def __init__(self, code: str, message: str, request_id: str = ""):
+        assert code in ERROR_CODES, code
+        super().__init__(message, code)
+        self.message, self.request_id = message, request_id
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+def check_request_id(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ProtocolError("bad_arguments", "the request id must be a string")
+    lo, hi = LIMITS["id_chars"]
+    if not lo <= len(value) <= hi or not _ID.match(value):
+        raise ProtocolError("bad_arguments",
+                            f"request id must be 1-{hi} characters of letters, digits, _ . : -; got {value[:40]!r}")
+    return value
+
+
+def _int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError("wrong_type", f"{key} must be an integer (OSC i or h), got {_osc_type(value)}")
+    lo, hi = LIMITS[key]
+    if not lo <= value <= hi:
+        raise ProtocolError("out_of_range", f"{key} must be {lo}..{hi}, got {value}")
+    return value
+
+
+def _float(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProtocolError("wrong_type", f"{key} must be a number (OSC f, d or i), got {_osc_type(value)}")
+    value = float(value)
+    lo, hi = LIMITS[key]
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise ProtocolError("out_of_range", f"{key} must be {lo:g}..{hi:g}, got {value}")
+    return value
+
+
+def _osc_type(value: Any) -> str:
+    names = {bool: "a bool (T/F)", int: "an integer", float: "a float", str: "a string", bytes: "a blob"}
+    return names.get(type(value), type(value).__name__)
+
+
+def parse_tempo(value: Any) -> Tempo:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ProtocolError("wrong_type", f"bpm must be a number or a string like \"275/2\", got {_osc_type(value)}")
+    try:
+        if isinstance(value, float):
+            # a float32 from OSC: take the shortest decimal that survives float32 (137.5, 133.33)
+            value = str(np.float32(value)) if math.isfinite(value) else value
+        return Tempo(value)
+    except TimingError as e:
+        raise ProtocolError("out_of_range", str(e)) from None
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """A validated ``/stemd/generate``; build it with :meth:`from_args` or keywords."""
+
+    request_id: str
+    prompt: str = ""
+    bars: int = 4
+    bpm: Tempo = field(default_factory=lambda: Tempo(120))
+    meter: Meter = field(default_factory=lambda: Meter(4, 4))
+    start_bar: int = 0
+    sample_rate: int = 48000
+    channels: int = 2
+    variations: int = 1
+    seed: Optional[int] = None
+    temperature: float = 1.0
+    top_k: int = 250
+    top_p: float = 0.0
+    guidance: float = 3.0
+    priority: str = "live"
+    key: str = ""
+    loop: bool = False
+    continuation: Optional[bytes] = None       # float32 LE interleaved at continuation_rate
+    continuation_path: str = ""                # a file on the daemon's host
+    continuation_rate: int = 48000
+    continuation_channels: int = 2
+    reply_port: Optional[int] = None           # UDP: send replies here instead of the sender's port
+
+    def __post_init__(self):
+        check_request_id(self.request_id)
+        _int("bars", self.bars)
+        _int("start_bar", self.start_bar)
+        _int("sample_rate", self.sample_rate)
+        _int("channels", self.channels)
+        _int("variations", self.variations)
+        if self.seed is not None:
+            _int("seed", self.seed)
+        _float("temperature", self.temperature)
+        _int("top_k", self.top_k)
+        _float("top_p", self.top_p)
+        _float("guidance", self.guidance)
+        if self.priority not in PRIORITIES:
+            raise ProtocolError("out_of_range", f"priority must be one of {', '.join(PRIORITIES)}, got {self.priority!r}")
+        if len(self.prompt) > LIMITS["prompt_chars"][1]:
+            raise ProtocolError("out_of_range", f"prompt is over {LIMITS['prompt_chars'][1]} characters")
+        if self.continuation is not None:
+            if len(self.continuation) > MAX_CONTINUATION_BYTES:
+                raise ProtocolError("too_large", f"continuation is over {MAX_CONTINUATION_BYTES} bytes")
+            if len(self.continuation) % (4 * self.continuation_channels):
+                raise ProtocolError("bad_arguments", "continuation must be whole float32 frames")
+        if self.reply_port is not None:
+            _int("reply_port", self.reply_port)
+
+    @property
+    def seconds(self) -> Fraction:
+        return self.bars * self.meter.bar_quarters * self.bpm.seconds_per_quarter
+
+    def continuation_audio(self) -> Optional[np.ndarray]:
+        """The continuation blob as float32 ``(channels, n)``."""
+        if self.continuation is None:
+            return None
+        data = np.frombuffer(self.continuation, dtype="<f4")
+        if not np.all(np.isfinite(data)):
+            raise ProtocolError("out_of_range", "continuation audio contains NaN or infinity")
+        return data.reshape(-1, self.continuation_channels).T.astype(np.float32)
+
+    @classmethod
+    def from_args(cls, args: tuple) -> "GenerateRequest":
+        """``<request_id> [<key> <value>]...`` as received."""
+        if not args:
+            raise ProtocolError("bad_arguments", "generate needs a request id first")
+        request_id = check_request_id(args[0])
+        rest = args[1:]
+        if len(rest) % 2:
+            raise ProtocolError("bad_arguments", "after the request id, arguments come in key value pairs",
+                                request_id)
+        values: dict[str, Any] = {}
+        for key, value in zip(rest[0::2], rest[1::2]):
+            if not isinstance(key, str):
+                raise ProtocolError("bad_arguments", f"expected a key string, got {_osc_type(key)}", request_id)
+            if key not in GENERATE_KEYS:
+                raise ProtocolError("unknown_key", f"unknown key {key!r}; known keys: {', '.join(GENERATE_KEYS)}",
+                                    request_id)
+            if key in values:
+                raise ProtocolError("bad_arguments", f"key {key!r} given twice", request_id)
+            values[key] = value
+        try:
+            return cls(request_id, **{name: GENERATE_KEYS[name](name, v) for name, v in values.items()})
+        except ProtocolError as e:
+            e.request_id = request_id
+            raise
+
+    def to_args(self) -> list:
+        """The OSC arguments that make this request again (defaults left out)."""
+        out: list = [self.request_id]
+        for f in fields(self):
+            if f.name == "request_id":
+                continue
+            value = getattr(self, f.name)
+            default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+            if value == default or value is None:
+                continue
+            if isinstance(value, Tempo):
+                value = f"{value.bpm.numerator}/{value.bpm.denominator}" if value.bpm.denominator != 1 else int(value.bpm)
+            elif isinstance(value, Meter):
+                value = str(value)
+            elif isinstance(value, bool):
+                value = int(value)
+            out += [f.name, value]
+        return out
+
+    def describe(self) -> dict:
+        """Every parameter, JSON-ready (for sidecars and logs)."""
+        d = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "continuation":
+                value = None if value is None else f"<{len(value)} bytes>"
+            elif isinstance(value, Tempo):
+                value = float(value.bpm)
+            elif isinstance(value, Meter):
+                value = str(value)
+            d[f.name] = value
+        return d
+
+
+def _str(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ProtocolError("wrong_type", f"{key} must be a string, got {_osc_type(value)}")
+    return value
+
+
+def _meter(key: str, value: Any) -> Meter:
+    try:
+        return Meter.parse(_str(key, value))
+    except TimingError as e:
+        raise ProtocolError("out_of_range", str(e)) from None
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ProtocolError("wrong_type", f"{key} must be T/F or 0/1, got {value!r}")
+
+
+def _blob(key: str, value: Any) -> bytes:
+    if not isinstance(value, (bytes, bytearray)):
+        raise ProtocolError("wrong_type", f"{key} must be a blob (float32 LE interleaved), got {_osc_type(value)}")
+    return bytes(value)
+
+
+GENERATE_KEYS = {
+    "prompt": _str,
+    "bars": _int,
+    "bpm": lambda _k, v: parse_tempo(v),
+    "meter": _meter,
+    "start_bar": _int,
+    "sample_rate": _int,
+    "channels": _int,
+    "variations": _int,
+    "seed": _int,
+    "temperature": _float,
+    "top_k": _int,
+    "top_p": _float,
+    "guidance": _float,
+    "priority": _str,
+    "key": _str,
+    "loop": _bool,
+    "continuation": _blob,
+    "continuation_path": _str,
+    "continuation_rate": lambda k, v: _int("sample_rate", v),
+    "continuation_channels": lambda k, v: _int("channels", v),
+    "reply_port": _int,
+}
+
+
+# --- chunks ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Chunk:
+    """``/stemd/chunk <id> <variation> <bar_index> <start_sample> <sample_rate> <channels> <blob>``.
+
+    ``bar_index`` counts bars within the take (0 = the take's first bar); ``start_sample`` is where
+    the bar starts on the DAW's timeline at ``sample_rate`` (bar ``start_bar + bar_index``). The blob
+    is float32 little-endian, interleaved, exactly one bar long.
+    """
+
+    request_id: str
+    variation: int
+    bar_index: int
+    start_sample: int
+    sample_rate: int
+    channels: int
+    audio: np.ndarray  # float32 (channels, n)
+
+    def to_args(self) -> tuple:
+        interleaved = np.ascontiguousarray(self.audio.T, dtype="<f4").tobytes()
+        return (self.request_id, self.variation, self.bar_index, self.start_sample, self.sample_rate,
+                self.channels, interleaved)
+
+    @classmethod
+    def from_args(cls, args: tuple) -> "Chunk":
+        if len(args) != 7 or not isinstance(args[6], bytes):
+            raise ProtocolError("bad_arguments", "chunk: <id> <variation> <bar_index> <start_sample> <rate> <channels> <blob>")
+        request_id, variation, bar_index, start_sample, rate, channels, blob = args
+        if len(blob) % (4 * channels):
+            raise ProtocolError("bad_arguments", "chunk blob is not whole float32 frames")
+        audio = np.frombuffer(blob, dtype="<f4").reshape(-1, channels).T.copy()
+        return cls(request_id, variation, bar_index, start_sample, rate, channels, audio)

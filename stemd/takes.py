@@ -1,0 +1,114 @@
+"""Takes on disk: names a producer can find, WAV files written atomically, JSON sidecars.
+
+Both sides write takes (the daemon for UDP clients and offline renders, the bridge into the DAW's
+project folder), so this lives in the core with only the standard library and numpy. A take is
+written to ``NAME.partial`` and renamed into place, sidecar first, so a half-written file is never
+mistaken for a finished take.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import struct
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+WAVE_FORMAT_PCM, WAVE_FORMAT_IEEE_FLOAT = 1, 3
+SUBTYPES = ("float32", "pcm24", "pcm16")
+
+
+class PathEscape(ValueError):
+    """An output path that would leave its folder."""
+
+    code = "out_of_range"
+
+
+def slug(text: str, words: int = 5, max_chars: int = 40) -> str:
+    """'Dusty lo-fi drums, 90 BPM!' -> 'dusty-lo-fi-drums-90'."""
+    parts = re.findall(r"[a-z0-9]+", text.lower())[:words]
+    return "-".join(parts)[:max_chars].strip("-") or "take"
+
+
+def take_name(prompt: str, bar: int, take: int, variation: Optional[int] = None) -> str:
+    """``<prompt words>_bar<DAW bar, from 1>_take<n>[_v<variation>]`` (no extension)."""
+    name = f"{slug(prompt)}_bar{bar + 1:03d}_take{take:02d}"
+    return name if variation is None else f"{name}_v{variation + 1}"
+
+
+def inside(folder: Path, name: str) -> Path:
+    """``folder/name``, refusing any name that would escape ``folder`` (.., absolute, links)."""
+    folder = Path(folder).resolve()
+    target = (folder / name).resolve()
+    if target != folder and folder not in target.parents:
+        raise PathEscape(f"{name!r} is outside the output folder {folder}")
+    return target
+
+
+def next_take_number(folder: Path, stem_prefix: str) -> int:
+    """1 + the highest take number already in ``folder`` for names starting with ``stem_prefix``."""
+    highest = 0
+    if Path(folder).is_dir():
+        for path in Path(folder).iterdir():
+            m = re.match(re.escape(stem_prefix) + r"_take(\d+)", path.name)
+            if m:
+                highest = max(highest, int(m.group(1)))
+    return highest + 1
+
+
+def wav_bytes(audio: np.ndarray, sample_rate: int, subtype: str = "float32") -> bytes:
+    """A RIFF/WAVE file of ``audio`` float32 ``(channels, n)``: float32, 24- or 16-bit PCM."""
+    if subtype not in SUBTYPES:
+        raise ValueError(f"subtype must be one of {SUBTYPES}")
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim == 1:
+        audio = audio[None, :]
+    channels, frames = audio.shape
+    interleaved = audio.T
+    if subtype == "float32":
+        fmt, bits, data = WAVE_FORMAT_IEEE_FLOAT, 32, np.ascontiguousarray(interleaved, "<f4").tobytes()
+    elif subtype == "pcm24":
+        ints = np.round(np.clip(interleaved, -1.0, 1.0 - 2 ** -23) * 2 ** 23).astype("<i4")
+        fmt, bits, data = WAVE_FORMAT_PCM, 24, ints.view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+    else:
+        ints = np.round(np.clip(interleaved, -1.0, 1.0 - 2 ** -15) * 2 ** 15).astype("<i2")
+        fmt, bits, data = WAVE_FORMAT_PCM, 16, ints.tobytes()
+    block = channels * bits // 8
+    fmt_chunk = struct.pack("<HHIIHH", fmt, channels, sample_rate, sample_rate * block, block, bits)
+    chunks = b"fmt " + struct.pack("<I", len(fmt_chunk)) + fmt_chunk
+    if fmt == WAVE_FORMAT_IEEE_FLOAT:  # non-PCM formats carry a fact chunk
+        chunks += b"fact" + struct.pack("<II", 4, frames)
+    chunks += b"data" + struct.pack("<I", len(data)) + data + (b"\0" if len(data) % 2 else b"")
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+
+
+def write_take(folder: Path, name: str, audio: np.ndarray, sample_rate: int, sidecar: dict,
+               subtype: str = "float32") -> Path:
+    """Write ``name.wav`` and ``name.json`` into ``folder`` atomically; returns the WAV's path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    wav = inside(folder, name + ".wav")
+    meta = dict(sidecar)
+    meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    meta.update({"file": wav.name, "sample_rate": sample_rate, "channels": int(np.shape(audio)[0]),
+                 "frames": int(np.shape(audio)[-1]), "format": subtype})
+    _atomic_write(wav.with_suffix(".json"), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    _atomic_write(wav, wav_bytes(audio, sample_rate, subtype))
+    return wav
+
+
+def read_sidecar(wav: Path) -> dict:
+    return json.loads(Path(wav).with_suffix(".json").read_text())
