@@ -1,0 +1,50 @@
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from stemd.protocol import Chunk, GenerateRequest, ProtocolError
+
+
+def test_generate_args_become_a_validated_request():
+    req = GenerateRequest.from_args(("r1", "prompt", "dusty drums", "bars", 8, "bpm", 137.5, "meter", "7/8",
+                                     "seed", 3, "guidance", 2, "priority", "offline", "loop", True))
+    assert (req.bars, req.bpm.bpm, str(req.meter), req.seed, req.guidance) == (8, Fraction(275, 2), "7/8", 3, 2.0)
+    assert req.priority == "offline" and req.loop is True
+    assert GenerateRequest.from_args(tuple(req.to_args())) == req
+
+
+@pytest.mark.parametrize("args, code", [
+    (("r1", "bars", 0), "out_of_range"),
+    (("r1", "bars", 1_000_000), "out_of_range"),
+    (("r1", "bpm", float("nan")), "out_of_range"),
+    (("r1", "sample_rate", 7), "out_of_range"),
+    (("r1", "bars", "4"), "wrong_type"),
+    (("r1", "bars", 4.0), "wrong_type"),
+    (("r1", "colour", "red"), "unknown_key"),
+    (("r1", "bars"), "bad_arguments"),
+    (("r1", "bars", 4, "bars", 5), "bad_arguments"),
+    (("bad id with spaces",), "bad_arguments"),
+    ((), "bad_arguments"),
+    (("r1", "priority", "urgent"), "out_of_range"),
+    (("r1", "continuation", b"\0\0\0"), "bad_arguments"),
+])
+def test_bad_requests_get_stable_codes(args, code):
+    with pytest.raises(ProtocolError) as e:
+        GenerateRequest.from_args(args)
+    assert e.value.code == code
+    assert str(e.value)
+
+
+def test_request_id_is_kept_on_errors_after_the_id():
+    with pytest.raises(ProtocolError) as e:
+        GenerateRequest.from_args(("take-7", "bars", -1))
+    assert e.value.request_id == "take-7"
+
+
+def test_chunk_blob_is_float32_little_endian_interleaved():
+    audio = np.array([[0.1, 0.2, 0.3], [-0.1, -0.2, -0.3]], dtype=np.float32)
+    args = Chunk("r", 0, 2, 96000, 48000, 2, audio).to_args()
+    assert args[6] == np.array([0.1, -0.1, 0.2, -0.2, 0.3, -0.3], dtype="<f4").tobytes()
+    back = Chunk.from_args(args)
+    np.testing.assert_array_equal(back.audio, audio)
