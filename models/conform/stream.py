@@ -1,0 +1,176 @@
+"""Conform a take to the DAW: its rate, its tempo, its first downbeat on the take's first sample.
+
+Per variation: detect the timing (tempo, downbeat) from the first bars, drop what comes before the
+first downbeat, time-stretch by (DAW's seconds per quarter) / (take's seconds per quarter) with
+Rubber Band, resample to the DAW's rate with soxr. Both stages are streams that keep their state, so
+a take conformed bar by bar as it arrives equals the take conformed whole with the same timing.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from stemd.models.base import AudioStream, GenerationSpec
+from stemd.models.conform.loop import CROSSFADE_SECONDS, make_loop
+from stemd.models.conform.resample import Resampler
+from stemd.models.conform.stretch import Stretcher, fit_length
+from stemd.models.conform.tempo import Timing, detect_timing
+from stemd.timing import Grid
+
+#: bars of the take heard before its tempo is decided (at the tempo the engine aimed for)
+ANALYSIS_BARS = 2
+
+
+class _Lane:
+    """One variation's path: skip to the downbeat, stretch, resample. Blocks are ``(channels, n)``."""
+
+    def __init__(self, timing: Timing, ratio: float, source_rate: int, target_rate: int, channels: int):
+        self.skip = int(round(timing.downbeat * source_rate))
+        self.stretcher = Stretcher(source_rate, channels, ratio)
+        self.resampler = Resampler(source_rate, target_rate, (channels,))
+        if self.skip < 0:  # the downbeat is a hair before the first sample
+            self.lead_in = np.zeros((channels, -self.skip), dtype=np.float32)
+            self.skip = 0
+        else:
+            self.lead_in = None
+
+    def process(self, audio: np.ndarray) -> np.ndarray:
+        if self.lead_in is not None:
+            audio, self.lead_in = np.concatenate([self.lead_in, audio], axis=1), None
+        if self.skip:
+            cut = min(self.skip, audio.shape[1])
+            audio, self.skip = audio[:, cut:], self.skip - cut
+        return self.resampler.process(self.stretcher.process(audio))
+
+    def flush(self) -> np.ndarray:
+        tail = self.resampler.process(self.stretcher.flush())
+        return np.concatenate([tail, self.resampler.flush()], axis=1)
+
+
+def stretch_ratio(timing: Timing, grid: Grid, bar: int) -> float:
+    """Output over input duration that takes ``timing``'s tempo to the grid's tempo at ``bar``."""
+    _, section = grid.section_at(bar)
+    return float(timing.bpm / float(section.tempo.bpm))
+
+
+class StreamConformer:
+    """``blocks()``: the engine's stream at ``spec.sample_rate``, on ``spec.grid`` from
+    ``spec.start_bar`` (first downbeat at sample 0), float32 ``(variations, channels, n)``.
+
+    ``timings`` (one per variation) skips detection: the offline path passes what it found on the
+    whole take. Otherwise each variation's timing is detected on its first ``analysis_bars`` bars.
+    """
+
+    def __init__(self, stream: AudioStream, spec: GenerationSpec, *,
+                 timings: Optional[Sequence[Timing]] = None, analysis_bars: int = ANALYSIS_BARS):
+        self.stream, self.spec = stream, spec
+        self.timings: Optional[list[Timing]] = list(timings) if timings is not None else None
+        self.analysis_bars = analysis_bars
+        _, section = spec.grid.section_at(spec.start_bar)
+        self.meter = section.meter
+        self.expected_bpm = float(stream.tempo_hint or section.tempo.bpm)
+        self.length = spec.grid.span_samples(spec.start_bar, spec.bars, spec.sample_rate)
+
+    def _analysis_samples(self) -> int:
+        quarters = self.analysis_bars * float(self.meter.bar_quarters)
+        seconds = quarters * 60.0 / self.expected_bpm * 1.2 + 0.25
+        return int(seconds * self.stream.sample_rate)
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        source = iter(self.stream.blocks)
+        head, have = [], 0
+        need = 0 if self.timings is not None else self._analysis_samples()
+        for block in source:
+            head.append(np.asarray(block, dtype=np.float32))
+            have += block.shape[2]
+            if have >= need:
+                break
+        if not head:
+            return
+        head_audio = np.concatenate(head, axis=2)
+        variations, channels = head_audio.shape[:2]
+        if self.timings is None:
+            self.timings = [detect_timing(head_audio[v], self.stream.sample_rate, self.meter,
+                                          self.expected_bpm) for v in range(variations)]
+        ratio_bar = self.spec.start_bar
+        lanes = [_Lane(t, stretch_ratio(t, self.spec.grid, ratio_bar), self.stream.sample_rate,
+                       self.spec.sample_rate, channels) for t in self.timings]
+        emit = _Aligner(variations, channels)
+        pieces = _chain([head_audio], source)
+        if self.spec.loop:
+            yield from self._loop(lanes, pieces, emit)
+            return
+        for block in pieces:
+            out = emit.push([lane.process(block[v]) for v, lane in enumerate(lanes)])
+            if out.shape[2]:
+                yield out
+        out = emit.push([lane.flush() for lane in lanes], final=True)
+        if out.shape[2]:
+            yield out
+
+    def _loop(self, lanes, pieces, emit) -> Iterator[np.ndarray]:
+        """Loop mode holds the take until it is whole (plus the crossfade), then loops it."""
+        want = self.length + int(round(CROSSFADE_SECONDS * self.spec.sample_rate))
+        got, have = [], 0
+        for block in pieces:
+            out = emit.push([lane.process(block[v]) for v, lane in enumerate(lanes)])
+            got.append(out)
+            have += out.shape[2]
+            if have >= want:
+                break
+        else:
+            got.append(emit.push([lane.flush() for lane in lanes], final=True))
+        whole = np.concatenate(got, axis=2)
+        yield make_loop(whole, self.spec.sample_rate, self.length)
+
+
+def _chain(first: list, rest) -> Iterator[np.ndarray]:
+    yield from first
+    for block in rest:
+        yield np.asarray(block, dtype=np.float32)
+
+
+class _Aligner:
+    """Variations are stretched by different ratios: emit only what every one of them has."""
+
+    def __init__(self, variations: int, channels: int):
+        self.held = [np.zeros((channels, 0), dtype=np.float32) for _ in range(variations)]
+
+    def push(self, parts: list[np.ndarray], final: bool = False) -> np.ndarray:
+        self.held = [np.concatenate([h, p], axis=1) for h, p in zip(self.held, parts)]
+        n = max(h.shape[1] for h in self.held) if final else min(h.shape[1] for h in self.held)
+        out = np.stack([fit_length(h, n) for h in self.held])
+        self.held = [h[:, n:] for h in self.held]
+        return out
+
+
+def conform(audio: np.ndarray, sample_rate: int, grid: Grid, *, target_rate: int,
+            start_bar: int = 0, bars: Optional[int] = None, expected_bpm: Optional[float] = None,
+            timing: Optional[Timing] = None, loop: bool = False) -> np.ndarray:
+    """``audio`` (mono or ``(channels, n)``) placed on ``grid`` at ``target_rate``: beats on the grid,
+    first downbeat at sample 0, exactly ``bars`` bars long (default: as many bars as it holds).
+
+    Tempo and downbeat are detected on the whole of ``audio`` (``expected_bpm`` bounds the search;
+    default: the grid's tempo), unless ``timing`` gives them.
+    """
+    audio = np.asarray(audio, dtype=np.float32)
+    mono = audio.ndim == 1
+    audio = audio[None] if mono else audio
+    _, section = grid.section_at(start_bar)
+    expected = float(expected_bpm or section.tempo.bpm)
+    if timing is None:
+        timing = detect_timing(audio, sample_rate, section.meter, expected)
+    if bars is None:
+        held = (audio.shape[1] / sample_rate - timing.downbeat) / timing.bar_seconds
+        bars = max(1, int(round(held)))
+    spec = GenerationSpec(grid=grid, bars=bars, start_bar=start_bar, sample_rate=target_rate,
+                          channels=audio.shape[0], loop=loop)
+    stream = AudioStream(sample_rate=sample_rate, channels=audio.shape[0], blocks=iter([audio[None]]),
+                         tempo_hint=expected)
+    conformer = StreamConformer(stream, spec, timings=[timing])
+    out = np.concatenate(list(conformer.blocks()), axis=2)[0]
+    out = fit_length(out, conformer.length)
+    return out[0] if mono else out
