@@ -21,6 +21,8 @@ import numpy as np
 from stemd.timing import Meter
 
 LOW_HZ = 200.0
+#: below this, a kick drum (the usual mark of a downbeat) and little else
+KICK_HZ = 120.0
 #: how far from the expected tempo the estimate may land (ratio), both ways
 SEARCH = 1.4
 
@@ -118,8 +120,10 @@ def _attack_time(x: np.ndarray, sample_rate: int, around: float, reach: float) -
     peak = int(np.argmax(db))
     floor = float(db[: peak + 1].min())
     climb = float(db[peak]) - floor
-    above = np.flatnonzero(db[: peak + 1] >= floor + 0.25 * climb)
-    at = int(above[0]) if len(above) else peak
+    # walk back from the peak to where the level was last below a quarter of the climb: a sound
+    # still decaying at the window's start does not count as this attack
+    below = np.flatnonzero(db[: peak + 1] < floor + 0.25 * climb)
+    at = int(below[-1]) + 1 if len(below) else 0
     # the window reaches an attack half a window before its centre does
     return (lo + at + win / 2) / sample_rate, climb
 
@@ -183,12 +187,12 @@ def detect_timing(audio: np.ndarray, sample_rate: int, meter: Meter | str = "4/4
 def _downbeat_index(x: np.ndarray, sample_rate: int, first: float, period: float, n: int,
                     duration: float) -> int:
     """Which of the first ``n`` beats is a bar line: the beat of the bar with the strongest accent
-    (peak level just after the beat, broadband plus below 200 Hz, each relative to its loudest)."""
+    (peak level just after the beat, broadband plus below 120 Hz, each relative to its loudest)."""
     if n == 1:
         return 0
     from scipy.signal import butter, sosfilt
 
-    lowpassed = sosfilt(butter(4, LOW_HZ, "lowpass", fs=sample_rate, output="sos"), x)
+    lowpassed = sosfilt(butter(4, KICK_HZ, "lowpass", fs=sample_rate, output="sos"), x)
     count = int((duration - first) / period) + 1
     reach = int(min(0.06, period / 2) * sample_rate)
     before = int(0.005 * sample_rate)
@@ -202,9 +206,13 @@ def _downbeat_index(x: np.ndarray, sample_rate: int, first: float, period: float
         return out
 
     b, l = accents(x), accents(lowpassed)
+    sounding = b > 0.1 * b.max()  # beats in silence (before the music, after it) say nothing
     score = np.zeros(n)
     for p in range(n):
-        if len(b[p::n]):
-            score[p] = b[p::n].mean() / (b.max() + 1e-9) + l[p::n].mean() / (l.max() + 1e-9)
+        sel = np.zeros(count, dtype=bool)
+        sel[p::n] = True
+        sel &= sounding
+        if sel.any():
+            score[p] = b[sel].mean() / (b.max() + 1e-9) + l[sel].mean() / (l.max() + 1e-9)
     near_best = np.flatnonzero(score >= 0.95 * score.max())
     return int(near_best[0])
