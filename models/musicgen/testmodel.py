@@ -95,6 +95,12 @@ def write_test_model(directory, arch: str = "tiny", seed: int = 0) -> Path:
     config = MusicgenConfig(text_encoder=text.to_dict(), audio_encoder=audio.to_dict(), decoder=decoder.to_dict())
     torch.manual_seed(seed)
     model = MusicgenForConditionalGeneration(config).eval()
+    # transformers initialises EnCodec's codebooks to zeros (they are learned by k-means), which would
+    # make every code sound the same: give them random vectors so different tokens make different audio
+    with torch.no_grad():
+        for layer in model.audio_encoder.quantizer.layers:
+            layer.codebook.embed.normal_()
+            layer.codebook.embed_avg.copy_(layer.codebook.embed)
     gen = model.generation_config
     gen.pad_token_id = gen.decoder_start_token_id = decoder.pad_token_id
     gen.do_sample, gen.guidance_scale, gen.top_k, gen.max_length = True, 3.0, 250, 1500

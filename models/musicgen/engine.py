@@ -1,0 +1,181 @@
+"""The MusicGen engine: one checkpoint held warm, each request streamed as audio blocks.
+
+Per request: the prompt (with tempo, meter and key) goes through T5 once, every layer's text K/V is
+computed once, an optional continuation is encoded with EnCodec and prefilled, then tokens are
+decoded one step at a time (``generate.py``) and turned into audio as they complete
+(``streaming.py``). Blocks are ``(variations, channels, n)`` float32 at 32 kHz. Takes longer than
+the model's 30 s window slide on: the last 10 s of tokens become the prompt of the next window.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from stemd.models.base import (AudioStream, Cancelled, Engine, EngineError, GenerationSpec, never_stop,
+                               no_progress)
+from stemd.models.musicgen.generate import Generation, Sampling, iter_frames
+from stemd.models.musicgen.loading import Checkpoint, load_checkpoint
+from stemd.models.musicgen.streaming import StreamingDecoder
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+WINDOW_SECONDS = 30.0        # what MusicGen was trained on
+KEEP_SECONDS = 10.0          # context carried into the next window of a long take
+MARGIN = 1.1                 # generate 10% more than asked: conform may stretch
+MAX_TEXT_TOKENS = 256
+
+
+def pick_device(device: Optional[str]) -> torch.device:
+    if device and device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(dtype: Optional[str], device: torch.device) -> torch.dtype:
+    """float32 on CPU, bfloat16 on GPUs that have it, float16 on the others and on Apple silicon."""
+    if dtype and dtype != "auto":
+        if dtype not in DTYPES:
+            raise EngineError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+        return DTYPES[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def describe(spec: GenerationSpec) -> str:
+    """The text MusicGen is conditioned on: the producer's prompt plus tempo, meter and key."""
+    parts = [spec.prompt.strip()] if spec.prompt.strip() else []
+    parts.append(f"{float(spec.grid.tempo.bpm):g} bpm")
+    parts.append(f"{spec.grid.meter} time")
+    if spec.extra.get("key"):
+        parts.append(f"key of {spec.extra['key']}")
+    return ", ".join(parts)
+
+
+class MusicGenEngine(Engine):
+    name = "musicgen"
+    max_seconds = 600.0
+
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype):
+        self.ck, self.device, self.dtype = checkpoint, device, dtype
+        self.name = checkpoint.name
+        self.sample_rate = checkpoint.sample_rate
+        self.channels = checkpoint.audio_channels
+        self.hop = checkpoint.sample_rate // checkpoint.frame_rate
+        self.max_variations = 16 if device.type == "cuda" else 8
+
+    @classmethod
+    def load(cls, model: str, *, device: Optional[str] = None, dtype: Optional[str] = None) -> "MusicGenEngine":
+        dev = pick_device(device)
+        dt = pick_dtype(dtype, dev)
+        with torch.inference_mode(False), torch.no_grad():
+            checkpoint = load_checkpoint(model, dev, dt)
+        return cls(checkpoint, dev, dt)
+
+    def info(self) -> dict:
+        out = {"model": self.name, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+               "sample_rate": self.sample_rate, "channels": self.channels, "test_model": self.ck.test_model}
+        if self.ck.test_model:
+            out["note"] = "test model with random weights: it makes noise, not music"
+        return out
+
+    # -- one request --------------------------------------------------------------------------------
+
+    def stream(self, spec: GenerationSpec, *, should_stop=never_stop, on_progress=no_progress) -> AudioStream:
+        if spec.variations > self.max_variations:
+            raise EngineError(f"at most {self.max_variations} variations per request on {self.device.type}")
+        return AudioStream(sample_rate=self.sample_rate, channels=self.channels,
+                           blocks=self._blocks(spec, should_stop, on_progress), on_grid=False,
+                           tempo_hint=float(spec.grid.tempo.bpm))
+
+    def frames_for(self, seconds: float) -> int:
+        return math.ceil(seconds * self.ck.frame_rate)
+
+    @torch.no_grad()
+    def encode_text(self, text: str, variations: int, guided: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        tok = self.ck.tokenizer([text], return_tensors="pt", truncation=True, max_length=MAX_TEXT_TOKENS)
+        ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
+        hidden = self.ck.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden, mask = hidden.expand(variations, -1, -1), mask.expand(variations, -1)
+        if guided:  # the unconditional half: no text at all
+            hidden = torch.cat([hidden, torch.zeros_like(hidden)])
+            mask = torch.cat([mask, torch.zeros_like(mask)])
+        return hidden, mask
+
+    @torch.no_grad()
+    def encode_audio(self, audio) -> torch.Tensor:
+        """A continuation (the DAW's selection) -> EnCodec codes ``(K, P)``: its last whole frames, at most
+        ``KEEP_SECONDS``, so that the generated audio starts exactly where the selection ends."""
+        samples = np.asarray(audio.samples, dtype=np.float32)
+        if samples.ndim == 1:
+            samples = samples[None]
+        if audio.sample_rate != self.sample_rate:
+            import soxr
+
+            samples = soxr.resample(samples.T, audio.sample_rate, self.sample_rate, quality="HQ").T
+        if self.channels == 1:
+            samples = samples.mean(axis=0, keepdims=True)
+        elif samples.shape[0] == 1:
+            samples = np.repeat(samples, 2, axis=0)
+        else:
+            samples = samples[:2]
+        frames = min(samples.shape[-1] // self.hop, self.frames_for(KEEP_SECONDS))
+        if frames == 0:
+            return torch.zeros(self.ck.lm.args.num_codebooks, 0, dtype=torch.long)
+        x = torch.from_numpy(np.ascontiguousarray(samples[:, samples.shape[-1] - frames * self.hop:]))
+        x = x.to(self.device)
+        codec = self.ck.codec
+        k = self.ck.lm.args.num_codebooks // self.channels
+        per_channel = [codec.encode(x[c][None, None]).audio_codes[0, 0, :k] for c in range(x.shape[0])]
+        if self.channels == 2:  # interleave: left codebook i at 2i, right at 2i + 1
+            codes = torch.stack(per_channel, dim=1).reshape(-1, per_channel[0].shape[-1])
+        else:
+            codes = per_channel[0]
+        return codes[:, :frames]
+
+    def _blocks(self, spec: GenerationSpec, should_stop, on_progress) -> Iterator[np.ndarray]:
+        with torch.no_grad():
+            yield from self._generate(spec, should_stop, on_progress)
+
+    def _generate(self, spec: GenerationSpec, should_stop, on_progress) -> Iterator[np.ndarray]:
+        if should_stop():
+            raise Cancelled()
+        lm, args = self.ck.lm, self.ck.lm.args
+        params = Sampling(guidance=spec.guidance, temperature=spec.temperature, top_k=spec.top_k,
+                          top_p=spec.top_p)
+        prompt = self.encode_audio(spec.continuation) if spec.continuation is not None else None
+        p = 0 if prompt is None else prompt.shape[-1]
+        new_frames = self.frames_for(float(spec.seconds) * MARGIN) + 1
+        total = p + new_frames
+        max_delay = max(1, args.num_codebooks // args.audio_channels) - 1
+        window = min(self.frames_for(WINDOW_SECONDS) + max_delay + 2, args.max_positions)
+        max_seq = min(window, 64 * math.ceil((total + max_delay + 2) / 64))
+        variations = spec.variations
+        text, mask = self.encode_text(describe(spec), variations, params.guided)
+        max_text = 64 * math.ceil(text.shape[1] / 64)
+        lm.setup_caches(text.shape[0], max_seq, max_text)
+        lm.set_conditioning(text, mask)
+        gen = Generation(lm, variations, params, max_seq, prompt=prompt, seed=spec.seed,
+                         keep_frames=self.frames_for(KEEP_SECONDS))
+        decoder = StreamingDecoder(self.ck.codec, self.channels, self.hop, skip_frames=p)
+
+        def progress(ready: int) -> None:
+            on_progress(max(0.0, min(1.0, (ready - p) / new_frames)))
+
+        for frames in iter_frames(gen, total, should_stop, progress):
+            audio = decoder.push(frames)
+            if audio.shape[-1]:
+                yield audio
+        audio = decoder.flush()
+        if audio.shape[-1]:
+            yield audio

@@ -1,0 +1,93 @@
+"""Incremental EnCodec decoding at a constant cost per chunk.
+
+EnCodec 32 kHz is non-causal (symmetric convolutions, reflect padding at the edges) and its decoder
+has LSTMs, so a frame's audio depends on frames on both sides. Each chunk of ``chunk`` new frames is
+decoded together with ``left`` frames of history and ``right`` frames of lookahead; the audio of the
+new frames is kept, and the first ``crossfade`` samples are blended (equal-gain linear fade) with
+the previous window's audio for the same samples. Every decode covers at most
+``left + chunk + right`` frames, however long the take: the history is never decoded again.
+
+``StreamingDecoder.push(codes)`` takes newly complete frames ``(V, K, n)`` and returns the audio that
+is final ``(V, channels, m)`` (possibly empty); ``flush()`` decodes the rest once no more frames come.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def decode_codes(codec, codes: Tensor, audio_channels: int) -> Tensor:
+    """EnCodec frames ``(V, K, n)`` -> audio ``(V, channels, n * hop)`` (stereo: even codebooks left, odd right)."""
+    v = codes.shape[0]
+    if audio_channels == 2:
+        codes = torch.cat([codes[:, 0::2], codes[:, 1::2]], dim=0)        # (2V, K/2, n)
+    with torch.no_grad():
+        audio = codec.decoder(codec.quantizer.decode(codes.transpose(0, 1)))  # (B, 1, n * hop)
+    if audio_channels == 2:
+        audio = torch.cat([audio[:v], audio[v:]], dim=1)
+    return audio
+
+
+class StreamingDecoder:
+    def __init__(self, codec, audio_channels: int, hop: int, *, chunk: int = 25, left: int = 25, right: int = 6,
+                 crossfade: int = 640, skip_frames: int = 0):
+        if crossfade > right * hop:
+            raise ValueError("the crossfade must fit inside the right context")
+        self.codec, self.channels, self.hop = codec, audio_channels, hop
+        self.chunk, self.left, self.right, self.crossfade = chunk, left, right, crossfade
+        self.codes: Tensor | None = None      # frames kept: [self.first, self.first + n)
+        self.first = 0                        # request frame index of self.codes[..., 0]
+        self.done = 0                         # frames whose audio is final (emitted or skipped)
+        self.skip = skip_frames               # frames decoded as context only (a continuation prompt)
+        self.tail: Tensor | None = None       # the previous window's audio for the next crossfade
+        self.fade_in = torch.linspace(0.0, 1.0, crossfade + 2)[1:-1] if crossfade else None
+
+    @property
+    def frames(self) -> int:
+        return self.first + (0 if self.codes is None else self.codes.shape[-1])
+
+    def push(self, codes: Tensor) -> np.ndarray:
+        codes = codes.detach()
+        self.codes = codes if self.codes is None else torch.cat([self.codes, codes], dim=-1)
+        out = []
+        while self.frames - self.done >= self.chunk + self.right:
+            out.append(self._emit(self.done + self.chunk, final=False))
+        return self._join(out)
+
+    def flush(self) -> np.ndarray:
+        if self.codes is None or self.frames <= self.done:
+            return self._join([])
+        return self._join([self._emit(self.frames, final=True)])
+
+    def _emit(self, stop: int, final: bool) -> np.ndarray:
+        start = self.done
+        lo = max(self.first, start - self.left)
+        hi = self.frames if final else stop + self.right
+        window = self.codes[..., lo - self.first: hi - self.first]
+        audio = decode_codes(self.codec, window, self.channels).float().cpu()
+        a = (start - lo) * self.hop
+        b = (stop - lo) * self.hop
+        piece = audio[..., a:b].clone()
+        if self.tail is not None and self.crossfade:
+            n = min(self.crossfade, piece.shape[-1], self.tail.shape[-1])
+            fade = self.fade_in[:n]
+            piece[..., :n] = self.tail[..., :n] * (1 - fade) + piece[..., :n] * fade
+        self.tail = None if final else audio[..., b: b + self.crossfade].clone()
+        self.done = stop
+        # forget frames that no later window needs
+        keep_from = max(self.first, self.done - self.left)
+        self.codes = self.codes[..., keep_from - self.first:]
+        self.first = keep_from
+        # frames before ``skip`` are context (the continuation prompt): decoded, never emitted
+        if self.skip > start:
+            cut = (min(self.skip, stop) - start) * self.hop
+            piece = piece[..., cut:]
+        return piece.numpy()
+
+    def _join(self, pieces: list) -> np.ndarray:
+        if not pieces:
+            v = 0 if self.codes is None else self.codes.shape[0]
+            return np.zeros((v, self.channels, 0), dtype=np.float32)
+        return np.ascontiguousarray(np.concatenate(pieces, axis=-1), dtype=np.float32)
