@@ -65,10 +65,13 @@ class BarChunker:
         if block.ndim != 3:
             raise ValueError(f"blocks must be (variations, channels, n), got shape {block.shape}")
         out: list[BarChunk] = []
+        if self._pending and block.shape[:2] != self._shape:
+            raise ValueError(f"blocks changed shape mid-take: {self._shape} then {block.shape[:2]}")
         self._shape = block.shape[:2]
         if self.done or block.shape[2] == 0:
             return out
-        self._pending.append(block)
+        # a copy: an engine may reuse its buffer for the next block while we still hold this one
+        self._pending.append(np.array(block, dtype=np.float32))
         self._pending_frames += block.shape[2]
         while not self.done:
             start, end = self._bar_bounds(self.emitted)
