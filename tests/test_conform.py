@@ -1,0 +1,200 @@
+"""Conform: takes at the DAW's rate and tempo, downbeat on the bar line, exact length.
+
+Signals with known timing (numpy clicks; General MIDI drums rendered by fluidsynth) are made 3 to 15 %
+off the DAW's tempo, conformed, and their attacks measured against the DAW's grid with a detector
+that is not conform's own.
+"""
+
+import numpy as np
+import pytest
+
+from stemd.models.base import AudioStream, GenerationSpec
+from stemd.models.conform import (StreamConformer, conform, describe_grid, detect_timing, make_loop,
+                                  resample, Resampler, time_stretch, with_grid)
+from stemd.models.conform.signals import click_track, drum_track, fluidsynth_missing
+from stemd.models.pipeline import render_take
+from stemd.timing import Grid, Meter, Section, Tempo
+
+MODEL_RATE = 32000
+
+
+def attack_errors_ms(audio, rate, grid_times):
+    """Distance (ms) of the attack nearest each grid beat from that beat: the first sample within
+    +-40 ms whose level reaches 30 % of the window's peak."""
+    x = np.abs(np.asarray(audio)).reshape(-1, np.asarray(audio).shape[-1]).mean(axis=0)
+    errs = []
+    for t in grid_times:
+        lo, hi = max(0, int((t - 0.04) * rate)), min(len(x), int((t + 0.04) * rate))
+        win = x[lo:hi]
+        errs.append(((lo + np.flatnonzero(win >= 0.3 * win.max())[0]) / rate - t) * 1000)
+    return np.abs(np.array(errs))
+
+
+def grid_beats(grid, bars):
+    return [float(t) for _b, _u, t in grid.unit_onsets_seconds(0, bars)]
+
+
+OFF = [0.85, 0.91, 0.97, 1.03, 1.09, 1.15]
+
+
+@pytest.mark.parametrize("off", OFF)
+def test_a_click_track_off_tempo_lands_on_the_grid(off):
+    grid, rate, bars = Grid(120), 48000, 4
+    audio, _, _ = click_track(120 * off, MODEL_RATE, bars + 1, start=0.87, pickup=1)
+    out = conform(audio, MODEL_RATE, grid, target_rate=rate, bars=bars)
+    assert out.shape == (grid.span_samples(0, bars, rate),)
+    errs = attack_errors_ms(out, rate, grid_beats(grid, bars))
+    assert np.median(errs) <= 5 and errs.max() <= 15, errs
+
+
+@pytest.mark.parametrize("rate, meter, bpm", [(44100, "7/8", 137.5), (88200, "3/4", 96), (96000, "6/8", 110)])
+def test_other_rates_and_meters(rate, meter, bpm):
+    grid, bars = Grid(bpm, meter), 3
+    m = Meter.parse(meter)
+    audio, _, _ = click_track(bpm * 1.06, MODEL_RATE, bars + 1, beats_per_bar=m.numerator, start=0.2,
+                              unit_quarters=float(m.unit_quarters))
+    out = conform(audio, MODEL_RATE, grid, target_rate=rate, bars=bars)
+    assert out.shape == (grid.span_samples(0, bars, rate),)
+    errs = attack_errors_ms(out, rate, grid_beats(grid, bars))
+    assert np.median(errs) <= 5 and errs.max() <= 15, errs
+
+
+@pytest.mark.skipif(fluidsynth_missing() is not None, reason=str(fluidsynth_missing()))
+@pytest.mark.parametrize("off, pickup", [(0.86, 0), (0.95, 1), (1.04, 0), (1.13, 2)])
+def test_drums_rendered_by_fluidsynth_land_on_the_grid(off, pickup):
+    grid, rate, bars = Grid(120), 44100, 4
+    audio, times, downbeats = drum_track(120 * off, MODEL_RATE, bars + 1, start=0.25 + pickup * 0.6, pickup=pickup)
+    out = conform(audio, MODEL_RATE, grid, target_rate=rate, bars=bars)
+    assert out.shape == (2, grid.span_samples(0, bars, rate))
+    errs = attack_errors_ms(out, rate, grid_beats(grid, bars))
+    assert np.median(errs) <= 5 and errs.max() <= 15, errs
+
+
+def test_detected_tempo_and_downbeat_of_drums_after_a_pickup():
+    if fluidsynth_missing():
+        pytest.skip(fluidsynth_missing())
+    audio, times, downbeats = drum_track(111, MODEL_RATE, 3, start=1.2, pickup=2)
+    timing = detect_timing(audio, MODEL_RATE, "4/4", expected_bpm=120)
+    assert timing.bpm == pytest.approx(111, rel=1e-3)
+    assert timing.downbeat == pytest.approx(times[downbeats][0], abs=0.005)
+
+
+def take_stream(audio, block, variations=1):
+    """A take as an engine would stream it: (variations, channels, n) blocks of ``block`` samples."""
+    audio = np.asarray(audio, np.float32).reshape(-1, np.asarray(audio).shape[-1])
+    audio = np.broadcast_to(audio, (variations, *audio.shape))
+    blocks = (np.ascontiguousarray(audio[..., i:i + block]) for i in range(0, audio.shape[-1], block))
+    return AudioStream(sample_rate=MODEL_RATE, channels=audio.shape[1], blocks=blocks, tempo_hint=120)
+
+
+def test_streaming_conform_matches_offline_within_a_millisecond_on_the_grid():
+    """Streaming decides the tempo from the first two bars, offline from the whole take: the beats
+    of both sit on the grid and within 1 ms of each other, and the lengths agree to the sample."""
+    grid, rate, bars = Grid(120), 48000, 8
+    audio, _, _ = click_track(120 * 0.93, MODEL_RATE, bars + 1, start=0.11)
+    offline = conform(audio, MODEL_RATE, grid, target_rate=rate, bars=bars)
+    spec = GenerationSpec(grid=grid, bars=bars, sample_rate=rate, channels=1)
+    streamed = render_take(_FakeEngine(take_stream(audio, 20480)), spec)[0, 0]
+    assert streamed.shape == offline.shape
+    beats = grid_beats(grid, bars)
+    e_off, e_str = attack_errors_ms(offline, rate, beats), attack_errors_ms(streamed, rate, beats)
+    assert np.median(e_str) <= 5 and e_str.max() <= 15
+    assert np.max(np.abs(e_off - e_str)) <= 1.0
+
+
+class _FakeEngine:
+    """An engine that hands back a prepared stream (MusicGen's place in the pipeline)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def stream(self, spec, **_):
+        return self._stream
+
+
+def sweep(seconds, rate, f0=50.0, f1=12000.0):
+    t = np.arange(int(seconds * rate)) / rate
+    k = np.log(f1 / f0) / seconds
+    return (0.5 * np.sin(2 * np.pi * f0 * (np.exp(k * t) - 1) / k)).astype(np.float32)
+
+
+def test_chunk_boundaries_leave_no_trace_on_a_sine_sweep():
+    """Same timing, any block size: the conformed sweep is the same samples (float32 rounding), so
+    no seam at any block boundary."""
+    grid, rate, bars = Grid(120), 44100, 3
+    audio = sweep(7.0, MODEL_RATE)
+    timing = detect_timing(click_track(120 * 1.07, MODEL_RATE, 4)[0], MODEL_RATE, "4/4", 120)
+    spec = GenerationSpec(grid=grid, bars=bars, sample_rate=rate, channels=1)
+    runs = []
+    for block in (7777, 1280, 10 ** 6):
+        conformer = StreamConformer(take_stream(audio, block), spec, timings=[timing])
+        runs.append(np.concatenate(list(conformer.blocks()), axis=2)[0, 0, :grid.span_samples(0, bars, rate)])
+    assert np.max(np.abs(runs[0] - runs[2])) < 1e-5 and np.max(np.abs(runs[1] - runs[2])) < 1e-5
+    # and the sweep itself is smooth: no sample-to-sample jump beyond what a 12 kHz sine at 0.5 allows
+    step = np.abs(np.diff(runs[0]))
+    assert step.max() < 0.5 * 2 * np.pi * 12000 / rate * 1.3
+
+
+def test_variations_are_conformed_each_by_its_own_tempo():
+    grid, rate, bars = Grid(120), 48000, 3
+    a, _, _ = click_track(120 * 0.9, MODEL_RATE, bars + 1, start=0.05)
+    b, _, _ = click_track(120 * 1.1, MODEL_RATE, bars + 1, start=0.3)
+    n = max(len(a), len(b))
+    both = np.stack([np.pad(a, (0, n - len(a))), np.pad(b, (0, n - len(b)))])[:, None, :]
+    stream = AudioStream(sample_rate=MODEL_RATE, channels=1, blocks=iter([both[..., :30000], both[..., 30000:]]),
+                         tempo_hint=120)
+    spec = GenerationSpec(grid=grid, bars=bars, sample_rate=rate, channels=1, variations=2)
+    take = render_take(_FakeEngine(stream), spec)
+    assert take.shape == (2, 1, grid.span_samples(0, bars, rate))
+    for v in range(2):
+        errs = attack_errors_ms(take[v, 0], rate, grid_beats(grid, bars))
+        assert np.median(errs) <= 5 and errs.max() <= 15
+
+
+def test_resampling_in_blocks_equals_resampling_whole():
+    x = sweep(1.0, MODEL_RATE)[None]
+    whole = resample(x, MODEL_RATE, 44100)
+    r = Resampler(MODEL_RATE, 44100, (1,))
+    parts = [r.process(x[:, i:i + 999]) for i in range(0, x.shape[1], 999)] + [r.flush()]
+    assert whole.shape[1] == 44100
+    assert np.max(np.abs(np.concatenate(parts, axis=1) - whole)) < 1e-6
+
+
+def test_time_stretch_is_exact_in_length_and_keeps_pitch():
+    rate = MODEL_RATE
+    tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(rate * 2) / rate)).astype(np.float32)
+    out = time_stretch(tone, rate, 0.8)
+    assert out.shape == (int(round(2 * rate * 0.8)),)
+    mid = out[rate // 4: rate]
+    spectrum = np.abs(np.fft.rfft(mid * np.hanning(len(mid))))
+    assert np.fft.rfftfreq(len(mid), 1 / rate)[np.argmax(spectrum)] == pytest.approx(440, abs=3)
+
+
+def test_a_loop_take_wraps_without_a_seam():
+    rate, n = 48000, 48000
+    t = np.arange(n + 4800) / rate
+    music = (0.5 * np.sin(2 * np.pi * 221.37 * t + 0.4) * (1 + 0.5 * np.sin(2 * np.pi * 0.7 * t))).astype(np.float32)
+    looped = make_loop(music, rate, n)
+    assert looped.shape == (n,)
+    wrap = abs(float(looped[0]) - float(looped[-1]))
+    typical = np.abs(np.diff(looped)).max()
+    assert wrap <= typical * 1.05
+    # without the crossfade the wrap is a jump
+    assert abs(float(music[0]) - float(music[n - 1])) > 5 * typical
+
+
+def test_loop_mode_in_the_pipeline_delivers_exact_bars_that_wrap():
+    grid, rate, bars = Grid(120), 48000, 2
+    audio = sweep(6.0, MODEL_RATE, 200, 400) + click_track(113, MODEL_RATE, 3)[0][: int(6.0 * MODEL_RATE)]
+    spec = GenerationSpec(grid=grid, bars=bars, sample_rate=rate, channels=1, loop=True)
+    take = render_take(_FakeEngine(take_stream(audio, 16000)), spec)[0, 0]
+    assert take.shape == (grid.span_samples(0, bars, rate),)
+    assert abs(float(take[0]) - float(take[-1])) <= np.abs(np.diff(take)).max()
+
+
+def test_describe_grid_words_for_the_text_conditioning():
+    assert describe_grid(Grid(120, "4/4"), key="A minor") == "120 bpm, 4/4, in A minor"
+    assert describe_grid(Grid(Tempo("137.5"), "7/8")) == "137.5 bpm, 7/8"
+    changing = Grid(120, "4/4", changes=[Section(4, Tempo(90), Meter(3, 4))])
+    assert describe_grid(changing, bar=5) == "90 bpm, 3/4"
+    assert with_grid("dark techno, ", Grid(128)) == "dark techno, 128 bpm, 4/4"
