@@ -1,4 +1,10 @@
-"""``stemd render``: takes rendered offline, each exactly N bars at the requested rate, with sidecars."""
+"""``stemd render``: a matrix of takes rendered offline (prompts x seeds x lengths x models), resumable,
+with sidecars, a manifest and a contact sheet; optionally loudness-normalised, split into stems, or
+spread over a Ray cluster. docs/render.md tells how.
+
+Each take's path is printed on stdout as it is written; the progress bar (on a terminal) and the
+summary go to stderr.
+"""
 
 from __future__ import annotations
 
@@ -7,55 +13,79 @@ import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="facebook/musicgen-small",
-                   help="'click', a MusicGen hub id (facebook/musicgen-small) or a local checkpoint folder")
-    p.add_argument("--prompt", default="", help="what to make, in words")
-    p.add_argument("--bars", type=int, default=4)
-    p.add_argument("--bpm", default="120", help="DAW tempo in quarter notes per minute (137.5 or 275/2)")
-    p.add_argument("--meter", default="4/4")
-    p.add_argument("--start-bar", type=int, default=0, help="the DAW bar the take starts on (0 = bar 1)")
-    p.add_argument("--variations", type=int, default=1)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--sample-rate", type=int, default=48000)
-    p.add_argument("--channels", type=int, default=2)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=250)
-    p.add_argument("--top-p", type=float, default=0.0)
-    p.add_argument("--guidance", type=float, default=3.0)
-    p.add_argument("--key", default="", help="musical key for the prompt, e.g. 'A minor'")
-    p.add_argument("--loop", action="store_true", help="make the take loop seamlessly")
-    p.add_argument("--format", default="float32", choices=["float32", "pcm24", "pcm16"])
+    p.add_argument("job", nargs="?", help="a job file (TOML); flags given here override its values")
+    p.add_argument("--model", action="append", default=None,
+                   help="'click', a MusicGen hub id (facebook/musicgen-small) or a local checkpoint folder; "
+                        "repeat for several models")
+    p.add_argument("--prompt", action="append", default=None, help="what to make, in words; repeat for several")
+    p.add_argument("--bars", default=None, help="take length in bars, or several: 2,4,8")
+    p.add_argument("--seeds", default=None, help="seeds, e.g. 1,2,3 (default 0)")
+    p.add_argument("--seed", type=int, default=None, help="one seed (same as --seeds N)")
+    p.add_argument("--variations", type=int, default=None,
+                   help="takes per prompt, seed and length, made as one batch on the device")
+    p.add_argument("--bpm", default=None, help="DAW tempo in quarter notes per minute (137.5 or 275/2)")
+    p.add_argument("--meter", default=None)
+    p.add_argument("--start-bar", type=int, default=None, help="the DAW bar the take starts on (0 = bar 1)")
+    p.add_argument("--sample-rate", type=int, default=None)
+    p.add_argument("--channels", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--key", default=None, help="musical key for the prompt, e.g. 'A minor'")
+    p.add_argument("--loop", action="store_true", default=None, help="make the take loop seamlessly")
+    p.add_argument("--format", default=None, choices=["float32", "pcm24", "pcm16", "flac", "flac16"],
+                   help="WAV float32 (default), 24- or 16-bit WAV, FLAC 24-bit (flac) or 16-bit")
+    p.add_argument("--lufs", type=float, default=None, help="normalise each take to this integrated loudness, e.g. -14")
+    p.add_argument("--stems", default=None, help="separate each take into stems: drums,bass,other,vocals")
+    p.add_argument("--stems-model", default=None, help="an htdemucs checkpoint (.th) or a folder of Demucs models")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: by device)")
-    p.add_argument("--out", default="takes", help="output folder")
+    p.add_argument("--out", default=None, help="output folder (default: takes)")
+    p.add_argument("--no-contact-sheet", action="store_true", help="skip the contact sheet (HTML and PNG)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run on a Ray cluster (host:port of its head, or 'auto'): one worker per GPU")
+    p.add_argument("--ray-workers", type=int, default=None,
+                   help="workers on a cluster without GPUs (default: one per CPU)")
+
+
+def job_from_args(args: argparse.Namespace):
+    from pathlib import Path
+
+    from stemd.daemon.render.job import int_list, load_job_file, make_job
+
+    values, base = {}, None
+    if args.job:
+        values, base = load_job_file(Path(args.job)), Path(args.job).resolve().parent
+    flags = {"models": args.model, "prompts": args.prompt, "variations": args.variations, "bpm": args.bpm,
+             "meter": args.meter, "start_bar": args.start_bar, "sample_rate": args.sample_rate,
+             "channels": args.channels, "temperature": args.temperature, "top_k": args.top_k,
+             "top_p": args.top_p, "guidance": args.guidance, "key": args.key, "loop": args.loop,
+             "format": args.format, "lufs": args.lufs, "stems_model": args.stems_model, "device": args.device,
+             "dtype": args.dtype, "out": args.out}
+    if args.bars is not None:
+        flags["bars"] = int_list(args.bars)
+    if args.seeds is not None or args.seed is not None:
+        flags["seeds"] = int_list(args.seeds) if args.seeds is not None else [args.seed]
+    if args.stems is not None:
+        flags["stems"] = [s.strip() for s in args.stems.split(",") if s.strip()]
+    if args.no_contact_sheet:
+        flags["contact_sheet"] = False
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if not args.job:
+        base = None
+    if base is not None and args.out is not None:
+        values["out"] = str(Path(args.out).resolve())  # a flag's --out is relative to where it was typed
+    return make_job(values, base)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from stemd.daemon.render.runner import run_job
 
-    from stemd.daemon.jobs import spec_from_request, write_takes
-    from stemd.models.pipeline import render_take
-    from stemd.models.registry import load_engine
-    from stemd.protocol import GenerateRequest, parse_tempo
-    from stemd.takes import next_take_number, slug
-    from stemd.timing import Meter, TimingError
-
-    try:
-        meter = Meter.parse(args.meter)
-    except TimingError as e:
-        from stemd.cli import CommandError
-
-        raise CommandError(str(e)) from None
-    request = GenerateRequest(
-        "render", prompt=args.prompt, bars=args.bars, bpm=parse_tempo(args.bpm), meter=meter,
-        start_bar=args.start_bar, sample_rate=args.sample_rate, channels=args.channels,
-        variations=args.variations, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, guidance=args.guidance, key=args.key, loop=args.loop, priority="offline")
-    engine = load_engine(args.model, device=args.device, dtype=args.dtype)
-    spec = spec_from_request(request, engine)
-    audio = render_take(engine, spec)
-    out = Path(args.out)
-    take = next_take_number(out, f"{slug(request.prompt or engine.name)}_bar{request.start_bar + 1:03d}")
-    for path in write_takes(out, request, engine, audio, take, args.format):
-        print(path)
+    job = job_from_args(args)
+    result = run_job(job, ray_address=args.ray, ray_workers=args.ray_workers,
+                     on_take=lambda path: print(path, flush=True))
+    print(f"stemd render: {len(result.written)} takes written, {result.skipped} already finished, "
+          f"{result.planned} in the job ({result.takes_per_minute:.1f} takes/min); manifest {result.manifest}"
+          + (f"; contact sheet {result.contact_sheet}" if result.contact_sheet else ""), file=sys.stderr)
     return 0

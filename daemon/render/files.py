@@ -1,0 +1,117 @@
+"""A rendered take as files: audio (WAV or FLAC), its stems, and a JSON sidecar, written atomically.
+
+A render worker returns a :class:`TakeFiles` (bytes in memory, so a Ray worker on another machine
+can hand it back) and :func:`write_take_files` puts it on disk in an order that makes a crash
+harmless: stems, then the sidecar, then the take's own audio file, each written to ``NAME.partial``
+and renamed into place.
+
+**The rule for "finished"** (:func:`is_finished`): a take is finished when its audio file exists
+under its final name, its sidecar exists and records the same ``key`` (the hash of the parameters
+that shaped it), and every stem the sidecar lists exists. A ``.partial`` file is never a take;
+a file left by a job with other parameters is redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from stemd.takes import inside, wav_bytes
+
+PARTIAL = ".partial"
+
+
+def audio_bytes(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes:
+    """``audio`` float32 ``(channels, n)`` as a file: float32/pcm24/pcm16 WAV, or flac (24-bit)/flac16."""
+    if fmt in ("float32", "pcm24", "pcm16"):
+        return wav_bytes(audio, sample_rate, fmt)
+    import soundfile
+
+    buf = io.BytesIO()
+    subtype = "PCM_16" if fmt == "flac16" else "PCM_24"
+    soundfile.write(buf, np.clip(np.asarray(audio, np.float32).T, -1.0, 1.0), sample_rate, subtype=subtype,
+                    format="FLAC")
+    return buf.getvalue()
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    partial = path.with_name(path.name + PARTIAL)
+    with open(partial, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+
+
+@dataclass
+class TakeFiles:
+    """One take, ready to write: ``name`` + extension, its sidecar, and stems by name."""
+
+    name: str
+    extension: str
+    audio: bytes
+    sidecar: dict
+    stems: dict = field(default_factory=dict)  # stem name -> file bytes
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.{self.extension}"
+
+    def stem_file(self, stem: str) -> str:
+        return f"{self.name}.stems/{stem}.{self.extension}"
+
+
+def write_take_files(folder: Path, take: TakeFiles) -> Path:
+    """Stems, then sidecar, then audio (the audio's final name is what makes the take finished)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    audio_path = inside(folder, take.file)
+    meta = dict(take.sidecar)
+    meta["file"] = take.file
+    meta["sha256"] = hashlib.sha256(take.audio).hexdigest()
+    meta["stems"] = {}
+    for stem, data in take.stems.items():
+        path = inside(folder, take.stem_file(stem))
+        path.parent.mkdir(exist_ok=True)
+        atomic_write(path, data)
+        meta["stems"][stem] = {"file": take.stem_file(stem), "sha256": hashlib.sha256(data).hexdigest()}
+    atomic_write(audio_path.with_suffix(".json"), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write(audio_path, take.audio)
+    return audio_path
+
+
+def read_sidecar(folder: Path, name: str) -> dict | None:
+    try:
+        return json.loads((Path(folder) / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_finished(folder: Path, name: str, extension: str, key: str) -> bool:
+    """True when ``name.extension`` exists under its final name with a sidecar of the same ``key``
+    and all its stems (see the module docstring)."""
+    folder = Path(folder)
+    if not (folder / f"{name}.{extension}").is_file():
+        return False
+    meta = read_sidecar(folder, name)
+    if not meta or meta.get("key") != key:
+        return False
+    return all((folder / s["file"]).is_file() for s in meta.get("stems", {}).values())
+
+
+def remove_partials(folder: Path) -> int:
+    """Delete ``*.partial`` left by a killed run (never a finished take); returns how many."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    gone = 0
+    for path in list(folder.glob(f"*{PARTIAL}")) + list(folder.glob(f"*.stems/*{PARTIAL}")):
+        path.unlink(missing_ok=True)
+        gone += 1
+    return gone

@@ -1,0 +1,67 @@
+"""One batch on one device: engine -> conform -> bar-exact take -> loudness -> stems -> files in memory.
+
+A :class:`BatchRenderer` holds one engine warm (and a stem separator, if the job asks for stems)
+and turns a :class:`~stemd.daemon.render.job.Batch` into one :class:`TakeFiles` per variation. It
+is the same object locally and inside a Ray worker; only where the files are written differs.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from typing import Optional
+
+from stemd.daemon.jobs import sidecar_for, spec_from_request
+from stemd.daemon.render.files import TakeFiles, audio_bytes
+from stemd.daemon.render.job import Batch, Job
+from stemd.models.base import Engine
+from stemd.models.pipeline import render_take
+from stemd.models.registry import load_engine
+
+
+class BatchRenderer:
+    def __init__(self, job: Job, engines: Optional[dict] = None):
+        self.job = job
+        self._engines: dict[str, Engine] = dict(engines or {})
+        self._separator = None
+
+    def engine(self, model: str) -> Engine:
+        if model not in self._engines:
+            self._engines.clear()  # one model warm at a time
+            self._engines[model] = load_engine(model, device=self.job.device, dtype=self.job.dtype)
+        return self._engines[model]
+
+    def separator(self):
+        if self._separator is None:
+            from stemd.daemon.render.stems import load_separator
+
+            self._separator = load_separator(self.job.stems_model, device=self.job.device)
+        return self._separator
+
+    def render(self, batch: Batch) -> list[TakeFiles]:
+        job, request = self.job, batch.request
+        engine = self.engine(batch.model)
+        started = time.perf_counter()
+        audio = render_take(engine, spec_from_request(request, engine))  # (variations, channels, n)
+        seconds = time.perf_counter() - started
+        out = []
+        for take in batch.takes:
+            mix = audio[take.variation]
+            meta = sidecar_for(request, engine, take.variation)
+            meta.update({"key": take.key, "name": take.name, "model": batch.model, "format": job.format,
+                         "sample_rate": request.sample_rate, "channels": int(mix.shape[0]),
+                         "frames": int(mix.shape[1]), "render_seconds": round(seconds, 4),
+                         "batch_variations": request.variations, "host": platform.node()})
+            if job.lufs is not None:
+                from stemd.daemon.render.loudness import normalise
+
+                mix, meta["loudness"] = normalise(mix, request.sample_rate, job.lufs, pcm=job.format != "float32")
+            stems = {}
+            if job.stems:
+                separated = self.separator().separate(mix, request.sample_rate)
+                stems = {name: audio_bytes(separated[name], request.sample_rate, job.format) for name in job.stems}
+                meta["stems_model"] = job.stems_model
+            out.append(TakeFiles(take.name, take.extension, audio_bytes(mix, request.sample_rate, job.format),
+                                 meta, stems))
+        return out
+
