@@ -49,6 +49,7 @@ ERROR_CODES = {
     "tcp_only": "this needs a TCP connection",
     "model_not_found": "the model is not available on the daemon's machine",
     "engine_error": "the engine failed on this request",
+    "io_error": "the daemon could not write the take (disk full, permissions)",
     "cancelled": "the request was cancelled",
     "shutting_down": "the daemon is stopping",
     "internal": "a bug in stemd: please report it with the daemon's log",

@@ -1,0 +1,79 @@
+"""``stemd serve``: keep one model warm and serve every DAW, bridge and controller over OSC (UDP + TCP)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from stemd.protocol import DEFAULT_PORT
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="facebook/musicgen-small",
+                   help="'click' (a metronome, no model), a MusicGen hub id or a local checkpoint folder")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; any other address requires --token)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT,
+                   help=f"UDP and TCP port (default {DEFAULT_PORT}; 0 picks a free one and logs it)")
+    p.add_argument("--token", default=os.environ.get("STEMD_TOKEN", ""),
+                   help="shared secret clients must present (default: $STEMD_TOKEN)")
+    p.add_argument("--out", default="takes", help="folder for finished takes (default ./takes)")
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: by device)")
+    p.add_argument("--queue-size", type=int, default=16, help="requests that may wait (default 16); more get 'busy'")
+    p.add_argument("--on-shutdown", choices=["finish", "cancel"], default="cancel",
+                   help="on SIGINT/SIGTERM: finish queued and running requests, or cancel them (default)")
+    p.add_argument("--max-client-buffer-mb", type=float, default=64.0,
+                   help="replies waiting for one TCP client before it is dropped as too slow (default 64)")
+    p.add_argument("--max-take-mb", type=float, default=1024.0, help="the largest take accepted (default 1024)")
+    p.add_argument("--input-root", default=None,
+                   help="continuation_path files must lie in this folder (default: anywhere on this host)")
+    p.add_argument("--pace", type=float, default=0.0,
+                   help="spend at least this many seconds per bar (demos and tests: a fast engine that behaves "
+                        "like a slow one)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    from pathlib import Path
+
+    from stemd.cli import CommandError
+    from stemd.daemon.server import Server, loopback
+    from stemd.daemon.service import Service, Settings
+
+    if not loopback(args.host) and not args.token:
+        raise CommandError(f"listening on {args.host} (not this machine only) requires --token")
+    if not 0 <= args.port <= 65535:
+        raise CommandError(f"--port must be 0..65535, got {args.port}")
+    if args.queue_size < 1:
+        raise CommandError("--queue-size must be at least 1")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    log = logging.getLogger("stemd.daemon")
+
+    from stemd.models.registry import load_engine
+
+    engine = load_engine(args.model, device=args.device, dtype=args.dtype)  # ModelNotFound: one line, exit 2
+    out = Path(args.out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    settings = Settings(out=out, token=args.token, queue_size=args.queue_size, on_shutdown=args.on_shutdown,
+                        max_client_buffer=int(args.max_client_buffer_mb * 2 ** 20),
+                        max_take_bytes=int(args.max_take_mb * 2 ** 20),
+                        input_root=Path(args.input_root).resolve() if args.input_root else None, pace=args.pace)
+    server = Server(Service(engine, settings))
+
+    async def main() -> None:
+        try:
+            await server.start(args.host, args.port)
+        except OSError as e:
+            raise CommandError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+        info = engine.info()
+        where = f"[{args.host}]" if ":" in args.host else args.host
+        log.info("listening on osc.udp://%s:%d and osc.tcp://%s:%d; model %s on %s; takes in %s%s",
+                 where, server.port, where, server.port, info.get("model", engine.name), info.get("device", "cpu"),
+                 out, "; token required" if args.token else "")
+        await server.run_until_signal()
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,126 @@
+"""What each address does: one table, address -> handler. Handlers never see bytes.
+
+A handler gets the :class:`~stemd.daemon.service.Service`, the client that sent the message (it has
+``send(address, *args)``) and the message's arguments. It replies through the client, or raises
+:class:`~stemd.protocol.ProtocolError`, which :func:`dispatch` turns into ``/stemd/error``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from typing import Any, Callable
+
+from stemd.daemon.jobs import spec_from_request
+from stemd.daemon.scheduler import Job
+from stemd.daemon.service import Service, log_request
+from stemd.osc import Message
+from stemd.errors import StemdError
+from stemd.protocol import (ACCEPTED, CANCEL, CANCELLED, ERROR, ERROR_CODES, GENERATE, HELLO, PING, PONG, QUEUED,
+                            STATUS, STATUS_REPLY, VERSION, GenerateRequest, ProtocolError, check_request_id)
+
+Handler = Callable[[Service, Any, tuple], None]
+
+
+def ping(service: Service, client: Any, args: tuple) -> None:
+    info = service.info
+    client.send(PONG, VERSION, str(info.get("model", service.engine.name)), str(info.get("device", "cpu")))
+
+
+def hello(service: Service, client: Any, args: tuple) -> None:
+    """``/stemd/hello <token>``: the server checks the token before dispatch; here we only answer."""
+    ping(service, client, ())
+
+
+def generate(service: Service, client: Any, args: tuple) -> None:
+    request = GenerateRequest.from_args(args)
+    rid = request.request_id
+    if (client.key, rid) in service.active:
+        raise ProtocolError("duplicate_id", f"request {rid!r} is still running or queued", rid)
+    frames = float(request.seconds) * request.sample_rate
+    size = frames * request.channels * request.variations * 4
+    if size > service.settings.max_take_bytes:
+        raise ProtocolError("too_large", f"this take would be {size / 2 ** 20:.0f} MiB of audio; the daemon's limit "
+                            f"is {service.settings.max_take_bytes / 2 ** 20:.0f} MiB (fewer bars, variations or a "
+                            "lower rate)", rid)
+    if request.seed is None:  # fixed now, so a preempted take resumes with the same bars (and the sidecar says it)
+        request = dataclasses.replace(request, seed=random.randrange(2 ** 31))
+    spec = spec_from_request(dataclasses.replace(request, continuation_path=""), service.engine)
+    job = Job(request, client, spec)
+
+    def accepted() -> None:
+        client.send(ACCEPTED, rid)
+        ahead = service.scheduler.position(job) + (service.scheduler.running is not None)
+        if ahead > 0:
+            client.send(QUEUED, rid, ahead)
+
+    service.scheduler.submit(job, on_accept=accepted)
+    service.register(job)
+
+
+def cancel(service: Service, client: Any, args: tuple) -> None:
+    if len(args) != 1:
+        raise ProtocolError("bad_arguments", "cancel takes one argument: <request_id>")
+    rid = check_request_id(args[0])
+    job = service.active.get((client.key, rid))
+    if job is None:
+        raise ProtocolError("unknown_request", f"no queued or running request {rid!r} from this client", rid)
+    if service.scheduler.cancel(job, "cancel"):  # still queued: gone now
+        log_request(job, "cancelled while queued")
+        service.retire(job)
+        job.client.send(CANCELLED, rid)
+    # running: the worker stops between steps and sends /stemd/cancelled itself
+
+
+def status(service: Service, client: Any, args: tuple) -> None:
+    if len(args) > 1:
+        raise ProtocolError("bad_arguments", "status takes no argument or one: [request_id]")
+    if not args:
+        running = service.scheduler.running
+        state = "stopping" if service.stopping else ("busy" if running else "idle")
+        client.send(STATUS_REPLY, "*", state, service.scheduler.queued_count(), running.id if running else "",
+                    len(service.clients), str(service.info.get("model", service.engine.name)))
+        return
+    rid = check_request_id(args[0])
+    job = service.lookup(client, rid)
+    if job is None:
+        raise ProtocolError("unknown_request", f"no request {rid!r} from this client", rid)
+    client.send(STATUS_REPLY, rid, job.state, job.bars_done, job.request.bars, service.scheduler.position(job))
+
+
+TABLE: dict[str, Handler] = {
+    PING: ping,
+    HELLO: hello,
+    GENERATE: generate,
+    CANCEL: cancel,
+    STATUS: status,
+}
+
+
+def request_id_of(message: Message) -> str:
+    """The id to name in an error about ``message`` ("" when it has none we can trust)."""
+    if message.address in (GENERATE, CANCEL, STATUS) and message.args and isinstance(message.args[0], str):
+        try:
+            return check_request_id(message.args[0])
+        except ProtocolError:
+            return ""
+    return ""
+
+
+def dispatch(service: Service, client: Any, message: Message) -> None:
+    """Run ``message``'s handler; every failure becomes ``/stemd/error`` to ``client``."""
+    handler = TABLE.get(message.address)
+    try:
+        if handler is None:
+            raise ProtocolError("unknown_address", f"stemd has no address {message.address[:80]!r}; "
+                                f"it knows {', '.join(TABLE)}")
+        handler(service, client, message.args)
+    except StemdError as e:
+        rid = getattr(e, "request_id", "") or request_id_of(message)
+        code = e.code if e.code in ERROR_CODES else "internal"
+        client.send(ERROR, rid, code, str(getattr(e, "message", e)))
+    except Exception as e:  # a bug: the client hears about it, the daemon goes on
+        logging.getLogger("stemd.daemon").exception("handler for %s failed", message.address)
+        client.send(ERROR, request_id_of(message), "internal", f"{type(e).__name__}: {e}"[:300])
+

@@ -1,0 +1,192 @@
+"""The queue in front of the one worker: live before offline, round-robin between clients, bounded.
+
+A :class:`Job` is one accepted ``/stemd/generate``. :meth:`Scheduler.next_job` blocks the worker until
+there is work and hands out jobs in this order: every queued live job before any offline one; within a
+priority, clients take turns (the client served least recently goes first), and each client's own jobs
+run in the order it sent them. The queue holds at most ``capacity`` waiting jobs: past that,
+:meth:`submit` refuses with ``busy``.
+
+Cancel and preemption are flags on the job that the worker's ``should_stop`` reads between decoding
+steps. A live job that arrives while an offline job runs asks the running job to yield; the worker then
+puts the preempted job back at the head of its client's queue (:meth:`requeue`), and it resumes later
+(see :mod:`stemd.daemon.worker`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from stemd.protocol import PRIORITIES, GenerateRequest, ProtocolError
+
+_seq = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Job:
+    request: GenerateRequest
+    client: Any                       # a daemon.server client: .key, .name, .send(...)
+    spec: Any = None                  # models.base.GenerationSpec, built when accepted
+    seq: int = field(default_factory=lambda: next(_seq))
+    received: float = field(default_factory=time.monotonic)
+    state: str = "queued"             # queued | running | done | cancelled | failed
+    cancel_reason: str = ""           # "" while not cancelled; else cancel | disconnect | shutdown
+    preempt: bool = False             # a live job is waiting: yield between steps
+    preemptions: int = 0
+    bars_done: int = 0                # bars already delivered to the client (kept across preemption)
+    parts: list = field(default_factory=list)  # delivered bars' audio, (variations, channels, n) each
+    seed: Optional[int] = None        # fixed on first run so a resumed job makes the same bars
+    first_bar_at: Optional[float] = None
+    finished_at: Optional[float] = None
+    started_at: Optional[float] = None
+    error: str = ""
+
+    @property
+    def id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def priority(self) -> str:
+        return self.request.priority
+
+    def should_stop(self) -> bool:
+        return bool(self.cancel_reason) or self.preempt
+
+
+class Scheduler:
+    def __init__(self, capacity: int = 16):
+        self.capacity = capacity
+        self._cond = threading.Condition()
+        #: priority -> client key -> deque of jobs; the OrderedDict's order is the clients' turn order
+        self._queues: dict[str, OrderedDict[Any, deque]] = {p: OrderedDict() for p in PRIORITIES}
+        self.running: Optional[Job] = None
+        self._closed = False
+
+    # --- producers (the event loop) -----------------------------------------------------------
+    def submit(self, job: Job, on_accept: Optional[Callable[[], None]] = None) -> None:
+        """Queue ``job``; ``on_accept`` runs under the lock, before the worker can see the job."""
+        with self._cond:
+            if self._closed:
+                raise ProtocolError("shutting_down", "the daemon is stopping and accepts no new work", job.id)
+            if self.queued_count() >= self.capacity:
+                raise ProtocolError("busy", f"the queue is full ({self.capacity} waiting); try again later", job.id)
+            self._queues[job.priority].setdefault(job.client.key, deque()).append(job)
+            if on_accept is not None:
+                on_accept()
+            running = self.running
+            if running is not None and job.priority == "live" and running.priority == "offline":
+                running.preempt = True
+            self._cond.notify_all()
+
+    def requeue(self, job: Job) -> None:
+        """Put a preempted job back at the head of its client's queue (it does not count against capacity)."""
+        with self._cond:
+            job.preempt, job.state = False, "queued"
+            queue = self._queues[job.priority].setdefault(job.client.key, deque())
+            queue.appendleft(job)
+            self._queues[job.priority].move_to_end(job.client.key, last=False)
+            self._cond.notify_all()
+
+    def cancel(self, job: Job, reason: str) -> bool:
+        """Flag ``job`` cancelled; True when it was still queued (and is now removed)."""
+        with self._cond:
+            if not job.cancel_reason:
+                job.cancel_reason = reason
+            queue = self._queues[job.priority].get(job.client.key)
+            if queue is not None and job in queue:
+                queue.remove(job)
+                job.state = "cancelled"
+                self._cond.notify_all()
+                return True
+            return False
+
+    def cancel_where(self, predicate: Callable[[Job], bool], reason: str) -> list[Job]:
+        """Cancel every queued or running job matching ``predicate``; returns the ones removed from the queue."""
+        with self._cond:
+            removed = [j for qs in self._queues.values() for q in qs.values() for j in q if predicate(j)]
+            for job in removed:
+                self.cancel(job, reason)
+            if self.running is not None and predicate(self.running) and not self.running.cancel_reason:
+                self.running.cancel_reason = reason
+            return removed
+
+    def close(self) -> None:
+        """Refuse new work; the worker drains what is queued, then :meth:`next_job` returns None."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    # --- the consumer (the worker thread) -----------------------------------------------------
+    def next_job(self, timeout: Optional[float] = None) -> Optional[Job]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                job = self._pop()
+                if job is not None:
+                    job.state, self.running = "running", job
+                    if job.priority == "offline" and self._has_live():
+                        job.preempt = True
+                    return job
+                if self._closed:
+                    return None
+                wait = None if deadline is None else deadline - time.monotonic()
+                if wait is not None and wait <= 0:
+                    return None
+                self._cond.wait(wait)
+
+    def finished(self, job: Job) -> None:
+        with self._cond:
+            if self.running is job:
+                self.running = None
+            self._cond.notify_all()
+
+    def _pop(self) -> Optional[Job]:
+        for priority in PRIORITIES:
+            clients = self._queues[priority]
+            for key in list(clients):
+                queue = clients[key]
+                if not queue:
+                    del clients[key]
+                    continue
+                job = queue.popleft()
+                clients.move_to_end(key)  # this client had its turn
+                if not queue:
+                    del clients[key]
+                return job
+        return None
+
+    def _has_live(self) -> bool:
+        return any(self._queues["live"].values())
+
+    # --- views --------------------------------------------------------------------------------
+    def queued_count(self) -> int:
+        with self._cond:
+            return sum(len(q) for qs in self._queues.values() for q in qs.values())
+
+    def position(self, job: Job) -> int:
+        """0-based place in the order :meth:`next_job` would hand jobs out, or -1 when not queued."""
+        with self._cond:
+            order = self._order()
+        return order.index(job) if job in order else -1
+
+    def _order(self) -> list[Job]:
+        order = []
+        for priority in PRIORITIES:
+            queues = [list(q) for q in self._queues[priority].values()]
+            for round_ in itertools.zip_longest(*queues):
+                order += [j for j in round_ if j is not None]
+        return order
+
+    def wait_idle(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.running is not None or self.queued_count():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True

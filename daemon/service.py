@@ -1,0 +1,87 @@
+"""What the daemon knows: its engine, its scheduler, its settings and the requests it has seen.
+
+The server (transports) and the dispatch table (meaning) both talk to one :class:`Service`. Requests
+are named by ``(client scope, request id)``: a TCP connection is one scope; UDP senders on one host
+share a scope, because tools like ``oscsend`` send each message from a new port.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from stemd.daemon.scheduler import Job, Scheduler
+from stemd.models.base import Engine
+
+log = logging.getLogger("stemd.daemon")
+
+#: finished requests remembered for /stemd/status
+RECENT = 1024
+
+
+@dataclass
+class Settings:
+    out: Path
+    token: str = ""
+    queue_size: int = 16
+    on_shutdown: str = "cancel"          # finish | cancel
+    max_client_buffer: int = 64 * 1024 * 1024
+    max_take_bytes: int = 1024 * 1024 * 1024
+    input_root: Optional[Path] = None    # continuation_path must be inside it (None: anywhere)
+    pace: float = 0.0                    # seconds the worker spends per bar at least (tests, demos)
+
+
+class Service:
+    def __init__(self, engine: Engine, settings: Settings):
+        self.engine, self.settings = engine, settings
+        self.scheduler = Scheduler(settings.queue_size)
+        self.active: dict[tuple, Job] = {}
+        self.recent: OrderedDict[tuple, Job] = OrderedDict()
+        self.clients: set = set()       # connected TCP clients
+        self.stopping = False
+        self.started = time.monotonic()
+
+    @property
+    def info(self) -> dict:
+        return self.engine.info()
+
+    def register(self, job: Job) -> None:
+        self.active[(job.client.key, job.id)] = job
+
+    def lookup(self, client: Any, request_id: str) -> Optional[Job]:
+        key = (client.key, request_id)
+        return self.active.get(key) or self.recent.get(key)
+
+    def retire(self, job: Job) -> None:
+        """A job reached done, cancelled or failed (called on the event loop)."""
+        key = (job.client.key, job.id)
+        if self.active.get(key) is job:
+            del self.active[key]
+        self.recent[key] = job
+        self.recent.move_to_end(key)
+        while len(self.recent) > RECENT:
+            self.recent.popitem(last=False)
+
+    def drop_client(self, client: Any, reason: str) -> None:
+        """A client went away: cancel everything it asked for and free the worker."""
+        removed = self.scheduler.cancel_where(lambda j: j.client is client, reason)
+        for job in removed:
+            log_request(job, reason)
+            self.retire(job)
+
+
+def log_request(job: Job, outcome: str) -> None:
+    """The producer-readable line: who, what, how long to first bar, how long in all."""
+    r = job.request
+    end = job.finished_at or time.monotonic()
+    first = f"{(job.first_bar_at - job.received) * 1000:.0f} ms" if job.first_bar_at else "-"
+    what = (f"{r.bars} bars {r.bpm} BPM {r.meter} at bar {r.start_bar + 1}, {r.variations} var, "
+            f"{r.sample_rate} Hz {r.channels} ch, {r.priority}, seed {r.seed}, prompt {r.prompt[:60]!r}")
+    extra = f", preempted {job.preemptions}x" if job.preemptions else ""
+    error = f" ({job.error})" if job.error else ""
+    log.info("request %s from %s: %s -> %s%s; first bar %s, total %.0f ms%s",
+             job.id, job.client.name, what, outcome, error, first, (end - job.received) * 1000, extra)

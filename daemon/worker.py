@@ -1,0 +1,192 @@
+"""The one thread that owns the engine and the device.
+
+It takes jobs from the scheduler and runs each through ``models.pipeline.bar_chunks`` with a
+``should_stop`` that reads the job's cancel and preempt flags, so a cancel or a waiting live request
+is noticed between decoding steps. Each bar leaves the moment it exists (``client.send`` never
+blocks: a client too slow to keep up is dropped by the server, not waited for). When the last bar is
+in, the take is written to disk first, then ``/stemd/take`` and ``/stemd/done`` go out.
+
+Preemption: a preempted offline job keeps the bars it already delivered and goes back to the head of
+its client's queue. When it runs again, the engine starts the take over with the same seed and the
+bars already delivered are not sent again (the engine repeats their work; deterministic engines make
+the same audio, so the take is seamless).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from stemd.daemon.jobs import spec_from_request, write_takes
+from stemd.daemon.scheduler import Job
+from stemd.daemon.service import Service, log_request
+from stemd.errors import StemdError
+from stemd.models.base import AudioStream, Cancelled, Engine, GenerationSpec, never_stop, no_progress
+from stemd.models.pipeline import bar_chunks
+from stemd.protocol import CANCELLED, CHUNK, DONE, ERROR, PROGRESS, TAKE, Chunk
+from stemd.takes import next_take_number, slug
+
+log = logging.getLogger("stemd.daemon")
+
+PROGRESS_INTERVAL = 0.25  # seconds between progress messages from inside a bar
+
+
+class Worker(threading.Thread):
+    def __init__(self, service: Service, call_on_loop: Callable[..., None]):
+        super().__init__(name="stemd-worker", daemon=True)
+        self.service = service
+        #: run a function on the event loop thread (registry changes happen there)
+        self.call_on_loop = call_on_loop
+        self.engine: Engine = service.engine
+        if service.settings.pace > 0:
+            self.engine = PacedEngine(self.engine, service.settings.pace)
+
+    def run(self) -> None:
+        scheduler = self.service.scheduler
+        while True:
+            job = scheduler.next_job()
+            if job is None:
+                return
+            try:
+                self.run_job(job)
+            except Exception:  # never let one request take the worker down
+                log.exception("worker failed on %s", job.id)
+            finally:
+                scheduler.finished(job)
+
+    def run_job(self, job: Job) -> None:
+        if job.cancel_reason:
+            return self._stopped(job)
+        job.started_at = job.started_at or time.monotonic()
+        client, request = job.client, job.request
+        try:
+            spec = job.spec
+            if request.continuation_path:
+                spec = spec_from_request(request, self.service.engine, self.service.settings.input_root)
+            progress = _Progress(job)
+            chunks = bar_chunks(self.engine, spec, should_stop=job.should_stop, on_progress=progress)
+            try:
+                for chunk in chunks:
+                    if chunk.index < job.bars_done:
+                        continue  # delivered before this job was preempted
+                    job.parts.append(chunk.audio)
+                    job.bars_done = chunk.index + 1
+                    job.first_bar_at = job.first_bar_at or time.monotonic()
+                    if client.stream:
+                        for v in range(chunk.variations):
+                            client.send(CHUNK, *Chunk(job.id, v, chunk.index, chunk.start_sample, chunk.sample_rate,
+                                                      chunk.channels, chunk.audio[v]).to_args())
+                    progress.bar_done()
+                    if job.cancel_reason:
+                        raise Cancelled()
+            finally:
+                chunks.close()
+            if job.bars_done < request.bars:
+                raise Cancelled()
+            paths = self._write(job)
+        except Cancelled:
+            return self._stopped(job)
+        except StemdError as e:
+            return self._failed(job, e.code, str(getattr(e, "message", e)))
+        except OSError as e:
+            return self._failed(job, "io_error", f"{type(e).__name__}: {e}")
+        except Exception as e:
+            log.exception("engine failed on %s", job.id)
+            return self._failed(job, "internal", f"{type(e).__name__}: {e}"[:300])
+        for v, path in enumerate(paths):
+            client.send(TAKE, job.id, v, str(path))
+        client.send(DONE, job.id)
+        self._finish(job, "done", f"done: {', '.join(p.name for p in paths)}")
+
+    def _write(self, job: Job) -> list[Path]:
+        request, out = job.request, self.service.settings.out
+        audio = np.concatenate(job.parts, axis=2)
+        job.parts = []
+        take = next_take_number(out, f"{slug(request.prompt or self.service.engine.name)}_bar{request.start_bar + 1:03d}")
+        return write_takes(out, request, self.service.engine, audio, take)
+
+    def _stopped(self, job: Job) -> None:
+        reason = job.cancel_reason
+        if not reason and job.preempt:
+            job.preemptions += 1
+            log.info("request %s from %s: preempted by a live request after %d bars", job.id, job.client.name,
+                     job.bars_done)
+            self.service.scheduler.requeue(job)
+            return
+        job.parts = []
+        if reason == "cancel":
+            job.client.send(CANCELLED, job.id)
+        elif reason == "shutdown":
+            job.client.send(ERROR, job.id, "shutting_down", "the daemon is stopping; the request was cancelled")
+        self._finish(job, "cancelled", {"cancel": "cancelled", "shutdown": "cancelled (shutdown)"}.get(
+            reason, f"cancelled ({reason or 'engine stopped'})"))
+
+    def _failed(self, job: Job, code: str, message: str) -> None:
+        job.parts, job.error = [], f"{code}: {message}"
+        job.client.send(ERROR, job.id, code, message)
+        self._finish(job, "failed", "failed")
+
+    def _finish(self, job: Job, state: str, outcome: str) -> None:
+        job.state, job.finished_at = state, time.monotonic()
+        log_request(job, outcome)
+        self.call_on_loop(self.service.retire, job)
+
+
+class _Progress:
+    """``/stemd/progress <id> <fraction> <bars_done>``: after every bar, and inside long bars at most 4 per s."""
+
+    def __init__(self, job: Job):
+        self.job, self.fraction, self.last = job, job.bars_done / job.request.bars, time.monotonic()
+
+    def __call__(self, fraction: float) -> None:
+        fraction = max(self.fraction, min(1.0, float(fraction)))
+        now = time.monotonic()
+        if fraction > self.fraction and now - self.last >= PROGRESS_INTERVAL:
+            self.fraction, self.last = fraction, now
+            self.job.client.send(PROGRESS, self.job.id, fraction, self.job.bars_done)
+
+    def bar_done(self) -> None:
+        self.fraction = max(self.fraction, self.job.bars_done / self.job.request.bars)
+        self.last = time.monotonic()
+        self.job.client.send(PROGRESS, self.job.id, self.fraction, self.job.bars_done)
+
+
+class PacedEngine(Engine):
+    """An engine that takes at least ``seconds`` per block, in 10 ms steps that check ``should_stop``.
+
+    ``stemd serve --pace`` uses it to make a fast engine (click) behave like a model on a slow device:
+    for demos, and for tests of cancel and preemption that need a take to last a while.
+    """
+
+    STEP = 0.01
+
+    def __init__(self, inner: Engine, seconds: float):
+        self.inner, self.seconds = inner, seconds
+        self.name, self.max_seconds, self.max_variations = inner.name, inner.max_seconds, inner.max_variations
+
+    def info(self) -> dict:
+        return self.inner.info()
+
+    def stream(self, spec: GenerationSpec, *, should_stop=never_stop, on_progress=no_progress) -> AudioStream:
+        stream = self.inner.stream(spec, should_stop=should_stop, on_progress=on_progress)
+        return dataclasses.replace(stream, blocks=self._paced(stream.blocks, should_stop))
+
+    def _paced(self, blocks: Iterator[np.ndarray], should_stop) -> Iterator[np.ndarray]:
+        try:
+            for block in blocks:
+                deadline = time.monotonic() + self.seconds
+                while time.monotonic() < deadline:
+                    if should_stop():
+                        raise Cancelled()
+                    time.sleep(min(self.STEP, max(0.0, deadline - time.monotonic())))
+                yield block
+        finally:
+            close = getattr(blocks, "close", None)
+            if close:
+                close()
