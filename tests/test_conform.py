@@ -198,3 +198,45 @@ def test_describe_grid_words_for_the_text_conditioning():
     changing = Grid(120, "4/4", changes=[Section(4, Tempo(90), Meter(3, 4))])
     assert describe_grid(changing, bar=5) == "90 bpm, 3/4"
     assert with_grid("dark techno, ", Grid(128)) == "dark techno, 128 bpm, 4/4"
+
+
+def test_stemd_conform_writes_exact_bars_on_the_grid(tmp_path):
+    import soundfile
+
+    from stemd.cli import main
+
+    audio, _, _ = click_track(120 * 1.08, 44100, 5, start=0.3)
+    soundfile.write(tmp_path / "in.wav", audio, 44100)
+    rc = main(["conform", str(tmp_path / "in.wav"), "--bpm", "120", "--bars", "4",
+               "--sample-rate", "48000", "--out", str(tmp_path / "out.wav")])
+    out, rate = soundfile.read(tmp_path / "out.wav", dtype="float32")
+    assert rc == 0 and rate == 48000 and len(out) == Grid(120).span_samples(0, 4, 48000)
+    errs = attack_errors_ms(out, rate, grid_beats(Grid(120), 4))
+    assert np.median(errs) <= 5 and errs.max() <= 15
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--bpm", "fast"], "tempo must be a number"),
+    (["--bpm", "120", "--meter", "4-4"], "meter must look like"),
+    (["--bpm", "120", "--sample-rate", "10"], "sample rate must be"),
+])
+def test_stemd_conform_bad_arguments_are_one_line_and_exit_2(tmp_path, capsys, args, says):
+    from stemd.cli import main
+
+    soundfile = pytest.importorskip("soundfile")
+    soundfile.write(tmp_path / "in.wav", np.zeros(44100, np.float32), 44100)
+    base = {"--sample-rate": "48000"}
+    argv = ["conform", str(tmp_path / "in.wav"), *args]
+    if "--sample-rate" not in args:
+        argv += ["--sample-rate", base["--sample-rate"]]
+    rc = main(argv + ["--out", str(tmp_path / "o.wav")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and says in err and len(err.splitlines()) == 1
+
+
+def test_stemd_conform_missing_file_is_one_line(tmp_path, capsys):
+    from stemd.cli import main
+
+    rc = main(["conform", str(tmp_path / "nope.wav"), "--bpm", "120", "--sample-rate", "48000",
+               "--out", str(tmp_path / "o.wav")])
+    assert rc == 2 and "no such file" in capsys.readouterr().err
