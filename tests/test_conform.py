@@ -240,3 +240,8 @@ def test_stemd_conform_missing_file_is_one_line(tmp_path, capsys):
     rc = main(["conform", str(tmp_path / "nope.wav"), "--bpm", "120", "--sample-rate", "48000",
                "--out", str(tmp_path / "o.wav")])
     assert rc == 2 and "no such file" in capsys.readouterr().err
+
+
+def test_audio_without_beats_is_taken_at_the_tempo_asked_for():
+    timing = detect_timing(np.zeros(MODEL_RATE * 3, np.float32), MODEL_RATE, "4/4", expected_bpm=120)
+    assert timing.bpm == pytest.approx(120) and timing.downbeat == 0.0

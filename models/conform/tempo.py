@@ -175,6 +175,11 @@ def detect_timing(audio: np.ndarray, sample_rate: int, meter: Meter | str = "4/4
     period = _period_from_autocorrelation(broad, fps, lo, hi)
     period, phase = _comb_fit(broad, fps, period)
     period, phase, beats, rms, ks = _fit_beats(x, sample_rate, period, phase, duration)
+    if len(beats) < 3:
+        # no beat to hear (silence, a pad, noise): trust the tempo asked for, downbeat at the start
+        period = 60.0 * unit_q / float(expected_bpm) if expected_bpm else period
+        return Timing(beat_seconds=period, first_beat=0.0, downbeat=0.0, beats_per_bar=meter.numerator,
+                      unit_quarters=unit_q, beats=beats, residual_ms=float("nan"))
     # move the phase to the first beat at or just before the start
     k0 = int(np.floor((phase + min(0.01, period / 4)) / period))
     first = phase - k0 * period
