@@ -1,0 +1,255 @@
+"""The :class:`Bridge`: what the CLI, the OSC command port and MIDI mappings call.
+
+    bridge = Bridge(client, transport, out_dir)
+    take_id = bridge.generate(prompt="dusty drums", bars=4)   # starts on the next bar line
+    bridge.subscribe(lambda e: print(e.take_id, e.state))     # queued, generating, ready, playing, ...
+    bridge.reroll(take_id); bridge.extend(take_id); bridge.accept(take_id); bridge.cancel(take_id)
+
+Every method returns at once; takes arrive on the client's reader thread and are delivered (written
+to the folder, then handed to each extra delivery: live playback, a DAW timeline) on one worker
+thread, in the order they finish.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from stemd.bridge.client import DaemonClient, Event, Request
+from stemd.bridge.delivery import DeliveredTake
+from stemd.bridge.delivery.folder import FolderWriter
+from stemd.bridge.history import TakeHistory, TakeRecord, params_of
+from stemd.bridge.transport import Transport
+from stemd.errors import StemdError
+from stemd.protocol import LIMITS, GenerateRequest, ProtocolError
+from stemd.takes import read_sidecar
+
+MAX_EXTEND_CONTEXT_S = 30.0  # the end of a take sent back as the continuation of an extend
+
+
+@dataclass
+class TakeEvent:
+    """A take changed state. ``bars`` counts bars received (for ``generating``)."""
+
+    take_id: str
+    state: str
+    bars: int = 0
+    total_bars: int = 0
+    files: tuple = ()
+    error: str = ""
+
+
+Listener = Callable[[TakeEvent], None]
+
+
+class Bridge:
+    def __init__(self, client: DaemonClient, transport: Transport, out_dir: Path, *,
+                 sample_rate: int = 48000, channels: int = 2, deliveries: tuple = (),
+                 defaults: Optional[dict] = None, subtype: str = "float32"):
+        self.client, self.transport = client, transport
+        self.out_dir = Path(out_dir)
+        self.sample_rate, self.channels = sample_rate, channels
+        self.deliveries = list(deliveries)
+        self.defaults = dict(defaults or {})
+        self.history = TakeHistory(self.out_dir)
+        self.writer = FolderWriter(self.out_dir, subtype)
+        self._listeners: list[Listener] = []
+        self._requests: dict[str, Request] = {}
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stemd-deliver")
+        self._lock = threading.Lock()
+
+    # --- the API ---------------------------------------------------------------------------
+    def subscribe(self, listener: Listener) -> None:
+        """``listener(TakeEvent)`` on every state change; called from bridge threads, keep it short."""
+        self._listeners.append(listener)
+
+    def generate(self, prompt: Optional[str] = None, bars: Optional[int] = None, *, start_bar: Optional[int] = None,
+                 **params) -> str:
+        """Ask for a take; returns its id. Tempo, meter and start bar come from the followed transport
+        unless given (``bpm=``, ``meter=``, ``start_bar=``); other keys are generate keys (seed, variations...)."""
+        values = dict(self.defaults)
+        values.update({k: v for k, v in params.items() if v is not None})
+        if prompt is not None:
+            values["prompt"] = prompt
+        if bars is not None:
+            values["bars"] = bars
+        state = self.transport.now()
+        values.setdefault("bpm", _bpm_arg(state.bpm))
+        values.setdefault("meter", str(state.meter))
+        values["start_bar"] = start_bar if start_bar is not None else values.get("start_bar", state.next_bar())
+        values.setdefault("sample_rate", self.sample_rate)
+        values.setdefault("channels", self.channels)
+        if values.get("seed") is None:
+            values["seed"] = secrets.randbelow(2 ** 31)  # always sent, so the sidecar can re-render it
+        return self._submit(values, kind="generate")
+
+    def reroll(self, take_id: str, seed: Optional[int] = None) -> str:
+        """The same request with a new seed; returns the new take's id."""
+        record = self.history.get(take_id)
+        params = dict(record.params)
+        params.pop("continuation_path", None)
+        new_seed = seed if seed is not None else secrets.randbelow(2 ** 31)
+        while seed is None and new_seed == params.get("seed"):
+            new_seed = secrets.randbelow(2 ** 31)
+        params["seed"] = new_seed
+        return self._submit(params, kind="reroll", parent=record.id,
+                            continuation=self._continuation_of(record.parent) if record.kind == "extend" else None)
+
+    def extend(self, take_id: str, bars: Optional[int] = None, seed: Optional[int] = None) -> str:
+        """Continue from the end of ``take_id``: the new take starts on the bar after it ends."""
+        record = self.history.get(take_id)
+        params = dict(record.params)
+        params["start_bar"] = int(params.get("start_bar", 0)) + int(params.get("bars", 4))
+        if bars is not None:
+            params["bars"] = bars
+        params["seed"] = seed if seed is not None else secrets.randbelow(2 ** 31)
+        return self._submit(params, kind="extend", parent=record.id, continuation=self._continuation_of(record.id))
+
+    def accept(self, take_id: str) -> None:
+        record = self.history.get(take_id)
+        if record.state not in ("ready", "playing", "accepted"):
+            raise StemdError(f"take {take_id} is {record.state}: only a finished take can be accepted", "bad_arguments")
+        self._set(take_id, "accepted")
+
+    def cancel(self, take_id: str) -> None:
+        record = self.history.get(take_id)
+        if record.state in ("queued", "generating"):
+            self.client.cancel(take_id)
+
+    def take(self, take_id: str) -> TakeRecord:
+        return self.history.get(take_id)
+
+    def wait(self, take_id: str, timeout: Optional[float] = None) -> TakeRecord:
+        """Block until the take is delivered (ready), failed or cancelled."""
+        done = threading.Event()
+
+        def check(event: TakeEvent) -> None:
+            if event.take_id == take_id and event.state in ("ready", "playing", "failed", "cancelled"):
+                done.set()
+
+        self.subscribe(check)
+        try:
+            if self.history.get(take_id).state in ("queued", "generating"):
+                done.wait(timeout)
+        finally:
+            self._listeners.remove(check)
+        return self.history.get(take_id)
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=True)
+
+    # --- inside ------------------------------------------------------------------------------
+    def _continuation_of(self, take_id: Optional[str]) -> Optional[tuple[bytes, int, int]]:
+        if take_id is None:
+            return None
+        record = self.history.get(take_id)
+        if not record.files:
+            raise StemdError(f"take {take_id} has no file to continue from (it is {record.state})", "bad_arguments")
+        import soundfile
+
+        data, rate = soundfile.read(record.files[0], dtype="float32", always_2d=True)
+        data = data[-int(MAX_EXTEND_CONTEXT_S * rate):]
+        return np.ascontiguousarray(data, dtype="<f4").tobytes(), rate, data.shape[1]
+
+    def _submit(self, params: dict, kind: str, parent: Optional[str] = None,
+                continuation: Optional[tuple[bytes, int, int]] = None) -> str:
+        with self._lock:
+            take_id = self.history.new_id()
+            record = TakeRecord(take_id, {}, kind=kind, parent=parent)
+            args: list = [take_id]
+            for key, value in params.items():
+                if value is not None:
+                    args += [key, value]
+            if continuation is not None:
+                blob, rate, channels = continuation
+                args += ["continuation", blob, "continuation_rate", rate, "continuation_channels", channels]
+            request = GenerateRequest.from_args(tuple(args))  # raises ProtocolError for bad values
+            record.params = params_of(request)
+            self.history.add(record)
+        self._emit(TakeEvent(take_id, "queued", total_bars=request.bars))
+        try:
+            handle = self.client.submit(request, lambda e: self._on_event(request, e))
+        except StemdError as e:
+            self._set(take_id, "failed", error=str(e))
+            raise
+        self._requests[take_id] = handle
+        return take_id
+
+    def _on_event(self, request: GenerateRequest, event: Event) -> None:
+        take_id = request.request_id
+        if event.kind == "chunk":
+            handle = self._requests.get(take_id)
+            bars = handle.bars_received(event.chunk.variation) if handle else 0
+            self.history.takes[take_id].state = "generating"
+            self._emit(TakeEvent(take_id, "generating", bars=bars, total_bars=request.bars))
+        elif event.kind == "done":
+            self._worker.submit(self._deliver, take_id)
+        elif event.kind == "error":
+            message = _error_message(event.args)
+            self._set(take_id, "failed", error=message)
+        elif event.kind == "cancelled":
+            self._set(take_id, "cancelled")
+
+    def _deliver(self, take_id: str) -> None:
+        handle = self._requests.pop(take_id, None)
+        if handle is None:
+            return
+        request = handle.request
+        files = []
+        try:
+            variations = handle.variations or [0]
+            for v in variations:
+                audio, rate, start_sample = handle.audio(v)
+                path = self.writer.write(take_id, request, v if len(variations) > 1 else None, audio, rate,
+                                         {"model": self.client.model, "daemon": f"{self.client.host}:{self.client.port}"})
+                files.append(str(path))
+                delivered = DeliveredTake(take_id, request, v, path, audio, rate, start_sample)
+                for delivery in self.deliveries:
+                    try:
+                        delivery.deliver(delivered)
+                    except StemdError as e:
+                        self._emit(TakeEvent(take_id, "ready", files=tuple(files),
+                                             error=f"{type(delivery).__name__}: {e}"))
+        except (StemdError, OSError) as e:
+            self._set(take_id, "failed", error=str(e), files=files)
+            return
+        self._set(take_id, "ready", files=files)
+
+    def _set(self, take_id: str, state: str, **changes) -> None:
+        record = self.history.set(take_id, state=state, **changes)
+        self._emit(TakeEvent(take_id, state, files=tuple(record.files), error=record.error,
+                             total_bars=int(record.params.get("bars", 0))))
+
+    def _emit(self, event: TakeEvent) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # a listener's bug must not stop takes
+                import traceback
+
+                traceback.print_exc()
+
+
+def _bpm_arg(bpm) -> object:
+    """A Fraction tempo as a generate value: an int, or "n/d" so nothing is lost."""
+    return int(bpm) if bpm.denominator == 1 else f"{bpm.numerator}/{bpm.denominator}"
+
+
+def _error_message(args: tuple) -> str:
+    if len(args) >= 3:
+        return f"{args[1]}: {args[2]}"
+    return " ".join(str(a) for a in args[1:]) or "the daemon reported an error"
+
+
+def sidecar_params(wav: Path) -> dict:
+    """The generate parameters a take's sidecar recorded (for re-rendering a file from disk)."""
+    return read_sidecar(wav).get("request", {})
+
+
+__all__ = ["Bridge", "TakeEvent", "ProtocolError", "LIMITS"]

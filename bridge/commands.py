@@ -1,0 +1,117 @@
+"""Commands a running bridge takes: from stdin lines and from OSC on a local UDP port.
+
+    stdin                               OSC (udp://127.0.0.1:9131)
+    generate PROMPT [BARS [START_BAR]]  /stemd/bridge/generate ,s[i[i]]
+    reroll ID                           /stemd/bridge/reroll ,s
+    extend ID [BARS]                    /stemd/bridge/extend ,s[i]
+    accept ID                           /stemd/bridge/accept ,s
+    cancel ID                           /stemd/bridge/cancel ,s
+    takes                               /stemd/bridge/takes
+    quit
+
+Every OSC command is answered to its sender with ``/stemd/bridge/reply <text>`` (the new take id, or
+``error: ...``); take state changes go to every sender seen as ``/stemd/bridge/take <id> <state> [file]``.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+from stemd import osc
+from stemd.errors import StemdError
+
+PREFIX = "/stemd/bridge/"
+REPLY, TAKE = PREFIX + "reply", PREFIX + "take"
+
+
+def run_command(bridge, argv: list, stop: threading.Event) -> str:
+    if not argv:
+        return ""
+    name, rest = argv[0], list(argv[1:])
+    ints = lambda values: [int(v) for v in values]  # noqa: E731
+    if name == "generate" and rest:
+        extra = ints(rest[1:3])
+        return bridge.generate(str(rest[0]), extra[0] if extra else None,
+                               start_bar=extra[1] if len(extra) > 1 else None)
+    if name == "reroll" and len(rest) == 1:
+        return bridge.reroll(str(rest[0]))
+    if name == "extend" and 1 <= len(rest) <= 2:
+        return bridge.extend(str(rest[0]), *ints(rest[1:]))
+    if name == "accept" and len(rest) == 1:
+        bridge.accept(str(rest[0]))
+        return f"{rest[0]}: accepted"
+    if name == "cancel" and len(rest) == 1:
+        bridge.cancel(str(rest[0]))
+        return f"{rest[0]}: cancel sent"
+    if name == "takes":
+        return "\n".join(f"{t.id} {t.state} {t.kind} {' '.join(t.files)}".rstrip()
+                         for t in bridge.history.takes.values()) or "no takes yet"
+    if name in ("quit", "exit"):
+        stop.set()
+        return "bye"
+    raise StemdError(f"unknown command {' '.join(map(str, argv))!r}: generate PROMPT [BARS [START_BAR]], "
+                     "reroll ID, extend ID [BARS], accept ID, cancel ID, takes, quit", "bad_arguments")
+
+
+class CommandServer:
+    """OSC commands on 127.0.0.1 UDP; answers each sender, tells every sender about take states."""
+
+    def __init__(self, bridge, port: int, stop: threading.Event, host: str = "127.0.0.1"):
+        self.bridge, self.stop_event = bridge, stop
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self.sock.bind((host, port))
+        except OSError as e:
+            raise StemdError(f"cannot listen for OSC commands on {host}:{port}: {e.strerror} "
+                             "(use --command-port to pick another, 0 for none)", "bad_arguments") from None
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.peers: set = set()
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stemd-bridge-osc", daemon=True)
+        bridge.subscribe(self._on_take)
+
+    def start(self) -> "CommandServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._thread.join(timeout=1)
+        self.sock.close()
+
+    def _send(self, peer, address: str, *args) -> None:
+        try:
+            self.sock.sendto(osc.encode_message(address, *args), peer)
+        except OSError:
+            self.peers.discard(peer)
+
+    def _on_take(self, event) -> None:
+        for peer in list(self.peers):
+            self._send(peer, TAKE, event.take_id, event.state, *(event.files[:1]))
+
+    def _run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                data, peer = self.sock.recvfrom(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            try:
+                packet = osc.decode(data)
+            except osc.OSCDecodeError as e:
+                self._send(peer, REPLY, f"error: not OSC ({e})")
+                continue
+            for message in osc.messages_in(packet):
+                if not message.address.startswith(PREFIX):
+                    self._send(peer, REPLY, f"error: unknown address {message.address}")
+                    continue
+                self.peers.add(peer)
+                argv = [message.address[len(PREFIX):], *message.args]
+                try:
+                    text = run_command(self.bridge, argv, self.stop_event)
+                except (StemdError, ValueError, TypeError) as e:
+                    text = f"error: {e}"
+                self._send(peer, REPLY, text)

@@ -1,0 +1,34 @@
+"""Takes into the DAW project's folder: one WAV per take (and variation) with a JSON sidecar."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from stemd.protocol import GenerateRequest
+from stemd.takes import next_take_number, slug, take_name, write_take
+
+
+class FolderWriter:
+    """Names takes ``<prompt words>_bar<NNN>_take<NN>[_v<k>]`` so a producer finds them in the DAW's browser."""
+
+    def __init__(self, folder: Path, subtype: str = "float32"):
+        self.folder = Path(folder)
+        self.subtype = subtype
+        self._lock = threading.Lock()
+
+    def write(self, take_id: str, request: GenerateRequest, variation: Optional[int], audio: np.ndarray,
+              sample_rate: int, extra: dict) -> Path:
+        prefix = f"{slug(request.prompt)}_bar{request.start_bar + 1:03d}"
+        sidecar = {"take_id": take_id, "prompt": request.prompt, "seed": request.seed,
+                   "variation": variation or 0, "tempo": float(request.bpm.bpm),
+                   "tempo_exact": f"{request.bpm.bpm.numerator}/{request.bpm.bpm.denominator}",
+                   "meter": str(request.meter), "bars": request.bars, "start_bar": request.start_bar,
+                   "daw_bar": request.start_bar + 1, "request": request.describe(), **extra}
+        with self._lock:  # two takes finishing together must not pick the same number
+            number = next_take_number(self.folder, prefix)
+            name = take_name(request.prompt, request.start_bar, number, variation)
+            return write_take(self.folder, name, audio, sample_rate, sidecar, self.subtype)

@@ -1,0 +1,110 @@
+"""Take history: every take the bridge asked for, by take id, persisted in the output folder.
+
+A take's record keeps the request parameters (the generate keys, without any continuation audio), so
+a take can be re-rolled (same parameters, new seed) or extended (continue from its end) in a later
+session. The file is ``<out>/.stemd-history.json``, rewritten atomically on every change.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from stemd.errors import StemdError
+from stemd.protocol import GenerateRequest
+
+HISTORY_FILE = ".stemd-history.json"
+STATES = ("queued", "generating", "ready", "playing", "accepted", "cancelled", "failed")
+
+
+class UnknownTake(StemdError):
+    code = "unknown_request"
+
+
+@dataclass
+class TakeRecord:
+    id: str
+    params: dict  # generate keys -> values (JSON-able; no continuation blob)
+    kind: str = "generate"  # generate | reroll | extend
+    parent: Optional[str] = None
+    state: str = "queued"
+    files: list = field(default_factory=list)
+    error: str = ""
+    created: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        return self.state == "accepted"
+
+    def request(self, request_id: Optional[str] = None, **overrides) -> GenerateRequest:
+        params = dict(self.params, **overrides)
+        args = [request_id or self.id]
+        for key, value in params.items():
+            if value is not None:
+                args += [key, value]
+        return GenerateRequest.from_args(tuple(args))
+
+
+def params_of(request: GenerateRequest) -> dict:
+    """The generate keys of ``request`` as JSON-able values (the continuation blob is left out)."""
+    args = request.to_args()[1:]
+    params = dict(zip(args[0::2], args[1::2]))
+    params.pop("continuation", None)
+    return params
+
+
+class TakeHistory:
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.path = self.folder / HISTORY_FILE
+        self._lock = threading.RLock()
+        self.takes: dict[str, TakeRecord] = {}
+        if self.path.exists():
+            try:
+                for raw in json.loads(self.path.read_text()).get("takes", []):
+                    self.takes[raw["id"]] = TakeRecord(**raw)
+            except (ValueError, KeyError, TypeError) as e:
+                raise StemdError(f"{self.path} is not a stemd take history ({e}); move it away to start afresh",
+                                 "bad_arguments") from None
+
+    def new_id(self) -> str:
+        """``t<n>``: short, typeable, unique within this output folder."""
+        with self._lock:
+            numbers = [int(m.group(1)) for m in (re.match(r"t(\d+)$", k) for k in self.takes) if m]
+            return f"t{max(numbers, default=0) + 1}"
+
+    def add(self, record: TakeRecord) -> TakeRecord:
+        with self._lock:
+            record.created = record.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            self.takes[record.id] = record
+            self.save()
+        return record
+
+    def get(self, take_id: str) -> TakeRecord:
+        with self._lock:
+            if take_id not in self.takes:
+                known = ", ".join(list(self.takes)[-8:]) or "none yet"
+                raise UnknownTake(f"no take {take_id!r} in {self.folder} (recent: {known})")
+            return self.takes[take_id]
+
+    def set(self, take_id: str, **changes) -> TakeRecord:
+        with self._lock:
+            record = self.get(take_id)
+            for key, value in changes.items():
+                setattr(record, key, value)
+            self.save()
+            return record
+
+    def save(self) -> None:
+        with self._lock:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            data = json.dumps({"takes": [asdict(t) for t in self.takes.values()]}, indent=1) + "\n"
+            partial = self.path.with_name(self.path.name + ".partial")
+            partial.write_text(data)
+            os.replace(partial, self.path)

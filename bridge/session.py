@@ -1,0 +1,165 @@
+"""Runs ``stemd bridge``: wires the follower, the daemon client, the deliveries and the command sources."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import threading
+from pathlib import Path
+from typing import TextIO
+
+from stemd.errors import StemdError
+
+
+class BridgeError(StemdError):
+    code = "bad_arguments"
+
+
+def _say(out: TextIO, lock: threading.Lock, line: str) -> None:
+    with lock:
+        out.write(line + "\n")
+        out.flush()
+
+
+def build_deliveries(args: argparse.Namespace, transport) -> list:
+    deliveries = []
+    if getattr(args, "play", False):
+        from stemd.bridge.delivery.live import LivePlayer
+
+        deliveries.append(LivePlayer(transport, device=args.audio_device))
+    insert = getattr(args, "insert", None)
+    if insert:
+        from stemd.bridge.delivery import daws
+
+        deliveries.append(daws.make_inserter(insert, args))
+    return deliveries
+
+
+def request_params(args: argparse.Namespace) -> dict:
+    keys = {"seed": args.seed, "variations": args.variations, "temperature": args.temperature,
+            "guidance": args.guidance, "key": args.key}
+    return {k: v for k, v in keys.items() if v is not None}
+
+
+def run_bridge(args: argparse.Namespace, out: TextIO) -> int:
+    from stemd.bridge.app import Bridge, TakeEvent
+    from stemd.bridge.client import DaemonClient, parse_address
+    from stemd.bridge.history import TakeHistory
+    from stemd.bridge.transport import BeatPrinter, Transport, make_follower
+
+    lock = threading.Lock()
+    out_dir = Path(args.out)
+    if args.accept and args.once:
+        history = TakeHistory(out_dir)
+        history.get(args.accept)
+        history.set(args.accept, state="accepted")
+        _say(out, lock, f"{args.accept}: accepted")
+        return 0
+
+    transport = Transport()
+    follower = make_follower(args.follow, transport, args)
+    printer = BeatPrinter(transport, lambda line: _say(out, lock, line)).start() if args.print_transport else None
+    client = None
+    try:
+        if args.daemon.lower() == "none":
+            if args.once or args.generate or args.reroll or args.extend:
+                raise BridgeError("--daemon none only follows the transport; requests need a daemon")
+            _wait_forever(args, out, lock, None)
+            return 0
+        host, port = parse_address(args.daemon)
+        client = DaemonClient(host, port, args.token).connect()
+        bridge = Bridge(client, transport, out_dir, sample_rate=args.rate, channels=args.channels,
+                        deliveries=build_deliveries(args, transport), subtype=args.format)
+
+        def report(event: TakeEvent) -> None:
+            if event.state == "generating":
+                _say(out, lock, f"{event.take_id}: bar {event.bars}/{event.total_bars} landed")
+            elif event.state in ("ready", "failed", "cancelled", "accepted", "playing") and not args.once:
+                detail = event.error or " ".join(event.files)
+                _say(out, lock, f"{event.take_id}: {event.state} {detail}".rstrip())
+
+        bridge.subscribe(report)
+        if args.map:
+            from stemd.bridge import midi
+
+            midi.attach(bridge, args)
+        if args.once:
+            return _once(args, bridge, out, lock)
+        for action in _initial_actions(args, bridge):
+            action()
+        _wait_forever(args, out, lock, bridge)
+        return 0
+    finally:
+        if printer is not None:
+            printer.stop()
+        follower.stop()
+        if client is not None:
+            client.close()
+
+
+def _initial_actions(args, bridge) -> list:
+    actions = []
+    if args.generate is not None:
+        actions.append(lambda: bridge.generate(args.generate, args.bars, start_bar=args.start_bar,
+                                               **request_params(args)))
+    if args.reroll:
+        actions.append(lambda: bridge.reroll(args.reroll, seed=args.seed))
+    if args.extend:
+        actions.append(lambda: bridge.extend(args.extend, seed=args.seed))
+    return actions
+
+
+def _once(args, bridge, out, lock) -> int:
+    actions = _initial_actions(args, bridge)
+    if len(actions) != 1:
+        raise BridgeError("--once needs exactly one of --generate PROMPT, --reroll ID, --extend ID, --accept ID")
+    if args.generate is not None:
+        take_id = bridge.generate(args.generate, args.bars, start_bar=args.start_bar, **request_params(args))
+    elif args.reroll:
+        take_id = bridge.reroll(args.reroll, seed=args.seed)
+    else:
+        take_id = bridge.extend(args.extend, seed=args.seed)
+    record = bridge.wait(take_id, timeout=args.timeout)
+    bridge.close()
+    if record.state not in ("ready", "playing"):
+        reason = record.error or f"no answer within {args.timeout:g} s"
+        raise BridgeError(f"take {take_id} {record.state if record.error else 'timed out'}: {reason}",
+                          "internal")
+    for path in record.files:
+        _say(out, lock, path)
+    return 0
+
+
+def _wait_forever(args, out, lock, bridge) -> None:
+    stop = threading.Event()
+    sources = []
+    if bridge is not None:
+        from stemd.bridge.commands import CommandServer, run_command
+
+        def execute(line: str) -> str:
+            try:
+                return run_command(bridge, shlex.split(line), stop)
+            except (StemdError, ValueError) as e:
+                return f"error: {e}"
+
+        if args.command_port:
+            sources.append(CommandServer(bridge, args.command_port, stop).start())
+            _say(out, lock, f"stemd bridge: OSC commands on udp://127.0.0.1:{sources[-1].port}")
+        if not args.no_stdin:
+            def read_stdin() -> None:
+                import sys
+
+                for line in sys.stdin:
+                    if line.strip():
+                        _say(out, lock, execute(line))
+                    if stop.is_set():
+                        break
+
+            threading.Thread(target=read_stdin, name="stemd-stdin", daemon=True).start()
+    try:
+        while not stop.wait(0.5):
+            if bridge is not None and bridge.client.closed.is_set():
+                raise BridgeError(f"stopped: {bridge.client.close_reason}", "internal")
+    finally:
+        for source in sources:
+            source.stop()

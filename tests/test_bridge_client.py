@@ -1,0 +1,214 @@
+"""The bridge against a stemd protocol peer: one-shot takes, errors, history (re-roll, extend), commands.
+
+The peer below is a small TCP server in this test that speaks stemd's protocol (OSC 1.0 framing,
+/stemd/ping, /stemd/status, /stemd/generate -> /stemd/chunk... /stemd/done) and makes its audio with
+the real click engine through the real bar pipeline. It stands in for the protocol, not for the
+daemon: tests/test_bridge_daemon.py runs the bridge against ``stemd serve`` itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import soundfile
+
+from stemd import osc, protocol
+from stemd.framing import StreamDecoder, frame_length_prefixed
+from stemd.timing import Grid
+
+
+class ProtocolPeer:
+    def __init__(self):
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen()
+        self.port = self.server.getsockname()[1]
+        self.requests: list[protocol.GenerateRequest] = []
+        self.cancels: list[str] = []
+        self._threads = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            t.start()
+
+    def _serve(self, conn):
+        from stemd.daemon.jobs import spec_from_request
+        from stemd.models.click import ClickEngine
+        from stemd.models.pipeline import bar_chunks
+
+        decoder, engine = StreamDecoder(), ClickEngine()
+        send = lambda addr, *a: conn.sendall(frame_length_prefixed(osc.encode_message(addr, *a)))  # noqa: E731
+        with conn:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                for packet in decoder.feed(data):
+                    msg = osc.decode(packet)
+                    if msg.address == protocol.PING:
+                        send(protocol.PONG)
+                    elif msg.address == protocol.STATUS:
+                        send(protocol.STATUS_REPLY, "model", "click")
+                    elif msg.address == protocol.CANCEL:
+                        self.cancels.append(msg.args[0])
+                    elif msg.address == protocol.GENERATE:
+                        req = protocol.GenerateRequest.from_args(msg.args)
+                        self.requests.append(req)
+                        if req.prompt == "fail please":
+                            send(protocol.ERROR, req.request_id, "engine_error", "the engine fell over")
+                            continue
+                        send(protocol.ACCEPTED, req.request_id)
+                        for c in bar_chunks(engine, spec_from_request(req, engine)):
+                            for v in range(c.variations):
+                                send(protocol.CHUNK, *protocol.Chunk(req.request_id, v, c.index, c.start_sample,
+                                                                     c.sample_rate, req.channels,
+                                                                     c.audio[v]).to_args())
+                        send(protocol.DONE, req.request_id)
+
+    def close(self):
+        self.server.close()
+
+
+@pytest.fixture
+def peer():
+    p = ProtocolPeer()
+    yield p
+    p.close()
+
+
+def stemd_bridge(*args, timeout=60, **kw):
+    return subprocess.run([sys.executable, "-m", "stemd", "bridge", *args], capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def test_one_shot_take_lands_bar_by_bar_and_is_written_with_its_sidecar(peer, tmp_path):
+    out = stemd_bridge("--daemon", f"127.0.0.1:{peer.port}", "--follow", "fixed:137.5:7/8", "--out", str(tmp_path),
+                       "--generate", "Dusty lo-fi drums!", "--bars", "3", "--start-bar", "5", "--seed", "7",
+                       "--rate", "44100", "--once")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [l for l in lines if "landed" in l] == ["t1: bar 1/3 landed", "t1: bar 2/3 landed", "t1: bar 3/3 landed"]
+    wav = tmp_path / "dusty-lo-fi-drums_bar006_take01.wav"
+    assert lines[-1] == str(wav)
+    data, rate = soundfile.read(wav, dtype="float32", always_2d=True)
+    assert rate == 44100
+    assert data.shape == (Grid("137.5", "7/8").span_samples(5, 3, 44100), 2)
+    meta = json.loads(wav.with_suffix(".json").read_text())
+    assert (meta["prompt"], meta["seed"], meta["model"], meta["tempo"], meta["meter"], meta["start_bar"]) == \
+        ("Dusty lo-fi drums!", 7, "click", 137.5, "7/8", 5)
+    assert meta["request"]["top_k"] == 250 and meta["request"]["bars"] == 3
+    req = peer.requests[0]
+    assert (req.bpm.bpm, str(req.meter), req.sample_rate, req.start_bar) == (275 / 2, "7/8", 44100, 5)
+
+
+def test_unreachable_daemon_exits_2_with_one_line(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = stemd_bridge("--daemon", f"127.0.0.1:{port}", "--out", str(tmp_path), "--generate", "x", "--once")
+    assert out.returncode == 2
+    assert len(out.stderr.strip().splitlines()) == 1 and "cannot reach the daemon" in out.stderr
+
+
+def test_daemon_error_exits_2_with_the_daemons_reason(peer, tmp_path):
+    out = stemd_bridge("--daemon", f"127.0.0.1:{peer.port}", "--out", str(tmp_path), "--generate", "fail please",
+                       "--once")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == ["stemd bridge: take t1 failed: engine_error: the engine fell over"]
+    assert not list(tmp_path.glob("*.wav"))
+
+
+def make_bridge(peer, tmp_path, bpm=120):
+    from stemd.bridge.app import Bridge
+    from stemd.bridge.client import DaemonClient
+    from stemd.bridge.transport import Transport
+
+    client = DaemonClient("127.0.0.1", peer.port).connect()
+    transport = Transport(bpm)
+    transport.update(quarters=0, playing=False)
+    return Bridge(client, transport, tmp_path), client
+
+
+def test_reroll_keeps_every_parameter_but_the_seed_and_extend_continues_from_the_end(peer, tmp_path):
+    bridge, client = make_bridge(peer, tmp_path)
+    events = []
+    bridge.subscribe(lambda e: events.append((e.take_id, e.state)))
+    first = bridge.generate("warm rhodes chords", 2, start_bar=8, seed=11, temperature=0.7)
+    assert bridge.wait(first, 30).state == "ready"
+    again = bridge.reroll(first)
+    longer = bridge.extend(first, bars=1)
+    assert bridge.wait(again, 30).state == "ready" and bridge.wait(longer, 30).state == "ready"
+    a, b, c = peer.requests
+    assert (b.prompt, b.bars, b.start_bar, b.temperature) == (a.prompt, a.bars, a.start_bar, a.temperature)
+    assert b.seed != a.seed
+    assert (c.start_bar, c.bars, c.continuation_channels) == (10, 1, 2)
+    written, _ = soundfile.read(bridge.take(first).files[0], dtype="float32")
+    np.testing.assert_array_equal(c.continuation_audio().T, written)  # the whole first take, as sent
+    bridge.accept(again)
+    client.close()
+    assert ("t1", "generating") in events and ("t1", "ready") in events and ("t2", "accepted") in events
+    # the history survives the session: a new bridge on the same folder knows the takes
+    from stemd.bridge.history import TakeHistory
+
+    history = TakeHistory(tmp_path)
+    assert history.get("t2").state == "accepted" and history.get("t2").parent == "t1"
+    assert history.get("t3").kind == "extend" and history.get("t3").params["start_bar"] == 10
+
+
+def test_take_ids_are_unknown_until_made(peer, tmp_path):
+    from stemd.bridge.history import UnknownTake
+
+    bridge, client = make_bridge(peer, tmp_path)
+    with pytest.raises(UnknownTake, match="no take 't9'"):
+        bridge.reroll("t9")
+    client.close()
+
+
+def test_default_start_bar_is_the_next_bar_line_of_the_followed_transport(peer, tmp_path):
+    bridge, client = make_bridge(peer, tmp_path, bpm=90)
+    bridge.transport.update(quarters=4 * 6 + 1, playing=False)  # inside the DAW's bar 7
+    take = bridge.generate("bass", 1)
+    bridge.wait(take, 30)
+    assert peer.requests[0].start_bar == 7 and peer.requests[0].bpm.bpm == 90
+    client.close()
+
+
+@pytest.mark.skipif(not shutil.which("oscsend"), reason="liblo-tools (oscsend) is not installed")
+def test_osc_command_from_liblo_makes_a_take_and_rerolls_it(peer, tmp_path):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        cport = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "stemd", "bridge", "--daemon", f"127.0.0.1:{peer.port}",
+                             "--follow", "fixed:120", "--out", str(tmp_path), "--command-port", str(cport),
+                             "--no-stdin"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        assert "OSC commands on" in proc.stdout.readline()
+        subprocess.run(["oscsend", "localhost", str(cport), "/stemd/bridge/generate", "sii", "organ stabs", "2", "3"],
+                       check=True)
+        deadline = time.monotonic() + 30
+        while not list(tmp_path.glob("organ-stabs_bar004_take01.wav")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        subprocess.run(["oscsend", "localhost", str(cport), "/stemd/bridge/reroll", "s", "t1"], check=True)
+        while not list(tmp_path.glob("organ-stabs_bar004_take02.wav")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [r.start_bar for r in peer.requests] == [3, 3]
+        assert peer.requests[0].seed != peer.requests[1].seed
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(10)
