@@ -373,7 +373,7 @@ class _Checker:
             if curve == "exp" and (lo <= 0 or hi <= 0):
                 self.error(at("curve"), f"curve exp needs min and max above 0 (got {lo:g}..{hi:g}); use linear")
                 return None
-            steps = body.get("steps", ())
+            steps = body.get("steps", [])
             if not isinstance(steps, list) or not all(
                     not isinstance(s, bool) and isinstance(s, (int, float)) and limit_lo <= s <= limit_hi
                     for s in steps):
