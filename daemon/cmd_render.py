@@ -34,8 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--key", default=None, help="musical key for the prompt, e.g. 'A minor'")
     p.add_argument("--loop", action="store_true", default=None, help="make the take loop seamlessly")
-    p.add_argument("--format", default=None, choices=["float32", "pcm24", "pcm16", "flac", "flac16"],
-                   help="WAV float32 (default), 24- or 16-bit WAV, FLAC 24-bit (flac) or 16-bit")
+    p.add_argument("--format", default=None,
+                   help="float32, pcm24, pcm16, flac or flac16: WAV float32 (default), 24- or 16-bit WAV, FLAC 24-bit (flac) or 16-bit")
     p.add_argument("--lufs", type=float, default=None, help="normalise each take to this integrated loudness, e.g. -14")
     p.add_argument("--stems", default=None, help="separate each take into stems: drums,bass,other,vocals")
     p.add_argument("--stems-model", default=None, help="an htdemucs checkpoint (.th) or a folder of Demucs models")

@@ -13,6 +13,7 @@ a file left by a job with other parameters is redone.
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import io
 import json
@@ -73,6 +74,7 @@ def write_take_files(folder: Path, take: TakeFiles) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     audio_path = inside(folder, take.file)
     meta = dict(take.sidecar)
+    meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     meta["file"] = take.file
     meta["sha256"] = hashlib.sha256(take.audio).hexdigest()
     meta["stems"] = {}

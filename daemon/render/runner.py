@@ -1,7 +1,8 @@
 """Run a job: skip finished takes, render the missing batches (here or on Ray), write files and manifest.
 
-The manifest is rewritten after every batch, so a killed render leaves a manifest of exactly the
-takes that are finished; the next run picks up the rest.
+The manifest is rewritten after every batch and when a run stops on an error or ^C, so it never
+lists a take that is not finished; after a hard kill it may miss the takes of the batch in flight,
+which the next run finds on disk (by the rule in ``files``) and lists.
 """
 
 from __future__ import annotations
@@ -56,12 +57,15 @@ def run_job(job: Job, *, ray_address: Optional[str] = None, ray_workers: Optiona
 
     missing = sum(1 for b in todo for t in b.takes if t.name not in rows)
     with RenderProgress(missing, enabled=progress) as bar:
-        if ray_address:
-            from stemd.daemon.render.cluster import render_on_ray
+        try:
+            if ray_address:
+                from stemd.daemon.render.cluster import render_on_ray
 
-            render_on_ray(job, todo, ray_address, gather, workers=ray_workers)
-        else:
-            render_here(job, todo, gather)
+                render_on_ray(job, todo, ray_address, gather, workers=ray_workers)
+            else:
+                render_here(job, todo, gather)
+        finally:  # an error or ^C mid-batch: the manifest still lists every take written
+            write_manifest(out, job, plan, rows)
         result.takes_per_minute = bar.takes_per_minute()
     if job.contact_sheet:
         from stemd.daemon.render.contact import write_contact_sheet
