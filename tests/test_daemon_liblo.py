@@ -1,0 +1,89 @@
+"""liblo's own tools talk to a real `stemd serve`: oscsend over UDP and TCP, oscdump receives replies."""
+
+import os
+import select
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+from daemon_fixtures import daemon, start_daemon  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.skipif(not (shutil.which("oscsend") and shutil.which("oscdump")),
+                                reason="liblo-tools (oscsend, oscdump) is not installed")
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def oscdump():
+    """A real oscdump on a free UDP port; yields (port, read_lines)."""
+    port = free_udp_port()
+    proc = subprocess.Popen(["oscdump", "-L", str(port)], stdout=subprocess.PIPE, start_new_session=True)
+    time.sleep(0.3)
+    text = [b""]
+
+    def read_until(pattern: str, timeout: float = 15.0) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while pattern.encode() not in text[0]:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
+                raise AssertionError(f"oscdump never printed {pattern!r}; it printed {text[0]!r}")
+            text[0] += os.read(proc.stdout.fileno(), 65536)
+        return text[0].decode().splitlines(keepends=True)
+
+    yield port, read_until
+    proc.kill()
+    proc.wait(5)
+
+
+def oscsend(url: str, address: str, types: str, *args) -> None:
+    subprocess.run(["oscsend", url, address, types, *map(str, args)], check=True, timeout=10)
+
+
+def test_oscsend_over_udp_and_oscdump_receives_the_replies(daemon, oscdump):
+    dump_port, read_until = oscdump
+    url = f"osc.udp://127.0.0.1:{daemon.port}"
+    oscsend(url, "/stemd/ping", "si", "reply_port", dump_port)
+    oscsend(url, "/stemd/generate", "ssisfsssi", "u1", "bars", 2, "bpm", 137.5, "prompt", "dusty drums",
+            "reply_port", dump_port)
+    lines = read_until("/stemd/done")
+    text = "".join(lines)
+    assert '/stemd/pong sss "0.1.0" "click" "cpu"' in text
+    assert '/stemd/accepted s "u1"' in text
+    take_line = next(line for line in lines if "/stemd/take" in line)
+    path = take_line.split('"')[-2]
+    assert path.startswith(str(daemon.out.resolve())) and path.endswith(".wav")
+    assert (daemon.out / path.rsplit("/", 1)[-1]).exists()
+
+
+def test_oscsend_errors_reach_oscdump_with_their_codes(daemon, oscdump):
+    dump_port, read_until = oscdump
+    url = f"osc.udp://127.0.0.1:{daemon.port}"
+    oscsend(url, "/stemd/generate", "ssisi", "bad", "bars", 0, "reply_port", dump_port)
+    oscsend(url, "/stemd/nope", "si", "reply_port", dump_port)
+    text = "".join(read_until("unknown_address"))
+    assert '"bad" "out_of_range" "bars must be 1..256, got 0"' in text
+
+
+def test_oscsend_over_tcp_reaches_the_daemon(daemon, oscdump):
+    # liblo's TCP sends OSC 1.0 length-prefixed packets. oscsend cannot read replies and hangs up at
+    # once, so the proof is what the daemon did: it decoded the generate sent over osc.tcp:// and ran
+    # (or, when oscsend left first, cancelled) it: its per-request log line names the TCP client.
+    oscsend(f"osc.tcp://127.0.0.1:{daemon.port}", "/stemd/generate", "ssi", "over-tcp", "bars", 1)
+    oscsend(f"osc.tcp://127.0.0.1:{daemon.port}", "/stemd/ping", "")
+    deadline = time.monotonic() + 10
+    while "request over-tcp from tcp:127.0.0.1" not in daemon.log:
+        assert time.monotonic() < deadline, daemon.log
+        time.sleep(0.05)
+    assert "bad_packet" not in daemon.log and "bad_framing" not in daemon.log
+    # and it still answers a UDP peer afterwards
+    dump_port, read_until = oscdump
+    oscsend(f"osc.udp://127.0.0.1:{daemon.port}", "/stemd/ping", "si", "reply_port", dump_port)
+    assert "/stemd/pong" in "".join(read_until("/stemd/pong"))
