@@ -72,8 +72,9 @@ def wav_bytes(audio: np.ndarray, sample_rate: int, subtype: str = "float32") -> 
     if subtype == "float32":
         fmt, bits, data = WAVE_FORMAT_IEEE_FLOAT, 32, np.ascontiguousarray(interleaved, "<f4").tobytes()
     elif subtype == "pcm24":
-        ints = np.ascontiguousarray(np.round(np.clip(interleaved, -1.0, 1.0 - 2 ** -23) * 2 ** 23), "<i4")
-        fmt, bits, data = WAVE_FORMAT_PCM, 24, ints.view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+        ints = np.round(np.clip(interleaved, -1.0, 1.0 - 2 ** -23) * 2 ** 23).astype("<i4").tobytes()
+        # little-endian int32 -> the low three bytes of each sample
+        fmt, bits, data = WAVE_FORMAT_PCM, 24, np.frombuffer(ints, np.uint8).reshape(-1, 4)[:, :3].tobytes()
     else:
         ints = np.round(np.clip(interleaved, -1.0, 1.0 - 2 ** -15) * 2 ** 15).astype("<i2")
         fmt, bits, data = WAVE_FORMAT_PCM, 16, ints.tobytes()

@@ -48,3 +48,21 @@ def test_chunk_blob_is_float32_little_endian_interleaved():
     assert args[6] == np.array([0.1, -0.1, 0.2, -0.2, 0.3, -0.3], dtype="<f4").tobytes()
     back = Chunk.from_args(args)
     np.testing.assert_array_equal(back.audio, audio)
+
+
+def test_take_wavs_read_back_exactly_in_every_format(tmp_path):
+    import soundfile
+
+    from stemd.takes import write_take
+
+    rng = np.random.default_rng(0)
+    for channels in (1, 2):
+        audio = (rng.uniform(-0.9, 0.9, (channels, 1001))).astype(np.float32)
+        for subtype, tol in (("float32", 0), ("pcm24", 2 ** -23), ("pcm16", 2 ** -15)):
+            # a transposed view: the layout that once broke 24-bit mono writing
+            view = np.asfortranarray(audio)
+            wav = write_take(tmp_path, f"t{channels}{subtype}", view, 44100, {"prompt": "x"}, subtype)
+            data, rate = soundfile.read(wav, dtype="float32", always_2d=True)
+            assert rate == 44100 and data.shape == (1001, channels)
+            assert np.abs(data.T - audio).max() <= tol
+            assert not list(tmp_path.glob("*.partial"))
