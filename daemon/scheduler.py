@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -61,10 +61,12 @@ class Scheduler:
     def __init__(self, capacity: int = 16):
         self.capacity = capacity
         self._cond = threading.Condition()
-        #: priority -> client key -> deque of jobs; the OrderedDict's order is the clients' turn order
-        self._queues: dict[str, OrderedDict[Any, deque]] = {p: OrderedDict() for p in PRIORITIES}
+        #: priority -> client key -> deque of that client's waiting jobs
+        self._queues: dict[str, dict[Any, deque]] = {p: {} for p in PRIORITIES}
         self.running: Optional[Job] = None
         self._closed = False
+        self._served: dict[Any, int] = {}  # client key -> the turn it was last served on
+        self._turn = 0
 
     # --- producers (the event loop) -----------------------------------------------------------
     def submit(self, job: Job, on_accept: Optional[Callable[[], None]] = None) -> None:
@@ -88,7 +90,6 @@ class Scheduler:
             job.preempt, job.state = False, "queued"
             queue = self._queues[job.priority].setdefault(job.client.key, deque())
             queue.appendleft(job)
-            self._queues[job.priority].move_to_end(job.client.key, last=False)
             self._cond.notify_all()
 
     def cancel(self, job: Job, reason: str) -> bool:
@@ -147,16 +148,17 @@ class Scheduler:
     def _pop(self) -> Optional[Job]:
         for priority in PRIORITIES:
             clients = self._queues[priority]
-            for key in list(clients):
-                queue = clients[key]
-                if not queue:
-                    del clients[key]
-                    continue
-                job = queue.popleft()
-                clients.move_to_end(key)  # this client had its turn
-                if not queue:
-                    del clients[key]
-                return job
+            waiting = [key for key, queue in clients.items() if queue]
+            if not waiting:
+                continue
+            # the client served least recently goes first; among never-served ones, who asked first
+            key = min(waiting, key=lambda k: (self._served.get(k, -1), clients[k][0].seq))
+            job = clients[key].popleft()
+            if not clients[key]:
+                del clients[key]
+            self._turn += 1
+            self._served[key] = self._turn
+            return job
         return None
 
     def _has_live(self) -> bool:
@@ -174,11 +176,13 @@ class Scheduler:
         return order.index(job) if job in order else -1
 
     def _order(self) -> list[Job]:
+        """The queued jobs in the order :meth:`_pop` would hand them out (a dry run)."""
+        saved = ({p: {k: deque(q) for k, q in qs.items()} for p, qs in self._queues.items()},
+                 dict(self._served), self._turn)
         order = []
-        for priority in PRIORITIES:
-            queues = [list(q) for q in self._queues[priority].values()]
-            for round_ in itertools.zip_longest(*queues):
-                order += [j for j in round_ if j is not None]
+        while (job := self._pop()) is not None:
+            order.append(job)
+        self._queues, self._served, self._turn = saved
         return order
 
     def wait_idle(self, timeout: float) -> bool:

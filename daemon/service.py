@@ -70,7 +70,7 @@ class Service:
         """A client went away: cancel everything it asked for and free the worker."""
         removed = self.scheduler.cancel_where(lambda j: j.client is client, reason)
         for job in removed:
-            log_request(job, reason)
+            log_request(job, f"cancelled while queued ({reason})")
             self.retire(job)
 
 
