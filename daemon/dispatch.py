@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 from stemd.daemon.jobs import spec_from_request
 from stemd.daemon.scheduler import Job
 from stemd.daemon.service import Service, log_request
 from stemd.osc import Message
+from stemd.takes import inside
 from stemd.errors import StemdError
 from stemd.protocol import (ACCEPTED, CANCEL, CANCELLED, ERROR, ERROR_CODES, GENERATE, HELLO, PING, PONG, QUEUED,
                             STATUS, STATUS_REPLY, VERSION, GenerateRequest, ProtocolError, check_request_id)
@@ -46,6 +48,8 @@ def generate(service: Service, client: Any, args: tuple) -> None:
                             "lower rate)", rid)
     if request.seed is None:  # fixed now, so a preempted take resumes with the same bars (and the sidecar says it)
         request = dataclasses.replace(request, seed=random.randrange(2 ** 31))
+    if request.continuation_path:
+        check_continuation_path(request, service.settings.input_root)
     spec = spec_from_request(dataclasses.replace(request, continuation_path=""), service.engine)
     job = Job(request, client, spec)
 
@@ -57,6 +61,19 @@ def generate(service: Service, client: Any, args: tuple) -> None:
 
     service.scheduler.submit(job, on_accept=accepted)
     service.register(job)
+
+
+def check_continuation_path(request: GenerateRequest, root: Optional[Path]) -> None:
+    """Refuse a continuation file before accepting: outside ``--input-root``, or not a file."""
+    path = Path(request.continuation_path).expanduser()
+    if root is not None:
+        try:
+            path = inside(root, str(path))
+        except ValueError as e:
+            raise ProtocolError("out_of_range", str(e), request.request_id) from None
+    if not path.is_file():
+        raise ProtocolError("bad_arguments", f"continuation_path {str(path)[:200]!r} is not a file on the daemon's "
+                            "host", request.request_id)
 
 
 def cancel(service: Service, client: Any, args: tuple) -> None:

@@ -88,7 +88,9 @@ def _encode_arg(value: Any) -> tuple[str, bytes]:
             return "h", struct.pack(">q", value)
         raise OSCEncodeError(f"integer {value} does not fit in 64 bits")
     if isinstance(value, float):
-        return "f", struct.pack(">f", value) if math.isfinite(value) and abs(value) < 3.4e38 else struct.pack(">d", value)
+        if not math.isfinite(value) or abs(value) < 3.4e38:  # float32 carries nan and inf too
+            return "f", struct.pack(">f", value)
+        return "d", struct.pack(">d", value)
     if isinstance(value, str):
         return "s", _encode_string(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
