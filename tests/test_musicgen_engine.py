@@ -251,3 +251,49 @@ def test_render_writes_k_takes_of_exactly_n_bars_reproducibly(tiny, tmp_path):
         sidecar = json.loads(a.with_suffix(".json").read_text())
         assert sidecar["seed"] == 5 or sidecar.get("request", {}).get("seed") == 5
     assert not np.allclose(takes[0], takes[1])             # variations differ
+
+
+def write_audiocraft_copy(hf_folder, out):
+    """The tiny test model as audiocraft's export_lm would ship it (LM), with T5 and EnCodec beside it."""
+    import yaml
+
+    ref = reference(hf_folder)
+    out.mkdir()
+    ref.text_encoder.save_pretrained(out / "t5")
+    MusicGenEngine.load(str(hf_folder), device="cpu").ck.tokenizer.save_pretrained(out / "t5")
+    ref.audio_encoder.save_pretrained(out / "encodec")
+    names = {"fc1": "linear1", "fc2": "linear2", "self_attn_layer_norm": "norm1",
+             "encoder_attn_layer_norm": "norm_cross", "final_layer_norm": "norm2"}
+    state = {}
+    for key, value in ref.state_dict().items():
+        if key.startswith("decoder.lm_heads."):
+            state[key.replace("decoder.lm_heads.", "linears.")] = value
+        elif key.startswith("enc_to_dec_proj."):
+            state[key.replace("enc_to_dec_proj.", "condition_provider.conditioners.description.output_proj.")] = value
+        elif key.startswith("decoder.model.decoder."):
+            key = key[len("decoder.model.decoder."):]
+            key = key.replace("embed_tokens.", "emb.").replace("layer_norm.", "out_norm.") \
+                if not key.startswith("layers.") else "transformer." + key
+            for ours, theirs in names.items():
+                key = key.replace(f".{ours}.", f".{theirs}.")
+            key = key.replace(".encoder_attn.", ".cross_attention.")
+            state[key] = value
+    for key in [k for k in state if k.endswith("q_proj.weight")]:
+        base = key[: -len("q_proj.weight")]
+        state[base + "in_proj_weight"] = torch.cat([state.pop(base + p + "_proj.weight") for p in "qkv"])
+    d = ref.config.decoder
+    cfg = {"transformer_lm": {"dim": d.hidden_size, "num_heads": d.num_attention_heads, "num_layers": d.num_hidden_layers,
+                              "hidden_scale": d.ffn_dim // d.hidden_size, "card": d.vocab_size, "n_q": d.num_codebooks},
+           "conditioners": {"description": {"model": "t5", "t5": {"name": str(out / "t5")}}}}
+    torch.save({"best_state": state, "xp.cfg": yaml.safe_dump(cfg), "exported": True}, out / "state_dict.bin")
+    torch.save({"pretrained": str(out / "encodec"), "exported": True}, out / "compression_state_dict.bin")
+    return out
+
+
+def test_audiocraft_format_loads_to_the_same_model(tiny, engine, tmp_path):
+    folder = write_audiocraft_copy(tiny, tmp_path / "finetune")
+    other = MusicGenEngine.load(str(folder), device="cpu", dtype="float32")
+    s = spec(bars=1, variations=2, seed=3)
+    a = np.concatenate(list(engine.stream(s).blocks), axis=-1)
+    b = np.concatenate(list(other.stream(s).blocks), axis=-1)
+    assert a.shape == b.shape and np.abs(a - b).max() < 1e-5
