@@ -1,0 +1,329 @@
+"""The MIDI mapping over real JACK MIDI ports: jackd on the dummy backend, started here; notes from
+jack_midiseq and from another process; feedback read back by jack_midi_dump."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import mido
+import pytest
+
+from stemd.bridge.midi.curves import knob_value
+from stemd.bridge.midi.mapfile import load
+from stemd.bridge.midi.ports import Port, PortMissing, api_id
+from stemd.bridge.midi.session import LEARN_ADDRESS, MidiSession
+
+pytestmark = pytest.mark.skipif(shutil.which("jackd") is None or shutil.which("jack_wait") is None,
+                                reason="jackd (Debian jackd2) is not installed: no JACK MIDI ports to test on")
+
+HERE = Path(__file__).resolve().parent
+MAP = """\
+[slots.drums]
+prompt = "funk drums"
+bars = 4
+
+[[bind]]
+note = 36
+action = "generate"
+slot = "drums"
+
+[[bind]]
+note = 40
+action = "reroll"
+
+[[bind]]
+cc = 70
+action = "param"
+param = "temperature"
+min = 0.5
+max = 1.5
+curve = "exp"
+
+[feedback]
+queued = 5
+generating = 6
+ready = 1
+playing = 2
+"""
+
+
+def _start(cmd, **kw):
+    return subprocess.Popen(cmd, start_new_session=True, **kw)
+
+
+def _stop(proc):
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def jack():
+    """A JACK server of our own. Names come from a small pool: jackd keeps at most 8 servers in its
+    machine-wide registry and reclaims a dead server's slot only for a server of the same name."""
+    mp = pytest.MonkeyPatch()
+    for name in (f"stemd-midi-test-{i}" for i in range(4)):
+        mp.setenv("JACK_DEFAULT_SERVER", name)
+        if subprocess.run(["jack_wait", "-c"], capture_output=True, text=True).stdout.startswith("running"):
+            continue  # another test run has this one
+        server = _start(["jackd", "--no-realtime", "-n", name, "-d", "dummy", "-r", "48000", "-p", "256"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if subprocess.run(["jack_wait", "-w", "-t", "10"], capture_output=True).returncode == 0:
+            break
+        _stop(server)
+    else:
+        mp.undo()
+        pytest.skip(f"jackd did not start on the dummy backend: {server.stderr.read().strip()[-200:]}")
+    try:
+        yield name
+    finally:
+        _stop(server)
+        mp.undo()
+
+
+def port_names(kind):
+    """The JACK MIDI ports another client could connect to (outputs for kind=input)."""
+    probe = Port(kind, api_id("jack"), "x", client_name="lsp")
+    try:
+        return probe.names()
+    finally:
+        probe.shutdown()
+
+
+@pytest.fixture
+def procs():
+    started = []
+    yield started
+    for p in started:
+        _stop(p)
+
+
+def sender(procs, client):
+    """Another process with a JACK MIDI output CLIENT:out."""
+    p = _start([sys.executable, str(HERE / "midi_sender.py"), client], stdin=subprocess.PIPE,
+               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs.append(p)
+    assert p.stdout.readline().strip() == "ready", p.stderr.read()
+    return p
+
+
+def send(p, *messages, raw=None):
+    events = raw if raw is not None else [m.bytes() for m in messages]
+    p.stdin.write(json.dumps(events) + "\n")
+    p.stdin.flush()
+    assert p.stdout.readline().strip() == "sent"
+
+
+class Recorder:
+    """Stands in for the bridge: records the actions the controller asked for."""
+
+    def __init__(self):
+        self.calls = []
+        self.changed = threading.Condition()
+
+    def _record(self, *call):
+        with self.changed:
+            self.calls.append(call)
+            self.changed.notify_all()
+        return f"take{len(self.calls)}"
+
+    def generate(self, slot, params):
+        return self._record("generate", slot, dict(params))
+
+    def reroll(self, take_id):
+        return self._record("reroll", take_id)
+
+    def __getattr__(self, name):  # accept, extend, cancel, variations, audition
+        return lambda take_id: self._record(name, take_id) and None
+
+    def wait_for(self, n, timeout=5.0):
+        with self.changed:
+            assert self.changed.wait_for(lambda: len(self.calls) >= n, timeout), f"only {self.calls}"
+        return self.calls
+
+
+def wait_until(cond, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def session(tmp_path, target, **kw):
+    path = tmp_path / "map.toml"
+    if not path.exists():
+        path.write_text(MAP)
+    kw.setdefault("client_name", f"stemd{uuid.uuid4().hex[:6]}")
+    return MidiSession(load(path), target, api_id("jack"), watch_seconds=0.1, **kw).start()
+
+
+def note(n, vel=100, ch=0):
+    return mido.Message("note_on", channel=ch, note=n, velocity=vel)
+
+
+def cc(n, value, ch=0):
+    return mido.Message("control_change", channel=ch, control=n, value=value)
+
+
+# --- tests ---------------------------------------------------------------------------------------
+def test_a_note_from_jack_midiseq_triggers_generate(jack, procs, tmp_path):
+    seq_name = f"seq{uuid.uuid4().hex[:6]}"
+    # jack_midiseq loops note 36 (velocity 64, channel 1) every half second
+    procs.append(_start(["jack_midiseq", seq_name, "24000", "0", "36", "8000"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    assert wait_until(lambda: f"{seq_name}:out" in port_names("input"))
+    rec = Recorder()
+    s = session(tmp_path, rec, input_port=seq_name)  # chosen by part of its name
+    try:
+        calls = rec.wait_for(1)
+        assert calls[0] == ("generate", "drums", {"prompt": "funk drums", "bars": 4})
+        assert s.input.connected_to == f"{seq_name}:out"
+    finally:
+        s.close()
+
+
+def test_a_cc_sweep_moves_temperature_along_its_exp_curve(jack, procs, tmp_path):
+    client = f"knob{uuid.uuid4().hex[:6]}"
+    p = sender(procs, client)
+    rec = Recorder()
+    s = session(tmp_path, rec, input_port=client)
+    try:
+        checkpoints = [0, 32, 64, 96, 127]
+        for v in range(128):
+            send(p, cc(70, v))
+            if v in checkpoints:
+                send(p, note(36))  # generate now: the request carries the knob's value
+        calls = rec.wait_for(len(checkpoints))
+        temps = [c[2]["temperature"] for c in calls]
+        assert temps == [knob_value(v, 0.5, 1.5, "exp") for v in checkpoints]
+        assert temps[0] == 0.5 and temps[-1] == 1.5 and temps[2] == pytest.approx(0.5 * 3 ** (64 / 127), 1e-5)
+    finally:
+        s.close()
+
+
+def test_learn_binds_the_next_control_that_moves_and_writes_the_map(jack, procs, tmp_path):
+    client = f"learn{uuid.uuid4().hex[:6]}"
+    p = sender(procs, client)
+    rec = Recorder()
+    s = session(tmp_path, rec, input_port=client)
+    try:
+        s.learn("generate:drums")
+        send(p, cc(20, 127, ch=3))           # the control that moves: a button CC on channel 4
+        assert wait_until(lambda: not s.mapper.learning)
+        text = (tmp_path / "map.toml").read_text()
+        assert "cc = 20\nchannel = 4" in text and text.startswith("[slots.drums]")
+        assert load(tmp_path / "map.toml").bindings[0].control.number == 20
+        send(p, cc(20, 0, ch=3), cc(20, 127, ch=3))  # release, press: now it generates
+        assert rec.wait_for(1)[0][:2] == ("generate", "drums")
+        send(p, note(36))                  # the pad it had before is free again
+        time.sleep(0.3)
+        assert len(rec.calls) == 1
+    finally:
+        s.close()
+
+
+def test_learn_started_by_osc_from_oscsend(jack, procs, tmp_path):
+    if shutil.which("oscsend") is None:
+        pytest.skip("oscsend (Debian liblo-tools) is not installed")
+    client = f"osclearn{uuid.uuid4().hex[:6]}"
+    p = sender(procs, client)
+    s = session(tmp_path, Recorder(), input_port=client)
+    try:
+        port = s.listen_osc(0)
+        subprocess.run(["oscsend", "127.0.0.1", str(port), LEARN_ADDRESS, "s", "param:guidance"], check=True)
+        assert wait_until(lambda: s.mapper.learning)
+        send(p, note(50))                  # a pad is not a knob: param learn waits for a CC
+        send(p, cc(22, 64))
+        assert wait_until(lambda: not s.mapper.learning)
+        b = load(tmp_path / "map.toml").bindings[-1]
+        assert (b.action, b.param, b.control.kind, b.control.number) == ("param", "guidance", "cc", 22)
+    finally:
+        s.close()
+
+
+def test_feedback_lights_come_out_and_another_client_reads_them(jack, procs, tmp_path):
+    monitor = f"mon{uuid.uuid4().hex[:6]}"
+    dump = _start(["stdbuf", "-oL", "jack_midi_dump", monitor], stdout=subprocess.PIPE,
+                  stderr=subprocess.DEVNULL, text=True)
+    procs.append(dump)
+    lines = []
+    threading.Thread(target=lambda: [lines.append(x) for x in dump.stdout], daemon=True).start()
+    assert wait_until(lambda: f"{monitor}:input" in port_names("output"))
+    client = f"pads{uuid.uuid4().hex[:6]}"
+    p = sender(procs, client)
+    rec = Recorder()
+    s = session(tmp_path, rec, input_port=client, output_port=monitor)
+    try:
+        assert wait_until(lambda: any("90 24 00" in x for x in lines))  # at start: the pad is dark
+        send(p, note(36))
+        take = rec.wait_for(1) and "take1"
+        for state in ("queued", "generating", "ready", "playing"):
+            s.take_state(take, state)
+        want = ["90 24 05", "90 24 06", "90 24 01", "90 24 02"]
+        assert wait_until(lambda: sum(w in "".join(lines) for w in want) == 4), lines
+        seen = [w for x in lines for w in want if w in x]
+        assert seen == want  # in order
+    finally:
+        s.close()
+
+
+def test_bad_midi_never_stops_the_mapping(jack, procs, tmp_path):
+    client = f"junk{uuid.uuid4().hex[:6]}"
+    p = sender(procs, client)
+    rec = Recorder()
+    s = session(tmp_path, rec, input_port=client)
+    try:
+        send(p, raw=[[0x90, 36, 100], [40, 100]])          # running status: the second is a note 40
+        time.sleep(0.2)
+        send(p, raw=[[0xF0] + [0x11] * 1000 + [0xF7]] * 300)  # a sysex flood
+        time.sleep(0.3)
+        send(p, raw=[[0xF4], [0xFD], [0x55, 0x66]])          # undefined status bytes, stray data
+        # an unterminated sysex: rtmidi's JACK input holds what follows until an F7 arrives, then
+        # hands it over in one piece; the decoder finds the note inside
+        send(p, raw=[[0xF0, 1, 2], [0x90, 36, 100], [0xF0, 5, 0xF7]])
+        calls = rec.wait_for(3)
+        assert [c[0] for c in calls] == ["generate", "reroll", "generate"]
+        assert s.decoder.stats.running_status >= 1 and s.decoder.stats.sysex >= 1
+        assert all(t.is_alive() for t in s._threads)
+    finally:
+        s.close()
+
+
+def test_a_port_that_disappears_is_reopened_when_it_comes_back(jack, procs, tmp_path):
+    client = f"flaky{uuid.uuid4().hex[:6]}"
+    first = sender(procs, client)
+    rec = Recorder()
+    s = session(tmp_path, rec, input_port=client)
+    try:
+        _stop(first)
+        assert wait_until(lambda: not s.input.is_open), "the vanished port was not noticed"
+        second = sender(procs, client)
+        assert wait_until(lambda: s.input.is_open and s.input.reopened == 1)
+        send(second, note(36))
+        assert rec.wait_for(1)[0][0] == "generate"
+    finally:
+        s.close()
+
+
+def test_a_missing_port_is_one_line_that_lists_the_ports(jack, procs):
+    client = f"there{uuid.uuid4().hex[:6]}"
+    sender(procs, client)
+    port = Port("input", api_id("jack"), pattern="no such controller", client_name="probe")
+    with pytest.raises(PortMissing) as e:
+        port.open()
+    port.shutdown()
+    msg = str(e.value)
+    assert "\n" not in msg and "no MIDI input port matches 'no such controller'" in msg and f"{client}:out" in msg
