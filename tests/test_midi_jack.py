@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import mido
 import pytest
@@ -23,7 +22,29 @@ from stemd.bridge.midi.session import LEARN_ADDRESS, MidiSession
 pytestmark = pytest.mark.skipif(shutil.which("jackd") is None or shutil.which("jack_wait") is None,
                                 reason="jackd (Debian jackd2) is not installed: no JACK MIDI ports to test on")
 
-HERE = Path(__file__).resolve().parent
+# Another JACK MIDI client, in its own process: opens CLIENT:out, prints "ready", then sends each stdin
+# line: a JSON list of events (byte lists) or {"sleep": seconds}.
+SENDER = r"""
+import json
+import sys
+import time
+
+import rtmidi
+
+out = rtmidi.MidiOut(rtapi=rtmidi.API_UNIX_JACK, name=sys.argv[1])
+out.open_virtual_port("out")
+print("ready", flush=True)
+for line in sys.stdin:
+    item = json.loads(line)
+    if isinstance(item, dict):
+        time.sleep(item["sleep"])
+        continue
+    for event in item:
+        out.send_message(event)
+        if len(item) > 64:
+            time.sleep(0.0002)  # a flood: let JACK's ring buffer drain now and then
+    print("sent", flush=True)
+"""
 MAP = """\
 [slots.drums]
 prompt = "funk drums"
@@ -111,7 +132,7 @@ def procs():
 
 def sender(procs, client):
     """Another process with a JACK MIDI output CLIENT:out."""
-    p = _start([sys.executable, str(HERE / "midi_sender.py"), client], stdin=subprocess.PIPE,
+    p = _start([sys.executable, "-c", SENDER, client], stdin=subprocess.PIPE,
                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     procs.append(p)
     assert p.stdout.readline().strip() == "ready", p.stderr.read()
