@@ -56,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"UDP port on 127.0.0.1 for OSC commands (/stemd/bridge/...; 0 = off; default {DEFAULT_COMMAND_PORT})")
     p.add_argument("--no-stdin", action="store_true", help="do not read commands from stdin")
     p.add_argument("--map", default=None, help="a MIDI controller map (see docs/midi.md)")
+    from stemd.bridge import midi  # light: imports neither mido nor rtmidi
+
+    midi.add_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
