@@ -348,3 +348,51 @@ def test_a_missing_port_is_one_line_that_lists_the_ports(jack, procs):
     port.shutdown()
     msg = str(e.value)
     assert "\n" not in msg and "no MIDI input port matches 'no such controller'" in msg and f"{client}:out" in msg
+
+
+class BridgeDouble:
+    """The shape of stemd.bridge.app.Bridge that attach() uses: generate(**params), subscribe(listener)."""
+
+    def __init__(self):
+        self.requests, self.listeners = [], []
+
+    def generate(self, prompt=None, bars=None, **params):
+        self.requests.append(dict(prompt=prompt, bars=bars, **params))
+        return f"t{len(self.requests)}"
+
+    def subscribe(self, listener):
+        self.listeners.append(listener)
+
+
+def test_attach_drives_a_bridge_and_lights_pads_from_its_take_events(jack, procs, tmp_path):
+    import argparse
+
+    from stemd.bridge import midi
+    from stemd.bridge.app import TakeEvent
+
+    monitor = f"mon{uuid.uuid4().hex[:6]}"
+    dump = _start(["stdbuf", "-oL", "jack_midi_dump", monitor], stdout=subprocess.PIPE,
+                  stderr=subprocess.DEVNULL, text=True)
+    procs.append(dump)
+    lines = []
+    threading.Thread(target=lambda: [lines.append(x) for x in dump.stdout], daemon=True).start()
+    assert wait_until(lambda: f"{monitor}:input" in port_names("output"))
+    client = f"ctl{uuid.uuid4().hex[:6]}"
+    p = sender(procs, client)
+    (tmp_path / "map.toml").write_text(MAP.replace('bars = 4', 'bars = 4\nstem = "drums"'))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--map")
+    midi.add_arguments(parser)
+    args = parser.parse_args(["--map", str(tmp_path / "map.toml"), "--controller", client,
+                              "--controller-out", monitor, "--midi-api", "jack"])
+    bridge = BridgeDouble()
+    s = midi.attach(bridge, args)
+    try:
+        send(p, note(36))
+        assert wait_until(lambda: bridge.requests)
+        assert bridge.requests[0] == {"prompt": "funk drums", "bars": 4}  # stem is not a daemon key
+        for listener in bridge.listeners:
+            listener(TakeEvent("t1", "generating"))
+        assert wait_until(lambda: any("90 24 06" in x for x in lines)), lines
+    finally:
+        s.close()
