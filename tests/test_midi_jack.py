@@ -271,6 +271,19 @@ def test_learn_started_by_osc_from_oscsend(jack, procs, tmp_path):
         assert wait_until(lambda: not s.mapper.learning)
         b = load(tmp_path / "map.toml").bindings[-1]
         assert (b.action, b.param, b.control.kind, b.control.number) == ("param", "guidance", "cc", 22)
+        # a sender that stays gets told what was bound
+        import socket
+
+        from stemd import osc
+
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.settimeout(5)
+        peer.sendto(osc.encode_message(LEARN_ADDRESS, "reroll"), ("127.0.0.1", port))
+        assert wait_until(lambda: s.mapper.learning)
+        send(p, cc(23, 127))
+        reply = osc.decode(peer.recv(65536))
+        peer.close()
+        assert (reply.address, reply.args) == ("/stemd/midi/learned", ("cc 23", "reroll", ""))
     finally:
         s.close()
 
