@@ -43,6 +43,7 @@ def render_on_ray(job: Job, batches: list[Batch], address: str, gather: Callable
         raise JobError("--ray needs Ray: pip install 'stemd[cluster]'") from None
     if not batches:
         return
+    _check_reachable(address)
     try:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR", configure_logging=False)
     except (ConnectionError, ValueError, RuntimeError) as e:
@@ -57,3 +58,18 @@ def render_on_ray(job: Job, batches: list[Batch], address: str, gather: Callable
         raise JobError(f"a Ray worker failed: {str(e).strip().splitlines()[-1]}") from None
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a head that is not listening (Ray itself retries for minutes)."""
+    import socket
+
+    if address in ("auto", "local") or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise JobError(f"--ray wants host:port of the cluster's head (or 'auto'), got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise JobError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from None
