@@ -90,7 +90,7 @@ def _stop(proc):
 
 
 @pytest.fixture(scope="module")
-def jack():
+def jack(tmp_path_factory):
     """A JACK server of our own. Names come from a small pool: jackd keeps at most 8 servers in its
     machine-wide registry and reclaims a dead server's slot only for a server of the same name."""
     mp = pytest.MonkeyPatch()
@@ -98,14 +98,18 @@ def jack():
         mp.setenv("JACK_DEFAULT_SERVER", name)
         if subprocess.run(["jack_wait", "-c"], capture_output=True, text=True).stdout.startswith("running"):
             continue  # another test run has this one
-        server = _start(["jackd", "--no-realtime", "-n", name, "-d", "dummy", "-r", "48000", "-p", "256"],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        log = tmp_path_factory.mktemp("jackd") / "jackd.log"
+        with open(log, "w") as f:  # a file, not a pipe: jackd writes as it stops
+            server = _start(["jackd", "--no-realtime", "-n", name, "-d", "dummy", "-r", "48000", "-p", "256"],
+                            stdout=f, stderr=subprocess.STDOUT,
+                            restore_signals=False)  # SIGPIPE ignored: else jackd dies of it while stopping
+                                                    # and leaves its slot in JACK's server registry
         if subprocess.run(["jack_wait", "-w", "-t", "10"], capture_output=True).returncode == 0:
             break
         _stop(server)
     else:
         mp.undo()
-        pytest.skip(f"jackd did not start on the dummy backend: {server.stderr.read().strip()[-200:]}")
+        pytest.skip(f"jackd did not start on the dummy backend: {log.read_text().strip()[-200:]}")
     try:
         yield name
     finally:
