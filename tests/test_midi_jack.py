@@ -195,6 +195,26 @@ def session(tmp_path, target, **kw):
     return MidiSession(load(path), target, api_id("jack"), watch_seconds=0.1, **kw).start()
 
 
+def controller(procs, tmp_path, prefix, **kw):
+    """Another process with a MIDI output, a recording target, and a session reading that output."""
+    client = f"{prefix}{uuid.uuid4().hex[:6]}"
+    p = sender(procs, client)
+    rec = Recorder()
+    return p, rec, session(tmp_path, rec, input_port=client, **kw)
+
+
+def monitor(procs):
+    """jack_midi_dump under a fresh name: (its name, the lines it has printed so far)."""
+    name = f"mon{uuid.uuid4().hex[:6]}"
+    dump = _start(["stdbuf", "-oL", "jack_midi_dump", name], stdout=subprocess.PIPE,
+                  stderr=subprocess.DEVNULL, text=True)
+    procs.append(dump)
+    lines = []
+    threading.Thread(target=lambda: [lines.append(x) for x in dump.stdout], daemon=True).start()
+    assert wait_until(lambda: f"{name}:input" in port_names("output"))
+    return name, lines
+
+
 def note(n, vel=100, ch=0):
     return mido.Message("note_on", channel=ch, note=n, velocity=vel)
 
@@ -221,10 +241,7 @@ def test_a_note_from_jack_midiseq_triggers_generate(jack, procs, tmp_path):
 
 
 def test_a_cc_sweep_moves_temperature_along_its_exp_curve(jack, procs, tmp_path):
-    client = f"knob{uuid.uuid4().hex[:6]}"
-    p = sender(procs, client)
-    rec = Recorder()
-    s = session(tmp_path, rec, input_port=client)
+    p, rec, s = controller(procs, tmp_path, "knob")
     try:
         checkpoints = [0, 32, 64, 96, 127]
         for v in range(128):
@@ -240,10 +257,7 @@ def test_a_cc_sweep_moves_temperature_along_its_exp_curve(jack, procs, tmp_path)
 
 
 def test_learn_binds_the_next_control_that_moves_and_writes_the_map(jack, procs, tmp_path):
-    client = f"learn{uuid.uuid4().hex[:6]}"
-    p = sender(procs, client)
-    rec = Recorder()
-    s = session(tmp_path, rec, input_port=client)
+    p, rec, s = controller(procs, tmp_path, "learn")
     try:
         s.learn("generate:drums")
         send(p, cc(20, 127, ch=3))           # the control that moves: a button CC on channel 4
@@ -263,9 +277,7 @@ def test_learn_binds_the_next_control_that_moves_and_writes_the_map(jack, procs,
 def test_learn_started_by_osc_from_oscsend(jack, procs, tmp_path):
     if shutil.which("oscsend") is None:
         pytest.skip("oscsend (Debian liblo-tools) is not installed")
-    client = f"osclearn{uuid.uuid4().hex[:6]}"
-    p = sender(procs, client)
-    s = session(tmp_path, Recorder(), input_port=client)
+    p, _rec, s = controller(procs, tmp_path, "osclearn")
     try:
         port = s.listen_osc(0)
         subprocess.run(["oscsend", "127.0.0.1", str(port), LEARN_ADDRESS, "s", "param:guidance"], check=True)
@@ -293,17 +305,8 @@ def test_learn_started_by_osc_from_oscsend(jack, procs, tmp_path):
 
 
 def test_feedback_lights_come_out_and_another_client_reads_them(jack, procs, tmp_path):
-    monitor = f"mon{uuid.uuid4().hex[:6]}"
-    dump = _start(["stdbuf", "-oL", "jack_midi_dump", monitor], stdout=subprocess.PIPE,
-                  stderr=subprocess.DEVNULL, text=True)
-    procs.append(dump)
-    lines = []
-    threading.Thread(target=lambda: [lines.append(x) for x in dump.stdout], daemon=True).start()
-    assert wait_until(lambda: f"{monitor}:input" in port_names("output"))
-    client = f"pads{uuid.uuid4().hex[:6]}"
-    p = sender(procs, client)
-    rec = Recorder()
-    s = session(tmp_path, rec, input_port=client, output_port=monitor)
+    monitor_name, lines = monitor(procs)
+    p, rec, s = controller(procs, tmp_path, "pads", output_port=monitor_name)
     try:
         assert wait_until(lambda: any("90 24 00" in x for x in lines))  # at start: the pad is dark
         send(p, note(36))
@@ -319,10 +322,7 @@ def test_feedback_lights_come_out_and_another_client_reads_them(jack, procs, tmp
 
 
 def test_bad_midi_never_stops_the_mapping(jack, procs, tmp_path):
-    client = f"junk{uuid.uuid4().hex[:6]}"
-    p = sender(procs, client)
-    rec = Recorder()
-    s = session(tmp_path, rec, input_port=client)
+    p, rec, s = controller(procs, tmp_path, "junk")
     try:
         send(p, raw=[[0x90, 36, 100], [40, 100]])          # running status: the second is a note 40
         time.sleep(0.2)
@@ -387,13 +387,7 @@ def test_attach_drives_a_bridge_and_lights_pads_from_its_take_events(jack, procs
     from stemd.bridge import midi
     from stemd.bridge.app import TakeEvent
 
-    monitor = f"mon{uuid.uuid4().hex[:6]}"
-    dump = _start(["stdbuf", "-oL", "jack_midi_dump", monitor], stdout=subprocess.PIPE,
-                  stderr=subprocess.DEVNULL, text=True)
-    procs.append(dump)
-    lines = []
-    threading.Thread(target=lambda: [lines.append(x) for x in dump.stdout], daemon=True).start()
-    assert wait_until(lambda: f"{monitor}:input" in port_names("output"))
+    monitor_name, lines = monitor(procs)
     client = f"ctl{uuid.uuid4().hex[:6]}"
     p = sender(procs, client)
     (tmp_path / "map.toml").write_text(MAP.replace('bars = 4', 'bars = 4\nstem = "drums"'))
@@ -401,7 +395,7 @@ def test_attach_drives_a_bridge_and_lights_pads_from_its_take_events(jack, procs
     parser.add_argument("--map")
     midi.add_arguments(parser)
     args = parser.parse_args(["--map", str(tmp_path / "map.toml"), "--controller", client,
-                              "--controller-out", monitor, "--midi-api", "jack"])
+                              "--controller-out", monitor_name, "--midi-api", "jack"])
     bridge = BridgeDouble()
     s = midi.attach(bridge, args)
     try:
