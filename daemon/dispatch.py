@@ -17,7 +17,7 @@ from stemd.daemon.jobs import spec_from_request
 from stemd.daemon.scheduler import Job
 from stemd.daemon.service import Service, log_request
 from stemd.osc import Message
-from stemd.takes import inside
+from stemd.takes import PathEscape, inside
 from stemd.errors import StemdError
 from stemd.protocol import (ACCEPTED, CANCEL, CANCELLED, ERROR, ERROR_CODES, GENERATE, HELLO, PING, PONG, QUEUED,
                             STATUS, STATUS_REPLY, VERSION, GenerateRequest, ProtocolError, check_request_id)
@@ -65,13 +65,17 @@ def generate(service: Service, client: Any, args: tuple) -> None:
 
 def check_continuation_path(request: GenerateRequest, root: Optional[Path]) -> None:
     """Refuse a continuation file before accepting: outside ``--input-root``, or not a file."""
-    path = Path(request.continuation_path).expanduser()
-    if root is not None:
-        try:
+    try:
+        path = Path(request.continuation_path).expanduser()
+        if root is not None:
             path = inside(root, str(path))
-        except ValueError as e:
-            raise ProtocolError("out_of_range", str(e), request.request_id) from None
-    if not path.is_file():
+        is_file = path.is_file()
+    except PathEscape as e:
+        raise ProtocolError("out_of_range", str(e), request.request_id) from None
+    except (OSError, RuntimeError) as e:  # a name too long, a symlink loop
+        raise ProtocolError("bad_arguments", f"continuation_path: {type(e).__name__}: {str(e)[:200]}",
+                            request.request_id) from None
+    if not is_file:
         raise ProtocolError("bad_arguments", f"continuation_path {str(path)[:200]!r} is not a file on the daemon's "
                             "host", request.request_id)
 

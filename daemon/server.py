@@ -35,6 +35,7 @@ MAX_TCP_PACKET = MAX_CONTINUATION_BYTES + 64 * 1024
 MAX_DATAGRAM = 65507
 TRANSPORT_HIGH_WATER = 1024 * 1024  # what asyncio may buffer before it asks us to pause
 ENVELOPE_KEYS = ("token", "reply_port")
+UDP_RECEIVE_BUFFER = 4 * 1024 * 1024  # the kernel caps it at net.core.rmem_max
 
 
 class UdpClient:
@@ -64,6 +65,10 @@ class UdpProtocol(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:  # ICMP port unreachable from a vanished client
         log.debug("UDP error: %s", exc)
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        if exc is not None:
+            log.error("UDP socket lost: %r", exc)
 
 
 class TcpClient(asyncio.Protocol):
@@ -256,6 +261,8 @@ class Server:
             try:
                 self.udp, _ = await self.loop.create_datagram_endpoint(lambda: UdpProtocol(self),
                                                                        local_addr=(host, actual))
+                sock = self.udp.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)  # bursts of requests
                 break
             except OSError:
                 self.tcp.close()

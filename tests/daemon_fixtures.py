@@ -53,10 +53,17 @@ class Daemon:
         return self.log_path.read_text(errors="replace")
 
     def ping_udp(self, timeout: float = 5.0) -> osc.Message:
+        """``/stemd/ping`` over UDP, asked again every 0.5 s (UDP may drop a datagram; the daemon may not)."""
+        deadline = time.monotonic() + timeout
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.settimeout(timeout)
-            s.sendto(osc.encode_message("/stemd/ping"), (self.host, self.port))
-            return osc.decode(s.recvfrom(65536)[0])
+            while True:
+                s.sendto(osc.encode_message("/stemd/ping"), (self.host, self.port))
+                s.settimeout(min(0.5, max(0.01, deadline - time.monotonic())))
+                try:
+                    return osc.decode(s.recvfrom(65536)[0])
+                except socket.timeout:
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError(f"no /stemd/pong in {timeout} s") from None
 
     def signal(self, sig: int) -> None:
         os.killpg(self.proc.pid, sig)
