@@ -1,0 +1,52 @@
+"""`stemd serve` with a real MusicGen architecture (a tiny random-weight test model built here)."""
+
+import importlib.util
+import subprocess
+import time
+
+import pytest
+
+from daemon_fixtures import STEMD, TcpClient, start_daemon  # noqa: F401 (fixture)
+from stemd.protocol import Chunk
+from stemd.timing import Grid
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("stemd.models.cmd_make_test_model") is None
+                                or importlib.util.find_spec("torch") is None,
+                                reason="stemd make-test-model (models room) or torch is not available")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-musicgen")
+    subprocess.run(STEMD + ["make-test-model", str(folder), "--arch", "tiny"], check=True, timeout=300,
+                   capture_output=True)
+    return folder
+
+
+def test_a_tiny_musicgen_streams_bar_exact_chunks_and_cancels_between_steps(start_daemon, tiny_model):
+    daemon = start_daemon("--device", "cpu", model=str(tiny_model))
+    client = TcpClient(daemon.port)
+    client.send("/stemd/ping")
+    pong = client.recv()
+    assert pong.address == "/stemd/pong" and pong.args[2] == "cpu"
+    client.send("/stemd/generate", "mg", "bars", 2, "bpm", 137.5, "seed", 1, "sample_rate", 44100)
+    messages = client.until("/stemd/done", "mg", timeout=120)
+    chunks = [Chunk.from_args(m.args) for m in messages if m.address == "/stemd/chunk"]
+    grid = Grid(137.5)
+    assert [c.bar_index for c in chunks] == [0, 1]
+    for c in chunks:
+        assert c.audio.shape == (2, grid.bar_length_samples(c.bar_index, 44100))
+        assert c.start_sample == grid.bar_start_sample(c.bar_index, 44100)
+    # cancel mid-take: the worker stops within one bar's worth of decoding steps
+    client.send("/stemd/generate", "long", "bars", 8, "bpm", 120, "seed", 2)
+    client.until("/stemd/chunk", "long", timeout=120)
+    first = time.monotonic()
+    client.until("/stemd/chunk", "long", timeout=120)
+    bar_time = time.monotonic() - first      # one bar's worth of steps, measured
+    t0 = time.monotonic()
+    client.send("/stemd/cancel", "long")
+    ended = client.until("/stemd/cancelled", "long", timeout=120)
+    assert time.monotonic() - t0 < bar_time + 0.5, (time.monotonic() - t0, bar_time)
+    assert "/stemd/done" not in [m.address for m in ended]
+    client.send("/stemd/ping")
+    assert client.until("/stemd/pong")[-1].address == "/stemd/pong"
