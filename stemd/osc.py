@@ -128,7 +128,8 @@ def encode(packet: Union[Message, Bundle]) -> bytes:
 
 class _Reader:
     def __init__(self, data: bytes):
-        self.data, self.pos = memoryview(data), 0
+        self.raw = bytes(data)
+        self.data, self.pos = memoryview(self.raw), 0
 
     def remaining(self) -> int:
         return len(self.data) - self.pos
@@ -141,10 +142,10 @@ class _Reader:
         return chunk
 
     def string(self, what: str) -> str:
-        end = bytes(self.data[self.pos:]).find(b"\0")
+        end = self.raw.find(b"\0", self.pos) - self.pos  # no copy of the rest: blobs may be 64 MiB
         if end < 0:
             raise OSCDecodeError(f"{what} is not NUL-terminated")
-        raw = bytes(self.data[self.pos: self.pos + end])
+        raw = self.raw[self.pos: self.pos + end]
         self.pos += _pad(end + 1)
         if self.pos > len(self.data):
             raise OSCDecodeError(f"{what} padding runs past the end of the packet")
