@@ -231,3 +231,30 @@ def test_render_without_ray_never_imports_ray_or_demucs(tmp_path):
             "print(rc, 'ray' in sys.modules, 'demucs' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split()[-3:] == ["0", "False", "False"]
+
+
+def test_a_terminal_gets_a_progress_bar_with_rate_and_eta_and_a_pipe_gets_none(tmp_path):
+    import pty
+
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "stemd", "render", *MATRIX, "--out", str(tmp_path / "tty")],
+                            stdout=subprocess.PIPE, stderr=secondary, env={**os.environ, "COLUMNS": "160"})
+    os.close(secondary)
+    seen = b""
+    while True:
+        try:
+            data = os.read(primary, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        seen += data
+    proc.wait()
+    os.close(primary)
+    text = seen.decode(errors="replace")
+    assert proc.returncode == 0
+    assert "takes/min" in text and "ETA" in text and "12/12" in text
+
+    piped = stemd(*MATRIX, "--out", tmp_path / "pipe")
+    assert piped.returncode == 0
+    assert piped.stderr.count("\n") == 1 and piped.stderr.startswith("stemd render: 12 takes written")
