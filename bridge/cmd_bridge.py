@@ -25,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--daw-port", type=int, default=None, help="the DAW's OSC port (default: the DAW's usual one)")
     p.add_argument("--listen-port", type=int, default=None,
                    help="UDP port where the DAW sends OSC feedback (default: the DAW's usual one)")
+    p.add_argument("--meter", default=None, help="the DAW's meter when its OSC does not say (Ardour, REAPER)")
     p.add_argument("--print-transport", action="store_true", help="print one JSON line per beat")
     p.add_argument("--rate", type=int, default=48000, help="the DAW's sample rate: takes arrive at this rate")
     p.add_argument("--channels", type=int, default=2, choices=[1, 2])
@@ -50,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--insert", choices=["reaper", "ableton", "bitwig", "ardour", "ardour-session"], default=None,
                    help="put each take on the DAW's timeline at its start bar")
     p.add_argument("--track", type=int, default=None, help="--insert: the track (1-based) to put takes on")
+    p.add_argument("--reaper-action", default=None, help="--insert reaper: the command ID of stemd_insert.py")
     p.add_argument("--session", default=None, help="--insert ardour-session: the closed session's .ardour file")
     # commands
     p.add_argument("--command-port", type=int, default=DEFAULT_COMMAND_PORT,

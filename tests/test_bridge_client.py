@@ -1,9 +1,7 @@
 """The bridge against a stemd protocol peer: one-shot takes, errors, history (re-roll, extend), commands.
 
-The peer below is a small TCP server in this test that speaks stemd's protocol (OSC 1.0 framing,
-/stemd/ping, /stemd/status, /stemd/generate -> /stemd/chunk... /stemd/done) and makes its audio with
-the real click engine through the real bar pipeline. It stands in for the protocol, not for the
-daemon: tests/test_bridge_daemon.py runs the bridge against ``stemd serve`` itself.
+The peer (tests/test_bridge_support.py) speaks stemd's protocol with the real click engine; it stands in
+for the protocol, not for the daemon.
 """
 
 from __future__ import annotations
@@ -24,71 +22,7 @@ import soundfile
 from stemd import osc, protocol
 from stemd.framing import StreamDecoder, frame_length_prefixed
 from stemd.timing import Grid
-
-
-class ProtocolPeer:
-    def __init__(self):
-        self.server = socket.socket()
-        self.server.bind(("127.0.0.1", 0))
-        self.server.listen()
-        self.port = self.server.getsockname()[1]
-        self.requests: list[protocol.GenerateRequest] = []
-        self.cancels: list[str] = []
-        self._threads = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            t.start()
-
-    def _serve(self, conn):
-        from stemd.daemon.jobs import spec_from_request
-        from stemd.models.click import ClickEngine
-        from stemd.models.pipeline import bar_chunks
-
-        decoder, engine = StreamDecoder(), ClickEngine()
-        send = lambda addr, *a: conn.sendall(frame_length_prefixed(osc.encode_message(addr, *a)))  # noqa: E731
-        with conn:
-            while True:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                for packet in decoder.feed(data):
-                    msg = osc.decode(packet)
-                    if msg.address == protocol.PING:
-                        send(protocol.PONG)
-                    elif msg.address == protocol.STATUS:
-                        send(protocol.STATUS_REPLY, "model", "click")
-                    elif msg.address == protocol.CANCEL:
-                        self.cancels.append(msg.args[0])
-                    elif msg.address == protocol.GENERATE:
-                        req = protocol.GenerateRequest.from_args(msg.args)
-                        self.requests.append(req)
-                        if req.prompt == "fail please":
-                            send(protocol.ERROR, req.request_id, "engine_error", "the engine fell over")
-                            continue
-                        send(protocol.ACCEPTED, req.request_id)
-                        for c in bar_chunks(engine, spec_from_request(req, engine)):
-                            for v in range(c.variations):
-                                send(protocol.CHUNK, *protocol.Chunk(req.request_id, v, c.index, c.start_sample,
-                                                                     c.sample_rate, req.channels,
-                                                                     c.audio[v]).to_args())
-                        send(protocol.DONE, req.request_id)
-
-    def close(self):
-        self.server.close()
-
-
-@pytest.fixture
-def peer():
-    p = ProtocolPeer()
-    yield p
-    p.close()
+from test_bridge_support import peer  # noqa: F401 (fixture)
 
 
 def stemd_bridge(*args, timeout=60, **kw):

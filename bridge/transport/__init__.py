@@ -83,8 +83,13 @@ class Transport:
         self._listeners: list[Callable[[TransportState], None]] = []
         self.known = False  # True once the source has told us anything
 
-    def update(self, *, bpm=None, meter=None, quarters=None, playing=None, at: Optional[float] = None) -> None:
-        """Set what the source reports; leave the rest extrapolated from the last state."""
+    def update(self, *, bpm=None, meter=None, quarters=None, playing=None, at: Optional[float] = None,
+               tolerance=0) -> None:
+        """Set what the source reports; leave the rest extrapolated from the last state.
+
+        ``tolerance`` (quarters): while playing, a reported position this close to the extrapolated one
+        is ignored, so a source that reports late and unevenly (a DAW's OSC every 100 ms) never moves
+        the position backwards by a hair."""
         with self._lock:
             now = self._clock() if at is None else at
             cur = self._extrapolate(self._state, now)
@@ -94,7 +99,9 @@ class Transport:
             if meter is not None:
                 changes["meter"] = Meter.parse(meter)
             if quarters is not None:
-                changes["quarters"] = exact(quarters, "position")
+                q = exact(quarters, "position")
+                if not (cur.playing and playing is not False and abs(q - cur.quarters) < tolerance):
+                    changes["quarters"] = q
             if playing is not None:
                 changes["playing"] = bool(playing)
             self._state = replace(cur, **changes)

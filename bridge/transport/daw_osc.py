@@ -1,0 +1,305 @@
+"""Following a DAW over its own OSC surface: Ardour, REAPER, Ableton Live (AbletonOSC or our Remote
+Script) and Bitwig (DrivenByMoss). One UDP socket per follower: it sends the DAW whatever registers us
+for feedback, and turns what comes back into :class:`Transport` updates.
+
+    DAW       DAW listens   bridge listens   position from                      tempo from
+    ardour    3819          any (Ardour answers the sender)  /position/samples, /position/bbt   derived
+    reaper    8000          9000             /beat/str, /time                   /tempo/raw
+    ableton   11000         11001            /live/song/get/current_song_time   /live/song/get/tempo
+    bitwig    8000          9000             /beat/str                          /tempo/raw
+
+Ardour does not send its tempo: the follower derives it from how far the BBT position moves per
+second of /position/samples while the transport rolls (``--rate`` must be the session's rate).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from collections import deque
+from fractions import Fraction
+from typing import Optional
+
+from stemd import osc
+from stemd.bridge.transport import FollowError, Transport
+from stemd.timing import Meter
+
+DEFAULTS = {"ardour": (3819, 0), "reaper": (8000, 9000), "ableton": (11000, 11001), "bitwig": (8000, 9000)}
+ARDOUR_FEEDBACK = 16 | 32 | 1024  # master section (transport state), bar and beat, position in samples
+ARDOUR_TICKS_PER_BEAT = 1920
+REREGISTER_S = 5.0
+JITTER_QUARTERS = Fraction(1, 8)  # DAW position reports closer than this to our clock are ignored
+
+
+def _number(value) -> Optional[float]:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _truthy(args: tuple) -> Optional[bool]:
+    if not args:
+        return None
+    value = args[0]
+    if isinstance(value, str):
+        return value.strip() not in ("0", "", "false", "False")
+    return bool(value)
+
+
+class OscFollower:
+    """Base: a UDP socket, a reader thread, ``register()`` now and every few seconds, ``handle(message)``."""
+
+    name = "daw"
+
+    def __init__(self, transport: Transport, daw_host: str = "127.0.0.1", daw_port: Optional[int] = None,
+                 listen_port: Optional[int] = None, sample_rate: int = 48000, meter: Optional[str] = None):
+        default_daw, default_listen = DEFAULTS[self.name]
+        self.transport = transport
+        self.daw = (daw_host, daw_port or default_daw)
+        self.sample_rate = sample_rate
+        self.meter = Meter.parse(meter) if meter else None
+        if self.meter:
+            transport.update(meter=self.meter)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        port = default_listen if listen_port is None else listen_port
+        try:
+            self.sock.bind(("0.0.0.0", port))
+        except OSError as e:
+            raise FollowError(f"--follow {self.name}: cannot listen on UDP {port}: {e.strerror} "
+                              f"(use --listen-port, and set the DAW to send there)") from None
+        self.sock.settimeout(0.2)
+        self.listen_port = self.sock.getsockname()[1]
+        self.received = 0
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"stemd-follow-{self.name}", daemon=True)
+        self._thread.start()
+
+    def send(self, address: str, *args) -> None:
+        try:
+            self.sock.sendto(osc.encode_message(address, *args), self.daw)
+        except OSError:
+            pass  # the DAW is not there yet: registration is retried
+
+    def register(self) -> None:
+        """Ask the DAW for feedback (nothing for DAWs configured to send on their own)."""
+
+    def handle(self, message: osc.Message) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        next_register = 0.0
+        while not self._halt.is_set():
+            now = time.monotonic()
+            if now >= next_register:
+                self.register()
+                next_register = now + REREGISTER_S
+            try:
+                data, _peer = self.sock.recvfrom(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            try:
+                packet = osc.decode(data)
+            except osc.OSCDecodeError:
+                continue
+            for message in osc.messages_in(packet):
+                self.received += 1
+                try:
+                    self.handle(message)
+                except (ValueError, TypeError, IndexError, ZeroDivisionError):
+                    continue  # one odd message from the DAW never stops following
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._thread.join(timeout=1)
+        self.sock.close()
+
+
+def parse_bbt(text: str) -> Optional[tuple[int, int, Fraction]]:
+    """'003|02|0960' (Ardour), '3.2.50' (REAPER, hundredths of a beat), '3:2:3:00' (Bitwig) ->
+    (bar, beat, fraction of a beat), bars and beats from 1."""
+    text = str(text).strip()
+    m = re.match(r"^\s*-?(\d+)\|(\d+)\|(\d+)", text)
+    if m:
+        return int(m.group(1)), int(m.group(2)), Fraction(int(m.group(3)), ARDOUR_TICKS_PER_BEAT)
+    m = re.match(r"^\s*-?(\d+)\.(\d+)\.(\d+)", text)
+    if m:
+        digits = m.group(3)
+        return int(m.group(1)), int(m.group(2)), Fraction(int(digits), 10 ** len(digits))
+    m = re.match(r"^\s*-?(\d+)[:.](\d+)[:.](\d+)[:.](\d+)", text)  # bar:beat:sixteenth:ticks
+    if m:
+        return int(m.group(1)), int(m.group(2)), Fraction(int(m.group(3)) - 1, 4)
+    return None
+
+
+class TempoFromMotion:
+    """Tempo derived from (seconds, quarters) pairs while rolling: a line through the last few seconds."""
+
+    def __init__(self, span_s: float = 3.0):
+        self.points: deque = deque()
+        self.span_s = span_s
+
+    def reset(self) -> None:
+        self.points.clear()
+
+    def add(self, seconds: float, quarters: Fraction) -> Optional[float]:
+        if self.points and (seconds <= self.points[-1][0] or quarters < self.points[-1][1]):
+            self.points.clear()  # a locate or a loop jump
+        self.points.append((seconds, float(quarters)))
+        while self.points and seconds - self.points[0][0] > self.span_s:
+            self.points.popleft()
+        if len(self.points) < 3 or self.points[-1][0] - self.points[0][0] < 0.4:
+            return None
+        n = len(self.points)
+        mt = sum(p[0] for p in self.points) / n
+        mq = sum(p[1] for p in self.points) / n
+        stt = sum((p[0] - mt) ** 2 for p in self.points)
+        stq = sum((p[0] - mt) * (p[1] - mq) for p in self.points)
+        return 60.0 * stq / stt if stt > 0 and stq > 0 else None
+
+
+class ArdourFollower(OscFollower):
+    """Ardour's OSC surface (Edit > Preferences > Control Surfaces > OSC, or the session file)."""
+
+    name = "ardour"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.samples: Optional[int] = None
+        self.bbt: Optional[tuple[int, int, Fraction]] = None
+        self.beats_per_bar = self.meter.numerator if self.meter else 4
+        self.tempo = TempoFromMotion()
+        self.playing = False
+
+    def register(self) -> None:
+        self.send("/set_surface/feedback", ARDOUR_FEEDBACK)
+
+    def _quarters(self, bbt) -> Fraction:
+        meter = self.meter or Meter(self.beats_per_bar, 4)
+        bar, beat, frac = bbt
+        return (bar - 1) * meter.bar_quarters + (beat - 1 + frac) * meter.unit_quarters
+
+    def handle(self, message: osc.Message) -> None:
+        address, args = message.address, message.args
+        now = time.monotonic()
+        if address == "/position/bbt" and args:
+            bbt = parse_bbt(args[0])
+            if bbt is None:
+                return
+            if not self.meter and bbt[1] > self.beats_per_bar:
+                self.beats_per_bar = bbt[1]
+                self.transport.update(meter=Meter(self.beats_per_bar, 4), at=now)
+            self.bbt = bbt
+            self.transport.update(quarters=self._quarters(bbt), at=now, tolerance=JITTER_QUARTERS)
+        elif address == "/position/samples" and args:
+            # Ardour sends /position/bbt, then /position/samples of the same instant: fit the pair
+            self.samples = int(float(args[0]))
+            if self.playing and self.bbt is not None:
+                bpm = self.tempo.add(self.samples / self.sample_rate, self._quarters(self.bbt))
+                if bpm and 20 <= bpm <= 999:
+                    self.transport.update(bpm=round(bpm, 2), at=now)
+        elif address == "/transport_play":
+            playing = _truthy(args)
+            if playing is not None and playing != self.playing:
+                self.playing = playing
+                self.tempo.reset()
+                self.transport.update(playing=playing, at=now)
+        elif address == "/transport_stop":
+            if _truthy(args) and self.playing:
+                self.playing = False
+                self.transport.update(playing=False, at=now)
+
+
+class ReaperFollower(OscFollower):
+    """REAPER's OSC control surface with the default pattern config (Default.ReaperOSC)."""
+
+    name = "reaper"
+
+    def handle(self, message: osc.Message) -> None:
+        address, args = message.address, message.args
+        now = time.monotonic()
+        if address == "/tempo/raw" and args:
+            self.transport.update(bpm=round(float(args[0]), 3), at=now)
+        elif address == "/beat/str" and args:
+            bbt = parse_bbt(args[0])
+            if bbt:
+                meter = self.meter or self.transport.last().meter
+                bar, beat, frac = bbt
+                self.transport.update(quarters=(bar - 1) * meter.bar_quarters + (beat - 1 + frac) * meter.unit_quarters,
+                                      at=now, tolerance=JITTER_QUARTERS)
+        elif address == "/play":
+            playing = _truthy(args)
+            if playing is not None:
+                self.transport.update(playing=playing, at=now)
+        elif address == "/stop" and _truthy(args):
+            self.transport.update(playing=False, at=now)
+
+
+class AbletonFollower(OscFollower):
+    """AbletonOSC, or our Remote Script (plugin_host/ableton/stemd_live), which speaks the same addresses."""
+
+    name = "ableton"
+    PROPERTIES = ("tempo", "is_playing", "current_song_time", "signature_numerator", "signature_denominator")
+
+    def register(self) -> None:
+        for prop in self.PROPERTIES:
+            self.send(f"/live/song/start_listen/{prop}")
+            self.send(f"/live/song/get/{prop}")
+
+    def handle(self, message: osc.Message) -> None:
+        address, args = message.address, message.args
+        if not address.startswith("/live/song/get/") or not args:
+            return
+        prop, value, now = address.rsplit("/", 1)[1], args[-1], time.monotonic()
+        if prop == "tempo":
+            self.transport.update(bpm=round(float(value), 3), at=now)
+        elif prop == "is_playing":
+            self.transport.update(playing=bool(value), at=now)
+        elif prop == "current_song_time":
+            self.transport.update(quarters=Fraction(str(round(float(value), 6))), at=now, tolerance=JITTER_QUARTERS)
+        elif prop in ("signature_numerator", "signature_denominator") and not self.meter:
+            meter = self.transport.last().meter
+            n, d = (int(value), meter.denominator) if prop == "signature_numerator" else (meter.numerator, int(value))
+            self.transport.update(meter=Meter(n, d), at=now)
+
+
+class BitwigFollower(OscFollower):
+    """Bitwig Studio with DrivenByMoss's OSC extension (its default ports: receive 8000, send 9000)."""
+
+    name = "bitwig"
+
+    def register(self) -> None:
+        self.send("/refresh")
+
+    def handle(self, message: osc.Message) -> None:
+        address, args = message.address, message.args
+        now = time.monotonic()
+        if address == "/tempo/raw" and args:
+            self.transport.update(bpm=round(float(args[0]), 3), at=now)
+        elif address == "/time/signature" and args and not self.meter:
+            self.transport.update(meter=Meter.parse(str(args[0])), at=now)
+        elif address == "/beat/str" and args:
+            bbt = parse_bbt(args[0])
+            if bbt:
+                meter = self.meter or self.transport.last().meter
+                bar, beat, frac = bbt
+                self.transport.update(quarters=(bar - 1) * meter.bar_quarters + (beat - 1 + frac) * meter.unit_quarters,
+                                      at=now, tolerance=JITTER_QUARTERS)
+        elif address == "/play":
+            playing = _truthy(args)
+            if playing is not None:
+                self.transport.update(playing=playing, at=now)
+
+
+FOLLOWERS = {"ardour": ArdourFollower, "reaper": ReaperFollower, "ableton": AbletonFollower,
+             "bitwig": BitwigFollower}
+
+
+def follower(name: str, transport: Transport, args) -> OscFollower:
+    return FOLLOWERS[name](transport, getattr(args, "daw_host", "127.0.0.1"), getattr(args, "daw_port", None),
+                           getattr(args, "listen_port", None), getattr(args, "rate", 48000),
+                           getattr(args, "meter", None))

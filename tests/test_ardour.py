@@ -1,0 +1,175 @@
+"""A real DAW: headless Ardour 7 on JACK. The bridge follows its transport over Ardour's OSC surface,
+and a take written for bar 3 and added to the session renders (ardour7-export) starting at bar 3 to
+the sample.
+
+The session is made by Ardour itself (ardour7-lua: create_session, one stereo track); the OSC surface is
+switched on in its session file; hardour (headless Ardour) runs it on a JACK dummy server. Takes come
+from the bridge's one-shot against a stemd protocol peer that uses the click engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from stemd import osc
+from stemd.bridge.delivery.ardour import ArdourSession
+from stemd.timing import Grid
+from test_bridge_support import Processes, jack, peer  # noqa: F401 (fixtures)
+
+HARDOUR = "/usr/lib/ardour7/hardour-7.3.0~ds0"
+ARDOUR_ENV = {"LD_LIBRARY_PATH": "/usr/lib/ardour7", "ARDOUR_DATA_PATH": "/usr/share/ardour7",
+              "ARDOUR_CONFIG_PATH": "/etc/ardour7", "ARDOUR_DLL_PATH": "/usr/lib/ardour7"}
+ARDOUR_OSC_PORT = 3819
+
+needs_ardour = pytest.mark.skipif(not (shutil.which("ardour7-lua") and shutil.which("ardour7-export")),
+                                  reason="Ardour 7 (Debian ardour: ardour7-lua, ardour7-export) is not installed")
+
+MAKE_SESSION = """
+local s = create_session("{folder}", "{name}", 48000)
+assert(s, "create_session failed")
+local track = s:new_audio_track(2, 2, nil, 1, "takes", ARDOUR.PresentationInfo.max_order,
+                                ARDOUR.TrackMode.Normal, true):front()
+-- connect the track to the master bus now: Ardour's auto-connect runs later, on its own thread, and a
+-- session saved before it has a track that renders nothing
+track:output():disconnect_all(nil)
+for i = 0, 1 do
+  track:output():audio(i):connect(s:master_out():input():audio(i):name())
+end
+s:save_state("", false, false, false, false, false)
+close_session()
+"""
+
+
+def make_session(tmp_path: Path, name: str = "song") -> Path:
+    folder = tmp_path / name
+    script = tmp_path / "make_session.lua"
+    script.write_text(MAKE_SESSION.format(folder=folder, name=name))
+    out = subprocess.run(["ardour7-lua", str(script)], capture_output=True, text=True, timeout=120)
+    session = folder / f"{name}.ardour"
+    assert session.exists(), out.stdout + out.stderr
+    return session
+
+
+def export(session: Path, tmp_path: Path) -> tuple[np.ndarray, int]:
+    wav = tmp_path / "export.wav"
+    out = subprocess.run(["ardour7-export", "-b", "float", "-o", str(wav), str(session.parent), session.stem],
+                         capture_output=True, text=True, timeout=180)
+    assert wav.exists(), out.stdout + out.stderr
+    data, rate = soundfile.read(wav, dtype="float32", always_2d=True)
+    return data, rate
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("0.0.0.0", port))
+            return True
+        except OSError:
+            return False
+
+
+def ardour_answers(timeout: float) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(0.5)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            s.sendto(osc.encode_message("/set_surface/feedback", 16), ("127.0.0.1", ARDOUR_OSC_PORT))
+            try:
+                s.recvfrom(65536)
+                return True
+            except socket.timeout:
+                continue
+    return False
+
+
+def tell_ardour(address: str, *args) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(osc.encode_message(address, *args), ("127.0.0.1", ARDOUR_OSC_PORT))
+
+
+def read_json_lines(proc, seconds: float, first_only: bool = False) -> list[dict]:
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    lines, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if sel.select(timeout=0.1):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("{"):
+                lines.append(json.loads(line))
+                if first_only:
+                    break
+    return lines
+
+
+@needs_ardour
+@pytest.mark.skipif(not os.path.exists(HARDOUR), reason=f"headless Ardour ({HARDOUR}) is not installed")
+def test_bridge_follows_headless_ardour_over_its_osc_surface(jack, tmp_path):
+    if not port_free(ARDOUR_OSC_PORT):
+        pytest.skip(f"UDP {ARDOUR_OSC_PORT} is taken: another Ardour is running here")
+    session = make_session(tmp_path)
+    s = ArdourSession(session)
+    s.enable_osc()
+    s.save()
+    env = dict(jack.env, **ARDOUR_ENV)
+    log = open(tmp_path / "hardour.log", "w")
+    jack.start([HARDOUR, str(session.parent), session.stem], env=env, stdout=log, stderr=subprocess.STDOUT)
+    if not ardour_answers(60):
+        pytest.fail("headless Ardour did not answer on its OSC port within 60 s")
+    bridge = jack.start([sys.executable, "-m", "stemd", "bridge", "--daemon", "none", "--follow", "ardour",
+                         "--print-transport", "--no-stdin"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert read_json_lines(bridge, 10.0, first_only=True), "the bridge heard nothing from Ardour"
+    tell_ardour("/locate", 8 * 96000, 1)  # to bar 9 (120 BPM 4/4 at 48 kHz), and roll
+    rolling = read_json_lines(bridge, 4.5)
+    tell_ardour("/transport_stop")
+    stopped = read_json_lines(bridge, 1.5)
+    positions = [(l["bar"], l["beat"]) for l in rolling if l["playing"]]
+    assert (9, 1) in positions, (rolling, (tmp_path / "hardour.log").read_text()[-2000:])
+    after = positions[positions.index((9, 1)):]
+    assert after[:5] == [(9, 1), (9, 2), (9, 3), (9, 4), (10, 1)], after
+    assert all(b >= a for a, b in zip(after, after[1:])), after  # never backwards
+    assert abs(rolling[-1]["bpm"] - 120) <= 0.05, rolling[-1]  # derived: Ardour does not send its tempo
+    assert stopped and not stopped[-1]["playing"]
+
+
+@needs_ardour
+def test_take_for_bar_3_added_to_a_closed_session_renders_from_bar_3_to_the_sample(peer, tmp_path):
+    session = make_session(tmp_path)
+    out = subprocess.run([sys.executable, "-m", "stemd", "bridge", "--daemon", f"127.0.0.1:{peer.port}",
+                          "--follow", "fixed:120:4/4", "--out", str(tmp_path / "takes"), "--generate", "ardour sync",
+                          "--bars", "2", "--start-bar", "2", "--rate", "48000", "--insert", "ardour-session",
+                          "--session", str(session), "--once"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    take, rate = soundfile.read(out.stdout.splitlines()[-1], dtype="float32", always_2d=True)
+    rendered, export_rate = export(session, tmp_path)
+    bar3 = Grid(120, "4/4").bar_start_sample(2, 48000)
+    assert (rate, export_rate, bar3) == (48000, 48000, 192000)
+    audible = np.flatnonzero(np.abs(rendered[:, 0]) > 1e-6)
+    assert audible[0] == bar3  # the first click of the take, on the first sample of bar 3
+    np.testing.assert_allclose(rendered[bar3:bar3 + len(take)], take, atol=1e-6)
+    assert not np.any(rendered[:bar3])
+
+
+@needs_ardour
+def test_session_writer_refuses_a_take_at_another_rate(tmp_path):
+    from stemd.bridge.delivery.ardour import ArdourSessionError
+    from stemd.takes import write_take
+
+    session = ArdourSession(make_session(tmp_path))
+    wav = write_take(tmp_path, "x", np.zeros((2, 100), np.float32), 44100, {})
+    with pytest.raises(ArdourSessionError, match="44100 Hz but the session runs at 48000 Hz"):
+        session.add_region(wav, 0)
