@@ -89,16 +89,24 @@ def force(next_tokens: Tensor, forced: Tensor) -> Tensor:
     return torch.where(forced >= 0, forced, next_tokens)
 
 
+SPAN_BUCKET = 128
+
+
+def attention_span(last_pos: int, max_seq: int) -> int:
+    """Cache positions a step at ``last_pos`` must read, rounded up to a bucket (static within a bucket)."""
+    return min(max_seq, SPAN_BUCKET * (last_pos // SPAN_BUCKET + 1))
+
+
 def prefill(lm: MusicGenLM, tokens: Tensor, input_pos: Tensor, forced: Tensor, params: Sampling,
-            temperature: Tensor, top_p: Optional[Tensor], generator) -> Tensor:
-    logits = lm(tokens, input_pos)
+            temperature: Tensor, top_p: Optional[Tensor], generator, span: Optional[int] = None) -> Tensor:
+    logits = lm(tokens, input_pos, span)
     return force(logits_to_tokens(logits, params, temperature, top_p, generator), forced)
 
 
 def decode_one_token(lm: MusicGenLM, tokens: Tensor, input_pos: Tensor, forced: Tensor, params: Sampling,
-                     temperature: Tensor, top_p: Optional[Tensor], generator) -> Tensor:
+                     temperature: Tensor, top_p: Optional[Tensor], generator, span: Optional[int] = None) -> Tensor:
     """One step: ``tokens`` ``(B, K, 1)`` at ``input_pos`` ``(1,)`` -> the next ``(V, K)`` tokens."""
-    logits = lm(tokens, input_pos)
+    logits = lm(tokens, input_pos, span)
     return force(logits_to_tokens(logits, params, temperature, top_p, generator), forced)
 
 
@@ -148,7 +156,8 @@ class Generation:
         self.pos = p                         # the last position whose tokens are in ``tokens``
         batch_tokens = self._batched(self.tokens[:, :, : p + 1])
         nxt = prefill(self.lm, batch_tokens, torch.arange(p + 1, device=self.device), self.pattern[:, :, p + 1],
-                      self.params, self.temperature, self.top_p, self.generator)
+                      self.params, self.temperature, self.top_p, self.generator,
+                      attention_span(p, self.max_seq))
         self.tokens[:, :, p + 1] = nxt
         self.pos = p + 1
 
@@ -172,7 +181,8 @@ class Generation:
             pos = torch.tensor([self.pos], device=self.device)
             cur = self._batched(self.tokens[:, :, self.pos: self.pos + 1])
             nxt = decode_one_token(self.lm, cur, pos, self.pattern[:, :, self.pos + 1], self.params,
-                                   self.temperature, self.top_p, self.generator)
+                                   self.temperature, self.top_p, self.generator,
+                                   attention_span(self.pos, self.max_seq))
             self.tokens[:, :, self.pos + 1] = nxt
             self.pos += 1
 

@@ -114,7 +114,8 @@ class SelfAttention(Attention):
     def forward(self, x: Tensor, mask: Tensor, input_pos: Tensor) -> Tensor:
         q, k, v = self.heads(self.q_proj(x)), self.heads(self.k_proj(x)), self.heads(self.v_proj(x))
         k, v = self.kv_cache.update(input_pos, k, v)
-        return self.merge(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+        span = mask.shape[-1]      # attend over the cache's first ``span`` positions only
+        return self.merge(F.scaled_dot_product_attention(q, k[:, :, :span], v[:, :, :span], attn_mask=mask))
 
 
 class CrossAttention(Attention):
@@ -211,13 +212,16 @@ class MusicGenLM(nn.Module):
 
     # -- the forward pass ---------------------------------------------------------------------------
 
-    def forward(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
+    def forward(self, tokens: Tensor, input_pos: Tensor, span: Optional[int] = None) -> Tensor:
+        """``span``: how many cache positions attention reads (>= the last input position + 1; default
+        all). Decoding passes it rounded up to a multiple of 128, so the step has a handful of shapes
+        and early steps do not read a cache that is mostly empty."""
         b, k, t = tokens.shape
         x = sum(self.embed_tokens[c](tokens[:, c]) for c in range(k))
         if self.args.scale_embedding:
             x = x * math.sqrt(self.args.hidden_size)
         x = x + self.positions[input_pos].to(x.dtype)
-        mask = self.causal_mask[None, None, input_pos]
+        mask = self.causal_mask[None, None, input_pos, :span]
         for layer in self.layers:
             x = layer(x, mask, self.text_mask, input_pos)
         logits = self.lm_head(self.layer_norm(x))                      # (b, t, k * vocab)
