@@ -224,4 +224,4 @@ class ArdourInbox:
         line = {"file": str(Path(take.path).resolve()), "sample": take.start_sample, "rate": take.sample_rate,
                 "bar": take.start_bar + 1, "track": self.track or "", "take_id": take.take_id}
         with open(self.path, "a") as f:
-            f.write(json.dumps(line) + "\n")
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")  # the Lua reader keeps UTF-8 as is

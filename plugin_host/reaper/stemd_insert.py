@@ -1,0 +1,105 @@
+"""stemd for REAPER: put the takes the bridge queued on the timeline, each at the start of its bar.
+
+A ReaScript (Python). Load it once (Actions > Show action list > New action > Load ReaScript), copy its
+command ID, and start the bridge with ``--insert reaper --reaper-action <ID>``. For every take the bridge
+appends a line to ``$STEMD_HOME/inbox/reaper.jsonl`` (~/.stemd by default) and sends REAPER's OSC
+/action; this script then inserts each queued file with InsertMedia at TimeMap2_beatsToTime(bar) on the
+take's track, as one undo step, and empties the inbox. REAPER's tempo map decides where the bar is, so
+a take lands on its bar even across tempo changes.
+"""
+
+import json
+import os
+
+UNDO_ALL = -1
+ADD_TO_CURRENT_TRACK = 0
+
+
+def inbox_path():
+    home = os.environ.get("STEMD_HOME") or os.path.join(os.path.expanduser("~"), ".stemd")
+    return os.path.join(home, "inbox", "reaper.jsonl")
+
+
+class Reaper:
+    """REAPER's API as ``rpr.Name(...)`` over the ``RPR_Name`` functions of a ReaScript namespace."""
+
+    def __init__(self, namespace):
+        self._ns = namespace
+
+    def __getattr__(self, name):
+        return self._ns["RPR_" + name]
+
+
+def first(result):
+    """ReaScript's Python functions return (retval, *arguments); plain values pass through."""
+    return result[0] if isinstance(result, (tuple, list)) else result
+
+
+def bar_time(rpr, bar_index):
+    """Seconds at the start of bar ``bar_index`` (0 = REAPER's first measure) in the project's tempo map."""
+    return first(rpr.TimeMap2_beatsToTime(0, 0.0, int(bar_index)))
+
+
+def take_track(rpr, number):
+    """Track ``number`` (1-based); 0 or none: the first selected track, else the first track. Missing
+    tracks are added."""
+    count = first(rpr.CountTracks(0))
+    if not number:
+        if first(rpr.CountSelectedTracks(0)) > 0:
+            return rpr.GetSelectedTrack(0, 0)
+        number = 1
+    while count < number:
+        rpr.InsertTrackAtIndex(count, True)
+        count += 1
+    return rpr.GetTrack(0, number - 1)
+
+
+def insert_take(rpr, take):
+    track = take_track(rpr, int(take.get("track") or 0))
+    rpr.SetOnlyTrackSelected(track)
+    rpr.SetEditCurPos(bar_time(rpr, take["bar_index"]), False, False)
+    rpr.InsertMedia(take["file"], ADD_TO_CURRENT_TRACK)
+
+
+def read_inbox(path):
+    takes = []
+    if not os.path.exists(path):
+        return takes
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                take = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(take, dict) and "file" in take and "bar_index" in take:
+                takes.append(take)
+    return takes
+
+
+def run(rpr, path=None):
+    """Insert every queued take; returns how many."""
+    path = path or inbox_path()
+    takes = read_inbox(path)
+    if not takes:
+        return 0
+    cursor = first(rpr.GetCursorPosition())
+    rpr.Undo_BeginBlock()
+    try:
+        for take in takes:
+            if os.path.exists(take["file"]):
+                insert_take(rpr, take)
+            else:
+                rpr.ShowConsoleMsg("stemd: take file not found: %s\n" % take["file"])
+    finally:
+        rpr.SetEditCurPos(cursor, False, False)
+        rpr.Undo_EndBlock("stemd: insert %d take(s)" % len(takes), UNDO_ALL)
+        rpr.UpdateArrange()
+    open(path, "w").close()
+    return len(takes)
+
+
+if "RPR_InsertMedia" in globals():  # running inside REAPER
+    run(Reaper(globals()))

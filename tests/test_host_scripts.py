@@ -1,0 +1,320 @@
+"""The in-DAW scripts. REAPER and Live cannot run here: their scripts run against recorded stand-ins of
+the API calls they make (what is asserted is the calls and their arguments). Ardour's Lua script runs in
+Ardour's own Lua (ardour7-lua) with the GUI-only Editor stood in. The installer and the OSC trigger to
+REAPER run for real (liblo's oscdump is the peer)."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stemd import osc
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGIN_HOST = ROOT / "plugin_host"
+
+
+# --- REAPER ------------------------------------------------------------------------------------
+class FakeReaper:
+    """The RPR_ functions stemd_insert.py calls, recording each call; a 4/4 tempo map at ``bpm``."""
+
+    def __init__(self, bpm=100.0, tracks=1):
+        self.calls, self.bpm, self.tracks, self.cursor, self.selected = [], bpm, tracks, 7.5, None
+
+    def namespace(self) -> dict:
+        ns = {}
+        for name in dir(self):
+            if name.startswith("api_"):
+                ns["RPR_" + name[4:]] = getattr(self, name)
+        return ns
+
+    def _log(self, *call):
+        self.calls.append(call)
+
+    def api_TimeMap2_beatsToTime(self, proj, tpos, measures):
+        self._log("TimeMap2_beatsToTime", proj, tpos, measures)
+        return (measures * 4 * 60.0 / self.bpm + tpos * 60.0 / self.bpm, proj, tpos, measures)
+
+    def api_CountTracks(self, proj):
+        return self.tracks
+
+    def api_CountSelectedTracks(self, proj):
+        return 0
+
+    def api_InsertTrackAtIndex(self, index, defaults):
+        self._log("InsertTrackAtIndex", index)
+        self.tracks += 1
+
+    def api_GetTrack(self, proj, index):
+        return f"track{index + 1}"
+
+    def api_GetSelectedTrack(self, proj, index):
+        return "selected"
+
+    def api_SetOnlyTrackSelected(self, track):
+        self._log("SetOnlyTrackSelected", track)
+
+    def api_GetCursorPosition(self):
+        return self.cursor
+
+    def api_SetEditCurPos(self, t, move_view, seek_play):
+        self._log("SetEditCurPos", t)
+        self.cursor = t
+
+    def api_InsertMedia(self, path, mode):
+        self._log("InsertMedia", path, mode, self.cursor)
+
+    def api_Undo_BeginBlock(self):
+        self._log("Undo_BeginBlock")
+
+    def api_Undo_EndBlock(self, text, flags):
+        self._log("Undo_EndBlock", text)
+
+    def api_UpdateArrange(self):
+        pass
+
+    def api_ShowConsoleMsg(self, text):
+        self._log("ShowConsoleMsg", text)
+
+
+def reaper_script():
+    return runpy.run_path(str(PLUGIN_HOST / "reaper" / "stemd_insert.py"))  # outside REAPER: defines only
+
+
+def test_reaper_script_inserts_each_take_at_its_bar_on_its_track_in_one_undo_step(tmp_path):
+    script = reaper_script()
+    takes = [tmp_path / "a.wav", tmp_path / "b.wav"]
+    for t in takes:
+        t.write_bytes(b"RIFF")
+    inbox = tmp_path / "reaper.jsonl"
+    inbox.write_text(json.dumps({"file": str(takes[0]), "bar_index": 2, "track": 3}) + "\n"
+                     + json.dumps({"file": str(takes[1]), "bar_index": 8, "track": 0}) + "\nnot json\n")
+    reaper = FakeReaper(bpm=100.0, tracks=1)
+    assert script["run"](script["Reaper"](reaper.namespace()), str(inbox)) == 2
+    inserts = [c for c in reaper.calls if c[0] == "InsertMedia"]
+    assert inserts == [("InsertMedia", str(takes[0]), 0, pytest.approx(2 * 2.4)),
+                       ("InsertMedia", str(takes[1]), 0, pytest.approx(8 * 2.4))]  # 4/4 at 100 BPM: 2.4 s a bar
+    assert ("TimeMap2_beatsToTime", 0, 0.0, 2) in reaper.calls  # REAPER's tempo map places the bar
+    assert [c for c in reaper.calls if c[0] == "InsertTrackAtIndex"] == [("InsertTrackAtIndex", 1),
+                                                                       ("InsertTrackAtIndex", 2)]
+    assert ("SetOnlyTrackSelected", "track3") in reaper.calls
+    assert reaper.calls[0] == ("Undo_BeginBlock",) and reaper.calls[-1][0] == "Undo_EndBlock"
+    assert reaper.cursor == 7.5  # the edit cursor goes back where the producer left it
+    assert inbox.read_text() == ""
+
+
+def test_reaper_script_reports_a_missing_file_and_inserts_nothing(tmp_path):
+    script = reaper_script()
+    inbox = tmp_path / "reaper.jsonl"
+    inbox.write_text(json.dumps({"file": str(tmp_path / "gone.wav"), "bar_index": 0}) + "\n")
+    reaper = FakeReaper()
+    script["run"](script["Reaper"](reaper.namespace()), str(inbox))
+    assert not [c for c in reaper.calls if c[0] == "InsertMedia"]
+    assert any(c[0] == "ShowConsoleMsg" and "gone.wav" in c[1] for c in reaper.calls)
+
+
+@pytest.mark.skipif(not shutil.which("oscdump"), reason="liblo-tools (oscdump) is not installed")
+def test_bridge_queues_the_take_and_triggers_the_reaper_action_over_osc(tmp_path, monkeypatch):
+    from stemd.bridge.delivery import DeliveredTake
+    from stemd.bridge.delivery.daws import ReaperInserter
+    from stemd.protocol import GenerateRequest
+
+    monkeypatch.setenv("STEMD_HOME", str(tmp_path / "home"))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dump = subprocess.Popen(["oscdump", "-L", str(port)], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        time.sleep(0.5)
+        request = GenerateRequest("t4", prompt="keys", bars=2, start_bar=6, meter=__import__("stemd").timing.Meter(3, 4))
+        take = DeliveredTake("t4", request, 0, tmp_path / "keys.wav", np.zeros((2, 10), np.float32), 48000, 123)
+        ReaperInserter("127.0.0.1", port, "_RS7d3c_stemd_insert", track=2).deliver(take)
+        time.sleep(0.5)
+    finally:
+        dump.terminate()
+        out = dump.communicate(timeout=5)[0]
+    assert '/action/str s "_RS7d3c_stemd_insert"' in out
+    line = json.loads((tmp_path / "home" / "inbox" / "reaper.jsonl").read_text())
+    assert (line["bar_index"], line["bar"], line["quarters"], line["track"]) == (6, 7, 18.0, 2)
+
+
+# --- Ableton Live ------------------------------------------------------------------------------
+class FakeTrack:
+    def __init__(self, name, audio=True):
+        self.name, self.has_audio_input, self.clips = name, audio, []
+
+    def create_audio_clip(self, path, position):
+        self.clips.append((path, position))
+
+
+class FakeSong:
+    def __init__(self):
+        self.tempo, self.is_playing, self.current_song_time = 124.0, False, 0.0
+        self.signature_numerator, self.signature_denominator = 7, 8
+        self.tracks = [FakeTrack("Drums"), FakeTrack("Keys", audio=False), FakeTrack("Takes")]
+        self.view = type("View", (), {"selected_track": self.tracks[2]})()
+
+
+class FakeCInstance:
+    def __init__(self):
+        self._song, self.messages = FakeSong(), []
+
+    def song(self):
+        return self._song
+
+    def show_message(self, text):
+        self.messages.append(text)
+
+
+@pytest.fixture
+def live():
+    sys.path.insert(0, str(PLUGIN_HOST / "ableton"))
+    try:
+        import stemd_live
+
+        c = FakeCInstance()
+        script = stemd_live.create_instance.__globals__["StemdLive"](c, port=0)
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client.bind(("127.0.0.1", 0))
+        client.settimeout(1.0)
+        yield script, c, client
+        client.close()
+        script.disconnect()
+    finally:
+        sys.path.remove(str(PLUGIN_HOST / "ableton"))
+        sys.modules.pop("stemd_live", None)
+        sys.modules.pop("stemd_live.osc_min", None)
+
+
+def ask(script, client, address, *args):
+    client.sendto(osc.encode_message(address, *args), ("127.0.0.1", script.port))
+    time.sleep(0.05)
+    script.update_display()  # what Live calls every 100 ms
+    replies = []
+    client.settimeout(0.2)
+    try:
+        while True:
+            replies.append(osc.decode(client.recvfrom(65536)[0]))
+    except socket.timeout:
+        pass
+    return replies
+
+
+def test_live_script_answers_gets_and_streams_what_it_listens_to(live):
+    script, c, client = live
+    (reply,) = ask(script, client, "/live/song/get/tempo")
+    assert (reply.address, reply.args) == ("/live/song/get/tempo", (124.0,))
+    replies = ask(script, client, "/live/song/start_listen/current_song_time")
+    assert [r.args for r in replies if r.address.endswith("current_song_time")][-1] == (0.0,)
+    c.song().current_song_time, c.song().is_playing = 17.5, True
+    script.update_display()
+    assert osc.decode(client.recvfrom(65536)[0]).args == (17.5,)
+    (sig,) = ask(script, client, "/live/song/get/signature_numerator")
+    assert sig.args == (7,)
+
+
+def test_live_script_creates_the_clip_on_the_arrangement_at_the_beat(live):
+    script, c, client = live
+    (ok,) = ask(script, client, "/stemd/live/insert_clip", 1, "/takes/a.wav", 28.0)
+    assert ok.address == "/stemd/live/inserted"
+    assert c.song().tracks[0].clips == [("/takes/a.wav", 28.0)]
+    ask(script, client, "/stemd/live/insert_clip", 0, "/takes/b.wav", 4.0)  # 0: the selected track
+    assert c.song().tracks[2].clips == [("/takes/b.wav", 4.0)]
+    (err,) = ask(script, client, "/stemd/live/insert_clip", 2, "/takes/c.wav", 0.0)
+    assert err.address == "/stemd/live/error" and "not an audio track" in err.args[0]
+    (err,) = ask(script, client, "/stemd/live/insert_clip", 9, "/takes/c.wav", 0.0)
+    assert "there is no track 9" in err.args[0]
+
+
+def test_bridge_follows_the_live_script_over_real_udp(live):
+    from stemd.bridge.transport import Transport
+    from stemd.bridge.transport.daw_osc import AbletonFollower
+
+    script, c, _client = live
+    c.song().tempo, c.song().is_playing, c.song().current_song_time = 98.0, True, 35.0
+    transport = Transport()
+    follower = AbletonFollower(transport, daw_port=script.port, listen_port=0)
+    try:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and not (transport.known and transport.last().quarters >= 35):
+            script.update_display()
+            time.sleep(0.05)
+        state = transport.now()
+        assert float(state.bpm) == 98.0 and state.playing and str(state.meter) == "7/8"
+        assert state.bar_index == 10  # 35 quarters in 7/8 (3.5 quarters a bar): bar 11 starts at 35
+    finally:
+        follower.stop()
+
+
+# --- Ardour ------------------------------------------------------------------------------------
+LUA_HARNESS = """
+function ardour (t) end
+dofile ("{script}")
+Editing = Editing or {{ ImportDistinctFiles = "distinct", ImportToTrack = "to_track", ImportAsTrack = "as_track" }}
+local takes_track = {{ }}
+local route = {{ name = function () return "takes" end, to_track = function () return takes_track end }}
+Session = {{
+  path = function () return "{folder}/" end,
+  get_tracks = function () return {{ iter = function ()
+    local done = false
+    return function () if done then return nil end done = true return route end end }} end,
+}}
+Editor = {{ do_import = function (self, files, disposition, mode, quality, a, b, pos, info, track, flag)
+  print (string.format ("IMPORT|%s|%s|%d|%s", files:at (0), mode, pos:samples (), tostring (track == takes_track)))
+end }}
+print ("COUNT|" .. stemd_import_takes ())
+"""
+
+
+@pytest.mark.skipif(not shutil.which("ardour7-lua"), reason="Ardour 7's Lua (ardour7-lua) is not installed")
+def test_ardour_lua_script_imports_each_queued_take_at_its_sample(tmp_path):
+    from stemd.bridge.delivery import DeliveredTake
+    from stemd.bridge.delivery.ardour import ArdourInbox
+    from stemd.protocol import GenerateRequest
+
+    inbox = ArdourInbox(tmp_path, "takes")
+    for i, name in enumerate(["drums \"x\".wav", "bass é.wav"]):
+        request = GenerateRequest(f"t{i}", start_bar=2 + i)
+        inbox.deliver(DeliveredTake(f"t{i}", request, 0, tmp_path / name, np.zeros((2, 4), np.float32), 48000,
+                                    192000 + 96000 * i))
+    harness = tmp_path / "harness.lua"
+    harness.write_text(LUA_HARNESS.format(script=PLUGIN_HOST / "ardour" / "stemd_takes.lua", folder=tmp_path))
+    out = subprocess.run(["ardour7-lua", str(harness)], capture_output=True, text=True, timeout=60)
+    lines = [l.split("|") for l in out.stdout.splitlines() if l.startswith(("IMPORT|", "COUNT|"))]
+    assert lines == [["IMPORT", str(tmp_path / "drums \"x\".wav"), "to_track", "192000", "true"],
+                     ["IMPORT", str(tmp_path / "bass é.wav"), "to_track", "288000", "true"],
+                     ["COUNT", "2"]], out.stdout + out.stderr
+    assert (tmp_path / "stemd-inbox.jsonl").read_text() == ""
+
+
+# --- installer -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("daw, files, says", [
+    ("reaper", ["stemd_insert.py"], "Load ReaScript"),
+    ("ableton", ["stemd_live/__init__.py", "stemd_live/osc_min.py"], "Control Surface"),
+    ("ardour", ["stemd_takes.lua"], "Action Hooks"),
+])
+def test_install_host_scripts_copies_the_scripts_and_says_what_to_click(tmp_path, daw, files, says):
+    out = subprocess.run([sys.executable, "-m", "stemd", "install-host-scripts", "--daw", daw, "--dest", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for f in files:
+        assert (tmp_path / f).read_bytes() == (PLUGIN_HOST / daw / f).read_bytes()
+    assert says in out.stdout
+
+
+def test_default_script_folders_are_where_each_daw_looks():
+    from stemd.plugin_host.cmd_install import default_folder
+
+    assert default_folder("reaper", "linux").parts[-4:] == (".config", "REAPER", "Scripts", "stemd")
+    assert default_folder("reaper", "darwin").parts[-4:] == ("Application Support", "REAPER", "Scripts", "stemd")
+    assert default_folder("ableton", "darwin").parts[-4:] == ("Music", "Ableton", "User Library", "Remote Scripts")
+    assert default_folder("ardour", "linux").parts[-3:] == (".config", "ardour7", "scripts")
