@@ -184,23 +184,20 @@ class Bridge:
     def _on_event(self, request: GenerateRequest, event: Event) -> None:
         take_id = request.request_id
         if event.kind == "chunk":
-            handle = self._requests.get(take_id)
-            bars = handle.bars_received(event.chunk.variation) if handle else 0
+            bars = event.handle.bars_received(event.chunk.variation)
             self.history.takes[take_id].state = "generating"
             self._emit(TakeEvent(take_id, "generating", bars=bars, total_bars=request.bars))
         elif event.kind == "done":
-            self._worker.submit(self._deliver, take_id)
+            self._worker.submit(self._deliver, event.handle)
         elif event.kind == "error":
             message = _error_message(event.args)
             self._set(take_id, "failed", error=message)
         elif event.kind == "cancelled":
             self._set(take_id, "cancelled")
 
-    def _deliver(self, take_id: str) -> None:
-        handle = self._requests.pop(take_id, None)
-        if handle is None:
-            return
-        request = handle.request
+    def _deliver(self, handle: Request) -> None:
+        self._requests.pop(handle.id, None)
+        take_id, request = handle.id, handle.request
         files = []
         try:
             variations = handle.variations or [0]

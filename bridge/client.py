@@ -49,6 +49,7 @@ class Event:
     request_id: str
     args: tuple
     chunk: Optional[Chunk] = None
+    handle: Optional["Request"] = None  # the request it belongs to (set before listeners see it)
 
 
 class Request:
@@ -68,6 +69,7 @@ class Request:
         return self.request.request_id
 
     def _handle(self, event: Event) -> None:
+        event.handle = self
         if event.kind == "chunk":
             c = event.chunk
             self.chunks.setdefault(c.variation, {})[c.bar_index] = c
@@ -151,7 +153,7 @@ class DaemonClient:
             raise DaemonError(f"the daemon at {where} refused us: {_error_text(reply.args)}")
         status = self.ask(protocol.STATUS, (), protocol.STATUS_REPLY, self.timeout)
         if status is not None and status.address == protocol.STATUS_REPLY:
-            self.status = _pairs(status.args)
+            self.status = _status(status.args)
         return self
 
     def close(self) -> None:
@@ -268,12 +270,10 @@ class DaemonClient:
             self.on_unrouted(message)
 
 
-def _pairs(args: tuple) -> dict:
-    out = {}
-    for k, v in zip(args[0::2], args[1::2]):
-        if isinstance(k, str):
-            out[k] = v
-    return out
+def _status(args: tuple) -> dict:
+    """``/stemd/status/reply "*" <state> <queued> <running> <clients> <model>`` (docs/protocol.md)."""
+    names = ("id", "state", "queued", "running", "clients", "model")
+    return dict(zip(names, args)) if args and args[0] == "*" else {}
 
 
 def _error_text(args: tuple) -> str:

@@ -58,7 +58,7 @@ class ProtocolPeer:
                     if msg.address == protocol.PING:
                         send(protocol.PONG)
                     elif msg.address == protocol.STATUS:
-                        send(protocol.STATUS_REPLY, "model", "click")
+                        send(protocol.STATUS_REPLY, "*", "idle", 0, "", 1, "click")
                     elif msg.address == protocol.CANCEL:
                         self.cancels.append(msg.args[0])
                     elif msg.address == protocol.GENERATE:
