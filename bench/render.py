@@ -13,13 +13,16 @@ loaded once and one warm-up take first:
 
 The render path is BatchRenderer.render + write_take_files, as ``stemd render`` runs it for each batch.
 
-Prints takes/min for each and the ratio (batched / batch 1), with the device and the command.
+Prints takes/min for each (the median of ``--rounds`` alternating rounds) and the ratio (batched /
+batch 1), with the device, the machine's load and the command.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import statistics
 import shutil
 import sys
 import tempfile
@@ -59,6 +62,7 @@ def main() -> int:
     ap.add_argument("--variations", type=int, default=8)
     ap.add_argument("--bars", type=int, default=2)
     ap.add_argument("--bpm", default="120")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of both modes; medians are reported")
     args = ap.parse_args()
 
     import torch
@@ -72,28 +76,30 @@ def main() -> int:
     k = args.variations
     base = {"models": [model], "prompts": ["lofi drums with dusty keys"], "bars": [args.bars], "bpm": args.bpm,
             "sample_rate": 48000, "device": args.device, "dtype": args.dtype, "contact_sheet": False}
-    results = {}
+    modes = {"batch 1": {"seeds": list(range(1, k + 1))}, f"batched ({k} variations)": {"seeds": [1], "variations": k}}
+    results: dict[str, list[float]] = {mode: [] for mode in modes}
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="stemd-bench-render-") as tmp:
         warm = make_job({**base, "seeds": [0], "out": f"{tmp}/warm"})
         renderer = BatchRenderer(warm, {model: engine})
         timed_render(renderer, warm)
-        for mode, extra in (("batch 1", {"seeds": list(range(1, k + 1))}),
-                            (f"batched ({k} variations)", {"seeds": [1], "variations": k})):
-            job = make_job({**base, **extra, "out": f"{tmp}/{len(results)}"})
-            renderer.job = job
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            n, seconds = timed_render(renderer, job)
-            results[mode] = 60.0 * n / seconds
-            print(f"{mode:>24}: {n} takes in {seconds:.2f} s = {results[mode]:.1f} takes/min")
+        for round_ in range(args.rounds):  # the modes alternate, so a busy spell hits both
+            for mode, extra in modes.items():
+                job = make_job({**base, **extra, "out": f"{tmp}/{round_}-{len(results[mode])}-{mode[:5]}"})
+                renderer.job = job
+                n, seconds = timed_render(renderer, job)
+                results[mode].append(60.0 * n / seconds)
+                print(f"round {round_ + 1} {mode:>24}: {n} takes in {seconds:.2f} s = {results[mode][-1]:.1f} takes/min")
         shutil.rmtree(tmp, ignore_errors=True)
     info = engine.info()
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({platform.machine()}, " \
         f"{torch.get_num_threads()} threads)"
-    modes = list(results.values())
+    medians = [statistics.median(v) for v in results.values()]
     print(f"model: {Path(model).name} ({info.get('dtype')}), {args.bars} bars at {args.bpm} BPM, 48 kHz, device: {device}")
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"takes_per_min batch1={modes[0]:.1f} batched={modes[1]:.1f} ratio={modes[1] / modes[0]:.2f}")
+    print(f"load average (1 min) before {load_before:.1f}, after {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"takes_per_min (median of {args.rounds}) batch1={medians[0]:.1f} batched={medians[1]:.1f} "
+          f"ratio={medians[1] / medians[0]:.2f}")
     return 0
 
 

@@ -37,6 +37,20 @@ def finished_files(out: Path) -> dict:
     return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.wav")}
 
 
+def render_killed_after(args: list, out: Path, takes: int, timeout: float = 180) -> dict:
+    """Start ``stemd render ARGS`` and SIGKILL it once ``takes`` takes exist in ``out``; returns them."""
+    proc = subprocess.Popen([sys.executable, "-m", "stemd", "render", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while len(list(out.glob("*.wav"))) < takes and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.005)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    return finished_files(out)
+
+
 def test_a_2x3x2_matrix_gives_12_exact_takes_and_a_manifest(tmp_path):
     out = tmp_path / "takes"
     proc = stemd(*MATRIX, "--out", out)
@@ -70,16 +84,7 @@ def test_killing_a_render_midway_loses_nothing_and_a_rerun_finishes_only_the_res
     out = tmp_path / "takes"
     # long, high-rate takes so that the kill lands while takes are still being made
     args = [*MATRIX[:-5], "--bpm", "50", "--sample-rate", "192000", "--no-contact-sheet", "--out", out]
-    proc = subprocess.Popen([sys.executable, "-m", "stemd", "render", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while len(list(out.glob("*.wav"))) < 3 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.005)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    survivors = finished_files(out)
+    survivors = render_killed_after(args, out, takes=3)
     assert 3 <= len(survivors) < 12, "the kill should land mid-render"
     manifest = read_manifest(out)
     assert {t["file"] for t in manifest["takes"]} <= set(survivors)  # never lists a take that is not there

@@ -4,11 +4,8 @@ and a resume, and the same audio for the same seed and parameters on CPU."""
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +13,7 @@ import pytest
 import soundfile
 
 from stemd.timing import Grid
+from test_render import finished_files, render_killed_after
 
 pytest.importorskip("torch")
 testmodel = pytest.importorskip("stemd.models.musicgen.testmodel",
@@ -35,24 +33,11 @@ def job_args(model: Path, out: Path) -> list[str]:
             "--out", str(out)]
 
 
-def wav_stats(out: Path) -> dict:
-    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.wav")}
-
-
 @pytest.fixture(scope="module")
 def killed_then_resumed(tiny, tmp_path_factory):
     """The 12-take job killed after its third take, then run again."""
     out = tmp_path_factory.mktemp("takes")
-    proc = subprocess.Popen([sys.executable, "-m", "stemd", "render", *job_args(tiny, out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while len(list(out.glob("*.wav"))) < 3 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.01)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    survivors = wav_stats(out)
+    survivors = render_killed_after(job_args(tiny, out), out, takes=3)
     again = subprocess.run([sys.executable, "-m", "stemd", "render", *job_args(tiny, out)],
                            capture_output=True, text=True, timeout=300)
     return out, survivors, again
@@ -66,7 +51,7 @@ def test_a_killed_job_resumes_to_12_takes_of_exact_length(killed_then_resumed):
     assert 3 <= len(survivors) < 12
     written = {Path(p).name for p in again.stdout.split()}
     assert written.isdisjoint(survivors) and len(written) + len(survivors) == 12
-    after = wav_stats(out)
+    after = finished_files(out)
     assert all(after[name] == stat for name, stat in survivors.items())   # no finished take was redone
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["finished"] == 12 and len(manifest["takes"]) == 12
