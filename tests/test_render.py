@@ -263,3 +263,13 @@ def test_a_terminal_gets_a_progress_bar_with_rate_and_eta_and_a_pipe_gets_none(t
     piped = stemd(*MATRIX, "--out", tmp_path / "pipe")
     assert piped.returncode == 0
     assert piped.stderr.count("\n") == 1 and piped.stderr.startswith("stemd render: 12 takes written")
+
+
+def test_a_second_render_into_the_same_folder_is_refused_while_one_runs(tmp_path):
+    from stemd.daemon.render.runner import folder_lock
+
+    with folder_lock(tmp_path):  # as a running render holds it
+        proc = stemd("--model", "click", "--bars", "1", "--out", tmp_path)
+    assert proc.returncode == 2 and "another stemd render is writing to" in proc.stderr
+    assert not list(tmp_path.glob("*.wav"))
+    assert stemd("--model", "click", "--bars", "1", "--out", tmp_path).returncode == 0

@@ -7,14 +7,17 @@ which the next run finds on disk (by the rule in ``files``) and lists.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from stemd.daemon.render.files import TakeFiles, is_finished, read_sidecar, remove_partials, write_take_files
-from stemd.daemon.render.job import Batch, Job
+from stemd.daemon.render.job import Batch, Job, JobError
 from stemd.daemon.render.manifest import entry, write_manifest
 from stemd.daemon.render.progress import RenderProgress
+
+LOCK_FILE = ".stemd-render.lock"
 
 
 @dataclass
@@ -31,8 +34,29 @@ class RenderResult:
 def run_job(job: Job, *, ray_address: Optional[str] = None, ray_workers: Optional[int] = None,
             progress: Optional[bool] = None, on_take: Callable[[Path], None] = lambda p: None) -> RenderResult:
     out = Path(job.out)
-    out.mkdir(parents=True, exist_ok=True)
     batches = job.batches()
+    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out):
+        return _run_locked(job, out, batches, ray_address, ray_workers, progress, on_take)
+
+
+@contextmanager
+def folder_lock(out: Path):
+    """One render per folder at a time (two would delete each other's half-written files)."""
+    import fcntl
+
+    with open(out / LOCK_FILE, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise JobError(f"another stemd render is writing to {out}; wait for it or choose another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _run_locked(job, out, batches, ray_address, ray_workers, progress, on_take) -> RenderResult:
     remove_partials(out)
     plan = [t for b in batches for t in b.takes]
     rows = {}
