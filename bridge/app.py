@@ -217,6 +217,10 @@ class Bridge:
             self._set(take_id, "failed", error=str(e), files=files)
             return
         self._set(take_id, "ready", files=files)
+        for delivery in self.deliveries:
+            state = getattr(delivery, "sets_state", None)  # live playback: the take is now playing
+            if state:
+                self._set(take_id, state)
 
     def _set(self, take_id: str, state: str, **changes) -> None:
         record = self.history.set(take_id, state=state, **changes)

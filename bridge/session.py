@@ -121,6 +121,11 @@ def _once(args, bridge, out, lock) -> int:
         take_id = bridge.extend(args.extend, seed=args.seed)
     record = bridge.wait(take_id, timeout=args.timeout)
     bridge.close()
+    for delivery in bridge.deliveries:  # --play --once: let the take play out before exiting
+        voice = getattr(delivery, "last", None)
+        if voice is not None:
+            voice.done.wait(len(voice.audio) / (delivery.rate or 48000) + 30)
+            delivery.close()
     if record.state not in ("ready", "playing"):
         reason = record.error or f"no answer within {args.timeout:g} s"
         raise BridgeError(f"take {take_id} {record.state if record.error else 'timed out'}: {reason}",
