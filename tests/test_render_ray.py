@@ -94,3 +94,12 @@ def test_an_unreachable_cluster_is_one_line(tmp_path):
     proc = render(tmp_path, "--ray", f"127.0.0.1:{free_port()}")
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "Ray cluster" in proc.stderr
+
+
+def test_one_worker_per_gpu_and_one_per_cpu_without_gpus():
+    from stemd.daemon.render.cluster import worker_plan
+
+    assert worker_plan({"CPU": 64.0, "GPU": 4.0}, None) == (4, {"num_gpus": 1, "num_cpus": 1})
+    assert worker_plan({"CPU": 64.0, "GPU": 4.0}, 2) == (2, {"num_gpus": 1, "num_cpus": 1})
+    assert worker_plan({"CPU": 6.0}, None) == (6, {"num_cpus": 1})
+    assert worker_plan({"CPU": 6.0}, 3) == (3, {"num_cpus": 1})
