@@ -19,6 +19,7 @@ import socket
 import threading
 
 from stemd import osc
+from stemd.bridge.udp import receive
 from stemd.errors import StemdError
 
 PREFIX = "/stemd/bridge/"
@@ -92,17 +93,9 @@ class CommandServer:
             self._send(peer, TAKE, event.take_id, event.state, *(event.files[:1]))
 
     def _run(self) -> None:
-        while not self._halt.is_set():
-            try:
-                data, peer = self.sock.recvfrom(65536)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            try:
-                packet = osc.decode(data)
-            except osc.OSCDecodeError as e:
-                self._send(peer, REPLY, f"error: not OSC ({e})")
+        for packet, peer in receive(self.sock, self._halt):
+            if isinstance(packet, osc.OSCDecodeError):
+                self._send(peer, REPLY, f"error: not OSC ({packet})")
                 continue
             for message in osc.messages_in(packet):
                 if not message.address.startswith(PREFIX):

@@ -9,9 +9,7 @@ from the bridge's one-shot against a stemd protocol peer that uses the click eng
 
 from __future__ import annotations
 
-import json
 import os
-import selectors
 import shutil
 import socket
 import subprocess
@@ -26,7 +24,7 @@ import soundfile
 from stemd import osc
 from stemd.bridge.delivery.ardour import ArdourSession
 from stemd.timing import Grid
-from test_bridge_support import Processes, jack, peer  # noqa: F401 (fixtures)
+from test_bridge_support import jack, json_lines, peer  # noqa: F401 (fixtures)
 
 HARDOUR = "/usr/lib/ardour7/hardour-7.3.0~ds0"
 ARDOUR_ENV = {"LD_LIBRARY_PATH": "/usr/lib/ardour7", "ARDOUR_DATA_PATH": "/usr/share/ardour7",
@@ -100,22 +98,6 @@ def tell_ardour(address: str, *args) -> None:
         s.sendto(osc.encode_message(address, *args), ("127.0.0.1", ARDOUR_OSC_PORT))
 
 
-def read_json_lines(proc, seconds: float, first_only: bool = False) -> list[dict]:
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    lines, deadline = [], time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if sel.select(timeout=0.1):
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if line.startswith("{"):
-                lines.append(json.loads(line))
-                if first_only:
-                    break
-    return lines
-
-
 @needs_ardour
 @pytest.mark.skipif(not os.path.exists(HARDOUR), reason=f"headless Ardour ({HARDOUR}) is not installed")
 def test_bridge_follows_headless_ardour_over_its_osc_surface(jack, tmp_path):
@@ -132,11 +114,11 @@ def test_bridge_follows_headless_ardour_over_its_osc_surface(jack, tmp_path):
         pytest.fail("headless Ardour did not answer on its OSC port within 60 s")
     bridge = jack.start([sys.executable, "-m", "stemd", "bridge", "--daemon", "none", "--follow", "ardour",
                          "--print-transport", "--no-stdin"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert read_json_lines(bridge, 10.0, first_only=True), "the bridge heard nothing from Ardour"
+    assert json_lines(bridge, 10.0, first_only=True), "the bridge heard nothing from Ardour"
     tell_ardour("/locate", 8 * 96000, 1)  # to bar 9 (120 BPM 4/4 at 48 kHz), and roll
-    rolling = read_json_lines(bridge, 4.5)
+    rolling = json_lines(bridge, 4.5)
     tell_ardour("/transport_stop")
-    stopped = read_json_lines(bridge, 1.5)
+    stopped = json_lines(bridge, 1.5)
     positions = [(l["bar"], l["beat"]) for l in rolling if l["playing"]]
     assert (9, 1) in positions, (rolling, (tmp_path / "hardour.log").read_text()[-2000:])
     after = positions[positions.index((9, 1)):]

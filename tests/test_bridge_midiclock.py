@@ -9,22 +9,19 @@ Stop, SPP and Continue bytes through a JACK MIDI port (python-rtmidi), and the b
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from fractions import Fraction
 
 import pytest
 
 from stemd.bridge.transport import Transport
 from stemd.bridge.transport.midiclock import CLOCK, CONTINUE, SONG_POSITION, START, STOP, ClockPosition, ClockTempo
+from test_bridge_support import jack, json_lines  # noqa: F401 (fixture)
 
 needs_jack = pytest.mark.skipif(not (shutil.which("jackd") and shutil.which("jack_wait")),
                                 reason="JACK (Debian jackd2) is not installed")
@@ -71,70 +68,24 @@ def test_start_clock_spp_continue_set_the_position():
 
 
 # --- real JACK ----------------------------------------------------------------------------------
-@pytest.fixture
-def jack():
-    name = f"stemd-test-{uuid.uuid4().hex[:8]}"
-    env = dict(os.environ, JACK_DEFAULT_SERVER=name)
-    server = subprocess.Popen(["jackd", "-n", name, "-d", "dummy", "-r", "48000", "-p", "256"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    procs = [server]
-    try:
-        if subprocess.run(["jack_wait", "-w", "-t", "10"], env=env, capture_output=True).returncode != 0:
-            pytest.skip("the JACK dummy server did not start")
-        yield env, procs
-    finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)
-                    p.wait()
-
-
-def start(procs, args, env, **kw):
-    p = subprocess.Popen(args, env=env, start_new_session=True, **kw)
-    procs.append(p)
-    return p
-
-
-def transport_lines(bridge, seconds):
-    """JSON lines the bridge printed within ``seconds``."""
-    import selectors
-
-    sel = selectors.DefaultSelector()
-    sel.register(bridge.stdout, selectors.EVENT_READ)
-    lines, deadline = [], time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if sel.select(timeout=0.1):
-            line = bridge.stdout.readline()
-            if not line:
-                break
-            if line.startswith("{"):
-                lines.append(json.loads(line))
-    return lines
-
-
-def bridge_following(procs, env, port):
-    return start(procs, [sys.executable, "-m", "stemd", "bridge", "--daemon", "none", "--follow", "midi-clock",
-                         "--midi-in", port, "--print-transport", "--no-stdin"], env,
-                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def bridge_following(jack, port):
+    return jack.start([sys.executable, "-m", "stemd", "bridge", "--daemon", "none", "--follow", "midi-clock",
+                       "--midi-in", port, "--print-transport", "--no-stdin"], stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE, text=True)
 
 
 @needs_jack
 @pytest.mark.skipif(not (shutil.which("jack_midi_clock") and shutil.which("jack_transport")),
                     reason="jack_midi_clock (Debian jack-midi-clock) or jack_transport is not installed")
 def test_jack_midi_clock_at_124_bpm_is_followed_at_124(jack):
-    env, procs = jack
-    start(procs, ["jack_midi_clock", "-d", "0"], env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    master = start(procs, ["jack_transport"], env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, text=True)
-    bridge = bridge_following(procs, env, "jack_midi_clock")
+    jack.start(["jack_midi_clock", "-d", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    master = jack.start(["jack_transport"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL, text=True)
+    bridge = bridge_following(jack, "jack_midi_clock")
     time.sleep(1.0)
     master.stdin.write("master\ntempo 124\nplay\n")
     master.stdin.flush()
-    lines = transport_lines(bridge, 7.0)
+    lines = json_lines(bridge, 7.0)
     playing = [l for l in lines if l["playing"]]
     assert len(playing) >= 10, lines[-5:]  # 7 s at 124 BPM is 14 beats
     assert abs(playing[-1]["bpm"] - 124.0) <= 0.1, playing[-1]
@@ -165,11 +116,10 @@ SENDER = textwrap.dedent("""
 
 @needs_jack
 def test_song_position_pointer_over_jack_moves_the_bridge_to_the_right_bar(jack):
-    env, procs = jack
-    sender = start(procs, [sys.executable, "-c", SENDER, "1.5"], env, stdout=subprocess.PIPE, text=True)
+    sender = jack.start([sys.executable, "-c", SENDER, "1.5"], stdout=subprocess.PIPE, text=True)
     time.sleep(0.7)
-    bridge = bridge_following(procs, env, "spp-sender")
-    lines = transport_lines(bridge, 6.5)
+    bridge = bridge_following(jack, "spp-sender")
+    lines = json_lines(bridge, 6.5)
     assert sender.wait(5) == 0
     stops = [i for i, l in enumerate(lines) if not l["playing"] and l["bar"] == 9]
     assert stops, lines

@@ -7,12 +7,15 @@ the real bar pipeline. It stands in for the protocol, not for the daemon.
 
 from __future__ import annotations
 
+import json
 import os
+import selectors
 import shutil
 import signal
 import socket
 import subprocess
 import threading
+import time
 import uuid
 
 import pytest
@@ -139,3 +142,20 @@ def jack():
         yield procs
     finally:
         procs.stop_all()
+
+
+def json_lines(proc: subprocess.Popen, seconds: float, first_only: bool = False) -> list[dict]:
+    """The JSON lines (``--print-transport``) a process prints within ``seconds``."""
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    lines, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if sel.select(timeout=0.1):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("{"):
+                lines.append(json.loads(line))
+                if first_only:
+                    break
+    return lines

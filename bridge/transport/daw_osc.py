@@ -24,6 +24,7 @@ from typing import Optional
 
 from stemd import osc
 from stemd.bridge.transport import FollowError, Transport
+from stemd.bridge.udp import receive
 from stemd.timing import Meter
 
 DEFAULTS = {"ardour": (3819, 0), "reaper": (8000, 9000), "ableton": (11000, 11001), "bitwig": (8000, 9000)}
@@ -89,22 +90,16 @@ class OscFollower:
     def handle(self, message: osc.Message) -> None:
         raise NotImplementedError
 
+    def _maybe_register(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_register:
+            self.register()
+            self._next_register = now + REREGISTER_S
+
     def _run(self) -> None:
-        next_register = 0.0
-        while not self._halt.is_set():
-            now = time.monotonic()
-            if now >= next_register:
-                self.register()
-                next_register = now + REREGISTER_S
-            try:
-                data, _peer = self.sock.recvfrom(65536)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            try:
-                packet = osc.decode(data)
-            except osc.OSCDecodeError:
+        self._next_register = 0.0
+        for packet, _peer in receive(self.sock, self._halt, self._maybe_register):
+            if isinstance(packet, osc.OSCDecodeError):
                 continue
             for message in osc.messages_in(packet):
                 self.received += 1
@@ -214,10 +209,8 @@ class ArdourFollower(OscFollower):
                 self.transport.update(playing=False, at=now)
 
 
-class ReaperFollower(OscFollower):
-    """REAPER's OSC control surface with the default pattern config (Default.ReaperOSC)."""
-
-    name = "reaper"
+class BeatStringFollower(OscFollower):
+    """DAWs that send /tempo/raw, /beat/str and /play (REAPER's default pattern, DrivenByMoss)."""
 
     def handle(self, message: osc.Message) -> None:
         address, args = message.address, message.args
@@ -237,6 +230,14 @@ class ReaperFollower(OscFollower):
                 self.transport.update(playing=playing, at=now)
         elif address == "/stop" and _truthy(args):
             self.transport.update(playing=False, at=now)
+        elif address == "/time/signature" and args and not self.meter:
+            self.transport.update(meter=Meter.parse(str(args[0])), at=now)
+
+
+class ReaperFollower(BeatStringFollower):
+    """REAPER's OSC control surface with the default pattern config (Default.ReaperOSC)."""
+
+    name = "reaper"
 
 
 class AbletonFollower(OscFollower):
@@ -267,32 +268,13 @@ class AbletonFollower(OscFollower):
             self.transport.update(meter=Meter(n, d), at=now)
 
 
-class BitwigFollower(OscFollower):
+class BitwigFollower(BeatStringFollower):
     """Bitwig Studio with DrivenByMoss's OSC extension (its default ports: receive 8000, send 9000)."""
 
     name = "bitwig"
 
     def register(self) -> None:
         self.send("/refresh")
-
-    def handle(self, message: osc.Message) -> None:
-        address, args = message.address, message.args
-        now = time.monotonic()
-        if address == "/tempo/raw" and args:
-            self.transport.update(bpm=round(float(args[0]), 3), at=now)
-        elif address == "/time/signature" and args and not self.meter:
-            self.transport.update(meter=Meter.parse(str(args[0])), at=now)
-        elif address == "/beat/str" and args:
-            bbt = parse_bbt(args[0])
-            if bbt:
-                meter = self.meter or self.transport.last().meter
-                bar, beat, frac = bbt
-                self.transport.update(quarters=(bar - 1) * meter.bar_quarters + (beat - 1 + frac) * meter.unit_quarters,
-                                      at=now, tolerance=JITTER_QUARTERS)
-        elif address == "/play":
-            playing = _truthy(args)
-            if playing is not None:
-                self.transport.update(playing=playing, at=now)
 
 
 FOLLOWERS = {"ardour": ArdourFollower, "reaper": ReaperFollower, "ableton": AbletonFollower,

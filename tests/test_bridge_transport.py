@@ -1,0 +1,140 @@
+"""Transport following: the shared state, the fixed follower, and the OSC followers fed by a real OSC
+peer (liblo's oscsend) sending what REAPER and DrivenByMoss send."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from fractions import Fraction
+
+import pytest
+
+from stemd.bridge.transport import FollowError, Transport, make_follower
+from stemd.bridge.transport.daw_osc import BitwigFollower, ReaperFollower, TempoFromMotion, parse_bbt
+from test_bridge_support import json_lines
+
+
+def test_position_extrapolates_while_playing_and_holds_when_stopped():
+    clock = [100.0]
+    transport = Transport(90, "3/4", clock=lambda: clock[0])
+    transport.update(quarters=3, playing=True)
+    clock[0] += 2.0  # 3 quarters at 90 BPM
+    state = transport.now()
+    assert state.quarters == 6 and (state.bar_index, state.beat_index) == (2, 0)
+    transport.update(playing=False)
+    clock[0] += 5.0
+    assert transport.now().quarters == 6
+
+
+def test_a_late_report_within_tolerance_never_moves_the_position_back():
+    clock = [0.0]
+    transport = Transport(120, clock=lambda: clock[0])
+    transport.update(quarters=0, playing=True)
+    clock[0] = 1.0  # we are at quarter 2
+    transport.update(quarters=Fraction(39, 20), tolerance=Fraction(1, 8))  # a report 50 ms behind
+    assert transport.now().quarters == 2
+    transport.update(quarters=16, tolerance=Fraction(1, 8))  # a locate is not jitter
+    assert transport.now().quarters == 16
+
+
+def test_next_bar_and_json_line_count_from_one_like_a_daw():
+    transport = Transport(137.5, "7/8")
+    transport.update(quarters=Fraction(7, 2) * 2 + Fraction(1, 2), playing=True)  # bar 3, second eighth
+    state = transport.last()
+    assert state.next_bar() == 3
+    assert state.as_json() == '{"bpm": 137.5, "meter": "7/8", "bar": 3, "beat": 2, "playing": true}'
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("003|02|0960", (3, 2, Fraction(1, 2))),   # Ardour: bars|beats|ticks of 1920
+    ("5.3.25", (5, 3, Fraction(1, 4))),        # REAPER: hundredths of a beat
+    ("2:4:3:00", (2, 4, Fraction(1, 2))),      # bar:beat:sixteenth:ticks
+    ("nonsense", None),
+])
+def test_bbt_strings(text, expected):
+    assert parse_bbt(text) == expected
+
+
+def test_tempo_from_motion_is_exact_for_exact_reports_and_forgets_a_locate():
+    tempo = TempoFromMotion()
+    for i in range(10):
+        bpm = tempo.add(i * 0.1, Fraction(i * 96, 600))  # 96 BPM: 1.6 quarters a second
+    assert bpm == pytest.approx(96.0, abs=1e-6)
+    assert tempo.add(0.05, Fraction(0)) is None  # jumped back: start over
+
+
+def test_bad_follow_specs_are_one_clear_error():
+    with pytest.raises(FollowError, match="unknown --follow 'cubase'"):
+        make_follower("cubase", Transport())
+    with pytest.raises(FollowError, match="tempo must be between 20 and 999"):
+        make_follower("fixed:5000", Transport())
+
+
+def test_print_transport_with_a_fixed_tempo_prints_every_beat():
+    proc = subprocess.Popen([sys.executable, "-m", "stemd", "bridge", "--daemon", "none", "--follow", "fixed:240:3/4",
+                             "--print-transport", "--no-stdin"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        lines = json_lines(proc, 2.5)
+    finally:
+        proc.terminate()
+        proc.wait(5)
+    beats = [(l["bar"], l["beat"]) for l in lines]
+    assert beats[:5] == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2)], beats
+    assert all(l["bpm"] == 240 and l["meter"] == "3/4" and l["playing"] for l in lines)
+
+
+def oscsend(port, *args):
+    subprocess.run(["oscsend", "localhost", str(port), *args], check=True)
+
+
+def wait_for(predicate, seconds=3.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not predicate():
+        time.sleep(0.02)
+    return predicate()
+
+
+needs_oscsend = pytest.mark.skipif(not shutil.which("oscsend"), reason="liblo-tools (oscsend) is not installed")
+
+
+@needs_oscsend
+def test_reaper_follower_reads_reapers_default_feedback():
+    transport = Transport()
+    follower = ReaperFollower(transport, listen_port=0)
+    try:
+        oscsend(follower.listen_port, "/tempo/raw", "f", "93.5")
+        oscsend(follower.listen_port, "/beat/str", "s", "17.3.50")
+        oscsend(follower.listen_port, "/play", "f", "1")
+        assert wait_for(lambda: transport.last().playing)
+        state = transport.last()
+        assert float(state.bpm) == 93.5 and state.quarters == 16 * 4 + Fraction(5, 2)
+        oscsend(follower.listen_port, "/play", "f", "0")
+        assert wait_for(lambda: not transport.last().playing)
+    finally:
+        follower.stop()
+
+
+@needs_oscsend
+def test_bitwig_follower_reads_drivenbymoss_feedback_and_asks_for_a_refresh():
+    import socket
+
+    from stemd import osc
+
+    fake_bitwig = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    fake_bitwig.bind(("127.0.0.1", 0))
+    fake_bitwig.settimeout(2)
+    transport = Transport()
+    follower = BitwigFollower(transport, daw_port=fake_bitwig.getsockname()[1], listen_port=0)
+    try:
+        assert osc.decode(fake_bitwig.recvfrom(1024)[0]).address == "/refresh"
+        oscsend(follower.listen_port, "/time/signature", "s", "6/8")
+        oscsend(follower.listen_port, "/tempo/raw", "f", "140")
+        oscsend(follower.listen_port, "/beat/str", "s", "4:2:1:00")
+        assert wait_for(lambda: transport.last().quarters == 3 * 3 + Fraction(1, 2))
+        assert str(transport.last().meter) == "6/8" and float(transport.last().bpm) == 140
+    finally:
+        follower.stop()
+        fake_bitwig.close()
