@@ -318,3 +318,17 @@ def test_default_script_folders_are_where_each_daw_looks():
     assert default_folder("reaper", "darwin").parts[-4:] == ("Application Support", "REAPER", "Scripts", "stemd")
     assert default_folder("ableton", "darwin").parts[-4:] == ("Music", "Ableton", "User Library", "Remote Scripts")
     assert default_folder("ardour", "linux").parts[-3:] == (".config", "ardour7", "scripts")
+
+
+def test_a_built_wheel_carries_every_host_script(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                          "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        pytest.skip(f"cannot build a wheel here: {out.stderr.strip().splitlines()[-1:]}")
+    import zipfile
+
+    (wheel,) = tmp_path.glob("stemd-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for script in ["reaper/stemd_insert.py", "ableton/stemd_live/__init__.py", "ableton/stemd_live/osc_min.py",
+                   "ardour/stemd_takes.lua"]:
+        assert f"stemd/plugin_host/{script}" in names
