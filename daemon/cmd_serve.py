@@ -23,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue-size", type=int, default=16, help="requests that may wait (default 16); more get 'busy'")
     p.add_argument("--on-shutdown", choices=["finish", "cancel"], default="cancel",
                    help="on SIGINT/SIGTERM: finish queued and running requests, or cancel them (default)")
+    p.add_argument("--max-clients", type=int, default=64, help="TCP connections at once (default 64); more get 'busy'")
     p.add_argument("--max-client-buffer-mb", type=float, default=64.0,
                    help="replies waiting for one TCP client before it is dropped as too slow (default 64)")
     p.add_argument("--max-take-mb", type=float, default=1024.0, help="the largest take accepted (default 1024)")
@@ -60,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings(out=out, token=args.token, queue_size=args.queue_size, on_shutdown=args.on_shutdown,
                         max_client_buffer=int(args.max_client_buffer_mb * 2 ** 20),
                         max_take_bytes=int(args.max_take_mb * 2 ** 20),
-                        input_root=Path(args.input_root).resolve() if args.input_root else None, pace=args.pace)
+                        input_root=Path(args.input_root).resolve() if args.input_root else None, pace=args.pace,
+                        max_clients=args.max_clients)
     server = Server(Service(engine, settings))
 
     async def main() -> None:

@@ -85,6 +85,7 @@ class TcpClient(asyncio.Protocol):
         self._out: deque[bytes] = deque()
         self._out_bytes = 0
         self._paused = self._closed = self._flush_pending = False
+        self._closing = False  # no more input is read once a close was asked for
         self.drop_reason = ""
 
     # --- asyncio callbacks (event loop thread) ------------------------------------------------
@@ -96,13 +97,19 @@ class TcpClient(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.server.service.clients.add(self)
-        if self.server.service.stopping:
+        service = self.server.service
+        if service.stopping:
             self.send(ERROR, "", "shutting_down", "the daemon is stopping")
             self.close()
+        elif len(service.clients) >= service.settings.max_clients:
+            log.warning("refusing %s: %d clients connected", self.name, len(service.clients))
+            self.send(ERROR, "", "busy", f"the daemon serves at most {service.settings.max_clients} TCP clients")
+            self.close()
+        else:
+            service.clients.add(self)
 
     def data_received(self, data: bytes) -> None:
-        if self._closed:
+        if self._closed or self._closing:
             return
         try:
             packets = self.decoder.feed(data)
@@ -111,7 +118,7 @@ class TcpClient(asyncio.Protocol):
             self.close()
             return
         for packet in packets:
-            if self._closed:
+            if self._closed or self._closing:
                 return
             self.server.handle_packet(self, packet)
 
@@ -167,6 +174,7 @@ class TcpClient(asyncio.Protocol):
 
     def close(self) -> None:
         """Close after what is queued has gone out."""
+        self._closing = True
         def closing() -> None:
             self._flush()
             with self._lock:

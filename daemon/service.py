@@ -33,6 +33,7 @@ class Settings:
     max_take_bytes: int = 1024 * 1024 * 1024
     input_root: Optional[Path] = None    # continuation_path must be inside it (None: anywhere)
     pace: float = 0.0                    # seconds the worker spends per bar at least (tests, demos)
+    max_clients: int = 64                # TCP connections at once; more are told busy and closed
 
 
 class Service:

@@ -83,8 +83,8 @@ class Worker(threading.Thread):
                             client.send(CHUNK, *Chunk(job.id, v, chunk.index, chunk.start_sample, chunk.sample_rate,
                                                       chunk.channels, chunk.audio[v]).to_args())
                     progress.bar_done()
-                    if job.cancel_reason:
-                        raise Cancelled()
+                    if job.cancel_reason and job.bars_done < request.bars:
+                        raise Cancelled()  # (a take whose last bar exists is written even if its client left)
             finally:
                 chunks.close()
             if job.bars_done < request.bars:

@@ -140,3 +140,14 @@ def test_a_client_that_stops_reading_is_dropped_and_others_go_on(start_daemon):
     other.send("/stemd/generate", "fine", "bars", 2)
     assert [c.bar_index for c in chunks_of(other.until("/stemd/done", "fine"), "fine")] == [0, 1]
     assert "request flood from tcp:" in daemon.log and "too slow" in daemon.log
+
+
+def test_connections_past_max_clients_are_told_busy_and_closed(start_daemon):
+    daemon = start_daemon("--max-clients", "1")
+    first = TcpClient(daemon.port)
+    first.send("/stemd/ping")
+    assert first.recv().address == "/stemd/pong"
+    second = TcpClient(daemon.port)
+    assert second.recv().args[1] == "busy"
+    first.send("/stemd/generate", "still", "bars", 1)
+    assert first.until("/stemd/done", "still")[-1].address == "/stemd/done"
