@@ -81,17 +81,48 @@ def test_killing_one_client_mid_stream_leaves_the_other_take_intact(start_daemon
         victim.wait(5)
         t0 = time.monotonic()
         got = other.until("/stemd/done", "keeper")
-        chunks = chunks_of(got, "keeper")
-        assert [c.bar_index for c in chunks] == [0, 1, 2, 3]
         assert time.monotonic() - t0 < 4 * PACE + 2 * PACE  # victim's 60 remaining bars were not made
-        take = next(m.args[2] for m in got if m.address == "/stemd/take")
-        audio, _ = soundfile.read(take, dtype="float32", always_2d=True)
-        assert np.array_equal(audio.T, np.concatenate([c.audio for c in chunks], axis=1))
+        assert_take_intact(got, "keeper")
         assert "request victim from tcp:" in daemon.log and "-> cancelled (disconnect)" in daemon.log
     finally:
         if victim.poll() is None:
             os.killpg(victim.pid, signal.SIGKILL)
             victim.wait(5)
+
+
+def test_killing_a_waiting_client_while_another_streams_leaves_that_take_intact(start_daemon):
+    daemon = start_daemon("--pace", str(PACE))
+    streaming = TcpClient(daemon.port)
+    streaming.send("/stemd/generate", "keeper", "bars", 6)
+    got = streaming.until("/stemd/chunk", "keeper")
+    victim = subprocess.Popen([sys.executable, "-c", CLIENT, str(daemon.port)], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # until the victim's request waits in the queue
+            streaming.send("/stemd/status")
+            got += streaming.until("/stemd/status/reply")
+            if got[-1].args[2] >= 1:
+                break
+            assert time.monotonic() < deadline
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait(5)
+        got += streaming.until("/stemd/done", "keeper")
+        assert_take_intact(got, "keeper")
+        assert "request victim from tcp:" in daemon.log and "cancelled while queued (disconnect)" in daemon.log
+    finally:
+        if victim.poll() is None:
+            os.killpg(victim.pid, signal.SIGKILL)
+            victim.wait(5)
+
+
+def assert_take_intact(messages, request_id):
+    chunks = chunks_of(messages, request_id)
+    bars = sorted({c.bar_index for c in chunks})
+    assert [c.bar_index for c in chunks] == bars == list(range(len(bars))) and bars
+    take = next(m.args[2] for m in messages if m.address == "/stemd/take")
+    audio, _ = soundfile.read(take, dtype="float32", always_2d=True)
+    assert np.array_equal(audio.T, np.concatenate([c.audio for c in chunks], axis=1))
 
 
 def test_a_live_request_preempts_an_offline_render_which_then_resumes(start_daemon):
