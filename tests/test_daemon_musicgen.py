@@ -50,3 +50,22 @@ def test_a_tiny_musicgen_streams_bar_exact_chunks_and_cancels_between_steps(star
     assert "/stemd/done" not in [m.address for m in ended]
     client.send("/stemd/ping")
     assert client.until("/stemd/pong")[-1].address == "/stemd/pong"
+
+
+def test_a_preempted_musicgen_render_resumes_seamlessly(start_daemon, tiny_model):
+    daemon = start_daemon("--device", "cpu", model=str(tiny_model))
+    offline, live = TcpClient(daemon.port), TcpClient(daemon.port)
+    args = ("bars", 4, "bpm", 120, "seed", 5, "priority", "offline", "prompt", "resume me")
+    offline.send("/stemd/generate", "whole", *args)
+    whole = [Chunk.from_args(m.args) for m in offline.until("/stemd/done", "whole", timeout=120)
+             if m.address == "/stemd/chunk"]
+    offline.send("/stemd/generate", "cut", *args)
+    got = offline.until("/stemd/chunk", "cut", timeout=120)
+    live.send("/stemd/generate", "pad", "bars", 1, "seed", 1)
+    live.until("/stemd/done", "pad", timeout=120)
+    got += offline.until("/stemd/done", "cut", timeout=120)
+    cut = [Chunk.from_args(m.args) for m in got if m.address == "/stemd/chunk"]
+    assert "preempted by a live request" in daemon.log
+    assert [c.bar_index for c in cut] == [0, 1, 2, 3]
+    for a, b in zip(whole, cut):  # same seed, same bars: the resumed take is the take
+        assert abs(a.audio - b.audio).max() < 1e-4
