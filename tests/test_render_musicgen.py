@@ -19,7 +19,7 @@ pytest.importorskip("torch")
 testmodel = pytest.importorskip("stemd.models.musicgen.testmodel",
                                 reason="the MusicGen engine (stemd make-test-model) is not in this tree")
 
-BPM, RATE = "240", 32000
+BPM, RATE = "480", 32000
 
 
 @pytest.fixture(scope="module")
