@@ -1,6 +1,8 @@
 """A real `stemd serve` streams takes over TCP: bars in order, on the grid, exactly one bar each."""
 
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import soundfile
@@ -81,3 +83,18 @@ def test_udp_clients_get_the_take_path_and_no_chunks(daemon):
     audio, rate = soundfile.read(take.args[2], dtype="float32")
     assert rate == 48000 and audio.shape == (2 * 96000, 2)
     assert take.args[2].startswith(str(daemon.out.resolve()))
+
+
+def test_continuation_audio_travels_as_a_blob_over_tcp_and_as_a_path(daemon, tmp_path):
+    one_second = np.zeros((48000, 2), dtype="<f4")
+    one_second[::4800] = 0.5
+    client = TcpClient(daemon.port)
+    client.send("/stemd/generate", "blob", "bars", 1, "continuation", one_second.tobytes())
+    assert client.until("/stemd/done", "blob")[-1].address == "/stemd/done"
+    path = tmp_path / "selection.wav"
+    soundfile.write(path, one_second, 48000, subtype="FLOAT")
+    client.send("/stemd/generate", "path", "bars", 1, "continuation_path", str(path))
+    messages = client.until("/stemd/done", "path")
+    take = next(m.args[2] for m in messages if m.address == "/stemd/take")
+    sidecar = json.loads(Path(take).with_suffix(".json").read_text())
+    assert sidecar["request"]["continuation_path"] == str(path)
