@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -25,6 +24,11 @@ from stemd.errors import StemdError
 from stemd.protocol import GenerateRequest, ProtocolError, parse_tempo
 from stemd.takes import slug
 from stemd.timing import Meter, TimingError
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
 
 #: output formats: WAV float / 24-bit / 16-bit, FLAC 24- or 16-bit
 FORMATS = {"float32": "wav", "pcm24": "wav", "pcm16": "wav", "flac": "flac", "flac16": "flac"}
