@@ -122,6 +122,23 @@ class Bridge:
         if record.state in ("queued", "generating"):
             self.client.cancel(take_id)
 
+    def audition(self, take_id: str) -> None:
+        """Play a finished take through the live player (the default output unless ``--play`` chose one),
+        from its bar if that is ahead, else from the next bar line."""
+        record = self.history.get(take_id)
+        if not record.files:
+            raise StemdError(f"take {take_id} has no file to play (it is {record.state})", "bad_arguments")
+        from stemd.bridge.delivery.live import LivePlayer
+
+        player = next((d for d in self.deliveries if isinstance(d, LivePlayer)), None)
+        if player is None:
+            player = self._audition_player = getattr(self, "_audition_player", None) or LivePlayer(self.transport)
+        import soundfile
+
+        data, rate = soundfile.read(record.files[0], dtype="float32", always_2d=True)
+        request = record.request()
+        player.deliver(DeliveredTake(take_id, request, 0, Path(record.files[0]), data.T, rate, 0))
+
     def take(self, take_id: str) -> TakeRecord:
         return self.history.get(take_id)
 

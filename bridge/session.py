@@ -113,12 +113,7 @@ def _once(args, bridge, out, lock) -> int:
     actions = _initial_actions(args, bridge)
     if len(actions) != 1:
         raise BridgeError("--once needs exactly one of --generate PROMPT, --reroll ID, --extend ID, --accept ID")
-    if args.generate is not None:
-        take_id = bridge.generate(args.generate, args.bars, start_bar=args.start_bar, **request_params(args))
-    elif args.reroll:
-        take_id = bridge.reroll(args.reroll, seed=args.seed)
-    else:
-        take_id = bridge.extend(args.extend, seed=args.seed)
+    take_id = actions[0]()
     record = bridge.wait(take_id, timeout=args.timeout)
     bridge.close()
     for delivery in bridge.deliveries:  # --play --once: let the take play out before exiting

@@ -104,12 +104,19 @@ def test_reroll_keeps_every_parameter_but_the_seed_and_extend_continues_from_the
     assert history.get("t3").kind == "extend" and history.get("t3").params["start_bar"] == 10
 
 
-def test_take_ids_are_unknown_until_made(peer, tmp_path):
+def test_take_ids_are_unknown_until_made_and_only_finished_takes_are_accepted(peer, tmp_path):
     from stemd.bridge.history import UnknownTake
+    from stemd.errors import StemdError
 
     bridge, client = make_bridge(peer, tmp_path)
     with pytest.raises(UnknownTake, match="no take 't9'"):
         bridge.reroll("t9")
+    take = bridge.generate("fail please", 1)
+    assert bridge.wait(take, 10).state == "failed"
+    with pytest.raises(StemdError, match="take t1 is failed: only a finished take can be accepted"):
+        bridge.accept(take)
+    with pytest.raises(StemdError, match="take t1 has no file to play"):
+        bridge.audition(take)
     client.close()
 
 
@@ -146,3 +153,29 @@ def test_osc_command_from_liblo_makes_a_take_and_rerolls_it(peer, tmp_path):
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(10)
+
+
+def test_stdin_commands_drive_a_running_bridge(peer, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "stemd", "bridge", "--daemon", f"127.0.0.1:{peer.port}",
+                             "--follow", "fixed:100:3/4", "--out", str(tmp_path), "--command-port", "0"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        proc.stdin.write("generate 'bright pads' 2 6\n")
+        proc.stdin.flush()
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "bright-pads_bar007_take01.wav").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.stdin.write("accept t1\nfrobnicate\ntakes\nquit\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert "t1" in lines and "t1: accepted" in lines and "bye" in lines
+    assert any(l.startswith("error: unknown command 'frobnicate'") for l in lines)
+    assert any(l.startswith("t1 accepted generate ") and l.endswith("bright-pads_bar007_take01.wav") for l in lines)
+    req = peer.requests[0]
+    assert (req.prompt, req.bars, req.start_bar, str(req.meter), req.bpm.bpm) == ("bright pads", 2, 6, "3/4", 100)
