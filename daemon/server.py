@@ -35,7 +35,8 @@ MAX_TCP_PACKET = MAX_CONTINUATION_BYTES + 64 * 1024
 MAX_DATAGRAM = 65507
 TRANSPORT_HIGH_WATER = 1024 * 1024  # what asyncio may buffer before it asks us to pause
 ENVELOPE_KEYS = ("token", "reply_port")
-UDP_RECEIVE_BUFFER = 4 * 1024 * 1024  # the kernel caps it at net.core.rmem_max
+UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
+CLOSE_GRACE = 5.0  # seconds a closing connection gets to take its last replies  # the kernel caps it at net.core.rmem_max
 
 
 class UdpClient:
@@ -86,6 +87,7 @@ class TcpClient(asyncio.Protocol):
         self._out_bytes = 0
         self._paused = self._closed = self._flush_pending = False
         self._closing = False  # no more input is read once a close was asked for
+        self._lost = False
         self.drop_reason = ""
 
     # --- asyncio callbacks (event loop thread) ------------------------------------------------
@@ -123,6 +125,7 @@ class TcpClient(asyncio.Protocol):
             self.server.handle_packet(self, packet)
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
+        self._lost = True
         with self._lock:
             self._closed = True
             self._out.clear()
@@ -161,10 +164,14 @@ class TcpClient(asyncio.Protocol):
         while not self._paused and self.transport is not None and not self.transport.is_closing():
             with self._lock:
                 if not self._out:
-                    return
+                    break
                 data = self._out.popleft()
                 self._out_bytes -= len(data)
             self.transport.write(data)
+        if self._closing and not self._out and self.transport is not None and not self.transport.is_closing():
+            with self._lock:
+                self._closed = True
+            self.transport.close()  # asyncio sends what it still buffers, then closes
 
     def _drop(self, reason: str) -> None:
         self.drop_reason = reason
@@ -173,15 +180,18 @@ class TcpClient(asyncio.Protocol):
             self.transport.abort()
 
     def close(self) -> None:
-        """Close after what is queued has gone out."""
+        """Close once what is queued has gone out (a client that does not read gets 5 s, then is cut)."""
         self._closing = True
+
         def closing() -> None:
             self._flush()
-            with self._lock:
-                self._closed = True
-            if self.transport is not None:
-                self.transport.close()  # asyncio flushes its own buffer first
+            self.server.loop.call_later(CLOSE_GRACE, self._abort_if_open)  # type: ignore[union-attr]
+
         self.server.call_on_loop(closing)
+
+    def _abort_if_open(self) -> None:
+        if self.transport is not None and not self._lost:
+            self._drop("did not read its last replies")
 
 
 def split_envelope(args: tuple) -> tuple[tuple, dict]:
