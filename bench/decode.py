@@ -10,7 +10,7 @@ Measured, all in one run on one device:
 * steps/s with 4 variations (8 rows), ours vs transformers
 * time to first bar (120 BPM 4/4: 2 s of audio): ours streams it; transformers must generate the
   whole bar and decode it, so its time to first bar is that of a 1-bar request
-* real-time factor (audio seconds per wall second) of an 8-bar take through the engine
+* real-time factor (audio seconds per wall second) of a 2-bar take through the engine
 * streamed EnCodec decode: per-chunk time over 32 bars (flat = constant cost per chunk)
 * peak RSS of the engine in bfloat16 on CPU (a fresh process, --rss-only)
 
@@ -58,45 +58,6 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def ours_steps_per_s(engine, variations: int, steps: int, guidance: float = 3.0) -> float:
-    import torch
-
-    from stemd.models.musicgen.generate import Generation, Sampling
-
-    lm = engine.ck.lm
-    params = Sampling(guidance=guidance, temperature=1.0, top_k=250)
-    text, mask = engine.encode_text("driving techno, 128 bpm", variations, params.guided)
-    lm.setup_caches(text.shape[0], 1536, 64)
-    lm.set_conditioning(text, mask)
-    with torch.no_grad():
-        gen = Generation(lm, variations, params, 1536, seed=0)
-        gen.decode_n_tokens(5)                       # warm-up
-        sync(engine.device.type)
-        t0 = time.perf_counter()
-        gen.decode_n_tokens(steps)
-        sync(engine.device.type)
-    return steps / (time.perf_counter() - t0)
-
-
-def transformers_steps_per_s(ref, tok, variations: int, steps: int, device: str, guidance: float = 3.0) -> float:
-    """generate() timed for `steps` and for 10 new tokens; the difference is the per-step rate."""
-    import torch
-
-    inputs = {k: v.repeat(variations, 1).to(device) for k, v in tok.items()}
-
-    def run(n):
-        sync(device)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            ref.generate(**inputs, do_sample=True, top_k=250, guidance_scale=guidance, max_new_tokens=n)
-        sync(device)
-        return time.perf_counter() - t0
-
-    run(5)
-    short, long = run(10), run(10 + steps)
-    return steps / (long - short)
-
-
 def time_to_first_bar_ours(engine, variations: int) -> float:
     from stemd.models.base import GenerationSpec
     from stemd.timing import Grid
@@ -114,7 +75,7 @@ def time_to_first_bar_ours(engine, variations: int) -> float:
     return time.perf_counter() - t0
 
 
-def rtf_ours(engine, variations: int, bars: int = 8) -> float:
+def rtf_ours(engine, variations: int, bars: int = 2) -> float:
     from stemd.models.base import GenerationSpec
     from stemd.timing import Grid
 
@@ -170,13 +131,53 @@ def rss_only(model: str) -> None:
     print(json.dumps({"peak_rss_gib": round(peak, 3)}))
 
 
+def interleaved_rates(engine, ref, tok, variations: int, steps: int, rounds: int, device: str):
+    """Steps/s of ours and of transformers, measured in alternating rounds so that both see the same
+    machine load; returns the medians and the median of the per-round ratios."""
+    import torch
+
+    from stemd.models.musicgen.generate import Generation, Sampling
+
+    lm = engine.ck.lm
+    params = Sampling(guidance=3.0, temperature=1.0, top_k=250)
+    text, mask = engine.encode_text("driving techno, 128 bpm", variations, params.guided)
+    lm.setup_caches(text.shape[0], 1536, 64)
+    lm.set_conditioning(text, mask)
+    inputs = {k: v.repeat(variations, 1).to(device) for k, v in tok.items()}
+
+    def ref_run(n):
+        sync(device)
+        t0 = time.perf_counter()
+        ref.generate(**inputs, do_sample=True, top_k=250, guidance_scale=3.0, max_new_tokens=n)
+        sync(device)
+        return time.perf_counter() - t0
+
+    ours, theirs = [], []
+    with torch.no_grad():
+        gen = Generation(lm, variations, params, 1536, seed=0)
+        gen.decode_n_tokens(3)
+        ref_run(3)
+        for _ in range(rounds):
+            sync(device)
+            t0 = time.perf_counter()
+            gen.decode_n_tokens(steps)
+            sync(device)
+            ours.append(steps / (time.perf_counter() - t0))
+            theirs.append(steps / (ref_run(5 + steps) - ref_run(5)))
+            if gen.pos + steps + 2 >= 1536:
+                gen = Generation(lm, variations, params, 1536, seed=0)
+    ratios = [a / b for a, b in zip(ours, theirs)]
+    return float(np.median(ours)), float(np.median(theirs)), float(np.median(ratios))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=None, help="a MusicGen checkpoint folder (default: random musicgen-small)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--skip-transformers", action="store_true")
+    p.add_argument("--dtype", default="auto", help="ours: auto (the engine's choice for the device) or a dtype")
+    p.add_argument("--ref-dtype", default="float32", help="transformers' dtype (its default is float32)")
+    p.add_argument("--steps", type=int, default=20, help="decoding steps per measured round")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds, ours then transformers")
     p.add_argument("--rss-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     model = args.model or str(ensure_model(CACHE))
@@ -189,46 +190,43 @@ def main() -> None:
     import torch
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    from transformers import AutoTokenizer, MusicgenForConditionalGeneration
+
     from stemd.models.musicgen.engine import MusicGenEngine
 
     engine = MusicGenEngine.load(model, device=args.device, dtype=args.dtype)
-    print(f"device: {args.device} ({device_name(args.device)}), dtype {args.dtype}, torch {torch.__version__}, "
-          f"model {model} (test_model={engine.ck.test_model})", flush=True)
-    ours1 = ours_steps_per_s(engine, 1, args.steps)
-    ours4 = ours_steps_per_s(engine, 4, max(10, args.steps // 2))
-    print(f"ours: steps/s batch 1 guidance 3 = {ours1:.2f}; 4 variations = {ours4:.2f}", flush=True)
-    ttfb = time_to_first_bar_ours(engine, 1)
-    ttfb4 = time_to_first_bar_ours(engine, 4)
-    print(f"ours: time to first bar (120 BPM, 2 s) = {ttfb:.2f} s; 4 variations = {ttfb4:.2f} s", flush=True)
-    rtf = rtf_ours(engine, 1)
-    print(f"ours: real-time factor, 8 bars through the engine (audio s / wall s) = {rtf:.3f}", flush=True)
-    times = chunk_times(engine)
-    q = len(times) // 4
-    print(f"streamed EnCodec decode over 32 bars: {len(times)} chunks of 0.5 s, ms per chunk "
-          f"first quarter {1000 * np.median(times[:q]):.1f}, last quarter {1000 * np.median(times[-q:]):.1f}, "
-          f"max {1000 * max(times):.1f}", flush=True)
-    if args.device == "cpu":
-        out = subprocess.run([sys.executable, __file__, "--model", model, "--rss-only"], capture_output=True,
-                             text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-        line = [l for l in out.stdout.splitlines() if l.startswith("{")]
-        print(f"peak RSS, bfloat16 on CPU, load + 1 bar: {json.loads(line[-1])['peak_rss_gib'] if line else '?'} GiB"
-              f" {'' if line else out.stderr[-500:]}", flush=True)
-    del engine
-    if args.skip_transformers:
-        print(f"steps_per_s ours={ours1:.2f} transformers=skipped ratio=nan")
-        return
-    from transformers import AutoTokenizer, MusicgenForConditionalGeneration
-
-    dt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    ours_dtype = engine.info()["dtype"]
+    print(f"device: {args.device} ({device_name(args.device)}), torch {torch.__version__}, model {model} "
+          f"(random weights, test_model={engine.ck.test_model}); ours in {ours_dtype}, transformers in "
+          f"{args.ref_dtype}; {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
+    dt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.ref_dtype]
     ref = MusicgenForConditionalGeneration.from_pretrained(model, dtype=dt).to(args.device).eval()
     tok = AutoTokenizer.from_pretrained(model)(["driving techno, 128 bpm"], return_tensors="pt")
-    ref1 = transformers_steps_per_s(ref, tok, 1, args.steps, args.device)
-    ref4 = transformers_steps_per_s(ref, tok, 4, max(10, args.steps // 2), args.device)
-    print(f"transformers generate(): steps/s batch 1 guidance 3 = {ref1:.2f}; 4 variations = {ref4:.2f}")
+
+    a4, b4, r4 = interleaved_rates(engine, ref, tok, 4, max(5, args.steps // 2), max(2, args.rounds // 2),
+                                   args.device)
+    print(f"4 variations, guidance 3 (8 rows): ours {a4:.2f} steps/s, transformers {b4:.2f} steps/s, "
+          f"ratio {r4:.2f}", flush=True)
+    ttfb, ttfb4 = time_to_first_bar_ours(engine, 1), time_to_first_bar_ours(engine, 4)
     rttfb = time_to_first_bar_transformers(ref, tok, args.device, 1)
-    print(f"transformers: time to first bar (a 1-bar generate + decode) = {rttfb:.2f} s")
-    print(f"4 variations: ours {ours4:.2f} steps/s, transformers {ref4:.2f} steps/s, ratio {ours4 / ref4:.2f}")
-    print(f"steps_per_s ours={ours1:.2f} transformers={ref1:.2f} ratio={ours1 / ref1:.2f}")
+    print(f"time to first bar (120 BPM 4/4 = 2 s of audio, batch 1, guidance 3): ours {ttfb:.2f} s (streamed), "
+          f"transformers {rttfb:.2f} s (a 1-bar generate + decode); ours with 4 variations {ttfb4:.2f} s", flush=True)
+    rtf = rtf_ours(engine, 1)
+    print(f"ours: real-time factor, a 2-bar take through the engine (audio s / wall s) = {rtf:.3f}", flush=True)
+    times = chunk_times(engine)
+    q = len(times) // 4
+    print(f"streamed EnCodec decode over 32 bars: {len(times)} chunks of 0.5 s, ms per chunk: "
+          f"first quarter median {1000 * np.median(times[:q]):.1f}, last quarter median "
+          f"{1000 * np.median(times[-q:]):.1f}, max {1000 * max(times):.1f}", flush=True)
+    if args.device == "cpu":
+        out = subprocess.run([sys.executable, __file__, "--model", model, "--rss-only"], capture_output=True,
+                             text=True)
+        line = [l for l in out.stdout.splitlines() if l.startswith("{")]
+        print(f"peak RSS, bfloat16 on CPU, load + 1 bar: {json.loads(line[-1])['peak_rss_gib'] if line else '?'} GiB"
+              f"{'' if line else ' ' + out.stderr[-300:]}", flush=True)
+    a1, b1, r1 = interleaved_rates(engine, ref, tok, 1, args.steps, args.rounds, args.device)
+    print(f"batch 1, guidance 3 (2 rows), {args.rounds} alternating rounds of {args.steps} steps, medians:")
+    print(f"steps_per_s ours={a1:.2f} transformers={b1:.2f} ratio={r1:.2f}")
 
 
 if __name__ == "__main__":

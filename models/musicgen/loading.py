@@ -97,27 +97,49 @@ def iter_hf_tensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
     else:
         raise ModelNotFound(f"model folder {folder} has a config.json but no model.safetensors, shards or "
                             f"pytorch_model.bin")
-    from safetensors import safe_open
-
     for name in files:
-        with safe_open(str(folder / name), framework="pt") as f:
-            for key in f.keys():
-                yield key, f.get_tensor(key)
+        yield from read_safetensors(folder / name)
 
 
-def split_components(tensors: Iterator[tuple[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
-    """HF MusicGen names -> {"lm": ..., "text": ..., "codec": ...} with each prefix stripped."""
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                      "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) read one at a time with plain reads, not a memory map: the mapped file would
+    count in the process's resident memory until closed, doubling the peak of a bfloat16 load."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        base = 8 + n
+        entries = sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
+                         key=lambda kv: kv[1]["data_offsets"][0])
+        for key, meta in entries:
+            start, stop = meta["data_offsets"]
+            f.seek(base + start)
+            buf = bytearray(stop - start)
+            f.readinto(buf)
+            dtype = SAFETENSORS_DTYPES[meta["dtype"]]
+            t = torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)
+            yield key, t.reshape(meta["shape"])
+
+
+def split_components(tensors: Iterator[tuple[str, torch.Tensor]], lm_dtype: torch.dtype = torch.float32,
+                     text_dtype: torch.dtype = torch.float32) -> dict[str, dict[str, torch.Tensor]]:
+    """HF MusicGen names -> {"lm": ..., "text": ..., "codec": ...} with each prefix stripped; each tensor is
+    cast as it is read, so a bfloat16 load never holds the float32 model."""
     parts: dict[str, dict[str, torch.Tensor]] = {"lm": {}, "text": {}, "codec": {}}
     heads: dict[int, torch.Tensor] = {}
     for key, t in tensors:
         if key.startswith("decoder.model.decoder."):
-            parts["lm"][key[len("decoder.model.decoder."):]] = t
+            parts["lm"][key[len("decoder.model.decoder."):]] = t.to(lm_dtype)
         elif m := re.fullmatch(r"decoder\.lm_heads\.(\d+)\.weight", key):
-            heads[int(m.group(1))] = t
+            heads[int(m.group(1))] = t.to(lm_dtype)
         elif key.startswith("enc_to_dec_proj."):
-            parts["lm"][key] = t
+            parts["lm"][key] = t.to(lm_dtype)
         elif key.startswith("text_encoder."):
-            parts["text"][key[len("text_encoder."):]] = t
+            parts["text"][key[len("text_encoder."):]] = t.to(text_dtype)
         elif key.startswith("audio_encoder."):
             parts["codec"][key[len("audio_encoder."):]] = t
     if heads:
@@ -209,11 +231,11 @@ def load_checkpoint(model: str, device: torch.device, dtype: torch.dtype) -> Che
     if config.get("model_type") != "musicgen":
         raise ModelNotFound(f"model {model!r}: {folder}/config.json is a {config.get('model_type')!r} model, "
                             f"not musicgen (musicgen_melody is not supported yet)")
-    parts = split_components(iter_hf_tensors(folder))
-    text_cfg, audio_cfg, dec_cfg = config["text_encoder"], config["audio_encoder"], config["decoder"]
-    args = LMArgs.from_hf(dec_cfg, text_cfg["d_model"])
     # T5 is numerically fragile in float16: keep it in float32 unless asked for bfloat16
     text_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+    parts = split_components(iter_hf_tensors(folder), dtype, text_dtype)
+    text_cfg, audio_cfg, dec_cfg = config["text_encoder"], config["audio_encoder"], config["decoder"]
+    args = LMArgs.from_hf(dec_cfg, text_cfg["d_model"])
     text_encoder = build_text_encoder(text_cfg, parts.pop("text"), text_dtype, device)
     codec = build_codec(audio_cfg, parts.pop("codec"), device)
     lm = build_lm(args, parts.pop("lm"), dtype, device)
