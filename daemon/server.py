@@ -3,7 +3,8 @@
 TCP connections are framed by :class:`~stemd.framing.StreamDecoder` (OSC 1.0 length prefix or OSC 1.1
 SLIP, detected from the first byte) and answered in the framing they speak. Every connection has a
 bounded send queue: the worker hands replies over without ever waiting, and a client whose queue grows
-past ``max_client_buffer`` (it stopped reading) is dropped and its requests cancelled. The daemon goes
+past ``max_client_buffer`` while its socket is full (it stopped reading) is dropped and its requests
+cancelled. The daemon goes
 on. Packets become :class:`~stemd.osc.Message` here and go to :func:`stemd.daemon.dispatch.dispatch`.
 
 UDP messages may end with ``token <token>`` and ``reply_port <port>``: the token when the daemon requires
@@ -147,7 +148,7 @@ class TcpClient(asyncio.Protocol):
         with self._lock:
             if self._closed:
                 return
-            if self._out_bytes > limit:  # one large chunk may always pass; a backlog may not
+            if self._paused and self._out_bytes > limit:  # the client stopped reading, and the backlog is full
                 self._closed = True
                 self._out.clear()
                 self.server.call_on_loop(self._drop, f"too slow: over {limit} bytes of replies waiting")

@@ -52,6 +52,15 @@ class Daemon:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_log(self, text: str, count: int = 1, timeout: float = 10.0) -> str:
+        """The log once ``text`` is in it ``count`` times (replies can arrive before their log line)."""
+        deadline = time.monotonic() + timeout
+        while self.log.count(text) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} is not {count}x in the daemon's log:\n{self.log[-3000:]}")
+            time.sleep(0.02)
+        return self.log
+
     def ping_udp(self, timeout: float = 5.0) -> osc.Message:
         """``/stemd/ping`` over UDP, asked again every 0.5 s (UDP may drop a datagram; the daemon may not)."""
         deadline = time.monotonic() + timeout

@@ -1,7 +1,9 @@
 """Several clients on one real `stemd serve`: fairness, cancel, preemption, vanished and slow clients."""
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,7 +33,8 @@ def test_two_clients_at_once_take_turns_and_both_get_whole_takes(start_daemon):
         assert [c.bar_index for c in chunks_of(got_a, rid)] == [0, 1]
     assert [c.bar_index for c in chunks_of(got_b, "b0")] == [0, 1]
     # round-robin: b0 ran second, after a0 and before a1 (the log lists requests as they end)
-    order = [line.split()[4] for line in daemon.log.splitlines() if " request " in line and "-> done" in line]
+    log = daemon.wait_log("-> done", 4)
+    order = [line.split()[4] for line in log.splitlines() if " request " in line and "-> done" in line]
     assert order == ["a0", "b0", "a1", "a2"], order
 
 
@@ -68,26 +71,37 @@ while True:
 """
 
 
+@contextlib.contextmanager
+def python_osc_client(port: int):
+    """A python-osc client in its own process asking for a 64-bar take; yields the process to kill."""
+    proc = subprocess.Popen([sys.executable, "-c", CLIENT, str(port)], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def kill(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(5)
+
+
 def test_killing_one_client_mid_stream_leaves_the_other_take_intact(start_daemon):
     daemon = start_daemon("--pace", str(PACE))
-    victim = subprocess.Popen([sys.executable, "-c", CLIENT, str(daemon.port)], stdout=subprocess.PIPE, text=True,
-                              start_new_session=True)
-    try:
+    with python_osc_client(daemon.port) as victim:
         assert victim.stdout.readline().startswith("chunk 0")
         other = TcpClient(daemon.port)
         other.send("/stemd/generate", "keeper", "bars", 4, "bpm", 180)
         other.until("/stemd/accepted", "keeper")
-        os.killpg(victim.pid, signal.SIGKILL)
-        victim.wait(5)
+        kill(victim)
         t0 = time.monotonic()
         got = other.until("/stemd/done", "keeper")
-        assert time.monotonic() - t0 < 4 * PACE + 2 * PACE  # victim's 60 remaining bars were not made
-        assert_take_intact(got, "keeper")
-        assert "request victim from tcp:" in daemon.log and "-> cancelled (disconnect)" in daemon.log
-    finally:
-        if victim.poll() is None:
-            os.killpg(victim.pid, signal.SIGKILL)
-            victim.wait(5)
+    assert time.monotonic() - t0 < 4 * PACE + 2 * PACE  # victim's 60 remaining bars were not made
+    assert_take_intact(got, "keeper")
+    assert "request victim from tcp:" in daemon.wait_log("-> cancelled (disconnect)")
 
 
 def test_killing_a_waiting_client_while_another_streams_leaves_that_take_intact(start_daemon):
@@ -95,9 +109,7 @@ def test_killing_a_waiting_client_while_another_streams_leaves_that_take_intact(
     streaming = TcpClient(daemon.port)
     streaming.send("/stemd/generate", "keeper", "bars", 6)
     got = streaming.until("/stemd/chunk", "keeper")
-    victim = subprocess.Popen([sys.executable, "-c", CLIENT, str(daemon.port)], stdout=subprocess.PIPE, text=True,
-                              start_new_session=True)
-    try:
+    with python_osc_client(daemon.port) as victim:
         deadline = time.monotonic() + 10
         while True:  # until the victim's request waits in the queue
             streaming.send("/stemd/status")
@@ -105,15 +117,10 @@ def test_killing_a_waiting_client_while_another_streams_leaves_that_take_intact(
             if got[-1].args[2] >= 1:
                 break
             assert time.monotonic() < deadline
-        os.killpg(victim.pid, signal.SIGKILL)
-        victim.wait(5)
+        kill(victim)
         got += streaming.until("/stemd/done", "keeper")
-        assert_take_intact(got, "keeper")
-        assert "request victim from tcp:" in daemon.log and "cancelled while queued (disconnect)" in daemon.log
-    finally:
-        if victim.poll() is None:
-            os.killpg(victim.pid, signal.SIGKILL)
-            victim.wait(5)
+    assert_take_intact(got, "keeper")
+    assert "request victim from tcp:" in daemon.wait_log("cancelled while queued (disconnect)")
 
 
 def assert_take_intact(messages, request_id):
@@ -135,7 +142,7 @@ def test_a_live_request_preempts_an_offline_render_which_then_resumes(start_daem
     got += offline.until("/stemd/done", "render")
     chunks = chunks_of(got, "render")
     assert [c.bar_index for c in chunks] == [0, 1, 2, 3, 4, 5]  # every bar once, in order, across the preemption
-    ended = [line.split()[4] for line in daemon.log.splitlines() if "-> done" in line]
+    ended = [line.split()[4] for line in daemon.wait_log("-> done", 2).splitlines() if "-> done" in line]
     assert ended == ["pad", "render"] and "render from tcp:127.0.0.1" in daemon.log
     assert "preempted by a live request" in daemon.log
     take = next(m.args[2] for m in got if m.address == "/stemd/take")
@@ -161,16 +168,14 @@ def test_a_full_queue_answers_busy(start_daemon):
 def test_a_client_that_stops_reading_is_dropped_and_others_go_on(start_daemon):
     daemon = start_daemon("--max-client-buffer-mb", "1")
     stalled = TcpClient(daemon.port)
-    stalled.sock.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF, 4096)
+    stalled.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never reads
     stalled.send("/stemd/generate", "flood", "bars", 64, "bpm", 60, "sample_rate", 96000, "variations", 2)
-    deadline = time.monotonic() + 30
-    while "dropping client" not in daemon.log:
-        assert time.monotonic() < deadline, daemon.log
-        time.sleep(0.05)
+    daemon.wait_log("dropping client", timeout=30)
     other = TcpClient(daemon.port)
     other.send("/stemd/generate", "fine", "bars", 2)
+    # a client that reads is never dropped, even with more than the limit (1 MiB) in flight: 2 x 768 KiB
     assert [c.bar_index for c in chunks_of(other.until("/stemd/done", "fine"), "fine")] == [0, 1]
-    assert "request flood from tcp:" in daemon.log and "too slow" in daemon.log
+    assert "too slow" in daemon.log and "request flood from tcp:" in daemon.wait_log("request flood from tcp:")
 
 
 def test_connections_past_max_clients_are_told_busy_and_closed(start_daemon):

@@ -78,10 +78,7 @@ def test_oscsend_over_tcp_reaches_the_daemon(daemon, oscdump):
     # (or, when oscsend left first, cancelled) it: its per-request log line names the TCP client.
     oscsend(f"osc.tcp://127.0.0.1:{daemon.port}", "/stemd/generate", "ssi", "over-tcp", "bars", 1)
     oscsend(f"osc.tcp://127.0.0.1:{daemon.port}", "/stemd/ping", "")
-    deadline = time.monotonic() + 10
-    while "request over-tcp from tcp:127.0.0.1" not in daemon.log:
-        assert time.monotonic() < deadline, daemon.log
-        time.sleep(0.05)
+    daemon.wait_log("request over-tcp from tcp:127.0.0.1")
     assert "bad_packet" not in daemon.log and "bad_framing" not in daemon.log
     # and it still answers a UDP peer afterwards
     dump_port, read_until = oscdump
