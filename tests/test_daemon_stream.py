@@ -98,3 +98,11 @@ def test_continuation_audio_travels_as_a_blob_over_tcp_and_as_a_path(daemon, tmp
     take = next(m.args[2] for m in messages if m.address == "/stemd/take")
     sidecar = json.loads(Path(take).with_suffix(".json").read_text())
     assert sidecar["request"]["continuation_path"] == str(path)
+
+
+def test_take_names_never_leave_the_output_folder(daemon):
+    client = TcpClient(daemon.port)
+    client.send("/stemd/generate", "esc", "bars", 1, "prompt", "../../../../tmp/evil/..//etc/passwd")
+    take = next(m.args[2] for m in client.until("/stemd/done", "esc") if m.address == "/stemd/take")
+    assert Path(take).resolve().parent == daemon.out.resolve()
+    assert Path(take).name.startswith("tmp-evil-etc-passwd_bar001")
