@@ -184,6 +184,14 @@ def main() -> None:
     if args.rss_only:
         rss_only(model)
         return
+    rss_line = ""
+    if args.device == "cpu":   # first, from a small parent: a forked child inherits the parent's peak RSS
+        out = subprocess.run([sys.executable, __file__, "--model", model, "--rss-only"], capture_output=True,
+                             text=True)
+        line = [l for l in out.stdout.splitlines() if l.startswith("{")]
+        rss_line = (f"peak RSS, bfloat16 on CPU, fresh process, load + 1 bar: "
+                    f"{json.loads(line[-1])['peak_rss_gib'] if line else '?'} GiB"
+                    f"{'' if line else ' ' + out.stderr[-300:]}")
 
     import logging
 
@@ -218,12 +226,8 @@ def main() -> None:
     print(f"streamed EnCodec decode over 32 bars: {len(times)} chunks of 0.5 s, ms per chunk: "
           f"first quarter median {1000 * np.median(times[:q]):.1f}, last quarter median "
           f"{1000 * np.median(times[-q:]):.1f}, max {1000 * max(times):.1f}", flush=True)
-    if args.device == "cpu":
-        out = subprocess.run([sys.executable, __file__, "--model", model, "--rss-only"], capture_output=True,
-                             text=True)
-        line = [l for l in out.stdout.splitlines() if l.startswith("{")]
-        print(f"peak RSS, bfloat16 on CPU, load + 1 bar: {json.loads(line[-1])['peak_rss_gib'] if line else '?'} GiB"
-              f"{'' if line else ' ' + out.stderr[-300:]}", flush=True)
+    if rss_line:
+        print(rss_line, flush=True)
     a1, b1, r1 = interleaved_rates(engine, ref, tok, 1, args.steps, args.rounds, args.device)
     print(f"batch 1, guidance 3 (2 rows), {args.rounds} alternating rounds of {args.steps} steps, medians:")
     print(f"steps_per_s ours={a1:.2f} transformers={b1:.2f} ratio={r1:.2f}")
