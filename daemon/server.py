@@ -37,7 +37,8 @@ MAX_DATAGRAM = 65507
 TRANSPORT_HIGH_WATER = 1024 * 1024  # what asyncio may buffer before it asks us to pause
 ENVELOPE_KEYS = ("token", "reply_port")
 UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
-CLOSE_GRACE = 5.0  # seconds a closing connection gets to take its last replies  # the kernel caps it at net.core.rmem_max
+CLOSE_GRACE = 5.0  # seconds a closing connection gets to take its last replies
+REFUSE_GRACE, MAX_REFUSALS = 0.3, 8  # an unauthorized connection: answered this long, this often, then closed  # the kernel caps it at net.core.rmem_max
 
 
 class UdpClient:
@@ -89,6 +90,7 @@ class TcpClient(asyncio.Protocol):
         self._paused = self._closed = self._flush_pending = False
         self._closing = False  # no more input is read once a close was asked for
         self._lost = False
+        self.refusals = 0
         self.drop_reason = ""
 
     # --- asyncio callbacks (event loop thread) ------------------------------------------------
@@ -190,6 +192,16 @@ class TcpClient(asyncio.Protocol):
 
         self.server.call_on_loop(closing)
 
+    def refuse(self) -> None:
+        """No (or a wrong) token: every message gets ``unauthorized`` (a client may have sent several before
+        reading), and the connection closes shortly after the first."""
+        self.refusals += 1
+        if self.refusals <= MAX_REFUSALS:
+            self.send(ERROR, "", "unauthorized", "this daemon requires a token: send /stemd/hello <token> first; "
+                      "closing")
+        if self.refusals == 1:
+            self.server.loop.call_later(REFUSE_GRACE, self.close)  # type: ignore[union-attr]
+
     def _abort_if_open(self) -> None:
         if self.transport is not None and not self._lost:
             self._drop("did not read its last replies")
@@ -236,13 +248,12 @@ class Server:
             return
         for message in messages_in(packet):
             if not client.authed:
-                if message.address == HELLO and len(message.args) == 1 and self._token_ok(message.args[0]):
-                    client.authed = True
+                if message.address == HELLO and len(message.args) == 1 and self._token_ok(message.args[0]) \
+                        and not client.refusals:
+                    client.authed = True  # and /stemd/hello answers with /stemd/pong
                 else:
-                    client.send(ERROR, "", "unauthorized",
-                                "this daemon requires a token: send /stemd/hello <token> first; closing")
-                    client.close()
-                    return
+                    client.refuse()
+                    continue
             dispatch(self.service, client, message)
 
     def handle_datagram(self, data: bytes, addr: tuple) -> None:

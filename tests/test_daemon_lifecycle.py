@@ -40,9 +40,12 @@ def test_clients_must_present_the_token(start_daemon):
     assert intruder.recv().args[1] == "unauthorized"
     with pytest.raises(ConnectionError):
         intruder.recv()
-    wrong = TcpClient(daemon.port)
+    wrong = TcpClient(daemon.port)  # a client that sends before it reads hears about every message
     wrong.send("/stemd/hello", "guess")
-    assert wrong.recv().args[1] == "unauthorized"
+    wrong.send("/stemd/ping")
+    assert [wrong.recv().args[1], wrong.recv().args[1]] == ["unauthorized", "unauthorized"]
+    with pytest.raises(ConnectionError):
+        wrong.recv()
     friend = TcpClient(daemon.port)
     friend.send("/stemd/hello", "s3cret")
     assert friend.recv().address == "/stemd/pong"
