@@ -16,7 +16,6 @@ import socket
 import subprocess
 import threading
 import time
-import uuid
 
 import pytest
 
@@ -124,24 +123,48 @@ class Processes:
             self.stop(p, 5)
 
 
+JACK_NAMES = [f"stemd-bridge-test-{i}" for i in range(3)]
+
+
+def _jack_server_running(env) -> bool:
+    return subprocess.run(["jack_wait", "-c"], env=env, capture_output=True, text=True).stdout.startswith("running")
+
+
 @pytest.fixture
 def jack():
-    """A JACK dummy server (48 kHz, 256 frames) under a name of its own; yields a Processes on its env.
+    """A JACK dummy server (48 kHz, 256 frames) under a name no running server has; yields a Processes on
+    its env, and stops the server last, with SIGTERM, so that it leaves JACK's server registry.
 
-    The client timeout is long (-t 10000 ms): on a loaded 2-core machine a slow first cycle of headless
-    Ardour would otherwise get it thrown off the server ("JACK HALTED") and its transport never moves."""
+    Names are reused from a short list: JACK keeps at most 8 servers in its registry and frees the entry
+    of a server that died without cleaning up only when a server of the same name starts again, so
+    ever-new names would fill it after a few killed runs ("Too many servers already active").
+
+    The client timeout (-t 2000 ms) gives a slow first cycle of headless Ardour on a loaded 2-core machine
+    room, and still lets the server notice killed clients and stop within a few seconds."""
     if not (shutil.which("jackd") and shutil.which("jack_wait")):
         pytest.skip("JACK (Debian jackd2) is not installed")
-    name = f"stemd-test-{uuid.uuid4().hex[:8]}"
-    procs = Processes(dict(os.environ, JACK_DEFAULT_SERVER=name))
+    for name in JACK_NAMES:
+        procs = Processes(dict(os.environ, JACK_DEFAULT_SERVER=name))
+        if not _jack_server_running(procs.env):
+            break
+    else:
+        pytest.skip(f"JACK servers {', '.join(JACK_NAMES)} are all in use")
+    server = procs.start(["jackd", "-n", name, "-t", "2000", "-d", "dummy", "-r", "48000", "-p", "256"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        procs.start(["jackd", "-n", name, "-t", "10000", "-d", "dummy", "-r", "48000", "-p", "256"], stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL)
         if subprocess.run(["jack_wait", "-w", "-t", "10"], env=procs.env, capture_output=True).returncode != 0:
             pytest.skip("the JACK dummy server did not start")
         yield procs
     finally:
+        procs.procs.remove(server)
         procs.stop_all()
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
 
 
 def json_lines(proc: subprocess.Popen, seconds: float, first_only: bool = False) -> list[dict]:
@@ -159,3 +182,54 @@ def json_lines(proc: subprocess.Popen, seconds: float, first_only: bool = False)
                 if first_only:
                     break
     return lines
+
+
+#: A JACK timebase master (``python -c TIMEBASE_MASTER BPM``): 4/4 at BPM, BBT from the transport frame on
+#: every cycle, so jack_midi_clock sends clock at BPM and a Song Position Pointer on every start and locate.
+#: Reads ``play``, ``stop``, ``locate FRAME`` lines on stdin and answers each with ``ok ...``.
+TIMEBASE_MASTER = """
+import ctypes, ctypes.util, sys
+BPM, BEATS_PER_BAR, TICKS = float(sys.argv[1]), 4, 1920.0
+jack = ctypes.CDLL(ctypes.util.find_library("jack") or "libjack.so.0")
+
+class Position(ctypes.Structure):  # jack_position_t, up to beats_per_minute
+    _fields_ = [("unique_1", ctypes.c_uint64), ("usecs", ctypes.c_uint64), ("frame_rate", ctypes.c_uint32),
+                ("frame", ctypes.c_uint32), ("valid", ctypes.c_int32), ("bar", ctypes.c_int32),
+                ("beat", ctypes.c_int32), ("tick", ctypes.c_int32), ("bar_start_tick", ctypes.c_double),
+                ("beats_per_bar", ctypes.c_float), ("beat_type", ctypes.c_float),
+                ("ticks_per_beat", ctypes.c_double), ("beats_per_minute", ctypes.c_double)]
+
+CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_uint32, ctypes.POINTER(Position), ctypes.c_int,
+                            ctypes.c_void_p)
+
+def timebase(state, nframes, pos, new_pos, arg):
+    p = pos.contents
+    beats = p.frame / p.frame_rate * BPM / 60.0
+    bar, in_bar = divmod(beats, BEATS_PER_BAR)
+    p.valid = 0x10  # JackPositionBBT
+    p.bar, p.beat, p.tick = int(bar) + 1, int(in_bar) + 1, int((in_bar - int(in_bar)) * TICKS)
+    p.bar_start_tick = bar * BEATS_PER_BAR * TICKS
+    p.beats_per_bar, p.beat_type, p.ticks_per_beat, p.beats_per_minute = BEATS_PER_BAR, 4.0, TICKS, BPM
+
+callback = CALLBACK(timebase)
+jack.jack_client_open.restype = ctypes.c_void_p
+jack.jack_client_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p]
+client = jack.jack_client_open(b"stemd-timebase", 0, None)
+if not client:
+    sys.exit("no JACK server")
+jack.jack_set_timebase_callback.argtypes = [ctypes.c_void_p, ctypes.c_int, CALLBACK, ctypes.c_void_p]
+jack.jack_activate.argtypes = jack.jack_transport_start.argtypes = jack.jack_transport_stop.argtypes = [ctypes.c_void_p]
+jack.jack_transport_locate.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+if jack.jack_set_timebase_callback(client, 0, callback, None) != 0 or jack.jack_activate(client) != 0:
+    sys.exit("cannot become the JACK timebase master")
+print("ready", flush=True)
+for line in sys.stdin:
+    command = line.split()
+    if command[:1] == ["play"]:
+        jack.jack_transport_start(client)
+    elif command[:1] == ["stop"]:
+        jack.jack_transport_stop(client)
+    elif command[:1] == ["locate"]:
+        jack.jack_transport_locate(client, int(command[1]))
+    print("ok", line.strip(), flush=True)
+"""

@@ -3,7 +3,8 @@
 Tempo is the slope of a least-squares line through the arrival times of the last
 :data:`WINDOW_TICKS` clock ticks: MIDI delivery jitters (JACK hands events over at period starts, up to
 5.3 ms late at 256 frames), a line through many ticks does not. A jump of more than
-:data:`TEMPO_JUMP` restarts the window so a real tempo change shows within a beat.
+:data:`TEMPO_JUMP` restarts the fit so a real tempo change shows within half a beat; a stop and restart
+does not (the runs before and after share one slope).
 
 Position: Start sets bar 1 beat 1, Song Position Pointer sets sixteenths; the first clock after Start
 or Continue is that position, each further clock adds 1/24 of a quarter.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from fractions import Fraction
 from typing import Optional
 
@@ -27,36 +27,59 @@ TEMPO_JUMP = 0.05
 
 
 class ClockTempo:
-    """Tempo from clock tick times (seconds): a line fitted through the last ticks."""
+    """Tempo from clock tick times (seconds): one slope fitted through the last ticks.
+
+    A gap (the clock stopped, the transport located) starts a new run of ticks; the slope is pooled over
+    the runs, each with its own offset, so the tempo stays as precise after a restart as before it.
+    A tempo change forgets the runs before it."""
 
     def __init__(self, window: int = WINDOW_TICKS):
-        self.times: deque = deque(maxlen=window)
+        self.window = window
+        self.runs: list[list[float]] = []
         self.bpm: Optional[float] = None
 
     @staticmethod
-    def _fit(times) -> Optional[float]:
+    def _sums(times) -> tuple[float, float]:
         n = len(times)
         mean_x, mean_t = (n - 1) / 2, sum(times) / n
         sxx = sum((x - mean_x) ** 2 for x in range(n))
         sxt = sum((x - mean_x) * (t - mean_t) for x, t in enumerate(times))
-        return 60.0 / (sxt / sxx * TICKS_PER_QUARTER) if sxt > 0 else None
+        return sxx, sxt
+
+    @classmethod
+    def _fit(cls, runs) -> Optional[float]:
+        sxx = sxt = 0.0
+        for run in runs:
+            a, b = cls._sums(run)
+            sxx, sxt = sxx + a, sxt + b
+        return 60.0 / (sxt / sxx * TICKS_PER_QUARTER) if sxx > 0 and sxt > 0 else None
+
+    def new_run(self) -> None:
+        """The clock's phase may jump here (Start, Stop, Continue, Song Position): the next tick starts a run."""
+        if self.runs and self.runs[-1]:
+            self.runs.append([])
 
     def tick(self, t: float) -> Optional[float]:
-        if self.times and self.bpm and t - self.times[-1] > 4 * 60.0 / (self.bpm * TICKS_PER_QUARTER):
-            self.times.clear()  # a gap: the clock stopped or the port was reconnected
-        self.times.append(t)
-        if len(self.times) < MIN_TICKS_FOR_TEMPO:
-            return self.bpm
-        recent = self._fit(list(self.times)[-MIN_TICKS_FOR_TEMPO:])
-        if self.bpm and recent and abs(recent / self.bpm - 1) > TEMPO_JUMP:
-            # a real tempo change: forget the ticks before it
-            keep = list(self.times)[-3:]
-            self.times.clear()
-            self.times.extend(keep)
-            self.bpm = recent
-            return self.bpm
-        self.bpm = self._fit(self.times) or self.bpm
+        last = self.runs[-1] if self.runs else None
+        if last is None or (last and self.bpm and t - last[-1] > 4 * 60.0 / (self.bpm * TICKS_PER_QUARTER)):
+            self.runs.append([t])
+        else:
+            last.append(t)
+        while sum(len(r) for r in self.runs) > self.window:
+            self.runs[0].pop(0)
+            if not self.runs[0]:
+                self.runs.pop(0)
+        current = self.runs[-1]
+        if len(current) >= MIN_TICKS_FOR_TEMPO:
+            recent = self._fit([current[-MIN_TICKS_FOR_TEMPO:]])
+            if self.bpm and recent and abs(recent / self.bpm - 1) > TEMPO_JUMP:
+                self.runs = [current[-3:]]  # a real tempo change: forget the ticks before it
+                self.bpm = recent
+                return self.bpm
+        if sum(len(r) for r in self.runs) >= MIN_TICKS_FOR_TEMPO:
+            self.bpm = self._fit([r for r in self.runs if len(r) > 1]) or self.bpm
         return self.bpm
+
 
 
 class ClockPosition:
@@ -76,6 +99,8 @@ class ClockPosition:
             return
         status = message[0]
         now = time.monotonic() if now is None else now
+        if status in (START, CONTINUE, STOP, SONG_POSITION):
+            self.tempo.new_run()
         if status == CLOCK:
             bpm = self.tempo.tick(t)
             changes: dict = {}
