@@ -7,6 +7,7 @@ share a scope, because tools like ``oscsend`` send each message from a new port.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
@@ -62,6 +63,10 @@ class Service:
         key = (job.client.key, job.id)
         if self.active.get(key) is job:
             del self.active[key]
+        # remembered for /stemd/status only: let go of the audio (a continuation blob may be 64 MiB)
+        job.parts, job.spec = [], None
+        if job.request.continuation is not None:
+            job.request = dataclasses.replace(job.request, continuation=None)
         self.recent[key] = job
         self.recent.move_to_end(key)
         while len(self.recent) > RECENT:
