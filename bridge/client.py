@@ -123,6 +123,7 @@ class DaemonClient:
         self._send_lock = threading.Lock()
         self._requests: dict[str, Request] = {}
         self._replies: dict[str, list] = {}  # address -> waiters for untargeted replies (pong, status)
+        self._replies_lock = threading.Lock()
         self._reader: Optional[threading.Thread] = None
         self.closed = threading.Event()
         self.close_reason = ""
@@ -192,15 +193,17 @@ class DaemonClient:
         box: list = []
         got = threading.Event()
         waiter = (box, got)
-        for a in (reply_address, protocol.ERROR):
-            self._replies.setdefault(a, []).append(waiter)
+        with self._replies_lock:
+            for a in (reply_address, protocol.ERROR):
+                self._replies.setdefault(a, []).append(waiter)
         try:
             self.send(address, *args)
             got.wait(timeout)
         finally:
-            for a in (reply_address, protocol.ERROR):
-                if waiter in self._replies.get(a, []):
-                    self._replies[a].remove(waiter)
+            with self._replies_lock:
+                for a in (reply_address, protocol.ERROR):
+                    if waiter in self._replies.get(a, []):
+                        self._replies[a].remove(waiter)
         return box[0] if box else None
 
     def submit(self, request: GenerateRequest, on_event: Optional[Callable[[Event], None]] = None) -> Request:
@@ -260,7 +263,8 @@ class DaemonClient:
             if handle.finished.is_set():
                 self._requests.pop(request_id, None)
             return
-        waiters = self._replies.get(address)
+        with self._replies_lock:
+            waiters = list(self._replies.get(address, ()))
         if waiters:
             box, got = waiters[0]
             box.append(message)
