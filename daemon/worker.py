@@ -119,13 +119,15 @@ class Worker(threading.Thread):
                      job.bars_done)
             self.service.scheduler.requeue(job)
             return
+        if not reason:  # nobody asked it to stop: the engine gave up
+            return self._failed(job, "engine_error", f"the engine stopped after {job.bars_done} of "
+                                f"{job.request.bars} bars")
         job.parts = []
         if reason == "cancel":
             job.client.send(CANCELLED, job.id)
         elif reason == "shutdown":
             job.client.send(ERROR, job.id, "shutting_down", "the daemon is stopping; the request was cancelled")
-        self._finish(job, "cancelled", {"cancel": "cancelled", "shutdown": "cancelled (shutdown)"}.get(
-            reason, f"cancelled ({reason or 'engine stopped'})"))
+        self._finish(job, "cancelled", "cancelled" if reason == "cancel" else f"cancelled ({reason})")
 
     def _failed(self, job: Job, code: str, message: str) -> None:
         job.parts, job.error = [], f"{code}: {message}"

@@ -1,0 +1,81 @@
+"""The worker in process: what each ending of a request sends, and that a take is on disk before `done`."""
+
+from pathlib import Path
+
+import numpy as np
+
+from stemd.daemon.jobs import spec_from_request
+from stemd.daemon.scheduler import Job
+from stemd.daemon.service import Service, Settings
+from stemd.daemon.worker import Worker
+from stemd.models.base import AudioStream, Engine, EngineError
+from stemd.models.click import ClickEngine
+from stemd.protocol import GenerateRequest
+
+
+class RecordingClient:
+    """Stands in for a connection: records what the worker sends, and whether each take existed then."""
+
+    stream, key, name = True, ("test", 1), "test"
+
+    def __init__(self):
+        self.sent = []
+
+    def send(self, address, *args):
+        on_disk = Path(args[2]).exists() if address == "/stemd/take" else None
+        self.sent.append((address, args, on_disk))
+
+    def addresses(self):
+        return [a for a, _args, _d in self.sent]
+
+
+def run_one(engine: Engine, tmp_path: Path, **request) -> RecordingClient:
+    service = Service(engine, Settings(out=tmp_path))
+    worker = Worker(service, call_on_loop=lambda fn, *args: fn(*args))
+    client = RecordingClient()
+    request = GenerateRequest("r", seed=1, **request)
+    job = Job(request, client, spec_from_request(request, engine))
+    service.register(job)
+    service.scheduler.submit(job)
+    worker.run_job(service.scheduler.next_job(timeout=0))
+    return client
+
+
+def test_the_take_is_on_disk_before_take_and_done_are_sent(tmp_path):
+    client = run_one(ClickEngine(), tmp_path, bars=2, variations=2)
+    addresses = client.addresses()
+    assert addresses.count("/stemd/chunk") == 4 and addresses[-3:] == ["/stemd/take", "/stemd/take", "/stemd/done"]
+    assert [d for a, _args, d in client.sent if a == "/stemd/take"] == [True, True]
+
+
+class Failing(Engine):
+    name = "failing"
+
+    def __init__(self, bars_before: int, error: bool):
+        self.bars_before, self.error = bars_before, error
+
+    def stream(self, spec, **_kw):
+        def blocks():
+            click = ClickEngine().stream(spec)
+            for i, block in enumerate(click.blocks):
+                if i == self.bars_before:
+                    if self.error:
+                        raise EngineError("the device fell over")
+                    return  # ends early without a word
+                yield block
+        return AudioStream(spec.sample_rate, spec.channels, blocks(), on_grid=True)
+
+
+def test_an_engine_error_ends_the_request_with_its_code_and_writes_nothing(tmp_path):
+    client = run_one(Failing(1, error=True), tmp_path, bars=3)
+    assert client.addresses().count("/stemd/chunk") == 1
+    assert client.sent[-1][:2] == ("/stemd/error", ("r", "engine_error", "the device fell over"))
+    assert not list(tmp_path.glob("*.wav"))
+
+
+def test_audio_that_ends_short_is_padded_to_whole_bars(tmp_path):
+    # the chunker pads a stream that ends early with silence: the take is still whole bars
+    client = run_one(Failing(1, error=False), tmp_path, bars=3)
+    chunks = [args for a, args, _d in client.sent if a == "/stemd/chunk"]
+    assert [c[2] for c in chunks] == [0, 1, 2] and client.addresses()[-1] == "/stemd/done"
+    assert not np.frombuffer(chunks[2][6], "<f4").any()
