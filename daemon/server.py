@@ -116,12 +116,15 @@ class TcpClient(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closed or self._closing:
             return
+        first = self.decoder.framing is None
         try:
             packets = self.decoder.feed(data)
         except FramingError as e:
             self.send(ERROR, "", e.code, f"{e}; closing the connection (its framing is lost)")
             self.close()
             return
+        if first:
+            log.info("client %s connected (%s framing)", self.name, self.decoder.framing)
         for packet in packets:
             if self._closed or self._closing:
                 return
