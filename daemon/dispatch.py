@@ -16,11 +16,11 @@ from typing import Any, Callable, Optional
 from stemd.daemon.jobs import spec_from_request
 from stemd.daemon.scheduler import Job
 from stemd.daemon.service import Service, log_request
-from stemd.osc import Message
-from stemd.takes import PathEscape, inside
 from stemd.errors import StemdError
+from stemd.osc import Message
 from stemd.protocol import (ACCEPTED, CANCEL, CANCELLED, ERROR, ERROR_CODES, GENERATE, HELLO, PING, PONG, QUEUED,
                             STATUS, STATUS_REPLY, VERSION, GenerateRequest, ProtocolError, check_request_id)
+from stemd.takes import PathEscape, inside
 
 Handler = Callable[[Service, Any, tuple], None]
 

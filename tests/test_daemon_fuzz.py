@@ -5,7 +5,6 @@ import random
 import socket
 import struct
 
-import pytest
 
 from daemon_fixtures import TcpClient, daemon, start_daemon  # noqa: F401 (fixtures)
 from stemd import osc
