@@ -109,10 +109,16 @@ def _initial_actions(args, bridge) -> list:
     return actions
 
 
+POSITION_WAIT_S = 10.0
+
+
 def _once(args, bridge, out, lock) -> int:
     actions = _initial_actions(args, bridge)
     if len(actions) != 1:
         raise BridgeError("--once needs exactly one of --generate PROMPT, --reroll ID, --extend ID, --accept ID")
+    if args.generate is not None and args.start_bar is None and not bridge.transport.positioned.wait(POSITION_WAIT_S):
+        raise BridgeError(f"--follow {args.follow} told no position within {POSITION_WAIT_S:g} s (is the DAW "
+                          "sending?); give --start-bar to ask anyway")
     take_id = actions[0]()
     record = bridge.wait(take_id, timeout=args.timeout)
     bridge.close()

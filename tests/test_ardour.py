@@ -98,7 +98,7 @@ def tell_ardour(address: str, *args) -> None:
         s.sendto(osc.encode_message(address, *args), ("127.0.0.1", ARDOUR_OSC_PORT))
 
 
-def start_hardour(jack, session: Path, log_path: Path, attempts: int = 3) -> None:
+def start_hardour(jack, session: Path, log_path: Path, attempts: int = 3) -> subprocess.Popen:
     """Headless Ardour on the test's JACK server, answering on its OSC port.
 
     About one start in four here, jackd logs "Unknown request 0" at Ardour's connection and drops it
@@ -111,21 +111,21 @@ def start_hardour(jack, session: Path, log_path: Path, attempts: int = 3) -> Non
         answered = ardour_answers(60)
         time.sleep(2.0)
         if answered and "JACK HALTED" not in log_path.read_text():
-            return
+            return proc
         jack.stop(proc)
     pytest.fail(f"headless Ardour did not run on JACK in {attempts} starts: {log_path.read_text()[-1500:]}")
 
 
 @needs_ardour
 @pytest.mark.skipif(not os.path.exists(HARDOUR), reason=f"headless Ardour ({HARDOUR}) is not installed")
-def test_bridge_follows_headless_ardour_over_its_osc_surface(jack, tmp_path):
+def test_bridge_follows_headless_ardour_and_a_take_lands_on_the_bar_ardour_is_at(jack, peer, tmp_path):
     if not port_free(ARDOUR_OSC_PORT):
         pytest.skip(f"UDP {ARDOUR_OSC_PORT} is taken: another Ardour is running here")
     session = make_session(tmp_path)
     s = ArdourSession(session)
     s.enable_osc()
     s.save()
-    start_hardour(jack, session, tmp_path / "hardour.log")
+    ardour = start_hardour(jack, session, tmp_path / "hardour.log")
     bridge = jack.start([sys.executable, "-m", "stemd", "bridge", "--daemon", "none", "--follow", "ardour",
                          "--print-transport", "--no-stdin"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert json_lines(bridge, 10.0, first_only=True), "the bridge heard nothing from Ardour"
@@ -140,6 +140,25 @@ def test_bridge_follows_headless_ardour_over_its_osc_surface(jack, tmp_path):
     assert all(b >= a for a, b in zip(after, after[1:])), after  # never backwards
     assert abs(rolling[-1]["bpm"] - 120) <= 0.05, rolling[-1]  # derived: Ardour does not send its tempo
     assert stopped and not stopped[-1]["playing"]
+    bridge.terminate()
+
+    # a take asked for while following Ardour, stopped at bar 3, goes into the session at bar 3
+    time.sleep(1.0)  # a locate right after a stop would still roll
+    tell_ardour("/locate", 2 * 96000, 0)
+    time.sleep(1.0)
+    out = subprocess.run([sys.executable, "-m", "stemd", "bridge", "--daemon", f"127.0.0.1:{peer.port}",
+                          "--follow", "ardour", "--out", str(tmp_path / "takes"), "--generate", "ardour sync",
+                          "--bars", "2", "--rate", "48000", "--insert", "ardour-session", "--session", str(session),
+                          "--command-port", "0", "--once"], capture_output=True, text=True, timeout=60, env=jack.env)
+    assert out.returncode == 0, out.stderr
+    take_path = Path(out.stdout.splitlines()[-1])
+    assert take_path.name == "ardour-sync_bar003_take01.wav"
+    jack.stop(ardour)  # headless Ardour exits without saving over the session file
+    take, _ = soundfile.read(take_path, dtype="float32", always_2d=True)
+    rendered, _ = export(session, tmp_path)
+    bar3 = Grid(120, "4/4").bar_start_sample(2, 48000)
+    assert np.flatnonzero(np.abs(rendered[:, 0]) > 1e-6)[0] == bar3
+    np.testing.assert_allclose(rendered[bar3:bar3 + len(take)], take, atol=1e-6)
 
 
 @needs_ardour

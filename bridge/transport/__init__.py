@@ -82,6 +82,7 @@ class Transport:
         self._state = TransportState(exact(Tempo(bpm).bpm), Meter.parse(meter), Fraction(0), False, clock())
         self._listeners: list[Callable[[TransportState], None]] = []
         self.known = False  # True once the source has told us anything
+        self.positioned = threading.Event()  # set once the source has told us where it is
 
     def update(self, *, bpm=None, meter=None, quarters=None, playing=None, at: Optional[float] = None,
                tolerance=0) -> None:
@@ -106,6 +107,8 @@ class Transport:
                 changes["playing"] = bool(playing)
             self._state = replace(cur, **changes)
             self.known = True
+            if quarters is not None:
+                self.positioned.set()
             state = self._state
         for listener in list(self._listeners):
             listener(state)
