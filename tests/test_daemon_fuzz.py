@@ -87,3 +87,48 @@ def test_fuzzed_datagrams_and_streams_leave_the_daemon_serving(start_daemon):
     assert [m.args[2] for m in messages if m.address == "/stemd/chunk"] == [0, 1]
     assert "Traceback" not in daemon.log, daemon.log[daemon.log.index("Traceback") - 300:][:3000]
     assert daemon.proc.poll() is None
+
+
+# --- in process: many more cases than a socket allows, with the replies checked ---------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from stemd.daemon.server import Server  # noqa: E402
+from stemd.daemon.service import Service, Settings  # noqa: E402
+from stemd.models.click import ClickEngine  # noqa: E402
+from stemd.protocol import ERROR_CODES  # noqa: E402
+
+osc_values = st.one_of(st.integers(-2 ** 63, 2 ** 63 - 1), st.floats(width=32), st.floats(),
+                       st.text(max_size=300).filter(lambda s: "\0" not in s), st.binary(max_size=64),
+                       st.booleans(), st.none(), st.sampled_from(KEYS + ["4/4", "live", "offline", "275/2"]))
+
+
+class Replies:
+    """A Server with no sockets: what it would send over UDP is collected."""
+
+    def __init__(self, out):
+        self.server = Server(Service(ClickEngine(), Settings(out=out, queue_size=2)))
+        self.sent: list = []
+        self.server.call_on_loop = lambda fn, *args: self.sent.append(args[0]) if fn == self.server.sendto else None
+
+    def ask(self, packet: bytes) -> list:
+        self.sent.clear()
+        self.server.handle_datagram(packet, ("127.0.0.1", 9))
+        return [osc.decode(p) for p in self.sent]
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(address=st.sampled_from(ADDRESSES), args=st.lists(osc_values, max_size=12), mangle=st.integers(0, 3),
+       seed=st.integers(0, 2 ** 32))
+def test_every_reply_to_any_message_is_a_known_reply_never_internal(tmp_path, address, args, mangle, seed):
+    replies = Replies(tmp_path)
+    packet = osc.encode_message(address, *args)
+    if mangle:
+        packet = mutate(random.Random(seed), packet)
+    answers = replies.ask(packet)
+    assert answers, "every message is answered"
+    for reply in answers:
+        assert reply.address in ("/stemd/pong", "/stemd/accepted", "/stemd/queued", "/stemd/error",
+                                 "/stemd/status/reply", "/stemd/cancelled"), reply
+        if reply.address == "/stemd/error":
+            assert reply.args[1] in ERROR_CODES and reply.args[1] != "internal", reply
