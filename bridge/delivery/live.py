@@ -126,6 +126,8 @@ class LivePlayer:
         self.rate = rate
 
     def deliver(self, take: DeliveredTake) -> None:
+        if take.variation:
+            return  # variations 2, 3 ... are on disk; only the first plays (they would play on top of it)
         self._open(take.sample_rate)
         lead = float(self.stream.latency) + SAFETY_S
         state = self.transport.now()
