@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="on SIGINT/SIGTERM: finish queued and running requests, or cancel them (default)")
     p.add_argument("--max-clients", type=int, default=64, help="TCP connections at once (default 64); more get 'busy'")
     p.add_argument("--max-client-buffer-mb", type=float, default=64.0,
-                   help="replies waiting for one TCP client before it is dropped as too slow (default 64)")
+                   help="replies waiting for a TCP client that stopped reading before it is dropped (default 64)")
     p.add_argument("--max-take-mb", type=float, default=1024.0, help="the largest take accepted (default 1024)")
     p.add_argument("--input-root", default=None,
                    help="continuation_path files must lie in this folder (default: anywhere on this host)")
