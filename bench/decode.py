@@ -145,25 +145,37 @@ def interleaved_rates(engine, ref, tok, variations: int, steps: int, rounds: int
     lm.set_conditioning(text, mask)
     inputs = {k: v.repeat(variations, 1).to(device) for k, v in tok.items()}
 
-    def ref_run(n):
-        sync(device)
-        t0 = time.perf_counter()
-        ref.generate(**inputs, do_sample=True, top_k=250, guidance_scale=3.0, max_new_tokens=n)
-        sync(device)
-        return time.perf_counter() - t0
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class StepClock(LogitsProcessor):
+        """Called once per generate() step: the time between the first and last call is pure decoding."""
+
+        def __init__(self):
+            self.times = []
+
+        def __call__(self, input_ids, scores):
+            sync(device)
+            self.times.append(time.perf_counter())
+            return scores
+
+    def ref_rate(n):
+        clock = StepClock()
+        ref.generate(**inputs, do_sample=True, top_k=250, guidance_scale=3.0, max_new_tokens=n + 1,
+                     logits_processor=LogitsProcessorList([clock]))
+        return (len(clock.times) - 1) / (clock.times[-1] - clock.times[0])
 
     ours, theirs = [], []
     with torch.no_grad():
         gen = Generation(lm, variations, params, 1536, seed=0)
         gen.decode_n_tokens(3)
-        ref_run(3)
+        ref_rate(3)
         for _ in range(rounds):
             sync(device)
             t0 = time.perf_counter()
             gen.decode_n_tokens(steps)
             sync(device)
             ours.append(steps / (time.perf_counter() - t0))
-            theirs.append(steps / (ref_run(5 + steps) - ref_run(5)))
+            theirs.append(ref_rate(steps))
             if gen.pos + steps + 2 >= 1536:
                 gen = Generation(lm, variations, params, 1536, seed=0)
     ratios = [a / b for a, b in zip(ours, theirs)]
