@@ -51,7 +51,9 @@ def run_bridge(args: argparse.Namespace, out: TextIO) -> int:
     out_dir = Path(args.out)
     if args.accept and args.once:
         history = TakeHistory(out_dir)
-        history.get(args.accept)
+        state = history.get(args.accept).state
+        if state not in ("ready", "playing", "accepted"):
+            raise BridgeError(f"take {args.accept} is {state}: only a finished take can be accepted")
         history.set(args.accept, state="accepted")
         _say(out, lock, f"{args.accept}: accepted")
         return 0
@@ -106,6 +108,8 @@ def _initial_actions(args, bridge) -> list:
         actions.append(lambda: bridge.reroll(args.reroll, seed=args.seed))
     if args.extend:
         actions.append(lambda: bridge.extend(args.extend, seed=args.seed))
+    if args.accept:
+        actions.append(lambda: bridge.accept(args.accept))
     return actions
 
 

@@ -114,3 +114,9 @@ def test_reroll_and_extend_through_the_daemon(daemon, tmp_path):
     assert [(t["id"], t["kind"], t["parent"], t["state"]) for t in history] == [
         ("t1", "generate", None, "ready"), ("t2", "reroll", "t1", "ready"), ("t3", "extend", "t1", "ready")]
     assert history[1]["params"]["seed"] != history[0]["params"]["seed"]
+    accept = subprocess.run([sys.executable, "-m", "stemd", "bridge", "--out", str(tmp_path), "--accept", "t2", "--once"],
+                            capture_output=True, text=True, timeout=60)  # no daemon needed
+    assert accept.returncode == 0 and accept.stdout.strip() == "t2: accepted", accept.stderr
+    missing = subprocess.run([sys.executable, "-m", "stemd", "bridge", "--out", str(tmp_path), "--accept", "t9",
+                              "--once"], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "no take 't9'" in missing.stderr
