@@ -12,15 +12,12 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
 import pytest
 import soundfile
 
-from stemd import osc, protocol
-from stemd.framing import StreamDecoder, frame_length_prefixed
 from stemd.timing import Grid
 from test_bridge_support import peer  # noqa: F401 (fixture)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from fractions import Fraction
 
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 import soundfile
 
 from stemd.bridge.delivery import DeliveredTake
-from stemd.bridge.delivery.live import LivePlayer, Mixer, start_quarters
+from stemd.bridge.delivery.live import Mixer, start_quarters
 from stemd.bridge.transport import Transport
 from stemd.protocol import GenerateRequest
 from test_bridge_support import jack  # noqa: F401 (fixture)
