@@ -1,0 +1,109 @@
+"""Fast decoding backends on the tiny random-weight checkpoint: the capturable step gives the tokens of
+stemd's eager loop for the same seed (float32), through torch.compile with fullgraph=True (no graph
+breaks) and, on a CUDA device, replayed as CUDA graphs."""
+
+import logging
+
+import pytest
+import torch
+
+from stemd.models.musicgen.engine import MusicGenEngine
+from stemd.models.musicgen.fast.backends import (CompiledStep, EagerStep, FastGeneration, generate_tokens_fast,
+                                                 make_backend)
+from stemd.models.musicgen.generate import Generation, Sampling, generate_tokens, iter_frames
+from stemd.models.musicgen.testmodel import write_test_model
+
+logging.getLogger("transformers").setLevel(logging.ERROR)
+
+SAMPLINGS = [Sampling(guidance=3.0, temperature=1.0, top_k=20),
+             Sampling(guidance=3.0, temperature=0.8, top_k=0, top_p=0.9),
+             Sampling(guidance=3.0, temperature=0),
+             Sampling(guidance=1.0, temperature=1.0, top_k=10)]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    path = write_test_model(tmp_path_factory.mktemp("tiny"), "tiny")
+    return MusicGenEngine.load(str(path), device="cpu", dtype="float32")
+
+
+def conditioned(engine, variations, params, max_seq):
+    lm = engine.ck.lm
+    text, mask = engine.encode_text("dusty lofi drums, 90 bpm", variations, params.guided)
+    lm.setup_caches(text.shape[0], max_seq, 64)
+    lm.set_conditioning(text, mask)
+    return lm
+
+
+@pytest.mark.parametrize("params", SAMPLINGS, ids=["top_k", "top_p", "greedy", "unguided"])
+def test_compiled_fullgraph_step_gives_eager_tokens_for_the_same_seed(engine, params):
+    # 150 frames in a 192-position window: the step runs at two attention spans (128 and 192)
+    lm = conditioned(engine, 2, params, 192)
+    eager = generate_tokens(lm, 150, 2, params, max_seq=192, seed=7)
+    compiled = CompiledStep(backend="aot_eager")      # fullgraph=True: a graph break raises
+    fast = generate_tokens_fast(lm, 150, 2, params, max_seq=192, seed=7, backend=compiled)
+    assert fast.shape == eager.shape == (2, lm.args.num_codebooks, 150)
+    assert torch.equal(fast, eager)
+
+
+def test_fast_generation_slides_its_window_like_the_eager_loop(engine):
+    params = SAMPLINGS[0]
+    lm = conditioned(engine, 1, params, 64)
+    prompt = torch.randint(0, lm.args.vocab_size, (lm.args.num_codebooks, 12),
+                           generator=torch.Generator().manual_seed(1))
+
+    def run(cls, **kw):   # 130 frames through a 64-position window that keeps 20 frames on each slide
+        gen = cls(lm, 1, params, 64, prompt=prompt, seed=3, keep_frames=20, **kw)
+        return torch.cat(list(iter_frames(gen, 142, lambda: False, lambda ready: None)), dim=-1)
+
+    eager = run(Generation)
+    fast = run(FastGeneration, backend=EagerStep())
+    assert fast.shape == (1, lm.args.num_codebooks, 142)
+    assert torch.equal(fast, eager)
+    assert torch.equal(fast[:, :, :12], prompt[None])
+
+
+def test_the_position_lives_on_the_device_and_advances_with_the_host_count(engine):
+    params = SAMPLINGS[0]
+    lm = conditioned(engine, 1, params, 128)
+    gen = FastGeneration(lm, 1, params, 128, seed=0)
+    start = gen.pos
+    gen.decode_n_tokens(5)
+    assert gen.pos == start + 5
+    assert gen.pos_t.device == gen.tokens.device and gen.pos_t.tolist() == [gen.pos]
+
+
+def test_seeds_still_matter(engine):
+    params = SAMPLINGS[0]
+    lm = conditioned(engine, 1, params, 128)
+    a = generate_tokens_fast(lm, 30, 1, params, max_seq=128, seed=1)
+    b = generate_tokens_fast(lm, 30, 1, params, max_seq=128, seed=2)
+    assert not torch.equal(a, b)
+
+
+def test_unknown_backend_and_cuda_graph_on_cpu_are_clear_errors(engine):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        make_backend("tensorrt", torch.device("cpu"))
+    params = SAMPLINGS[0]
+    lm = conditioned(engine, 1, params, 128)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        FastGeneration(lm, 1, params, 128, seed=0, backend=make_backend("cuda-graph", torch.device("cpu")))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("params", SAMPLINGS, ids=["top_k", "top_p", "greedy", "unguided"])
+def test_cuda_graph_replay_gives_eager_tokens_for_the_same_seed(engine, tmp_path, params):
+    from stemd.models.musicgen.fast.cuda_graph import CUDAGraphStep
+
+    path = write_test_model(tmp_path / "tiny", "tiny")
+    cuda = MusicGenEngine.load(str(path), device="cuda", dtype="float32")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    lm = conditioned(cuda, 2, params, 192)
+    eager = generate_tokens(lm, 150, 2, params, max_seq=192, seed=7)
+    runner = CUDAGraphStep()
+    graphed = generate_tokens_fast(lm, 150, 2, params, max_seq=192, seed=7, backend=runner)
+    assert torch.equal(graphed, eager)
+    assert len(runner.graphs) == 2                    # one per attention-span bucket, captured once
+    again = generate_tokens_fast(lm, 150, 2, params, max_seq=192, seed=7, backend=runner)
+    assert torch.equal(again, eager) and len(runner.graphs) == 2
