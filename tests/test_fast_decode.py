@@ -4,6 +4,7 @@ breaks) and, on a CUDA device, replayed as CUDA graphs."""
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -107,3 +108,22 @@ def test_cuda_graph_replay_gives_eager_tokens_for_the_same_seed(engine, tmp_path
     assert len(runner.graphs) == 2                    # one per attention-span bucket, captured once
     again = generate_tokens_fast(lm, 150, 2, params, max_seq=192, seed=7, backend=runner)
     assert torch.equal(again, eager) and len(runner.graphs) == 2
+
+
+def test_engine_with_a_fast_backend_streams_the_eager_engines_audio(engine, monkeypatch):
+    from stemd.models.base import EngineError, GenerationSpec
+    from stemd.timing import Grid
+
+    spec = GenerationSpec(grid=Grid(120), bars=1, prompt="dusty lofi drums", variations=2, seed=4)
+    eager = np.concatenate(list(engine.stream(spec).blocks), axis=-1)
+    fast = MusicGenEngine(engine.ck, engine.device, engine.dtype, backend="compiled")
+    fast.step_backend = CompiledStep(backend="aot_eager")     # inductor's compile is slow on 2 cores
+    audio = np.concatenate(list(fast.stream(spec).blocks), axis=-1)
+    assert fast.info()["decode_backend"] == "compiled"
+    assert audio.shape == eager.shape and np.array_equal(audio, eager)
+    monkeypatch.setenv("STEMD_DECODE_BACKEND", "cuda-graph")
+    if not torch.cuda.is_available():
+        with pytest.raises(EngineError, match="needs a CUDA device"):
+            MusicGenEngine.load("/nonexistent", device="cpu")
+    with pytest.raises(EngineError, match="backend must be one of"):
+        MusicGenEngine(engine.ck, engine.device, engine.dtype, backend="tensorrt")

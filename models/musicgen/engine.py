@@ -10,6 +10,7 @@ the model's 30 s window slide on: the last 10 s of tokens become the prompt of t
 from __future__ import annotations
 
 import math
+import os
 from typing import Iterator, Optional
 
 import numpy as np
@@ -73,8 +74,17 @@ class MusicGenEngine(Engine):
     name = "musicgen"
     max_seconds = 600.0
 
-    def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype):
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype, backend: str = "eager"):
         self.ck, self.device, self.dtype = checkpoint, device, dtype
+        self.backend = backend
+        self.step_backend = None
+        if backend != "eager":   # fast decoding (models/musicgen/fast): compiled or CUDA-graph steps
+            from stemd.models.musicgen.fast.backends import make_backend
+
+            try:
+                self.step_backend = make_backend(backend, device)
+            except ValueError as e:
+                raise EngineError(str(e)) from None
         self.name = checkpoint.name
         self.sample_rate = checkpoint.sample_rate
         self.channels = checkpoint.audio_channels
@@ -82,15 +92,21 @@ class MusicGenEngine(Engine):
         self.max_variations = 16 if device.type == "cuda" else 8
 
     @classmethod
-    def load(cls, model: str, *, device: Optional[str] = None, dtype: Optional[str] = None) -> "MusicGenEngine":
+    def load(cls, model: str, *, device: Optional[str] = None, dtype: Optional[str] = None,
+             backend: Optional[str] = None) -> "MusicGenEngine":
+        """``backend``: eager (default), compiled or cuda-graph; None reads STEMD_DECODE_BACKEND."""
         dev = pick_device(device)
         dt = pick_dtype(dtype, dev)
+        backend = backend or os.environ.get("STEMD_DECODE_BACKEND") or "eager"
+        if backend == "cuda-graph" and dev.type != "cuda":
+            raise EngineError(f"the cuda-graph decoding backend needs a CUDA device, not {dev}")
         with torch.inference_mode(False), torch.no_grad():
             checkpoint = load_checkpoint(model, dev, dt)
-        return cls(checkpoint, dev, dt)
+        return cls(checkpoint, dev, dt, backend=backend)
 
     def info(self) -> dict:
         out = {"model": self.name, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+               "decode_backend": self.backend,
                "sample_rate": self.sample_rate, "channels": self.channels, "test_model": self.ck.test_model}
         if self.ck.test_model:
             out["note"] = "test model with random weights: it makes noise, not music"
@@ -172,8 +188,14 @@ class MusicGenEngine(Engine):
         max_text = 64 * math.ceil(text.shape[1] / 64)
         lm.setup_caches(text.shape[0], max_seq, max_text)
         lm.set_conditioning(text, mask)
-        gen = Generation(lm, variations, params, max_seq, prompt=prompt, seed=spec.seed,
-                         keep_frames=self.frames_for(KEEP_SECONDS))
+        if self.step_backend is None:
+            gen = Generation(lm, variations, params, max_seq, prompt=prompt, seed=spec.seed,
+                             keep_frames=self.frames_for(KEEP_SECONDS))
+        else:
+            from stemd.models.musicgen.fast.backends import FastGeneration
+
+            gen = FastGeneration(lm, variations, params, max_seq, prompt=prompt, seed=spec.seed,
+                                 keep_frames=self.frames_for(KEEP_SECONDS), backend=self.step_backend)
         decoder = StreamingDecoder(self.ck.codec, self.channels, self.hop, skip_frames=p)
 
         def progress(ready: int) -> None:

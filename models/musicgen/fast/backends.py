@@ -19,6 +19,12 @@ from stemd.models.musicgen.model import MusicGenLM
 BACKENDS = ("eager", "compiled", "cuda-graph")
 
 
+def step_args(gen: "FastGeneration", span: int) -> tuple:
+    p = gen.params
+    return (gen.lm, gen.tokens, gen.pattern, gen.pos_t, gen.noise, gen.guidance, gen.temperature, gen.top_p,
+            p.guided, p.temperature <= 0, p.top_k, span)
+
+
 class EagerStep:
     """The step as plain torch ops (the reference the others are checked against)."""
 
@@ -28,7 +34,7 @@ class EagerStep:
         """Called after every (re)start of a generation's window."""
 
     def run(self, fn, gen: "FastGeneration", span: int) -> None:
-        fn(gen.lm, gen.tokens, gen.pattern, gen.pos_t, gen.noise, gen.temperature, gen.top_p, gen.params, span)
+        fn(*step_args(gen, span))
 
     def __call__(self, gen: "FastGeneration", span: int) -> None:
         self.run(step, gen, span)
@@ -36,11 +42,16 @@ class EagerStep:
 
 class CompiledStep(EagerStep):
     """``torch.compile(step, fullgraph=True)``: one graph per attention-span bucket (``dynamic=False``),
-    a graph break is an error rather than a silent slowdown."""
+    a graph break is an error rather than a silent slowdown. Graphs are keyed by batch size, span
+    bucket, guidance on/off, greedy and top-k: more than dynamo's default 8 per code object."""
 
     name = "compiled"
+    RECOMPILE_LIMIT = 256
 
     def __init__(self, backend: str = "inductor", mode: Optional[str] = None):
+        import torch._dynamo
+
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, self.RECOMPILE_LIMIT)
         self.fn = torch.compile(step, fullgraph=True, dynamic=False, backend=backend, mode=mode)
 
     def __call__(self, gen: "FastGeneration", span: int) -> None:
@@ -73,6 +84,7 @@ class FastGeneration(Generation):
     def _start(self, prompt: Tensor) -> None:
         super()._start(prompt)
         self.pos_t = torch.tensor([self.pos], dtype=torch.long, device=self.device)
+        self.guidance = torch.tensor(self.params.guidance, dtype=torch.float32, device=self.device)
         shape = (self.variations, self.lm.args.num_codebooks, self.lm.args.vocab_size)
         self.noise = (None if self.params.temperature <= 0
                       else torch.empty(shape, dtype=torch.float32, device=self.device))

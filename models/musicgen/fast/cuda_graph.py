@@ -13,14 +13,10 @@ decodes at a time; graphs are dropped when ``setup_caches`` reallocates them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
+from stemd.models.musicgen.fast.backends import FastGeneration, step_args
 from stemd.models.musicgen.fast.step import step
-
-if TYPE_CHECKING:
-    from stemd.models.musicgen.fast.backends import FastGeneration
 
 
 def _cache_id(lm) -> tuple:
@@ -40,7 +36,7 @@ class CUDAGraphStep:
         self.pool = None
         self.cache_id = None
 
-    def bind(self, gen: "FastGeneration") -> None:
+    def bind(self, gen: FastGeneration) -> None:
         """Move the generation's state into this shape's static buffers (after every window start)."""
         if gen.device.type != "cuda":
             raise ValueError(f"the cuda-graph backend needs a CUDA device, not {gen.device}")
@@ -53,8 +49,9 @@ class CUDAGraphStep:
                 pos_t=torch.empty_like(gen.pos_t),
                 noise=torch.ones(v, k, gen.lm.args.vocab_size, dtype=torch.float32, device=gen.device),
                 temperature=torch.empty((), dtype=torch.float32, device=gen.device),
+                guidance=torch.empty((), dtype=torch.float32, device=gen.device),
                 top_p=torch.empty((), dtype=torch.float32, device=gen.device))
-        for name in ("tokens", "pattern", "pos_t", "temperature"):
+        for name in ("tokens", "pattern", "pos_t", "temperature", "guidance"):
             static = buf[name]
             if getattr(gen, name) is not static:
                 static.copy_(getattr(gen, name))
@@ -65,23 +62,19 @@ class CUDAGraphStep:
         if gen.noise is not None:
             gen.noise = buf["noise"]
 
-    def __call__(self, gen: "FastGeneration", span: int) -> None:
+    def __call__(self, gen: FastGeneration, span: int) -> None:
         cache_id = _cache_id(gen.lm)
         if cache_id != self.cache_id:      # caches reallocated: every graph points at freed memory
             self.graphs.clear()
             self.cache_id = cache_id
         p = gen.params
-        key = (gen.tokens.data_ptr(), span, p.guidance, p.temperature <= 0, p.top_k, gen.top_p is None)
+        key = (gen.tokens.data_ptr(), span, p.guided, p.temperature <= 0, p.top_k, gen.top_p is None)
         graph = self.graphs.get(key)
         if graph is None:
             graph = self.graphs[key] = self._capture(gen, span)
         graph.replay()
 
-    def _args(self, gen: "FastGeneration", span: int) -> tuple:
-        return (gen.lm, gen.tokens, gen.pattern, gen.pos_t, gen.noise, gen.temperature, gen.top_p,
-                gen.params, span)
-
-    def _capture(self, gen: "FastGeneration", span: int) -> torch.cuda.CUDAGraph:
+    def _capture(self, gen: FastGeneration, span: int) -> torch.cuda.CUDAGraph:
         # warm-up runs execute the step: put the position back after each (the token they write at
         # pos + 1 and the cache entry at pos are rewritten identically by the replay that follows)
         saved = gen.pos_t.clone()
@@ -89,11 +82,11 @@ class CUDAGraphStep:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(self.warmup):
-                self.fn(*self._args(gen, span))
+                self.fn(*step_args(gen, span))
                 gen.pos_t.copy_(saved)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            self.fn(*self._args(gen, span))
+            self.fn(*step_args(gen, span))
         self.pool = graph.pool()
         return graph

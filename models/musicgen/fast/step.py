@@ -16,7 +16,6 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from stemd.models.musicgen.generate import Sampling
 from stemd.models.musicgen.model import MusicGenLM
 
 
@@ -37,23 +36,25 @@ def sample_with_noise(logits: Tensor, temperature: Tensor, top_k: int, top_p: Op
 
 
 def step(lm: MusicGenLM, tokens: Tensor, pattern: Tensor, pos: Tensor, noise: Optional[Tensor],
-         temperature: Tensor, top_p: Optional[Tensor], params: Sampling, span: int) -> None:
+         guidance: Tensor, temperature: Tensor, top_p: Optional[Tensor], guided: bool, greedy: bool, top_k: int,
+         span: int) -> None:
     """Advance one position in place: read ``tokens[:, :, pos]`` ``(V, K, max_seq)``, write the next
     tokens (sampled, or forced by ``pattern``) at ``pos + 1`` and add 1 to ``pos``.
 
-    ``noise`` ``(V, K, vocab)`` float32 Exp(1) draws (None when greedy); ``span`` a static int, the
-    cache positions attention reads (``generate.attention_span``)."""
+    ``noise`` ``(V, K, vocab)`` float32 Exp(1) draws (None when greedy); ``guidance``, ``temperature``
+    and ``top_p`` are 0-dim tensors (a new value needs no new graph); ``guided``, ``greedy``, ``top_k``
+    and ``span`` (the cache positions attention reads, ``generate.attention_span``) choose the graph."""
     cur = tokens.index_select(2, pos)                                  # (V, K, 1)
-    if params.guided:
+    if guided:
         cur = torch.cat([cur, cur], dim=0)
     logits = lm(cur, pos, span)[:, :, -1].float()                      # (B, K, vocab)
-    if params.guided:
+    if guided:
         cond, uncond = logits.chunk(2, dim=0)
-        logits = uncond + (cond - uncond) * params.guidance
-    if params.temperature <= 0:
+        logits = uncond + (cond - uncond) * guidance
+    if greedy:
         nxt = logits.argmax(dim=-1)
     else:
-        nxt = sample_with_noise(logits, temperature, params.top_k, top_p, noise)
+        nxt = sample_with_noise(logits, temperature, top_k, top_p, noise)
     nxt_pos = pos + 1
     forced = pattern.index_select(2, nxt_pos)[..., 0]                 # (V, K)
     nxt = torch.where(forced >= 0, forced, nxt)
