@@ -9,7 +9,8 @@ warm-up round (torch.compile compiles, CUDA graphs are captured: the time is pri
 position 1 so the attention span stays in its first bucket (one compiled graph per backend). Guidance 3,
 top-k 250 sampling. Backends: ``eager`` is generate.Generation (stemd's loop), ``fast-eager`` the capturable
 step run eagerly, ``compiled`` that step under torch.compile (inductor, fullgraph), ``cuda-graph`` it captured
-by hand and replayed (CUDA only). Before timing, each fast backend's tokens are compared with eager's for the
+by hand and replayed (CUDA only), ``onnx`` the forward pass exported to ONNX here and run in ONNX Runtime
+(CPU, float32; sampling stays in torch). Before timing, each fast backend's tokens are compared with eager's for the
 same seed (printed as same_tokens; exact equality is expected in float32, not promised in bf16 or with
 inductor's fused kernels). Last line: ``steps_per_s <backend>=<rate> ... transformers=<rate>``.
 """
@@ -33,11 +34,25 @@ def make_gen(name, lm, variations, params, max_seq, backend, seed=0):
 
     if name == "eager":
         return Generation(lm, variations, params, max_seq, seed=seed)
+    if name == "onnx":
+        from stemd.models.musicgen.fast.onnx_step import OnnxGeneration
+
+        return OnnxGeneration(lm, variations, params, max_seq, step=backend, seed=seed)
     return FastGeneration(lm, variations, params, max_seq, seed=seed, backend=backend)
 
 
-def backend_for(name, device):
+def backend_for(name, device, lm, rows, max_seq):
     from stemd.models.musicgen.fast.backends import CompiledStep, EagerStep, make_backend
+
+    if name == "onnx":   # exported here, by stemd's code, from the weights just loaded
+        import tempfile
+
+        from stemd.models.musicgen.fast.onnx_step import OnnxStep, export
+
+        t0 = time.perf_counter()
+        path = export(lm, rows, max_seq, 64, Path(tempfile.mkdtemp()) / "step.onnx")
+        print(f"onnx: exported in {time.perf_counter() - t0:.1f} s", flush=True)
+        return OnnxStep(path)
 
     if name == "fast-eager":
         return EagerStep()
@@ -110,7 +125,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--variations", type=int, default=1)
-    p.add_argument("--backends", default=None, help="default: eager,fast-eager,compiled (+cuda-graph on CUDA)")
+    p.add_argument("--backends", default=None,
+                   help="default: eager,fast-eager,compiled (+cuda-graph on CUDA, +onnx on CPU in float32)")
     p.add_argument("--no-transformers", action="store_true")
     args = p.parse_args()
     model = args.model or str(ensure_model(CACHE))
@@ -120,8 +136,8 @@ def main() -> None:
     from stemd.models.musicgen.engine import MusicGenEngine
     from stemd.models.musicgen.generate import Sampling
 
-    names = (args.backends or "eager,fast-eager,compiled" + (",cuda-graph" if args.device.startswith("cuda")
-                                                              else "")).split(",")
+    extra = ",cuda-graph" if args.device.startswith("cuda") else ",onnx" if args.dtype == "float32" else ""
+    names = (args.backends or "eager,fast-eager,compiled" + extra).split(",")
     engine = MusicGenEngine.load(model, device=args.device, dtype=args.dtype)
     device = engine.device
     print(f"device: {args.device} ({device_name(args.device)}), torch {torch.__version__}, dtype "
@@ -136,7 +152,7 @@ def main() -> None:
     lm.set_conditioning(text, mask)
     results = {}
     for name in names:
-        backend = backend_for(name, device)
+        backend = backend_for(name, device, lm, text.shape[0], max_seq)
         setup, r, same = rate(name, lm, args.variations, params, max_seq, backend, args.steps, args.rounds,
                               args.device)
         results[name] = r
