@@ -77,9 +77,11 @@ def assert_renders_at(session: Path, tmp_path: Path, take: np.ndarray, at: int) 
     for attempt in range(2):
         rendered, rate = export(session, tmp_path)
         assert rate == 48000
-        audible = np.flatnonzero(np.abs(rendered[:, 0]) > 1e-6)
+        audible = np.flatnonzero(np.abs(rendered).max(axis=1) > 1e-6)  # -120 dBFS, on either channel
         assert audible.size and audible[0] == at, f"first audible sample {audible[:1]}, bar starts at {at}"
-        assert not np.any(rendered[:at])
+        # nothing audible before the bar; a live hardour run has left sub -120 dBFS residue there once
+        before = np.abs(rendered[:at]).max() if at else 0.0
+        assert before <= 1e-6, f"level {before:.2e} before the bar, at sample {np.argmax(np.abs(rendered[:at]).max(axis=1))}"
         diff = np.flatnonzero(np.abs(rendered[at:at + len(take)] - take).max(axis=1) > 1e-6)
         if not diff.size:
             return
