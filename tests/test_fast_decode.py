@@ -98,8 +98,6 @@ def test_cuda_graph_replay_gives_eager_tokens_for_the_same_seed(engine, tmp_path
 
     path = write_test_model(tmp_path / "tiny", "tiny")
     cuda = MusicGenEngine.load(str(path), device="cuda", dtype="float32")
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
     lm = conditioned(cuda, 2, params, 192)
     eager = generate_tokens(lm, 150, 2, params, max_seq=192, seed=7)
     runner = CUDAGraphStep()
