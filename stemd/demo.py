@@ -63,10 +63,10 @@ def main(argv=None) -> int:
         while not ping(port):
             if daemon.poll() is not None:
                 reason = (daemon.stderr.read() or "").strip().splitlines()
-                print(f"stemd demo: the daemon could not start: {reason[-1] if reason else 'no reason given'}")
-                if args.model != "click":
-                    print("stemd demo: to run offline, use the click engine (make demo MODEL=click) or a local "
-                          "test model (stemd make-test-model DIR, then make demo MODEL=DIR)")
+                offline = ("; to run offline: make demo MODEL=click, or stemd make-test-model DIR and "
+                           "make demo MODEL=DIR" if args.model != "click" else "")
+                print(f"stemd demo: the daemon could not start: {reason[-1] if reason else 'no reason given'}"
+                      f"{offline}")
                 return 2
             if time.monotonic() > deadline:
                 print(f"stemd demo: the daemon did not answer a ping within {READY_TIMEOUT_S:.0f} s")

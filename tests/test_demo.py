@@ -32,4 +32,6 @@ def test_demo_without_the_default_model_says_so_in_one_line(tmp_path):
                          text=True, timeout=180, env=env)
     assert out.returncode == 2
     assert "Traceback" not in out.stdout + out.stderr
-    assert "musicgen-small" in out.stdout and "MODEL=click" in out.stdout
+    problem = [line for line in out.stdout.splitlines() if "could not start" in line]
+    assert len(problem) == 1  # one line: what is missing, where it looked, and how to run offline
+    assert "musicgen-small" in problem[0] and "MODEL=click" in problem[0]
