@@ -54,10 +54,11 @@ def undelay(tokens: Tensor, delays: list[int], start: int, stop: int) -> Tensor:
     return torch.stack([tokens[:, i, start + d + 1: stop + d + 1] for i, d in enumerate(delays)], dim=1)
 
 
-def sample(logits: Tensor, temperature: Tensor, top_k: int, top_p: Optional[Tensor],
-           generator: Optional[torch.Generator]) -> Tensor:
+def sample_with_noise(logits: Tensor, temperature: Tensor, top_k: int, top_p: Optional[Tensor],
+                      noise: Tensor) -> Tensor:
     """Tokens ``(..., )`` from logits ``(..., vocab)``: temperature, top-k, top-p, then a draw done as
-    argmax(p / Exp(1)) (an exact categorical sample that needs no host sync)."""
+    argmax(p / noise) with ``noise`` Exp(1) draws shaped like ``logits`` (an exact categorical sample that
+    needs no host sync; the graph-captured step passes its own noise buffer)."""
     logits = logits.float() / temperature
     vocab = logits.shape[-1]
     if 0 < top_k < vocab:
@@ -68,8 +69,14 @@ def sample(logits: Tensor, temperature: Tensor, top_k: int, top_p: Optional[Tens
         sorted_p, order = probs.sort(dim=-1, descending=True)
         drop = (sorted_p.cumsum(dim=-1) - sorted_p) > top_p
         probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
-    noise = torch.empty_like(probs).exponential_(1, generator=generator)
     return torch.argmax(probs / noise, dim=-1)
+
+
+def sample(logits: Tensor, temperature: Tensor, top_k: int, top_p: Optional[Tensor],
+           generator: Optional[torch.Generator]) -> Tensor:
+    """``sample_with_noise`` with the Exp(1) draw taken from ``generator``."""
+    noise = torch.empty(logits.shape, dtype=torch.float32, device=logits.device).exponential_(1, generator=generator)
+    return sample_with_noise(logits, temperature, top_k, top_p, noise)
 
 
 def logits_to_tokens(logits: Tensor, params: Sampling, temperature: Tensor, top_p: Optional[Tensor],
@@ -201,16 +208,13 @@ def generate_tokens(lm: MusicGenLM, n_frames: int, variations: int, params: Samp
                     prompt: Optional[Tensor] = None, seed: Optional[int] = None) -> Tensor:
     """All frames at once, ``(V, K, P + n_frames)`` codes including a prompt of P frames (tests, bench)."""
     gen = Generation(lm, variations, params, max_seq, prompt=prompt, seed=seed)
-    total = (prompt.shape[-1] if prompt is not None else 0) + n_frames
-    out = []
-    emitted = 0
-    while emitted < total:
-        while gen.frames_ready <= emitted:
-            gen.decode_n_tokens(1)
-        stop = min(gen.frames_ready, total)
-        out.append(gen.frames(emitted, stop))
-        emitted = stop
-    return torch.cat(out, dim=-1)
+    return all_frames(gen, (prompt.shape[-1] if prompt is not None else 0) + n_frames)
+
+
+def all_frames(gen: "Generation", total: int) -> Tensor:
+    """Decode until ``total`` frames exist: ``(V, K, total)``, gathered as they complete (a sliding window
+    forgets old frames)."""
+    return torch.cat(list(iter_frames(gen, total, lambda: False, lambda _frames: None)), dim=-1)
 
 
 def iter_frames(gen: Generation, total: int, should_stop: Callable[[], bool],

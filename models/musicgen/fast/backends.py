@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from stemd.models.musicgen.fast.step import step
-from stemd.models.musicgen.generate import Generation, Sampling, attention_span
+from stemd.models.musicgen.generate import Generation, Sampling, all_frames, attention_span
 from stemd.models.musicgen.model import MusicGenLM
 
 BACKENDS = ("eager", "compiled", "cuda-graph")
@@ -107,12 +107,4 @@ def generate_tokens_fast(lm: MusicGenLM, n_frames: int, variations: int, params:
     """``generate.generate_tokens`` through a backend: ``(V, K, P + n_frames)`` codes."""
     gen = FastGeneration(lm, variations, params, max_seq, prompt=prompt, seed=seed, backend=backend,
                          keep_frames=keep_frames)
-    total = (prompt.shape[-1] if prompt is not None else 0) + n_frames
-    out, emitted = [], 0
-    while emitted < total:        # emitted as they complete: a sliding window forgets old frames
-        while gen.frames_ready <= emitted:
-            gen.decode_n_tokens(1)
-        stop = min(gen.frames_ready, total)
-        out.append(gen.frames(emitted, stop))
-        emitted = stop
-    return torch.cat(out, dim=-1)
+    return all_frames(gen, (prompt.shape[-1] if prompt is not None else 0) + n_frames)

@@ -16,23 +16,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from stemd.models.musicgen.generate import sample_with_noise
 from stemd.models.musicgen.model import MusicGenLM
-
-
-def sample_with_noise(logits: Tensor, temperature: Tensor, top_k: int, top_p: Optional[Tensor],
-                      noise: Tensor) -> Tensor:
-    """``generate.sample`` with its Exp(1) draw given as ``noise`` (same shape as ``logits``)."""
-    logits = logits.float() / temperature
-    vocab = logits.shape[-1]
-    if 0 < top_k < vocab:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if top_p is not None:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        drop = (sorted_p.cumsum(dim=-1) - sorted_p) > top_p
-        probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
-    return torch.argmax(probs / noise, dim=-1)
 
 
 def step(lm: MusicGenLM, tokens: Tensor, pattern: Tensor, pos: Tensor, noise: Optional[Tensor],
