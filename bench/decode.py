@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import resource
 import subprocess
@@ -131,6 +130,26 @@ def rss_only(model: str) -> None:
     print(json.dumps({"peak_rss_gib": round(peak, 3)}))
 
 
+def transformers_step_rate(ref, inputs: dict, device: str, steps: int) -> float:
+    """Steps/s of one transformers ``generate()`` (guidance 3, top-k 250): timed between its first and last
+    logits-processor call, once per step, so prefill is not counted."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class StepClock(LogitsProcessor):
+        def __init__(self):
+            self.times = []
+
+        def __call__(self, input_ids, scores):
+            sync(device)
+            self.times.append(time.perf_counter())
+            return scores
+
+    clock = StepClock()
+    ref.generate(**inputs, do_sample=True, top_k=250, guidance_scale=3.0, max_new_tokens=steps + 1,
+                 logits_processor=LogitsProcessorList([clock]))
+    return (len(clock.times) - 1) / (clock.times[-1] - clock.times[0])
+
+
 def interleaved_rates(engine, ref, tok, variations: int, steps: int, rounds: int, device: str):
     """Steps/s of ours and of transformers, measured in alternating rounds so that both see the same
     machine load; returns the medians and the median of the per-round ratios."""
@@ -145,24 +164,8 @@ def interleaved_rates(engine, ref, tok, variations: int, steps: int, rounds: int
     lm.set_conditioning(text, mask)
     inputs = {k: v.repeat(variations, 1).to(device) for k, v in tok.items()}
 
-    from transformers import LogitsProcessor, LogitsProcessorList
-
-    class StepClock(LogitsProcessor):
-        """Called once per generate() step: the time between the first and last call is pure decoding."""
-
-        def __init__(self):
-            self.times = []
-
-        def __call__(self, input_ids, scores):
-            sync(device)
-            self.times.append(time.perf_counter())
-            return scores
-
     def ref_rate(n):
-        clock = StepClock()
-        ref.generate(**inputs, do_sample=True, top_k=250, guidance_scale=3.0, max_new_tokens=n + 1,
-                     logits_processor=LogitsProcessorList([clock]))
-        return (len(clock.times) - 1) / (clock.times[-1] - clock.times[0])
+        return transformers_step_rate(ref, inputs, device, n)
 
     ours, theirs = [], []
     with torch.no_grad():

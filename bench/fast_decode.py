@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode import CACHE, device_name, ensure_model, sync  # noqa: E402
+from decode import CACHE, device_name, ensure_model, sync, transformers_step_rate  # noqa: E402
 
 
 def make_gen(name, lm, variations, params, max_seq, backend, seed=0):
@@ -91,29 +91,17 @@ def transformers_rate(model, device, dtype, variations, steps, rounds) -> float:
     import logging
 
     import torch
-    from transformers import AutoTokenizer, LogitsProcessor, LogitsProcessorList, MusicgenForConditionalGeneration
+    from transformers import AutoTokenizer, MusicgenForConditionalGeneration
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
     ref = MusicgenForConditionalGeneration.from_pretrained(model, dtype=dtype).to(device).eval()
     tok = AutoTokenizer.from_pretrained(model)(["driving techno, 128 bpm"], return_tensors="pt")
     inputs = {k: v.repeat(variations, 1).to(device) for k, v in tok.items()}
 
-    class StepClock(LogitsProcessor):
-        def __init__(self):
-            self.times = []
-
-        def __call__(self, input_ids, scores):
-            sync(device)
-            self.times.append(time.perf_counter())
-            return scores
-
     rates = []
     with torch.no_grad():
         for _ in range(rounds + 1):
-            clock = StepClock()
-            ref.generate(**inputs, do_sample=True, top_k=250, guidance_scale=3.0, max_new_tokens=steps + 1,
-                         logits_processor=LogitsProcessorList([clock]))
-            rates.append((len(clock.times) - 1) / (clock.times[-1] - clock.times[0]))
+            rates.append(transformers_step_rate(ref, inputs, device, steps))
     return float(np.median(rates[1:]))
 
 
