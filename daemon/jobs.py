@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-from stemd.models.base import Audio, Engine, EngineError, GenerationSpec
+from stemd.models.base import Audio, Engine, GenerationSpec
 from stemd.protocol import GenerateRequest, ProtocolError
 from stemd.takes import take_name, write_take
 from stemd.timing import Grid
@@ -58,11 +58,7 @@ def _load_continuation(request: GenerateRequest, root: Optional[Path]) -> Audio:
 
 def sidecar_for(request: GenerateRequest, engine: Engine, variation: int) -> dict:
     info = engine.info()
-    meta = {"model": info.get("model", engine.name), "engine": info, "prompt": request.prompt,
-            "seed": request.seed, "variation": variation, "tempo": float(request.bpm.bpm),
-            "tempo_exact": f"{request.bpm.bpm.numerator}/{request.bpm.bpm.denominator}",
-            "meter": str(request.meter), "bars": request.bars, "start_bar": request.start_bar,
-            "request": request.describe()}
+    meta = {"model": info.get("model", engine.name), "engine": info, **request.sidecar(variation)}
     if info.get("test_model"):
         meta["note"] = "made by a test model with random weights: noise, not music"
     return meta
@@ -78,6 +74,3 @@ def write_takes(folder: Path, request: GenerateRequest, engine: Engine, audio: n
         paths.append(write_take(folder, name, audio[v], request.sample_rate,
                                 sidecar_for(request, engine, v), subtype))
     return paths
-
-
-__all__ = ["spec_from_request", "sidecar_for", "write_takes", "EngineError"]

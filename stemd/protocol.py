@@ -241,6 +241,13 @@ class GenerateRequest:
             out += [f.name, value]
         return out
 
+    def sidecar(self, variation: int) -> dict:
+        """The musical facts of one take of this request, for its JSON sidecar (daemon and bridge alike)."""
+        bpm = self.bpm.bpm
+        return {"prompt": self.prompt, "seed": self.seed, "variation": variation, "tempo": float(bpm),
+                "tempo_exact": f"{bpm.numerator}/{bpm.denominator}", "meter": str(self.meter),
+                "bars": self.bars, "start_bar": self.start_bar, "request": self.describe()}
+
     def describe(self) -> dict:
         """Every parameter, JSON-ready (for sidecars and logs)."""
         d = {}

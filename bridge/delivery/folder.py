@@ -23,11 +23,8 @@ class FolderWriter:
     def write(self, take_id: str, request: GenerateRequest, variation: Optional[int], audio: np.ndarray,
               sample_rate: int, extra: dict) -> Path:
         prefix = f"{slug(request.prompt)}_bar{request.start_bar + 1:03d}"
-        sidecar = {"take_id": take_id, "prompt": request.prompt, "seed": request.seed,
-                   "variation": variation or 0, "tempo": float(request.bpm.bpm),
-                   "tempo_exact": f"{request.bpm.bpm.numerator}/{request.bpm.bpm.denominator}",
-                   "meter": str(request.meter), "bars": request.bars, "start_bar": request.start_bar,
-                   "daw_bar": request.start_bar + 1, "request": request.describe(), **extra}
+        sidecar = {"take_id": take_id, **request.sidecar(variation or 0), "daw_bar": request.start_bar + 1,
+                   **extra}
         with self._lock:  # two takes finishing together must not pick the same number
             number = next_take_number(self.folder, prefix)
             name = take_name(request.prompt, request.start_bar, number, variation)
