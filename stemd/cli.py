@@ -40,7 +40,6 @@ def _top_parser() -> argparse.ArgumentParser:
         description="stemd: a warm MusicGen daemon that streams bar-locked stems into your DAW.",
         epilog=f"commands:\n{lines}\n\n'stemd COMMAND --help' tells more.")
     parser.add_argument("--version", action="version", version=f"stemd {VERSION}")
-    parser.add_argument("command", nargs="?", help=argparse.SUPPRESS)
     return parser
 
 
