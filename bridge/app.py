@@ -4,6 +4,7 @@
     take_id = bridge.generate(prompt="dusty drums", bars=4)   # starts on the next bar line
     bridge.subscribe(lambda e: print(e.take_id, e.state))     # queued, generating, ready, playing, ...
     bridge.reroll(take_id); bridge.extend(take_id); bridge.accept(take_id); bridge.cancel(take_id)
+    bridge.next_variation(take_id); bridge.previous_variation(take_id); bridge.audition(take_id)
 
 Every method returns at once; takes arrive on the client's reader thread and are delivered (written
 to the folder, then handed to each extra delivery: live playback, a DAW timeline) on one worker
@@ -28,7 +29,7 @@ from stemd.bridge.history import TakeHistory, TakeRecord, params_of
 from stemd.bridge.transport import Transport
 from stemd.errors import StemdError
 from stemd.protocol import LIMITS, GenerateRequest, ProtocolError
-from stemd.takes import read_sidecar
+from stemd.takes import mark_sidecar, read_sidecar
 
 MAX_EXTEND_CONTEXT_S = 30.0  # the end of a take sent back as the continuation of an extend
 
@@ -43,6 +44,7 @@ class TakeEvent:
     total_bars: int = 0
     files: tuple = ()
     error: str = ""
+    variation: int = 0  # the chosen variation (its file is files[variation])
 
 
 Listener = Callable[[TakeEvent], None]
@@ -112,9 +114,13 @@ class Bridge:
         return self._submit(params, kind="extend", parent=record.id, continuation=self._continuation_of(record.id))
 
     def accept(self, take_id: str) -> None:
+        """Keep the take, in the variation chosen last (the first unless next/previous chose another):
+        the history and that file's sidecar say ``accepted``."""
         record = self.history.get(take_id)
         if record.state not in ("ready", "playing", "accepted"):
             raise StemdError(f"take {take_id} is {record.state}: only a finished take can be accepted", "bad_arguments")
+        if record.file:
+            mark_sidecar(Path(record.file), accepted=True)
         self._set(take_id, "accepted")
 
     def cancel(self, take_id: str) -> None:
@@ -123,10 +129,11 @@ class Bridge:
             self.client.cancel(take_id)
 
     def audition(self, take_id: str) -> None:
-        """Play a finished take through the live player (the default output unless ``--play`` chose one),
-        from its bar if that is ahead, else from the next bar line."""
+        """Play a finished take's chosen variation through the live player (the default output unless
+        ``--play`` chose one), from its bar if that is ahead, else from the next bar line. What the
+        player auditioned before stops."""
         record = self.history.get(take_id)
-        if not record.files:
+        if not record.file:
             raise StemdError(f"take {take_id} has no file to play (it is {record.state})", "bad_arguments")
         from stemd.bridge.delivery.live import LivePlayer
 
@@ -135,9 +142,40 @@ class Bridge:
             player = self._audition_player = getattr(self, "_audition_player", None) or LivePlayer(self.transport)
         import soundfile
 
-        data, rate = soundfile.read(record.files[0], dtype="float32", always_2d=True)
-        request = record.request()
-        player.deliver(DeliveredTake(take_id, request, 0, Path(record.files[0]), data.T, rate, 0))
+        data, rate = soundfile.read(record.file, dtype="float32", always_2d=True)
+        player.play(DeliveredTake(take_id, record.request(), record.variation, Path(record.file), data.T, rate, 0),
+                    replace=True)
+
+    def select_variation(self, take_id: str, step: int) -> int:
+        """Move the take's chosen variation ``step`` places (wrapping around); returns the new index."""
+        record = self.history.get(take_id)
+        if not record.files:
+            raise StemdError(f"take {take_id} has no variations to choose from yet (it is {record.state})",
+                             "bad_arguments")
+        if record.state == "accepted" and len(record.files) > 1:
+            raise StemdError(f"take {take_id} is accepted as variation {record.variation + 1}: re-roll it to "
+                             "choose again", "bad_arguments")
+        chosen = (record.variation + step) % len(record.files)
+        record = self.history.set(take_id, variation=chosen)
+        self._emit(TakeEvent(take_id, record.state, files=tuple(record.files), variation=chosen))
+        return chosen
+
+    def next_variation(self, take_id: str) -> str:
+        """Choose the take's next variation and audition it; returns what happened, in words."""
+        return self._step_variation(take_id, +1)
+
+    def previous_variation(self, take_id: str) -> str:
+        return self._step_variation(take_id, -1)
+
+    def _step_variation(self, take_id: str, step: int) -> str:
+        chosen = self.select_variation(take_id, step)
+        record = self.history.get(take_id)
+        said = f"{take_id}: variation {chosen + 1} of {len(record.files)} {record.file}"
+        try:
+            self.audition(take_id)
+        except StemdError as e:  # no audio output here: the choice stands, accept keeps it
+            return f"{said} (not played: {e})"
+        return said
 
     def take(self, take_id: str) -> TakeRecord:
         return self.history.get(take_id)
@@ -242,7 +280,7 @@ class Bridge:
     def _set(self, take_id: str, state: str, **changes) -> None:
         record = self.history.set(take_id, state=state, **changes)
         self._emit(TakeEvent(take_id, state, files=tuple(record.files), error=record.error,
-                             total_bars=int(record.params.get("bars", 0))))
+                             total_bars=int(record.params.get("bars", 0)), variation=record.variation))
 
     def _emit(self, event: TakeEvent) -> None:
         for listener in list(self._listeners):

@@ -40,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--key", default=None, help="musical key for the prompt")
+    p.add_argument("--stem", default=None, help="what part the take is (drums, bass, keys): names its files and "
+                                                 "picks the DAW track of that name")
     p.add_argument("--reroll", metavar="TAKE_ID", default=None, help="the same take again with a new seed")
     p.add_argument("--extend", metavar="TAKE_ID", default=None, help="continue a take from its end")
     p.add_argument("--accept", metavar="TAKE_ID", default=None, help="mark a take as accepted (no daemon needed)")

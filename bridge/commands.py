@@ -6,11 +6,15 @@
     extend ID [BARS]                    /stemd/bridge/extend ,s[i]
     accept ID                           /stemd/bridge/accept ,s
     cancel ID                           /stemd/bridge/cancel ,s
+    next ID                             /stemd/bridge/next ,s        (choose and play the next variation)
+    previous ID                         /stemd/bridge/previous ,s
+    audition ID                         /stemd/bridge/audition ,s    (play the chosen variation again)
     takes                               /stemd/bridge/takes
     quit
 
 Every OSC command is answered to its sender with ``/stemd/bridge/reply <text>`` (the new take id, or
-``error: ...``); take state changes go to every sender seen as ``/stemd/bridge/take <id> <state> [file]``.
+``error: ...``); take state changes go to every sender seen as ``/stemd/bridge/take <id> <state> [file]``
+(the file of the chosen variation).
 """
 
 from __future__ import annotations
@@ -45,14 +49,26 @@ def run_command(bridge, argv: list, stop: threading.Event) -> str:
     if name == "cancel" and len(rest) == 1:
         bridge.cancel(str(rest[0]))
         return f"{rest[0]}: cancel sent"
+    if name in ("next", "previous", "prev") and len(rest) == 1:
+        step = bridge.next_variation if name == "next" else bridge.previous_variation
+        return step(str(rest[0]))
+    if name == "audition" and len(rest) == 1:
+        bridge.audition(str(rest[0]))
+        return f"{rest[0]}: playing {bridge.take(str(rest[0])).file}"
     if name == "takes":
-        return "\n".join(f"{t.id} {t.state} {t.kind} {' '.join(t.files)}".rstrip()
-                         for t in bridge.history.takes.values()) or "no takes yet"
+        return "\n".join(_take_line(t) for t in bridge.history.takes.values()) or "no takes yet"
     if name in ("quit", "exit"):
         stop.set()
         return "bye"
     raise StemdError(f"unknown command {' '.join(map(str, argv))!r}: generate PROMPT [BARS [START_BAR]], "
-                     "reroll ID, extend ID [BARS], accept ID, cancel ID, takes, quit", "bad_arguments")
+                     "reroll ID, extend ID [BARS], accept ID, cancel ID, next ID, previous ID, audition ID, "
+                     "takes, quit", "bad_arguments")
+
+
+def _take_line(t) -> str:
+    """``t3 ready generate <chosen file>[ (variation 2 of 4)]``"""
+    chosen = f" (variation {t.variation + 1} of {len(t.files)})" if len(t.files) > 1 else ""
+    return f"{t.id} {t.state} {t.kind} {t.file or ''}".rstrip() + chosen
 
 
 class CommandServer:
@@ -90,7 +106,8 @@ class CommandServer:
 
     def _on_take(self, event) -> None:
         for peer in list(self.peers):
-            self._send(peer, TAKE, event.take_id, event.state, *(event.files[:1]))
+            chosen = event.files[event.variation:event.variation + 1] or event.files[:1]
+            self._send(peer, TAKE, event.take_id, event.state, *chosen)
 
     def _run(self) -> None:
         for packet, peer in receive(self.sock, self._halt):

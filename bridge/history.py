@@ -34,13 +34,21 @@ class TakeRecord:
     kind: str = "generate"  # generate | reroll | extend
     parent: Optional[str] = None
     state: str = "queued"
-    files: list = field(default_factory=list)
+    files: list = field(default_factory=list)  # one per variation, in variation order
     error: str = ""
     created: str = ""
+    variation: int = 0  # the variation chosen (next/previous variation); accept keeps this one
 
     @property
     def accepted(self) -> bool:
         return self.state == "accepted"
+
+    @property
+    def file(self) -> Optional[str]:
+        """The chosen variation's file (None until the take is delivered)."""
+        if not self.files:
+            return None
+        return self.files[self.variation] if 0 <= self.variation < len(self.files) else self.files[0]
 
     def request(self, request_id: Optional[str] = None, **overrides) -> GenerateRequest:
         params = dict(self.params, **overrides)

@@ -37,7 +37,7 @@ def build_deliveries(args: argparse.Namespace, transport) -> list:
 
 def request_params(args: argparse.Namespace) -> dict:
     keys = {"seed": args.seed, "variations": args.variations, "temperature": args.temperature,
-            "guidance": args.guidance, "key": args.key}
+            "guidance": args.guidance, "key": args.key, "stem": args.stem}
     return {k: v for k, v in keys.items() if v is not None}
 
 
@@ -58,6 +58,11 @@ def run_bridge(args: argparse.Namespace, out: TextIO) -> int:
         _say(out, lock, f"{args.accept}: accepted")
         return 0
 
+    midimap = None
+    if args.map:  # a mistake in the map is reported before anything connects
+        from stemd import midi
+
+        midimap = midi.load_map(args)
     transport = Transport()
     follower = make_follower(args.follow, transport, args)
     printer = BeatPrinter(transport, lambda line: _say(out, lock, line)).start() if args.print_transport else None
@@ -84,7 +89,7 @@ def run_bridge(args: argparse.Namespace, out: TextIO) -> int:
         if args.map:
             from stemd.bridge import midi
 
-            midi.attach(bridge, args)
+            midi.attach(bridge, args, midimap)
         if args.once:
             return _once(args, bridge, out, lock)
         for action in _initial_actions(args, bridge):

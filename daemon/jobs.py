@@ -9,7 +9,7 @@ import numpy as np
 
 from stemd.models.base import Audio, Engine, GenerationSpec
 from stemd.protocol import GenerateRequest, ProtocolError
-from stemd.takes import take_name, write_take
+from stemd.takes import next_take_number, take_name, take_prefix, write_take
 from stemd.timing import Grid
 
 
@@ -65,12 +65,14 @@ def sidecar_for(request: GenerateRequest, engine: Engine, variation: int) -> dic
 
 
 def write_takes(folder: Path, request: GenerateRequest, engine: Engine, audio: np.ndarray,
-                take: int, subtype: str = "float32") -> list[Path]:
-    """One WAV + sidecar per variation of ``audio`` ``(variations, channels, n)``."""
+                subtype: str = "float32") -> list[Path]:
+    """One WAV + sidecar per variation of ``audio`` ``(variations, channels, n)``, numbered after the
+    takes of the same prompt, stem and bar already in ``folder``."""
+    prompt = request.prompt or engine.name
+    take = next_take_number(folder, take_prefix(prompt, request.start_bar, request.stem))
     paths = []
     for v in range(audio.shape[0]):
-        name = take_name(request.prompt or engine.name, request.start_bar, take,
-                         v if audio.shape[0] > 1 else None)
+        name = take_name(prompt, request.start_bar, take, v if audio.shape[0] > 1 else None, request.stem)
         paths.append(write_take(folder, name, audio[v], request.sample_rate,
                                 sidecar_for(request, engine, v), subtype))
     return paths

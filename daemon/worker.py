@@ -30,7 +30,6 @@ from stemd.errors import StemdError
 from stemd.models.base import AudioStream, Cancelled, Engine, GenerationSpec, never_stop, no_progress
 from stemd.models.pipeline import bar_chunks
 from stemd.protocol import CANCELLED, CHUNK, DONE, ERROR, PROGRESS, TAKE, Chunk
-from stemd.takes import next_take_number, slug
 
 log = logging.getLogger("stemd.daemon")
 
@@ -108,8 +107,7 @@ class Worker(threading.Thread):
         request, out = job.request, self.service.settings.out
         audio = np.concatenate(job.parts, axis=2)
         job.parts = []
-        take = next_take_number(out, f"{slug(request.prompt or self.service.engine.name)}_bar{request.start_bar + 1:03d}")
-        return write_takes(out, request, self.service.engine, audio, take)
+        return write_takes(out, request, self.service.engine, audio)
 
     def _stopped(self, job: Job) -> None:
         reason = job.cancel_reason

@@ -73,6 +73,7 @@ LIMITS = {
 PRIORITIES = ("live", "offline")
 MAX_CONTINUATION_BYTES = 64 * 1024 * 1024
 _ID = re.compile(r"^[A-Za-z0-9_.:\-]+$")
+_STEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _\-]{0,31}$")
 
 
 class ProtocolError(StemdError, ValueError):
@@ -151,6 +152,7 @@ class GenerateRequest:
     guidance: float = 3.0
     priority: str = "live"
     key: str = ""
+    stem: str = ""                             # a label: names the take's files and its DAW track
     loop: bool = False
     continuation: Optional[bytes] = None       # float32 LE interleaved at continuation_rate
     continuation_path: str = ""                # a file on the daemon's host
@@ -182,6 +184,9 @@ class GenerateRequest:
                 raise ProtocolError("bad_arguments", "continuation must be whole float32 frames")
         if self.reply_port is not None:
             _int("reply_port", self.reply_port)
+        if self.stem and not _STEM.match(self.stem):
+            raise ProtocolError("out_of_range", "stem must be 1-32 letters, digits, spaces, _ or - starting with a "
+                                f"letter or digit (drums, bass, keys 2), got {self.stem[:40]!r}")
 
     @property
     def seconds(self) -> Fraction:
@@ -244,7 +249,7 @@ class GenerateRequest:
     def sidecar(self, variation: int) -> dict:
         """The musical facts of one take of this request, for its JSON sidecar (daemon and bridge alike)."""
         bpm = self.bpm.bpm
-        return {"prompt": self.prompt, "seed": self.seed, "variation": variation, "tempo": float(bpm),
+        return {"prompt": self.prompt, "stem": self.stem, "seed": self.seed, "variation": variation, "tempo": float(bpm),
                 "tempo_exact": f"{bpm.numerator}/{bpm.denominator}", "meter": str(self.meter),
                 "bars": self.bars, "start_bar": self.start_bar, "request": self.describe()}
 
@@ -306,6 +311,7 @@ GENERATE_KEYS = {
     "guidance": _float,
     "priority": _str,
     "key": _str,
+    "stem": _str,
     "loop": _bool,
     "continuation": _blob,
     "continuation_path": _str,

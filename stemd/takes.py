@@ -34,9 +34,18 @@ def slug(text: str, words: int = 5, max_chars: int = 40) -> str:
     return "-".join(parts)[:max_chars].strip("-") or "take"
 
 
-def take_name(prompt: str, bar: int, take: int, variation: Optional[int] = None) -> str:
-    """``<prompt words>_bar<DAW bar, from 1>_take<n>[_v<variation>]`` (no extension)."""
-    name = f"{slug(prompt)}_bar{bar + 1:03d}_take{take:02d}"
+def take_prefix(prompt: str, bar: int, stem: str = "") -> str:
+    """``[<stem>_]<prompt words>_bar<DAW bar, from 1>``: what every take of one request starts with."""
+    words = slug(prompt)
+    if stem:
+        stem = slug(stem, words=3, max_chars=20)
+        words = words if words == stem or words.startswith(stem + "-") else f"{stem}_{words}"
+    return f"{words}_bar{bar + 1:03d}"
+
+
+def take_name(prompt: str, bar: int, take: int, variation: Optional[int] = None, stem: str = "") -> str:
+    """``[<stem>_]<prompt words>_bar<DAW bar, from 1>_take<n>[_v<variation>]`` (no extension)."""
+    name = f"{take_prefix(prompt, bar, stem)}_take{take:02d}"
     return name if variation is None else f"{name}_v{variation + 1}"
 
 
@@ -113,3 +122,14 @@ def write_take(folder: Path, name: str, audio: np.ndarray, sample_rate: int, sid
 
 def read_sidecar(wav: Path) -> dict:
     return json.loads(Path(wav).with_suffix(".json").read_text())
+
+
+def mark_sidecar(wav: Path, **fields) -> dict:
+    """Add ``fields`` to a take's sidecar (rewritten atomically); returns the new sidecar. A take with
+    no sidecar gets none (nothing to mark)."""
+    path = Path(wav).with_suffix(".json")
+    if not path.exists():
+        return {}
+    meta = {**json.loads(path.read_text()), **fields}
+    _atomic_write(path, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    return meta

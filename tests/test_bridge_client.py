@@ -101,6 +101,48 @@ def test_reroll_keeps_every_parameter_but_the_seed_and_extend_continues_from_the
     assert history.get("t3").kind == "extend" and history.get("t3").params["start_bar"] == 10
 
 
+def test_next_and_previous_variation_choose_audition_and_accept_one_variation(peer, tmp_path):
+    from stemd.bridge.delivery.live import LivePlayer
+    from stemd.bridge.history import TakeHistory
+    from stemd.errors import StemdError
+    from stemd.takes import read_sidecar
+
+    class Recorded(LivePlayer):
+        """Records what it is asked to play instead of opening an audio device (playback itself:
+        tests/test_bridge_live.py, through PortAudio on JACK)."""
+
+        played: list = []
+
+        def play(self, take, replace=False):
+            self.played.append((take.take_id, take.variation, str(take.path), replace))
+
+    bridge, client = make_bridge(peer, tmp_path)
+    player = Recorded(bridge.transport)
+    bridge.deliveries.append(player)
+    events = []
+    bridge.subscribe(lambda e: events.append((e.take_id, e.state, e.variation)))
+    take = bridge.generate("glassy arps", 1, variations=3, stem="keys")
+    record = bridge.wait(take, 30)
+    assert record.state == "playing" and len(record.files) == 3 and record.file == record.files[0]
+    assert all(os.path.basename(f).startswith("keys_glassy-arps_bar001_take01_v") for f in record.files)
+    assert read_sidecar(record.files[0])["stem"] == "keys"
+    player.played.clear()  # delivery played variation 1 (only the first variation plays on delivery)
+
+    said = bridge.next_variation(take)
+    assert said == f"{take}: variation 2 of 3 {record.files[1]}"
+    assert player.played[-1] == (take, 1, record.files[1], True)  # replaces what was auditioned before
+    bridge.previous_variation(take)
+    said = bridge.previous_variation(take)  # wraps around to the last one
+    assert said.startswith(f"{take}: variation 3 of 3") and player.played[-1][1:3] == (2, record.files[2])
+    assert [e[2] for e in events if e[0] == take][-2:] == [0, 2]
+    bridge.accept(take)
+    assert read_sidecar(record.files[2]).get("accepted") is True and "accepted" not in read_sidecar(record.files[0])
+    with pytest.raises(StemdError, match="accepted as variation 3"):
+        bridge.next_variation(take)
+    client.close()
+    assert TakeHistory(tmp_path).get(take).variation == 2  # the choice is kept across sessions
+
+
 def test_take_ids_are_unknown_until_made_and_only_finished_takes_are_accepted(peer, tmp_path):
     from stemd.bridge.history import UnknownTake
     from stemd.errors import StemdError

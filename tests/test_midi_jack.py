@@ -14,10 +14,10 @@ import uuid
 import mido
 import pytest
 
-from stemd.bridge.midi.curves import knob_value
-from stemd.bridge.midi.mapfile import load
-from stemd.bridge.midi.ports import Port, PortMissing, api_id
-from stemd.bridge.midi.session import LEARN_ADDRESS, MidiSession
+from stemd.midi.curves import knob_value
+from stemd.midi.mapfile import load
+from stemd.midi.ports import Port, PortMissing, api_id
+from stemd.midi.session import LEARN_ADDRESS, MidiSession
 
 pytestmark = pytest.mark.skipif(shutil.which("jackd") is None or shutil.which("jack_wait") is None,
                                 reason="jackd (Debian jackd2) is not installed: no JACK MIDI ports to test on")
@@ -401,7 +401,7 @@ def test_attach_drives_a_bridge_and_lights_pads_from_its_take_events(jack, procs
     try:
         send(p, note(36))
         assert wait_until(lambda: bridge.requests)
-        assert bridge.requests[0] == {"prompt": "funk drums", "bars": 4}  # stem is not a daemon key
+        assert bridge.requests[0] == {"prompt": "funk drums", "bars": 4, "stem": "drums"}
         for listener in bridge.listeners:
             listener(TakeEvent("t1", "generating"))
         assert wait_until(lambda: any("90 24 06" in x for x in lines)), lines

@@ -6,10 +6,10 @@ from pathlib import Path
 import mido
 import pytest
 
-from stemd.bridge.midi.curves import knob_value
-from stemd.bridge.midi.decode import MidiDecoder
-from stemd.bridge.midi.mapfile import Control, MapError, learn_into_file, learn_into_text, load, parse
-from stemd.bridge.midi.mapper import Mapper
+from stemd.midi.curves import knob_value
+from stemd.midi.decode import MidiDecoder
+from stemd.midi.mapfile import Control, MapError, learn_into_file, learn_into_text, load, parse
+from stemd.midi.mapper import Mapper
 from stemd.errors import StemdError
 
 MAPS = Path(__file__).resolve().parent.parent / "bridge" / "maps"

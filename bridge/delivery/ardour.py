@@ -207,14 +207,18 @@ class ArdourSessionWriter:
 
     def deliver(self, take: DeliveredTake) -> None:
         session = ArdourSession(self.session_path)
-        session.add_region(take.path, take.start_sample, self.track)
+        track = self.track
+        if track is None and take.request.stem in {name for name, _ in session.tracks()}:
+            track = take.request.stem  # a "drums" take goes onto the track called drums
+        session.add_region(take.path, take.start_sample, track)
         session.save()
 
 
 class ArdourInbox:
     """``--insert ardour``: the session is open in Ardour's GUI. The bridge appends one JSON line per take
     to ``<session folder>/stemd-inbox.jsonl``; plugin_host/ardour/stemd_takes.lua (an editor hook) imports
-    each new line's file at its sample position on the named track."""
+    each new line's file at its sample position on the named track (``--track``, else the take's stem;
+    a name no track has imports as a new track)."""
 
     def __init__(self, session_dir: Path, track: Optional[str] = None):
         self.path = Path(session_dir) / INBOX
@@ -222,6 +226,6 @@ class ArdourInbox:
 
     def deliver(self, take: DeliveredTake) -> None:
         line = {"file": str(Path(take.path).resolve()), "sample": take.start_sample, "rate": take.sample_rate,
-                "bar": take.start_bar + 1, "track": self.track or "", "take_id": take.take_id}
+                "bar": take.start_bar + 1, "track": self.track or take.request.stem, "take_id": take.take_id}
         with open(self.path, "a") as f:
             f.write(json.dumps(line, ensure_ascii=False) + "\n")  # the Lua reader keeps UTF-8 as is

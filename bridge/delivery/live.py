@@ -57,6 +57,13 @@ class Mixer:
             self.voices.append(voice)
         return voice
 
+    def remove(self, voice: Voice) -> None:
+        """Stop ``voice`` now (it is silent from the next buffer on)."""
+        with self._lock:
+            if voice in self.voices:
+                self.voices.remove(voice)
+        voice.done.set()
+
     def render(self, out: np.ndarray, dac_time: float, rate: int) -> None:
         out.fill(0)
         frames = out.shape[0]
@@ -128,7 +135,14 @@ class LivePlayer:
     def deliver(self, take: DeliveredTake) -> None:
         if take.variation:
             return  # variations 2, 3 ... are on disk; only the first plays (they would play on top of it)
+        self.play(take)
+
+    def play(self, take: DeliveredTake, replace: bool = False) -> Voice:
+        """Schedule ``take`` (any variation) on the grid; ``replace``: stop what this player started
+        last (auditioning variation after variation plays one at a time, not on top of each other)."""
         self._open(take.sample_rate)
+        if replace and self.last is not None:
+            self.mixer.remove(self.last)
         lead = float(self.stream.latency) + SAFETY_S
         state = self.transport.now()
         quarters = start_quarters(take, state, lead)
@@ -139,6 +153,7 @@ class LivePlayer:
             at_mono = state.at + state.seconds_until_quarters(quarters)
             start = now_stream + (at_mono - now_mono)
         self.last = self.mixer.add(take.audio, start)
+        return self.last
 
     def close(self) -> None:
         if self.stream is not None:

@@ -1,4 +1,4 @@
-"""MIDI bytes -> mido messages, for streams that are not always well formed.
+"""MIDI bytes -> :class:`MidiMessage`, for streams that are not always well formed.
 
 Ports deliver events as byte lists; most hold one whole message, but a hardware interface bridged into
 JACK or ALSA may send running status (data bytes whose status byte came in an earlier event), sysex
@@ -10,9 +10,7 @@ and counts (never raises on) what it had to drop.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
-
-import mido
+from typing import Iterable, Optional
 
 MAX_SYSEX = 4096  # bytes; longer sysex is dropped whole (we never act on sysex)
 
@@ -20,6 +18,53 @@ MAX_SYSEX = 4096  # bytes; longer sysex is dropped whole (we never act on sysex)
 _CHANNEL_LEN = {0x80: 2, 0x90: 2, 0xA0: 2, 0xB0: 2, 0xC0: 1, 0xD0: 1, 0xE0: 2}
 _COMMON_LEN = {0xF1: 1, 0xF2: 2, 0xF3: 1, 0xF6: 0}
 _REALTIME = {0xF8, 0xFA, 0xFB, 0xFC, 0xFE, 0xFF}
+
+
+_TYPES = {0x80: "note_off", 0x90: "note_on", 0xA0: "polytouch", 0xB0: "control_change", 0xC0: "program_change",
+          0xD0: "aftertouch", 0xE0: "pitchwheel"}
+_SYSTEM = {0xF0: "sysex", 0xF1: "quarter_frame", 0xF2: "songpos", 0xF3: "song_select", 0xF6: "tune_request",
+           0xF8: "clock", 0xFA: "start", 0xFB: "continue", 0xFC: "stop", 0xFE: "active_sensing", 0xFF: "reset"}
+
+
+@dataclass(frozen=True)
+class MidiMessage:
+    """One whole MIDI message, with the attribute names mido uses (so mido messages work too).
+
+    ``channel`` counts from 0; ``note``/``velocity``, ``control``/``value`` and ``program`` are set
+    for the messages that have them, None otherwise; a note_on with velocity 0 stays a note_on
+    (the mapper reads it as a release), as mido keeps it.
+    """
+
+    type: str
+    bytes: tuple
+    channel: int = 0
+    note: Optional[int] = None
+    velocity: Optional[int] = None
+    control: Optional[int] = None
+    value: Optional[int] = None
+    program: Optional[int] = None
+
+    @classmethod
+    def from_bytes(cls, data: "list[int]") -> "MidiMessage":
+        status = data[0]
+        if status >= 0xF0:
+            return cls(_SYSTEM[status], tuple(data))
+        kind, channel = _TYPES[status & 0xF0], status & 0x0F
+        if kind in ("note_on", "note_off", "polytouch"):
+            return cls(kind, tuple(data), channel, note=data[1], velocity=data[2])
+        if kind == "control_change":
+            return cls(kind, tuple(data), channel, control=data[1], value=data[2])
+        if kind == "program_change":
+            return cls(kind, tuple(data), channel, program=data[1])
+        return cls(kind, tuple(data), channel, value=data[1] if kind == "aftertouch" else data[1] | data[2] << 7)
+
+    @property
+    def data(self) -> tuple:
+        """A sysex message's bytes between F0 and F7."""
+        return self.bytes[1:-1] if self.type == "sysex" else ()
+
+    def hex(self) -> str:
+        return " ".join(f"{b:02X}" for b in self.bytes)
 
 
 @dataclass
@@ -41,8 +86,8 @@ class MidiDecoder:
         self._sysex: list[int] | None = None
         self._sysex_len = 0
 
-    def feed(self, data: Iterable[int]) -> list["mido.Message"]:
-        out: list[mido.Message] = []
+    def feed(self, data: Iterable[int]) -> list[MidiMessage]:
+        out: list[MidiMessage] = []
         for byte in data:
             if not isinstance(byte, int) or not 0 <= byte <= 255:
                 self.stats.dropped_bytes += 1
@@ -112,8 +157,5 @@ class MidiDecoder:
         self._sysex = None
 
     def _emit(self, message: list[int], out: list) -> None:
-        try:
-            out.append(mido.Message.from_bytes(message))
-            self.stats.messages += 1
-        except ValueError:
-            self.stats.dropped_bytes += len(message)
+        out.append(MidiMessage.from_bytes(message))
+        self.stats.messages += 1

@@ -15,13 +15,13 @@ import threading
 from typing import Optional
 
 from stemd import osc
-from stemd.bridge.midi.actions import ActionTarget
-from stemd.bridge.midi.decode import MidiDecoder
-from stemd.bridge.midi.mapfile import MidiMap
-from stemd.bridge.midi.mapper import Mapper
-from stemd.bridge.midi.ports import Port
+from stemd.midi.actions import ActionTarget
+from stemd.midi.decode import MidiDecoder
+from stemd.midi.mapfile import MidiMap
+from stemd.midi.mapper import Mapper
+from stemd.midi.ports import Port
 
-log = logging.getLogger("stemd.bridge.midi")
+log = logging.getLogger("stemd.midi")
 
 LEARN_ADDRESS = "/stemd/midi/learn"    # ,s ACTION[:ARG]  -> bind the next control that moves
 LEARNED_ADDRESS = "/stemd/midi/learned"  # reply: ,sss control action arg

@@ -54,8 +54,8 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from stemd.bridge.midi.actions import ACTIONS, PARAMS, TAKE_STATES
-from stemd.bridge.midi.curves import CURVES, knob_value
+from stemd.midi.actions import ACTIONS, PARAMS, TAKE_STATES
+from stemd.midi.curves import CURVES, knob_value
 from stemd.errors import StemdError
 from stemd.protocol import GENERATE_KEYS, LIMITS, ProtocolError
 

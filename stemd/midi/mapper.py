@@ -1,6 +1,6 @@
 """The mapping at work: MIDI messages in, actions on a target out, pad lights back.
 
-:class:`Mapper` is pure logic (no ports, no threads): ``handle(message)`` for each incoming mido
+:class:`Mapper` is pure logic (no ports, no threads): ``handle(message)`` for each incoming MIDI
 message, ``take_state(take_id, state)`` when the bridge reports a take's progress, ``learn(spec)`` to
 bind the next control that moves. Feedback goes out through the ``send`` callable as raw MIDI bytes.
 Nothing a controller sends can raise out of ``handle``: a failing action is logged and forgotten.
@@ -12,11 +12,11 @@ import logging
 import threading
 from typing import Any, Callable, Optional
 
-from stemd.bridge.midi.actions import TAKE_ACTIONS, TAKE_STATES, ActionTarget
+from stemd.midi.actions import TAKE_ACTIONS, TAKE_STATES, ActionTarget
 from stemd.errors import StemdError
-from stemd.bridge.midi.mapfile import Binding, Control, MidiMap, learn_into_file, parse_learn_spec
+from stemd.midi.mapfile import Binding, Control, MidiMap, learn_into_file, parse_learn_spec
 
-log = logging.getLogger("stemd.bridge.midi")
+log = logging.getLogger("stemd.midi")
 
 Send = Callable[[list], None]
 

@@ -2,7 +2,7 @@
 watched, and reopened when they come back.
 
 An input hands raw byte events to a callback from rtmidi's thread; we only queue them there (see
-:class:`stemd.bridge.midi.session.MidiSession`). A port that is not there is a one-line
+:class:`stemd.midi.session.MidiSession`). A port that is not there is a one-line
 :class:`PortMissing` that lists the ports that are. rtmidi is imported when a port is opened.
 """
 
@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 from stemd.errors import StemdError
 
-log = logging.getLogger("stemd.bridge.midi")
+log = logging.getLogger("stemd.midi")
 
 #: --midi-api names -> rtmidi API constant names
 API_NAMES = {"jack": "API_UNIX_JACK", "alsa": "API_LINUX_ALSA", "coremidi": "API_MACOSX_CORE",

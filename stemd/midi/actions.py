@@ -1,6 +1,6 @@
 """What a MIDI control can do, and the interface the thing that does it must offer.
 
-The mapping (:mod:`stemd.bridge.midi.mapper`) turns MIDI into calls on an :class:`ActionTarget`: the
+The mapping (:mod:`stemd.midi.mapper`) turns MIDI into calls on an :class:`ActionTarget`: the
 bridge in ``stemd bridge``, or anything else with these methods. Take-level actions name the take they
 act on; the mapper remembers which take each slot last made, so a pad acts on its own slot's take.
 
