@@ -33,6 +33,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="spend at least this many seconds per bar (demos and tests: a fast engine that behaves "
                         "like a slow one)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--map", default=None,
+                   help="a MIDI controller map: a controller on this machine drives the daemon directly, takes go "
+                        "to --out (see docs/midi.md)")
+    p.add_argument("--audition-device", default=None,
+                   help="--map: the audio output auditions play on (name or index; default: the system's)")
+    from stemd import midi  # light: imports neither mido nor rtmidi
+
+    midi.add_arguments(p, input_help="--map: the controller's MIDI output to read, by name or substring (overrides "
+                                     "the map's device.input; default: a port of our own, stemd-serve-midi-in:in)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,6 +61,13 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--queue-size must be at least 1")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     log = logging.getLogger("stemd.daemon")
+    midimap = None
+    if args.map:  # a mistake in the map is reported before the model loads
+        from stemd import midi
+
+        midimap = midi.load_map(args)
+    elif args.learn or args.controller or args.controller_out:
+        raise CommandError("--learn, --controller and --controller-out need --map FILE")
 
     from stemd.models.registry import load_engine
 
@@ -75,7 +91,24 @@ def run(args: argparse.Namespace) -> int:
         log.info("listening on osc.udp://%s:%d and osc.tcp://%s:%d; model %s on %s; takes in %s%s",
                  where, server.port, where, server.port, info.get("model", engine.name), info.get("device", "cpu"),
                  out, "; token required" if args.token else "")
-        await server.run_until_signal()
+        session = open_controller(server, midimap, args) if midimap is not None else None
+        try:
+            await server.run_until_signal()
+        finally:
+            if session is not None:
+                session.close()
 
     asyncio.run(main())
     return 0
+
+
+def open_controller(server, midimap, args: argparse.Namespace):
+    """The controller's MIDI session, driving the daemon through a :class:`~stemd.daemon.midi.DaemonTarget`."""
+    from stemd import midi
+    from stemd.daemon.midi import DaemonTarget
+
+    target = DaemonTarget(server.call_on_loop, server.service, args.audition_device)
+    session = midi.open_session(midimap, target, args, client_name="stemd-serve", who="stemd serve")
+    target.on_state = lambda take_id, state: session.take_state(take_id, midi.STATE_LIGHT.get(state, ""))
+    server.service.midi = session
+    return session

@@ -17,6 +17,7 @@ from stemd.daemon.jobs import spec_from_request
 from stemd.daemon.scheduler import Job
 from stemd.daemon.service import Service, log_request
 from stemd.errors import StemdError
+from stemd.midi.session import LEARN_ADDRESS, LEARNED_ADDRESS, LEARNING_ADDRESS
 from stemd.osc import Message
 from stemd.protocol import (ACCEPTED, CANCEL, CANCELLED, ERROR, ERROR_CODES, GENERATE, HELLO, PING, PONG, QUEUED,
                             STATUS, STATUS_REPLY, VERSION, GenerateRequest, ProtocolError, check_request_id)
@@ -110,12 +111,35 @@ def status(service: Service, client: Any, args: tuple) -> None:
     client.send(STATUS_REPLY, rid, job.state, job.bars_done, job.request.bars, service.scheduler.position(job))
 
 
+def midi_learn(service: Service, client: Any, args: tuple) -> None:
+    """``/stemd/midi/learn ACTION[:ARG]``: bind the next control that moves on the daemon's controller;
+    answered with ``/stemd/midi/learning ACTION[:ARG]`` now and ``/stemd/midi/learned`` once bound."""
+    session = service.midi
+    if session is None:
+        raise ProtocolError("bad_arguments", "this daemon has no MIDI controller: start it with --map FILE")
+    if len(args) != 1 or not isinstance(args[0], str):
+        raise ProtocolError("bad_arguments", "/stemd/midi/learn takes one string: ACTION[:SLOT|PARAM|BANK]")
+    try:
+        session.learn(args[0])
+    except StemdError as e:
+        raise ProtocolError("bad_arguments", str(e)) from None
+
+    def tell(binding) -> None:
+        session.learned_listeners.remove(tell)
+        c = binding.control
+        client.send(LEARNED_ADDRESS, f"{c.kind} {c.number}", binding.action, binding.slot or binding.param or binding.bank)
+
+    session.learned_listeners[:] = [tell]  # a newer learn replaces an older one
+    client.send(LEARNING_ADDRESS, args[0])
+
+
 TABLE: dict[str, Handler] = {
     PING: ping,
     HELLO: hello,
     GENERATE: generate,
     CANCEL: cancel,
     STATUS: status,
+    LEARN_ADDRESS: midi_learn,
 }
 
 

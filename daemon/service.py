@@ -46,6 +46,7 @@ class Service:
         self.clients: set = set()       # connected TCP clients
         self.stopping = False
         self.started = time.monotonic()
+        self.midi: Any = None           # the controller's MidiSession (stemd serve --map)
 
     @property
     def info(self) -> dict:

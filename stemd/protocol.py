@@ -184,9 +184,8 @@ class GenerateRequest:
                 raise ProtocolError("bad_arguments", "continuation must be whole float32 frames")
         if self.reply_port is not None:
             _int("reply_port", self.reply_port)
-        if self.stem and not _STEM.match(self.stem):
-            raise ProtocolError("out_of_range", "stem must be 1-32 letters, digits, spaces, _ or - starting with a "
-                                f"letter or digit (drums, bass, keys 2), got {self.stem[:40]!r}")
+        if self.stem:
+            _stem("stem", self.stem)
 
     @property
     def seconds(self) -> Fraction:
@@ -274,6 +273,13 @@ def _str(key: str, value: Any) -> str:
     return value
 
 
+def _stem(key: str, value: Any) -> str:
+    if not _STEM.match(_str(key, value)):
+        raise ProtocolError("out_of_range", "stem must be 1-32 letters, digits, spaces, _ or - starting with a "
+                            f"letter or digit (drums, bass, keys 2), got {value[:40]!r}")
+    return value
+
+
 def _meter(key: str, value: Any) -> Meter:
     try:
         return Meter.parse(_str(key, value))
@@ -311,7 +317,7 @@ GENERATE_KEYS = {
     "guidance": _float,
     "priority": _str,
     "key": _str,
-    "stem": _str,
+    "stem": _stem,
     "loop": _bool,
     "continuation": _blob,
     "continuation_path": _str,

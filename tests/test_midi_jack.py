@@ -2,6 +2,7 @@
 jack_midiseq and from another process; feedback read back by jack_midi_dump."""
 
 import json
+import socket
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ import uuid
 import mido
 import pytest
 
+from stemd import osc
 from stemd.midi.curves import knob_value
 from stemd.midi.mapfile import load
 from stemd.midi.ports import Port, PortMissing, api_id
@@ -26,6 +28,7 @@ pytestmark = pytest.mark.skipif(shutil.which("jackd") is None or shutil.which("j
 # line: a JSON list of events (byte lists) or {"sleep": seconds}.
 SENDER = r"""
 import json
+import socket
 import sys
 import time
 
@@ -407,3 +410,122 @@ def test_attach_drives_a_bridge_and_lights_pads_from_its_take_events(jack, procs
         assert wait_until(lambda: any("90 24 06" in x for x in lines)), lines
     finally:
         s.close()
+
+
+# --- the daemon's own controller (stemd serve --map) ---------------------------------------------
+DAEMON_MAP = """\
+[defaults]
+bpm = 90
+meter = "3/4"
+sample_rate = 24000
+
+[slots.drums]
+prompt = "funk drums"
+bars = 2
+stem = "drums"
+variations = 2
+
+[[bind]]
+note = 36
+action = "generate"
+slot = "drums"
+
+[[bind]]
+note = 40
+action = "reroll"
+
+[[bind]]
+note = 41
+action = "extend"
+
+[[bind]]
+note = 42
+action = "next_variation"
+
+[[bind]]
+note = 43
+action = "accept"
+
+[[bind]]
+cc = 70
+action = "param"
+param = "temperature"
+min = 0.5
+max = 1.5
+"""
+
+
+def takes_in(folder):
+    return sorted(p.name for p in folder.glob("*.wav")) if folder.exists() else []
+
+
+def test_stemd_serve_map_a_pad_makes_a_take_in_the_daemon_and_its_pad_lights(jack, procs, tmp_path):
+    from daemon_fixtures import Daemon
+    from stemd.takes import read_sidecar
+
+    monitor_name, lines = monitor(procs)
+    client = f"dct{uuid.uuid4().hex[:6]}"
+    p = sender(procs, client)
+    (tmp_path / "map.toml").write_text(DAEMON_MAP)
+    d = Daemon(tmp_path, "--map", str(tmp_path / "map.toml"), "--controller", client, "--controller-out",
+               monitor_name, "--midi-api", "jack", "--audition-device", "no-such-output", "--pace", "0.3")
+    procs.append(d.proc)
+    try:
+        assert wait_until(lambda: any("90 24 00" in x for x in lines)), (lines, d.log)  # pads start dark
+        send(p, cc(70, 127), note(36))  # temperature to 1.5, then generate drums
+        assert wait_until(lambda: any("90 24 05" in x for x in lines), 10), (lines, d.log)      # queued
+        assert wait_until(lambda: any("90 24 06" in x for x in lines), 10), (lines, d.log)      # generating
+        assert wait_until(lambda: any("90 24 01" in x for x in lines), 20), (lines, d.log)      # ready
+        first = takes_in(d.out)
+        assert first == ["drums_funk-drums_bar001_take01_v1.wav", "drums_funk-drums_bar001_take01_v2.wav"], d.log
+        meta = read_sidecar(d.out / first[0])
+        assert (meta["tempo"], meta["meter"], meta["bars"], meta["stem"]) == (90.0, "3/4", 2, "drums")
+        assert meta["request"]["temperature"] == 1.5 and meta["request"]["sample_rate"] == 24000
+
+        send(p, note(42))  # next variation: chosen, and its audition fails on an output that is not there
+        d.wait_log("take midi-1: variation 2 of 2")
+        d.wait_log("no-such-output")
+        send(p, note(43))  # accept: the chosen variation's sidecar says so
+        d.wait_log("take midi-1 accepted")
+        assert read_sidecar(d.out / first[1]).get("accepted") is True
+        assert "accepted" not in read_sidecar(d.out / first[0])
+
+        send(p, note(41))  # extend: a new take from bar 3, continuing the chosen file
+        d.wait_log("take midi-2 ready", timeout=20)
+        send(p, note(40))  # re-roll the extension: same bar, new seed
+        d.wait_log("take midi-3 ready", timeout=20)
+        names = takes_in(d.out)
+        assert "drums_funk-drums_bar003_take01_v1.wav" in names and "drums_funk-drums_bar003_take02_v1.wav" in names
+        ext, again = (read_sidecar(d.out / n) for n in ("drums_funk-drums_bar003_take01_v1.wav",
+                                                        "drums_funk-drums_bar003_take02_v1.wav"))
+        assert ext["request"]["continuation_path"].endswith(first[1])
+        assert ext["start_bar"] == again["start_bar"] == 2 and ext["seed"] != again["seed"]
+        assert again["request"]["continuation_path"] == ""  # a re-roll starts afresh
+        assert d.proc.poll() is None
+    finally:
+        d.stop()
+
+
+def test_stemd_serve_map_learn_over_the_daemons_own_osc_port(jack, procs, tmp_path):
+    from daemon_fixtures import Daemon
+
+    client = f"dlc{uuid.uuid4().hex[:6]}"
+    p = sender(procs, client)
+    (tmp_path / "map.toml").write_text(DAEMON_MAP)
+    d = Daemon(tmp_path, "--map", str(tmp_path / "map.toml"), "--controller", client, "--midi-api", "jack")
+    procs.append(d.proc)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(10)
+            s.sendto(osc.encode_message(LEARN_ADDRESS, "cancel"), ("127.0.0.1", d.port))
+            assert osc.decode(s.recvfrom(65536)[0]).args == ("cancel",)  # /stemd/midi/learning
+            send(p, note(50))
+            learned = osc.decode(s.recvfrom(65536)[0])
+            assert (learned.address, learned.args[:2]) == ("/stemd/midi/learned", ("note 50", "cancel"))
+            s.sendto(osc.encode_message(LEARN_ADDRESS, "dance"), ("127.0.0.1", d.port))
+            error = osc.decode(s.recvfrom(65536)[0])
+            assert error.address == "/stemd/error" and error.args[1] == "bad_arguments" and "dance" in error.args[2]
+        assert "note = 50" in (tmp_path / "map.toml").read_text()
+    finally:
+        d.stop()
+

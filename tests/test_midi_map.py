@@ -228,3 +228,17 @@ def test_a_failing_action_does_not_escape(tmp_path):
     m = Mapper(full_map(tmp_path), Broken())
     assert m.handle(mido.Message("note_on", channel=9, note=36, velocity=100)) is None
     assert m.handle(mido.Message("sysex", data=[1, 2, 3])) is None
+
+
+def test_stemd_serve_reports_a_bad_map_by_line_before_loading_a_model(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "map.toml").write_text('[slots.a]\nprompt = "x"\n\n[[bind]]\nnote = 200\naction = "generate"\n'
+                                       'slot = "a"\n')
+    out = subprocess.run([sys.executable, "-m", "stemd", "serve", "--model", str(tmp_path / "no-model"),
+                          "--map", str(tmp_path / "map.toml"), "--port", "0"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip().endswith("map.toml:5: note 200 is outside 0..127"), out.stderr
+    assert "no-model" not in out.stderr  # the map is checked before the model is looked for

@@ -61,7 +61,7 @@ from stemd.protocol import GENERATE_KEYS, LIMITS, ProtocolError
 
 CONTROL_KINDS = ("note", "cc", "program")
 SLOT_KEYS = ("prompt", "bars", "stem", "temperature", "guidance", "top_k", "top_p", "seed", "variations",
-             "key", "loop", "priority")
+             "key", "loop", "priority", "bpm", "meter", "sample_rate", "channels")
 BIND_KEYS = ("note", "cc", "program", "channel", "action", "slot", "param", "min", "max", "curve", "steps",
              "bank", "feedback")
 #: where a knob goes when a map (or learn) gives no range
@@ -127,14 +127,16 @@ class MidiMap:
     input: str = ""
     output: str = ""
     channel: Optional[int] = None
+    defaults: dict[str, Any] = field(default_factory=dict)  # [defaults]: under every slot
     slots: dict[str, dict[str, Any]] = field(default_factory=dict)
     banks: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     bindings: list[Binding] = field(default_factory=list)
     feedback: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_FEEDBACK))
 
     def slot_params(self, slot: str, bank: str = "") -> dict[str, Any]:
-        """The slot's preset, with the bank's overrides when ``bank`` is selected."""
-        params = dict(self.slots.get(slot, {}))
+        """The slot's preset over the map's defaults, with the bank's overrides when ``bank`` is selected."""
+        params = dict(self.defaults)
+        params.update(self.slots.get(slot, {}))
         params.update(self.banks.get(bank, {}).get(slot, {}))
         return params
 
@@ -223,10 +225,12 @@ class _Checker:
 
     def run(self) -> MidiMap:
         for key in self.data:
-            if key not in ("device", "slots", "banks", "bind", "feedback"):
-                self.error(self.src.path(key), f"unknown table {key!r}; a map has device, slots, banks, bind, "
-                                               "feedback")
+            if key not in ("device", "defaults", "slots", "banks", "bind", "feedback"):
+                self.error(self.src.path(key), f"unknown table {key!r}; a map has device, defaults, slots, banks, "
+                                               "bind, feedback")
         self.device(self.data.get("device", {}))
+        self.map.defaults = self.preset(self.table(self.data.get("defaults", {}), ("defaults",)), ("defaults",),
+                                        "defaults")
         self.map.slots = self.presets(self.data.get("slots", {}), ("slots",))
         for bank, body in self.table(self.data.get("banks", {}), ("banks",)).items():
             self.map.banks[bank] = self.presets(body.get("slots", {}), ("banks", bank, "slots"))
@@ -272,25 +276,23 @@ class _Checker:
     def presets(self, slots: Any, where: tuple) -> dict[str, dict[str, Any]]:
         out = {}
         for name, body in self.table(slots, where).items():
-            body = self.table(body, (*where, name))
-            preset = {}
-            for key, value in body.items():
-                line = self.src.path(*where, name, key)
-                if key not in SLOT_KEYS:
-                    self.error(line, f"unknown slot key {key!r}; known: {', '.join(SLOT_KEYS)}")
-                elif key == "stem":
-                    if isinstance(value, str):
-                        preset[key] = value
-                    else:
-                        self.error(line, "stem must be a string (drums, bass, keys ...)")
-                else:
-                    try:
-                        GENERATE_KEYS[key](key, value)
-                        preset[key] = value
-                    except ProtocolError as e:
-                        self.error(line, f"slot {name}: {e.message}")
-            out[name] = preset
+            out[name] = self.preset(self.table(body, (*where, name)), (*where, name), f"slot {name}")
         return out
+
+    def preset(self, body: dict, where: tuple, what: str) -> dict[str, Any]:
+        """Generate keys, each checked as the daemon would check it."""
+        preset = {}
+        for key, value in body.items():
+            line = self.src.path(*where, key)
+            if key not in SLOT_KEYS:
+                self.error(line, f"unknown slot key {key!r}; known: {', '.join(SLOT_KEYS)}")
+                continue
+            try:
+                GENERATE_KEYS[key](key, value)
+                preset[key] = value
+            except ProtocolError as e:
+                self.error(line, f"{what}: {e.message}")
+        return preset
 
     def feedback(self, fb: Any) -> None:
         for state, value in self.table(fb, ("feedback",)).items():

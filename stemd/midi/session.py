@@ -24,6 +24,7 @@ from stemd.midi.ports import Port
 log = logging.getLogger("stemd.midi")
 
 LEARN_ADDRESS = "/stemd/midi/learn"    # ,s ACTION[:ARG]  -> bind the next control that moves
+LEARNING_ADDRESS = "/stemd/midi/learning"  # reply (daemon): ,s ACTION[:ARG] -> waiting for a control
 LEARNED_ADDRESS = "/stemd/midi/learned"  # reply: ,sss control action arg
 QUEUE_EVENTS = 2048
 
@@ -48,6 +49,8 @@ class MidiSession:
         self._threads: list[threading.Thread] = []
         self._osc: Optional[socket.socket] = None
         self._learn_reply: Optional[tuple] = None
+        #: called with each binding learn makes (the daemon tells the OSC client that asked)
+        self.learned_listeners: list = []
 
     # --- life ------------------------------------------------------------------------------------
     def start(self) -> "MidiSession":
@@ -162,6 +165,11 @@ class MidiSession:
                 log.warning("midi: bad OSC packet from %s: %s", peer, e)
 
     def _learned(self, binding) -> None:
+        for listener in list(self.learned_listeners):
+            try:
+                listener(binding)
+            except Exception as e:
+                log.warning("midi: learned-listener failed: %s", e)
         if self._learn_reply is not None and self._osc is not None:
             c = binding.control
             reply = osc.encode_message(LEARNED_ADDRESS, f"{c.kind} {c.number}", binding.action,
