@@ -13,7 +13,8 @@
     quit
 
 Every OSC command is answered to its sender with ``/stemd/bridge/reply <text>`` (the new take id, or
-``error: ...``); take state changes go to every sender seen as ``/stemd/bridge/take <id> <state> [file]``
+``error: ...``); ``/stemd/midi/learn ACTION[:ARG]`` starts MIDI learn when the bridge has a ``--map``;
+take state changes go to every sender seen as ``/stemd/bridge/take <id> <state> [file]``
 (the file of the chosen variation).
 """
 
@@ -25,6 +26,7 @@ import threading
 from stemd import osc
 from stemd.bridge.udp import receive
 from stemd.errors import StemdError
+from stemd.midi.session import LEARN_ADDRESS, LEARNED_ADDRESS, LEARNING_ADDRESS
 
 PREFIX = "/stemd/bridge/"
 REPLY, TAKE = PREFIX + "reply", PREFIX + "take"
@@ -115,6 +117,9 @@ class CommandServer:
                 self._send(peer, REPLY, f"error: not OSC ({packet})")
                 continue
             for message in osc.messages_in(packet):
+                if message.address == LEARN_ADDRESS:
+                    self._learn(message, peer)
+                    continue
                 if not message.address.startswith(PREFIX):
                     self._send(peer, REPLY, f"error: unknown address {message.address}")
                     continue
@@ -125,3 +130,20 @@ class CommandServer:
                 except (StemdError, ValueError, TypeError) as e:
                     text = f"error: {e}"
                 self._send(peer, REPLY, text)
+
+    def _learn(self, message, peer) -> None:
+        """``/stemd/midi/learn ACTION[:ARG]`` (with ``--map``): ``/stemd/midi/learning`` now,
+        ``/stemd/midi/learned <control> <action> <arg>`` when a control is bound."""
+        session = getattr(self.bridge, "midi_session", None)
+        if session is None:
+            self._send(peer, REPLY, "error: no MIDI controller: start the bridge with --map FILE")
+            return
+        if len(message.args) != 1 or not isinstance(message.args[0], str):
+            self._send(peer, REPLY, "error: /stemd/midi/learn takes one string: ACTION[:SLOT|PARAM|BANK]")
+            return
+        try:
+            session.learn(message.args[0], then=lambda *learned: self._send(peer, LEARNED_ADDRESS, *learned))
+        except StemdError as e:
+            self._send(peer, REPLY, f"error: {e}")
+            return
+        self._send(peer, LEARNING_ADDRESS, message.args[0])

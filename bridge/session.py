@@ -89,7 +89,7 @@ def run_bridge(args: argparse.Namespace, out: TextIO) -> int:
         if args.map:
             from stemd.bridge import midi
 
-            midi.attach(bridge, args, midimap)
+            bridge.midi_session = midi.attach(bridge, args, midimap)  # /stemd/midi/learn on the command port
         if args.once:
             return _once(args, bridge, out, lock)
         for action in _initial_actions(args, bridge):

@@ -120,16 +120,9 @@ def midi_learn(service: Service, client: Any, args: tuple) -> None:
     if len(args) != 1 or not isinstance(args[0], str):
         raise ProtocolError("bad_arguments", "/stemd/midi/learn takes one string: ACTION[:SLOT|PARAM|BANK]")
     try:
-        session.learn(args[0])
+        session.learn(args[0], then=lambda *learned: client.send(LEARNED_ADDRESS, *learned))
     except StemdError as e:
         raise ProtocolError("bad_arguments", str(e)) from None
-
-    def tell(binding) -> None:
-        session.learned_listeners.remove(tell)
-        c = binding.control
-        client.send(LEARNED_ADDRESS, f"{c.kind} {c.number}", binding.action, binding.slot or binding.param or binding.bank)
-
-    session.learned_listeners[:] = [tell]  # a newer learn replaces an older one
     client.send(LEARNING_ADDRESS, args[0])
 
 

@@ -88,14 +88,6 @@ def peer():
     p.close()
 
 
-
-@pytest.fixture
-def peer():
-    p = ProtocolPeer()
-    yield p
-    p.close()
-
-
 class Processes:
     """Processes a test starts, each in its own process group, all stopped at the end."""
 

@@ -20,6 +20,7 @@ from stemd.midi.curves import knob_value
 from stemd.midi.mapfile import load
 from stemd.midi.ports import Port, PortMissing, api_id
 from stemd.midi.session import LEARN_ADDRESS, MidiSession
+from test_bridge_support import peer  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.skipif(shutil.which("jackd") is None or shutil.which("jack_wait") is None,
                                 reason="jackd (Debian jackd2) is not installed: no JACK MIDI ports to test on")
@@ -529,3 +530,30 @@ def test_stemd_serve_map_learn_over_the_daemons_own_osc_port(jack, procs, tmp_pa
     finally:
         d.stop()
 
+
+
+def test_bridge_command_port_starts_learn_and_answers_what_was_bound(jack, procs, peer, tmp_path):
+    client = f"blc{uuid.uuid4().hex[:6]}"
+    p = sender(procs, client)
+    (tmp_path / "map.toml").write_text(MAP)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        cport = s.getsockname()[1]
+    bridge = _start([sys.executable, "-m", "stemd", "bridge", "--daemon", f"127.0.0.1:{peer.port}", "--follow",
+                     "fixed:120", "--out", str(tmp_path), "--no-stdin", "--command-port", str(cport), "--map",
+                     str(tmp_path / "map.toml"), "--controller", client, "--midi-api", "jack"],
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs.append(bridge)
+    try:
+        assert "OSC commands on" in bridge.stdout.readline()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(10)
+            s.sendto(osc.encode_message(LEARN_ADDRESS, "accept"), ("127.0.0.1", cport))
+            learning = osc.decode(s.recvfrom(65536)[0])
+            assert (learning.address, learning.args) == ("/stemd/midi/learning", ("accept",))
+            send(p, cc(21, 127))
+            learned = osc.decode(s.recvfrom(65536)[0])
+            assert (learned.address, learned.args) == ("/stemd/midi/learned", ("cc 21", "accept", ""))
+        assert "cc = 21" in (tmp_path / "map.toml").read_text()
+    finally:
+        _stop(bridge)

@@ -12,7 +12,7 @@ import collections
 import logging
 import socket
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 from stemd import osc
 from stemd.midi.actions import ActionTarget
@@ -48,9 +48,7 @@ class MidiSession:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._osc: Optional[socket.socket] = None
-        self._learn_reply: Optional[tuple] = None
-        #: called with each binding learn makes (the daemon tells the OSC client that asked)
-        self.learned_listeners: list = []
+        self._then: Optional[Callable] = None  # told the binding the current learn makes
 
     # --- life ------------------------------------------------------------------------------------
     def start(self) -> "MidiSession":
@@ -87,8 +85,11 @@ class MidiSession:
     def take_state(self, take_id: str, state: str) -> None:
         self.mapper.take_state(take_id, state)
 
-    def learn(self, spec: str) -> None:
+    def learn(self, spec: str, then: Optional[Callable] = None) -> None:
+        """Bind the next control that moves to ``spec``; ``then(*learned_args(binding))`` once it is bound
+        (a newer learn replaces an older one, and its ``then``)."""
         self.mapper.learn(spec)
+        self._then = then
 
     # --- threads ---------------------------------------------------------------------------------
     def _enqueue(self, data: list) -> None:
@@ -137,11 +138,17 @@ class MidiSession:
             log.error("midi: %s needs one string: ACTION[:SLOT|PARAM|BANK]", LEARN_ADDRESS)
             return True
         try:
-            self.learn(message.args[0])
-            self._learn_reply = reply_to
+            self.learn(message.args[0], then=lambda *args: self._reply(reply_to, args))
         except Exception as e:
             log.error("midi: learn %s: %s", message.args[0], e)
         return True
+
+    def _reply(self, peer: Optional[tuple], args: tuple) -> None:
+        if peer is not None and self._osc is not None:
+            try:
+                self._osc.sendto(osc.encode_message(LEARNED_ADDRESS, *args), peer)
+            except OSError:
+                pass
 
     def listen_osc(self, port: int, host: str = "127.0.0.1") -> int:
         """Serve :data:`LEARN_ADDRESS` on UDP ``host:port`` (0: any free port); returns the port."""
@@ -165,17 +172,15 @@ class MidiSession:
                 log.warning("midi: bad OSC packet from %s: %s", peer, e)
 
     def _learned(self, binding) -> None:
-        for listener in list(self.learned_listeners):
+        then, self._then = self._then, None
+        if then is not None:
             try:
-                listener(binding)
-            except Exception as e:
-                log.warning("midi: learned-listener failed: %s", e)
-        if self._learn_reply is not None and self._osc is not None:
-            c = binding.control
-            reply = osc.encode_message(LEARNED_ADDRESS, f"{c.kind} {c.number}", binding.action,
-                                       binding.slot or binding.param or binding.bank)
-            try:
-                self._osc.sendto(reply, self._learn_reply)
-            except OSError:
-                pass
-        self._learn_reply = None
+                then(*learned_args(binding))
+            except Exception as e:  # the one who asked has gone
+                log.warning("midi: could not say what was learned: %s", e)
+
+
+def learned_args(binding) -> tuple:
+    """What ``/stemd/midi/learned`` says: ``"cc 22", "param", "guidance"``."""
+    c = binding.control
+    return f"{c.kind} {c.number}", binding.action, binding.slot or binding.param or binding.bank
