@@ -29,7 +29,7 @@ from stemd.bridge.history import TakeHistory, TakeRecord, params_of
 from stemd.bridge.transport import Transport
 from stemd.errors import StemdError
 from stemd.protocol import LIMITS, GenerateRequest, ProtocolError
-from stemd.takes import mark_sidecar, read_sidecar
+from stemd.takes import read_sidecar
 
 MAX_EXTEND_CONTEXT_S = 30.0  # the end of a take sent back as the continuation of an extend
 
@@ -116,12 +116,8 @@ class Bridge:
     def accept(self, take_id: str) -> None:
         """Keep the take, in the variation chosen last (the first unless next/previous chose another):
         the history and that file's sidecar say ``accepted``."""
-        record = self.history.get(take_id)
-        if record.state not in ("ready", "playing", "accepted"):
-            raise StemdError(f"take {take_id} is {record.state}: only a finished take can be accepted", "bad_arguments")
-        if record.file:
-            mark_sidecar(Path(record.file), accepted=True)
-        self._set(take_id, "accepted")
+        record = self.history.accept(take_id)
+        self._emit(TakeEvent(take_id, record.state, files=tuple(record.files), variation=record.variation))
 
     def cancel(self, take_id: str) -> None:
         record = self.history.get(take_id)

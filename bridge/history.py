@@ -18,6 +18,7 @@ from typing import Optional
 
 from stemd.errors import StemdError
 from stemd.protocol import GenerateRequest
+from stemd.takes import mark_sidecar
 
 HISTORY_FILE = ".stemd-history.json"
 STATES = ("queued", "generating", "ready", "playing", "accepted", "cancelled", "failed")
@@ -108,6 +109,18 @@ class TakeHistory:
                 setattr(record, key, value)
             self.save()
             return record
+
+    def accept(self, take_id: str) -> TakeRecord:
+        """Keep a finished take, in its chosen variation: the history and that file's sidecar say
+        ``accepted``."""
+        with self._lock:
+            record = self.get(take_id)
+            if record.state not in ("ready", "playing", "accepted"):
+                raise StemdError(f"take {take_id} is {record.state}: only a finished take can be accepted",
+                                 "bad_arguments")
+            if record.file:
+                mark_sidecar(Path(record.file), accepted=True)
+            return self.set(take_id, state="accepted")
 
     def save(self) -> None:
         with self._lock:

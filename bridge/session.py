@@ -50,11 +50,7 @@ def run_bridge(args: argparse.Namespace, out: TextIO) -> int:
     lock = threading.Lock()
     out_dir = Path(args.out)
     if args.accept and args.once:
-        history = TakeHistory(out_dir)
-        state = history.get(args.accept).state
-        if state not in ("ready", "playing", "accepted"):
-            raise BridgeError(f"take {args.accept} is {state}: only a finished take can be accepted")
-        history.set(args.accept, state="accepted")
+        TakeHistory(out_dir).accept(args.accept)
         _say(out, lock, f"{args.accept}: accepted")
         return 0
 

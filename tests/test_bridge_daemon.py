@@ -4,6 +4,7 @@ over OSC/TCP, with a token, and without torch on the bridge's side."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import os
 import signal
 import socket
@@ -117,6 +118,8 @@ def test_reroll_and_extend_through_the_daemon(daemon, tmp_path):
     accept = subprocess.run([sys.executable, "-m", "stemd", "bridge", "--out", str(tmp_path), "--accept", "t2", "--once"],
                             capture_output=True, text=True, timeout=60)  # no daemon needed
     assert accept.returncode == 0 and accept.stdout.strip() == "t2: accepted", accept.stderr
+    sidecar = json.loads(Path(history[1]["files"][0]).with_suffix(".json").read_text())
+    assert sidecar["accepted"] is True and sidecar["take_id"] == "t2"
     missing = subprocess.run([sys.executable, "-m", "stemd", "bridge", "--out", str(tmp_path), "--accept", "t9",
                               "--once"], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "no take 't9'" in missing.stderr
