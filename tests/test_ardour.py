@@ -37,23 +37,25 @@ needs_ardour = pytest.mark.skipif(not (shutil.which("ardour7-lua") and shutil.wh
 MAKE_SESSION = """
 local s = create_session("{folder}", "{name}", 48000)
 assert(s, "create_session failed")
-local track = s:new_audio_track(2, 2, nil, 1, "takes", ARDOUR.PresentationInfo.max_order,
-                                ARDOUR.TrackMode.Normal, true):front()
--- connect the track to the master bus now: Ardour's auto-connect runs later, on its own thread, and a
--- session saved before it has a track that renders nothing
-track:output():disconnect_all(nil)
-for i = 0, 1 do
-  track:output():audio(i):connect(s:master_out():input():audio(i):name())
+for _, name in ipairs({{{tracks}}}) do
+  local track = s:new_audio_track(2, 2, nil, 1, name, ARDOUR.PresentationInfo.max_order,
+                                  ARDOUR.TrackMode.Normal, true):front()
+  -- connect the track to the master bus now: Ardour's auto-connect runs later, on its own thread, and a
+  -- session saved before it has a track that renders nothing
+  track:output():disconnect_all(nil)
+  for i = 0, 1 do
+    track:output():audio(i):connect(s:master_out():input():audio(i):name())
+  end
 end
 s:save_state("", false, false, false, false, false)
 close_session()
 """
 
 
-def make_session(tmp_path: Path, name: str = "song") -> Path:
+def make_session(tmp_path: Path, name: str = "song", tracks: tuple = ("takes",)) -> Path:
     folder = tmp_path / name
     script = tmp_path / "make_session.lua"
-    script.write_text(MAKE_SESSION.format(folder=folder, name=name))
+    script.write_text(MAKE_SESSION.format(folder=folder, name=name, tracks=", ".join(f'"{t}"' for t in tracks)))
     out = subprocess.run(["ardour7-lua", str(script)], capture_output=True, text=True, timeout=120)
     session = folder / f"{name}.ardour"
     assert session.exists(), out.stdout + out.stderr
@@ -189,6 +191,24 @@ def test_take_for_bar_3_added_to_a_closed_session_renders_from_bar_3_to_the_samp
     bar3 = Grid(120, "4/4").bar_start_sample(2, 48000)
     assert (rate, bar3) == (48000, 192000)
     assert_renders_at(session, tmp_path, take, bar3)  # the first click of the take on the first sample of bar 3
+
+
+@needs_ardour
+def test_session_writer_puts_a_take_on_the_track_named_after_its_stem(tmp_path):
+    from stemd.bridge.delivery import DeliveredTake
+    from stemd.bridge.delivery.ardour import ArdourSessionWriter
+    from stemd.protocol import GenerateRequest
+    from stemd.takes import write_take
+
+    session = make_session(tmp_path, tracks=("takes", "drums"))
+    wav = write_take(tmp_path, "d", np.full((2, 4800), 0.25, np.float32), 48000, {})
+    for stem in ("drums", "horns"):  # horns: no such track, so the first one
+        request = GenerateRequest("t1", stem=stem, sample_rate=48000)
+        ArdourSessionWriter(session).deliver(DeliveredTake("t1", request, 0, wav, None, 48000, 96000))
+    s = ArdourSession(session)
+    playlists = {p.get("id"): p for p in s.root.iter("Playlist")}
+    regions = {name: len(playlists[pid].findall("Region")) for name, pid in s.tracks()}
+    assert regions == {"takes": 1, "drums": 1}
 
 
 @needs_ardour

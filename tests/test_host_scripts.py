@@ -27,8 +27,9 @@ PLUGIN_HOST = ROOT / "plugin_host"
 class FakeReaper:
     """The RPR_ functions stemd_insert.py calls, recording each call; a 4/4 tempo map at ``bpm``."""
 
-    def __init__(self, bpm=100.0, tracks=1):
+    def __init__(self, bpm=100.0, tracks=1, names=()):
         self.calls, self.bpm, self.tracks, self.cursor, self.selected = [], bpm, tracks, 7.5, None
+        self.names = {f"track{i + 1}": name for i, name in enumerate(names)}
 
     def namespace(self) -> dict:
         ns = {}
@@ -56,6 +57,10 @@ class FakeReaper:
 
     def api_GetTrack(self, proj, index):
         return f"track{index + 1}"
+
+    def api_GetSetMediaTrackInfo_String(self, track, parm, value, set_new):
+        assert parm == "P_NAME" and not set_new
+        return (True, track, parm, self.names.get(track, ""), set_new)
 
     def api_GetSelectedTrack(self, proj, index):
         return "selected"
@@ -110,6 +115,21 @@ def test_reaper_script_inserts_each_take_at_its_bar_on_its_track_in_one_undo_ste
     assert reaper.calls[0] == ("Undo_BeginBlock",) and reaper.calls[-1][0] == "Undo_EndBlock"
     assert reaper.cursor == 7.5  # the edit cursor goes back where the producer left it
     assert inbox.read_text() == ""
+
+
+def test_reaper_script_puts_a_take_on_the_track_named_after_its_stem(tmp_path):
+    script = reaper_script()
+    wav = tmp_path / "drums.wav"
+    wav.write_bytes(b"RIFF")
+    inbox = tmp_path / "reaper.jsonl"
+    lines = [{"file": str(wav), "bar_index": 1, "track": 0, "stem": "Drums"},  # by name, case aside
+             {"file": str(wav), "bar_index": 1, "track": 1, "stem": "drums"},  # a track number wins
+             {"file": str(wav), "bar_index": 1, "track": 0, "stem": "horns"}]  # no such track: the first
+    inbox.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    reaper = FakeReaper(tracks=3, names=("keys", "bass", "drums"))
+    assert script["run"](script["Reaper"](reaper.namespace()), str(inbox)) == 3
+    chosen = [c[1] for c in reaper.calls if c[0] == "SetOnlyTrackSelected"]
+    assert chosen == ["track3", "track1", "track1"]
 
 
 def test_reaper_script_reports_a_missing_file_and_inserts_nothing(tmp_path):

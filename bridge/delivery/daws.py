@@ -42,7 +42,8 @@ def take_line(take: DeliveredTake, track: Optional[int]) -> dict:
     beats = take.start_bar * request.meter.bar_quarters
     return {"file": str(Path(take.path).resolve()), "bar": take.start_bar + 1, "bar_index": take.start_bar,
             "quarters": float(beats), "sample": take.start_sample, "rate": take.sample_rate,
-            "track": track or 0, "take_id": take.take_id, "bpm": float(request.bpm.bpm), "meter": str(request.meter)}
+            "track": track or 0, "stem": request.stem, "take_id": take.take_id, "bpm": float(request.bpm.bpm),
+            "meter": str(request.meter)}
 
 
 def append_line(path: Path, line: dict) -> None:

@@ -4,7 +4,7 @@ A ReaScript (Python). Load it once (Actions > Show action list > New action > Lo
 command ID, and start the bridge with ``--insert reaper --reaper-action <ID>``. For every take the bridge
 appends a line to ``$STEMD_HOME/inbox/reaper.jsonl`` (~/.stemd by default) and sends REAPER's OSC
 /action; this script then inserts each queued file with InsertMedia at TimeMap2_beatsToTime(bar) on the
-take's track, as one undo step, and empties the inbox. REAPER's tempo map decides where the bar is, so
+take's track (its number, else the track named after its stem), as one undo step, and empties the inbox. REAPER's tempo map decides where the bar is, so
 a take lands on its bar even across tempo changes.
 """
 
@@ -54,8 +54,22 @@ def take_track(rpr, number):
     return rpr.GetTrack(0, number - 1)
 
 
+def track_named(rpr, name):
+    """The first track whose name is ``name`` (case and spaces aside), or None."""
+    for index in range(first(rpr.CountTracks(0))):
+        track = rpr.GetTrack(0, index)
+        result = rpr.GetSetMediaTrackInfo_String(track, "P_NAME", "", False)
+        if isinstance(result, (tuple, list)) and len(result) > 3 and str(result[3]).strip().lower() == name.lower():
+            return track
+    return None
+
+
 def insert_take(rpr, take):
-    track = take_track(rpr, int(take.get("track") or 0))
+    """A take with a ``track`` number goes there; else onto the track named after its ``stem`` (drums),
+    else onto the selected (or first) track."""
+    number = int(take.get("track") or 0)
+    stem = str(take.get("stem") or "").strip()
+    track = (track_named(rpr, stem) if stem and not number else None) or take_track(rpr, number)
     rpr.SetOnlyTrackSelected(track)
     rpr.SetEditCurPos(bar_time(rpr, take["bar_index"]), False, False)
     rpr.InsertMedia(take["file"], ADD_TO_CURRENT_TRACK)
