@@ -86,12 +86,14 @@ def run(args: argparse.Namespace) -> int:
             await server.start(args.host, args.port)
         except OSError as e:
             raise CommandError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+        session = open_controller(server, midimap, args) if midimap is not None else None  # PortMissing: exit 2
+        port = session.input if session else None
+        controller = f"; MIDI controller {port.connected_to or f'{port.client_name}:{port.virtual}'}" if port else ""
         info = engine.info()
         where = f"[{args.host}]" if ":" in args.host else args.host
-        log.info("listening on osc.udp://%s:%d and osc.tcp://%s:%d; model %s on %s; takes in %s%s",
+        log.info("listening on osc.udp://%s:%d and osc.tcp://%s:%d; model %s on %s; takes in %s%s%s",
                  where, server.port, where, server.port, info.get("model", engine.name), info.get("device", "cpu"),
-                 out, "; token required" if args.token else "")
-        session = open_controller(server, midimap, args) if midimap is not None else None
+                 out, "; token required" if args.token else "", controller)
         try:
             await server.run_until_signal()
         finally:
