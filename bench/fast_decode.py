@@ -9,7 +9,8 @@ warm-up round (torch.compile compiles, CUDA graphs are captured: the time is pri
 position 1 so the attention span stays in its first bucket (one compiled graph per backend). Guidance 3,
 top-k 250 sampling. Backends: ``eager`` is generate.Generation (stemd's loop), ``fast-eager`` the capturable
 step run eagerly, ``compiled`` that step under torch.compile (inductor, fullgraph), ``cuda-graph`` it captured
-by hand and replayed (CUDA only), ``onnx`` the forward pass exported to ONNX here and run in ONNX Runtime
+by hand and replayed (CUDA only), ``onnx`` the forward pass exported to ONNX (once, kept in the
+stemd cache: ``fast/onnx_cache.py``) and run in ONNX Runtime
 (CPU, float32; sampling stays in torch). Before timing, each fast backend's tokens are compared with eager's for the
 same seed (printed as same_tokens; exact equality is expected in float32, not promised in bf16 or with
 inductor's fused kernels). Last line: ``steps_per_s <backend>=<rate> ... transformers=<rate>``.
@@ -44,14 +45,13 @@ def make_gen(name, lm, variations, params, max_seq, backend, seed=0):
 def backend_for(name, device, lm, rows, max_seq):
     from stemd.models.musicgen.fast.backends import CompiledStep, EagerStep, make_backend
 
-    if name == "onnx":   # exported here, by stemd's code, from the weights just loaded
-        import tempfile
-
-        from stemd.models.musicgen.fast.onnx_step import OnnxStep, export
+    if name == "onnx":   # exported by stemd's code from the weights just loaded, kept in the disk cache
+        from stemd.models.musicgen.fast.onnx_step import OnnxStep, cached_step
 
         t0 = time.perf_counter()
-        path = export(lm, rows, max_seq, 64, Path(tempfile.mkdtemp()) / "step.onnx")
-        print(f"onnx: exported in {time.perf_counter() - t0:.1f} s", flush=True)
+        path, exported = cached_step(lm)
+        print(f"onnx: {'exported' if exported else 'loaded from the cache'} in {time.perf_counter() - t0:.1f} s "
+              f"({path.parent})", flush=True)
         return OnnxStep(path)
 
     if name == "fast-eager":

@@ -9,6 +9,8 @@ the model's 30 s window slide on: the last 10 s of tokens become the prompt of t
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import os
 from typing import Iterator, Optional
@@ -28,6 +30,10 @@ WINDOW_SECONDS = 30.0        # what MusicGen was trained on
 KEEP_SECONDS = 10.0          # context carried into the next window of a long take
 MARGIN = 1.1                 # generate 10% more than asked: conform may stretch
 MAX_TEXT_TOKENS = 256
+#: decoding backends (models/musicgen/fast): the step run eagerly, compiled, replayed as CUDA graphs, or
+#: in ONNX Runtime (CPU, float32); auto picks one for the device (``MusicGenEngine._choose``)
+BACKENDS = ("auto", "eager", "compiled", "cuda-graph", "onnx")
+log = logging.getLogger("stemd.models.musicgen")
 
 
 def pick_device(device: Optional[str]) -> torch.device:
@@ -74,11 +80,25 @@ class MusicGenEngine(Engine):
     name = "musicgen"
     max_seconds = 600.0
 
-    def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype, backend: str = "eager"):
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype, backend: str = "eager",
+                 *, reason: Optional[str] = None, eager_dtype: Optional[torch.dtype] = None):
+        """``backend``: one of ``BACKENDS``; ``auto`` chooses here (``eager_dtype``: the dtype eager decoding
+        would run in, which ``auto`` times against ONNX Runtime on a CPU); ``reason`` is what ``info()``
+        says about the choice when the caller made it."""
+        if backend not in BACKENDS:
+            raise EngineError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
         self.ck, self.device, self.dtype = checkpoint, device, dtype
-        self.backend = backend
         self.step_backend = None
-        if backend != "eager":   # fast decoding (models/musicgen/fast): compiled or CUDA-graph steps
+        self.onnx = None                  # fast.choose.OnnxDecoding when decoding in ONNX Runtime
+        self.backend_rates: Optional[dict] = None
+        self.measured = None              # fast.choose.Measured when auto measured at this start
+        self.backend_reason = reason or "asked for"
+        if backend == "auto":
+            backend = self._choose(eager_dtype or dtype)
+        self.backend = backend
+        if backend == "onnx" and self.onnx is None:
+            self._setup_onnx()
+        elif backend not in ("eager", "onnx"):   # models/musicgen/fast: compiled or CUDA-graph steps
             from stemd.models.musicgen.fast.backends import make_backend
 
             try:
@@ -91,23 +111,109 @@ class MusicGenEngine(Engine):
         self.hop = checkpoint.sample_rate // checkpoint.frame_rate
         self.max_variations = 16 if device.type == "cuda" else 8
 
+    def _setup_onnx(self) -> None:
+        if self.device.type != "cpu" or self.dtype != torch.float32:
+            raise EngineError(f"the onnx decoding backend runs float32 on the CPU, not "
+                              f"{str(self.dtype).replace('torch.', '')} on {self.device}")
+        try:
+            from stemd.models.musicgen.fast.choose import setup_onnx
+        except ImportError as e:
+            raise EngineError(f"the onnx decoding backend needs onnx, onnxscript and onnxruntime "
+                              f"(pip install 'stemd[daemon]'): {e}") from None
+        self.onnx = setup_onnx(self.ck)
+
+    def _choose(self, eager_dtype: torch.dtype) -> str:
+        """``auto``: CUDA graphs on CUDA; on a CPU, whichever of ONNX Runtime (float32) and the eager loop
+        (in ``eager_dtype``) decodes faster here, timed now; eager elsewhere."""
+        if self.device.type == "cuda":
+            self.backend_reason = "auto: a CUDA device, so decoding steps replay as CUDA graphs"
+            return "cuda-graph"
+        if self.device.type != "cpu":
+            self.backend_reason = f"auto: no faster backend than eager on {self.device.type}"
+            return "eager"
+        if self.dtype != torch.float32:
+            self.backend_reason = (f"auto: ONNX Runtime decodes float32 and this model is loaded in "
+                                   f"{str(self.dtype).replace('torch.', '')}, so eager")
+            return "eager"
+        try:
+            from stemd.models.musicgen.fast.choose import measure_cpu
+        except ImportError as e:
+            self.backend_reason = f"auto: ONNX Runtime is not installed ({e}), so eager"
+            return "eager"
+        self.measured = m = measure_cpu(self, eager_dtype)
+        self.backend_rates, self.backend_reason = m.rates, "auto: " + m.reason
+        log.info("decode backend %s", self.backend_reason)
+        if m.backend == "onnx":
+            self.onnx = m.onnx
+        elif eager_dtype != self.dtype:       # eager in bfloat16 won: decode with the cast copy it was timed on
+            self.ck = dataclasses.replace(self.ck, lm=m.eager_lm)
+            self.dtype = eager_dtype
+        return m.backend
+
     @classmethod
     def load(cls, model: str, *, device: Optional[str] = None, dtype: Optional[str] = None,
              backend: Optional[str] = None) -> "MusicGenEngine":
-        """``backend``: eager (default), compiled or cuda-graph; None reads STEMD_DECODE_BACKEND."""
+        """``backend``: one of ``BACKENDS`` (default eager); None reads STEMD_DECODE_BACKEND. ``onnx``
+        and a CPU ``auto`` load the model in float32 unless another dtype is asked for; ``auto`` keeps its
+        measured verdict on disk (``fast.choose``) and reuses it on the next start."""
         dev = pick_device(device)
-        dt = pick_dtype(dtype, dev)
+        source = "asked for" if backend else "from STEMD_DECODE_BACKEND" if os.environ.get(
+            "STEMD_DECODE_BACKEND") else "the default"
         backend = backend or os.environ.get("STEMD_DECODE_BACKEND") or "eager"
+        if backend not in BACKENDS:
+            raise EngineError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
         if backend == "cuda-graph" and dev.type != "cuda":
             raise EngineError(f"the cuda-graph decoding backend needs a CUDA device, not {dev}")
+        if backend == "onnx" and dev.type != "cpu":
+            raise EngineError(f"the onnx decoding backend runs on the CPU, not {dev}")
+        asked_float32 = dtype in (None, "auto") or DTYPES.get(dtype) == torch.float32
+        dt = pick_dtype(dtype, dev)
+        eager_dt, key, cached = None, None, None
+        if backend == "onnx":
+            if not asked_float32:
+                raise EngineError(f"the onnx decoding backend runs float32, not {dtype}")
+            dt = torch.float32
+        elif backend == "auto" and dev.type == "cpu" and asked_float32:
+            eager_dt, dt = dt, torch.float32        # ONNX Runtime needs the float32 weights; eager may cast
+            key, cached = cls._kept_decision(model, eager_dt)
+            if cached:
+                backend = cached["backend"]
+                dt = torch.float32 if backend == "onnx" else eager_dt
+                rates = ", ".join(f"{k} {v:.2f}" for k, v in cached["rates"].items())
+                source = f"auto: measured {cached['measured']} (kept on disk), steps/s: {rates} -> {backend}"
         with torch.inference_mode(False), torch.no_grad():
             checkpoint = load_checkpoint(model, dev, dt)
-        return cls(checkpoint, dev, dt, backend=backend)
+            engine = cls(checkpoint, dev, dt, backend=backend, reason=source, eager_dtype=eager_dt)
+        if cached:
+            engine.backend_rates = dict(cached["rates"])
+        if engine.measured is not None and key is not None:
+            from stemd.models.musicgen.fast.choose import save_decision
+
+            save_decision(key, engine.measured)
+        engine.measured = None            # the timed copies are not needed any more
+        return engine
+
+    @staticmethod
+    def _kept_decision(model: str, eager_dtype: torch.dtype) -> tuple[Optional[str], Optional[dict]]:
+        """The key of ``auto``'s verdict for this model, machine and versions, and the verdict if one was kept."""
+        try:
+            from stemd.models.musicgen.fast.choose import decision_key, load_decision
+        except ImportError:          # no ONNX Runtime: auto is eager, nothing to keep
+            return None, None
+        from stemd.models.musicgen.loading import resolve
+
+        key = decision_key(resolve(model), eager_dtype)
+        return key, load_decision(key)
 
     def info(self) -> dict:
         out = {"model": self.name, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
-               "decode_backend": self.backend,
+               "decode_backend": self.backend, "decode_backend_reason": self.backend_reason,
+               "codec_decode": "onnx" if self.onnx is not None and self.onnx.codec is not None else "torch",
                "sample_rate": self.sample_rate, "channels": self.channels, "test_model": self.ck.test_model}
+        if self.backend_rates:
+            out["decode_steps_per_s"] = dict(self.backend_rates)
+        if self.onnx is not None:
+            out["codec_decode_reason"] = self.onnx.codec_reason
         if self.ck.test_model:
             out["note"] = "test model with random weights: it makes noise, not music"
         return out
@@ -188,7 +294,12 @@ class MusicGenEngine(Engine):
         max_text = 64 * math.ceil(text.shape[1] / 64)
         lm.setup_caches(text.shape[0], max_seq, max_text)
         lm.set_conditioning(text, mask)
-        if self.step_backend is None:
+        if self.onnx is not None:
+            from stemd.models.musicgen.fast.onnx_step import OnnxGeneration
+
+            gen = OnnxGeneration(lm, variations, params, max_seq, step=self.onnx.step, prompt=prompt, seed=spec.seed,
+                                 keep_frames=self.frames_for(KEEP_SECONDS))
+        elif self.step_backend is None:
             gen = Generation(lm, variations, params, max_seq, prompt=prompt, seed=spec.seed,
                              keep_frames=self.frames_for(KEEP_SECONDS))
         else:
@@ -196,7 +307,8 @@ class MusicGenEngine(Engine):
 
             gen = FastGeneration(lm, variations, params, max_seq, prompt=prompt, seed=spec.seed,
                                  keep_frames=self.frames_for(KEEP_SECONDS), backend=self.step_backend)
-        decoder = StreamingDecoder(self.ck.codec, self.channels, self.hop, skip_frames=p)
+        decoder = StreamingDecoder(self.ck.codec, self.channels, self.hop, skip_frames=p,
+                                   run=self.onnx.codec if self.onnx is not None else None)
 
         def progress(ready: int) -> None:
             on_progress(max(0.0, min(1.0, (ready - p) / new_frames)))

@@ -9,6 +9,8 @@ the previous window's audio for the same samples. Every decode covers at most
 
 ``StreamingDecoder.push(codes)`` takes newly complete frames ``(V, K, n)`` and returns the audio that
 is final ``(V, channels, m)`` (possibly empty); ``flush()`` decodes the rest once no more frames come.
+``run`` swaps the codec's torch decode for another runner of the same maths (ONNX Runtime); the windows,
+context and crossfade are the same whichever runs.
 """
 
 from __future__ import annotations
@@ -18,13 +20,18 @@ import torch
 from torch import Tensor
 
 
-def decode_codes(codec, codes: Tensor, audio_channels: int) -> Tensor:
-    """EnCodec frames ``(V, K, n)`` -> audio ``(V, channels, n * hop)`` (stereo: even codebooks left, odd right)."""
+def decode_codes(codec, codes: Tensor, audio_channels: int, run=None) -> Tensor:
+    """EnCodec frames ``(V, K, n)`` -> audio ``(V, channels, n * hop)`` (stereo: even codebooks left, odd right).
+    ``run``: what turns codes ``(K, B, n)`` into audio ``(B, 1, n * hop)`` instead of the codec's torch
+    modules (``fast.onnx_codec.OnnxCodec``)."""
     v = codes.shape[0]
     if audio_channels == 2:
         codes = torch.cat([codes[:, 0::2], codes[:, 1::2]], dim=0)        # (2V, K/2, n)
     with torch.no_grad():
-        audio = codec.decoder(codec.quantizer.decode(codes.transpose(0, 1)))  # (B, 1, n * hop)
+        if run is not None:
+            audio = run(codes.transpose(0, 1))
+        else:
+            audio = codec.decoder(codec.quantizer.decode(codes.transpose(0, 1)))  # (B, 1, n * hop)
     if audio_channels == 2:
         audio = torch.cat([audio[:v], audio[v:]], dim=1)
     return audio
@@ -32,10 +39,10 @@ def decode_codes(codec, codes: Tensor, audio_channels: int) -> Tensor:
 
 class StreamingDecoder:
     def __init__(self, codec, audio_channels: int, hop: int, *, chunk: int = 25, left: int = 25, right: int = 6,
-                 crossfade: int = 640, skip_frames: int = 0):
+                 crossfade: int = 640, skip_frames: int = 0, run=None):
         if crossfade > right * hop:
             raise ValueError("the crossfade must fit inside the right context")
-        self.codec, self.channels, self.hop = codec, audio_channels, hop
+        self.codec, self.channels, self.hop, self.run = codec, audio_channels, hop, run
         self.chunk, self.left, self.right, self.crossfade = chunk, left, right, crossfade
         self.codes: Tensor | None = None      # frames kept: [self.first, self.first + n)
         self.first = 0                        # request frame index of self.codes[..., 0]
@@ -66,7 +73,7 @@ class StreamingDecoder:
         lo = max(self.first, start - self.left)
         hi = self.frames if final else stop + self.right
         window = self.codes[..., lo - self.first: hi - self.first]
-        audio = decode_codes(self.codec, window, self.channels).float().cpu()
+        audio = decode_codes(self.codec, window, self.channels, self.run).float().cpu()
         a = (start - lo) * self.hop
         b = (stop - lo) * self.hop
         piece = audio[..., a:b].clone()

@@ -1,24 +1,35 @@
 """The language model's one-token step exported to ONNX by our code and run with ONNX Runtime (CPU).
 
 ``OnnxStepModule`` is the step as a pure function of its inputs: the token ``(B, K, 1)``, the position
-``(1,)``, every layer's cached keys and values ``(B, H, S, D)`` and the text K/V and mask; it returns the
-last position's logits ``(B, K, vocab)`` and every layer's new key/value row ``(B, H, 1, D)``, which
-``OnnxStep`` writes into its numpy cache. Same weights, same maths as ``MusicGenLM.forward``; the
-export is checked against torch (``max_abs_diff``).
+``(1,)``, every layer's cached keys and values ``(B, H, S, D)`` (rows ``< pos`` are the past; rows from
+``pos`` on are ignored) and the text K/V and mask; it returns the last position's logits ``(B, K, vocab)``
+and every layer's new key/value row ``(B, H, 1, D)``. Attention is written out as the past's scores
+plus the new row's score, so the step reads the cache and never copies it. Same weights, same maths as
+``MusicGenLM.forward``; the export is checked against torch (``tests/test_fast_decode_onnx.py``).
+
+Batch, cache length and text length are dynamic: one export serves every request shape, and is kept
+on disk (``onnx_cache``) keyed by the weights. ``OnnxStep`` runs it over a copy of the model's cache
+that grows by attention-span buckets (``generate.attention_span``), so a step reads only the bucket it
+is in, as the torch loop does; each new row is written to that copy and to the model's own cache.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stemd.models.musicgen.generate import Generation, Sampling, force, logits_to_tokens
+from stemd.models.musicgen.generate import Generation, Sampling, attention_span, force, logits_to_tokens
 from stemd.models.musicgen.model import MusicGenLM
+
+STEP_FORMAT = 2          # bump when OnnxStepModule or export() change: old cache entries stop matching
+MAX_BATCH = 64
+MAX_TEXT = 1024
 
 
 class OnnxStepModule(nn.Module):
@@ -36,16 +47,19 @@ class OnnxStepModule(nn.Module):
             x = x * math.sqrt(a.hidden_size)
         x = x + lm.positions[pos].to(x.dtype)
         s = past[0].shape[2]
-        mask = (torch.arange(s, device=pos.device) <= pos)[None, None, None, :]
+        hidden = (torch.arange(s, device=pos.device) >= pos)[None, None, None, :]     # not yet written
+        scale = 1.0 / math.sqrt(a.head_dim)
         new_kv = []
         for i, layer in enumerate(lm.layers):
             att = layer.self_attn
             h = layer.self_attn_layer_norm(x)
             q, kk, vv = att.heads(att.q_proj(h)), att.heads(att.k_proj(h)), att.heads(att.v_proj(h))
-            keys = past[2 * i].index_copy(2, pos, kk)
-            values = past[2 * i + 1].index_copy(2, pos, vv)
             new_kv += [kk, vv]
-            x = x + att.merge(F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
+            q = q * scale
+            old = torch.matmul(q, past[2 * i].transpose(-1, -2)).masked_fill(hidden, float("-inf"))
+            own = (q * kk).sum(-1, keepdim=True)
+            p = torch.softmax(torch.cat([old, own], dim=-1), dim=-1)
+            x = x + att.merge(torch.matmul(p[..., :s], past[2 * i + 1]) + p[..., s:] * vv)
             ca = layer.encoder_attn
             h = layer.encoder_attn_layer_norm(x)
             out = F.scaled_dot_product_attention(ca.heads(ca.q_proj(h)), cross[2 * i], cross[2 * i + 1],
@@ -56,29 +70,53 @@ class OnnxStepModule(nn.Module):
         return (logits, *new_kv)
 
 
-def export(lm: MusicGenLM, batch: int, max_seq: int, max_text: int, path: Path) -> Path:
-    """Write the step for ``batch`` rows, a ``max_seq`` cache and ``max_text`` text tokens (float32)."""
+def layer_names(lm: MusicGenLM) -> list[str]:
+    return [f"{kind}{i}" for i in range(lm.args.num_layers) for kind in ("k", "v")]
+
+
+def export(lm: MusicGenLM, path: Path, batch: int = 2, max_seq: int = 256, max_text: int = 64) -> Path:
+    """Write the float32 step to ``path`` (weights in ``path``.data beside it); batch, cache length and
+    text length are dynamic (the sizes given only shape the example inputs)."""
     a = lm.args
     tokens = torch.zeros(batch, a.num_codebooks, 1, dtype=torch.long)
     pos = torch.tensor([1])
     text_mask = torch.ones(batch, 1, 1, max_text, dtype=torch.bool)
     past = [torch.zeros(batch, a.num_heads, max_seq, a.head_dim) for _ in range(2 * a.num_layers)]
     cross = [torch.zeros(batch, a.num_heads, max_text, a.head_dim) for _ in range(2 * a.num_layers)]
-    names = [f"{kind}{i}" for i in range(a.num_layers) for kind in ("k", "v")]
+    names = layer_names(lm)
+    rows = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    seq = torch.export.Dim("seq", min=2, max=a.max_positions)
+    text = torch.export.Dim("text", min=1, max=MAX_TEXT)
+    dynamic = {"tokens": {0: rows}, "pos": None, "text_mask": {0: rows, 3: text},
+               "kv": tuple([{0: rows, 2: seq}] * len(past) + [{0: rows, 2: text}] * len(cross))}
     with torch.no_grad():
         torch.onnx.export(OnnxStepModule(lm).eval(), (tokens, pos, text_mask, *past, *cross), str(path),
                           input_names=["tokens", "pos", "text_mask"] + [f"past_{n}" for n in names]
                           + [f"cross_{n}" for n in names],
                           output_names=["logits"] + [f"new_{n}" for n in names], dynamo=True,
-                          external_data=False, optimize=True)
+                          dynamic_shapes=dynamic, external_data=True, optimize=True, verbose=False)
     return path
 
 
+def cached_step(lm: MusicGenLM, root: Optional[Path] = None, digest: Optional[str] = None) -> tuple[Path, bool]:
+    """The exported step for ``lm``'s weights from the disk cache, exported now if absent or damaged:
+    ``(path, exported_now)``. ``digest``: ``onnx_cache.weights_digest(lm, lm.args)`` if already known."""
+    from stemd.models.musicgen.fast.onnx_cache import cached_export, runtime_versions, weights_digest
+
+    if lm.layer_norm.weight.dtype != torch.float32:
+        raise ValueError("the ONNX step is exported from a float32 model")
+    parts = {"format": STEP_FORMAT, "weights": digest or weights_digest(lm, lm.args), "dtype": "float32",
+             "shapes": {"batch": [1, MAX_BATCH], "seq": [2, lm.args.max_positions], "text": [1, MAX_TEXT]},
+             **runtime_versions()}
+    with torch.inference_mode(False):
+        return cached_export("lm-step", parts, lambda path: export(lm, path))
+
+
 class OnnxStep:
-    """An ONNX Runtime session over the model's own caches: ``bind(lm)`` views its KV cache, text K/V
-    and text mask as numpy arrays (CPU float32 tensors share their memory), so torch's prefill and
-    ``set_conditioning`` feed the session and each ``logits(tokens, pos)`` stores its keys and values
-    at ``pos`` where torch would have."""
+    """An ONNX Runtime session for the step. ``bind(lm)`` (after every prefill) views the model's KV cache,
+    text K/V and text mask as numpy arrays (CPU float32 tensors share their memory); ``logits(tokens,
+    pos)`` feeds the session a contiguous copy of the cache's first ``attention_span(pos)`` rows, taken
+    again only when the span bucket changes, and writes the step's new row at ``pos`` into both."""
 
     def __init__(self, path: Path, threads: int = 0):
         import onnxruntime as ort
@@ -86,8 +124,10 @@ class OnnxStep:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        self.path = Path(path)
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.names = [i.name for i in self.session.get_inputs()]
+        self.span = None
 
     def bind(self, lm: MusicGenLM) -> None:
         if lm.layer_norm.weight.device.type != "cpu" or lm.layer_norm.weight.dtype != torch.float32:
@@ -96,13 +136,20 @@ class OnnxStep:
         self.cross = [t.numpy() for layer in lm.layers
                       for t in (layer.encoder_attn.cross_kv.k, layer.encoder_attn.cross_kv.v)]
         self.text_mask = lm.text_mask.numpy()
+        self.max_seq = lm.max_seq
+        self.span = None          # the model's cache was just rewritten: copy it again
 
     def logits(self, tokens: np.ndarray, pos: int) -> np.ndarray:
         """``tokens`` ``(B, K, 1)`` at ``pos`` -> logits ``(B, K, vocab)``; the cache row at ``pos`` is written."""
-        feeds = [tokens.astype(np.int64), np.array([pos], np.int64), self.text_mask, *self.past, *self.cross]
+        span = attention_span(pos, self.max_seq)
+        if span != self.span:
+            self.window = [np.ascontiguousarray(t[:, :, :span]) for t in self.past]
+            self.span = span
+        feeds = [tokens.astype(np.int64), np.array([pos], np.int64), self.text_mask, *self.window, *self.cross]
         out = self.session.run(None, dict(zip(self.names, feeds)))
-        for cache, row in zip(self.past, out[1:]):
+        for cache, window, row in zip(self.past, self.window, out[1:]):
             cache[:, :, pos: pos + 1] = row
+            window[:, :, pos: pos + 1] = row
         return out[0]
 
 

@@ -1,0 +1,163 @@
+"""Which decoding path an engine runs: the ONNX Runtime pieces it sets up, and the ``auto`` choice.
+
+``setup_onnx`` loads (or exports once, ``onnx_cache``) the step and EnCodec's decoder and keeps the ONNX
+decoder only if a chunk window decodes faster in it than in torch on this machine. ``measure_cpu``
+times a few decoding steps of the ONNX step and of the eager loop (in the dtype eager decoding would
+run in) and says which is faster; ``load_decision``/``save_decision`` keep that verdict on disk per
+model files, machine and versions, so an engine starts without measuring again.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from stemd.models.musicgen.fast.onnx_cache import cache_root, runtime_versions
+from stemd.models.musicgen.fast.onnx_codec import OnnxCodec, cached_codec, torch_decode, window_ms
+from stemd.models.musicgen.fast.onnx_step import OnnxGeneration, OnnxStep, cached_step
+from stemd.models.musicgen.generate import Generation, Sampling
+
+log = logging.getLogger("stemd.models.musicgen")
+DECISION_FORMAT = 1
+PROBE_TEXT = "stemd backend probe, 120 bpm"
+
+
+@dataclass
+class OnnxDecoding:
+    step: OnnxStep
+    codec: Optional[OnnxCodec]        # None: torch decodes the chunks (it measured faster here)
+    codec_reason: str
+    codec_ms: dict = field(default_factory=dict)
+
+
+def codec_window(ck) -> torch.Tensor:
+    """Random codes shaped like one steady-state chunk window of ``StreamingDecoder``: ``(K, channels, n)``."""
+    from stemd.models.musicgen.streaming import StreamingDecoder
+
+    d = StreamingDecoder(ck.codec, ck.audio_channels, ck.sample_rate // ck.frame_rate)
+    k = ck.lm.args.num_codebooks // ck.audio_channels
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(0, ck.lm.args.vocab_size, (k, ck.audio_channels, d.left + d.chunk + d.right), generator=gen)
+
+
+def setup_onnx(ck, use_onnx_codec: Optional[bool] = None) -> OnnxDecoding:
+    """The step session, and the EnCodec decoder session if it decodes a chunk window faster than torch
+    (``use_onnx_codec`` forces the choice without measuring)."""
+    t0 = time.perf_counter()
+    step_path, step_new = cached_step(ck.lm)
+    codec_path, codec_new = cached_codec(ck.codec, ck.lm.args.num_codebooks // ck.audio_channels)
+    step, codec = OnnxStep(step_path), OnnxCodec(codec_path, ck.codec)
+    log.info("ONNX Runtime step %s and EnCodec decoder %s (%s) in %.1f s", step_path.parent.name,
+             codec_path.parent.name, "exported now" if step_new or codec_new else "from the cache",
+             time.perf_counter() - t0)
+    if use_onnx_codec is not None:
+        return OnnxDecoding(step, codec if use_onnx_codec else None,
+                            "asked for" if use_onnx_codec else "torch asked for")
+    window = codec_window(ck)
+    ms = {"torch": round(window_ms(lambda c: torch_decode(ck.codec, c), window), 2),
+          "onnx": round(window_ms(codec, window), 2)}
+    faster = ms["onnx"] < ms["torch"]
+    reason = (f"chunk window of {window.shape[-1]} frames: ONNX Runtime {ms['onnx']:.1f} ms, torch {ms['torch']:.1f} ms"
+              f" -> {'onnx' if faster else 'torch'}")
+    log.info("EnCodec decoding: %s", reason)
+    return OnnxDecoding(step, codec if faster else None, reason, ms)
+
+
+def _rate(gen, steps: int) -> float:
+    gen.decode_n_tokens(2)                       # warm-up
+    t0 = time.perf_counter()
+    gen.decode_n_tokens(steps)
+    return steps / (time.perf_counter() - t0)
+
+
+@dataclass
+class Measured:
+    backend: str                     # "onnx" or "eager"
+    eager_dtype: torch.dtype
+    rates: dict                      # steps/s per candidate, best of the rounds
+    onnx: OnnxDecoding
+    eager_lm: torch.nn.Module        # the model eager decoding was timed on (a cast copy for bf16)
+
+    @property
+    def reason(self) -> str:
+        figures = ", ".join(f"{k} {v:.2f}" for k, v in self.rates.items())
+        return f"measured at start, steps/s at batch 1 with guidance: {figures} -> {self.backend}"
+
+
+def measure_cpu(engine, eager_dtype: torch.dtype, steps: int = 8, rounds: int = 2) -> Measured:
+    """Steps/s of the ONNX step (float32) and of the eager loop in ``eager_dtype`` on ``engine``'s float32
+    checkpoint, in alternating rounds (batch 1, guidance 3, top-k 250, from position 1)."""
+    ck = engine.ck
+    onnx = setup_onnx(ck)
+    lm = ck.lm
+    eager_lm = lm if eager_dtype == torch.float32 else copy.deepcopy(lm).to(eager_dtype)
+    params = Sampling(guidance=3.0, temperature=1.0, top_k=250)
+    text, mask = engine.encode_text(PROBE_TEXT, 1, guided=True)
+    eager_name = f"eager {str(eager_dtype).replace('torch.', '')}"
+    rates = {"onnx float32": 0.0, eager_name: 0.0}
+    with torch.no_grad():
+        for r in range(rounds):
+            for name, model in (("onnx float32", lm), (eager_name, eager_lm)):
+                model.setup_caches(2, 256, 64)
+                model.set_conditioning(text, mask)
+                gen = (OnnxGeneration(model, 1, params, 256, step=onnx.step, seed=r) if name.startswith("onnx")
+                       else Generation(model, 1, params, 256, seed=r))
+                rates[name] = round(max(rates[name], _rate(gen, steps)), 2)
+    backend = "onnx" if rates["onnx float32"] >= rates[eager_name] else "eager"
+    return Measured(backend, eager_dtype, rates, onnx, eager_lm)
+
+
+# -- the verdict kept on disk -----------------------------------------------------------------------
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def decision_key(model_folder: Path, eager_dtype: torch.dtype) -> str:
+    """Model files (names, sizes, modification times), this machine, torch's threads, versions."""
+    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(model_folder).iterdir()
+                   if p.is_file())
+    parts = {"format": DECISION_FORMAT, "model": str(Path(model_folder).resolve()), "files": files,
+             "cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+             "eager_dtype": str(eager_dtype), **runtime_versions()}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _decision_path(key: str) -> Path:
+    return cache_root() / "decisions" / f"{key}.json"
+
+
+def load_decision(key: str) -> Optional[dict]:
+    try:
+        d = json.loads(_decision_path(key).read_text())
+    except (OSError, ValueError):
+        return None
+    ok = (isinstance(d, dict) and d.get("backend") in ("onnx", "eager") and isinstance(d.get("rates"), dict)
+          and isinstance(d.get("measured"), str))
+    return d if ok else None
+
+
+def save_decision(key: str, measured: Measured) -> None:
+    path = _decision_path(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"backend": measured.backend, "rates": measured.rates,
+                               "onnx_codec": measured.onnx.codec is not None,
+                               "measured": time.strftime("%Y-%m-%d %H:%M")}))
+    os.replace(tmp, path)
