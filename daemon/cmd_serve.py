@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="takes", help="folder for finished takes (default ./takes)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: by device)")
+    p.add_argument("--backend", default=None, choices=["auto", "eager", "compiled", "cuda-graph", "onnx"],
+                   help="MusicGen decoding backend (default: $STEMD_DECODE_BACKEND, else eager); auto picks "
+                        "cuda-graph on CUDA and the faster of onnx and eager measured on a CPU")
     p.add_argument("--queue-size", type=int, default=16, help="requests that may wait (default 16); more get 'busy'")
     p.add_argument("--on-shutdown", choices=["finish", "cancel"], default="cancel",
                    help="on SIGINT/SIGTERM: finish queued and running requests, or cancel them (default)")
@@ -71,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
 
     from stemd.models.registry import load_engine
 
-    engine = load_engine(args.model, device=args.device, dtype=args.dtype)  # ModelNotFound: one line, exit 2
+    engine = load_engine(args.model, device=args.device, dtype=args.dtype,
+                         backend=args.backend)  # ModelNotFound: one line, exit 2
     out = Path(args.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     settings = Settings(out=out, token=args.token, queue_size=args.queue_size, on_shutdown=args.on_shutdown,
