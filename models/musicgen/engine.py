@@ -142,7 +142,6 @@ class MusicGenEngine(Engine):
             return "eager"
         self.measured = m = measure_cpu(self, eager_dtype)
         self.backend_rates, self.backend_reason = m.rates, "auto: " + m.reason
-        log.info("decode backend %s", self.backend_reason)
         if m.backend == "onnx":
             self.onnx = m.onnx
         elif eager_dtype != self.dtype:       # eager in bfloat16 won: decode with the cast copy it was timed on
@@ -191,6 +190,8 @@ class MusicGenEngine(Engine):
 
             save_decision(key, engine.measured)
         engine.measured = None            # the timed copies are not needed any more
+        log.info("decoding backend %s (%s); EnCodec chunks decoded by %s", engine.backend, engine.backend_reason,
+                 engine.info()["codec_decode"])
         return engine
 
     @staticmethod
@@ -272,6 +273,27 @@ class MusicGenEngine(Engine):
             codes = per_channel[0]
         return codes[:, :frames]
 
+    def generation(self, variations: int, params: Sampling, max_seq: int, prompt: Optional[torch.Tensor] = None,
+                   seed: Optional[int] = None) -> Generation:
+        """A request's decoding state, stepped by this engine's backend (the caches must be set up)."""
+        lm, keep = self.ck.lm, self.frames_for(KEEP_SECONDS)
+        if self.onnx is not None:
+            from stemd.models.musicgen.fast.onnx_step import OnnxGeneration
+
+            return OnnxGeneration(lm, variations, params, max_seq, step=self.onnx.step, prompt=prompt, seed=seed,
+                                  keep_frames=keep)
+        if self.step_backend is not None:
+            from stemd.models.musicgen.fast.backends import FastGeneration
+
+            return FastGeneration(lm, variations, params, max_seq, prompt=prompt, seed=seed, keep_frames=keep,
+                                  backend=self.step_backend)
+        return Generation(lm, variations, params, max_seq, prompt=prompt, seed=seed, keep_frames=keep)
+
+    def streaming_decoder(self, skip_frames: int = 0) -> StreamingDecoder:
+        """Chunks of frames to audio, in ONNX Runtime when this engine measured it faster than torch."""
+        run = self.onnx.codec if self.onnx is not None else None
+        return StreamingDecoder(self.ck.codec, self.channels, self.hop, skip_frames=skip_frames, run=run)
+
     def _blocks(self, spec: GenerationSpec, should_stop, on_progress) -> Iterator[np.ndarray]:
         with torch.no_grad():
             yield from self._generate(spec, should_stop, on_progress)
@@ -294,21 +316,8 @@ class MusicGenEngine(Engine):
         max_text = 64 * math.ceil(text.shape[1] / 64)
         lm.setup_caches(text.shape[0], max_seq, max_text)
         lm.set_conditioning(text, mask)
-        if self.onnx is not None:
-            from stemd.models.musicgen.fast.onnx_step import OnnxGeneration
-
-            gen = OnnxGeneration(lm, variations, params, max_seq, step=self.onnx.step, prompt=prompt, seed=spec.seed,
-                                 keep_frames=self.frames_for(KEEP_SECONDS))
-        elif self.step_backend is None:
-            gen = Generation(lm, variations, params, max_seq, prompt=prompt, seed=spec.seed,
-                             keep_frames=self.frames_for(KEEP_SECONDS))
-        else:
-            from stemd.models.musicgen.fast.backends import FastGeneration
-
-            gen = FastGeneration(lm, variations, params, max_seq, prompt=prompt, seed=spec.seed,
-                                 keep_frames=self.frames_for(KEEP_SECONDS), backend=self.step_backend)
-        decoder = StreamingDecoder(self.ck.codec, self.channels, self.hop, skip_frames=p,
-                                   run=self.onnx.codec if self.onnx is not None else None)
+        gen = self.generation(variations, params, max_seq, prompt=prompt, seed=spec.seed)
+        decoder = self.streaming_decoder(skip_frames=p)
 
         def progress(ready: int) -> None:
             on_progress(max(0.0, min(1.0, (ready - p) / new_frames)))

@@ -30,6 +30,13 @@ DECODER_SMALL = dict(hidden_size=1024, ffn_dim=4096, num_hidden_layers=24, num_a
 
 ARCHS = {
     "musicgen-small": dict(text=T5_BASE, audio=ENCODEC_32K, decoder=DECODER_SMALL),
+    # audiocraft's model scales (dim, heads, layers; ffn 4 x dim), T5-base text encoder as for small
+    "musicgen-medium": dict(text=T5_BASE, audio=ENCODEC_32K,
+                            decoder=dict(DECODER_SMALL, hidden_size=1536, ffn_dim=6144, num_hidden_layers=48,
+                                         num_attention_heads=24)),
+    "musicgen-large": dict(text=T5_BASE, audio=ENCODEC_32K,
+                           decoder=dict(DECODER_SMALL, hidden_size=2048, ffn_dim=8192, num_hidden_layers=48,
+                                        num_attention_heads=32)),
     "musicgen-stereo-small": dict(text=T5_BASE, audio=ENCODEC_32K,
                                   decoder={**DECODER_SMALL, "num_codebooks": 8, "audio_channels": 2}),
     # small enough that a whole test file runs in seconds on two CPU cores
