@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/daemon.py                 # click engine, and a tiny MusicGen test model if it can be built
     .venv/bin/python bench/daemon.py --models click --runs 30
+    .venv/bin/python bench/daemon.py --models bench/.cache/musicgen-small-random --device cuda --backend cuda-graph
 
 For each model it starts a real `stemd serve` process and talks to it over TCP (OSC 1.0 length-prefix
 framing, as the bridge does), then measures:
@@ -70,10 +71,10 @@ class Client:
                 raise RuntimeError(msg.args)
 
 
-def start_daemon(model: str, out: Path) -> tuple[subprocess.Popen, int]:
+def start_daemon(model: str, out: Path, device: str = "cpu", backend: str | None = None) -> tuple[subprocess.Popen, int]:
     log = out / "daemon.log"
     proc = subprocess.Popen(STEMD + ["serve", "--model", model, "--port", "0", "--out", str(out / "takes"),
-                                     "--device", "cpu"],
+                                     "--device", device] + (["--backend", backend] if backend else []),
                             stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -89,12 +90,12 @@ def start_daemon(model: str, out: Path) -> tuple[subprocess.Popen, int]:
 class InProcess:
     """The same takes made by models.pipeline.bar_chunks in this process: no daemon, no OSC, no TCP."""
 
-    def __init__(self, model: str):
+    def __init__(self, model: str, device: str = "cpu", backend: str | None = None):
         from concurrent.futures import ThreadPoolExecutor
 
         from stemd.models.registry import load_engine
 
-        self.engine = load_engine(model, device="cpu")
+        self.engine = load_engine(model, device=device, backend=backend)
         # one worker thread, as in the daemon: on a loaded 2-core machine torch ran up to 10x slower
         # in the main thread than in another thread (measured with the tiny test model)
         self.thread = ThreadPoolExecutor(1)
@@ -125,11 +126,12 @@ def per_chunk(arrivals: list[float]) -> float:
     return (arrivals[-1] - arrivals[0]) / (len(arrivals) - 1)  # engines may emit bars in bursts: a mean
 
 
-def bench(model: str, label: str, runs: int, bars: int, rounds: int) -> dict:
+def bench(model: str, label: str, runs: int, bars: int, rounds: int, device: str = "cpu",
+          backend: str | None = None) -> dict:
     """Daemon and in-process takes alternate, ``rounds`` times; the best of each is kept (a shared machine)."""
-    local = InProcess(model)
+    local = InProcess(model, device, backend)
     with tempfile.TemporaryDirectory() as tmp:
-        proc, port = start_daemon(model, Path(tmp))
+        proc, port = start_daemon(model, Path(tmp), device, backend)
         try:
             client = Client(port)
             for _ in range(2):  # warm-up: the first runs of a torch model are slow
@@ -163,6 +165,9 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--bars", type=int, default=16, help="bars in the take used for per-chunk timing")
     p.add_argument("--rounds", type=int, default=3, help="alternating daemon / in-process takes; the best is kept")
+    p.add_argument("--device", default="cpu", help="the daemon's and the in-process engine's device (cpu, cuda)")
+    p.add_argument("--backend", default=None, choices=["auto", "eager", "compiled", "cuda-graph", "onnx"],
+                   help="MusicGen decoding backend (stemd serve --backend; default: the engine's)")
     args = p.parse_args()
     print(f"stemd daemon bench: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}; TCP on 127.0.0.1, OSC 1.0 length-prefix framing; "
@@ -175,11 +180,12 @@ def main() -> int:
             if r.returncode:
                 print(f"tiny: skipped (make-test-model failed: {r.stderr.strip()[:200]})")
                 continue
-            results.append(bench(str(folder), "MusicGen tiny test model, CPU", max(3, args.runs // 4),
-                                 min(args.bars, 8), args.rounds))
+            results.append(bench(str(folder), f"MusicGen tiny test model, {args.device}", max(3, args.runs // 4),
+                                 min(args.bars, 8), args.rounds, args.device, args.backend))
             shutil.rmtree(folder, ignore_errors=True)
         else:
-            results.append(bench(name, name, args.runs, args.bars, args.rounds))
+            label = name if not args.backend else f"{name} ({args.device}, {args.backend})"
+            results.append(bench(name, label, args.runs, args.bars, args.rounds, args.device, args.backend))
     ms = lambda s: f"{s * 1000:.1f} ms"  # noqa: E731
     print()
     print("| model | generate -> first chunk, 1-bar takes (median / p90) | first bar of a long take: daemon / in "

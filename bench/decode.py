@@ -1,20 +1,25 @@
 """MusicGen decoding speed: stemd's loop against transformers' generate(), same weights, same device.
 
-    .venv/bin/python bench/decode.py [--device cpu] [--dtype float32] [--steps 100] [--model DIR]
+    .venv/bin/python bench/decode.py [--device cpu] [--dtype float32] [--steps 20] [--rounds 5] [--model DIR]
+        [--backend auto|eager|compiled|cuda-graph|onnx]
 
+``--backend`` picks the engine's decoding backend (default: $STEMD_DECODE_BACKEND, else eager); every "ours"
+figure below is the engine decoding through it (``onnx``: the step and, where it measured faster, EnCodec's
+decoder in ONNX Runtime, float32; ``auto``: the engine's own choice, printed with its reasons).
 The weights are random (the musicgen-small architecture, written once by `stemd make-test-model
 --arch musicgen-small` into bench/.cache/ unless --model is given): speed does not depend on them.
 Measured, all in one run on one device:
 
 * steps/s at batch 1 with guidance 3 (a batch of 2 rows), sampling top-k 250: ours vs transformers
-* steps/s with 4 variations (8 rows), ours vs transformers
+* steps/s with ``--variations`` (default 4; 2 rows each), ours vs transformers, and the aggregate x real time
 * time to first bar (120 BPM 4/4: 2 s of audio): ours streams it; transformers must generate the
   whole bar and decode it, so its time to first bar is that of a 1-bar request
 * real-time factor (audio seconds per wall second) of a 2-bar take through the engine
 * streamed EnCodec decode: per-chunk time over 32 bars (flat = constant cost per chunk)
-* peak RSS of the engine in bfloat16 on CPU (a fresh process, --rss-only)
+* peak RSS of the engine on CPU (eager in bfloat16, other backends in their dtype; a fresh process, --rss-only)
+* x real time = steps/s / 50 (one decoding step per frame; 50 frames per second of audio)
 
-The last line is `steps_per_s ours=A transformers=B ratio=R` (batch 1, guidance 3).
+The last line is `steps_per_s ours=A transformers=B ratio=R (ours: BACKEND, DTYPE)` (batch 1, guidance 3).
 """
 
 from __future__ import annotations
@@ -33,12 +38,16 @@ import numpy as np
 CACHE = Path(__file__).resolve().parent / ".cache" / "musicgen-small-random"
 
 
-def ensure_model(path: Path) -> Path:
-    if not (path / "model.safetensors").exists():
+def cache_for(arch: str) -> Path:
+    return CACHE.parent / f"{arch}-random"
+
+
+def ensure_model(path: Path, arch: str = "musicgen-small") -> Path:
+    if not (path / "model.safetensors").exists() and not (path / "model.safetensors.index.json").exists():
         from stemd.models.musicgen.testmodel import write_test_model
 
-        print(f"writing a random-weight musicgen-small checkpoint to {path} (once)", flush=True)
-        write_test_model(path, "musicgen-small")
+        print(f"writing a random-weight {arch} checkpoint to {path} (once)", flush=True)
+        write_test_model(path, arch)
     return path
 
 
@@ -99,13 +108,11 @@ def time_to_first_bar_transformers(ref, tok, device: str, variations: int) -> fl
 def chunk_times(engine, bars: int = 32) -> list[float]:
     import torch
 
-    from stemd.models.musicgen.streaming import StreamingDecoder
-
     frames = int(bars * 2.0 * engine.ck.frame_rate)
     torch.manual_seed(0)
     codes = torch.randint(0, engine.ck.lm.args.vocab_size, (1, engine.ck.lm.args.num_codebooks, frames),
                           device=engine.device)
-    dec = StreamingDecoder(engine.ck.codec, engine.channels, engine.hop)
+    dec = engine.streaming_decoder()
     times = []
     for i in range(0, frames, 25):
         t0 = time.perf_counter()
@@ -116,18 +123,21 @@ def chunk_times(engine, bars: int = 32) -> list[float]:
     return times
 
 
-def rss_only(model: str) -> None:
-    """Run in a fresh process: load in bfloat16 on CPU, generate 1 bar, print the peak RSS."""
+def rss_only(model: str, backend: str | None) -> None:
+    """Run in a fresh process: load on CPU (bfloat16 for eager, else the backend's dtype), generate 1 bar,
+    print the peak RSS."""
     from stemd.models.base import GenerationSpec
     from stemd.models.musicgen.engine import MusicGenEngine
     from stemd.timing import Grid
 
-    engine = MusicGenEngine.load(model, device="cpu", dtype="bfloat16")
+    eager = backend in (None, "eager")
+    engine = MusicGenEngine.load(model, device="cpu", dtype="bfloat16" if eager else None,
+                                 backend=backend or "eager")
     spec = GenerationSpec(grid=Grid(120), bars=1, prompt="driving techno", variations=1, seed=0)
     for _ in engine.stream(spec).blocks:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024   # KiB -> GiB on Linux
-    print(json.dumps({"peak_rss_gib": round(peak, 3)}))
+    print(json.dumps({"peak_rss_gib": round(peak, 3), "backend": engine.backend, "dtype": engine.info()["dtype"]}))
 
 
 def transformers_step_rate(ref, inputs: dict, device: str, steps: int) -> float:
@@ -155,7 +165,7 @@ def interleaved_rates(engine, ref, tok, variations: int, steps: int, rounds: int
     machine load; returns the medians and the median of the per-round ratios."""
     import torch
 
-    from stemd.models.musicgen.generate import Generation, Sampling
+    from stemd.models.musicgen.generate import Sampling
 
     lm = engine.ck.lm
     params = Sampling(guidance=3.0, temperature=1.0, top_k=250)
@@ -169,7 +179,7 @@ def interleaved_rates(engine, ref, tok, variations: int, steps: int, rounds: int
 
     ours, theirs = [], []
     with torch.no_grad():
-        gen = Generation(lm, variations, params, 1536, seed=0)
+        gen = engine.generation(variations, params, 1536, seed=0)
         gen.decode_n_tokens(3)
         ref_rate(3)
         for _ in range(rounds):
@@ -180,33 +190,39 @@ def interleaved_rates(engine, ref, tok, variations: int, steps: int, rounds: int
             ours.append(steps / (time.perf_counter() - t0))
             theirs.append(ref_rate(steps))
             if gen.pos + steps + 2 >= 1536:
-                gen = Generation(lm, variations, params, 1536, seed=0)
+                gen = engine.generation(variations, params, 1536, seed=0)
     ratios = [a / b for a, b in zip(ours, theirs)]
     return float(np.median(ours)), float(np.median(theirs)), float(np.median(ratios))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=None, help="a MusicGen checkpoint folder (default: random musicgen-small)")
+    p.add_argument("--model", default=None, help="a MusicGen checkpoint folder (default: random weights of --arch)")
+    p.add_argument("--arch", default="musicgen-small",
+                   choices=["musicgen-small", "musicgen-medium", "musicgen-large", "musicgen-stereo-small"],
+                   help="architecture of the random-weight checkpoint written once to bench/.cache/ARCH-random")
+    p.add_argument("--variations", type=int, default=4, help="the batched measure: variations in one request")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto", help="ours: auto (the engine's choice for the device) or a dtype")
     p.add_argument("--ref-dtype", default="float32", help="transformers' dtype (its default is float32)")
     p.add_argument("--steps", type=int, default=20, help="decoding steps per measured round")
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds, ours then transformers")
+    p.add_argument("--backend", default=None, choices=["auto", "eager", "compiled", "cuda-graph", "onnx"],
+                   help="ours: the engine's decoding backend (default: $STEMD_DECODE_BACKEND, else eager)")
     p.add_argument("--rss-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
-    model = args.model or str(ensure_model(CACHE))
+    model = args.model or str(ensure_model(cache_for(args.arch), args.arch))
     if args.rss_only:
-        rss_only(model)
+        rss_only(model, args.backend)
         return
     rss_line = ""
     if args.device == "cpu":   # first, from a small parent: a forked child inherits the parent's peak RSS
-        out = subprocess.run([sys.executable, __file__, "--model", model, "--rss-only"], capture_output=True,
-                             text=True)
+        out = subprocess.run([sys.executable, __file__, "--model", model, "--rss-only"]
+                             + (["--backend", args.backend] if args.backend else []), capture_output=True, text=True)
         line = [l for l in out.stdout.splitlines() if l.startswith("{")]
-        rss_line = (f"peak RSS, bfloat16 on CPU, fresh process, load + 1 bar: "
-                    f"{json.loads(line[-1])['peak_rss_gib'] if line else '?'} GiB"
-                    f"{'' if line else ' ' + out.stderr[-300:]}")
+        rss = json.loads(line[-1]) if line else {}
+        rss_line = (f"peak RSS, {rss.get('backend', '?')} {rss.get('dtype', '?')} on CPU, fresh process, load + 1 bar: "
+                    f"{rss.get('peak_rss_gib', '?')} GiB{'' if line else ' ' + out.stderr[-300:]}")
 
     import logging
 
@@ -217,23 +233,29 @@ def main() -> None:
 
     from stemd.models.musicgen.engine import MusicGenEngine
 
-    engine = MusicGenEngine.load(model, device=args.device, dtype=args.dtype)
-    ours_dtype = engine.info()["dtype"]
+    engine = MusicGenEngine.load(model, device=args.device, dtype=args.dtype, backend=args.backend)
+    info = engine.info()
+    ours_dtype = info["dtype"]
     print(f"device: {args.device} ({device_name(args.device)}), torch {torch.__version__}, model {model} "
           f"(random weights, test_model={engine.ck.test_model}); ours in {ours_dtype}, transformers in "
           f"{args.ref_dtype}; {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
+    print(f"ours: decoding backend {info['decode_backend']} ({info['decode_backend_reason']}); EnCodec chunks by "
+          f"{info['codec_decode']}" + (f" ({info['codec_decode_reason']})" if "codec_decode_reason" in info else ""),
+          flush=True)
     dt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.ref_dtype]
     ref = MusicgenForConditionalGeneration.from_pretrained(model, dtype=dt).to(args.device).eval()
     tok = AutoTokenizer.from_pretrained(model)(["driving techno, 128 bpm"], return_tensors="pt")
 
-    a4, b4, r4 = interleaved_rates(engine, ref, tok, 4, max(5, args.steps // 2), max(2, args.rounds // 2),
+    v, fps = args.variations, engine.ck.frame_rate
+    a4, b4, r4 = interleaved_rates(engine, ref, tok, v, max(5, args.steps // 2), max(2, args.rounds // 2),
                                    args.device)
-    print(f"4 variations, guidance 3 (8 rows): ours {a4:.2f} steps/s, transformers {b4:.2f} steps/s, "
-          f"ratio {r4:.2f}", flush=True)
-    ttfb, ttfb4 = time_to_first_bar_ours(engine, 1), time_to_first_bar_ours(engine, 4)
+    print(f"{v} variations, guidance 3 ({2 * v} rows): ours {a4:.2f} steps/s, transformers {b4:.2f} steps/s, "
+          f"ratio {r4:.2f}; aggregate x real time (variations x steps/s / {fps} frames/s): ours {v * a4 / fps:.2f}, "
+          f"transformers {v * b4 / fps:.2f}", flush=True)
+    ttfb, ttfb4 = time_to_first_bar_ours(engine, 1), time_to_first_bar_ours(engine, v)
     rttfb = time_to_first_bar_transformers(ref, tok, args.device, 1)
     print(f"time to first bar (120 BPM 4/4 = 2 s of audio, batch 1, guidance 3): ours {ttfb:.2f} s (streamed), "
-          f"transformers {rttfb:.2f} s (a 1-bar generate + decode); ours with 4 variations {ttfb4:.2f} s", flush=True)
+          f"transformers {rttfb:.2f} s (a 1-bar generate + decode); ours with {v} variations {ttfb4:.2f} s", flush=True)
     rtf = rtf_ours(engine, 1)
     print(f"ours: real-time factor, a 2-bar take through the engine (audio s / wall s) = {rtf:.3f}", flush=True)
     times = chunk_times(engine)
@@ -244,8 +266,10 @@ def main() -> None:
     if rss_line:
         print(rss_line, flush=True)
     a1, b1, r1 = interleaved_rates(engine, ref, tok, 1, args.steps, args.rounds, args.device)
-    print(f"batch 1, guidance 3 (2 rows), {args.rounds} alternating rounds of {args.steps} steps, medians:")
-    print(f"steps_per_s ours={a1:.2f} transformers={b1:.2f} ratio={r1:.2f}")
+    print(f"batch 1, guidance 3 (2 rows), {args.rounds} alternating rounds of {args.steps} steps, medians; "
+          f"x real time (steps/s / {fps} frames/s): ours {a1 / fps:.2f}, transformers {b1 / fps:.2f}")
+    print(f"steps_per_s ours={a1:.2f} transformers={b1:.2f} ratio={r1:.2f} (ours: {info['decode_backend']}, "
+          f"{ours_dtype})")
 
 
 if __name__ == "__main__":
