@@ -90,6 +90,7 @@ class MusicGenEngine(Engine):
         self.ck, self.device, self.dtype = checkpoint, device, dtype
         self.step_backend = None
         self.onnx = None                  # fast.choose.OnnxDecoding when decoding in ONNX Runtime
+        self.codec = None                 # fast.choose.CodecChoice: who decodes the chunks (None: torch)
         self.backend_rates: Optional[dict] = None
         self.measured = None              # fast.choose.Measured when auto measured at this start
         self.backend_reason = reason or "asked for"
@@ -121,6 +122,13 @@ class MusicGenEngine(Engine):
             raise EngineError(f"the onnx decoding backend needs onnx, onnxscript and onnxruntime "
                               f"(pip install 'stemd[daemon]'): {e}") from None
         self.onnx = setup_onnx(self.ck)
+        self.codec = self.onnx.codec
+
+    def _setup_codec(self) -> None:
+        """EnCodec's decoder in ONNX Runtime where it measures faster than torch (any decoding backend)."""
+        from stemd.models.musicgen.fast.choose import setup_codec
+
+        self.codec = setup_codec(self.ck)
 
     def _choose(self, eager_dtype: torch.dtype) -> str:
         """``auto``: CUDA graphs on CUDA; on a CPU, whichever of ONNX Runtime (float32) and the eager loop
@@ -142,6 +150,7 @@ class MusicGenEngine(Engine):
             return "eager"
         self.measured = m = measure_cpu(self, eager_dtype)
         self.backend_rates, self.backend_reason = m.rates, "auto: " + m.reason
+        self.codec = m.onnx.codec            # the chunk decoder's own verdict, whichever step won
         if m.backend == "onnx":
             self.onnx = m.onnx
         elif eager_dtype != self.dtype:       # eager in bfloat16 won: decode with the cast copy it was timed on
@@ -185,6 +194,8 @@ class MusicGenEngine(Engine):
             engine = cls(checkpoint, dev, dt, backend=backend, reason=source, eager_dtype=eager_dt)
         if cached:
             engine.backend_rates = dict(cached["rates"])
+            if engine.codec is None:      # auto kept eager: the chunks still go where they decode faster
+                engine._setup_codec()
         if engine.measured is not None and key is not None:
             from stemd.models.musicgen.fast.choose import save_decision
 
@@ -209,12 +220,12 @@ class MusicGenEngine(Engine):
     def info(self) -> dict:
         out = {"model": self.name, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
                "decode_backend": self.backend, "decode_backend_reason": self.backend_reason,
-               "codec_decode": "onnx" if self.onnx is not None and self.onnx.codec is not None else "torch",
+               "codec_decode": "onnx" if self.codec is not None and self.codec.run is not None else "torch",
                "sample_rate": self.sample_rate, "channels": self.channels, "test_model": self.ck.test_model}
         if self.backend_rates:
             out["decode_steps_per_s"] = dict(self.backend_rates)
-        if self.onnx is not None:
-            out["codec_decode_reason"] = self.onnx.codec_reason
+        if self.codec is not None:
+            out["codec_decode_reason"] = self.codec.reason
         if self.ck.test_model:
             out["note"] = "test model with random weights: it makes noise, not music"
         return out
@@ -291,7 +302,7 @@ class MusicGenEngine(Engine):
 
     def streaming_decoder(self, skip_frames: int = 0) -> StreamingDecoder:
         """Chunks of frames to audio, in ONNX Runtime when this engine measured it faster than torch."""
-        run = self.onnx.codec if self.onnx is not None else None
+        run = self.codec.run if self.codec is not None else None
         return StreamingDecoder(self.ck.codec, self.channels, self.hop, skip_frames=skip_frames, run=run)
 
     def _blocks(self, spec: GenerationSpec, should_stop, on_progress) -> Iterator[np.ndarray]:

@@ -1,7 +1,7 @@
 """Which decoding path an engine runs: the ONNX Runtime pieces it sets up, and the ``auto`` choice.
 
-``setup_onnx`` loads (or exports once, ``onnx_cache``) the step and EnCodec's decoder and keeps the ONNX
-decoder only if a chunk window decodes faster in it than in torch on this machine. ``measure_cpu``
+``setup_onnx`` loads (or exports once, ``onnx_cache``) the step and EnCodec's decoder; ``setup_codec`` keeps
+the ONNX decoder only if a chunk window decodes faster in it than in torch on this machine. ``measure_cpu``
 times a few decoding steps of the ONNX step and of the eager loop (in the dtype eager decoding would
 run in) and says which is faster; ``load_decision``/``save_decision`` keep that verdict on disk per
 model files, machine and versions, so an engine starts without measuring again.
@@ -33,11 +33,18 @@ PROBE_TEXT = "stemd backend probe, 120 bpm"
 
 
 @dataclass
+class CodecChoice:
+    """Who decodes the chunks: ``run`` is the ONNX decoder, or None for torch; ``reason`` the figures."""
+
+    run: Optional[OnnxCodec]
+    reason: str
+    ms: dict = field(default_factory=dict)
+
+
+@dataclass
 class OnnxDecoding:
     step: OnnxStep
-    codec: Optional[OnnxCodec]        # None: torch decodes the chunks (it measured faster here)
-    codec_reason: str
-    codec_ms: dict = field(default_factory=dict)
+    codec: CodecChoice
 
 
 def codec_window(ck) -> torch.Tensor:
@@ -50,27 +57,29 @@ def codec_window(ck) -> torch.Tensor:
     return torch.randint(0, ck.lm.args.vocab_size, (k, ck.audio_channels, d.left + d.chunk + d.right), generator=gen)
 
 
-def setup_onnx(ck, use_onnx_codec: Optional[bool] = None) -> OnnxDecoding:
-    """The step session, and the EnCodec decoder session if it decodes a chunk window faster than torch
-    (``use_onnx_codec`` forces the choice without measuring)."""
-    t0 = time.perf_counter()
-    step_path, step_new = cached_step(ck.lm)
-    codec_path, codec_new = cached_codec(ck.codec, ck.lm.args.num_codebooks // ck.audio_channels)
-    step, codec = OnnxStep(step_path), OnnxCodec(codec_path, ck.codec)
-    log.info("ONNX Runtime step %s and EnCodec decoder %s (%s) in %.1f s", step_path.parent.name,
-             codec_path.parent.name, "exported now" if step_new or codec_new else "from the cache",
-             time.perf_counter() - t0)
-    if use_onnx_codec is not None:
-        return OnnxDecoding(step, codec if use_onnx_codec else None,
-                            "asked for" if use_onnx_codec else "torch asked for")
+def setup_codec(ck) -> CodecChoice:
+    """EnCodec's decoder in ONNX Runtime (loaded, or exported once) if it decodes a chunk window faster
+    than torch here, else torch."""
+    path, new = cached_codec(ck.codec, ck.lm.args.num_codebooks // ck.audio_channels)
+    run = OnnxCodec(path, ck.codec)
     window = codec_window(ck)
     ms = {"torch": round(window_ms(lambda c: torch_decode(ck.codec, c), window), 2),
-          "onnx": round(window_ms(codec, window), 2)}
+          "onnx": round(window_ms(run, window), 2)}
     faster = ms["onnx"] < ms["torch"]
     reason = (f"chunk window of {window.shape[-1]} frames: ONNX Runtime {ms['onnx']:.1f} ms, torch {ms['torch']:.1f} ms"
               f" -> {'onnx' if faster else 'torch'}")
-    log.info("EnCodec decoding: %s", reason)
-    return OnnxDecoding(step, codec if faster else None, reason, ms)
+    log.info("EnCodec decoder %s (%s); %s", path.parent.name, "exported now" if new else "from the cache", reason)
+    return CodecChoice(run if faster else None, reason, ms)
+
+
+def setup_onnx(ck) -> OnnxDecoding:
+    """The step's session and the chunk decoder's choice (``setup_codec``)."""
+    t0 = time.perf_counter()
+    step_path, new = cached_step(ck.lm)
+    step = OnnxStep(step_path)
+    log.info("ONNX Runtime step %s (%s) in %.1f s", step_path.parent.name, "exported now" if new else "from the cache",
+             time.perf_counter() - t0)
+    return OnnxDecoding(step, setup_codec(ck))
 
 
 def _rate(gen, steps: int) -> float:
@@ -158,6 +167,6 @@ def save_decision(key: str, measured: Measured) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps({"backend": measured.backend, "rates": measured.rates,
-                               "onnx_codec": measured.onnx.codec is not None,
+                               "onnx_codec": measured.onnx.codec.run is not None,
                                "measured": time.strftime("%Y-%m-%d %H:%M")}))
     os.replace(tmp, path)
