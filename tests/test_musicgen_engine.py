@@ -297,3 +297,20 @@ def test_audiocraft_format_loads_to_the_same_model(tiny, engine, tmp_path):
     a = np.concatenate(list(engine.stream(s).blocks), axis=-1)
     b = np.concatenate(list(other.stream(s).blocks), axis=-1)
     assert a.shape == b.shape and np.abs(a - b).max() < 1e-5
+
+
+def test_a_chunk_runner_gets_the_torch_decoders_windows_and_changes_nothing_else(engine):
+    codec = engine.ck.codec
+    torch.manual_seed(1)
+    codes = torch.randint(0, engine.ck.lm.args.vocab_size, (2, 4, 120))
+    seen = []
+
+    def run(kbn):                      # what fast.onnx_codec.OnnxCodec stands in for: (K, B, n) -> (B, 1, n * hop)
+        seen.append(tuple(kbn.shape))
+        return codec.decoder(codec.quantizer.decode(kbn))
+
+    plain, swapped = StreamingDecoder(codec, 1, engine.hop), StreamingDecoder(codec, 1, engine.hop, run=run)
+    out = [np.concatenate([d.push(codes[..., i: i + 10]) for i in range(0, 120, 10)] + [d.flush()], axis=-1)
+           for d in (plain, swapped)]
+    assert seen and all(s[:2] == (4, 2) for s in seen) and max(s[2] for s in seen) == 25 + 25 + 6
+    assert np.array_equal(out[0], out[1])
