@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 
-ARCH_CHOICES = ("tiny", "tiny-stereo", "musicgen-small", "musicgen-stereo-small")
+ARCH_CHOICES = ("tiny", "tiny-stereo", "musicgen-small", "musicgen-stereo-small", "musicgen-medium", "musicgen-large")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", help="folder to write the checkpoint to (created if needed)")
     parser.add_argument("--arch", choices=ARCH_CHOICES, default="tiny",
-                        help="tiny: seconds to build, for tests; musicgen-small: the real size (~1.8 GB)")
+                        help="tiny: seconds to build, for tests; musicgen-small/medium/large: the real sizes "
+                             "(~1.8, ~6, ~13 GB in float32)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random weights")
 
 
