@@ -420,40 +420,9 @@ bpm = 90
 meter = "3/4"
 sample_rate = 24000
 
-[slots.drums]
-prompt = "funk drums"
-bars = 2
-stem = "drums"
-variations = 2
-
-[[bind]]
-note = 36
-action = "generate"
-slot = "drums"
-
-[[bind]]
-note = 40
-action = "reroll"
-
-[[bind]]
-note = 41
-action = "extend"
-
-[[bind]]
-note = 42
-action = "next_variation"
-
-[[bind]]
-note = 43
-action = "accept"
-
-[[bind]]
-cc = 70
-action = "param"
-param = "temperature"
-min = 0.5
-max = 1.5
-"""
+""" + MAP.replace('bars = 4', 'bars = 2\nstem = "drums"\nvariations = 2') + "".join(
+    f'\n[[bind]]\nnote = {n}\naction = "{action}"\n' for n, action in ((41, "extend"), (42, "next_variation"),
+                                                                      (43, "accept")))
 
 
 def takes_in(folder):
