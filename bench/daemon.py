@@ -34,6 +34,7 @@ from pathlib import Path
 
 from stemd import osc
 from stemd.framing import StreamDecoder, frame_length_prefixed
+from stemd.models.registry import DECODE_BACKENDS
 
 STEMD = [sys.executable, "-m", "stemd"]
 
@@ -166,7 +167,7 @@ def main() -> int:
     p.add_argument("--bars", type=int, default=16, help="bars in the take used for per-chunk timing")
     p.add_argument("--rounds", type=int, default=3, help="alternating daemon / in-process takes; the best is kept")
     p.add_argument("--device", default="cpu", help="the daemon's and the in-process engine's device (cpu, cuda)")
-    p.add_argument("--backend", default=None, choices=["auto", "eager", "compiled", "cuda-graph", "onnx"],
+    p.add_argument("--backend", default=None, choices=DECODE_BACKENDS,
                    help="MusicGen decoding backend (stemd serve --backend; default: the engine's)")
     args = p.parse_args()
     print(f"stemd daemon bench: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, "

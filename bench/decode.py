@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stemd.models.registry import DECODE_BACKENDS
+
 CACHE = Path(__file__).resolve().parent / ".cache" / "musicgen-small-random"
 
 
@@ -207,7 +209,7 @@ def main() -> None:
     p.add_argument("--ref-dtype", default="float32", help="transformers' dtype (its default is float32)")
     p.add_argument("--steps", type=int, default=20, help="decoding steps per measured round")
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds, ours then transformers")
-    p.add_argument("--backend", default=None, choices=["auto", "eager", "compiled", "cuda-graph", "onnx"],
+    p.add_argument("--backend", default=None, choices=DECODE_BACKENDS,
                    help="ours: the engine's decoding backend (default: $STEMD_DECODE_BACKEND, else eager)")
     p.add_argument("--rss-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()

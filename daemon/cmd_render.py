@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from stemd.models.registry import DECODE_BACKENDS
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", nargs="?", help="a job file (TOML); flags given here override its values")
@@ -41,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stems-model", default=None, help="an htdemucs checkpoint (.th) or a folder of Demucs models")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: by device)")
-    p.add_argument("--backend", default=None, choices=["auto", "eager", "compiled", "cuda-graph", "onnx"],
+    p.add_argument("--backend", default=None, choices=DECODE_BACKENDS,
                    help="MusicGen decoding backend (default: $STEMD_DECODE_BACKEND, else eager); set as "
                         "$STEMD_DECODE_BACKEND for this run's engines (a running Ray cluster's workers read their own)")
     p.add_argument("--out", default=None, help="output folder (default: takes)")

@@ -7,6 +7,11 @@ from typing import Optional
 
 from stemd.models.base import Engine
 
+#: MusicGen's decoding backends (models/musicgen/fast): the step run eagerly, compiled, replayed as CUDA
+#: graphs, or in ONNX Runtime (CPU, float32); auto picks one for the device. Here, without torch, for the
+#: command lines' choices.
+DECODE_BACKENDS = ("auto", "eager", "compiled", "cuda-graph", "onnx")
+
 
 def load_engine(model: str, *, device: Optional[str] = None, dtype: Optional[str] = None,
                 backend: Optional[str] = None) -> Engine:

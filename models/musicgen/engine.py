@@ -23,6 +23,7 @@ from stemd.models.base import (AudioStream, Cancelled, Engine, EngineError, Gene
 from stemd.models.musicgen.generate import Generation, Sampling, iter_frames
 from stemd.models.musicgen.loading import Checkpoint, load_checkpoint
 from stemd.models.musicgen.streaming import StreamingDecoder
+from stemd.models.registry import DECODE_BACKENDS
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -30,9 +31,7 @@ WINDOW_SECONDS = 30.0        # what MusicGen was trained on
 KEEP_SECONDS = 10.0          # context carried into the next window of a long take
 MARGIN = 1.1                 # generate 10% more than asked: conform may stretch
 MAX_TEXT_TOKENS = 256
-#: decoding backends (models/musicgen/fast): the step run eagerly, compiled, replayed as CUDA graphs, or
-#: in ONNX Runtime (CPU, float32); auto picks one for the device (``MusicGenEngine._choose``)
-BACKENDS = ("auto", "eager", "compiled", "cuda-graph", "onnx")
+BACKENDS = DECODE_BACKENDS  # auto picks one for the device: ``MusicGenEngine._choose``
 log = logging.getLogger("stemd.models.musicgen")
 
 
