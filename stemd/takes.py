@@ -96,8 +96,12 @@ def wav_bytes(audio: np.ndarray, sample_rate: int, subtype: str = "float32") -> 
     return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    partial = path.with_name(path.name + ".partial")
+PARTIAL = ".partial"  # a file being written: renamed into place when whole
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` through ``path.partial``, synced, then renamed: whole or not there."""
+    partial = path.with_name(path.name + PARTIAL)
     with open(partial, "wb") as f:
         f.write(data)
         f.flush()
@@ -115,8 +119,8 @@ def write_take(folder: Path, name: str, audio: np.ndarray, sample_rate: int, sid
     meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     meta.update({"file": wav.name, "sample_rate": sample_rate, "channels": int(np.shape(audio)[0]),
                  "frames": int(np.shape(audio)[-1]), "format": subtype})
-    _atomic_write(wav.with_suffix(".json"), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
-    _atomic_write(wav, wav_bytes(audio, sample_rate, subtype))
+    atomic_write(wav.with_suffix(".json"), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write(wav, wav_bytes(audio, sample_rate, subtype))
     return wav
 
 
@@ -131,5 +135,5 @@ def mark_sidecar(wav: Path, **fields) -> dict:
     if not path.exists():
         return {}
     meta = {**json.loads(path.read_text()), **fields}
-    _atomic_write(path, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write(path, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     return meta

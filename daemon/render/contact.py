@@ -183,7 +183,7 @@ def screenshot(html_path: Path, png_path: Path, height: int, timeout: float = 12
 
 def write_contact_sheet(folder: Path, png: bool = True) -> tuple[Path, Optional[Path]]:
     """``contact.html`` (and ``contact.png``) in ``folder`` from its manifest."""
-    from stemd.daemon.render.files import atomic_write
+    from stemd.takes import atomic_write
 
     folder = Path(folder)
     page = folder / "contact.html"

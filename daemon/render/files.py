@@ -17,15 +17,12 @@ import datetime as _dt
 import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from stemd.takes import inside, wav_bytes
-
-PARTIAL = ".partial"
+from stemd.takes import PARTIAL, atomic_write, inside, wav_bytes
 
 
 def audio_bytes(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes:
@@ -39,15 +36,6 @@ def audio_bytes(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes:
     soundfile.write(buf, np.clip(np.asarray(audio, np.float32).T, -1.0, 1.0), sample_rate, subtype=subtype,
                     format="FLAC")
     return buf.getvalue()
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    partial = path.with_name(path.name + PARTIAL)
-    with open(partial, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, path)
 
 
 @dataclass

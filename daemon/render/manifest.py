@@ -12,8 +12,8 @@ import io
 import json
 from pathlib import Path
 
-from stemd.daemon.render.files import atomic_write
 from stemd.daemon.render.job import Job, Take
+from stemd.takes import atomic_write
 
 COLUMNS = ("name", "file", "model", "prompt", "seed", "variation", "bars", "tempo", "meter", "start_bar",
            "sample_rate", "channels", "frames", "seconds", "format", "lufs", "stems", "key", "sha256")
