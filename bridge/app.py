@@ -13,7 +13,6 @@ thread, in the order they finish.
 
 from __future__ import annotations
 
-import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from stemd.bridge.delivery.folder import FolderWriter
 from stemd.bridge.history import TakeHistory, TakeRecord, params_of
 from stemd.bridge.transport import Transport
 from stemd.errors import StemdError
-from stemd.protocol import LIMITS, GenerateRequest, ProtocolError
+from stemd.protocol import LIMITS, GenerateRequest, ProtocolError, random_seed
 from stemd.takes import read_sidecar
 
 MAX_EXTEND_CONTEXT_S = 30.0  # the end of a take sent back as the continuation of an extend
@@ -88,7 +87,7 @@ class Bridge:
         values.setdefault("sample_rate", self.sample_rate)
         values.setdefault("channels", self.channels)
         if values.get("seed") is None:
-            values["seed"] = secrets.randbelow(2 ** 31)  # always sent, so the sidecar can re-render it
+            values["seed"] = random_seed()  # always sent, so the sidecar can re-render it
         return self._submit(values, kind="generate")
 
     def reroll(self, take_id: str, seed: Optional[int] = None) -> str:
@@ -96,10 +95,7 @@ class Bridge:
         record = self.history.get(take_id)
         params = dict(record.params)
         params.pop("continuation_path", None)
-        new_seed = seed if seed is not None else secrets.randbelow(2 ** 31)
-        while seed is None and new_seed == params.get("seed"):
-            new_seed = secrets.randbelow(2 ** 31)
-        params["seed"] = new_seed
+        params["seed"] = seed if seed is not None else random_seed(other_than=params.get("seed"))
         return self._submit(params, kind="reroll", parent=record.id,
                             continuation=self._continuation_of(record.parent) if record.kind == "extend" else None)
 
@@ -110,7 +106,7 @@ class Bridge:
         params["start_bar"] = int(params.get("start_bar", 0)) + int(params.get("bars", 4))
         if bars is not None:
             params["bars"] = bars
-        params["seed"] = seed if seed is not None else secrets.randbelow(2 ** 31)
+        params["seed"] = seed if seed is not None else random_seed()
         return self._submit(params, kind="extend", parent=record.id, continuation=self._continuation_of(record.id))
 
     def accept(self, take_id: str) -> None:

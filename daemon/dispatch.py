@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -20,7 +19,8 @@ from stemd.errors import StemdError
 from stemd.midi.session import LEARN_ADDRESS, LEARNED_ADDRESS, LEARNING_ADDRESS
 from stemd.osc import Message
 from stemd.protocol import (ACCEPTED, CANCEL, CANCELLED, ERROR, ERROR_CODES, GENERATE, HELLO, PING, PONG, QUEUED,
-                            STATUS, STATUS_REPLY, VERSION, GenerateRequest, ProtocolError, check_request_id)
+                            STATUS, STATUS_REPLY, VERSION, GenerateRequest, ProtocolError, check_request_id,
+                            random_seed)
 from stemd.takes import PathEscape, inside
 
 Handler = Callable[[Service, Any, tuple], None]
@@ -48,7 +48,7 @@ def generate(service: Service, client: Any, args: tuple) -> None:
                             f"is {service.settings.max_take_bytes / 2 ** 20:.0f} MiB (fewer bars, variations or a "
                             "lower rate)", rid)
     if request.seed is None:  # fixed now, so a preempted take resumes with the same bars (and the sidecar says it)
-        request = dataclasses.replace(request, seed=random.randrange(2 ** 31))
+        request = dataclasses.replace(request, seed=random_seed())
     if request.continuation_path:
         check_continuation_path(request, service.settings.input_root)
     spec = spec_from_request(dataclasses.replace(request, continuation_path=""), service.engine)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from stemd.daemon.dispatch import dispatch
 from stemd.errors import StemdError
 from stemd.osc import Message
 from stemd.protocol import (ACCEPTED, CANCEL, CANCELLED, DONE, ERROR, GENERATE, PROGRESS, QUEUED, TAKE,
-                            GenerateRequest)
+                            GenerateRequest, random_seed)
 from stemd.takes import mark_sidecar
 
 log = logging.getLogger("stemd.midi")
@@ -96,22 +95,20 @@ class DaemonTarget:
     def generate(self, slot: str, params: dict) -> str:
         values = dict(params)
         if values.get("seed") is None:
-            values["seed"] = secrets.randbelow(2 ** 31)  # fixed here, so a re-roll is a different take
+            values["seed"] = random_seed()  # fixed here, so a re-roll is a different take
         return self._submit(values)
 
     def reroll(self, take_id: str) -> str:
         params = dict(self._take(take_id).params)
         params.pop("continuation_path", None)
-        old = params.get("seed")
-        while params.get("seed") == old:
-            params["seed"] = secrets.randbelow(2 ** 31)
+        params["seed"] = random_seed(other_than=params.get("seed"))
         return self._submit(params)
 
     def extend(self, take_id: str) -> str:
         take = self._finished(take_id, "extend")
         params = dict(take.params)
         params["start_bar"] = int(params.get("start_bar", 0)) + int(params.get("bars", 4))
-        params["seed"] = secrets.randbelow(2 ** 31)
+        params["seed"] = random_seed()
         params["continuation_path"] = take.file
         return self._submit(params)
 

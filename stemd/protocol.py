@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import secrets
 from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from typing import Any, Optional
@@ -84,6 +85,15 @@ class ProtocolError(StemdError, ValueError):
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
+
+
+def random_seed(other_than: Optional[int] = None) -> int:
+    """A seed for a request that named none (31 bits: what every MusicGen front end accepts), never
+    ``other_than`` (a re-roll must not repeat its take)."""
+    seed = secrets.randbelow(2 ** 31)
+    while seed == other_than:
+        seed = secrets.randbelow(2 ** 31)
+    return seed
 
 
 def check_request_id(value: Any) -> str:
