@@ -28,7 +28,7 @@ from stemd.bridge.history import TakeHistory, TakeRecord, params_of
 from stemd.bridge.transport import Transport
 from stemd.errors import StemdError
 from stemd.protocol import LIMITS, GenerateRequest, ProtocolError, random_seed
-from stemd.takes import read_sidecar
+from stemd.takes import read_sidecar, step_variation
 
 MAX_EXTEND_CONTEXT_S = 30.0  # the end of a take sent back as the continuation of an extend
 
@@ -141,13 +141,7 @@ class Bridge:
     def select_variation(self, take_id: str, step: int) -> int:
         """Move the take's chosen variation ``step`` places (wrapping around); returns the new index."""
         record = self.history.get(take_id)
-        if not record.files:
-            raise StemdError(f"take {take_id} has no variations to choose from yet (it is {record.state})",
-                             "bad_arguments")
-        if record.state == "accepted" and len(record.files) > 1:
-            raise StemdError(f"take {take_id} is accepted as variation {record.variation + 1}: re-roll it to "
-                             "choose again", "bad_arguments")
-        chosen = (record.variation + step) % len(record.files)
+        chosen = step_variation(take_id, record.state, len(record.files), record.variation, step)
         record = self.history.set(take_id, variation=chosen)
         self._emit(TakeEvent(take_id, record.state, files=tuple(record.files), variation=chosen))
         return chosen

@@ -27,7 +27,7 @@ from stemd.errors import StemdError
 from stemd.osc import Message
 from stemd.protocol import (ACCEPTED, CANCEL, CANCELLED, DONE, ERROR, GENERATE, PROGRESS, QUEUED, TAKE,
                             GenerateRequest, random_seed)
-from stemd.takes import mark_sidecar
+from stemd.takes import mark_sidecar, step_variation
 
 log = logging.getLogger("stemd.midi")
 
@@ -173,9 +173,7 @@ class DaemonTarget:
         return take
 
     def _choose(self, take_id: str, step: int) -> None:
-        take = self._finished(take_id, "choose a variation of")
-        if take.state == "accepted" and len(take.files) > 1:
-            raise StemdError(f"take {take_id} is accepted as variation {take.variation + 1}: re-roll to choose again")
-        take.variation = (take.variation + step) % len(take.files)
+        take = self._take(take_id)
+        take.variation = step_variation(take_id, take.state, len(take.files), take.variation, step)
         log.info("midi: take %s: variation %d of %d", take_id, take.variation + 1, len(take.files))
         self.audition(take_id)

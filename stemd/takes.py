@@ -18,6 +18,8 @@ from typing import Optional
 
 import numpy as np
 
+from stemd.errors import StemdError
+
 WAVE_FORMAT_PCM, WAVE_FORMAT_IEEE_FLOAT = 1, 3
 SUBTYPES = ("float32", "pcm24", "pcm16")
 
@@ -32,6 +34,17 @@ def slug(text: str, words: int = 5, max_chars: int = 40) -> str:
     """'Dusty lo-fi drums, 90 BPM!' -> 'dusty-lo-fi-drums-90'."""
     parts = re.findall(r"[a-z0-9]+", text.lower())[:words]
     return "-".join(parts)[:max_chars].strip("-") or "take"
+
+
+def step_variation(take_id: str, state: str, count: int, chosen: int, step: int) -> int:
+    """The variation ``step`` places from ``chosen`` among ``count`` files, wrapping around (bridge and
+    daemon alike). A take with no files yet, or accepted with several, has nothing to choose."""
+    if not count:
+        raise StemdError(f"take {take_id} has no variations to choose from yet (it is {state})", "bad_arguments")
+    if state == "accepted" and count > 1:
+        raise StemdError(f"take {take_id} is accepted as variation {chosen + 1}: re-roll it to choose again",
+                         "bad_arguments")
+    return (chosen + step) % count
 
 
 def take_prefix(prompt: str, bar: int, stem: str = "") -> str:
