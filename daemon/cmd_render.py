@@ -17,8 +17,9 @@ from stemd.models.registry import DECODE_BACKENDS
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", nargs="?", help="a job file (TOML); flags given here override its values")
     p.add_argument("--model", action="append", default=None,
-                   help="'click', a MusicGen hub id (facebook/musicgen-small) or a local checkpoint folder; "
-                        "repeat for several models")
+                   help="'click', a hub id (facebook/musicgen-small, stabilityai/stable-audio-3-small-music, "
+                        "ACE-Step/...) or a local checkpoint folder (MusicGen, or a diffusers pipeline); repeat for "
+                        "several models")
     p.add_argument("--prompt", action="append", default=None, help="what to make, in words; repeat for several")
     p.add_argument("--bars", default=None, help="take length in bars, or several: 2,4,8")
     p.add_argument("--seeds", default=None, help="seeds, e.g. 1,2,3 (default 0)")
@@ -33,7 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance (default: the model's own: 3 for MusicGen, off for distilled "
+                        "Stable Audio 3 and ACE-Step turbo); <= 1 turns it off")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps of a diffusion model (default: its own, 8)")
     p.add_argument("--key", default=None, help="musical key for the prompt, e.g. 'A minor'")
     p.add_argument("--loop", action="store_true", default=None, help="make the take loop seamlessly")
     p.add_argument("--format", default=None,
@@ -65,7 +69,7 @@ def job_from_args(args: argparse.Namespace):
     flags = {"models": args.model, "prompts": args.prompt, "variations": args.variations, "bpm": args.bpm,
              "meter": args.meter, "start_bar": args.start_bar, "sample_rate": args.sample_rate,
              "channels": args.channels, "temperature": args.temperature, "top_k": args.top_k,
-             "top_p": args.top_p, "guidance": args.guidance, "key": args.key, "loop": args.loop,
+             "top_p": args.top_p, "guidance": args.guidance, "steps": args.steps, "key": args.key, "loop": args.loop,
              "format": args.format, "lufs": args.lufs, "stems_model": args.stems_model, "device": args.device,
              "dtype": args.dtype, "out": args.out}
     if args.bars is not None:

@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 
 from stemd.models.base import Audio, Engine, GenerationSpec
-from stemd.protocol import GenerateRequest, ProtocolError
+from stemd.protocol import MODEL_KEYS, GenerateRequest, ProtocolError
 from stemd.takes import next_take_number, take_name, take_prefix, write_take
 from stemd.timing import Grid
 
@@ -30,6 +30,7 @@ def spec_from_request(request: GenerateRequest, engine: Engine,
     elif request.continuation_path:
         continuation = _load_continuation(request, continuation_root)
     extra = {"key": request.key} if request.key else {}
+    extra.update({k: getattr(request, k) for k in MODEL_KEYS if getattr(request, k) not in (None, "")})
     return GenerationSpec(
         grid=Grid(request.bpm, request.meter), bars=request.bars, prompt=request.prompt,
         start_bar=request.start_bar, sample_rate=request.sample_rate, channels=request.channels,
@@ -59,6 +60,10 @@ def _load_continuation(request: GenerateRequest, root: Optional[Path]) -> Audio:
 def sidecar_for(request: GenerateRequest, engine: Engine, variation: int) -> dict:
     info = engine.info()
     meta = {"model": info.get("model", engine.name), "engine": info, **request.sidecar(variation)}
+    meta["license"] = info.get("license") or {}
+    meta["commercial_use"] = bool(meta["license"].get("commercial"))
+    if info.get("weights_sha256"):
+        meta["weights_sha256"] = info["weights_sha256"]
     if info.get("test_model"):
         meta["note"] = "made by a test model with random weights: noise, not music"
     return meta

@@ -61,7 +61,7 @@ class GenerationSpec:
     temperature: float = 1.0
     top_k: int = 250
     top_p: float = 0.0
-    guidance: float = 3.0
+    guidance: Optional[float] = None       # None: the model's own default
     continuation: Optional[Audio] = None   # the DAW's selection to continue from (trimmed from output)
     loop: bool = False                # make the take loop seamlessly at its bar length
     extra: dict = field(default_factory=dict)

@@ -38,6 +38,11 @@ class ClickEngine(Engine):
                            blocks=self._bars(spec, should_stop, on_progress), on_grid=True,
                            tempo_hint=float(spec.grid.tempo.bpm))
 
+    def info(self) -> dict:
+        from stemd.licenses import card
+
+        return {**super().info(), "family": "click", "license": card("click")}
+
     def _bars(self, spec: GenerationSpec, should_stop, on_progress) -> Iterator[np.ndarray]:
         rate, grid = spec.sample_rate, spec.grid
         sounds = {True: click_sound(rate, True), False: click_sound(rate, False)}

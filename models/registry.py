@@ -1,5 +1,6 @@
-"""``--model`` to an engine: ``click`` is the metronome; anything else is a MusicGen checkpoint
-(a hub id such as facebook/musicgen-small, or a local folder)."""
+"""``--model`` to an engine: ``click`` is the metronome; a diffusers pipeline (a folder or cached hub id
+with ``model_index.json``) is Stable Audio 3 or ACE-Step 1.5 by its pipeline class; anything else is a
+MusicGen checkpoint (a hub id such as facebook/musicgen-small, or a local folder)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,16 @@ def load_engine(model: str, *, device: Optional[str] = None, dtype: Optional[str
         from stemd.models.click import ClickEngine
 
         return ClickEngine()
+    from stemd.models.diffusion.loading import find_pipeline
+
+    found = find_pipeline(model)
+    if found is not None:
+        folder, family = found
+        if family == "stable-audio-3":
+            from stemd.models.stable_audio3.engine import StableAudio3Engine as cls
+        else:
+            from stemd.models.ace_step.engine import AceStepEngine as cls
+        return cls.load(model, folder, device=device, dtype=dtype)
     from stemd.models.musicgen.engine import MusicGenEngine  # imports torch
 
     return MusicGenEngine.load(model, device=device, dtype=dtype, backend=backend)

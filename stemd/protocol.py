@@ -48,6 +48,7 @@ ERROR_CODES = {
     "busy": "the queue is full: try again later",
     "unauthorized": "the daemon requires a token and none (or a wrong one) was given",
     "tcp_only": "this needs a TCP connection",
+    "unsupported_key": "a generate key this model does not have (strength on MusicGen, top_k on a diffusion model)",
     "model_not_found": "the model is not available on the daemon's machine",
     "engine_error": "the engine failed on this request",
     "io_error": "the daemon could not write the take (disk full, permissions)",
@@ -67,6 +68,8 @@ LIMITS = {
     "top_k": (0, 2048),
     "top_p": (0.0, 1.0),
     "guidance": (0.0, 20.0),
+    "steps": (1, 200),
+    "strength": (0.0, 1.0),
     "prompt_chars": (0, 2000),
     "id_chars": (1, 128),
     "reply_port": (1, 65535),
@@ -75,6 +78,9 @@ PRIORITIES = ("live", "offline")
 MAX_CONTINUATION_BYTES = 64 * 1024 * 1024
 _ID = re.compile(r"^[A-Za-z0-9_.:\-]+$")
 _STEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _\-]{0,31}$")
+_REPAINT = re.compile(r"^\d{1,4}-\d{1,4}$")
+#: keys that only some model families have (models refuse the ones they lack with ``unsupported_key``)
+MODEL_KEYS = ("steps", "strength", "track", "extract", "repaint")
 
 
 class ProtocolError(StemdError, ValueError):
@@ -159,7 +165,12 @@ class GenerateRequest:
     temperature: float = 1.0
     top_k: int = 250
     top_p: float = 0.0
-    guidance: float = 3.0
+    guidance: Optional[float] = None           # None: the model's own (MusicGen 3, distilled diffusion 1)
+    steps: Optional[int] = None                # diffusion: denoising steps (None: the model's own, 8)
+    strength: Optional[float] = None           # Stable Audio 3: a variation of the given audio (0 keep, 1 new)
+    track: str = ""                            # ACE-Step: add this part (drums, bass...) over the given audio
+    extract: str = ""                          # ACE-Step: this stem of the given audio
+    repaint: str = ""                          # ACE-Step: "FIRST-LAST" bars of the given take made again
     priority: str = "live"
     key: str = ""
     stem: str = ""                             # a label: names the take's files and its DAW track
@@ -182,7 +193,18 @@ class GenerateRequest:
         _float("temperature", self.temperature)
         _int("top_k", self.top_k)
         _float("top_p", self.top_p)
-        _float("guidance", self.guidance)
+        if self.guidance is not None:
+            _float("guidance", self.guidance)
+        if self.steps is not None:
+            _int("steps", self.steps)
+        if self.strength is not None:
+            _float("strength", self.strength)
+        for name in ("track", "extract"):
+            if getattr(self, name):
+                _stem(name, getattr(self, name))
+        if self.repaint and not _REPAINT.match(_str("repaint", self.repaint)):
+            raise ProtocolError("bad_arguments", f"repaint must be 'FIRST-LAST' bars of the take, like \"2-3\", "
+                                f"got {self.repaint[:40]!r}")
         if self.priority not in PRIORITIES:
             raise ProtocolError("out_of_range", f"priority must be one of {', '.join(PRIORITIES)}, got {self.priority!r}")
         if len(self.prompt) > LIMITS["prompt_chars"][1]:
@@ -285,7 +307,7 @@ def _str(key: str, value: Any) -> str:
 
 def _stem(key: str, value: Any) -> str:
     if not _STEM.match(_str(key, value)):
-        raise ProtocolError("out_of_range", "stem must be 1-32 letters, digits, spaces, _ or - starting with a "
+        raise ProtocolError("out_of_range", f"{key} must be 1-32 letters, digits, spaces, _ or - starting with a "
                             f"letter or digit (drums, bass, keys 2), got {value[:40]!r}")
     return value
 
@@ -325,6 +347,11 @@ GENERATE_KEYS = {
     "top_k": _int,
     "top_p": _float,
     "guidance": _float,
+    "steps": _int,
+    "strength": _float,
+    "track": _stem,
+    "extract": _stem,
+    "repaint": _str,
     "priority": _str,
     "key": _str,
     "stem": _stem,

@@ -58,7 +58,8 @@ class Job:
     temperature: float = 1.0
     top_k: int = 250
     top_p: float = 0.0
-    guidance: float = 3.0
+    guidance: Optional[float] = None     # None: the model's own (MusicGen 3; distilled diffusion models 1)
+    steps: Optional[int] = None          # diffusion models' denoising steps (None: the model's own)
     key: str = ""
     loop: bool = False
     format: str = "float32"
@@ -98,7 +99,7 @@ class Job:
                             "render", prompt=prompt, bars=bars, bpm=bpm, meter=meter, start_bar=self.start_bar,
                             sample_rate=self.sample_rate, channels=self.channels, variations=self.variations,
                             seed=seed, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                            guidance=self.guidance, key=self.key, loop=self.loop, priority="offline")
+                            guidance=self.guidance, steps=self.steps, key=self.key, loop=self.loop, priority="offline")
                         out.append(Batch(model, prompt_labels[prompt], request, self))
         names = [t.name for b in out for t in b.takes]
         if len(set(names)) != len(names):
@@ -200,7 +201,7 @@ def make_job(values: dict, base: Optional[Path] = None) -> Job:
         kwargs["bpm"] = str(kwargs["bpm"])
     if base is not None and "out" in kwargs and not Path(kwargs["out"]).is_absolute():
         kwargs["out"] = str(base / kwargs["out"])  # a job file's out is relative to the file
-    for name in ("sample_rate", "channels", "variations", "start_bar", "top_k"):
+    for name in ("sample_rate", "channels", "variations", "start_bar", "top_k", "steps"):
         if name in kwargs and (isinstance(kwargs[name], bool) or not isinstance(kwargs[name], int)):
             raise JobError(f"{name} must be a whole number, got {kwargs[name]!r}")
     return Job(**kwargs)

@@ -31,6 +31,7 @@ WINDOW_SECONDS = 30.0        # what MusicGen was trained on
 KEEP_SECONDS = 10.0          # context carried into the next window of a long take
 MARGIN = 1.1                 # generate 10% more than asked: conform may stretch
 MAX_TEXT_TOKENS = 256
+GUIDANCE = 3.0               # classifier-free guidance when a request names none (audiocraft's default)
 BACKENDS = DECODE_BACKENDS  # auto picks one for the device: ``MusicGenEngine._choose``
 log = logging.getLogger("stemd.models.musicgen")
 
@@ -227,11 +228,32 @@ class MusicGenEngine(Engine):
             out["codec_decode_reason"] = self.codec.reason
         if self.ck.test_model:
             out["note"] = "test model with random weights: it makes noise, not music"
+        out.update(self.provenance())
         return out
+
+    def provenance(self) -> dict:
+        """The licence card and weights fingerprint every take's sidecar carries (computed once)."""
+        if getattr(self, "_provenance", None) is None:
+            from stemd.licenses import card_for_readme
+            from stemd.models.musicgen.loading import resolve
+            from stemd.models.weights import weights_sha256
+
+            folder = resolve(self.ck.name)
+            self._provenance = {"family": "musicgen",
+                                "license": card_for_readme(folder / "README.md", "musicgen",
+                                                           test_model=self.ck.test_model),
+                                "weights_sha256": weights_sha256(folder)}
+        return self._provenance
 
     # -- one request --------------------------------------------------------------------------------
 
     def stream(self, spec: GenerationSpec, *, should_stop=never_stop, on_progress=no_progress) -> AudioStream:
+        from stemd.protocol import MODEL_KEYS, ProtocolError
+
+        lacking = [k for k in MODEL_KEYS if spec.extra.get(k) not in (None, "")]
+        if lacking:
+            raise ProtocolError("unsupported_key", f"MusicGen has no {', '.join(lacking)} (a diffusion model's keys); "
+                                "it takes temperature, top_k, top_p, guidance")
         if spec.variations > self.max_variations:
             raise EngineError(f"at most {self.max_variations} variations per request on {self.device.type}")
         return AudioStream(sample_rate=self.sample_rate, channels=self.channels,
@@ -312,7 +334,7 @@ class MusicGenEngine(Engine):
         if should_stop():
             raise Cancelled()
         lm, args = self.ck.lm, self.ck.lm.args
-        params = Sampling(guidance=spec.guidance, temperature=spec.temperature, top_k=spec.top_k,
+        params = Sampling(guidance=GUIDANCE if spec.guidance is None else spec.guidance, temperature=spec.temperature, top_k=spec.top_k,
                           top_p=spec.top_p)
         prompt = self.encode_audio(spec.continuation) if spec.continuation is not None else None
         p = 0 if prompt is None else prompt.shape[-1]

@@ -1,0 +1,106 @@
+"""The ACE-Step 1.5 engine: diffusers' AceStepPipeline, 48 kHz stereo, held warm.
+
+ACE-Step is told the grid: ``bpm`` (whole BPM), ``timesignature`` (the meter's beats per bar: "3" for
+3/4, as its metadata writes it) and ``keyscale`` (the request's ``key``, "F# minor"). It is instrumental
+here (no lyrics). Its tasks map onto request keys, each over the request's audio (``continuation`` or
+``continuation_path``):
+- continuation alone: the selection's last ``KEEP_SECONDS`` are kept and the canvas after them is repainted
+  (the selection is trimmed from the output);
+- ``repaint "A-B"``: bars A to B of the given take (counted from 1) are made again, the rest kept;
+- ``track NAME``: "lego", a NAME part (drums, bass, ...) made to play over the given audio;
+- ``extract NAME``: the NAME stem of the given audio.
+
+The turbo checkpoints have guidance distilled in (8 steps, guidance off); ``guidance`` applies to base
+checkpoints, as ACE-Step's adaptive projected guidance.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Optional
+
+from stemd.models.base import GenerationSpec
+from stemd.models.diffusion.engine import DiffusionEngine
+from stemd.protocol import ProtocolError
+
+KEEP_SECONDS = 10.0
+MAX_SECONDS = 600.0       # ACE-Step 1.5 makes up to ten minutes
+
+
+def parse_repaint(value: str, bars: int) -> tuple[int, int]:
+    """``"2-3"`` -> (2, 3): bars of the take, from 1, inclusive."""
+    m = re.fullmatch(r"\s*(\d{1,4})\s*-\s*(\d{1,4})\s*", value)
+    if not m:
+        raise ProtocolError("bad_arguments", f"repaint must be 'FIRST-LAST' bars of the take (from 1), got {value!r}")
+    first, last = int(m.group(1)), int(m.group(2))
+    if not 1 <= first <= last <= bars:
+        raise ProtocolError("out_of_range", f"repaint bars must lie within 1..{bars} with FIRST <= LAST, got {value!r}")
+    return first, last
+
+
+class AceStepEngine(DiffusionEngine):
+    family = "ace-step"
+    accepts = frozenset({"steps", "guidance", "track", "extract", "repaint"})
+    max_seconds = MAX_SECONDS / 1.1
+
+    def __init__(self, pipe, *args, **kwargs):
+        super().__init__(pipe, *args, **kwargs)
+        self.latent_seconds = 1.0 / pipe.latents_per_second
+
+    def kwargs(self, spec: GenerationSpec, callback) -> dict:
+        """The arguments of one call: the caption once per variation, the grid as ACE-Step's metadata."""
+        variations = spec.variations
+        guidance = spec.guidance if spec.guidance is not None else (1.0 if self.pipe.is_turbo else 7.0)
+        key = spec.extra.get("key") or None
+        return dict(prompt=[spec.prompt.strip()] * variations, lyrics=[""] * variations,
+                    bpm=int(round(float(spec.grid.tempo.bpm))), timesignature=str(spec.grid.meter.numerator),
+                    keyscale=key, generator=self.generators(spec), num_inference_steps=self.steps(spec),
+                    guidance_scale=guidance, callback_on_step_end=callback)
+
+    def task(self, spec: GenerationSpec) -> tuple[str, Optional[str]]:
+        """(ACE-Step task type, track name) for the request's keys."""
+        track, extract, repaint = spec.extra.get("track"), spec.extra.get("extract"), spec.extra.get("repaint")
+        asked = [name for name, v in (("track", track), ("extract", extract), ("repaint", repaint)) if v]
+        if len(asked) > 1:
+            raise ProtocolError("bad_arguments", f"{' and '.join(asked)} are different tasks: ask for one")
+        if asked and spec.continuation is None:
+            raise ProtocolError("bad_arguments", f"{asked[0]} works on given audio: send it as continuation or "
+                                "continuation_path")
+        if track:
+            return "lego", track
+        if extract:
+            return "extract", extract
+        if repaint:
+            return "repaint", None
+        return ("repaint", None) if spec.continuation is not None else ("text2music", None)
+
+    def make(self, spec: GenerationSpec, callback):
+        import torch
+
+        canvas = self.canvas_seconds(spec)
+        task, track = self.task(spec)
+        args = self.kwargs(spec, callback)
+        if task == "text2music":
+            return self.pipe(audio_duration=canvas, **args).audios
+        # the autoencoder samples its latent: seed it too, so a take with given audio is reproducible
+        torch.manual_seed(self.seeds(spec)[0])
+        if task in ("lego", "extract"):
+            return self.pipe(task_type=task, track_name=track, src_audio=self.source_audio(spec.continuation, canvas),
+                             audio_duration=canvas, **args).audios
+        if spec.extra.get("repaint"):
+            first, last = parse_repaint(spec.extra["repaint"], spec.bars)
+            origin = spec.grid.bar_start_seconds(spec.start_bar)
+            start = float(spec.grid.bar_start_seconds(spec.start_bar + first - 1) - origin)
+            end = float(spec.grid.bar_start_seconds(spec.start_bar + last) - origin)
+            return self.pipe(task_type="repaint", src_audio=self.source_audio(spec.continuation, canvas),
+                             repainting_start=start, repainting_end=end, audio_duration=canvas, **args).audios
+        # continuation: keep the selection's tail, repaint the canvas after it, trim the tail off
+        source = self.source_audio(spec.continuation)
+        per_frame = round(self.latent_seconds * self.sample_rate)
+        keep = min(source.shape[-1] // per_frame, math.floor(KEEP_SECONDS / self.latent_seconds)) * per_frame
+        kept = keep / self.sample_rate
+        src = torch.nn.functional.pad(source[:, source.shape[-1] - keep:], (0, int(round(canvas * self.sample_rate))))
+        out = self.pipe(task_type="repaint", src_audio=src, repainting_start=kept, repainting_end=-1,
+                        audio_duration=kept + canvas, **args).audios
+        return out[:, :, keep:]

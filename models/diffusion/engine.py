@@ -1,0 +1,224 @@
+"""What the diffusion engines share: a diffusers pipeline held warm, one call per take.
+
+A diffusion model makes the whole take at once. The engine asks its pipeline for a canvas a little
+longer than the take (``MARGIN`` plus one bar, rounded up to the model's latent granularity: conform
+may stretch, and the first downbeat may come late), in one batch for all variations, with one seeded
+generator per variation: variation ``v`` of seed ``s`` is the pipeline's call with seed ``s + v``, so a
+take is reproducible on its own. ``should_stop`` is checked and ``on_progress`` reported between
+denoising steps (the pipelines' ``callback_on_step_end``). The canvas goes to the pipeline as one block;
+the conform room finds its tempo and first downbeat, stretches it to the DAW's tempo, resamples it to
+the DAW's rate and the chunker cuts exact bars, as for every engine.
+
+The raw audio (before conform) is exactly what the diffusers pipeline returns for the same arguments:
+tests/test_diffusion_engines.py holds both to 1e-5.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+
+from stemd.licenses import card_for_readme, describe
+from stemd.models.base import (Audio, AudioStream, Cancelled, Engine, EngineError, GenerationSpec, never_stop,
+                               no_progress)
+from stemd.protocol import random_seed
+
+#: generate this much more than the take (conform may stretch by the tempo it finds), plus one bar
+MARGIN = 1.1
+log = logging.getLogger("stemd.models.diffusion")
+
+
+def pick_device(device: Optional[str]):
+    import torch
+
+    if device and device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(dtype: Optional[str], device):
+    """bfloat16 on CUDA (where supported) and float16 on other GPUs; float32 on a CPU, where diffusers'
+    audio autoencoders and the pipelines' noise are only tested in float32."""
+    import torch
+
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype and dtype != "auto":
+        if dtype not in names:
+            raise EngineError(f"dtype must be one of auto, {', '.join(names)}; got {dtype!r}")
+        return names[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+class DiffusionEngine(Engine):
+    """One diffusers pipeline, held warm. Subclasses say which pipeline calls make a take."""
+
+    family = ""
+    #: request keys this family has beyond the common ones (protocol names)
+    accepts: frozenset = frozenset({"steps", "guidance"})
+    #: seconds of audio per latent frame (the canvas is a whole number of them)
+    latent_seconds = 0.1
+
+    def __init__(self, pipe, folder: Path, name: str, device, dtype, *, test_model: bool = False):
+        self.pipe, self.folder, self.name = pipe, Path(folder), name
+        self.device, self.dtype, self.test_model = device, dtype, test_model
+        self.pipe.set_progress_bar_config(disable=True)
+        self.license = card_for_readme(self.folder / "README.md", self.family, test_model=test_model)
+        self._weights_sha256: Optional[str] = None
+        self.max_variations = 16 if device.type == "cuda" else 8
+
+    @classmethod
+    def load(cls, model: str, folder: Path, *, device: Optional[str] = None,
+             dtype: Optional[str] = None) -> "DiffusionEngine":
+        import json
+
+        import torch
+        from diffusers import DiffusionPipeline
+        from diffusers.utils import logging as diffusers_logging
+
+        dev = pick_device(device)
+        dt = pick_dtype(dtype, dev)
+        index = json.loads((folder / "model_index.json").read_text())
+        verbosity = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()   # stemd's own keys in model_index.json are not diffusers'
+        try:
+            pipe = DiffusionPipeline.from_pretrained(str(folder), dtype=dt, local_files_only=True)
+        except (OSError, ValueError, KeyError) as e:
+            raise EngineError(f"model {model!r}: diffusers could not load {folder}: {e}") from None
+        finally:
+            diffusers_logging.set_verbosity(verbosity)
+        pipe.to(dev)
+        with torch.no_grad():
+            engine = cls(pipe, folder, model, dev, dt, test_model=bool(index.get("stemd_test_model")))
+        log.info("%s: %s on %s in %s; licence %s", model, type(pipe).__name__, dev, str(dt).replace("torch.", ""),
+                 describe(engine.license))
+        return engine
+
+    # -- what every take needs ---------------------------------------------------------------------
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.pipe.vae.config.sampling_rate)
+
+    @property
+    def weights_sha256(self) -> str:
+        if self._weights_sha256 is None:
+            from stemd.models.weights import weights_sha256
+
+            self._weights_sha256 = weights_sha256(self.folder)
+        return self._weights_sha256
+
+    def canvas_seconds(self, spec: GenerationSpec) -> float:
+        """The length the pipeline makes for ``spec``: the take x MARGIN + one bar, in whole latent frames."""
+        seconds = float(spec.seconds) * MARGIN + float(spec.grid.bar_seconds(spec.start_bar))
+        frames = math.ceil(seconds / self.latent_seconds - 1e-9)
+        return min(frames * self.latent_seconds, self.max_canvas_seconds)
+
+    @property
+    def max_canvas_seconds(self) -> float:
+        return self.max_seconds * MARGIN + 8.0
+
+    def seeds(self, spec: GenerationSpec) -> list[int]:
+        """Variation ``v`` is seed ``spec.seed + v`` (a random seed when the request named none)."""
+        seed = spec.seed if spec.seed is not None else random_seed()
+        return [(seed + v) % 2 ** 63 for v in range(spec.variations)]
+
+    def generators(self, spec: GenerationSpec) -> list:
+        import torch
+
+        where = "cpu" if self.device.type == "mps" else self.device
+        return [torch.Generator(where).manual_seed(s) for s in self.seeds(spec)]
+
+    def step_callback(self, steps: int, should_stop: Callable[[], bool],
+                      on_progress: Callable[[float], None]):
+        """``callback_on_step_end``: cancel between denoising steps, report progress after each."""
+
+        def callback(_pipe, step: int, _timestep, kwargs: dict) -> dict:
+            if should_stop():
+                raise Cancelled()
+            on_progress(min(1.0, (step + 1) / max(1, steps)))
+            return {}
+
+        return callback
+
+    def source_audio(self, audio: Audio, seconds: Optional[float] = None):
+        """The DAW's audio as the pipeline wants it: float32 stereo ``(2, n)`` at the model's rate, cut or
+        padded with silence to ``seconds`` when given."""
+        import torch
+
+        samples = np.asarray(audio.samples, dtype=np.float32)
+        samples = samples[None] if samples.ndim == 1 else samples
+        if audio.sample_rate != self.sample_rate:
+            from stemd.models.conform import resample
+
+            samples = resample(samples, audio.sample_rate, self.sample_rate)
+        if samples.shape[0] == 1:
+            samples = np.repeat(samples, 2, axis=0)
+        samples = samples[:2]
+        if seconds is not None:
+            n = int(round(seconds * self.sample_rate))
+            samples = samples[:, :n] if samples.shape[1] >= n else np.pad(samples, ((0, 0), (0, n - samples.shape[1])))
+        return torch.from_numpy(np.ascontiguousarray(samples)).to(self.device, self.pipe.vae.dtype)
+
+    def check_keys(self, spec: GenerationSpec) -> None:
+        """Refuse what this family does not have (the protocol's typed ``unsupported_key``)."""
+        from stemd.protocol import MODEL_KEYS, ProtocolError
+
+        used = {k for k in MODEL_KEYS if spec.extra.get(k) not in (None, "")}
+        if spec.temperature != 1.0 or spec.top_k != 250 or spec.top_p != 0.0:
+            used.add("temperature/top_k/top_p")
+        lacking = sorted(used - self.accepts)
+        if lacking:
+            raise ProtocolError("unsupported_key", f"{self.name} ({self.family}) has no {', '.join(lacking)}; it "
+                                f"takes {', '.join(sorted(self.accepts))}")
+        if spec.variations > self.max_variations:
+            raise EngineError(f"at most {self.max_variations} variations per request on {self.device.type}")
+
+    # -- one request -------------------------------------------------------------------------------
+
+    def stream(self, spec: GenerationSpec, *, should_stop=never_stop, on_progress=no_progress) -> AudioStream:
+        self.check_keys(spec)
+        return AudioStream(sample_rate=self.sample_rate, channels=2, blocks=self._blocks(spec, should_stop, on_progress),
+                           on_grid=False, tempo_hint=float(spec.grid.tempo.bpm))
+
+    def _blocks(self, spec: GenerationSpec, should_stop, on_progress) -> Iterator[np.ndarray]:
+        if should_stop():
+            raise Cancelled()
+        yield self.raw(spec, should_stop=should_stop, on_progress=on_progress)
+
+    def raw(self, spec: GenerationSpec, *, should_stop=never_stop, on_progress=no_progress) -> np.ndarray:
+        """The pipeline's audio for ``spec`` before conform: float32 ``(variations, 2, n)`` at the model's rate."""
+        import torch
+
+        with torch.no_grad():
+            audio = self.make(spec, self.step_callback(self.steps(spec), should_stop, on_progress))
+        if not torch.isfinite(audio).all():
+            raise EngineError(f"{self.name} made audio with NaN or infinity (dtype {self.dtype}); try --dtype float32")
+        return audio.float().cpu().numpy()
+
+    def steps(self, spec: GenerationSpec) -> int:
+        return int(spec.extra.get("steps") or 8)
+
+    def make(self, spec: GenerationSpec, callback) -> "torch.Tensor":  # noqa: F821
+        raise NotImplementedError
+
+    def info(self) -> dict:
+        out = {"model": self.name, "family": self.family, "pipeline": type(self.pipe).__name__,
+               "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+               "sample_rate": self.sample_rate, "channels": 2, "test_model": self.test_model,
+               "license": dict(self.license), "weights_sha256": self.weights_sha256}
+        if self.test_model:
+            out["note"] = "test model with random weights: it makes noise, not music"
+        return out

@@ -1,0 +1,284 @@
+"""Stable Audio 3 and ACE-Step 1.5 engines on test pipelines built here (random weights: noise, not music).
+
+The equivalence tests hold each engine's raw audio (before conform) to diffusers' own pipeline call with
+the same arguments, loaded separately from the same folder; the render and daemon tests run the real
+command lines and a real ``stemd serve`` process.
+"""
+
+import importlib.util
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from daemon_fixtures import STEMD, TcpClient, start_daemon  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("diffusers") is None
+                                or importlib.util.find_spec("torch") is None,
+                                reason="diffusers or torch (the daemon extra) is not installed")
+
+from stemd.timing import Grid  # noqa: E402
+
+SA3, ACE = "sa3-tiny", "acestep-tiny"
+
+
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory):
+    """``{arch: folder}`` written with the real command line."""
+    out = {}
+    for arch in (SA3, ACE):
+        folder = tmp_path_factory.mktemp(arch)
+        done = subprocess.run(STEMD + ["make-test-model", str(folder), "--arch", arch], capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert "noise, not music" in done.stdout
+        out[arch] = folder
+    return out
+
+
+@pytest.fixture(scope="module")
+def engines(pipelines):
+    from stemd.models.registry import load_engine
+
+    return {arch: load_engine(str(folder), device="cpu") for arch, folder in pipelines.items()}
+
+
+def reference(folder):
+    """diffusers' own pipeline, loaded on its own from the same folder."""
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(str(folder))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generators(seed, n):
+    import torch
+
+    return [torch.Generator("cpu").manual_seed(seed + v) for v in range(n)]
+
+
+def spec(**kw):
+    from stemd.models.base import GenerationSpec
+
+    base = dict(grid=Grid(97, "3/4"), bars=3, prompt="dusty funk drums", variations=2, seed=5,
+                sample_rate=44100, extra={"key": "F# minor"})
+    base.update(kw)
+    return GenerationSpec(**base)
+
+
+def noise_take(seconds, rate, seed=1):
+    from stemd.models.base import Audio
+
+    rng = np.random.default_rng(seed)
+    return Audio((0.3 * rng.standard_normal((2, int(seconds * rate)))).astype(np.float32), rate)
+
+
+# --- equivalence with diffusers' own calls ------------------------------------------------------------
+
+def test_stable_audio_3_text_to_audio_is_the_pipelines_own_call(engines, pipelines):
+    from stemd.models.stable_audio3.engine import describe
+
+    engine, s = engines[SA3], spec()
+    ours = engine.raw(s)
+    theirs = reference(pipelines[SA3])(prompt=describe(s), duration=engine.canvas_seconds(s), num_waveforms_per_prompt=2,
+                                       generator=generators(5, 2), num_inference_steps=8).audios.numpy()
+    assert ours.shape == theirs.shape == (2, 2, ours.shape[2])
+    assert ours.shape[2] >= int(float(s.seconds) * 44100)
+    assert np.abs(ours - theirs).max() < 1e-5
+    assert np.abs(ours[0] - ours[1]).max() > 1e-3        # variations are different takes
+    assert describe(s) == "dusty funk drums, 97 BPM, 3/4 time, F# minor"
+
+
+def test_stable_audio_3_continuation_and_variation_are_its_inpaint_and_audio_to_audio_calls(engines, pipelines):
+    import torch
+    from diffusers import StableAudio3AudioToAudioPipeline, StableAudio3InpaintPipeline
+    from stemd.models.stable_audio3.engine import describe
+
+    engine = engines[SA3]
+    ref = reference(pipelines[SA3])
+    given = noise_take(3.0, 48000)                       # the DAW's selection at the DAW's rate
+    s = spec(continuation=given, variations=1)
+    ours = engine.raw(s)
+    source = engine.source_audio(given)
+    ratio = ref.vae.downsampling_ratio
+    keep = source.shape[-1] // ratio * ratio
+    canvas = engine.canvas_seconds(s)
+    audio = torch.nn.functional.pad(source[:, -keep:], (0, int(round(canvas * 44100))))[None]
+    inpaint = StableAudio3InpaintPipeline(**ref.components)
+    theirs = inpaint(prompt=describe(s), duration=keep / 44100 + canvas, audio=audio, mask_start_seconds=keep / 44100,
+                     mask_end_seconds=keep / 44100 + canvas, generator=generators(5, 1), num_inference_steps=8,
+                     num_waveforms_per_prompt=1).audios.numpy()[:, :, keep:]
+    assert ours.shape == theirs.shape and np.abs(ours - theirs).max() < 1e-5
+
+    s = spec(continuation=given, variations=1, extra={"strength": 0.4})
+    ours = engine.raw(s)
+    a2a = StableAudio3AudioToAudioPipeline(**ref.components)
+    theirs = a2a(prompt=describe(s), duration=canvas, audio=engine.source_audio(given, canvas)[None],
+                 init_noise_level=0.4, generator=generators(5, 1), num_inference_steps=8).audios.numpy()
+    assert ours.shape == theirs.shape and np.abs(ours - theirs).max() < 1e-5
+
+
+def ace_reference_args(engine, s, **kw):
+    args = dict(prompt=[s.prompt] * s.variations, lyrics=[""] * s.variations, bpm=97, timesignature="3",
+                keyscale="F# minor", generator=generators(5, s.variations), num_inference_steps=8,
+                guidance_scale=1.0, audio_duration=engine.canvas_seconds(s))
+    args.update(kw)
+    return args
+
+
+def test_ace_step_text_to_music_gets_the_grid_and_key_and_is_the_pipelines_own_call(engines, pipelines):
+    engine, s = engines[ACE], spec()
+    ours = engine.raw(s)
+    theirs = reference(pipelines[ACE])(**ace_reference_args(engine, s)).audios.numpy()
+    assert ours.shape == theirs.shape and np.abs(ours - theirs).max() < 1e-5
+    assert np.abs(ours[0] - ours[1]).max() > 1e-3
+
+
+@pytest.mark.parametrize("extra,task", [({"track": "drums"}, dict(task_type="lego", track_name="drums")),
+                                        ({"extract": "bass"}, dict(task_type="extract", track_name="bass")),
+                                        ({"repaint": "2-3"}, dict(task_type="repaint"))])
+def test_ace_step_lego_extract_and_repaint_are_the_pipelines_own_tasks(engines, pipelines, extra, task):
+    import torch
+
+    engine = engines[ACE]
+    given = noise_take(4.0, 44100, seed=3)
+    s = spec(continuation=given, variations=1, extra={"key": "F# minor", **extra})
+    ours = engine.raw(s)
+    canvas = engine.canvas_seconds(s)
+    kw = dict(task, src_audio=engine.source_audio(given, canvas))
+    if "repaint" in extra:     # bars 2-3 of a 97 BPM 3/4 take: from 180/97 s to the end of bar 3
+        kw.update(repainting_start=180 / 97, repainting_end=3 * 180 / 97)
+    pipe = reference(pipelines[ACE])          # (loading draws from torch's global generator)
+    torch.manual_seed(5)                      # the autoencoder samples its latent from it
+    theirs = pipe(**ace_reference_args(engine, s, **kw)).audios.numpy()
+    assert ours.shape == theirs.shape and np.abs(ours - theirs).max() < 1e-5
+
+
+# --- keys each family has, and refuses ------------------------------------------------------------------
+
+def test_each_family_refuses_the_keys_it_lacks_with_a_typed_error(engines):
+    from stemd.protocol import ProtocolError
+
+    with pytest.raises(ProtocolError) as e:
+        engines[SA3].stream(spec(extra={"track": "drums"}))
+    assert e.value.code == "unsupported_key" and "track" in e.value.message
+    with pytest.raises(ProtocolError) as e:
+        engines[ACE].stream(spec(extra={"strength": 0.5}))
+    assert e.value.code == "unsupported_key" and "strength" in e.value.message
+    with pytest.raises(ProtocolError) as e:
+        engines[ACE].stream(spec(top_k=50))
+    assert e.value.code == "unsupported_key" and "top_k" in e.value.message
+    with pytest.raises(ProtocolError) as e:         # a task over given audio needs the audio
+        engines[ACE].raw(spec(extra={"extract": "drums"}))
+    assert e.value.code == "bad_arguments"
+
+
+def test_cancel_stops_a_diffusion_take_between_denoising_steps(engines):
+    from stemd.models.base import Cancelled
+
+    seen = []
+    with pytest.raises(Cancelled):
+        engines[SA3].raw(spec(), should_stop=lambda: len(seen) >= 2, on_progress=seen.append)
+    assert seen == [1 / 8, 2 / 8]
+
+
+def test_sidecar_info_says_family_licence_weights_and_test_model(engines):
+    info = engines[SA3].info()
+    assert info["family"] == "stable-audio-3" and info["license"]["commercial"] is True
+    assert info["license"]["name"] == "Stability AI Community License" and info["test_model"] is True
+    assert len(info["weights_sha256"]) == 64
+    assert engines[ACE].info()["license"]["name"] == "MIT"
+
+
+def test_a_missing_diffusion_model_says_where_stemd_looked_and_how_to_fetch_it(tmp_path, monkeypatch):
+    from stemd.models.base import ModelNotFound
+    from stemd.models.registry import load_engine
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(ModelNotFound) as e:
+        load_engine("stabilityai/stable-audio-3-small-music", device="cpu")
+    text = str(e.value)
+    assert "empty-cache" in text and "hf download stabilityai/stable-audio-3-small-music" in text
+    assert "convert_stable_audio_3_to_diffusers.py" in text
+
+
+# --- the command lines ------------------------------------------------------------------------------
+
+def render(folder, out, *extra):
+    done = subprocess.run(STEMD + ["render", "--model", str(folder), "--bars", "3", "--bpm", "97", "--meter", "3/4",
+                                   "--variations", "2", "--seed", "5", "--sample-rate", "44100", "--out", str(out),
+                                   "--no-contact-sheet", *extra], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return sorted(out.glob("*.wav"))
+
+
+@pytest.mark.parametrize("arch", [SA3, ACE])
+def test_render_makes_exact_bars_reproducibly_with_the_licence_in_every_sidecar(pipelines, tmp_path, arch):
+    import soundfile
+
+    first = render(pipelines[arch], tmp_path / "a")
+    again = render(pipelines[arch], tmp_path / "b")
+    assert len(first) == 2
+    length = Grid(97, "3/4").span_samples(0, 3, 44100)
+    takes = []
+    for wav in first:
+        audio, rate = soundfile.read(wav, dtype="float32", always_2d=True)
+        assert rate == 44100 and audio.shape == (length, 2)
+        assert np.isfinite(audio).all() and np.sqrt(np.mean(audio ** 2)) > 1e-3
+        meta = json.loads(wav.with_suffix(".json").read_text())
+        assert meta["license"]["name"] and isinstance(meta["license"]["commercial"], bool)
+        assert meta["commercial_use"] is True and len(meta["weights_sha256"]) == 64
+        assert "noise, not music" in meta["note"]
+        takes.append(audio)
+    assert np.abs(takes[0] - takes[1]).max() > 1e-3                        # the variations differ
+    for a, b in zip(first, again):                                           # the same seed, the same take
+        assert soundfile.read(a)[0].tobytes() == soundfile.read(b)[0].tobytes()
+
+
+def test_render_key_reaches_ace_steps_keyscale(pipelines, tmp_path, monkeypatch):
+    from diffusers import AceStepPipeline
+
+    from stemd.cli import main
+
+    seen = []
+    original = AceStepPipeline._build_metadata_string
+
+    def spy(bpm=None, keyscale=None, timesignature=None, audio_duration=None):
+        seen.append((bpm, keyscale, timesignature))
+        return original(bpm=bpm, keyscale=keyscale, timesignature=timesignature, audio_duration=audio_duration)
+
+    monkeypatch.setattr(AceStepPipeline, "_build_metadata_string", staticmethod(spy))
+    assert main(["render", "--model", str(pipelines[ACE]), "--bars", "2", "--bpm", "97", "--meter", "3/4",
+                 "--key", "F# minor", "--seed", "1", "--out", str(tmp_path / "k"), "--no-contact-sheet"]) == 0
+    assert seen and set(seen) == {(97, "F# minor", "3")}
+
+
+@pytest.mark.parametrize("arch", [SA3, ACE])
+def test_the_daemon_serves_each_family_over_tcp_in_bar_exact_chunks(start_daemon, pipelines, arch):
+    from stemd.protocol import Chunk
+
+    daemon = start_daemon("--device", "cpu", model=str(pipelines[arch]))
+    client = TcpClient(daemon.port)
+    client.send("/stemd/generate", "d1", "bars", 3, "bpm", 97, "meter", "7/8", "seed", 2, "sample_rate", 48000,
+                "variations", 2, "prompt", "test")
+    messages = client.until("/stemd/done", "d1", timeout=240)
+    chunks = [Chunk.from_args(m.args) for m in messages if m.address == "/stemd/chunk"]
+    grid = Grid(97, "7/8")
+    assert sorted((c.variation, c.bar_index) for c in chunks) == [(v, b) for v in (0, 1) for b in range(3)]
+    for c in chunks:
+        assert c.audio.shape == (2, grid.bar_length_samples(c.bar_index, 48000))
+        assert c.start_sample == grid.bar_start_sample(c.bar_index, 48000)
+        assert np.isfinite(c.audio).all()
+    # a key the family lacks is a typed error, and the daemon keeps serving
+    client.send("/stemd/generate", "d2", "bars", 1, "temperature", 0.5)
+    error = client.until("/stemd/error", "d2", timeout=60)[-1]
+    assert error.args[1] == "unsupported_key"
+    client.send("/stemd/ping")
+    pong = client.until("/stemd/pong")[-1]
+    assert pong.address == "/stemd/pong"
+    client.close()
