@@ -11,7 +11,8 @@ from stemd.protocol import DEFAULT_PORT
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="facebook/musicgen-small",
-                   help="'click' (a metronome, no model), a MusicGen hub id or a local checkpoint folder")
+                   help="'click' (a metronome, no model), a hub id (facebook/musicgen-small, stabilityai/stable-audio-3-small-music, "
+                        "ACE-Step/...) or a local checkpoint folder (MusicGen, or a diffusers pipeline: Stable Audio 3, ACE-Step 1.5)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; any other address requires --token)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT,
@@ -95,10 +96,15 @@ def run(args: argparse.Namespace) -> int:
         port = session.input if session else None
         controller = f"; MIDI controller {port.connected_to or f'{port.client_name}:{port.virtual}'}" if port else ""
         info = engine.info()
+        card = info.get("license") or {}
+        if card and not card.get("commercial"):
+            log.warning("model %s: its weights are licensed %s, which does not allow commercial use: takes made "
+                        "with it may not be released or sold (%s)", info.get("model", engine.name), card["name"],
+                        card.get("link", ""))
         where = f"[{args.host}]" if ":" in args.host else args.host
-        log.info("listening on osc.udp://%s:%d and osc.tcp://%s:%d; model %s on %s; takes in %s%s%s",
-                 where, server.port, where, server.port, info.get("model", engine.name), info.get("device", "cpu"),
-                 out, "; token required" if args.token else "", controller)
+        log.info("listening on osc.udp://%s:%d and osc.tcp://%s:%d; model %s (%s) on %s; takes in %s%s%s",
+                 where, server.port, where, server.port, info.get("model", engine.name), info.get("family", "?"),
+                 info.get("device", "cpu"), out, "; token required" if args.token else "", controller)
         try:
             await server.run_until_signal()
         finally:

@@ -28,7 +28,9 @@ Handler = Callable[[Service, Any, tuple], None]
 
 def ping(service: Service, client: Any, args: tuple) -> None:
     info = service.info
-    client.send(PONG, VERSION, str(info.get("model", service.engine.name)), str(info.get("device", "cpu")))
+    card = info.get("license") or {}
+    client.send(PONG, VERSION, str(info.get("model", service.engine.name)), str(info.get("device", "cpu")),
+                str(info.get("family", "")), str(card.get("name", "")), int(bool(card.get("commercial"))))
 
 
 def hello(service: Service, client: Any, args: tuple) -> None:

@@ -36,14 +36,26 @@ def hf_cache_dir() -> Path:
     return Path(home).expanduser() / "hub"
 
 
-def cached_musicgen_models(cache: Path) -> list[str]:
+#: hub-cache folder patterns of the model families stemd serves -> (family, the file a complete snapshot has)
+FAMILY_PATTERNS = (("models--*--*musicgen*", "musicgen", "config.json"),
+                   ("models--stabilityai--stable-audio-3*", "stable-audio-3", "model_index.json"),
+                   ("models--ACE-Step--*", "ace-step", "model_index.json"))
+
+
+def cached_models(cache: Path) -> list[str]:
+    """``repo (licence; commercial use yes/NO)`` for every snapshot of a family stemd serves in ``cache``."""
+    from stemd.licenses import card
+
     if not cache.is_dir():
         return []
     names = []
-    for entry in sorted(cache.glob("models--*--*musicgen*")):
-        repo = entry.name[len("models--"):].replace("--", "/", 1)
-        complete = any(entry.glob("snapshots/*/config.json"))
-        names.append(repo if complete else f"{repo} (incomplete)")
+    for pattern, family, marker in FAMILY_PATTERNS:
+        for entry in sorted(cache.glob(pattern)):
+            repo = entry.name[len("models--"):].replace("--", "/", 1)
+            complete = any(entry.glob(f"snapshots/*/{marker}"))
+            lic = card(family)
+            terms = f"{lic['name']}; commercial use {'yes' if lic['commercial'] else 'NO'}"
+            names.append(f"{repo} ({terms})" if complete else f"{repo} (incomplete)")
     return names
 
 
@@ -73,12 +85,20 @@ def check_torch() -> list[Check]:
 
 def check_models() -> list[Check]:
     cache = hf_cache_dir()
-    models = cached_musicgen_models(cache)
+    models = cached_models(cache)
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     status = "ok" if models else "warn"
-    detail = ", ".join(models) if models else ("none; fetch one with: huggingface-cli download facebook/musicgen-small "
-                                               "(or use --model click, or stemd make-test-model DIR)")
-    return [(status, "models", f"{detail} [cache: {cache}{', HF_HUB_OFFLINE=1' if offline else ''}]")]
+    detail = ", ".join(models) if models else ("none; fetch one with: hf download ACE-Step/<a diffusers-format repo> "
+                                               "(MIT), or hf download facebook/musicgen-small (non-commercial); or "
+                                               "use --model click, or stemd make-test-model DIR")
+    out = [(status, "models", f"{detail} [cache: {cache}{', HF_HUB_OFFLINE=1' if offline else ''}]")]
+    try:
+        diffusers = importlib.import_module("diffusers")
+        out.append(("ok", "diffusers", f"{diffusers.__version__} (Stable Audio 3, ACE-Step 1.5)"))
+    except Exception as e:  # any import failure: the diffusion families are unavailable here
+        out.append(("warn", "diffusers", f"not importable ({e.__class__.__name__}): Stable Audio 3 and ACE-Step need "
+                    "it: pip install -e '.[daemon]' -c constraints.txt"))
+    return out
 
 
 @contextlib.contextmanager

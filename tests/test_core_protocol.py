@@ -66,3 +66,20 @@ def test_take_wavs_read_back_exactly_in_every_format(tmp_path):
             assert rate == 44100 and data.shape == (1001, channels)
             assert np.abs(data.T - audio).max() <= tol
             assert not list(tmp_path.glob("*.partial"))
+
+
+def test_model_keys_are_checked_however_the_request_is_built():
+    from stemd.protocol import GenerateRequest, ProtocolError
+
+    built = GenerateRequest.from_args(("r1", "steps", 12, "strength", 0.25, "track", "drums", "repaint", "2-3"))
+    assert (built.steps, built.strength, built.track, built.repaint) == (12, 0.25, "drums", "2-3")
+    assert GenerateRequest("r2").guidance is None            # the model's own default
+    for kwargs, code in [({"steps": 0}, "out_of_range"), ({"steps": 1.5}, "wrong_type"),
+                         ({"strength": 1.5}, "out_of_range"), ({"track": "../x"}, "out_of_range"),
+                         ({"extract": ""}, None), ({"repaint": "3"}, "bad_arguments")]:
+        if code is None:
+            GenerateRequest("r3", **kwargs)
+            continue
+        with pytest.raises(ProtocolError) as e:
+            GenerateRequest("r3", **kwargs)
+        assert e.value.code == code and next(iter(kwargs)) in e.value.message

@@ -29,6 +29,11 @@ def test_a_tiny_musicgen_streams_bar_exact_chunks_and_cancels_between_steps(star
     client.send("/stemd/ping")
     pong = client.recv()
     assert pong.address == "/stemd/pong" and pong.args[2] == "cpu"
+    assert pong.args[3:] == ("musicgen", "CC-BY-NC-4.0", 0)          # family, licence, commercial use
+    assert "does not allow commercial use" in daemon.log                 # said once, at start
+    client.send("/stemd/generate", "s1", "bars", 1, "strength", 0.5)    # a diffusion model's key
+    error = client.until("/stemd/error", "s1", timeout=60)[-1]
+    assert error.args[1] == "unsupported_key" and "strength" in error.args[2]
     client.send("/stemd/generate", "mg", "bars", 2, "bpm", 137.5, "seed", 1, "sample_rate", 44100)
     messages = client.until("/stemd/done", "mg", timeout=120)
     chunks = [Chunk.from_args(m.args) for m in messages if m.address == "/stemd/chunk"]

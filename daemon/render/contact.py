@@ -96,7 +96,11 @@ def _read_mono(path: Path) -> tuple[np.ndarray, int]:
 def _card(index: int, take: dict, folder: Path) -> str:
     mono, rate = _read_mono(folder / take["file"])
     r, g, b = badge_colour(index)
-    params = [("model", take["model"]), ("seed", take["seed"]), ("variation", take["variation"]),
+    rights = f'{take.get("license") or "licence unknown"}, ' + (
+        "commercial use allowed" if take.get("commercial_use") else "NON-COMMERCIAL")
+    if take.get("test_model"):
+        rights += "; test model: noise, not music"
+    params = [("model", f'{take["model"]} ({rights})'), ("seed", take["seed"]), ("variation", take["variation"]),
               ("bars", f'{take["bars"]} @ {take["tempo"]:g} BPM {take["meter"]}'),
               ("length", f'{take["seconds"]:.3f} s, {take["sample_rate"]} Hz, {take["format"]}')]
     if take.get("lufs") is not None:

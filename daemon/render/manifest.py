@@ -16,7 +16,8 @@ from stemd.daemon.render.job import Job, Take
 from stemd.takes import atomic_write
 
 COLUMNS = ("name", "file", "model", "prompt", "seed", "variation", "bars", "tempo", "meter", "start_bar",
-           "sample_rate", "channels", "frames", "seconds", "format", "lufs", "stems", "key", "sha256")
+           "sample_rate", "channels", "frames", "seconds", "format", "lufs", "stems", "key", "sha256", "license", "commercial_use",
+           "test_model")
 MANIFEST_JSON, MANIFEST_CSV = "manifest.json", "manifest.csv"
 
 
@@ -31,6 +32,8 @@ def entry(take: Take, sidecar: dict) -> dict:
         "seconds": round(sidecar["frames"] / sidecar["sample_rate"], 6), "format": sidecar["format"],
         "lufs": loud.get("lufs"), "stems": {k: v["file"] for k, v in sidecar.get("stems", {}).items()},
         "key": take.key, "sha256": sidecar["sha256"],
+        "license": (sidecar.get("license") or {}).get("name", ""), "commercial_use": bool(sidecar.get("commercial_use")),
+        "test_model": bool((sidecar.get("engine") or {}).get("test_model")),
     }
 
 

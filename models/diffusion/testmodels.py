@@ -7,7 +7,8 @@ tokenizer built here, offline. ``model_index.json`` carries ``"stemd_test_model"
 makes noise, not music, and stemd says so wherever it reports the model.
 
 ``*-tiny`` architectures build in about a second for tests; ``sa3-small``, ``sa3-medium`` and
-``acestep-turbo`` have the released sizes (their DiTs: about 433M, 1453M and 1575M parameters) for
+``acestep-turbo`` have the released sizes (their DiTs: 437M, 1453M and 1575M parameters; published: 433M,
+1.4B, 1.6B) for
 benchmarks of speed and memory, never of sound.
 """
 
@@ -36,8 +37,8 @@ SA3_ARCHS = {
                   num_key_value_heads=1, head_dim=8, max_position_embeddings=512, sliding_window=512),
         duration=dict(output_dim=16, fourier_dim=16, max_val=120.0),
     ),
-    # the released small-music size (DiT about 433M; SAME-S autoencoder; 120 s at most)
-    "sa3-small": dict(transformer=dict(embed_dim=1024, depth=24, num_heads=16), vae=dict(),
+    # the released small-music size (DiT 437M, published 433M; SAME-S autoencoder; 120 s at most)
+    "sa3-small": dict(transformer=dict(embed_dim=1024, depth=16, num_heads=16), vae=dict(),
                       text=T5GEMMA_B, duration=dict(max_val=120.0)),
     # the released medium size (the classes' defaults: DiT about 1453M; SAME-L autoencoder; 380 s)
     "sa3-medium": dict(transformer=dict(), vae=dict(encoder_channels=256, encoder_transformer_depths=(12,)),
