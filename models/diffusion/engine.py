@@ -15,6 +15,7 @@ tests/test_diffusion_engines.py holds both to 1e-5.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from pathlib import Path
@@ -62,6 +63,32 @@ def pick_dtype(dtype: Optional[str], device):
     return torch.float32
 
 
+@contextlib.contextmanager
+def quiet_loading():
+    """Loading without diffusers' and transformers' progress bars and notes (stemd's own keys in
+    ``model_index.json``, accelerate's absence, torch's weight_norm deprecation): they would break into
+    ``stemd render``'s progress bar and the daemon's log. Errors still raise."""
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    before = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        diffusers_logging.set_verbosity(before[0])
+        transformers_logging.set_verbosity(before[1])
+        diffusers_logging.enable_progress_bar()
+        transformers_logging.enable_progress_bar()
+
+
 class DiffusionEngine(Engine):
     """One diffusers pipeline, held warm. Subclasses say which pipeline calls make a take."""
 
@@ -86,19 +113,15 @@ class DiffusionEngine(Engine):
 
         import torch
         from diffusers import DiffusionPipeline
-        from diffusers.utils import logging as diffusers_logging
 
         dev = pick_device(device)
         dt = pick_dtype(dtype, dev)
         index = json.loads((folder / "model_index.json").read_text())
-        verbosity = diffusers_logging.get_verbosity()
-        diffusers_logging.set_verbosity_error()   # stemd's own keys in model_index.json are not diffusers'
         try:
-            pipe = DiffusionPipeline.from_pretrained(str(folder), dtype=dt, local_files_only=True)
+            with quiet_loading():
+                pipe = DiffusionPipeline.from_pretrained(str(folder), dtype=dt, local_files_only=True)
         except (OSError, ValueError, KeyError) as e:
             raise EngineError(f"model {model!r}: diffusers could not load {folder}: {e}") from None
-        finally:
-            diffusers_logging.set_verbosity(verbosity)
         pipe.to(dev)
         with torch.no_grad():
             engine = cls(pipe, folder, model, dev, dt, test_model=bool(index.get("stemd_test_model")))
