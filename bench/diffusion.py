@@ -23,7 +23,6 @@ After one short warm-up call of each, rounds alternate ours and theirs; medians 
 from __future__ import annotations
 
 import argparse
-import platform
 import resource
 import statistics
 import time
@@ -44,22 +43,14 @@ def ensure_pipeline(arch: str) -> Path:
     return path
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def device_name(device: str) -> str:
     import torch
 
     if device.startswith("cuda"):
         return torch.cuda.get_device_name()
-    return f"{cpu_model()}, {torch.get_num_threads()} threads"
+    from stemd.models.devices import cpu_name
+
+    return f"{cpu_name()}, {torch.get_num_threads()} threads"
 
 
 def sync(device) -> None:
@@ -85,7 +76,6 @@ def their_call(pipe, family: str, engine, spec, seconds: float):
 
 def bench_arch(arch: str, args) -> None:
     import numpy as np
-    import torch
     from diffusers import DiffusionPipeline
 
     from stemd.models.base import AudioStream, GenerationSpec

@@ -33,34 +33,16 @@ MARGIN = 1.1
 log = logging.getLogger("stemd.models.diffusion")
 
 
-def pick_device(device: Optional[str]):
-    import torch
-
-    if device and device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def pick_dtype(dtype: Optional[str], device):
     """bfloat16 on CUDA (where supported) and float16 on other GPUs; float32 on a CPU, where diffusers'
     audio autoencoders and the pipelines' noise are only tested in float32."""
     import torch
 
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+    from stemd.models.devices import gpu_dtype, named_dtype
+
     if dtype and dtype != "auto":
-        if dtype not in names:
-            raise EngineError(f"dtype must be one of auto, {', '.join(names)}; got {dtype!r}")
-        return names[dtype]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    return torch.float32
+        return named_dtype(dtype)
+    return gpu_dtype(device) or torch.float32
 
 
 @contextlib.contextmanager
@@ -113,6 +95,8 @@ class DiffusionEngine(Engine):
 
         import torch
         from diffusers import DiffusionPipeline
+
+        from stemd.models.devices import pick_device
 
         dev = pick_device(device)
         dt = pick_dtype(dtype, dev)
@@ -234,7 +218,8 @@ class DiffusionEngine(Engine):
     def steps(self, spec: GenerationSpec) -> int:
         return int(spec.extra.get("steps") or 8)
 
-    def make(self, spec: GenerationSpec, callback) -> "torch.Tensor":  # noqa: F821
+    def make(self, spec: GenerationSpec, callback):
+        """The pipeline call(s) for ``spec``: a float tensor ``(variations, 2, n)`` at the model's rate."""
         raise NotImplementedError
 
     def info(self) -> dict:

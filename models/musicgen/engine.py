@@ -20,13 +20,12 @@ import torch
 
 from stemd.models.base import (AudioStream, Cancelled, Engine, EngineError, GenerationSpec, never_stop,
                                no_progress)
+from stemd.models.devices import DTYPES, gpu_dtype, named_dtype, pick_device
 from stemd.models.musicgen.generate import Generation, Sampling, iter_frames
 from stemd.models.musicgen.loading import Checkpoint, load_checkpoint
 from stemd.models.musicgen.streaming import StreamingDecoder
 from stemd.models.registry import DECODE_BACKENDS
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
 WINDOW_SECONDS = 30.0        # what MusicGen was trained on
 KEEP_SECONDS = 10.0          # context carried into the next window of a long take
 MARGIN = 1.1                 # generate 10% more than asked: conform may stretch
@@ -34,16 +33,6 @@ MAX_TEXT_TOKENS = 256
 GUIDANCE = 3.0               # classifier-free guidance when a request names none (audiocraft's default)
 BACKENDS = DECODE_BACKENDS  # auto picks one for the device: ``MusicGenEngine._choose``
 log = logging.getLogger("stemd.models.musicgen")
-
-
-def pick_device(device: Optional[str]) -> torch.device:
-    if device and device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -56,13 +45,9 @@ def pick_dtype(dtype: Optional[str], device: torch.device) -> torch.dtype:
     """bfloat16 on GPUs and CPUs that compute in it natively (AVX512-BF16, AMX: half the memory traffic
     per step), float16 on other GPUs and on Apple silicon, float32 on other CPUs."""
     if dtype and dtype != "auto":
-        if dtype not in DTYPES:
-            raise EngineError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
-        return DTYPES[dtype]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
-        return torch.float16
+        return named_dtype(dtype)
+    if device.type != "cpu":
+        return gpu_dtype(device) or torch.float32
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
 

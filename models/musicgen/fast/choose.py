@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Optional
 
 import torch
 
+from stemd.models.devices import cpu_name
 from stemd.models.musicgen.fast.onnx_cache import cache_root, runtime_versions
 from stemd.models.musicgen.fast.onnx_codec import OnnxCodec, cached_codec, torch_decode, window_ms
 from stemd.models.musicgen.fast.onnx_step import OnnxGeneration, OnnxStep, cached_step
@@ -127,16 +127,6 @@ def measure_cpu(engine, eager_dtype: torch.dtype, steps: int = 8, rounds: int = 
 
 
 # -- the verdict kept on disk -----------------------------------------------------------------------
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def decision_key(model_folder: Path, eager_dtype: torch.dtype) -> str:
     """Model files (names, sizes, modification times), this machine, torch's threads, versions."""
