@@ -84,7 +84,7 @@ class AceStepEngine(DiffusionEngine):
         if task == "text2music":
             return self.pipe(audio_duration=canvas, **args).audios
         # the autoencoder samples its latent: seed it too, so a take with given audio is reproducible
-        torch.manual_seed(self.seeds(spec)[0])
+        torch.manual_seed(args["generator"][0].initial_seed())   # the seed drawn once for this take
         if task in ("lego", "extract"):
             return self.pipe(task_type=task, track_name=track, src_audio=self.source_audio(spec.continuation, canvas),
                              audio_duration=canvas, **args).audios
