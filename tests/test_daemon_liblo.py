@@ -55,7 +55,7 @@ def test_oscsend_over_udp_and_oscdump_receives_the_replies(daemon, oscdump):
             "reply_port", dump_port)
     lines = read_until("/stemd/done")
     text = "".join(lines)
-    assert '/stemd/pong sss "0.1.0" "click" "cpu"' in text
+    assert '/stemd/pong sssssi "0.1.0" "click" "cpu" "click" "MIT (stemd)" 1' in text
     assert '/stemd/accepted s "u1"' in text
     take_line = next(line for line in lines if "/stemd/take" in line)
     path = take_line.split('"')[-2]
