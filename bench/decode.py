@@ -25,6 +25,7 @@ The last line is `steps_per_s ours=A transformers=B ratio=R (ours: BACKEND, DTYP
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import platform
 import resource
@@ -171,7 +172,7 @@ def interleaved_rates(engine, ref, tok, variations: int, steps: int, rounds: int
 
     lm = engine.ck.lm
     params = Sampling(guidance=3.0, temperature=1.0, top_k=250)
-    text, mask = engine.encode_text("driving techno, 128 bpm", variations, params.guided)
+    text, mask = engine.ck.encode_text("driving techno, 128 bpm", variations, params.guided)
     lm.setup_caches(text.shape[0], 1536, 64)
     lm.set_conditioning(text, mask)
     inputs = {k: v.repeat(variations, 1).to(device) for k, v in tok.items()}
@@ -209,7 +210,7 @@ def main() -> None:
     p.add_argument("--ref-dtype", default="float32", help="transformers' dtype (its default is float32)")
     p.add_argument("--steps", type=int, default=20, help="decoding steps per measured round")
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds, ours then transformers")
-    p.add_argument("--backend", default=None, choices=DECODE_BACKENDS,
+    p.add_argument("--backend", default=os.environ.get("STEMD_DECODE_BACKEND") or None, choices=DECODE_BACKENDS,
                    help="ours: the engine's decoding backend (default: $STEMD_DECODE_BACKEND, else eager)")
     p.add_argument("--rss-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -1,14 +1,14 @@
 """MusicGen decoding steps/s per backend on the device this runs on, transformers' generate() alongside.
 
     .venv/bin/python bench/fast_decode.py [--device cpu|cuda] [--dtype float32] [--steps 20] [--rounds 3]
-        [--backends eager,fast-eager,compiled,cuda-graph] [--variations 1] [--model DIR]
+        [--backends eager,compiled,cuda-graph,onnx] [--variations 1] [--model DIR]
 
 Random-weight musicgen-small (written once into bench/.cache/, as bench/decode.py does). Per backend: one
 warm-up round (torch.compile compiles, CUDA graphs are captured: the time is printed as setup), then
 ``--rounds`` rounds of ``--steps`` steps from a fresh request, the median steps/s. Every round starts at
 position 1 so the attention span stays in its first bucket (one compiled graph per backend). Guidance 3,
-top-k 250 sampling. Backends: ``eager`` is generate.Generation (stemd's loop), ``fast-eager`` the capturable
-step run eagerly, ``compiled`` that step under torch.compile (inductor, fullgraph), ``cuda-graph`` it captured
+top-k 250 sampling. Backends (step objects handed to generate.Generation, the one loop): ``eager`` is
+generate.step run as plain torch ops, ``compiled`` that step under torch.compile (inductor, fullgraph), ``cuda-graph`` it captured
 by hand and replayed (CUDA only), ``onnx`` the forward pass exported to ONNX (once, kept in the
 stemd cache: ``fast/onnx_cache.py``) and run in ONNX Runtime
 (CPU, float32; sampling stays in torch). Before timing, each fast backend's tokens are compared with eager's for the
@@ -29,21 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode import CACHE, device_name, ensure_model, sync, transformers_step_rate  # noqa: E402
 
 
-def make_gen(name, lm, variations, params, max_seq, backend, seed=0):
-    from stemd.models.musicgen.fast.backends import FastGeneration
+def make_gen(name, lm, variations, params, max_seq, step, seed=0):
     from stemd.models.musicgen.generate import Generation
 
-    if name == "eager":
-        return Generation(lm, variations, params, max_seq, seed=seed)
-    if name == "onnx":
-        from stemd.models.musicgen.fast.onnx_step import OnnxGeneration
-
-        return OnnxGeneration(lm, variations, params, max_seq, step=backend, seed=seed)
-    return FastGeneration(lm, variations, params, max_seq, seed=seed, backend=backend)
+    return Generation(lm, variations, params, max_seq, seed=seed, step=step)
 
 
 def backend_for(name, device, lm, rows, max_seq):
-    from stemd.models.musicgen.fast.backends import CompiledStep, EagerStep, make_backend
+    from stemd.models.musicgen.fast.backends import CompiledStep, make_backend
 
     if name == "onnx":   # exported by stemd's code from the weights just loaded, kept in the disk cache
         from stemd.models.musicgen.fast.onnx_step import OnnxStep, cached_step
@@ -54,8 +47,6 @@ def backend_for(name, device, lm, rows, max_seq):
               f"({path.parent})", flush=True)
         return OnnxStep(path)
 
-    if name == "fast-eager":
-        return EagerStep()
     if name == "compiled":
         return CompiledStep()
     if name == "cuda-graph":
@@ -114,7 +105,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--variations", type=int, default=1)
     p.add_argument("--backends", default=None,
-                   help="default: eager,fast-eager,compiled (+cuda-graph on CUDA, +onnx on CPU in float32)")
+                   help="default: eager,compiled (+cuda-graph on CUDA, +onnx on CPU in float32)")
     p.add_argument("--no-transformers", action="store_true")
     args = p.parse_args()
     model = args.model or str(ensure_model(CACHE))
@@ -125,7 +116,7 @@ def main() -> None:
     from stemd.models.musicgen.generate import Sampling
 
     extra = ",cuda-graph" if args.device.startswith("cuda") else ",onnx" if args.dtype == "float32" else ""
-    names = (args.backends or "eager,fast-eager,compiled" + extra).split(",")
+    names = (args.backends or "eager,compiled" + extra).split(",")
     engine = MusicGenEngine.load(model, device=args.device, dtype=args.dtype)
     device = engine.device
     print(f"device: {args.device} ({device_name(args.device)}), torch {torch.__version__}, dtype "
@@ -134,7 +125,7 @@ def main() -> None:
           f"{time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     lm = engine.ck.lm
     params = Sampling(guidance=3.0, temperature=1.0, top_k=250)
-    text, mask = engine.encode_text("driving techno, 128 bpm", args.variations, params.guided)
+    text, mask = engine.ck.encode_text("driving techno, 128 bpm", args.variations, params.guided)
     max_seq = 256
     lm.setup_caches(text.shape[0], max_seq, 64)
     lm.set_conditioning(text, mask)

@@ -9,6 +9,7 @@ summary go to stderr.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from stemd.models.registry import DECODE_BACKENDS
@@ -47,9 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stems-model", default=None, help="an htdemucs checkpoint (.th) or a folder of Demucs models")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: by device)")
-    p.add_argument("--backend", default=None, choices=DECODE_BACKENDS,
-                   help="MusicGen decoding backend (default: $STEMD_DECODE_BACKEND, else eager); set as "
-                        "$STEMD_DECODE_BACKEND for this run's engines (a running Ray cluster's workers read their own)")
+    p.add_argument("--backend", default=os.environ.get("STEMD_DECODE_BACKEND") or None, choices=DECODE_BACKENDS,
+                   help="MusicGen decoding backend (default: $STEMD_DECODE_BACKEND, else eager); a job key too")
     p.add_argument("--out", default=None, help="output folder (default: takes)")
     p.add_argument("--no-contact-sheet", action="store_true", help="skip the contact sheet (HTML and PNG)")
     p.add_argument("--ray", default=None, metavar="ADDRESS",
@@ -71,7 +71,7 @@ def job_from_args(args: argparse.Namespace):
              "channels": args.channels, "temperature": args.temperature, "top_k": args.top_k,
              "top_p": args.top_p, "guidance": args.guidance, "steps": args.steps, "key": args.key, "loop": args.loop,
              "format": args.format, "lufs": args.lufs, "stems_model": args.stems_model, "device": args.device,
-             "dtype": args.dtype, "out": args.out}
+             "dtype": args.dtype, "backend": args.backend, "out": args.out}
     if args.bars is not None:
         flags["bars"] = int_list(args.bars)
     if args.seeds is not None or args.seed is not None:
@@ -92,10 +92,6 @@ def run(args: argparse.Namespace) -> int:
     from stemd.daemon.render.runner import run_job
 
     job = job_from_args(args)
-    if args.backend:   # engines read it when the job loads them (load_engine's default backend)
-        import os
-
-        os.environ["STEMD_DECODE_BACKEND"] = args.backend
     result = run_job(job, ray_address=args.ray, ray_workers=args.ray_workers,
                      on_take=lambda path: print(path, flush=True))
     print(f"stemd render: {len(result.written)} takes written, {result.skipped} already finished, "

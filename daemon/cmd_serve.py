@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="takes", help="folder for finished takes (default ./takes)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: by device)")
-    p.add_argument("--backend", default=None, choices=DECODE_BACKENDS,
+    p.add_argument("--backend", default=os.environ.get("STEMD_DECODE_BACKEND") or None, choices=DECODE_BACKENDS,
                    help="MusicGen decoding backend (default: $STEMD_DECODE_BACKEND, else eager); auto picks "
                         "cuda-graph on CUDA and the faster of onnx and eager measured on a CPU")
     p.add_argument("--queue-size", type=int, default=16, help="requests that may wait (default 16); more get 'busy'")

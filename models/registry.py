@@ -16,8 +16,8 @@ DECODE_BACKENDS = ("auto", "eager", "compiled", "cuda-graph", "onnx")
 
 def load_engine(model: str, *, device: Optional[str] = None, dtype: Optional[str] = None,
                 backend: Optional[str] = None) -> Engine:
-    """``backend``: MusicGen's decoding backend (auto, eager, compiled, cuda-graph, onnx); None: the
-    engine's default ($STEMD_DECODE_BACKEND, else eager). The click engine has none."""
+    """``backend``: MusicGen's decoding backend (auto, eager, compiled, cuda-graph, onnx); None: eager.
+    The command lines read $STEMD_DECODE_BACKEND and pass it here. The click engine has none."""
     if model == "click":
         from stemd.models.click import ClickEngine
 

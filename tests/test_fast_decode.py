@@ -1,5 +1,5 @@
-"""Fast decoding backends on the tiny random-weight checkpoint: the capturable step gives the tokens of
-stemd's eager loop for the same seed (float32), through torch.compile with fullgraph=True (no graph
+"""Fast decoding backends on the tiny random-weight checkpoint: ``generate.step`` compiled or captured gives
+the tokens of the same step run eagerly for the same seed (float32), through torch.compile with fullgraph=True (no graph
 breaks) and, on a CUDA device, replayed as CUDA graphs."""
 
 import logging
@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from stemd.models.musicgen.engine import MusicGenEngine
-from stemd.models.musicgen.fast.backends import (CompiledStep, EagerStep, FastGeneration, generate_tokens_fast,
-                                                 make_backend)
-from stemd.models.musicgen.generate import Generation, Sampling, generate_tokens, iter_frames
+from stemd.models.musicgen.decoding import Decoding
+from stemd.models.musicgen.fast.backends import CompiledStep, make_backend
+from stemd.models.musicgen.generate import EagerStep, Generation, Sampling, generate_tokens, iter_frames
 from stemd.models.musicgen.testmodel import write_test_model
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -30,7 +30,7 @@ def engine(tmp_path_factory):
 
 def conditioned(engine, variations, params, max_seq):
     lm = engine.ck.lm
-    text, mask = engine.encode_text("dusty lofi drums, 90 bpm", variations, params.guided)
+    text, mask = engine.ck.encode_text("dusty lofi drums, 90 bpm", variations, params.guided)
     lm.setup_caches(text.shape[0], max_seq, 64)
     lm.set_conditioning(text, mask)
     return lm
@@ -42,23 +42,24 @@ def test_compiled_fullgraph_step_gives_eager_tokens_for_the_same_seed(engine, pa
     lm = conditioned(engine, 2, params, 192)
     eager = generate_tokens(lm, 150, 2, params, max_seq=192, seed=7)
     compiled = CompiledStep(backend="aot_eager")      # fullgraph=True: a graph break raises
-    fast = generate_tokens_fast(lm, 150, 2, params, max_seq=192, seed=7, backend=compiled)
+    fast = generate_tokens(lm, 150, 2, params, max_seq=192, seed=7, step=compiled)
     assert fast.shape == eager.shape == (2, lm.args.num_codebooks, 150)
     assert torch.equal(fast, eager)
 
 
-def test_fast_generation_slides_its_window_like_the_eager_loop(engine):
+def test_a_compiled_generation_slides_its_window_like_the_eager_one(engine):
     params = SAMPLINGS[0]
     lm = conditioned(engine, 1, params, 64)
     prompt = torch.randint(0, lm.args.vocab_size, (lm.args.num_codebooks, 12),
                            generator=torch.Generator().manual_seed(1))
 
-    def run(cls, **kw):   # 130 frames through a 64-position window that keeps 20 frames on each slide
-        gen = cls(lm, 1, params, 64, prompt=prompt, seed=3, keep_frames=20, **kw)
-        return torch.cat(list(iter_frames(gen, 142, lambda: False, lambda ready: None)), dim=-1)
+    def run(step):   # 130 frames through a 64-position window that keeps 20 frames on each slide
+        with torch.no_grad():
+            gen = Generation(lm, 1, params, 64, prompt=prompt, seed=3, keep_frames=20, step=step)
+            return torch.cat(list(iter_frames(gen, 142, lambda: False, lambda ready: None)), dim=-1)
 
-    eager = run(Generation)
-    fast = run(FastGeneration, backend=EagerStep())
+    eager = run(EagerStep())
+    fast = run(CompiledStep(backend="aot_eager"))
     assert fast.shape == (1, lm.args.num_codebooks, 142)
     assert torch.equal(fast, eager)
     assert torch.equal(fast[:, :, :12], prompt[None])
@@ -67,7 +68,7 @@ def test_fast_generation_slides_its_window_like_the_eager_loop(engine):
 def test_the_position_lives_on_the_device_and_advances_with_the_host_count(engine):
     params = SAMPLINGS[0]
     lm = conditioned(engine, 1, params, 128)
-    gen = FastGeneration(lm, 1, params, 128, seed=0)
+    gen = Generation(lm, 1, params, 128, seed=0)
     start = gen.pos
     gen.decode_n_tokens(5)
     assert gen.pos == start + 5
@@ -77,8 +78,8 @@ def test_the_position_lives_on_the_device_and_advances_with_the_host_count(engin
 def test_seeds_still_matter(engine):
     params = SAMPLINGS[0]
     lm = conditioned(engine, 1, params, 128)
-    a = generate_tokens_fast(lm, 30, 1, params, max_seq=128, seed=1)
-    b = generate_tokens_fast(lm, 30, 1, params, max_seq=128, seed=2)
+    a = generate_tokens(lm, 30, 1, params, max_seq=128, seed=1)
+    b = generate_tokens(lm, 30, 1, params, max_seq=128, seed=2)
     assert not torch.equal(a, b)
 
 
@@ -88,7 +89,7 @@ def test_unknown_backend_and_cuda_graph_on_cpu_are_clear_errors(engine):
     params = SAMPLINGS[0]
     lm = conditioned(engine, 1, params, 128)
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        FastGeneration(lm, 1, params, 128, seed=0, backend=make_backend("cuda-graph", torch.device("cpu")))
+        Generation(lm, 1, params, 128, seed=0, step=make_backend("cuda-graph", torch.device("cpu")))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -101,10 +102,10 @@ def test_cuda_graph_replay_gives_eager_tokens_for_the_same_seed(engine, tmp_path
     lm = conditioned(cuda, 2, params, 192)
     eager = generate_tokens(lm, 150, 2, params, max_seq=192, seed=7)
     runner = CUDAGraphStep()
-    graphed = generate_tokens_fast(lm, 150, 2, params, max_seq=192, seed=7, backend=runner)
+    graphed = generate_tokens(lm, 150, 2, params, max_seq=192, seed=7, step=runner)
     assert torch.equal(graphed, eager)
     assert len(runner.graphs) == 2                    # one per attention-span bucket, captured once
-    again = generate_tokens_fast(lm, 150, 2, params, max_seq=192, seed=7, backend=runner)
+    again = generate_tokens(lm, 150, 2, params, max_seq=192, seed=7, step=runner)
     assert torch.equal(again, eager) and len(runner.graphs) == 2
 
 
@@ -114,14 +115,13 @@ def test_engine_with_a_fast_backend_streams_the_eager_engines_audio(engine, monk
 
     spec = GenerationSpec(grid=Grid(120), bars=1, prompt="dusty lofi drums", variations=2, seed=4)
     eager = np.concatenate(list(engine.stream(spec).blocks), axis=-1)
-    fast = MusicGenEngine(engine.ck, engine.device, engine.dtype, backend="compiled")
-    fast.step_backend = CompiledStep(backend="aot_eager")     # inductor's compile is slow on 2 cores
+    # inductor's compile is slow on 2 cores: aot_eager traces the same graph
+    fast = MusicGenEngine(engine.ck, Decoding("compiled", CompiledStep(backend="aot_eager")))
     audio = np.concatenate(list(fast.stream(spec).blocks), axis=-1)
     assert fast.info()["decode_backend"] == "compiled"
     assert audio.shape == eager.shape and np.array_equal(audio, eager)
-    monkeypatch.setenv("STEMD_DECODE_BACKEND", "cuda-graph")
     if not torch.cuda.is_available():
         with pytest.raises(EngineError, match="needs a CUDA device"):
-            MusicGenEngine.load("/nonexistent", device="cpu")
+            MusicGenEngine.load("/nonexistent", device="cpu", backend="cuda-graph")
     with pytest.raises(EngineError, match="backend must be one of"):
-        MusicGenEngine(engine.ck, engine.device, engine.dtype, backend="tensorrt")
+        MusicGenEngine.load("/nonexistent", device="cpu", backend="tensorrt")

@@ -22,7 +22,8 @@ pytest.importorskip("onnxscript", reason="onnxscript is not installed (torch.onn
 
 from stemd.models.musicgen.fast.onnx_cache import cached_export, weights_digest  # noqa: E402
 from stemd.models.musicgen.fast.onnx_codec import MIN_FRAMES, OnnxCodec, cached_codec, torch_decode  # noqa: E402
-from stemd.models.musicgen.fast.onnx_step import OnnxGeneration, cached_step  # noqa: E402
+from stemd.models.musicgen.fast.onnx_step import cached_step  # noqa: E402
+from stemd.models.musicgen import decoding  # noqa: E402
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
 MAX_SEQ = 64
@@ -49,21 +50,21 @@ def engine(tiny):
 
 @pytest.fixture(scope="module")
 def onnx_engine(engine, cache_dir):
-    return MusicGenEngine(engine.ck, engine.device, engine.dtype, backend="onnx")
+    return MusicGenEngine(engine.ck, decoding.make("onnx", engine.ck))
 
 
 @pytest.fixture(scope="module")
 def setup(engine, onnx_engine):
     lm = engine.ck.lm
-    text, mask = engine.encode_text("dusty lofi drums, 90 bpm", 1, guided=True)
+    text, mask = engine.ck.encode_text("dusty lofi drums, 90 bpm", 1, guided=True)
     lm.setup_caches(2, MAX_SEQ, 64)
     lm.set_conditioning(text, mask)
-    return lm, onnx_engine.onnx.step
+    return lm, onnx_engine.decoding.step
 
 
 def conditioned(engine, max_seq):
     lm = engine.ck.lm
-    text, mask = engine.encode_text("dusty lofi drums, 90 bpm", 1, guided=True)
+    text, mask = engine.ck.encode_text("dusty lofi drums, 90 bpm", 1, guided=True)
     lm.setup_caches(2, max_seq, 64)
     lm.set_conditioning(text, mask)
     return lm
@@ -72,7 +73,7 @@ def conditioned(engine, max_seq):
 def test_onnx_logits_match_torch_within_1e4_across_span_buckets(engine, setup):
     _, step = setup
     lm = conditioned(engine, 192)          # spans 128 then 192: the step reads a longer window after 128
-    step.bind(lm)
+    step.bind_model(lm)
     gen = torch.Generator().manual_seed(0)
     worst, spans = 0.0, set()
     with torch.no_grad():
@@ -95,13 +96,13 @@ def test_onnx_decoding_gives_the_eager_tokens_across_window_slides(setup, params
     lm, step = setup
     lm.setup_caches(2, MAX_SEQ, 64)
 
-    def run(cls, **kw):   # 100 frames through a 64-position window that keeps 20 frames per slide
-        gen = cls(lm, 1, params, MAX_SEQ, seed=9, keep_frames=20, **kw)
+    def run(step):   # 100 frames through a 64-position window that keeps 20 frames per slide
+        gen = Generation(lm, 1, params, MAX_SEQ, seed=9, keep_frames=20, step=step)
         return torch.cat(list(iter_frames(gen, 100, lambda: False, lambda ready: None)), dim=-1)
 
     with torch.no_grad():
-        eager = run(Generation)
-        onnx = run(OnnxGeneration, step=step)
+        eager = run(None)
+        onnx = run(step)
     assert onnx.shape == eager.shape == (1, lm.args.num_codebooks, 100)
     assert torch.equal(onnx, eager)
 
@@ -111,7 +112,7 @@ def test_onnx_step_refuses_a_model_it_cannot_share_memory_with(setup):
     lm_bf16 = type(lm)(lm.args).to(torch.bfloat16)
     lm_bf16.setup_caches(2, MAX_SEQ, 64)
     with pytest.raises(ValueError, match="float32 on the CPU"):
-        step.bind(lm_bf16)
+        step.bind_model(lm_bf16)
 
 
 @pytest.mark.parametrize("arch", ["tiny", "tiny-stereo"])
@@ -126,15 +127,15 @@ def test_onnx_encodec_decoder_matches_torch_within_1e4(arch, tiny, tmp_path, cac
     for rows, frames in [(1, 56), (3, 31), (2, 9), (1, MIN_FRAMES - 1)]:     # the last one goes to torch
         codes = torch.randint(0, ck.lm.args.vocab_size, (k, rows, frames), generator=gen)
         ours, ref = run(codes).numpy(), torch_decode(ck.codec, codes).numpy()
-        assert ours.shape == ref.shape == (rows, 1, frames * eng.hop)
+        assert ours.shape == ref.shape == (rows, 1, frames * eng.ck.hop)
         assert np.abs(ref).max() > 1e-2 and np.abs(ours - ref).max() < 1e-4
     # the streaming decoder's windows, context and crossfade are the same with either runner
     codes = torch.randint(0, ck.lm.args.vocab_size, (2, ck.lm.args.num_codebooks, 200), generator=gen)
-    streams = [StreamingDecoder(ck.codec, ck.audio_channels, eng.hop, run=r) for r in (None, run)]
+    streams = [StreamingDecoder(ck.codec, ck.audio_channels, eng.ck.hop, run=r) for r in (None, run)]
     out = [np.concatenate([s.push(codes[..., i: i + 9]) for i in range(0, 200, 9)] + [s.flush()], axis=-1)
            for s in streams]
     whole = decode_codes(ck.codec, codes, ck.audio_channels).numpy()
-    assert out[0].shape == out[1].shape == whole.shape == (2, ck.audio_channels, 200 * eng.hop)
+    assert out[0].shape == out[1].shape == whole.shape == (2, ck.audio_channels, 200 * eng.ck.hop)
     assert np.abs(out[1] - out[0]).max() < 1e-4
 
 
@@ -148,18 +149,18 @@ def test_engine_onnx_backend_streams_the_eager_engines_tokens_and_audio(engine, 
     assert audio.shape == eager.shape and np.abs(eager).max() > 1e-2
     assert np.abs(audio - eager).max() < 1e-4
     # with torch decoding the chunks, the audio is bit-identical: the ONNX step chose the eager tokens
-    codec, onnx_engine.codec = onnx_engine.codec, None
+    codec, onnx_engine.decoding.codec = onnx_engine.decoding.codec, None
     try:
         same = np.concatenate(list(onnx_engine.stream(spec).blocks), axis=-1)
     finally:
-        onnx_engine.codec = codec
+        onnx_engine.decoding.codec = codec
     assert np.array_equal(same, eager)
 
 
 def test_exports_are_kept_on_disk_keyed_by_the_weights(engine, onnx_engine, cache_dir):
     lm = engine.ck.lm
     path, exported = cached_step(lm)
-    assert not exported and path == onnx_engine.onnx.step.path and path.parent.parent == cache_dir / "onnx"
+    assert not exported and path == onnx_engine.decoding.step.path and path.parent.parent == cache_dir / "onnx"
     other = type(lm)(lm.args)              # same architecture, other weights: another entry
     assert weights_digest(other, other.args) != weights_digest(lm, lm.args)
 
@@ -218,7 +219,7 @@ def test_auto_measures_once_on_cpu_and_keeps_its_verdict(tiny, cache_dir):
 
 
 def engine_dtype_name() -> str:
-    from stemd.models.musicgen.engine import pick_dtype
+    from stemd.models.musicgen.decoding import pick_dtype
 
     return str(pick_dtype(None, torch.device("cpu"))).replace("torch.", "")
 

@@ -44,7 +44,7 @@ def reference(path):
 
 
 def guided_text(engine, prompt, variations=1):
-    return engine.encode_text(prompt, variations, guided=True)
+    return engine.ck.encode_text(prompt, variations, guided=True)
 
 
 def reference_greedy_codes(ref, tok, frames, guidance):
@@ -139,10 +139,10 @@ def test_streamed_audio_equals_one_shot_decode_within_1e5(engine):
     torch.manual_seed(0)
     codes = torch.randint(0, engine.ck.lm.args.vocab_size, (2, 4, 300))
     whole = decode_codes(engine.ck.codec, codes, 1).numpy()
-    stream = StreamingDecoder(engine.ck.codec, 1, engine.hop)
+    stream = StreamingDecoder(engine.ck.codec, 1, engine.ck.hop)
     pieces = [stream.push(codes[..., i: i + 7]) for i in range(0, 300, 7)] + [stream.flush()]
     streamed = np.concatenate(pieces, axis=-1)
-    assert streamed.shape == whole.shape == (2, 1, 300 * engine.hop)
+    assert streamed.shape == whole.shape == (2, 1, 300 * engine.ck.hop)
     assert np.abs(whole).max() > 0.01
     assert np.abs(streamed - whole).max() < 1e-5
 
@@ -158,7 +158,7 @@ def test_streaming_decodes_a_bounded_window_per_chunk(engine):
             decoded.append(x.shape[-1])
             return codec.decoder(x)
 
-    stream = StreamingDecoder(Spy(), 1, engine.hop, chunk=25, left=25, right=6)
+    stream = StreamingDecoder(Spy(), 1, engine.ck.hop, chunk=25, left=25, right=6)
     for _ in range(40):
         stream.push(torch.randint(0, 64, (1, 4, 25)))
     assert max(decoded) == 25 + 25 + 6          # however long the take, never the history
@@ -309,7 +309,7 @@ def test_a_chunk_runner_gets_the_torch_decoders_windows_and_changes_nothing_else
         seen.append(tuple(kbn.shape))
         return codec.decoder(codec.quantizer.decode(kbn))
 
-    plain, swapped = StreamingDecoder(codec, 1, engine.hop), StreamingDecoder(codec, 1, engine.hop, run=run)
+    plain, swapped = StreamingDecoder(codec, 1, engine.ck.hop), StreamingDecoder(codec, 1, engine.ck.hop, run=run)
     out = [np.concatenate([d.push(codes[..., i: i + 10]) for i in range(0, 120, 10)] + [d.flush()], axis=-1)
            for d in (plain, swapped)]
     assert seen and all(s[:2] == (4, 2) for s in seen) and max(s[2] for s in seen) == 25 + 25 + 6

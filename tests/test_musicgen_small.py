@@ -42,7 +42,7 @@ def test_musicgen_small_logits_and_greedy_tokens_match_transformers(small):
     codes = torch.randint(0, 2049, (1, 4, 12))
     with torch.no_grad():
         expected = ref(**tok, decoder_input_ids=codes.reshape(4, 12)).logits
-        hidden, mask = engine.encode_text(prompt, 1, guided=True)
+        hidden, mask = engine.ck.encode_text(prompt, 1, guided=True)
         lm.setup_caches(2, 64, 64)
         lm.set_conditioning(hidden, mask)
         ours = lm(torch.cat([codes, codes]), torch.arange(12))

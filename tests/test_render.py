@@ -230,6 +230,26 @@ def test_a_bad_job_file_is_refused_with_one_line(tmp_path):
     assert proc.returncode == 2 and "not valid TOML" in proc.stderr
 
 
+def test_the_decoding_backend_is_a_job_value_read_from_the_environment_once(tmp_path, monkeypatch):
+    import argparse
+
+    from stemd.daemon.cmd_render import add_arguments, job_from_args
+
+    def job(*argv):
+        p = argparse.ArgumentParser()
+        add_arguments(p)
+        return job_from_args(p.parse_args(["--model", "click", "--out", str(tmp_path), *argv]))
+
+    assert job().backend is None
+    assert job("--backend", "onnx").backend == "onnx"
+    monkeypatch.setenv("STEMD_DECODE_BACKEND", "compiled")
+    assert job().backend == "compiled" and job("--backend", "eager").backend == "eager"
+    monkeypatch.delenv("STEMD_DECODE_BACKEND")
+    with pytest.raises(Exception, match="backend must be one of"):
+        make_job({"models": ["click"], "backend": "tensorrt"}).batches()
+    assert "STEMD_DECODE_BACKEND" not in os.environ     # the job carries it; render sets nothing
+
+
 def test_render_without_ray_never_imports_ray_or_demucs(tmp_path):
     code = ("import sys; from stemd.cli import main; "
             f"rc = main(['render', '--model', 'click', '--bars', '1', '--out', {str(tmp_path)!r}]); "

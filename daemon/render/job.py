@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from stemd.errors import StemdError
+from stemd.models.registry import DECODE_BACKENDS
 from stemd.protocol import GenerateRequest, ProtocolError, parse_tempo
 from stemd.takes import slug
 from stemd.timing import Meter, TimingError
@@ -68,6 +69,7 @@ class Job:
     stems_model: str = ""
     device: Optional[str] = None
     dtype: Optional[str] = None
+    backend: Optional[str] = None        # MusicGen's decoding backend (registry.DECODE_BACKENDS; None: eager)
     out: str = "takes"
     contact_sheet: bool = True
 
@@ -80,6 +82,8 @@ class Job:
             raise JobError(f"unknown stem {bad[0]!r}; stems are {', '.join(STEM_NAMES)}")
         if self.stems and not self.stems_model:
             raise JobError("--stems needs --stems-model: an htdemucs checkpoint (.th) or a folder of them")
+        if self.backend is not None and self.backend not in DECODE_BACKENDS:
+            raise JobError(f"backend must be one of {', '.join(DECODE_BACKENDS)}, got {self.backend!r}")
         if self.lufs is not None and not -70.0 <= self.lufs <= 0.0:
             raise JobError(f"lufs must be -70..0, got {self.lufs}")
         for axis in ("models", "prompts", "seeds", "bars"):

@@ -28,7 +28,8 @@ class BatchRenderer:
     def engine(self, model: str) -> Engine:
         if model not in self._engines:
             self._engines.clear()  # one model warm at a time
-            self._engines[model] = load_engine(model, device=self.job.device, dtype=self.job.dtype)
+            self._engines[model] = load_engine(model, device=self.job.device, dtype=self.job.dtype,
+                                              backend=self.job.backend)
         return self._engines[model]
 
     def separator(self):

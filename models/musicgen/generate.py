@@ -1,4 +1,4 @@
-"""MusicGen's decoding loop: prefill, decode_one_token, decode_n_tokens; sampling; the delay pattern.
+"""MusicGen's decoding loop: prefill, what one step does, decode_n_tokens; sampling; the delay pattern.
 
 Layout of a sequence (``tokens``: ``(batch, codebooks, max_seq)``): position 0 is the start token
 (the pad id) in every codebook; codebook ``i`` is delayed by ``delay[i]`` positions (``i`` for mono,
@@ -7,8 +7,9 @@ sits at position ``f + delay[i] + 1``. ``pattern`` holds, per position, a token 
 (pads before the delay, the prompt's codes for a continuation) or -1 where the model samples.
 
 Classifier-free guidance runs as one batch: rows ``[0, V)`` see the text, rows ``[V, 2V)`` see
-nothing; both halves receive the same sampled tokens. Everything in ``decode_one_token`` is a tensor
-op on fixed shapes: no ``.item()``, no data-dependent branching, sampling on the device.
+nothing; both halves receive the same sampled tokens. Everything in ``step`` is a tensor op on fixed
+shapes: no ``.item()``, no data-dependent branching, sampling on the device. Who runs the step (eagerly,
+compiled, as a CUDA graph, in ONNX Runtime) is a step object handed to ``Generation`` (``fast/``).
 """
 
 from __future__ import annotations
@@ -72,28 +73,40 @@ def sample_with_noise(logits: Tensor, temperature: Tensor, top_k: int, top_p: Op
     return torch.argmax(probs / noise, dim=-1)
 
 
-def sample(logits: Tensor, temperature: Tensor, top_k: int, top_p: Optional[Tensor],
-           generator: Optional[torch.Generator]) -> Tensor:
-    """``sample_with_noise`` with the Exp(1) draw taken from ``generator``."""
-    noise = torch.empty(logits.shape, dtype=torch.float32, device=logits.device).exponential_(1, generator=generator)
+def next_tokens(logits: Tensor, guided: bool, guidance, greedy: bool, temperature: Tensor, top_k: int,
+                top_p: Optional[Tensor], noise: Optional[Tensor]) -> Tensor:
+    """The last position's logits ``(B, K, vocab)`` -> ``(V, K)`` tokens: guidance, then argmax or a draw."""
+    logits = logits.float()
+    if guided:
+        cond, uncond = logits.chunk(2, dim=0)
+        logits = uncond + (cond - uncond) * guidance
+    if greedy:
+        return logits.argmax(dim=-1)
     return sample_with_noise(logits, temperature, top_k, top_p, noise)
 
 
-def logits_to_tokens(logits: Tensor, params: Sampling, temperature: Tensor, top_p: Optional[Tensor],
-                     generator: Optional[torch.Generator]) -> Tensor:
-    """Guided logits of the last position -> ``(V, K)`` tokens."""
-    logits = logits[:, :, -1].float()                                 # (B, K, vocab)
-    if params.guided:
-        cond, uncond = logits.chunk(2, dim=0)
-        logits = uncond + (cond - uncond) * params.guidance
-    if params.temperature <= 0:
-        return logits.argmax(dim=-1)
-    return sample(logits, temperature, params.top_k, top_p, generator)
+def step(forward, tokens: Tensor, pattern: Tensor, pos: Tensor, noise: Optional[Tensor], guidance: Tensor,
+         temperature: Tensor, top_p: Optional[Tensor], guided: bool, greedy: bool, top_k: int, span: int) -> None:
+    """What one decoding step does, in place: read ``tokens[:, :, pos]`` ``(V, K, max_seq)``, run
+    ``forward(tokens (B, K, 1), pos, span)`` (the language model, or its ONNX Runtime export), write the
+    next tokens (sampled, or forced by ``pattern``) at ``pos + 1`` and add 1 to ``pos``.
 
-
-def force(next_tokens: Tensor, forced: Tensor) -> Tensor:
-    """Keep the forced tokens (``forced >= 0``) of this position; ``forced`` is ``(V, K)``."""
-    return torch.where(forced >= 0, forced, next_tokens)
+    The position is a ``(1,)`` long tensor that the step reads and advances, tokens are read and written
+    with ``index_select``/``index_copy_``, and ``noise`` ``(V, K, vocab)`` (Exp(1) draws, None when greedy)
+    is drawn from the request's generator just before the step. ``guidance``, ``temperature`` and
+    ``top_p`` are 0-dim tensors (a new value needs no new graph); ``guided``, ``greedy``, ``top_k`` and
+    ``span`` (``attention_span``) choose the graph. Nothing here reads a tensor value on the host, so the
+    step traces into one graph (``torch.compile(fullgraph=True)``) and is captured as one CUDA graph."""
+    cur = tokens.index_select(2, pos)                                  # (V, K, 1)
+    if guided:
+        cur = torch.cat([cur, cur], dim=0)
+    logits = forward(cur, pos, span)[:, :, -1]                         # (B, K, vocab)
+    nxt = next_tokens(logits, guided, guidance, greedy, temperature, top_k, top_p, noise)
+    nxt_pos = pos + 1
+    forced = pattern.index_select(2, nxt_pos)[..., 0]                 # (V, K)
+    nxt = torch.where(forced >= 0, forced, nxt)
+    tokens.index_copy_(2, nxt_pos, nxt[..., None])
+    pos.copy_(nxt_pos)
 
 
 SPAN_BUCKET = 128
@@ -104,29 +117,34 @@ def attention_span(last_pos: int, max_seq: int) -> int:
     return min(max_seq, SPAN_BUCKET * (last_pos // SPAN_BUCKET + 1))
 
 
-def prefill(lm: MusicGenLM, tokens: Tensor, input_pos: Tensor, forced: Tensor, params: Sampling,
-            temperature: Tensor, top_p: Optional[Tensor], generator, span: Optional[int] = None) -> Tensor:
-    logits = lm(tokens, input_pos, span)
-    return force(logits_to_tokens(logits, params, temperature, top_p, generator), forced)
+class EagerStep:
+    """The step as plain torch ops: what the other steps (``fast/``) are checked against. A step object
+    is called once per token; ``bind`` after every (re)start of a generation's window."""
 
+    name = "eager"
 
-def decode_one_token(lm: MusicGenLM, tokens: Tensor, input_pos: Tensor, forced: Tensor, params: Sampling,
-                     temperature: Tensor, top_p: Optional[Tensor], generator, span: Optional[int] = None) -> Tensor:
-    """One step: ``tokens`` ``(B, K, 1)`` at ``input_pos`` ``(1,)`` -> the next ``(V, K)`` tokens."""
-    logits = lm(tokens, input_pos, span)
-    return force(logits_to_tokens(logits, params, temperature, top_p, generator), forced)
+    def bind(self, gen: "Generation") -> None:
+        pass
+
+    def __call__(self, gen: "Generation", span: int) -> None:
+        step(gen.lm, *gen.step_inputs(), span)
 
 
 class Generation:
-    """One request's decoding state: the token buffer, the pattern and the sampling tensors.
+    """One request's decoding state: the token buffer, the pattern and the sampling tensors, advanced
+    by a step object (``EagerStep``, or one from ``fast/``: compiled, CUDA graph, ONNX Runtime).
 
-    ``decode_n_tokens`` advances it; ``frames_ready`` says how many frames are complete in every codebook.
-    A window that fills up slides: the last ``keep`` frames become the prompt of a fresh prefill.
+    ``pos`` is the last position whose tokens are written (counted on the host); ``pos_t`` ``(1,)`` is
+    the same position held on the device, which the step reads and advances without a host sync.
+    ``frames_ready`` says how many frames are complete in every codebook. A window that fills up
+    slides: the last ``keep`` frames become the prompt of a fresh prefill.
     """
 
     def __init__(self, lm: MusicGenLM, variations: int, params: Sampling, max_seq: int,
-                 prompt: Optional[Tensor] = None, seed: Optional[int] = None, keep_frames: int = 500):
+                 prompt: Optional[Tensor] = None, seed: Optional[int] = None, keep_frames: int = 500,
+                 step=None):
         self.lm, self.params, self.variations = lm, params, variations
+        self.step = step if step is not None else EagerStep()
         device = lm.layer_norm.weight.device
         self.device = device
         self.batch = variations * (2 if params.guided else 1)
@@ -137,15 +155,26 @@ class Generation:
         self.keep_frames = keep_frames
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed if seed is not None else torch.seed() % (2 ** 63))
+        self.greedy = params.temperature <= 0
         self.temperature = torch.tensor(max(params.temperature, 1e-5), device=device)
+        self.guidance = torch.tensor(params.guidance, dtype=torch.float32, device=device)
         self.top_p = torch.tensor(params.top_p, device=device) if 0 < params.top_p < 1 else None
         self.tokens = torch.full((variations, args.num_codebooks, max_seq), args.pad_token, dtype=torch.long,
                                  device=device)
         # frames are counted from the start of the request (prompt included); ``offset`` is the frame
         # that sits at window position 1 after the window has slid
         self.offset = 0
-        self.history: list[Tensor] = []      # complete frames before the current window, not kept
         self._start(prompt if prompt is not None else torch.zeros(args.num_codebooks, 0, dtype=torch.long))
+
+    def step_inputs(self) -> tuple:
+        """The step's arguments after ``forward`` and before ``span``."""
+        p = self.params
+        return (self.tokens, self.pattern, self.pos_t, self.noise, self.guidance, self.temperature, self.top_p,
+                p.guided, self.greedy, p.top_k)
+
+    def _draw(self) -> None:
+        if self.noise is not None:
+            self.noise.exponential_(1, generator=self.generator)
 
     def _start(self, prompt: Tensor) -> None:
         """(Re)start the window with ``prompt`` ``(K, P)`` codes (or ``(V, K, P)``) and prefill it."""
@@ -157,19 +186,21 @@ class Generation:
         args = self.lm.args
         self.pattern = build_pattern(prompt.to(self.device), self.delays, self.max_seq, args.pad_token)
         self.tokens.fill_(args.pad_token)
-        # every position up to p holds known tokens (codebook 0 has no delay); prefill them at once
+        shape = (self.variations, args.num_codebooks, args.vocab_size)
+        self.noise = None if self.greedy else torch.empty(shape, dtype=torch.float32, device=self.device)
+        # every position up to p holds known tokens (codebook 0 has no delay): prefill them at once
         known = torch.where(self.pattern[:, :, : p + 1] >= 0, self.pattern[:, :, : p + 1], args.pad_token)
         self.tokens[:, :, : p + 1] = known
-        self.pos = p                         # the last position whose tokens are in ``tokens``
-        batch_tokens = self._batched(self.tokens[:, :, : p + 1])
-        nxt = prefill(self.lm, batch_tokens, torch.arange(p + 1, device=self.device), self.pattern[:, :, p + 1],
-                      self.params, self.temperature, self.top_p, self.generator,
-                      attention_span(p, self.max_seq))
-        self.tokens[:, :, p + 1] = nxt
+        batch_tokens = torch.cat([known, known], dim=0) if self.params.guided else known
+        logits = self.lm(batch_tokens, torch.arange(p + 1, device=self.device), attention_span(p, self.max_seq))
+        self._draw()
+        nxt = next_tokens(logits[:, :, -1], self.params.guided, self.guidance, self.greedy, self.temperature,
+                          self.params.top_k, self.top_p, self.noise)
+        forced = self.pattern[:, :, p + 1]
+        self.tokens[:, :, p + 1] = torch.where(forced >= 0, forced, nxt)
         self.pos = p + 1
-
-    def _batched(self, tokens: Tensor) -> Tensor:
-        return torch.cat([tokens, tokens], dim=0) if self.params.guided else tokens
+        self.pos_t = torch.tensor([self.pos], dtype=torch.long, device=self.device)
+        self.step.bind(self)
 
     @property
     def frames_ready(self) -> int:
@@ -185,12 +216,8 @@ class Generation:
         for _ in range(n):
             if self.pos + 1 >= self.max_seq:
                 self._slide()
-            pos = torch.tensor([self.pos], device=self.device)
-            cur = self._batched(self.tokens[:, :, self.pos: self.pos + 1])
-            nxt = decode_one_token(self.lm, cur, pos, self.pattern[:, :, self.pos + 1], self.params,
-                                   self.temperature, self.top_p, self.generator,
-                                   attention_span(self.pos, self.max_seq))
-            self.tokens[:, :, self.pos + 1] = nxt
+            self._draw()
+            self.step(self, attention_span(self.pos, self.max_seq))
             self.pos += 1
 
     def _slide(self) -> None:
@@ -205,9 +232,10 @@ class Generation:
 
 @torch.no_grad()
 def generate_tokens(lm: MusicGenLM, n_frames: int, variations: int, params: Sampling, max_seq: int,
-                    prompt: Optional[Tensor] = None, seed: Optional[int] = None) -> Tensor:
+                    prompt: Optional[Tensor] = None, seed: Optional[int] = None, step=None,
+                    keep_frames: int = 500) -> Tensor:
     """All frames at once, ``(V, K, P + n_frames)`` codes including a prompt of P frames (tests, bench)."""
-    gen = Generation(lm, variations, params, max_seq, prompt=prompt, seed=seed)
+    gen = Generation(lm, variations, params, max_seq, prompt=prompt, seed=seed, step=step, keep_frames=keep_frames)
     return all_frames(gen, (prompt.shape[-1] if prompt is not None else 0) + n_frames)
 
 

@@ -28,6 +28,7 @@ from stemd.models.musicgen.model import LMArgs, MusicGenLM, sinusoids
 from stemd.models.musicgen.testmodel import TEST_MODEL_KEY
 
 AUDIOCRAFT_FILES = ("state_dict.bin", "compression_state_dict.bin")
+MAX_TEXT_TOKENS = 256
 
 
 @dataclass
@@ -44,6 +45,59 @@ class Checkpoint:
     audio_channels: int
     test_model: bool
     generation: dict
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm.layer_norm.weight.device
+
+    @property
+    def hop(self) -> int:
+        return self.sample_rate // self.frame_rate
+
+    @torch.no_grad()
+    def encode_text(self, text: str, variations: int, guided: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """T5's hidden states and mask for ``text``, one row per variation, then the unconditional half
+        (no text at all) when ``guided``."""
+        tok = self.tokenizer([text], return_tensors="pt", truncation=True, max_length=MAX_TEXT_TOKENS)
+        ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
+        hidden = self.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden, mask = hidden.expand(variations, -1, -1), mask.expand(variations, -1)
+        if guided:
+            hidden = torch.cat([hidden, torch.zeros_like(hidden)])
+            mask = torch.cat([mask, torch.zeros_like(mask)])
+        return hidden, mask
+
+    @torch.no_grad()
+    def encode_audio(self, audio, max_frames: int) -> torch.Tensor:
+        """A continuation (the DAW's selection, ``base.Audio``) -> EnCodec codes ``(K, P)``: its last whole
+        frames, at most ``max_frames``, so that the generated audio starts exactly where the selection ends."""
+        import numpy as np
+
+        samples = np.asarray(audio.samples, dtype=np.float32)
+        if samples.ndim == 1:
+            samples = samples[None]
+        if audio.sample_rate != self.sample_rate:
+            import soxr
+
+            samples = soxr.resample(samples.T, audio.sample_rate, self.sample_rate, quality="HQ").T
+        if self.audio_channels == 1:
+            samples = samples.mean(axis=0, keepdims=True)
+        elif samples.shape[0] == 1:
+            samples = np.repeat(samples, 2, axis=0)
+        else:
+            samples = samples[:2]
+        frames = min(samples.shape[-1] // self.hop, max_frames)
+        if frames == 0:
+            return torch.zeros(self.lm.args.num_codebooks, 0, dtype=torch.long)
+        x = torch.from_numpy(np.ascontiguousarray(samples[:, samples.shape[-1] - frames * self.hop:]))
+        x = x.to(self.device)
+        k = self.lm.args.num_codebooks // self.audio_channels
+        per_channel = [self.codec.encode(x[c][None, None]).audio_codes[0, 0, :k] for c in range(x.shape[0])]
+        if self.audio_channels == 2:  # interleave: left codebook i at 2i, right at 2i + 1
+            codes = torch.stack(per_channel, dim=1).reshape(-1, per_channel[0].shape[-1])
+        else:
+            codes = per_channel[0]
+        return codes[:, :frames]
 
 
 # -- finding the files ------------------------------------------------------------------------------

@@ -1,6 +1,5 @@
-"""Fast decoding backends for MusicGen: the whole step as one capturable function.
-
-``step.py`` holds the step (all layers, both guidance halves, sampling, the delay pattern) with the
-position as a device tensor; ``backends.py`` runs it eagerly, through ``torch.compile``, or as a CUDA
-graph replayed per step (``cuda_graph.py``). ``FastGeneration`` is ``Generation`` driven by one of them.
+"""Fast decoding backends for MusicGen: step objects that run ``generate.step`` (the whole step: all
+layers, both guidance halves, sampling, the delay pattern) through ``torch.compile`` (``backends.py``),
+as a CUDA graph replayed per token (``cuda_graph.py``) or in ONNX Runtime (``onnx_step.py``), and
+``choose.py``, which picks one for a device (``auto``) and keeps its verdict.
 """

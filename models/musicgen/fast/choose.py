@@ -24,7 +24,7 @@ import torch
 from stemd.models.devices import cpu_name
 from stemd.models.musicgen.fast.onnx_cache import cache_root, runtime_versions
 from stemd.models.musicgen.fast.onnx_codec import OnnxCodec, cached_codec, torch_decode, window_ms
-from stemd.models.musicgen.fast.onnx_step import OnnxGeneration, OnnxStep, cached_step
+from stemd.models.musicgen.fast.onnx_step import OnnxStep, cached_step
 from stemd.models.musicgen.generate import Generation, Sampling
 
 log = logging.getLogger("stemd.models.musicgen")
@@ -103,15 +103,14 @@ class Measured:
         return f"measured at start, steps/s at batch 1 with guidance: {figures} -> {self.backend}"
 
 
-def measure_cpu(engine, eager_dtype: torch.dtype, steps: int = 8, rounds: int = 2) -> Measured:
-    """Steps/s of the ONNX step (float32) and of the eager loop in ``eager_dtype`` on ``engine``'s float32
+def measure_cpu(ck, eager_dtype: torch.dtype, steps: int = 8, rounds: int = 2) -> Measured:
+    """Steps/s of the ONNX step (float32) and of the eager loop in ``eager_dtype`` on a float32
     checkpoint, in alternating rounds (batch 1, guidance 3, top-k 250, from position 1)."""
-    ck = engine.ck
     onnx = setup_onnx(ck)
     lm = ck.lm
     eager_lm = lm if eager_dtype == torch.float32 else copy.deepcopy(lm).to(eager_dtype)
     params = Sampling(guidance=3.0, temperature=1.0, top_k=250)
-    text, mask = engine.encode_text(PROBE_TEXT, 1, guided=True)
+    text, mask = ck.encode_text(PROBE_TEXT, 1, guided=True)
     eager_name = f"eager {str(eager_dtype).replace('torch.', '')}"
     rates = {"onnx float32": 0.0, eager_name: 0.0}
     with torch.no_grad():
@@ -119,8 +118,8 @@ def measure_cpu(engine, eager_dtype: torch.dtype, steps: int = 8, rounds: int = 
             for name, model in (("onnx float32", lm), (eager_name, eager_lm)):
                 model.setup_caches(2, 256, 64)
                 model.set_conditioning(text, mask)
-                gen = (OnnxGeneration(model, 1, params, 256, step=onnx.step, seed=r) if name.startswith("onnx")
-                       else Generation(model, 1, params, 256, seed=r))
+                gen = Generation(model, 1, params, 256, seed=r,
+                                 step=onnx.step if name.startswith("onnx") else None)
                 rates[name] = round(max(rates[name], _rate(gen, steps)), 2)
     backend = "onnx" if rates["onnx float32"] >= rates[eager_name] else "eager"
     return Measured(backend, eager_dtype, rates, onnx, eager_lm)

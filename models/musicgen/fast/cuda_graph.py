@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from stemd.models.musicgen.fast.backends import FastGeneration, step_args
-from stemd.models.musicgen.fast.step import step
+from stemd.models.musicgen.generate import Generation, step
 
 
 def _cache_id(lm) -> tuple:
@@ -36,7 +35,7 @@ class CUDAGraphStep:
         self.pool = None
         self.cache_id = None
 
-    def bind(self, gen: FastGeneration) -> None:
+    def bind(self, gen: Generation) -> None:
         """Move the generation's state into this shape's static buffers (after every window start)."""
         if gen.device.type != "cuda":
             raise ValueError(f"the cuda-graph backend needs a CUDA device, not {gen.device}")
@@ -62,7 +61,7 @@ class CUDAGraphStep:
         if gen.noise is not None:
             gen.noise = buf["noise"]
 
-    def __call__(self, gen: FastGeneration, span: int) -> None:
+    def __call__(self, gen: Generation, span: int) -> None:
         cache_id = _cache_id(gen.lm)
         if cache_id != self.cache_id:      # caches reallocated: every graph points at freed memory
             self.graphs.clear()
@@ -74,7 +73,7 @@ class CUDAGraphStep:
             graph = self.graphs[key] = self._capture(gen, span)
         graph.replay()
 
-    def _capture(self, gen: FastGeneration, span: int) -> torch.cuda.CUDAGraph:
+    def _capture(self, gen: Generation, span: int) -> torch.cuda.CUDAGraph:
         # warm-up runs execute the step: put the position back after each (the token they write at
         # pos + 1 and the cache entry at pos are rewritten identically by the replay that follows)
         saved = gen.pos_t.clone()
@@ -82,11 +81,11 @@ class CUDAGraphStep:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(self.warmup):
-                self.fn(*step_args(gen, span))
+                self.fn(gen.lm, *gen.step_inputs(), span)
                 gen.pos_t.copy_(saved)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            self.fn(*step_args(gen, span))
+            self.fn(gen.lm, *gen.step_inputs(), span)
         self.pool = graph.pool()
         return graph

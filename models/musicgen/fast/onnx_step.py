@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stemd.models.musicgen.generate import Generation, Sampling, attention_span, force, logits_to_tokens
+from stemd.models.musicgen.generate import Generation, attention_span, step
 from stemd.models.musicgen.model import MusicGenLM
 
 STEP_FORMAT = 2          # bump when OnnxStepModule or export() change: old cache entries stop matching
@@ -113,10 +113,14 @@ def cached_step(lm: MusicGenLM, root: Optional[Path] = None, digest: Optional[st
 
 
 class OnnxStep:
-    """An ONNX Runtime session for the step. ``bind(lm)`` (after every prefill) views the model's KV cache,
+    """The step object whose forward pass runs in an ONNX Runtime session (prefill stays in torch;
+    guidance, sampling and the delay pattern are ``generate.step``'s own). ``bind`` (after every
+    prefill) views the model's KV cache,
     text K/V and text mask as numpy arrays (CPU float32 tensors share their memory); ``logits(tokens,
     pos)`` feeds the session a contiguous copy of the cache's first ``attention_span(pos)`` rows, taken
     again only when the span bucket changes, and writes the step's new row at ``pos`` into both."""
+
+    name = "onnx"
 
     def __init__(self, path: Path, threads: int = 0):
         import onnxruntime as ort
@@ -129,7 +133,17 @@ class OnnxStep:
         self.names = [i.name for i in self.session.get_inputs()]
         self.span = None
 
-    def bind(self, lm: MusicGenLM) -> None:
+    def __call__(self, gen: Generation, span: int) -> None:
+        step(self.forward, *gen.step_inputs(), span)
+
+    def forward(self, tokens: Tensor, pos: Tensor, span: int) -> Tensor:
+        """``generate.step``'s forward: logits ``(B, K, 1, vocab)`` (the span is chosen in ``logits``)."""
+        return torch.from_numpy(self.logits(tokens.numpy(), int(pos))).unsqueeze(2)
+
+    def bind(self, gen: Generation) -> None:
+        self.bind_model(gen.lm)
+
+    def bind_model(self, lm: MusicGenLM) -> None:
         if lm.layer_norm.weight.device.type != "cpu" or lm.layer_norm.weight.dtype != torch.float32:
             raise ValueError("the ONNX step runs float32 on the CPU")
         self.past = [t.numpy() for layer in lm.layers for t in (layer.self_attn.kv_cache.k, layer.self_attn.kv_cache.v)]
@@ -151,26 +165,3 @@ class OnnxStep:
             cache[:, :, pos: pos + 1] = row
             window[:, :, pos: pos + 1] = row
         return out[0]
-
-
-class OnnxGeneration(Generation):
-    """``Generation`` whose per-token forward pass runs in ONNX Runtime (prefill stays in torch);
-    guidance, sampling and the delay pattern are the eager loop's own functions."""
-
-    def __init__(self, lm: MusicGenLM, variations: int, params: Sampling, max_seq: int, step: OnnxStep, **kw):
-        self.onnx = step
-        super().__init__(lm, variations, params, max_seq, **kw)
-
-    def _start(self, prompt: Tensor) -> None:
-        super()._start(prompt)
-        self.onnx.bind(self.lm)
-
-    def decode_n_tokens(self, n: int) -> None:
-        for _ in range(n):
-            if self.pos + 1 >= self.max_seq:
-                self._slide()
-            cur = self._batched(self.tokens[:, :, self.pos: self.pos + 1])
-            logits = torch.from_numpy(self.onnx.logits(cur.numpy(), self.pos))[:, :, None]
-            nxt = logits_to_tokens(logits, self.params, self.temperature, self.top_p, self.generator)
-            self.tokens[:, :, self.pos + 1] = force(nxt, self.pattern[:, :, self.pos + 1])
-            self.pos += 1

@@ -1,0 +1,157 @@
+"""Which decoding backend a MusicGen engine runs, chosen once at load and handed to it as a value.
+
+``load`` reads the checkpoint in the dtype the backend needs and returns it with a ``Decoding``: the
+backend's name, its step object (handed to every ``generate.Generation``), who decodes the chunks and
+why. ``auto`` picks CUDA graphs on CUDA and eager on other accelerators; on a CPU it times ONNX Runtime
+(float32) against the eager loop (in the dtype eager would run in) and keeps that verdict on disk per
+model files, machine and versions (``fast/choose.py``), so the next start does not measure again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from stemd.models.base import EngineError
+from stemd.models.devices import DTYPES, gpu_dtype, named_dtype
+from stemd.models.musicgen.generate import EagerStep
+from stemd.models.musicgen.loading import Checkpoint, load_checkpoint, resolve
+from stemd.models.registry import DECODE_BACKENDS
+
+
+@dataclass
+class Decoding:
+    backend: str                      # one of DECODE_BACKENDS except auto
+    step: object                      # the step object every Generation of the engine is handed
+    reason: str = "asked for"         # what info() says about the choice
+    codec: Optional[object] = None    # fast.choose.CodecChoice: who decodes the chunks (None: torch)
+    rates: Optional[dict] = None      # steps/s that auto measured (or kept)
+
+    def info(self) -> dict:
+        onnx_codec = self.codec is not None and self.codec.run is not None
+        out = {"decode_backend": self.backend, "decode_backend_reason": self.reason,
+               "codec_decode": "onnx" if onnx_codec else "torch"}
+        if self.rates:
+            out["decode_steps_per_s"] = dict(self.rates)
+        if self.codec is not None:
+            out["codec_decode_reason"] = self.codec.reason
+        return out
+
+
+def cpu_has_native_bf16() -> bool:
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+def pick_dtype(dtype: Optional[str], device: torch.device) -> torch.dtype:
+    """bfloat16 on GPUs and CPUs that compute in it natively (AVX512-BF16, AMX: half the memory traffic
+    per step), float16 on other GPUs and on Apple silicon, float32 on other CPUs."""
+    if dtype and dtype != "auto":
+        return named_dtype(dtype)
+    if device.type != "cpu":
+        return gpu_dtype(device) or torch.float32
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+def check(backend: str, device: torch.device) -> None:
+    if backend not in DECODE_BACKENDS:
+        raise EngineError(f"backend must be one of {', '.join(DECODE_BACKENDS)}; got {backend!r}")
+    if backend == "cuda-graph" and device.type != "cuda":
+        raise EngineError(f"the cuda-graph decoding backend needs a CUDA device, not {device}")
+    if backend == "onnx" and device.type != "cpu":
+        raise EngineError(f"the onnx decoding backend runs on the CPU, not {device}")
+
+
+def make(backend: str, ck: Checkpoint, reason: str = "asked for") -> Decoding:
+    """The ``Decoding`` of a named backend (not auto) for a loaded checkpoint."""
+    if backend == "eager":
+        return Decoding("eager", EagerStep(), reason)
+    if backend == "onnx":
+        if ck.device.type != "cpu" or ck.lm.layer_norm.weight.dtype != torch.float32:
+            raise EngineError(f"the onnx decoding backend runs float32 on the CPU, not "
+                              f"{str(ck.lm.layer_norm.weight.dtype).replace('torch.', '')} on {ck.device}")
+        choose = _onnx_parts()
+        onnx = choose.setup_onnx(ck)
+        return Decoding("onnx", onnx.step, reason, codec=onnx.codec)
+    from stemd.models.musicgen.fast.backends import make_backend
+
+    try:
+        return Decoding(backend, make_backend(backend, ck.device), reason)
+    except ValueError as e:
+        raise EngineError(str(e)) from None
+
+
+def _onnx_parts():
+    try:
+        from stemd.models.musicgen.fast import choose
+    except ImportError as e:
+        raise EngineError(f"the onnx decoding backend needs onnx, onnxscript and onnxruntime "
+                          f"(pip install 'stemd[daemon]'): {e}") from None
+    return choose
+
+
+def load(model: str, device: torch.device, dtype: Optional[str], backend: str,
+         reason: str = "asked for") -> tuple[Checkpoint, Decoding]:
+    """The checkpoint in the dtype ``backend`` needs, and its ``Decoding``. ``onnx`` and a CPU ``auto``
+    load float32 unless another dtype is asked for."""
+    check(backend, device)
+    asked_float32 = dtype in (None, "auto") or DTYPES.get(dtype) == torch.float32
+    dt = pick_dtype(dtype, device)
+    if backend == "onnx" and not asked_float32:
+        raise EngineError(f"the onnx decoding backend runs float32, not {dtype}")
+    if backend != "auto":
+        ck = _load(model, device, torch.float32 if backend == "onnx" else dt)
+        return ck, make(backend, ck, reason)
+    if device.type == "cuda":
+        return _load(model, device, dt), Decoding("cuda-graph", _cuda_graph(),
+                                                  "auto: a CUDA device, so decoding steps replay as CUDA graphs")
+    if device.type != "cpu":
+        return _load(model, device, dt), Decoding("eager", EagerStep(),
+                                                  f"auto: no faster backend than eager on {device.type}")
+    if not asked_float32:
+        return _load(model, device, dt), Decoding(
+            "eager", EagerStep(), f"auto: ONNX Runtime decodes float32 and this model is loaded in {dtype}, so eager")
+    try:
+        from stemd.models.musicgen.fast import choose
+    except ImportError as e:
+        return _load(model, device, dt), Decoding("eager", EagerStep(), f"auto: ONNX Runtime is not installed ({e}), "
+                                                                        "so eager")
+    return _auto_cpu(model, device, dt, choose)
+
+
+def _auto_cpu(model: str, device: torch.device, eager_dt: torch.dtype, choose) -> tuple[Checkpoint, Decoding]:
+    """ONNX Runtime float32 or eager in ``eager_dt``: the verdict kept on disk, else measured now."""
+    key = choose.decision_key(resolve(model), eager_dt)
+    kept = choose.load_decision(key)
+    if kept:
+        backend = kept["backend"]
+        rates = ", ".join(f"{k} {v:.2f}" for k, v in kept["rates"].items())
+        ck = _load(model, device, torch.float32 if backend == "onnx" else eager_dt)
+        d = make(backend, ck, f"auto: measured {kept['measured']} (kept on disk), steps/s: {rates} -> {backend}")
+        d.rates = dict(kept["rates"])
+        if d.codec is None:           # eager: the chunks still go where they decode faster
+            d.codec = choose.setup_codec(ck)
+        return ck, d
+    ck = _load(model, device, torch.float32)
+    m = choose.measure_cpu(ck, eager_dt)
+    choose.save_decision(key, m)
+    if m.backend == "onnx":
+        return ck, Decoding("onnx", m.onnx.step, "auto: " + m.reason, codec=m.onnx.codec, rates=m.rates)
+    if eager_dt != torch.float32:     # eager in bfloat16 won: decode with the cast copy it was timed on
+        ck = dataclasses.replace(ck, lm=m.eager_lm)
+    return ck, Decoding("eager", EagerStep(), "auto: " + m.reason, codec=m.onnx.codec, rates=m.rates)
+
+
+def _cuda_graph():
+    from stemd.models.musicgen.fast.cuda_graph import CUDAGraphStep
+
+    return CUDAGraphStep()
+
+
+def _load(model: str, device: torch.device, dtype: torch.dtype) -> Checkpoint:
+    with torch.inference_mode(False), torch.no_grad():
+        return load_checkpoint(model, device, dtype)
