@@ -34,8 +34,7 @@ def spec_from_request(request: GenerateRequest, engine: Engine,
     return GenerationSpec(
         grid=Grid(request.bpm, request.meter), bars=request.bars, prompt=request.prompt,
         start_bar=request.start_bar, sample_rate=request.sample_rate, channels=request.channels,
-        variations=request.variations, seed=request.seed, temperature=request.temperature,
-        top_k=request.top_k, top_p=request.top_p, guidance=request.guidance,
+        variations=request.variations, seed=request.seed, sampling=request.sampling,
         continuation=continuation, loop=request.loop, extra=extra)
 
 

@@ -17,6 +17,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 
 from stemd.errors import StemdError
+from stemd.protocol import DEFAULT_SAMPLING, Sampling
 from stemd.timing import Grid
 
 
@@ -58,10 +59,7 @@ class GenerationSpec:
     channels: int = 2                 # what the pipeline delivers (engines may produce 1 or 2)
     variations: int = 1
     seed: Optional[int] = None
-    temperature: float = 1.0
-    top_k: int = 250
-    top_p: float = 0.0
-    guidance: Optional[float] = None       # None: the model's own default
+    sampling: Sampling = DEFAULT_SAMPLING  # temperature, top-k, top-p, guidance (None: the model's own)
     continuation: Optional[Audio] = None   # the DAW's selection to continue from (trimmed from output)
     loop: bool = False                # make the take loop seamlessly at its bar length
     extra: dict = field(default_factory=dict)

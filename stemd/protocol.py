@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import secrets
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from fractions import Fraction
 from typing import Any, Optional
 
@@ -71,6 +71,9 @@ LIMITS = {
     "steps": (1, 200),
     "strength": (0.0, 1.0),
     "prompt_chars": (0, 2000),
+    "key_chars": (0, 64),
+    "continuation_path_chars": (0, 4096),
+    "text_chars": (0, 256),          # any other string key
     "id_chars": (1, 128),
     "reply_port": (1, 65535),
 }
@@ -112,10 +115,10 @@ def check_request_id(value: Any) -> str:
     return value
 
 
-def _int(key: str, value: Any) -> int:
+def _int(key: str, value: Any, limit: Optional[str] = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ProtocolError("wrong_type", f"{key} must be an integer (OSC i or h), got {_osc_type(value)}")
-    lo, hi = LIMITS[key]
+    lo, hi = LIMITS[limit or key]
     if not lo <= value <= hi:
         raise ProtocolError("out_of_range", f"{key} must be {lo}..{hi}, got {value}")
     return value
@@ -149,8 +152,41 @@ def parse_tempo(value: Any) -> Tempo:
 
 
 @dataclass(frozen=True)
+class Sampling:
+    """How a request's tokens are drawn: the one place their defaults live (the request, the engines'
+    specs, MusicGen's loop and render jobs all take this). ``temperature`` 0 is greedy (inside stemd
+    only: requests ask for 0.01..5); ``top_k`` and ``top_p`` 0 are off; ``guidance`` None is the
+    model's own (MusicGen 3, distilled diffusion models 1)."""
+
+    temperature: float = 1.0
+    top_k: int = 250
+    top_p: float = 0.0
+    guidance: Optional[float] = None
+
+    TOKEN_KEYS = ("temperature", "top_k", "top_p")      # what only token-sampling models have
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance is not None and self.guidance > 1.0
+
+    def with_guidance(self, default: float) -> "Sampling":
+        """This, with ``default`` where guidance is the model's own."""
+        return self if self.guidance is not None else replace(self, guidance=default)
+
+    def token_keys_given(self) -> list[str]:
+        """The token-sampling keys set away from their defaults (a diffusion model refuses them)."""
+        return [k for k in self.TOKEN_KEYS if getattr(self, k) != getattr(DEFAULT_SAMPLING, k)]
+
+
+DEFAULT_SAMPLING = Sampling()
+
+
+@dataclass(frozen=True)
 class GenerateRequest:
-    """A validated ``/stemd/generate``; build it with :meth:`from_args` or keywords."""
+    """A validated ``/stemd/generate``; build it with :meth:`from_args` or keywords. Both go through
+    the one table ``GENERATE_KEYS``: every field is checked (and normalised: ``bpm=120`` becomes a
+    ``Tempo``, ``meter="7/8"`` a ``Meter``) when the request is built, and a wrong one raises the
+    protocol's typed error naming it."""
 
     request_id: str
     prompt: str = ""
@@ -162,10 +198,10 @@ class GenerateRequest:
     channels: int = 2
     variations: int = 1
     seed: Optional[int] = None
-    temperature: float = 1.0
-    top_k: int = 250
-    top_p: float = 0.0
-    guidance: Optional[float] = None           # None: the model's own (MusicGen 3, distilled diffusion 1)
+    temperature: float = DEFAULT_SAMPLING.temperature
+    top_k: int = DEFAULT_SAMPLING.top_k
+    top_p: float = DEFAULT_SAMPLING.top_p
+    guidance: Optional[float] = DEFAULT_SAMPLING.guidance
     steps: Optional[int] = None                # diffusion: denoising steps (None: the model's own, 8)
     strength: Optional[float] = None           # Stable Audio 3: a variation of the given audio (0 keep, 1 new)
     track: str = ""                            # ACE-Step: add this part (drums, bass...) over the given audio
@@ -183,41 +219,19 @@ class GenerateRequest:
 
     def __post_init__(self):
         check_request_id(self.request_id)
-        _int("bars", self.bars)
-        _int("start_bar", self.start_bar)
-        _int("sample_rate", self.sample_rate)
-        _int("channels", self.channels)
-        _int("variations", self.variations)
-        if self.seed is not None:
-            _int("seed", self.seed)
-        _float("temperature", self.temperature)
-        _int("top_k", self.top_k)
-        _float("top_p", self.top_p)
-        if self.guidance is not None:
-            _float("guidance", self.guidance)
-        if self.steps is not None:
-            _int("steps", self.steps)
-        if self.strength is not None:
-            _float("strength", self.strength)
-        for name in ("track", "extract"):
-            if getattr(self, name):
-                _stem(name, getattr(self, name))
-        if self.repaint and not _REPAINT.match(_str("repaint", self.repaint)):
-            raise ProtocolError("bad_arguments", f"repaint must be 'FIRST-LAST' bars of the take, like \"2-3\", "
-                                f"got {self.repaint[:40]!r}")
-        if self.priority not in PRIORITIES:
-            raise ProtocolError("out_of_range", f"priority must be one of {', '.join(PRIORITIES)}, got {self.priority!r}")
-        if len(self.prompt) > LIMITS["prompt_chars"][1]:
-            raise ProtocolError("out_of_range", f"prompt is over {LIMITS['prompt_chars'][1]} characters")
-        if self.continuation is not None:
-            if len(self.continuation) > MAX_CONTINUATION_BYTES:
-                raise ProtocolError("too_large", f"continuation is over {MAX_CONTINUATION_BYTES} bytes")
-            if len(self.continuation) % (4 * self.continuation_channels):
-                raise ProtocolError("bad_arguments", "continuation must be whole float32 frames")
-        if self.reply_port is not None:
-            _int("reply_port", self.reply_port)
-        if self.stem:
-            _stem("stem", self.stem)
+        for f in fields(self)[1:]:
+            value = getattr(self, f.name)
+            if value is None and f.name in OPTIONAL_KEYS:
+                continue
+            checked = GENERATE_KEYS[f.name](f.name, value)
+            if checked is not value:
+                object.__setattr__(self, f.name, checked)
+        if self.continuation is not None and len(self.continuation) % (4 * self.continuation_channels):
+            raise ProtocolError("bad_arguments", "continuation must be whole float32 frames")
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(self.temperature, self.top_k, self.top_p, self.guidance)
 
     @property
     def seconds(self) -> Fraction:
@@ -253,7 +267,7 @@ class GenerateRequest:
                 raise ProtocolError("bad_arguments", f"key {key!r} given twice", request_id)
             values[key] = value
         try:
-            return cls(request_id, **{name: GENERATE_KEYS[name](name, v) for name, v in values.items()})
+            return cls(request_id, **values)
         except ProtocolError as e:
             e.request_id = request_id
             raise
@@ -302,17 +316,27 @@ class GenerateRequest:
 def _str(key: str, value: Any) -> str:
     if not isinstance(value, str):
         raise ProtocolError("wrong_type", f"{key} must be a string, got {_osc_type(value)}")
+    hi = LIMITS.get(f"{key}_chars", (0, LIMITS["text_chars"][1]))[1]
+    if len(value) > hi:
+        raise ProtocolError("out_of_range", f"{key} is over {hi} characters")
     return value
 
 
-def _stem(key: str, value: Any) -> str:
-    if not _STEM.match(_str(key, value)):
+def _label(key: str, value: Any) -> str:
+    """A stem or part name, or "" for none."""
+    if _str(key, value) and not _STEM.match(value):
         raise ProtocolError("out_of_range", f"{key} must be 1-32 letters, digits, spaces, _ or - starting with a "
                             f"letter or digit (drums, bass, keys 2), got {value[:40]!r}")
     return value
 
 
+def _tempo(key: str, value: Any) -> Tempo:
+    return value if isinstance(value, Tempo) else parse_tempo(value)
+
+
 def _meter(key: str, value: Any) -> Meter:
+    if isinstance(value, Meter):
+        return value
     try:
         return Meter.parse(_str(key, value))
     except TimingError as e:
@@ -324,19 +348,36 @@ def _bool(key: str, value: Any) -> bool:
         return value
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    raise ProtocolError("wrong_type", f"{key} must be T/F or 0/1, got {value!r}")
+    raise ProtocolError("wrong_type", f"{key} must be T/F or 0/1, got {_osc_type(value)}")
 
 
 def _blob(key: str, value: Any) -> bytes:
     if not isinstance(value, (bytes, bytearray)):
         raise ProtocolError("wrong_type", f"{key} must be a blob (float32 LE interleaved), got {_osc_type(value)}")
+    if len(value) > MAX_CONTINUATION_BYTES:
+        raise ProtocolError("too_large", f"{key} is over {MAX_CONTINUATION_BYTES} bytes")
     return bytes(value)
 
 
+def _priority(key: str, value: Any) -> str:
+    if _str(key, value) not in PRIORITIES:
+        raise ProtocolError("out_of_range", f"{key} must be one of {', '.join(PRIORITIES)}, got {value[:40]!r}")
+    return value
+
+
+def _repaint(key: str, value: Any) -> str:
+    if _str(key, value) and not _REPAINT.match(value):
+        raise ProtocolError("bad_arguments", f"{key} must be 'FIRST-LAST' bars of the take, like \"2-3\", "
+                            f"got {value[:40]!r}")
+    return value
+
+
+#: every generate key and its check: ``check(key, value)`` returns the value (normalised) or raises the
+#: protocol's typed error naming the key. Requests built from OSC arguments and from keywords use it alike.
 GENERATE_KEYS = {
     "prompt": _str,
     "bars": _int,
-    "bpm": lambda _k, v: parse_tempo(v),
+    "bpm": _tempo,
     "meter": _meter,
     "start_bar": _int,
     "sample_rate": _int,
@@ -349,19 +390,21 @@ GENERATE_KEYS = {
     "guidance": _float,
     "steps": _int,
     "strength": _float,
-    "track": _stem,
-    "extract": _stem,
-    "repaint": _str,
-    "priority": _str,
+    "track": _label,
+    "extract": _label,
+    "repaint": _repaint,
+    "priority": _priority,
     "key": _str,
-    "stem": _stem,
+    "stem": _label,
     "loop": _bool,
     "continuation": _blob,
     "continuation_path": _str,
-    "continuation_rate": lambda k, v: _int("sample_rate", v),
-    "continuation_channels": lambda k, v: _int("channels", v),
+    "continuation_rate": lambda k, v: _int(k, v, "sample_rate"),
+    "continuation_channels": lambda k, v: _int(k, v, "channels"),
     "reply_port": _int,
 }
+#: keys whose None means "not given" (the model's own, a random seed, the sender's port)
+OPTIONAL_KEYS = ("seed", "guidance", "steps", "strength", "continuation", "reply_port")
 
 
 # --- chunks ----------------------------------------------------------------------------------

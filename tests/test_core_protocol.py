@@ -3,7 +3,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from stemd.protocol import Chunk, GenerateRequest, ProtocolError
+from stemd.protocol import Chunk, GenerateRequest, ProtocolError, Sampling
 
 
 def test_generate_args_become_a_validated_request():
@@ -83,3 +83,49 @@ def test_model_keys_are_checked_however_the_request_is_built():
         with pytest.raises(ProtocolError) as e:
             GenerateRequest("r3", **kwargs)
         assert e.value.code == code and next(iter(kwargs)) in e.value.message
+
+
+@pytest.mark.parametrize("kw, code, field", [
+    ({"bpm": "fast"}, "out_of_range", "tempo"),
+    ({"bpm": [120]}, "wrong_type", "bpm"),
+    ({"meter": 7}, "wrong_type", "meter"),
+    ({"key": 5}, "wrong_type", "key"),
+    ({"key": "x" * 65}, "out_of_range", "key"),
+    ({"loop": "yes"}, "wrong_type", "loop"),
+    ({"bars": "4"}, "wrong_type", "bars"),
+    ({"bars": 0}, "out_of_range", "bars"),
+    ({"variations": 17}, "out_of_range", "variations"),
+    ({"temperature": float("nan")}, "out_of_range", "temperature"),
+    ({"top_k": 1.5}, "wrong_type", "top_k"),
+    ({"prompt": b"drums"}, "wrong_type", "prompt"),
+    ({"priority": "urgent"}, "out_of_range", "priority"),
+    ({"stem": "../etc"}, "out_of_range", "stem"),
+    ({"track": 3}, "wrong_type", "track"),
+    ({"repaint": "3"}, "bad_arguments", "repaint"),
+    ({"continuation": "not bytes"}, "wrong_type", "continuation"),
+    ({"continuation": b"\0" * 8, "continuation_channels": 0}, "out_of_range", "continuation_channels"),
+    ({"continuation_rate": 100}, "out_of_range", "continuation_rate"),
+    ({"continuation_path": 1}, "wrong_type", "continuation_path"),
+    ({"reply_port": 70000}, "out_of_range", "reply_port"),
+    ({"seed": -1}, "out_of_range", "seed"),
+])
+def test_keyword_construction_checks_every_field_like_the_wire(kw, code, field):
+    # the keyword path is the same table as from_args: each wrong field is the typed error naming it
+    with pytest.raises(ProtocolError) as e:
+        GenerateRequest("kw", **kw)
+    assert e.value.code == code and e.value.message.startswith(field), e.value.message
+    args = ["kw"] + [x for k, v in kw.items() for x in (k, v)]
+    with pytest.raises(ProtocolError) as wire:
+        GenerateRequest.from_args(tuple(args))
+    assert (wire.value.code, wire.value.message) == (e.value.code, e.value.message)
+    assert wire.value.request_id == "kw"
+
+
+def test_keywords_are_normalised_like_the_wire():
+    a = GenerateRequest("n", bpm=97, meter="3/4", loop=1)
+    b = GenerateRequest.from_args(("n", "bpm", 97, "meter", "3/4", "loop", 1))
+    assert a == b and a.bpm.bpm == 97 and str(a.meter) == "3/4" and a.loop is True
+    assert a.seconds == Fraction(720, 97)         # 4 bars of 3/4 at 97 BPM
+    assert a.sampling == Sampling() and not a.sampling.guided
+    assert GenerateRequest("g", guidance=3).sampling.with_guidance(1.0).guidance == 3.0
+    assert Sampling(top_k=50).token_keys_given() == ["top_k"]

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("diffusers") is None
                                 reason="diffusers or torch (the daemon extra) is not installed")
 
 from stemd.timing import Grid  # noqa: E402
+from stemd.protocol import Sampling  # noqa: E402
 
 SA3, ACE = "sa3-tiny", "acestep-tiny"
 
@@ -168,7 +169,7 @@ def test_each_family_refuses_the_keys_it_lacks_with_a_typed_error(engines):
         engines[ACE].stream(spec(extra={"strength": 0.5}))
     assert e.value.code == "unsupported_key" and "strength" in e.value.message
     with pytest.raises(ProtocolError) as e:
-        engines[ACE].stream(spec(top_k=50))
+        engines[ACE].stream(spec(sampling=Sampling(top_k=50)))
     assert e.value.code == "unsupported_key" and "top_k" in e.value.message
     with pytest.raises(ProtocolError) as e:         # a task over given audio needs the audio
         engines[ACE].raw(spec(extra={"extract": "drums"}))

@@ -56,9 +56,9 @@ class Job:
     start_bar: int = 0
     sample_rate: int = 48000
     channels: int = 2
-    temperature: float = 1.0
-    top_k: int = 250
-    top_p: float = 0.0
+    temperature: Optional[float] = None  # the sampling settings: None is the request's default (Sampling)
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
     guidance: Optional[float] = None     # None: the model's own (MusicGen 3; distilled diffusion models 1)
     steps: Optional[int] = None          # diffusion models' denoising steps (None: the model's own)
     key: str = ""
@@ -94,6 +94,7 @@ class Job:
         except (TimingError, ProtocolError) as e:
             raise JobError(str(e)) from None
         prompt_labels = _prompt_labels(self.prompts)
+        sampling = {k: v for k in ("temperature", "top_k", "top_p", "guidance") if (v := getattr(self, k)) is not None}
         out = []
         for model in self.models:
             for prompt in self.prompts:
@@ -102,8 +103,7 @@ class Job:
                         request = GenerateRequest(
                             "render", prompt=prompt, bars=bars, bpm=bpm, meter=meter, start_bar=self.start_bar,
                             sample_rate=self.sample_rate, channels=self.channels, variations=self.variations,
-                            seed=seed, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                            guidance=self.guidance, steps=self.steps, key=self.key, loop=self.loop, priority="offline")
+                            seed=seed, steps=self.steps, key=self.key, loop=self.loop, priority="offline", **sampling)
                         out.append(Batch(model, prompt_labels[prompt], request, self))
         names = [t.name for b in out for t in b.takes]
         if len(set(names)) != len(names):

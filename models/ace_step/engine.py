@@ -51,7 +51,7 @@ class AceStepEngine(DiffusionEngine):
     def kwargs(self, spec: GenerationSpec, callback) -> dict:
         """The arguments of one call: the caption once per variation, the grid as ACE-Step's metadata."""
         variations = spec.variations
-        guidance = spec.guidance if spec.guidance is not None else (1.0 if self.pipe.is_turbo else 7.0)
+        guidance = spec.sampling.with_guidance(1.0 if self.pipe.is_turbo else 7.0).guidance
         key = spec.extra.get("key") or None
         return dict(prompt=[spec.prompt.strip()] * variations, lyrics=[""] * variations,
                     bpm=int(round(float(spec.grid.tempo.bpm))), timesignature=str(spec.grid.meter.numerator),

@@ -184,8 +184,7 @@ class DiffusionEngine(Engine):
         from stemd.protocol import MODEL_KEYS, ProtocolError
 
         used = {k for k in MODEL_KEYS if spec.extra.get(k) not in (None, "")}
-        if spec.temperature != 1.0 or spec.top_k != 250 or spec.top_p != 0.0:
-            used.add("temperature/top_k/top_p")
+        used.update(spec.sampling.token_keys_given())
         lacking = sorted(used - self.accepts)
         if lacking:
             raise ProtocolError("unsupported_key", f"{self.name} ({self.family}) has no {', '.join(lacking)}; it "

@@ -20,9 +20,10 @@ from stemd.models.base import AudioStream, Cancelled, Engine, EngineError, Gener
 from stemd.models.devices import pick_device
 from stemd.models.musicgen import decoding
 from stemd.models.musicgen.decoding import Decoding
-from stemd.models.musicgen.generate import EagerStep, Generation, Sampling, iter_frames
+from stemd.models.musicgen.generate import EagerStep, Generation, iter_frames
 from stemd.models.musicgen.loading import Checkpoint
 from stemd.models.musicgen.streaming import StreamingDecoder
+from stemd.protocol import Sampling
 
 WINDOW_SECONDS = 30.0        # what MusicGen was trained on
 KEEP_SECONDS = 10.0          # context carried into the next window of a long take
@@ -132,8 +133,7 @@ class MusicGenEngine(Engine):
         if should_stop():
             raise Cancelled()
         lm, args = self.ck.lm, self.ck.lm.args
-        params = Sampling(guidance=GUIDANCE if spec.guidance is None else spec.guidance, temperature=spec.temperature, top_k=spec.top_k,
-                          top_p=spec.top_p)
+        params = spec.sampling.with_guidance(GUIDANCE)
         prompt = (self.ck.encode_audio(spec.continuation, self.frames_for(KEEP_SECONDS))
                   if spec.continuation is not None else None)
         p = 0 if prompt is None else prompt.shape[-1]

@@ -14,25 +14,13 @@ compiled, as a CUDA graph, in ONNX Runtime) is a step object handed to ``Generat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
 import torch
 from torch import Tensor
 
 from stemd.models.musicgen.model import MusicGenLM
-
-
-@dataclass
-class Sampling:
-    guidance: float = 3.0
-    temperature: float = 1.0     # 0: greedy
-    top_k: int = 250             # 0: off
-    top_p: float = 0.0           # 0: off
-
-    @property
-    def guided(self) -> bool:
-        return self.guidance > 1.0
+from stemd.protocol import Sampling  # noqa: F401  (the request's sampling settings, guidance resolved)
 
 
 def codebook_delays(num_codebooks: int, audio_channels: int) -> list[int]:
@@ -143,6 +131,8 @@ class Generation:
     def __init__(self, lm: MusicGenLM, variations: int, params: Sampling, max_seq: int,
                  prompt: Optional[Tensor] = None, seed: Optional[int] = None, keep_frames: int = 500,
                  step=None):
+        if params.guidance is None:
+            raise ValueError("the guidance must be resolved to the model's own (Sampling.with_guidance)")
         self.lm, self.params, self.variations = lm, params, variations
         self.step = step if step is not None else EagerStep()
         device = lm.layer_norm.weight.device

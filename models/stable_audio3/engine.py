@@ -60,8 +60,8 @@ class StableAudio3Engine(DiffusionEngine):
         """The arguments every call of a take shares."""
         out = dict(prompt=describe(spec), num_waveforms_per_prompt=spec.variations, generator=self.generators(spec),
                    callback_on_step_end=callback, num_inference_steps=self.steps(spec))
-        if spec.guidance is not None:
-            out["guidance_scale"] = spec.guidance
+        if spec.sampling.guidance is not None:
+            out["guidance_scale"] = spec.sampling.guidance
         return out
 
     def make(self, spec: GenerationSpec, callback):
