@@ -24,11 +24,13 @@ import numpy as np
 from stemd.bridge.client import DaemonClient, Event, Request
 from stemd.bridge.delivery import DeliveredTake
 from stemd.bridge.delivery.folder import FolderWriter
-from stemd.bridge.history import TakeHistory, TakeRecord, params_of
+from stemd import lifecycle
+from stemd.bridge.history import TakeHistory
+from stemd.lifecycle import TakeRecord, params_of
 from stemd.bridge.transport import Transport
 from stemd.errors import StemdError
 from stemd.protocol import LIMITS, GenerateRequest, ProtocolError, random_seed
-from stemd.takes import read_sidecar, step_variation
+from stemd.takes import read_sidecar
 
 MAX_EXTEND_CONTEXT_S = 30.0  # the end of a take sent back as the continuation of an extend
 
@@ -92,22 +94,11 @@ class Bridge:
 
     def reroll(self, take_id: str, seed: Optional[int] = None) -> str:
         """The same request with a new seed; returns the new take's id."""
-        record = self.history.get(take_id)
-        params = dict(record.params)
-        params.pop("continuation_path", None)
-        params["seed"] = seed if seed is not None else random_seed(other_than=params.get("seed"))
-        return self._submit(params, kind="reroll", parent=record.id,
-                            continuation=self._continuation_of(record.parent) if record.kind == "extend" else None)
+        return self._ask(lifecycle.reroll(self.history.get(take_id), seed))
 
     def extend(self, take_id: str, bars: Optional[int] = None, seed: Optional[int] = None) -> str:
-        """Continue from the end of ``take_id``: the new take starts on the bar after it ends."""
-        record = self.history.get(take_id)
-        params = dict(record.params)
-        params["start_bar"] = int(params.get("start_bar", 0)) + int(params.get("bars", 4))
-        if bars is not None:
-            params["bars"] = bars
-        params["seed"] = seed if seed is not None else random_seed()
-        return self._submit(params, kind="extend", parent=record.id, continuation=self._continuation_of(record.id))
+        """Continue from the end of ``take_id``'s chosen variation: the new take starts on the bar after it ends."""
+        return self._ask(lifecycle.extend(self.history.get(take_id), bars, seed))
 
     def accept(self, take_id: str) -> None:
         """Keep the take, in the variation chosen last (the first unless next/previous chose another):
@@ -141,8 +132,7 @@ class Bridge:
     def select_variation(self, take_id: str, step: int) -> int:
         """Move the take's chosen variation ``step`` places (wrapping around); returns the new index."""
         record = self.history.get(take_id)
-        chosen = step_variation(take_id, record.state, len(record.files), record.variation, step)
-        record = self.history.set(take_id, variation=chosen)
+        chosen = self.history.set(take_id, variation=lifecycle.choose(record, step)).variation
         self._emit(TakeEvent(take_id, record.state, files=tuple(record.files), variation=chosen))
         return chosen
 
@@ -186,27 +176,28 @@ class Bridge:
         self._worker.shutdown(wait=True)
 
     # --- inside ------------------------------------------------------------------------------
-    def _continuation_of(self, take_id: Optional[str]) -> Optional[tuple[bytes, int, int]]:
-        if take_id is None:
-            return None
-        record = self.history.get(take_id)
-        if not record.files:
-            raise StemdError(f"take {take_id} has no file to continue from (it is {record.state})", "bad_arguments")
+    def _ask(self, ask: lifecycle.Ask) -> str:
+        """Ask for a re-roll or extension: the file it continues from goes as a continuation blob."""
+        continuation = self._continuation_of(ask.continued_from) if ask.continued_from else None
+        return self._submit(ask.params, kind=ask.kind, parent=ask.parent, continuation=continuation,
+                            continued_from=ask.continued_from)
+
+    def _continuation_of(self, path: str) -> tuple[bytes, int, int]:
         import soundfile
 
-        data, rate = soundfile.read(record.files[0], dtype="float32", always_2d=True)
+        try:
+            data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+        except (OSError, RuntimeError) as e:
+            raise StemdError(f"cannot read {path} to continue from: {e}", "bad_arguments") from None
         data = data[-int(MAX_EXTEND_CONTEXT_S * rate):]
         return np.ascontiguousarray(data, dtype="<f4").tobytes(), rate, data.shape[1]
 
     def _submit(self, params: dict, kind: str, parent: Optional[str] = None,
-                continuation: Optional[tuple[bytes, int, int]] = None) -> str:
+                continuation: Optional[tuple[bytes, int, int]] = None, continued_from: str = "") -> str:
         with self._lock:
             take_id = self.history.new_id()
-            record = TakeRecord(take_id, {}, kind=kind, parent=parent)
-            args: list = [take_id]
-            for key, value in params.items():
-                if value is not None:
-                    args += [key, value]
+            record = TakeRecord(take_id, {}, kind=kind, parent=parent, continued_from=continued_from)
+            args = lifecycle.request_args(take_id, params)
             if continuation is not None:
                 blob, rate, channels = continuation
                 args += ["continuation", blob, "continuation_rate", rate, "continuation_channels", channels]

@@ -1,8 +1,8 @@
 """Take history: every take the bridge asked for, by take id, persisted in the output folder.
 
-A take's record keeps the request parameters (the generate keys, without any continuation audio), so
-a take can be re-rolled (same parameters, new seed) or extended (continue from its end) in a later
-session. The file is ``<out>/.stemd-history.json``, rewritten atomically on every change.
+A take's record (``stemd.lifecycle.TakeRecord``) keeps the request parameters (the generate keys,
+without any continuation audio), so a take can be re-rolled (same parameters, new seed) or extended
+(continue from its end) in a later session. The file is ``<out>/.stemd-history.json``, rewritten atomically on every change.
 """
 
 from __future__ import annotations
@@ -12,60 +12,18 @@ import json
 import os
 import re
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
 
+from stemd import lifecycle
 from stemd.errors import StemdError
-from stemd.protocol import GenerateRequest
-from stemd.takes import mark_sidecar
+from stemd.lifecycle import TakeRecord
 
 HISTORY_FILE = ".stemd-history.json"
-STATES = ("queued", "generating", "ready", "playing", "accepted", "cancelled", "failed")
 
 
 class UnknownTake(StemdError):
     code = "unknown_request"
-
-
-@dataclass
-class TakeRecord:
-    id: str
-    params: dict  # generate keys -> values (JSON-able; no continuation blob)
-    kind: str = "generate"  # generate | reroll | extend
-    parent: Optional[str] = None
-    state: str = "queued"
-    files: list = field(default_factory=list)  # one per variation, in variation order
-    error: str = ""
-    created: str = ""
-    variation: int = 0  # the variation chosen (next/previous variation); accept keeps this one
-
-    @property
-    def accepted(self) -> bool:
-        return self.state == "accepted"
-
-    @property
-    def file(self) -> Optional[str]:
-        """The chosen variation's file (None until the take is delivered)."""
-        if not self.files:
-            return None
-        return self.files[self.variation] if 0 <= self.variation < len(self.files) else self.files[0]
-
-    def request(self, request_id: Optional[str] = None, **overrides) -> GenerateRequest:
-        params = dict(self.params, **overrides)
-        args = [request_id or self.id]
-        for key, value in params.items():
-            if value is not None:
-                args += [key, value]
-        return GenerateRequest.from_args(tuple(args))
-
-
-def params_of(request: GenerateRequest) -> dict:
-    """The generate keys of ``request`` as JSON-able values (the continuation blob is left out)."""
-    args = request.to_args()[1:]
-    params = dict(zip(args[0::2], args[1::2]))
-    params.pop("continuation", None)
-    return params
 
 
 class TakeHistory:
@@ -115,12 +73,9 @@ class TakeHistory:
         ``accepted``."""
         with self._lock:
             record = self.get(take_id)
-            if record.state not in ("ready", "playing", "accepted"):
-                raise StemdError(f"take {take_id} is {record.state}: only a finished take can be accepted",
-                                 "bad_arguments")
-            if record.file:
-                mark_sidecar(Path(record.file), accepted=True)
-            return self.set(take_id, state="accepted")
+            lifecycle.accept(record)
+            self.save()
+            return record
 
     def save(self) -> None:
         with self._lock:

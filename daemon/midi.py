@@ -18,31 +18,17 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Optional
 
+from stemd import lifecycle
 from stemd.daemon.dispatch import dispatch
 from stemd.errors import StemdError
+from stemd.lifecycle import TakeRecord
 from stemd.osc import Message
 from stemd.protocol import (ACCEPTED, CANCEL, CANCELLED, DONE, ERROR, GENERATE, PROGRESS, QUEUED, TAKE,
                             GenerateRequest, random_seed)
-from stemd.takes import mark_sidecar, step_variation
 
 log = logging.getLogger("stemd.midi")
-
-
-@dataclass
-class MidiTake:
-    params: dict                      # the generate keys it was asked with
-    state: str = "queued"             # queued generating ready playing accepted failed cancelled
-    files: list = field(default_factory=list)
-    variation: int = 0                # the chosen variation
-    error: str = ""
-
-    @property
-    def file(self) -> Optional[str]:
-        return self.files[self.variation] if 0 <= self.variation < len(self.files) else None
 
 
 class DaemonTarget:
@@ -56,7 +42,7 @@ class DaemonTarget:
         self.audition_device = audition_device
         self.key = ("midi", "controller")
         self.name = "midi"
-        self.takes: dict[str, MidiTake] = {}
+        self.takes: dict[str, TakeRecord] = {}
         self.on_state: Callable[[str, str], None] = lambda take_id, state: None  # the session's pad lights
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -96,29 +82,21 @@ class DaemonTarget:
         values = dict(params)
         if values.get("seed") is None:
             values["seed"] = random_seed()  # fixed here, so a re-roll is a different take
-        return self._submit(values)
+        return self._submit(lifecycle.Ask(values, "generate", ""))
 
     def reroll(self, take_id: str) -> str:
-        params = dict(self._take(take_id).params)
-        params.pop("continuation_path", None)
-        params["seed"] = random_seed(other_than=params.get("seed"))
-        return self._submit(params)
+        return self._submit(lifecycle.reroll(self._take(take_id)))
 
     def extend(self, take_id: str) -> str:
-        take = self._finished(take_id, "extend")
-        params = dict(take.params)
-        params["start_bar"] = int(params.get("start_bar", 0)) + int(params.get("bars", 4))
-        params["seed"] = random_seed()
-        params["continuation_path"] = take.file
-        return self._submit(params)
+        return self._submit(lifecycle.extend(self._take(take_id)))
 
     def cancel(self, take_id: str) -> None:
         if self._take(take_id).state in ("queued", "generating"):
             self.call_on_loop(dispatch, self.service, self, Message(CANCEL, take_id))
 
     def accept(self, take_id: str) -> None:
-        take = self._finished(take_id, "accept")
-        mark_sidecar(Path(take.file), accepted=True)
+        take = self._take(take_id)
+        lifecycle.accept(take)
         log.info("midi: take %s accepted: %s", take_id, take.file)
         self._state(take_id, "accepted")
 
@@ -129,7 +107,8 @@ class DaemonTarget:
         self._choose(take_id, -1)
 
     def audition(self, take_id: str) -> None:
-        take = self._finished(take_id, "audition")
+        take = self._take(take_id)
+        take.finished_file("audition")
         import soundfile
 
         try:
@@ -148,32 +127,28 @@ class DaemonTarget:
             self._state(take_id, "playing")
 
     # --- inside ------------------------------------------------------------------------------------
-    def _submit(self, params: dict) -> str:
+    def _submit(self, ask: lifecycle.Ask) -> str:
+        """Send a generate: a take it continues from goes as ``continuation_path`` (a file in --out)."""
         with self._lock:
             take_id = f"midi-{next(self._ids)}"
-        args: list = [take_id]
-        for key, value in params.items():
-            if value is not None:
-                args += [key, value]
+        params = dict(ask.params)
+        if ask.continued_from:
+            params["continuation_path"] = ask.continued_from
+        args = lifecycle.request_args(take_id, params)
         GenerateRequest.from_args(tuple(args))  # a bad preset is refused here, on the MIDI thread, with its reason
-        self.takes[take_id] = MidiTake(dict(params))
+        self.takes[take_id] = TakeRecord(take_id, dict(ask.params), kind=ask.kind, parent=ask.parent or None,
+                                         continued_from=ask.continued_from)
         self.call_on_loop(dispatch, self.service, self, Message(GENERATE, *args))
         return take_id
 
-    def _take(self, take_id: str) -> MidiTake:
+    def _take(self, take_id: str) -> TakeRecord:
         take = self.takes.get(take_id)
         if take is None:
             raise StemdError(f"no take {take_id!r} from the controller")
         return take
 
-    def _finished(self, take_id: str, what: str) -> MidiTake:
-        take = self._take(take_id)
-        if not take.file:
-            raise StemdError(f"cannot {what} take {take_id}: it is {take.state}")
-        return take
-
     def _choose(self, take_id: str, step: int) -> None:
         take = self._take(take_id)
-        take.variation = step_variation(take_id, take.state, len(take.files), take.variation, step)
+        lifecycle.choose(take, step)
         log.info("midi: take %s: variation %d of %d", take_id, take.variation + 1, len(take.files))
         self.audition(take_id)

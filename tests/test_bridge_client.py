@@ -101,6 +101,29 @@ def test_reroll_keeps_every_parameter_but_the_seed_and_extend_continues_from_the
     assert history.get("t3").kind == "extend" and history.get("t3").params["start_bar"] == 10
 
 
+def test_extend_continues_the_chosen_variation_and_its_reroll_keeps_that_continuation(peer, tmp_path):
+    # the bridge used to continue variation 1 whatever was chosen (docs/midi.md: the chosen one)
+    bridge, client = make_bridge(peer, tmp_path)
+    take = bridge.generate("glassy arps", 1, variations=2, bpm=97, meter="3/4")
+    record = bridge.wait(take, 30)
+    v2, rate = soundfile.read(record.files[1], dtype="float32")
+    soundfile.write(record.files[1], v2 * 0.5, rate, subtype="FLOAT")    # tell the two variations apart
+    assert bridge.select_variation(take, +1) == 1
+    longer = bridge.extend(take)
+    assert bridge.wait(longer, 30).state in ("ready", "playing")
+    again = bridge.reroll(longer)
+    assert bridge.wait(again, 30).state in ("ready", "playing")
+    ext, rer = peer.requests[-2:]
+    chosen, _ = soundfile.read(record.files[1], dtype="float32", always_2d=True)
+    np.testing.assert_array_equal(ext.continuation_audio().T, chosen)
+    assert not np.array_equal(chosen, soundfile.read(record.files[0], dtype="float32", always_2d=True)[0])
+    assert (ext.start_bar, str(ext.meter), ext.bpm.bpm) == (1, "3/4", 97)
+    # a re-rolled extension is the same extension with a new seed: it continues the same file
+    assert rer.continuation == ext.continuation and rer.start_bar == ext.start_bar and rer.seed != ext.seed
+    assert bridge.take(again).continued_from == bridge.take(longer).continued_from == record.files[1]
+    client.close()
+
+
 def test_next_and_previous_variation_choose_audition_and_accept_one_variation(peer, tmp_path):
     from stemd.bridge.delivery.live import LivePlayer
     from stemd.bridge.history import TakeHistory
