@@ -14,11 +14,11 @@ from typing import Any, Callable, Optional
 
 from stemd.daemon.jobs import spec_from_request
 from stemd.daemon.scheduler import Job
-from stemd.daemon.service import Service, log_request
+from stemd.daemon.service import Service
 from stemd.errors import StemdError
 from stemd.midi.session import LEARN_ADDRESS, LEARNED_ADDRESS, LEARNING_ADDRESS
 from stemd.osc import Message
-from stemd.protocol import (ACCEPTED, CANCEL, CANCELLED, ERROR, ERROR_CODES, GENERATE, HELLO, PING, PONG, QUEUED,
+from stemd.protocol import (ACCEPTED, CANCEL, ERROR, ERROR_CODES, GENERATE, HELLO, PING, PONG, QUEUED,
                             STATUS, STATUS_REPLY, VERSION, GenerateRequest, ProtocolError, check_request_id,
                             random_seed)
 from stemd.takes import PathEscape, inside
@@ -91,9 +91,7 @@ def cancel(service: Service, client: Any, args: tuple) -> None:
     if job is None:
         raise ProtocolError("unknown_request", f"no queued or running request {rid!r} from this client", rid)
     if service.scheduler.cancel(job, "cancel"):  # still queued: gone now
-        log_request(job, "cancelled while queued")
-        service.retire(job)
-        job.client.send(CANCELLED, rid)
+        service.cancelled(job, "cancel", queued=True)
     # running: the worker stops between steps and sends /stemd/cancelled itself
 
 

@@ -19,12 +19,11 @@ import hmac
 import logging
 import signal
 import socket
-import threading
-from collections import deque
 from typing import Any, Optional
 
 from stemd.daemon.dispatch import dispatch
-from stemd.daemon.service import Service, log_request
+from stemd.daemon.outbox import Outbox
+from stemd.daemon.service import Service
 from stemd.daemon.worker import Worker
 from stemd.framing import FramingError, StreamDecoder
 from stemd.osc import Message, OSCDecodeError, decode, encode_message, messages_in
@@ -84,12 +83,8 @@ class TcpClient(asyncio.Protocol):
         self.key: tuple = ("tcp", id(self))
         self.name = "tcp:?"
         self.transport: Optional[asyncio.Transport] = None
-        self._lock = threading.Lock()
-        self._out: deque[bytes] = deque()
-        self._out_bytes = 0
-        self._paused = self._closed = self._flush_pending = False
-        self._closing = False  # no more input is read once a close was asked for
-        self._lost = False
+        self.outbox = Outbox(server.service.settings.max_client_buffer, self._write, self._close_transport,
+                             lambda fn: server.call_on_loop(fn))
         self.refusals = 0
         self.drop_reason = ""
 
@@ -114,7 +109,7 @@ class TcpClient(asyncio.Protocol):
             service.clients.add(self)
 
     def data_received(self, data: bytes) -> None:
-        if self._closed or self._closing:
+        if not self.outbox.accepting:
             return
         first = self.decoder.framing is None
         try:
@@ -126,58 +121,34 @@ class TcpClient(asyncio.Protocol):
         if first:
             log.info("client %s connected (%s framing)", self.name, self.decoder.framing)
         for packet in packets:
-            if self._closed or self._closing:
+            if not self.outbox.accepting:
                 return
             self.server.handle_packet(self, packet)
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
-        self._lost = True
-        with self._lock:
-            self._closed = True
-            self._out.clear()
+        self.outbox.lost()
         self.server.service.clients.discard(self)
         self.server.service.drop_client(self, self.drop_reason or "disconnect")
         log.info("client %s left%s", self.name, f" ({self.drop_reason})" if self.drop_reason else "")
 
     def pause_writing(self) -> None:
-        self._paused = True
+        self.outbox.pause()
 
     def resume_writing(self) -> None:
-        self._paused = False
-        self._flush()
+        self.outbox.resume()
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _close_transport(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()  # asyncio sends what it still buffers, then closes
 
     # --- sending (any thread) -----------------------------------------------------------------
     def send(self, address: str, *args: Any) -> None:
-        data = self.decoder.frame(encode_message(address, *args))
-        limit = self.server.service.settings.max_client_buffer
-        with self._lock:
-            if self._closed:
-                return
-            if self._paused and self._out_bytes > limit:  # the client stopped reading, and the backlog is full
-                self._closed = True
-                self._out.clear()
-                self.server.call_on_loop(self._drop, f"too slow: over {limit} bytes of replies waiting")
-                return
-            self._out.append(data)
-            self._out_bytes += len(data)
-            schedule, self._flush_pending = not self._flush_pending, True
-        if schedule:
-            self.server.call_on_loop(self._flush)
-
-    def _flush(self) -> None:
-        with self._lock:
-            self._flush_pending = False
-        while not self._paused and self.transport is not None and not self.transport.is_closing():
-            with self._lock:
-                if not self._out:
-                    break
-                data = self._out.popleft()
-                self._out_bytes -= len(data)
-            self.transport.write(data)
-        if self._closing and not self._out and self.transport is not None and not self.transport.is_closing():
-            with self._lock:
-                self._closed = True
-            self.transport.close()  # asyncio sends what it still buffers, then closes
+        if self.outbox.put(self.decoder.frame(encode_message(address, *args))) == "overflow":
+            self.server.call_on_loop(self._drop, f"too slow: over {self.outbox.limit} bytes of replies waiting")
 
     def _drop(self, reason: str) -> None:
         self.drop_reason = reason
@@ -187,13 +158,8 @@ class TcpClient(asyncio.Protocol):
 
     def close(self) -> None:
         """Close once what is queued has gone out (a client that does not read gets 5 s, then is cut)."""
-        self._closing = True
-
-        def closing() -> None:
-            self._flush()
-            self.server.loop.call_later(CLOSE_GRACE, self._abort_if_open)  # type: ignore[union-attr]
-
-        self.server.call_on_loop(closing)
+        self.outbox.close_when_flushed()
+        self.server.call_on_loop(lambda: self.server.loop.call_later(CLOSE_GRACE, self._abort_if_open))
 
     def refuse(self) -> None:
         """No (or a wrong) token: every message gets ``unauthorized`` (a client may have sent several before
@@ -206,7 +172,7 @@ class TcpClient(asyncio.Protocol):
             self.server.loop.call_later(REFUSE_GRACE, self.close)  # type: ignore[union-attr]
 
     def _abort_if_open(self) -> None:
-        if self.transport is not None and not self._lost:
+        if self.transport is not None and self.outbox.state != "gone":
             self._drop("did not read its last replies")
 
 
@@ -302,7 +268,8 @@ class Server:
                 if port:  # a fixed port that UDP cannot have: say so
                     raise
         self.port = actual
-        self.worker = Worker(self.service, self.call_on_loop)
+        self.service.call_on_loop = self.call_on_loop
+        self.worker = Worker(self.service)
         self.worker.start()
 
     async def run_until_signal(self) -> None:
@@ -317,18 +284,12 @@ class Server:
                 stop.set()
             else:
                 log.info("second signal: cancelling everything now")
-                self.cancel_all()
+                self.service.cancel_all()
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.loop.add_signal_handler(sig, on_signal, sig)  # type: ignore[union-attr]
         await stop.wait()
         await self.shutdown()
-
-    def cancel_all(self) -> None:
-        for job in self.service.scheduler.cancel_where(lambda j: True, "shutdown"):
-            job.client.send(ERROR, job.id, "shutting_down", "the daemon is stopping; the request was cancelled")
-            log_request(job, "cancelled (shutdown)")
-            self.service.retire(job)
 
     async def shutdown(self) -> None:
         service = self.service
@@ -337,7 +298,7 @@ class Server:
             self.tcp.close()                  # no new connections
         service.scheduler.close()             # no new work: generate answers shutting_down
         if service.settings.on_shutdown != "finish":
-            self.cancel_all()
+            self.service.cancel_all()
         if self.worker is not None:
             while self.worker.is_alive():
                 await asyncio.sleep(0.05)

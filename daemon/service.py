@@ -13,10 +13,11 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from stemd.daemon.scheduler import Job, Scheduler
 from stemd.models.base import Engine
+from stemd.protocol import CANCELLED, DONE, ERROR, TAKE
 
 log = logging.getLogger("stemd.daemon")
 
@@ -47,6 +48,8 @@ class Service:
         self.stopping = False
         self.started = time.monotonic()
         self.midi: Any = None           # the controller's MidiSession (stemd serve --map)
+        #: run a function on the event loop's thread (the server sets it; registry changes happen there)
+        self.call_on_loop: Callable[..., None] = lambda fn, *args: fn(*args)
 
     @property
     def info(self) -> dict:
@@ -75,10 +78,46 @@ class Service:
 
     def drop_client(self, client: Any, reason: str) -> None:
         """A client went away: cancel everything it asked for and free the worker."""
-        removed = self.scheduler.cancel_where(lambda j: j.client is client, reason)
-        for job in removed:
-            log_request(job, f"cancelled while queued ({reason})")
+        for job in self.scheduler.cancel_where(lambda j: j.client is client, reason):
+            self.cancelled(job, reason, queued=True)
+
+    def cancel_all(self) -> None:
+        """Shutdown: every queued job ends now (a running one stops between steps)."""
+        for job in self.scheduler.cancel_where(lambda j: True, "shutdown"):
+            self.cancelled(job, "shutdown", queued=True)
+
+    # --- how a job ends: the one place that decides what its client hears and the log says ----------
+    # (called on the event loop for queued jobs and on the worker thread for the running one)
+    def done(self, job: Job, paths: list) -> None:
+        for v, path in enumerate(paths):
+            job.client.send(TAKE, job.id, v, str(path))
+        job.client.send(DONE, job.id)
+        self._end(job, "done", f"done: {', '.join(p.name for p in paths)}")
+
+    def failed(self, job: Job, code: str, message: str) -> None:
+        job.error = f"{code}: {message}"
+        job.client.send(ERROR, job.id, code, message)
+        self._end(job, "failed", "failed")
+
+    def cancelled(self, job: Job, reason: str, queued: bool = False) -> None:
+        """``reason``: ``cancel`` (the client asked: /stemd/cancelled), ``shutdown`` (/stemd/error
+        shutting_down), or why the client went (it hears nothing: it is gone)."""
+        if reason == "cancel":
+            job.client.send(CANCELLED, job.id)
+        elif reason == "shutdown":
+            job.client.send(ERROR, job.id, "shutting_down", "the daemon is stopping; the request was cancelled")
+        where = "cancelled while queued" if queued else "cancelled"
+        self._end(job, "cancelled", where if reason == "cancel" else f"{where} ({reason})", on_loop=queued)
+
+    def _end(self, job: Job, state: str, outcome: str, on_loop: bool = False) -> None:
+        """``on_loop``: called on the event loop (a queued job), so the service forgets it at once."""
+        job.parts = []
+        job.state, job.finished_at = state, time.monotonic()
+        log_request(job, outcome)
+        if on_loop:
             self.retire(job)
+        else:
+            self.call_on_loop(self.retire, job)
 
 
 def log_request(job: Job, outcome: str) -> None:

@@ -19,17 +19,17 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 
 from stemd.daemon.jobs import spec_from_request, write_takes
 from stemd.daemon.scheduler import Job
-from stemd.daemon.service import Service, log_request
+from stemd.daemon.service import Service
 from stemd.errors import StemdError
 from stemd.models.base import AudioStream, Cancelled, Engine, GenerationSpec, never_stop, no_progress
 from stemd.models.pipeline import bar_chunks
-from stemd.protocol import CANCELLED, CHUNK, DONE, ERROR, PROGRESS, TAKE, Chunk
+from stemd.protocol import CHUNK, PROGRESS, Chunk
 
 log = logging.getLogger("stemd.daemon")
 
@@ -37,11 +37,9 @@ PROGRESS_INTERVAL = 0.25  # seconds between progress messages from inside a bar
 
 
 class Worker(threading.Thread):
-    def __init__(self, service: Service, call_on_loop: Callable[..., None]):
+    def __init__(self, service: Service):
         super().__init__(name="stemd-worker", daemon=True)
         self.service = service
-        #: run a function on the event loop thread (registry changes happen there)
-        self.call_on_loop = call_on_loop
         self.engine: Engine = service.engine
         if service.settings.pace > 0:
             self.engine = PacedEngine(self.engine, service.settings.pace)
@@ -92,16 +90,13 @@ class Worker(threading.Thread):
         except Cancelled:
             return self._stopped(job)
         except StemdError as e:
-            return self._failed(job, e.code, str(getattr(e, "message", e)))
+            return self.service.failed(job, e.code, str(getattr(e, "message", e)))
         except OSError as e:
-            return self._failed(job, "io_error", f"{type(e).__name__}: {e}")
+            return self.service.failed(job, "io_error", f"{type(e).__name__}: {e}")
         except Exception as e:
             log.exception("engine failed on %s", job.id)
-            return self._failed(job, "internal", f"{type(e).__name__}: {e}"[:300])
-        for v, path in enumerate(paths):
-            client.send(TAKE, job.id, v, str(path))
-        client.send(DONE, job.id)
-        self._finish(job, "done", f"done: {', '.join(p.name for p in paths)}")
+            return self.service.failed(job, "internal", f"{type(e).__name__}: {e}"[:300])
+        self.service.done(job, paths)
 
     def _write(self, job: Job) -> list[Path]:
         request, out = job.request, self.service.settings.out
@@ -118,24 +113,9 @@ class Worker(threading.Thread):
             self.service.scheduler.requeue(job)
             return
         if not reason:  # nobody asked it to stop: the engine gave up
-            return self._failed(job, "engine_error", f"the engine stopped after {job.bars_done} of "
-                                f"{job.request.bars} bars")
-        job.parts = []
-        if reason == "cancel":
-            job.client.send(CANCELLED, job.id)
-        elif reason == "shutdown":
-            job.client.send(ERROR, job.id, "shutting_down", "the daemon is stopping; the request was cancelled")
-        self._finish(job, "cancelled", "cancelled" if reason == "cancel" else f"cancelled ({reason})")
-
-    def _failed(self, job: Job, code: str, message: str) -> None:
-        job.parts, job.error = [], f"{code}: {message}"
-        job.client.send(ERROR, job.id, code, message)
-        self._finish(job, "failed", "failed")
-
-    def _finish(self, job: Job, state: str, outcome: str) -> None:
-        job.state, job.finished_at = state, time.monotonic()
-        log_request(job, outcome)
-        self.call_on_loop(self.service.retire, job)
+            return self.service.failed(job, "engine_error", f"the engine stopped after {job.bars_done} of "
+                                       f"{job.request.bars} bars")
+        self.service.cancelled(job, reason)
 
 
 class _Progress:

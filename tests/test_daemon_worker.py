@@ -31,7 +31,7 @@ class RecordingClient:
 
 def run_one(engine: Engine, tmp_path: Path, **request) -> RecordingClient:
     service = Service(engine, Settings(out=tmp_path))
-    worker = Worker(service, call_on_loop=lambda fn, *args: fn(*args))
+    worker = Worker(service)
     client = RecordingClient()
     request = GenerateRequest("r", seed=1, **request)
     job = Job(request, client, spec_from_request(request, engine))
@@ -79,3 +79,88 @@ def test_audio_that_ends_short_is_padded_to_whole_bars(tmp_path):
     chunks = [args for a, args, _d in client.sent if a == "/stemd/chunk"]
     assert [c[2] for c in chunks] == [0, 1, 2] and client.addresses()[-1] == "/stemd/done"
     assert not np.frombuffer(chunks[2][6], "<f4").any()
+
+
+# --- the outbox: a connection's replies, without sockets ------------------------------------------
+class Transport:
+    def __init__(self):
+        self.written, self.closed, self.pending = [], False, []
+
+    def schedule(self, fn):          # the event loop: run later, when the test says
+        self.pending.append(fn)
+
+    def run(self):
+        while self.pending:
+            self.pending.pop(0)()
+
+
+def outbox(limit=100):
+    from stemd.daemon.outbox import Outbox
+
+    t = Transport()
+    return Outbox(limit, t.written.append, lambda: setattr(t, "closed", True), t.schedule), t
+
+
+def test_the_outbox_writes_in_order_with_one_scheduled_flush_and_holds_while_paused():
+    box, t = outbox()
+    assert [box.put(b"a"), box.put(b"bb")] == ["queued", "queued"] and len(t.pending) == 1
+    t.run()
+    assert t.written == [b"a", b"bb"] and box.bytes == 0
+    box.pause()
+    box.put(b"ccc")
+    t.run()
+    assert t.written == [b"a", b"bb"] and box.bytes == 3
+    box.resume()
+    assert t.written[-1] == b"ccc" and box.bytes == 0
+
+
+def test_a_peer_that_stops_reading_overflows_the_outbox_once_and_is_refused_after():
+    box, t = outbox(limit=10)
+    box.pause()
+    assert [box.put(b"x" * 6), box.put(b"x" * 6)] == ["queued", "queued"]     # 12 bytes wait
+    assert box.put(b"y") == "overflow" and box.state == "gone" and box.bytes == 0
+    assert box.put(b"z") == "refused"                                         # the drop is asked for once
+    box.resume()
+    t.run()
+    assert t.written == [] and not t.closed
+
+
+def test_close_when_flushed_sends_what_waits_then_closes_and_a_lost_connection_forgets():
+    box, t = outbox()
+    box.put(b"bye")
+    box.close_when_flushed()
+    assert not box.accepting and box.put(b"last words") == "queued"          # replies still go out
+    t.run()
+    assert t.written == [b"bye", b"last words"] and t.closed and box.state == "closed"
+    assert box.put(b"late") == "refused"
+    other, t2 = outbox()
+    other.put(b"a")
+    other.lost()
+    t2.run()
+    assert t2.written == [] and other.put(b"b") == "refused"
+
+
+def test_each_ending_is_told_from_one_place(tmp_path):
+    # what a client hears on cancel, shutdown, disconnect and failure: Service decides, once
+    service = Service(ClickEngine(), Settings(out=tmp_path))
+    heard = {}
+    for reason in ("cancel", "shutdown", "disconnect"):
+        client = RecordingClient()
+        client.key = ("test", reason)
+        request = GenerateRequest("r", seed=1, bars=1)
+        job = Job(request, client, spec_from_request(request, service.engine))
+        service.scheduler.submit(job)
+        service.register(job)
+        if reason == "shutdown":
+            service.cancel_all()
+        elif reason == "disconnect":
+            service.drop_client(client, "disconnect")
+        else:
+            assert service.scheduler.cancel(job, "cancel")
+            service.cancelled(job, "cancel", queued=True)
+        heard[reason] = [(a, args) for a, args, _d in client.sent]
+        assert job.state == "cancelled" and service.lookup(client, "r") is job and not service.active
+    assert heard == {"cancel": [("/stemd/cancelled", ("r",))],
+                     "shutdown": [("/stemd/error", ("r", "shutting_down",
+                                                    "the daemon is stopping; the request was cancelled"))],
+                     "disconnect": []}
