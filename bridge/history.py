@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import re
 import threading
 from dataclasses import asdict
@@ -18,6 +17,7 @@ from pathlib import Path
 from stemd import lifecycle
 from stemd.errors import StemdError
 from stemd.lifecycle import TakeRecord
+from stemd.takes import atomic_write
 
 HISTORY_FILE = ".stemd-history.json"
 
@@ -80,7 +80,4 @@ class TakeHistory:
     def save(self) -> None:
         with self._lock:
             self.folder.mkdir(parents=True, exist_ok=True)
-            data = json.dumps({"takes": [asdict(t) for t in self.takes.values()]}, indent=1) + "\n"
-            partial = self.path.with_name(self.path.name + ".partial")
-            partial.write_text(data)
-            os.replace(partial, self.path)
+            atomic_write(self.path, json.dumps({"takes": [asdict(t) for t in self.takes.values()]}, indent=1) + "\n")

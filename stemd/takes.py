@@ -9,12 +9,14 @@ mistaken for a finished take.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import re
+import secrets
 import struct
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 
@@ -112,29 +114,57 @@ def wav_bytes(audio: np.ndarray, sample_rate: int, subtype: str = "float32") -> 
 PARTIAL = ".partial"  # a file being written: renamed into place when whole
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """``data`` into ``path`` through ``path.partial``, synced, then renamed: whole or not there."""
-    partial = path.with_name(path.name + PARTIAL)
-    with open(partial, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, path)
+def atomic_write(path: Union[str, Path], data: Union[bytes, str]) -> None:
+    """``data`` (text is UTF-8) into ``path`` through a partial file of its own (``NAME.<random>.partial``,
+    so two writers never share one), synced, then renamed: whole or not there. The one atomic writer:
+    takes, sidecars, the take history, Ardour sessions, MIDI maps and kept verdicts go through it."""
+    path = Path(path)
+    partial = path.with_name(f"{path.name}.{secrets.token_hex(4)}{PARTIAL}")
+    try:
+        with open(partial, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Union[str, Path], value, indent: int = 2) -> None:
+    atomic_write(path, json.dumps(value, indent=indent, sort_keys=True) + "\n")
+
+
+def write_take_file(folder: Path, file_name: str, data: bytes, sidecar: dict,
+                    stems: Optional[dict] = None) -> Path:
+    """The one take writer: ``stems`` (name -> (relative file, bytes)), then the sidecar, then the take's
+    own file, each atomically; the take's file under its final name is what makes it finished. The
+    sidecar records the file's name and SHA-256 (and each stem's). Returns the take file's path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = inside(folder, file_name)
+    meta = dict(sidecar)
+    meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    meta["file"] = file_name
+    meta["sha256"] = hashlib.sha256(data).hexdigest()
+    if stems is not None:
+        meta["stems"] = {}
+        for stem, (rel, stem_data) in stems.items():
+            stem_path = inside(folder, rel)
+            stem_path.parent.mkdir(exist_ok=True)
+            atomic_write(stem_path, stem_data)
+            meta["stems"][stem] = {"file": rel, "sha256": hashlib.sha256(stem_data).hexdigest()}
+    write_json(path.with_suffix(".json"), meta)
+    atomic_write(path, data)
+    return path
 
 
 def write_take(folder: Path, name: str, audio: np.ndarray, sample_rate: int, sidecar: dict,
                subtype: str = "float32") -> Path:
-    """Write ``name.wav`` and ``name.json`` into ``folder`` atomically; returns the WAV's path."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    wav = inside(folder, name + ".wav")
-    meta = dict(sidecar)
-    meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    meta.update({"file": wav.name, "sample_rate": sample_rate, "channels": int(np.shape(audio)[0]),
-                 "frames": int(np.shape(audio)[-1]), "format": subtype})
-    atomic_write(wav.with_suffix(".json"), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
-    atomic_write(wav, wav_bytes(audio, sample_rate, subtype))
-    return wav
+    """``name.wav`` from ``audio`` ``(channels, n)`` and ``name.json`` into ``folder``; returns the WAV's path."""
+    meta = {**sidecar, "sample_rate": sample_rate, "channels": int(np.shape(audio)[0]),
+            "frames": int(np.shape(audio)[-1]), "format": subtype}
+    return write_take_file(folder, name + ".wav", wav_bytes(audio, sample_rate, subtype), meta)
 
 
 def read_sidecar(wav: Path) -> dict:
@@ -148,5 +178,5 @@ def mark_sidecar(wav: Path, **fields) -> dict:
     if not path.exists():
         return {}
     meta = {**json.loads(path.read_text()), **fields}
-    atomic_write(path, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    write_json(path, meta)
     return meta

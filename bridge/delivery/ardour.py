@@ -14,7 +14,6 @@ Ardour 7.3 refuse to load the session.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import struct
 import xml.etree.ElementTree as ET
@@ -24,6 +23,7 @@ from typing import Optional
 
 from stemd.bridge.delivery import DeliveredTake
 from stemd.errors import StemdError
+from stemd.takes import atomic_write
 
 DEFAULT_SUPERCLOCK = 282240000
 INBOX = "stemd-inbox.jsonl"
@@ -193,10 +193,8 @@ class ArdourSession:
     def save(self) -> None:
         backup = self.path.with_suffix(".ardour.bak")
         shutil.copyfile(self.path, backup)
-        partial = self.path.with_name(self.path.name + ".partial")
         ET.indent(self.tree, space="  ")
-        self.tree.write(partial, encoding="UTF-8", xml_declaration=True)
-        os.replace(partial, self.path)
+        atomic_write(self.path, ET.tostring(self.tree.getroot(), encoding="UTF-8", xml_declaration=True))
 
 
 class ArdourSessionWriter:

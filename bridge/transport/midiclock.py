@@ -18,6 +18,7 @@ from fractions import Fraction
 from typing import Optional
 
 from stemd.bridge.transport import FollowError, Transport
+from stemd.errors import StemdError
 
 CLOCK, START, CONTINUE, STOP, SONG_POSITION = 0xF8, 0xFA, 0xFB, 0xFC, 0xF2
 TICKS_PER_QUARTER = 24
@@ -134,27 +135,36 @@ def _jack_available() -> bool:
 
 
 def open_midi_input(name: Optional[str], client_name: str = "stemd-bridge"):
-    """An rtmidi MidiIn on the first port whose name contains ``name`` (any API that has one)."""
+    """An rtmidi MidiIn on the port called ``name``, else the one port whose name contains it (the same
+    rule as the controller's ``--controller``: ``stemd.midi.ports.match_port``), on the first API that has
+    it (JACK first when a JACK server runs); the first input there is when no name is given."""
     import rtmidi
+
+    from stemd.midi.ports import PortMissing, _client, match_port
 
     apis = [api for api in rtmidi.get_compiled_api() if api != rtmidi.API_RTMIDI_DUMMY]
     if rtmidi.API_UNIX_JACK in apis and _jack_available():
         apis.remove(rtmidi.API_UNIX_JACK)
         apis.insert(0, rtmidi.API_UNIX_JACK)
-    seen = []
+    seen, ambiguous = [], None
     for api in apis:
         try:
-            midi_in = rtmidi.MidiIn(api, client_name)
-        except Exception:  # rtmidi raises SystemError and its own errors when an API has no server
+            midi_in = _client("input", api, client_name)
+        except StemdError:  # this API has no server here
             continue
-        ports = midi_in.get_ports()
+        ports = list(midi_in.get_ports())
         seen += ports
-        for i, port in enumerate(ports):
-            if name is None or name.lower() in port.lower():
-                midi_in.ignore_types(sysex=True, timing=False, active_sense=True)
-                midi_in.open_port(i, "clock_in")
-                return midi_in, port
+        try:
+            port = match_port(name, ports, "input") if name else (ports[0] if ports else None)
+        except PortMissing as e:
+            port, ambiguous = None, (e if e.ambiguous else ambiguous)
+        if port is not None:
+            midi_in.ignore_types(sysex=True, timing=False, active_sense=True)
+            midi_in.open_port(ports.index(port), "clock_in")
+            return midi_in, port
         midi_in.delete()
+    if ambiguous is not None:
+        raise FollowError(f"{ambiguous} (use --midi-in NAME)")
     wanted = f"matching {name!r}" if name else "at all"
     raise FollowError(f"no MIDI input {wanted}; inputs seen: {', '.join(seen) or 'none'} (use --midi-in NAME)")
 

@@ -13,8 +13,6 @@ a file left by a job with other parameters is redone.
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
 import io
 import json
 from dataclasses import dataclass, field
@@ -22,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stemd.takes import PARTIAL, atomic_write, inside, wav_bytes
+from stemd.takes import PARTIAL, wav_bytes, write_take_file
 
 
 def audio_bytes(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes:
@@ -58,22 +56,8 @@ class TakeFiles:
 
 def write_take_files(folder: Path, take: TakeFiles) -> Path:
     """Stems, then sidecar, then audio (the audio's final name is what makes the take finished)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    audio_path = inside(folder, take.file)
-    meta = dict(take.sidecar)
-    meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    meta["file"] = take.file
-    meta["sha256"] = hashlib.sha256(take.audio).hexdigest()
-    meta["stems"] = {}
-    for stem, data in take.stems.items():
-        path = inside(folder, take.stem_file(stem))
-        path.parent.mkdir(exist_ok=True)
-        atomic_write(path, data)
-        meta["stems"][stem] = {"file": take.stem_file(stem), "sha256": hashlib.sha256(data).hexdigest()}
-    atomic_write(audio_path.with_suffix(".json"), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
-    atomic_write(audio_path, take.audio)
-    return audio_path
+    stems = {stem: (take.stem_file(stem), data) for stem, data in take.stems.items()}
+    return write_take_file(folder, take.file, take.audio, take.sidecar, stems)
 
 
 def read_sidecar(folder: Path, name: str) -> dict | None:

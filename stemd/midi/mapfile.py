@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -58,6 +57,7 @@ from stemd.midi.actions import ACTIONS, PARAMS, TAKE_STATES
 from stemd.midi.curves import CURVES, knob_value
 from stemd.errors import StemdError
 from stemd.protocol import GENERATE_KEYS, LIMITS, ProtocolError
+from stemd.takes import atomic_write
 
 CONTROL_KINDS = ("note", "cc", "program")
 SLOT_KEYS = ("prompt", "bars", "stem", "temperature", "guidance", "top_k", "top_p", "seed", "variations",
@@ -457,10 +457,7 @@ def learn_into_file(path: Union[str, os.PathLike], control: Control, action: str
     path = str(path)
     text = Path(path).read_text(encoding="utf-8") if os.path.exists(path) else ""
     new_text = learn_into_text(text, control, action, arg, path)
-    fd, tmp = tempfile.mkstemp(prefix=".stemd-map-", dir=os.path.dirname(os.path.abspath(path)))
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(new_text)
-    os.replace(tmp, path)
+    atomic_write(path, new_text)
     return parse(new_text, path)
 
 

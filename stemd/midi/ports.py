@@ -25,6 +25,7 @@ API_NAMES = {"jack": "API_UNIX_JACK", "alsa": "API_LINUX_ALSA", "coremidi": "API
 
 class PortMissing(StemdError):
     code = "bad_arguments"
+    ambiguous = False       # several ports match: more of the name is needed
 
 
 def _rtmidi():
@@ -76,8 +77,10 @@ def match_port(pattern: str, names: list[str], kind: str) -> str:
         return hits[0]
     listing = ", ".join(repr(n) for n in names) or "none"
     if hits:
-        raise PortMissing(f"MIDI {kind} {pattern!r} matches {len(hits)} ports ({', '.join(map(repr, hits))}); "
-                          "give more of the name")
+        e = PortMissing(f"MIDI {kind} {pattern!r} matches {len(hits)} ports ({', '.join(map(repr, hits))}); "
+                        "give more of the name")
+        e.ambiguous = True
+        raise e
     raise PortMissing(f"no MIDI {kind} port matches {pattern!r}; {kind} ports: {listing}")
 
 

@@ -26,6 +26,7 @@ from stemd.models.musicgen.fast.onnx_cache import cache_root, runtime_versions
 from stemd.models.musicgen.fast.onnx_codec import OnnxCodec, cached_codec, torch_decode, window_ms
 from stemd.models.musicgen.fast.onnx_step import OnnxStep, cached_step
 from stemd.models.musicgen.generate import Generation, Sampling
+from stemd.takes import atomic_write
 
 log = logging.getLogger("stemd.models.musicgen")
 DECISION_FORMAT = 1
@@ -154,8 +155,6 @@ def load_decision(key: str) -> Optional[dict]:
 def save_decision(key: str, measured: Measured) -> None:
     path = _decision_path(key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"backend": measured.backend, "rates": measured.rates,
-                               "onnx_codec": measured.onnx.codec.run is not None,
-                               "measured": time.strftime("%Y-%m-%d %H:%M")}))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps({"backend": measured.backend, "rates": measured.rates,
+                                   "onnx_codec": measured.onnx.codec.run is not None,
+                                   "measured": time.strftime("%Y-%m-%d %H:%M")}))
