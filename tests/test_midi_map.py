@@ -8,7 +8,8 @@ import pytest
 
 from stemd.midi.curves import knob_value
 from stemd.midi.decode import MidiDecoder
-from stemd.midi.mapfile import Control, MapError, learn_into_file, learn_into_text, load, parse
+from stemd.midi.learn import learn_into_file, learn_into_text
+from stemd.midi.mapfile import Control, MapError, load, parse
 from stemd.midi.mapper import Mapper
 from stemd.errors import StemdError
 

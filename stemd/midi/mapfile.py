@@ -44,149 +44,23 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 try:
     import tomllib
 except ImportError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from stemd.midi.actions import ACTIONS, PARAMS, TAKE_STATES
-from stemd.midi.curves import CURVES, knob_value
 from stemd.errors import StemdError
+from stemd.midi.actions import ACTIONS, PARAMS, TAKE_STATES
+from stemd.midi.curves import CURVES
+from stemd.midi.maptypes import (BIND_KEYS, CONTROL_KINDS, PARAM_DEFAULTS, SLOT_KEYS, Binding, Control, MapError,
+                                 MidiMap)
+from stemd.midi.tomllines import SourceLines
 from stemd.protocol import GENERATE_KEYS, LIMITS, ProtocolError
-from stemd.takes import atomic_write
 
-CONTROL_KINDS = ("note", "cc", "program")
-SLOT_KEYS = ("prompt", "bars", "stem", "temperature", "guidance", "top_k", "top_p", "seed", "variations",
-             "key", "loop", "priority", "bpm", "meter", "sample_rate", "channels")
-BIND_KEYS = ("note", "cc", "program", "channel", "action", "slot", "param", "min", "max", "curve", "steps",
-             "bank", "feedback")
-#: where a knob goes when a map (or learn) gives no range
-PARAM_DEFAULTS = {"temperature": (0.5, 1.5, "exp"), "guidance": (1.0, 8.0, "linear"),
-                  "top_k": (25, 500, "exp"), "top_p": (0.0, 1.0, "linear"), "bars": (1, 16, "linear")}
-#: default pad lights (velocities understood by many pad controllers: 0 off, 1 green, 3 red, 5 yellow;
-#: +1 blinks on Akai APC-style pads); a map's [feedback] table overrides them
-DEFAULT_FEEDBACK = {"idle": 0, "queued": 5, "generating": 6, "ready": 1, "playing": 2, "failed": 3}
-
-
-class MapError(StemdError):
-    """Problems in a map file, each with its line: ``str()`` is one ``file:line: message`` per line."""
-
-    code = "bad_arguments"
-
-    def __init__(self, path: str, errors: Sequence[tuple[int, str]]):
-        self.path, self.errors = path, sorted(errors)
-        super().__init__("\n".join(f"{path}:{line}: {msg}" for line, msg in self.errors))
-
-
-@dataclass(frozen=True)
-class Control:
-    """A physical control: ``kind`` note/cc/program, its number, and a channel 1..16 (None: any)."""
-
-    kind: str
-    number: int
-    channel: Optional[int] = None
-
-    def overlaps(self, other: "Control") -> bool:
-        return (self.kind == other.kind and self.number == other.number
-                and (self.channel is None or other.channel is None or self.channel == other.channel))
-
-    def describe(self) -> str:
-        return f"{self.kind} {self.number}" + (f" on channel {self.channel}" if self.channel else "")
-
-
-@dataclass(frozen=True)
-class Binding:
-    control: Control
-    action: str
-    line: int = 0
-    slot: str = ""
-    param: str = ""
-    bank: str = ""
-    lo: float = 0.0
-    hi: float = 1.0
-    curve: str = "linear"
-    steps: tuple = ()
-    feedback: bool = True
-
-    def value(self, cc_value: int) -> Union[int, float]:
-        """The parameter value for a knob at ``cc_value`` (param bindings)."""
-        return knob_value(cc_value, self.lo, self.hi, self.curve, self.steps, PARAMS.get(self.param, False))
-
-    def describe(self) -> str:
-        what = self.slot or self.param or self.bank
-        return f"{self.action} {what}".strip()
-
-
-@dataclass
-class MidiMap:
-    path: str = "<map>"
-    input: str = ""
-    output: str = ""
-    channel: Optional[int] = None
-    defaults: dict[str, Any] = field(default_factory=dict)  # [defaults]: under every slot
-    slots: dict[str, dict[str, Any]] = field(default_factory=dict)
-    banks: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    bindings: list[Binding] = field(default_factory=list)
-    feedback: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_FEEDBACK))
-
-    def slot_params(self, slot: str, bank: str = "") -> dict[str, Any]:
-        """The slot's preset over the map's defaults, with the bank's overrides when ``bank`` is selected."""
-        params = dict(self.defaults)
-        params.update(self.slots.get(slot, {}))
-        params.update(self.banks.get(bank, {}).get(slot, {}))
-        return params
-
-
-# --- where things are in the source ------------------------------------------------------------
-_HEADER = re.compile(r"^\s*(\[\[?)([^\[\]]+)\]\]?\s*(#.*)?$")
-
-
-def _norm(name: str) -> str:
-    return ".".join(part.strip().strip("\"'") for part in name.split("."))
-
-
-class SourceLines:
-    """Finds the line of a table or key in TOML text (tomllib gives lines only for syntax errors)."""
-
-    def __init__(self, text: str):
-        self.lines = text.splitlines()
-        self.headers: list[tuple[int, bool, str]] = []  # (line, is_array, name)
-        for i, line in enumerate(self.lines, 1):
-            m = _HEADER.match(line)
-            if m:
-                self.headers.append((i, m.group(1) == "[[", _norm(m.group(2))))
-
-    def array_item(self, name: str, index: int) -> int:
-        """Line of the ``index``-th ``[[name]]`` header (0 when there is none)."""
-        found = [line for line, arr, n in self.headers if arr and n == name]
-        return found[index] if index < len(found) else 0
-
-    def block_end(self, header_line: int) -> int:
-        """The last line of the table that starts at ``header_line``."""
-        later = [line for line, _a, _n in self.headers if line > header_line]
-        return (later[0] - 1) if later else len(self.lines)
-
-    def key(self, header_line: int, key: str) -> int:
-        """Line of ``key = ...`` in the table at ``header_line`` (0: top level); the header if absent."""
-        pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
-        for i in range(header_line + 1, self.block_end(header_line) + 1 if header_line else len(self.lines) + 1):
-            if header_line == 0 and any(h == i for h, _a, _n in self.headers):
-                break
-            if pattern.match(self.lines[i - 1]):
-                return i
-        return header_line or 1
-
-    def path(self, *parts: str) -> int:
-        """Line of the table or key at ``parts`` (e.g. "slots", "drums", "bars"), as near as it gets."""
-        for cut in range(len(parts), 0, -1):
-            header = [line for line, arr, n in self.headers if not arr and n == ".".join(parts[:cut])]
-            if header:
-                return self.key(header[0], parts[cut]) if cut < len(parts) else header[0]
-        return self.key(0, parts[0]) if parts else 1
+__all__ = ["Binding", "Control", "MapError", "MidiMap", "load", "parse"]
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -208,6 +82,18 @@ def parse(text: str, path: str = "<map>") -> MidiMap:
         line = int(m.group(1)) if m else 1
         raise MapError(path, [(line, f"TOML syntax: {re.sub(r' [(]at line.*', '', str(e))}")]) from None
     return _Checker(data, SourceLines(text), path).run()
+
+
+def param_value_ok(param: str, value: Any) -> bool:
+    """A knob's end or step for ``param``, checked by the protocol's own table (a whole-number
+    parameter's knob may end between whole numbers: its values are rounded)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        GENERATE_KEYS[param](param, round(value) if PARAMS[param] and value == value else value)
+    except (ProtocolError, OverflowError, ValueError):
+        return False
+    return True
 
 
 def _int_in(value: Any, lo: int, hi: int) -> bool:
@@ -366,7 +252,7 @@ class _Checker:
             lo, hi, curve = body.get("min", lo), body.get("max", hi), body.get("curve", curve)
             limit_lo, limit_hi = LIMITS[param]
             for key, v in (("min", lo), ("max", hi)):
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not limit_lo <= v <= limit_hi:
+                if not param_value_ok(param, v):
                     self.error(at(key), f"{key} {v!r} for {param} is outside {limit_lo:g}..{limit_hi:g}")
                     return None
             if curve not in CURVES:
@@ -376,9 +262,7 @@ class _Checker:
                 self.error(at("curve"), f"curve exp needs min and max above 0 (got {lo:g}..{hi:g}); use linear")
                 return None
             steps = body.get("steps", [])
-            if not isinstance(steps, list) or not all(
-                    not isinstance(s, bool) and isinstance(s, (int, float)) and limit_lo <= s <= limit_hi
-                    for s in steps):
+            if not isinstance(steps, list) or not all(param_value_ok(param, s) for s in steps):
                 self.error(at("steps"), f"steps must be a list of {param} values in {limit_lo:g}..{limit_hi:g}")
                 return None
             if PARAMS[param] and not all(isinstance(s, int) for s in steps):
@@ -393,86 +277,3 @@ class _Checker:
                 return None
             fields["bank"] = bank
         return Binding(b.control, b.action, line=b.line, **fields)
-
-
-# --- writing back (MIDI learn) -----------------------------------------------------------------
-def _toml_str(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def bind_text(control: Control, action: str, arg: str = "") -> list[str]:
-    """The lines of a new ``[[bind]]`` table."""
-    lines = ["[[bind]]", f"{control.kind} = {control.number}"]
-    if control.channel:
-        lines.append(f"channel = {control.channel}")
-    lines.append(f"action = {_toml_str(action)}")
-    if action == "param":
-        lo, hi, curve = PARAM_DEFAULTS[arg]
-        lines += [f"param = {_toml_str(arg)}", f"min = {lo!r}", f"max = {hi!r}", f"curve = {_toml_str(curve)}"]
-    elif action in ("generate",) or (arg and action in ACTIONS and action != "bank"):
-        lines.append(f"slot = {_toml_str(arg)}")
-    elif action == "bank":
-        lines.append(f"bank = {_toml_str(arg)}")
-    return lines
-
-
-def learn_into_text(text: str, control: Control, action: str, arg: str = "", path: str = "<map>") -> str:
-    """``text`` with ``control`` bound to ``action`` (``arg``: its slot, param or bank).
-
-    An existing binding for the same action and argument gets the new control (its other keys and the
-    file's comments stay); a binding that used the control before loses it (its table is removed,
-    comments kept). Otherwise a new ``[[bind]]`` table is appended.
-    """
-    current = parse(text, path)
-    src = SourceLines(text)
-    lines = list(src.lines)
-    drop: set[int] = set()
-    replaced = False
-    for b in current.bindings:
-        same = b.action == action and (b.slot or b.param or b.bank) == arg
-        start, end = b.line, src.block_end(b.line)
-        if same and not replaced:
-            replaced = True
-            for i in range(start + 1, end + 1):
-                if re.match(r"^\s*(note|cc|program|channel)\s*=", lines[i - 1]):
-                    drop.add(i)
-            new = [f"{control.kind} = {control.number}"] + ([f"channel = {control.channel}"] if control.channel
-                                                             else [])
-            lines[start - 1] = lines[start - 1] + "\n" + "\n".join(new)
-        elif b.control.overlaps(control):
-            drop.update(i for i in range(start, end + 1)
-                        if lines[i - 1].strip() and not lines[i - 1].lstrip().startswith("#"))
-    out = [line for i, line in enumerate(lines, 1) if i not in drop]
-    if not replaced:
-        if out and out[-1].strip():
-            out.append("")
-        out += bind_text(control, action, arg)
-    new_text = "\n".join(out) + "\n"
-    parse(new_text, path)  # never write a map that does not load
-    return new_text
-
-
-def learn_into_file(path: Union[str, os.PathLike], control: Control, action: str, arg: str = "") -> MidiMap:
-    """Write the learned binding into the map file (atomically) and return the new map."""
-    path = str(path)
-    text = Path(path).read_text(encoding="utf-8") if os.path.exists(path) else ""
-    new_text = learn_into_text(text, control, action, arg, path)
-    atomic_write(path, new_text)
-    return parse(new_text, path)
-
-
-def parse_learn_spec(spec: str, midimap: Optional[MidiMap] = None) -> tuple[str, str]:
-    """``ACTION[:ARG]`` from ``--learn`` / OSC -> (action, arg), checked against the map."""
-    action, _sep, arg = spec.partition(":")
-    if action not in ACTIONS:
-        raise StemdError(f"cannot learn {action!r}: actions are {', '.join(ACTIONS)}")
-    if action == "generate" and not arg:
-        raise StemdError("learn generate needs a slot: --learn generate:SLOT")
-    if action == "param" and arg not in PARAMS:
-        raise StemdError(f"learn param needs one of {', '.join('param:' + p for p in PARAMS)}")
-    if midimap is not None:
-        if arg and action not in ("param", "bank") and arg not in midimap.slots:
-            raise StemdError(f"unknown slot {arg!r} in {midimap.path}; slots: {', '.join(midimap.slots) or '(none)'}")
-        if action == "bank" and arg and arg not in midimap.banks:
-            raise StemdError(f"unknown bank {arg!r} in {midimap.path}; banks: {', '.join(midimap.banks) or '(none)'}")
-    return action, arg

@@ -14,7 +14,8 @@ from typing import Any, Callable, Optional
 
 from stemd.midi.actions import TAKE_ACTIONS, TAKE_STATES, ActionTarget
 from stemd.errors import StemdError
-from stemd.midi.mapfile import Binding, Control, MidiMap, learn_into_file, parse_learn_spec
+from stemd.midi.learn import learn_into_file, parse_learn_spec
+from stemd.midi.mapfile import Binding, Control, MidiMap
 
 log = logging.getLogger("stemd.midi")
 
