@@ -3,6 +3,12 @@
 Parsing is strict and total: any byte string either becomes a :class:`Message` / :class:`Bundle` or
 raises :class:`OSCDecodeError` saying what is wrong. It reads every standard and common extended
 type (i f s b h d t S c r m T F N I and arrays), which some libraries cannot.
+
+Ours rather than python-osc's, where python-osc cannot serve: its parser lacks the S, c and I types
+that liblo tools send and does not say what is wrong where (the daemon answers ``bad_packet`` with
+the reason and offset); its TCP client frames SLIP only and its servers run a thread per connection,
+while the daemon detects OSC 1.0 length-prefix or SLIP per connection on one asyncio loop
+(``framing.py``). python-osc is a test dependency only: a third-party client the daemon must serve.
 """
 
 from __future__ import annotations

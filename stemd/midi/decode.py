@@ -1,70 +1,30 @@
-"""MIDI bytes -> :class:`MidiMessage`, for streams that are not always well formed.
+"""MIDI bytes -> mido messages, for streams that are not always well formed.
 
 Ports deliver events as byte lists; most hold one whole message, but a hardware interface bridged into
 JACK or ALSA may send running status (data bytes whose status byte came in an earlier event), sysex
 split over events, real-time bytes in the middle of a message, undefined status bytes, or a flood of
-sysex. :class:`MidiDecoder` keeps the state across events, turns all of that into whole messages,
-and counts (never raises on) what it had to drop.
+sysex. :class:`MidiDecoder` keeps the state across events, turns all of that into whole messages
+(``mido.Message``: mido's types and attribute names), and counts (never raises on) what it had to drop.
+
+The framing is our own because ``mido.Parser`` (mido 1.3) does not serve these streams: it has no
+running status (a data byte after a complete message is dropped) and a real-time byte inside a
+channel message resets it (the message is lost); nor does it bound sysex or count what it drops.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable
+
+import mido
+from mido.messages.specs import SPEC_BY_STATUS
 
 MAX_SYSEX = 4096  # bytes; longer sysex is dropped whole (we never act on sysex)
 
-# data bytes after the status byte, for channel messages (by high nibble) and system common
-_CHANNEL_LEN = {0x80: 2, 0x90: 2, 0xA0: 2, 0xB0: 2, 0xC0: 1, 0xD0: 1, 0xE0: 2}
-_COMMON_LEN = {0xF1: 1, 0xF2: 2, 0xF3: 1, 0xF6: 0}
-_REALTIME = {0xF8, 0xFA, 0xFB, 0xFC, 0xFE, 0xFF}
-
-
-_TYPES = {0x80: "note_off", 0x90: "note_on", 0xA0: "polytouch", 0xB0: "control_change", 0xC0: "program_change",
-          0xD0: "aftertouch", 0xE0: "pitchwheel"}
-_SYSTEM = {0xF0: "sysex", 0xF1: "quarter_frame", 0xF2: "songpos", 0xF3: "song_select", 0xF6: "tune_request",
-           0xF8: "clock", 0xFA: "start", 0xFB: "continue", 0xFC: "stop", 0xFE: "active_sensing", 0xFF: "reset"}
-
-
-@dataclass(frozen=True)
-class MidiMessage:
-    """One whole MIDI message, with the attribute names mido uses (so mido messages work too).
-
-    ``channel`` counts from 0; ``note``/``velocity``, ``control``/``value`` and ``program`` are set
-    for the messages that have them, None otherwise; a note_on with velocity 0 stays a note_on
-    (the mapper reads it as a release), as mido keeps it.
-    """
-
-    type: str
-    bytes: tuple
-    channel: int = 0
-    note: Optional[int] = None
-    velocity: Optional[int] = None
-    control: Optional[int] = None
-    value: Optional[int] = None
-    program: Optional[int] = None
-
-    @classmethod
-    def from_bytes(cls, data: "list[int]") -> "MidiMessage":
-        status = data[0]
-        if status >= 0xF0:
-            return cls(_SYSTEM[status], tuple(data))
-        kind, channel = _TYPES[status & 0xF0], status & 0x0F
-        if kind in ("note_on", "note_off", "polytouch"):
-            return cls(kind, tuple(data), channel, note=data[1], velocity=data[2])
-        if kind == "control_change":
-            return cls(kind, tuple(data), channel, control=data[1], value=data[2])
-        if kind == "program_change":
-            return cls(kind, tuple(data), channel, program=data[1])
-        return cls(kind, tuple(data), channel, value=data[1] if kind == "aftertouch" else data[1] | data[2] << 7)
-
-    @property
-    def data(self) -> tuple:
-        """A sysex message's bytes between F0 and F7."""
-        return self.bytes[1:-1] if self.type == "sysex" else ()
-
-    def hex(self) -> str:
-        return " ".join(f"{b:02X}" for b in self.bytes)
+# data bytes after each status byte, and the real-time statuses: mido's own message specs
+_DATA_LEN = {status: spec["length"] - 1 for status, spec in SPEC_BY_STATUS.items() if 0x80 <= status < 0xF8
+             and status != 0xF0}
+_REALTIME = {status for status in SPEC_BY_STATUS if status >= 0xF8}
 
 
 @dataclass
@@ -86,8 +46,8 @@ class MidiDecoder:
         self._sysex: list[int] | None = None
         self._sysex_len = 0
 
-    def feed(self, data: Iterable[int]) -> list[MidiMessage]:
-        out: list[MidiMessage] = []
+    def feed(self, data: Iterable[int]) -> list[mido.Message]:
+        out: list[mido.Message] = []
         for byte in data:
             if not isinstance(byte, int) or not 0 <= byte <= 255:
                 self.stats.dropped_bytes += 1
@@ -121,13 +81,13 @@ class MidiDecoder:
         if byte == 0xF0:
             self._running, self._sysex, self._sysex_len = 0, [], 0
         elif byte < 0xF0:
-            self._running, self._need, self._buf = byte, _CHANNEL_LEN[byte & 0xF0], [byte]
-        elif byte in _COMMON_LEN:
+            self._running, self._need, self._buf = byte, _DATA_LEN[byte], [byte]
+        elif byte in _DATA_LEN:  # system common
             self._running = 0
-            if _COMMON_LEN[byte] == 0:
+            if _DATA_LEN[byte] == 0:
                 self._emit([byte], out)
             else:
-                self._need, self._buf = _COMMON_LEN[byte], [byte]
+                self._need, self._buf = _DATA_LEN[byte], [byte]
         else:  # 0xF4, 0xF5 undefined; a stray 0xF7
             self._running = 0
             self.stats.dropped_bytes += 1
@@ -157,5 +117,5 @@ class MidiDecoder:
         self._sysex = None
 
     def _emit(self, message: list[int], out: list) -> None:
-        out.append(MidiMessage.from_bytes(message))
+        out.append(mido.Message.from_bytes(message))
         self.stats.messages += 1
