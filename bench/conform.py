@@ -14,13 +14,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from stemd.models.base import AudioStream, GenerationSpec
 from stemd.models.conform import StreamConformer, conform, detect_timing
-from stemd.models.conform.signals import click_track, drum_track, fluidsynth_missing
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from signals import click_track, drum_track, fluidsynth_missing  # noqa: E402  (test signals: tests/signals.py)
 from stemd.timing import Grid
 
 MODEL_RATE = 32000

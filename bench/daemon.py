@@ -106,7 +106,7 @@ class InProcess:
 
     def _take(self, bars: int) -> tuple[float, list[float], float]:
         """(start time, each bar's ready time, median encode+frame seconds of one chunk message)."""
-        from stemd.daemon.jobs import spec_from_request
+        from stemd.daemon.takeio import spec_from_request
         from stemd.models.pipeline import bar_chunks
         from stemd.protocol import Chunk, GenerateRequest
 

@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from stemd.bridge.client import DaemonClient, Event, Request
+from stemd.bridge.client import DaemonClient, Event, PendingTake
 from stemd.bridge.delivery import DeliveredTake
 from stemd.bridge.delivery.folder import FolderWriter
 from stemd import lifecycle
@@ -30,7 +30,6 @@ from stemd.lifecycle import TakeRecord, params_of
 from stemd.bridge.transport import Transport
 from stemd.errors import StemdError
 from stemd.protocol import LIMITS, GenerateRequest, ProtocolError, random_seed
-from stemd.takes import read_sidecar
 
 MAX_EXTEND_CONTEXT_S = 30.0  # the end of a take sent back as the continuation of an extend
 
@@ -63,7 +62,7 @@ class Bridge:
         self.history = TakeHistory(self.out_dir)
         self.writer = FolderWriter(self.out_dir, subtype)
         self._listeners: list[Listener] = []
-        self._requests: dict[str, Request] = {}
+        self._requests: dict[str, PendingTake] = {}
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stemd-deliver")
         self._lock = threading.Lock()
 
@@ -227,7 +226,7 @@ class Bridge:
         elif event.kind == "cancelled":
             self._set(take_id, "cancelled")
 
-    def _deliver(self, handle: Request) -> None:
+    def _deliver(self, handle: PendingTake) -> None:
         self._requests.pop(handle.id, None)
         take_id, request = handle.id, handle.request
         files = []
@@ -278,11 +277,6 @@ def _error_message(args: tuple) -> str:
     if len(args) >= 3:
         return f"{args[1]}: {args[2]}"
     return " ".join(str(a) for a in args[1:]) or "the daemon reported an error"
-
-
-def sidecar_params(wav: Path) -> dict:
-    """The generate parameters a take's sidecar recorded (for re-rendering a file from disk)."""
-    return read_sidecar(wav).get("request", {})
 
 
 __all__ = ["Bridge", "TakeEvent", "ProtocolError", "LIMITS"]

@@ -2,7 +2,7 @@
 
 One :class:`DaemonClient` per daemon. A background reader thread frames the stream (OSC 1.0 length
 prefix, or SLIP if the daemon answers that way), decodes each packet with ``stemd.osc`` and hands it to
-the :class:`Request` it belongs to. A request collects its chunks per variation and bar; when the
+the :class:`PendingTake` it belongs to. A request collects its chunks per variation and bar; when the
 daemon says ``/stemd/done`` it can give back each variation's audio, bars in order, checked complete.
 Nothing here knows about DAWs or files.
 """
@@ -49,11 +49,11 @@ class Event:
     request_id: str
     args: tuple
     chunk: Optional[Chunk] = None
-    handle: Optional["Request"] = None  # the request it belongs to (set before listeners see it)
+    handle: Optional["PendingTake"] = None  # the request it belongs to (set before listeners see it)
 
 
-class Request:
-    """A generate request in flight: its chunks, its end, its error."""
+class PendingTake:
+    """A take asked for and not yet finished: its request in flight, its chunks, its end, its error."""
 
     def __init__(self, request: GenerateRequest, on_event: Optional[Callable[[Event], None]] = None):
         self.request = request
@@ -61,8 +61,6 @@ class Request:
         self.chunks: dict[int, dict[int, Chunk]] = {}
         self.finished = threading.Event()
         self.error: Optional[ProtocolError] = None
-        self.cancelled = False
-        self.done_args: tuple = ()
 
     @property
     def id(self) -> str:
@@ -73,14 +71,10 @@ class Request:
         if event.kind == "chunk":
             c = event.chunk
             self.chunks.setdefault(c.variation, {})[c.bar_index] = c
-        elif event.kind == "done":
-            self.done_args = event.args
         elif event.kind == "error":
             code = event.args[1] if len(event.args) > 1 and event.args[1] in protocol.ERROR_CODES else "internal"
             message = str(event.args[2]) if len(event.args) > 2 else "the daemon reported an error"
             self.error = ProtocolError(code, message, self.id)
-        elif event.kind == "cancelled":
-            self.cancelled = True
         if self.on_event is not None:
             self.on_event(event)
         if event.kind in ("done", "error", "cancelled"):
@@ -121,7 +115,7 @@ class DaemonClient:
         self.host, self.port, self.token, self.timeout = host, port, token, timeout
         self._sock: Optional[socket.socket] = None
         self._send_lock = threading.Lock()
-        self._requests: dict[str, Request] = {}
+        self._requests: dict[str, PendingTake] = {}
         self._replies: dict[str, list] = {}  # address -> waiters for untargeted replies (pong, status)
         self._replies_lock = threading.Lock()
         self._reader: Optional[threading.Thread] = None
@@ -206,8 +200,8 @@ class DaemonClient:
                         self._replies[a].remove(waiter)
         return box[0] if box else None
 
-    def submit(self, request: GenerateRequest, on_event: Optional[Callable[[Event], None]] = None) -> Request:
-        handle = Request(request, on_event)
+    def submit(self, request: GenerateRequest, on_event: Optional[Callable[[Event], None]] = None) -> PendingTake:
+        handle = PendingTake(request, on_event)
         self._requests[request.request_id] = handle
         try:
             self.send(protocol.GENERATE, *request.to_args())

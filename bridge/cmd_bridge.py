@@ -66,6 +66,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from stemd.bridge.session import run_bridge
+    from stemd.bridge.runner import run_bridge
 
     return run_bridge(args, sys.stdout)

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from stemd.daemon.jobs import spec_from_request
+from stemd.daemon.takeio import spec_from_request
 from stemd.daemon.scheduler import Job
 from stemd.daemon.service import Service
 from stemd.errors import StemdError

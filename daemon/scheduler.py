@@ -39,10 +39,8 @@ class Job:
     preemptions: int = 0
     bars_done: int = 0                # bars already delivered to the client (kept across preemption)
     parts: list = field(default_factory=list)  # delivered bars' audio, (variations, channels, n) each
-    seed: Optional[int] = None        # fixed on first run so a resumed job makes the same bars
     first_bar_at: Optional[float] = None
     finished_at: Optional[float] = None
-    started_at: Optional[float] = None
     error: str = ""
 
     @property
@@ -184,13 +182,3 @@ class Scheduler:
             order.append(job)
         self._queues, self._served, self._turn = saved
         return order
-
-    def wait_idle(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self.running is not None or self.queued_count():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-            return True

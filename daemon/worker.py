@@ -23,7 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
-from stemd.daemon.jobs import spec_from_request, write_takes
+from stemd.daemon.takeio import spec_from_request, write_takes
 from stemd.daemon.scheduler import Job
 from stemd.daemon.service import Service
 from stemd.errors import StemdError
@@ -60,7 +60,6 @@ class Worker(threading.Thread):
     def run_job(self, job: Job) -> None:
         if job.cancel_reason:
             return self._stopped(job)
-        job.started_at = job.started_at or time.monotonic()
         client, request = job.client, job.request
         try:
             spec = job.spec

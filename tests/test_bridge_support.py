@@ -44,7 +44,7 @@ class ProtocolPeer:
             t.start()
 
     def _serve(self, conn):
-        from stemd.daemon.jobs import spec_from_request
+        from stemd.daemon.takeio import spec_from_request
         from stemd.models.click import ClickEngine
         from stemd.models.pipeline import bar_chunks
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from stemd.models.base import AudioStream, GenerationSpec
-from stemd.models.conform import (StreamConformer, conform, describe_grid, detect_timing, make_loop,
-                                  resample, Resampler, time_stretch, with_grid)
-from stemd.models.conform.signals import click_track, drum_track, fluidsynth_missing
+from stemd.models.conform import (StreamConformer, conform, detect_timing, make_loop, resample, Resampler,
+                                  time_stretch)
+from signals import click_track, drum_track, fluidsynth_missing
 from stemd.models.pipeline import render_take
-from stemd.timing import Grid, Meter, Section, Tempo
+from stemd.timing import Grid, Meter
 
 MODEL_RATE = 32000
 
@@ -190,14 +190,6 @@ def test_loop_mode_in_the_pipeline_delivers_exact_bars_that_wrap():
     take = render_take(_FakeEngine(take_stream(audio, 16000)), spec)[0, 0]
     assert take.shape == (grid.span_samples(0, bars, rate),)
     assert abs(float(take[0]) - float(take[-1])) <= np.abs(np.diff(take)).max()
-
-
-def test_describe_grid_words_for_the_text_conditioning():
-    assert describe_grid(Grid(120, "4/4"), key="A minor") == "120 bpm, 4/4, in A minor"
-    assert describe_grid(Grid(Tempo("137.5"), "7/8")) == "137.5 bpm, 7/8"
-    changing = Grid(120, "4/4", changes=[Section(4, Tempo(90), Meter(3, 4))])
-    assert describe_grid(changing, bar=5) == "90 bpm, 3/4"
-    assert with_grid("dark techno, ", Grid(128)) == "dark techno, 128 bpm, 4/4"
 
 
 def test_stemd_conform_writes_exact_bars_on_the_grid(tmp_path):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stemd.daemon.jobs import spec_from_request
+from stemd.daemon.takeio import spec_from_request
 from stemd.daemon.scheduler import Job
 from stemd.daemon.service import Service, Settings
 from stemd.daemon.worker import Worker

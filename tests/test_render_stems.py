@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import soundfile
@@ -16,11 +17,28 @@ from stemd.daemon.render.files import is_finished  # noqa: E402
 from stemd.daemon.render.job import make_job  # noqa: E402
 from stemd.daemon.render.manifest import read_manifest  # noqa: E402
 from stemd.daemon.render.runner import run_job  # noqa: E402
-from stemd.daemon.render.stems import load_demucs, write_test_separator  # noqa: E402
+from stemd.daemon.render.stems import load_demucs  # noqa: E402
 from stemd.models.base import EngineError, ModelNotFound  # noqa: E402
 from stemd.timing import Grid  # noqa: E402
 
 STEMS = ["drums", "bass", "other", "vocals"]
+
+
+def write_test_separator(path: Path, seed: int = 0) -> Path:
+    """A small random-weight HTDemucs saved as Demucs saves its checkpoints: for tests, not for music."""
+    import torch
+    from demucs.htdemucs import HTDemucs
+
+    torch.manual_seed(seed)
+    model = HTDemucs(sources=STEMS, channels=4, depth=4, t_layers=1, t_heads=2, nfft=2048, segment=2,
+                     dconv_comp=4)
+    args, kwargs = model._init_args_kwargs
+    package = {"klass": HTDemucs, "args": args, "kwargs": kwargs,
+               "state": {k: v.detach().clone() for k, v in model.state_dict().items()}, "training_args": {}}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(package, path)
+    return path
 
 
 @pytest.fixture(scope="module")

@@ -70,7 +70,6 @@ class TransportState:
                            "beat": self.beat_index + 1, "playing": self.playing})
 
 
-BeatListener = Callable[[TransportState], None]
 
 
 class Transport:

@@ -34,13 +34,6 @@ REREGISTER_S = 5.0
 JITTER_QUARTERS = Fraction(1, 8)  # DAW position reports closer than this to our clock are ignored
 
 
-def _number(value) -> Optional[float]:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def _truthy(args: tuple) -> Optional[bool]:
     if not args:
         return None

@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from stemd.daemon.render.files import TakeFiles
-from stemd.daemon.render.job import Batch, Job, JobError
+from stemd.daemon.render.job import Batch, RenderJob, JobError
 
 
 class _Worker:
     """The actor: one engine, held warm, rendering whatever batch it is given."""
 
-    def __init__(self, job: Job):
+    def __init__(self, job: RenderJob):
         from stemd.daemon.render.worker import BatchRenderer
 
         self.renderer = BatchRenderer(job)
@@ -34,7 +34,7 @@ def worker_plan(resources: dict, workers: Optional[int]) -> tuple[int, dict]:
     return (workers or max(1, int(resources.get("CPU", 1)))), {"num_cpus": 1}
 
 
-def render_on_ray(job: Job, batches: list[Batch], address: str, gather: Callable[[list[TakeFiles]], None],
+def render_on_ray(job: RenderJob, batches: list[Batch], address: str, gather: Callable[[list[TakeFiles]], None],
                   *, workers: Optional[int] = None) -> None:
     try:
         import ray

@@ -43,7 +43,7 @@ class JobError(StemdError):
 
 
 @dataclass(frozen=True)
-class Job:
+class RenderJob:
     """Everything a render needs; one value per field except the matrix axes (lists)."""
 
     models: tuple = ("facebook/musicgen-small",)
@@ -143,7 +143,7 @@ class Batch:
     model: str
     prompt_label: str
     request: GenerateRequest
-    job: Job = field(repr=False)
+    job: RenderJob = field(repr=False)
 
     @property
     def takes(self) -> list[Take]:
@@ -185,9 +185,9 @@ def load_job_file(path: Path) -> dict:
     return data.get("render", data)
 
 
-def make_job(values: dict, base: Optional[Path] = None) -> Job:
-    """A :class:`Job` from a dict (a job file's table, then flags over it); unknown keys are refused."""
-    known = {f.name for f in fields(Job)}
+def make_job(values: dict, base: Optional[Path] = None) -> RenderJob:
+    """A :class:`RenderJob` from a dict (a job file's table, then flags over it); unknown keys are refused."""
+    known = {f.name for f in fields(RenderJob)}
     singular = {v: k for k, v in _LISTS.items() if v and v != k}
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
@@ -208,7 +208,7 @@ def make_job(values: dict, base: Optional[Path] = None) -> Job:
     for name in ("sample_rate", "channels", "variations", "start_bar", "top_k", "steps"):
         if name in kwargs and (isinstance(kwargs[name], bool) or not isinstance(kwargs[name], int)):
             raise JobError(f"{name} must be a whole number, got {kwargs[name]!r}")
-    return Job(**kwargs)
+    return RenderJob(**kwargs)
 
 
 def int_list(text: str) -> list[int]:

@@ -12,7 +12,7 @@ import io
 import json
 from pathlib import Path
 
-from stemd.daemon.render.job import Job, Take
+from stemd.daemon.render.job import RenderJob, Take
 from stemd.takes import atomic_write
 
 COLUMNS = ("name", "file", "model", "prompt", "seed", "variation", "bars", "tempo", "meter", "start_bar",
@@ -37,7 +37,7 @@ def entry(take: Take, sidecar: dict) -> dict:
     }
 
 
-def write_manifest(folder: Path, job: Job, takes: list[Take], rows: dict) -> Path:
+def write_manifest(folder: Path, job: RenderJob, takes: list[Take], rows: dict) -> Path:
     """``rows`` maps take name -> entry for finished takes; ``takes`` is the whole plan, in order."""
     ordered = [rows[t.name] for t in takes if t.name in rows]
     described = job.describe()

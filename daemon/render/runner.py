@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from stemd.daemon.render.files import TakeFiles, is_finished, read_sidecar, remove_partials, write_take_files
-from stemd.daemon.render.job import Batch, Job, JobError
+from stemd.daemon.render.job import Batch, RenderJob, JobError
 from stemd.daemon.render.manifest import entry, write_manifest
 from stemd.daemon.render.progress import RenderProgress
 
@@ -31,7 +31,7 @@ class RenderResult:
     takes_per_minute: float = 0.0
 
 
-def run_job(job: Job, *, ray_address: Optional[str] = None, ray_workers: Optional[int] = None,
+def run_job(job: RenderJob, *, ray_address: Optional[str] = None, ray_workers: Optional[int] = None,
             progress: Optional[bool] = None, on_take: Callable[[Path], None] = lambda p: None) -> RenderResult:
     out = Path(job.out)
     batches = job.batches()
@@ -98,7 +98,7 @@ def _run_locked(job, out, batches, ray_address, ray_workers, progress, on_take) 
     return result
 
 
-def render_here(job: Job, batches: Iterable[Batch], gather: Callable[[list[TakeFiles]], None]) -> None:
+def render_here(job: RenderJob, batches: Iterable[Batch], gather: Callable[[list[TakeFiles]], None]) -> None:
     from stemd.daemon.render.worker import BatchRenderer
 
     renderer = BatchRenderer(job)

@@ -13,8 +13,8 @@
 A take goes to the model's rate and channel count (soxr), through ``demucs.apply.apply_model``
 (split into overlapping segments, normalised like ``demucs.separate``), and each stem comes back at
 the take's rate and channel count, trimmed or padded to the take's exact frame count, so it sits on
-the same bars as the mix. :func:`write_test_separator` writes a small random-weight HTDemucs in the
-same checkpoint format for tests (it separates nothing musical).
+the same bars as the mix. The tests build a small random-weight HTDemucs in the same checkpoint format
+(tests/test_render_stems.py; it separates nothing musical).
 """
 
 from __future__ import annotations
@@ -173,20 +173,3 @@ def load_separator(spec: str, device: Optional[str] = None) -> DemucsSeparator:
     except ImportError as e:
         raise EngineError(f"--stems needs Demucs (pip install 'stemd[daemon]'): {e}") from None
     return DemucsSeparator(load_demucs(spec), device)
-
-
-def write_test_separator(path: Path, seed: int = 0) -> Path:
-    """A small random-weight HTDemucs saved as Demucs saves its checkpoints: for tests, not for music."""
-    import torch
-    from demucs.htdemucs import HTDemucs
-
-    torch.manual_seed(seed)
-    model = HTDemucs(sources=SOURCES, channels=4, depth=4, t_layers=1, t_heads=2, nfft=2048, segment=2,
-                     dconv_comp=4)
-    args, kwargs = model._init_args_kwargs
-    package = {"klass": HTDemucs, "args": args, "kwargs": kwargs,
-               "state": {k: v.detach().clone() for k, v in model.state_dict().items()}, "training_args": {}}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(package, path)
-    return path

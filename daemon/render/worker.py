@@ -11,16 +11,16 @@ import platform
 import time
 from typing import Optional
 
-from stemd.daemon.jobs import sidecar_for, spec_from_request
+from stemd.daemon.takeio import sidecar_for, spec_from_request
 from stemd.daemon.render.files import TakeFiles, audio_bytes
-from stemd.daemon.render.job import Batch, Job
+from stemd.daemon.render.job import Batch, RenderJob
 from stemd.models.base import Engine
 from stemd.models.pipeline import render_take
 from stemd.models.registry import load_engine
 
 
 class BatchRenderer:
-    def __init__(self, job: Job, engines: Optional[dict] = None):
+    def __init__(self, job: RenderJob, engines: Optional[dict] = None):
         self.job = job
         self._engines: dict[str, Engine] = dict(engines or {})
         self._separator = None

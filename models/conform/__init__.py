@@ -7,7 +7,6 @@ to a stream as it is generated (the pipeline uses it for engines that are not on
 """
 
 from stemd.models.conform.loop import make_loop
-from stemd.models.conform.prompting import click_bar, describe_grid, trim_prompt, with_grid
 from stemd.models.conform.resample import Resampler, resample
 from stemd.models.conform.stream import StreamConformer, conform, stretch_ratio
 from stemd.models.conform.stretch import Stretcher, time_stretch
@@ -15,5 +14,5 @@ from stemd.models.conform.tempo import Timing, detect_timing
 
 __all__ = [
     "StreamConformer", "conform", "detect_timing", "Timing", "resample", "Resampler", "time_stretch",
-    "Stretcher", "make_loop", "describe_grid", "with_grid", "click_bar", "trim_prompt", "stretch_ratio",
+    "Stretcher", "make_loop", "stretch_ratio",
 ]

@@ -8,7 +8,6 @@ a take conformed bar by bar as it arrives equals the take conformed whole with t
 
 from __future__ import annotations
 
-from fractions import Fraction
 from typing import Iterator, Optional, Sequence
 
 import numpy as np

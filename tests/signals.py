@@ -1,4 +1,4 @@
-"""Signals with known timing, for tests, the bench, and checking conform by ear.
+"""Signals with known timing, for the tests and bench/conform.py.
 
 ``click_track`` draws clicks with numpy; ``drum_track`` writes a General MIDI drum pattern with mido
 and renders it with the real ``fluidsynth`` and Debian's FluidR3 soundfont. Both return the audio and
@@ -26,10 +26,6 @@ def fluidsynth_missing() -> Optional[str]:
     if not os.path.exists(SOUNDFONT):
         return f"no General MIDI soundfont at {SOUNDFONT} (apt-get install fluid-soundfont-gm)"
     return None
-
-
-def beat_times(bpm: float, beats: int, start: float = 0.0, unit_quarters: float = 1.0) -> np.ndarray:
-    return start + np.arange(beats) * (60.0 * unit_quarters / bpm)
 
 
 def click_track(bpm: float, sample_rate: int, bars: int, beats_per_bar: int = 4, start: float = 0.0,

@@ -1,4 +1,5 @@
-"""A validated request becomes an engine spec; a finished take becomes files with a sidecar."""
+"""A request in, take files out: a validated request becomes an engine spec; a finished take becomes files
+with a sidecar (the daemon's worker and render both use it)."""
 
 from __future__ import annotations
 
