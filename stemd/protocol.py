@@ -322,12 +322,19 @@ def _str(key: str, value: Any) -> str:
     return value
 
 
-def _label(key: str, value: Any) -> str:
-    """A stem or part name, or "" for none."""
-    if _str(key, value) and not _STEM.match(value):
-        raise ProtocolError("out_of_range", f"{key} must be 1-32 letters, digits, spaces, _ or - starting with a "
-                            f"letter or digit (drums, bass, keys 2), got {value[:40]!r}")
-    return value
+def _matching(pattern: re.Pattern, code: str, what: str):
+    """A check for a string key that is "" (not given) or matches ``pattern``."""
+    def check(key: str, value: Any) -> str:
+        if _str(key, value) and not pattern.match(value):
+            raise ProtocolError(code, f"{key} must be {what}, got {value[:40]!r}")
+        return value
+    return check
+
+
+#: a stem or part name
+_label = _matching(_STEM, "out_of_range", "1-32 letters, digits, spaces, _ or - starting with a letter or digit "
+                   "(drums, bass, keys 2)")
+_repaint = _matching(_REPAINT, "bad_arguments", "'FIRST-LAST' bars of the take, like \"2-3\"")
 
 
 def _tempo(key: str, value: Any) -> Tempo:
@@ -362,13 +369,6 @@ def _blob(key: str, value: Any) -> bytes:
 def _priority(key: str, value: Any) -> str:
     if _str(key, value) not in PRIORITIES:
         raise ProtocolError("out_of_range", f"{key} must be one of {', '.join(PRIORITIES)}, got {value[:40]!r}")
-    return value
-
-
-def _repaint(key: str, value: Any) -> str:
-    if _str(key, value) and not _REPAINT.match(value):
-        raise ProtocolError("bad_arguments", f"{key} must be 'FIRST-LAST' bars of the take, like \"2-3\", "
-                            f"got {value[:40]!r}")
     return value
 
 

@@ -24,7 +24,7 @@ import soundfile
 from stemd import osc
 from stemd.bridge.delivery.ardour import ArdourSession
 from stemd.timing import Grid
-from test_bridge_support import jack, json_lines, peer  # noqa: F401 (fixtures)
+from test_bridge_support import json_lines
 
 HARDOUR = "/usr/lib/ardour7/hardour-7.3.0~ds0"
 ARDOUR_ENV = {"LD_LIBRARY_PATH": "/usr/lib/ardour7", "ARDOUR_DATA_PATH": "/usr/share/ardour7",

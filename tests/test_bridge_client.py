@@ -19,7 +19,6 @@ import pytest
 import soundfile
 
 from stemd.timing import Grid
-from test_bridge_support import peer  # noqa: F401 (fixture)
 
 
 def stemd_bridge(*args, timeout=60, **kw):

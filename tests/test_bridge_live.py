@@ -15,7 +15,6 @@ from stemd.bridge.delivery import DeliveredTake
 from stemd.bridge.delivery.live import Mixer, start_quarters
 from stemd.bridge.transport import Transport
 from stemd.protocol import GenerateRequest
-from test_bridge_support import jack  # noqa: F401 (fixture)
 
 
 def take_at(bar: int, audio: np.ndarray, rate: int = 48000) -> DeliveredTake:

@@ -20,7 +20,7 @@ import pytest
 
 from stemd.bridge.transport import Transport
 from stemd.bridge.transport.midiclock import CLOCK, CONTINUE, SONG_POSITION, START, STOP, ClockPosition, ClockTempo
-from test_bridge_support import TIMEBASE_MASTER, jack, json_lines  # noqa: F401 (fixture)
+from test_bridge_support import TIMEBASE_MASTER, json_lines
 
 needs_jack = pytest.mark.skipif(not (shutil.which("jackd") and shutil.which("jack_wait")),
                                 reason="JACK (Debian jackd2) is not installed")

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import soundfile
 
-from daemon_fixtures import TcpClient, start_daemon  # noqa: F401 (fixture)
+from daemon_fixtures import TcpClient
 from stemd.protocol import Chunk
 
 PACE = 0.4  # seconds per bar: the click engine made as slow as a model on a modest device

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from daemon_fixtures import TcpClient, daemon, start_daemon  # noqa: F401 (fixtures)
+from daemon_fixtures import TcpClient
 from stemd import osc
 
 

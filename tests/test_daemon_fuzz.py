@@ -5,7 +5,7 @@ import random
 import socket
 import struct
 
-from daemon_fixtures import TcpClient, daemon, start_daemon  # noqa: F401 (fixtures)
+from daemon_fixtures import TcpClient
 from stemd import osc
 from stemd.framing import frame_length_prefixed, frame_slip
 

@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from daemon_fixtures import daemon, start_daemon  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.skipif(not (shutil.which("oscsend") and shutil.which("oscdump")),
                                 reason="liblo-tools (oscsend, oscdump) is not installed")

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from daemon_fixtures import STEMD, TcpClient, start_daemon  # noqa: F401 (fixture)
+from daemon_fixtures import STEMD, TcpClient
 from stemd.protocol import Chunk
 from stemd.timing import Grid
 

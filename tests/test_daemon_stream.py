@@ -8,7 +8,7 @@ import numpy as np
 import soundfile
 from pythonosc.tcp_client import SimpleTCPClient
 
-from daemon_fixtures import TcpClient, daemon, start_daemon  # noqa: F401 (fixtures)
+from daemon_fixtures import TcpClient
 from stemd.protocol import Chunk
 from stemd.timing import Grid, Meter, Tempo
 

@@ -12,7 +12,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from daemon_fixtures import STEMD, TcpClient, start_daemon  # noqa: F401 (fixture)
+from daemon_fixtures import STEMD, TcpClient  # noqa: E402
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("diffusers") is None
                                 or importlib.util.find_spec("torch") is None,

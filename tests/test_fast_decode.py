@@ -12,7 +12,6 @@ from stemd.models.musicgen.engine import MusicGenEngine
 from stemd.models.musicgen.decoding import Decoding
 from stemd.models.musicgen.fast.backends import CompiledStep, make_backend
 from stemd.models.musicgen.generate import EagerStep, Generation, Sampling, generate_tokens, iter_frames
-from stemd.models.musicgen.testmodel import write_test_model
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
@@ -20,12 +19,6 @@ SAMPLINGS = [Sampling(guidance=3.0, temperature=1.0, top_k=20),
              Sampling(guidance=3.0, temperature=0.8, top_k=0, top_p=0.9),
              Sampling(guidance=3.0, temperature=0),
              Sampling(guidance=1.0, temperature=1.0, top_k=10)]
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    path = write_test_model(tmp_path_factory.mktemp("tiny"), "tiny")
-    return MusicGenEngine.load(str(path), device="cpu", dtype="float32")
 
 
 def conditioned(engine, variations, params, max_seq):
@@ -94,11 +87,10 @@ def test_unknown_backend_and_cuda_graph_on_cpu_are_clear_errors(engine):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("params", SAMPLINGS, ids=["top_k", "top_p", "greedy", "unguided"])
-def test_cuda_graph_replay_gives_eager_tokens_for_the_same_seed(engine, tmp_path, params):
+def test_cuda_graph_replay_gives_eager_tokens_for_the_same_seed(tiny, params):
     from stemd.models.musicgen.fast.cuda_graph import CUDAGraphStep
 
-    path = write_test_model(tmp_path / "tiny", "tiny")
-    cuda = MusicGenEngine.load(str(path), device="cuda", dtype="float32")
+    cuda = MusicGenEngine.load(str(tiny), device="cuda", dtype="float32")
     lm = conditioned(cuda, 2, params, 192)
     eager = generate_tokens(lm, 150, 2, params, max_seq=192, seed=7)
     runner = CUDAGraphStep()

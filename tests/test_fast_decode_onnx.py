@@ -39,16 +39,6 @@ def cache_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_test_model(tmp_path_factory.mktemp("tiny"), "tiny")
-
-
-@pytest.fixture(scope="module")
-def engine(tiny):
-    return MusicGenEngine.load(str(tiny), device="cpu", dtype="float32")
-
-
-@pytest.fixture(scope="module")
 def onnx_engine(engine, cache_dir):
     return MusicGenEngine(engine.ck, decoding.make("onnx", engine.ck))
 

@@ -20,7 +20,6 @@ from stemd.midi.curves import knob_value
 from stemd.midi.mapfile import load
 from stemd.midi.ports import Port, PortMissing, api_id
 from stemd.midi.session import LEARN_ADDRESS, MidiSession
-from test_bridge_support import peer  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.skipif(shutil.which("jackd") is None or shutil.which("jack_wait") is None,
                                 reason="jackd (Debian jackd2) is not installed: no JACK MIDI ports to test on")

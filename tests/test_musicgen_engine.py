@@ -16,25 +16,9 @@ from stemd.models.base import Audio, Cancelled, GenerationSpec, ModelNotFound
 from stemd.models.musicgen.engine import MusicGenEngine
 from stemd.models.musicgen.generate import Sampling, generate_tokens
 from stemd.models.musicgen.streaming import StreamingDecoder, decode_codes
-from stemd.models.musicgen.testmodel import write_test_model
 from stemd.timing import Grid
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_test_model(tmp_path_factory.mktemp("tiny"), "tiny")
-
-
-@pytest.fixture(scope="module")
-def tiny_stereo(tmp_path_factory):
-    return write_test_model(tmp_path_factory.mktemp("tiny-stereo"), "tiny-stereo")
-
-
-@pytest.fixture(scope="module")
-def engine(tiny):
-    return MusicGenEngine.load(str(tiny), device="cpu", dtype="float32")
 
 
 def reference(path):
