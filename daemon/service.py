@@ -36,6 +36,7 @@ class Settings:
     input_root: Optional[Path] = None    # continuation_path must be inside it (None: anywhere)
     pace: float = 0.0                    # seconds the worker spends per bar at least (tests, demos)
     max_clients: int = 64                # TCP connections at once; more are told busy and closed
+    max_total_buffer: int = 256 * 1024 * 1024   # replies waiting for all clients together
 
 
 class Service:

@@ -134,6 +134,17 @@ class StreamDecoder:
             self.inner = SlipDecoder(self.max_packet) if data[0] == SLIP_END else LengthPrefixDecoder(self.max_packet)
         return self.inner.feed(data)
 
+    def limit(self, max_packet: int) -> None:
+        """Change the largest packet accepted (a connection's limit grows once it has authenticated)."""
+        self.max_packet = max_packet
+        if self.inner is not None:
+            self.inner.max_packet = max_packet
+
+    def release(self) -> None:
+        """Let go of a half-received packet (the connection is gone); replies keep their framing."""
+        if self.inner is not None:
+            self.inner = type(self.inner)(self.max_packet)
+
     def frame(self, packet: bytes) -> bytes:
         """Frame a reply the way this connection frames its requests."""
         if isinstance(self.inner, SlipDecoder):

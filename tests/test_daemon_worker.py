@@ -164,3 +164,19 @@ def test_each_ending_is_told_from_one_place(tmp_path):
                      "shutdown": [("/stemd/error", ("r", "shutting_down",
                                                     "the daemon is stopping; the request was cancelled"))],
                      "disconnect": []}
+
+
+def test_the_pool_bounds_what_all_non_reading_peers_hold_and_a_stall_is_seen():
+    from stemd.daemon.outbox import Outbox, Pool
+
+    pool, now = Pool(16), [0.0]
+    a, b = (Outbox(100, lambda d: None, lambda: None, lambda fn: None, pool, clock=lambda: now[0]) for _ in "ab")
+    a.pause()
+    b.pause()
+    assert a.put(b"a" * 10) == "queued" and a.put(b"a" * 5) == "queued" and pool.bytes == 15
+    assert b.put(b"b" * 8) == "queued"                                  # an empty box takes one reply
+    assert b.put(b"b") == "overflow" and pool.bytes == 15               # the pool is full: b asked for more
+    now[0] = 31.0
+    assert a.stalled(30) and not a.stalled(40)
+    a.lost()
+    assert pool.bytes == 0
