@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from stemd.models.registry import DECODE_BACKENDS
 from stemd.protocol import DEFAULT_PORT
+
+MIN_TOKEN_CHARS = 16
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,7 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=DEFAULT_PORT,
                    help=f"UDP and TCP port (default {DEFAULT_PORT}; 0 picks a free one and logs it)")
     p.add_argument("--token", default=os.environ.get("STEMD_TOKEN", ""),
-                   help="shared secret clients must present (default: $STEMD_TOKEN)")
+                   help=f"shared secret clients must present, at least {MIN_TOKEN_CHARS} characters (default: "
+                        "$STEMD_TOKEN; prefer it or --token-file: a --token is visible in the process list)")
+    p.add_argument("--token-file", default=None, help="read the token from this file (its first line)")
     p.add_argument("--out", default="takes", help="folder for finished takes (default ./takes)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: by device)")
@@ -31,9 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-clients", type=int, default=64, help="TCP connections at once (default 64); more get 'busy'")
     p.add_argument("--max-client-buffer-mb", type=float, default=64.0,
                    help="replies waiting for a TCP client that stopped reading before it is dropped (default 64)")
-    p.add_argument("--max-take-mb", type=float, default=1024.0, help="the largest take accepted (default 1024)")
+    p.add_argument("--max-take-mb", type=float, default=256.0,
+                   help="the largest take accepted, all variations together (default 256: 8 bars at 120 BPM and "
+                        "48 kHz stereo are 6 MiB; takes stream to disk bar by bar)")
     p.add_argument("--input-root", default=None,
-                   help="continuation_path files must lie in this folder (default: anywhere on this host)")
+                   help="allow continuation_path: audio files in this folder only (default: no continuation_path "
+                        "from clients)")
     p.add_argument("--pace", type=float, default=0.0,
                    help="spend at least this many seconds per bar (demos and tests: a fast engine that behaves "
                         "like a slow one)")
@@ -52,12 +60,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
-    from pathlib import Path
 
     from stemd.cli import CommandError
     from stemd.daemon.server import Server, loopback
     from stemd.daemon.service import Service, Settings
 
+    if args.token_file:
+        try:
+            args.token = Path(args.token_file).expanduser().read_text().splitlines()[0].strip()
+        except (OSError, IndexError, UnicodeDecodeError) as e:
+            raise CommandError(f"cannot read a token from {args.token_file}: {getattr(e, 'strerror', None) or e}") \
+                from None
+    if args.token and len(args.token) < MIN_TOKEN_CHARS:
+        raise CommandError(f"the token must be at least {MIN_TOKEN_CHARS} characters (try: python3 -c "
+                           "\"import secrets; print(secrets.token_urlsafe(24))\")")
     if not loopback(args.host) and not args.token:
         raise CommandError(f"listening on {args.host} (not this machine only) requires --token")
     if not 0 <= args.port <= 65535:
@@ -79,7 +95,13 @@ def run(args: argparse.Namespace) -> int:
     engine = load_engine(args.model, device=args.device, dtype=args.dtype,
                          backend=args.backend)  # ModelNotFound: one line, exit 2
     out = Path(args.out).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".stemd-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CommandError(f"cannot write takes to {out}: {e.strerror or e}") from None
     settings = Settings(out=out, token=args.token, queue_size=args.queue_size, on_shutdown=args.on_shutdown,
                         max_client_buffer=int(args.max_client_buffer_mb * 2 ** 20),
                         max_take_bytes=int(args.max_take_mb * 2 ** 20),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import stat
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -19,11 +20,13 @@ from stemd.errors import StemdError
 from stemd.midi.session import LEARN_ADDRESS, LEARNED_ADDRESS, LEARNING_ADDRESS
 from stemd.osc import Message
 from stemd.protocol import (ACCEPTED, CANCEL, ERROR, ERROR_CODES, GENERATE, HELLO, PING, PONG, QUEUED,
-                            STATUS, STATUS_REPLY, VERSION, GenerateRequest, ProtocolError, check_request_id,
+                            MAX_CONTINUATION_BYTES, STATUS, STATUS_REPLY, VERSION, GenerateRequest, ProtocolError, check_request_id,
                             random_seed)
 from stemd.takes import PathEscape, inside
 
 Handler = Callable[[Service, Any, tuple], None]
+#: a continuation file's size on disk at most (the audio it decodes to: MAX_CONTINUATION_BYTES)
+MAX_CONTINUATION_FILE = 4 * MAX_CONTINUATION_BYTES
 
 
 def ping(service: Service, client: Any, args: tuple) -> None:
@@ -52,7 +55,7 @@ def generate(service: Service, client: Any, args: tuple) -> None:
     if request.seed is None:  # fixed now, so a preempted take resumes with the same bars (and the sidecar says it)
         request = dataclasses.replace(request, seed=random_seed())
     if request.continuation_path:
-        check_continuation_path(request, service.settings.input_root)
+        check_continuation_path(request, service.continuation_root(client))
     spec = spec_from_request(dataclasses.replace(request, continuation_path=""), service.engine)
     job = Job(request, client, spec)
 
@@ -66,21 +69,27 @@ def generate(service: Service, client: Any, args: tuple) -> None:
     service.register(job)
 
 
-def check_continuation_path(request: GenerateRequest, root: Optional[Path]) -> None:
-    """Refuse a continuation file before accepting: outside ``--input-root``, or not a file."""
+def check_continuation_path(request: GenerateRequest, root: Optional[Path]) -> Path:
+    """The continuation file, checked before accepting: only under ``root`` (``--input-root``; no root, no
+    files), a regular file, not too large. Absent and forbidden get the same answer, so a client learns
+    nothing about the daemon's disk."""
+    rid = request.request_id
+    if root is None:
+        raise ProtocolError("bad_arguments", "this daemon takes no continuation_path (it was started without "
+                            "--input-root): send the audio as a continuation blob", rid)
+    refusal = ProtocolError("out_of_range", "continuation_path must name an audio file inside the daemon's "
+                            "--input-root", rid)
     try:
-        path = Path(request.continuation_path).expanduser()
-        if root is not None:
-            path = inside(root, str(path))
-        is_file = path.is_file()
-    except PathEscape as e:
-        raise ProtocolError("out_of_range", str(e), request.request_id) from None
-    except (OSError, RuntimeError) as e:  # a name too long, a symlink loop
-        raise ProtocolError("bad_arguments", f"continuation_path: {type(e).__name__}: {str(e)[:200]}",
-                            request.request_id) from None
-    if not is_file:
-        raise ProtocolError("bad_arguments", f"continuation_path {str(path)[:200]!r} is not a file on the daemon's "
-                            "host", request.request_id)
+        path = inside(root, request.continuation_path)
+        st = path.stat()
+    except (PathEscape, OSError, RuntimeError, ValueError):   # outside, absent, a loop, a name too long
+        raise refusal from None
+    if not stat.S_ISREG(st.st_mode):
+        raise refusal
+    if st.st_size > MAX_CONTINUATION_FILE:
+        raise ProtocolError("too_large", f"the continuation file is {st.st_size / 2 ** 20:.0f} MiB; at most "
+                            f"{MAX_CONTINUATION_FILE / 2 ** 20:.0f} MiB", rid)
+    return path
 
 
 def cancel(service: Service, client: Any, args: tuple) -> None:

@@ -42,6 +42,7 @@ class DaemonTarget:
         self.audition_device = audition_device
         self.key = ("midi", "controller")
         self.name = "midi"
+        self.input_root = getattr(getattr(service, "settings", None), "out", None)  # extends continue takes in --out
         self.takes: dict[str, TakeRecord] = {}
         self.on_state: Callable[[str, str], None] = lambda take_id, state: None  # the session's pad lights
         self._ids = itertools.count(1)

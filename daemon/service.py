@@ -56,6 +56,11 @@ class Service:
     def info(self) -> dict:
         return self.engine.info()
 
+    def continuation_root(self, client: Any) -> Optional[Path]:
+        """Where ``client``'s continuation_path files may be: ``--input-root`` (None: nowhere), or the
+        client's own (the daemon's MIDI controller extends takes in --out)."""
+        return getattr(client, "input_root", None) or self.settings.input_root
+
     def register(self, job: Job) -> None:
         self.active[(job.client.key, job.id)] = job
 

@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 
 from stemd.models.base import Audio, Engine, GenerationSpec
-from stemd.protocol import MODEL_KEYS, GenerateRequest, ProtocolError
+from stemd.protocol import MAX_CONTINUATION_BYTES, MODEL_KEYS, GenerateRequest, ProtocolError
 from stemd.takes import next_take_number, take_name, take_prefix, write_take
 from stemd.timing import Grid
 
@@ -42,18 +42,21 @@ def spec_from_request(request: GenerateRequest, engine: Engine,
 def _load_continuation(request: GenerateRequest, root: Optional[Path]) -> Audio:
     import soundfile
 
-    path = Path(request.continuation_path).expanduser()
-    if root is not None:
-        from stemd.takes import inside
+    from stemd.daemon.dispatch import check_continuation_path
 
-        try:
-            path = inside(root, str(path))
-        except ValueError as e:
-            raise ProtocolError("out_of_range", str(e), request.request_id) from None
+    path = check_continuation_path(request, root)     # again: the file may have changed since
     try:
+        info = soundfile.info(str(path))
+        if info.frames * info.channels * 4 > MAX_CONTINUATION_BYTES:
+            raise ProtocolError("too_large", f"the continuation is {info.frames / info.samplerate:.0f} s of "
+                                f"{info.channels}-channel audio: over {MAX_CONTINUATION_BYTES // 2 ** 20} MiB as "
+                                "float32", request.request_id)
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except Exception as e:  # soundfile raises several types for unreadable files
-        raise ProtocolError("bad_arguments", f"cannot read continuation {path}: {e}", request.request_id) from None
+    except ProtocolError:
+        raise
+    except Exception:  # soundfile raises several types for unreadable files
+        raise ProtocolError("out_of_range", "continuation_path must name an audio file inside the daemon's "
+                            "--input-root", request.request_id) from None
     return Audio(np.ascontiguousarray(data.T), rate)
 
 

@@ -64,7 +64,7 @@ class Worker(threading.Thread):
         try:
             spec = job.spec
             if request.continuation_path:
-                spec = spec_from_request(request, self.service.engine, self.service.settings.input_root)
+                spec = spec_from_request(request, self.service.engine, self.service.continuation_root(client))
             progress = _Progress(job)
             chunks = bar_chunks(self.engine, spec, should_stop=job.should_stop, on_progress=progress)
             try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
 
 class OSCDecodeError(ValueError):
@@ -162,6 +162,8 @@ class _Reader:
 
 
 def _decode_args(reader: _Reader, tags: str) -> tuple:
+    if len(tags) > MAX_ELEMENTS:
+        raise OSCDecodeError(f"{len(tags)} type tags: a packet may hold at most {MAX_ELEMENTS} elements")
     stack: list[list] = [[]]
     for tag in tags:
         out = stack[-1]
@@ -204,6 +206,8 @@ def _decode_args(reader: _Reader, tags: str) -> tuple:
         elif tag == "I":
             out.append(math.inf)
         elif tag == "[":
+            if len(stack) > MAX_ARRAY_DEPTH:
+                raise OSCDecodeError(f"arrays nested more than {MAX_ARRAY_DEPTH} deep")
             stack.append([])
         elif tag == "]":
             if len(stack) == 1:
@@ -218,10 +222,16 @@ def _decode_args(reader: _Reader, tags: str) -> tuple:
 
 
 MAX_BUNDLE_DEPTH = 8
+MAX_ARRAY_DEPTH = 4
+#: messages, arguments and array items in one packet at most: what a packet may make the daemon hold
+#: and answer is bounded by this, not by the packet's size (an empty array is 2 bytes of type tags)
+MAX_ELEMENTS = 4096
 
 
-def decode(data: bytes, _depth: int = 0) -> Union[Message, Bundle]:
-    """Parse one OSC packet; raises OSCDecodeError for anything malformed."""
+def decode(data: bytes, _depth: int = 0, _count: Optional[list] = None) -> Union[Message, Bundle]:
+    """Parse one OSC packet; raises OSCDecodeError for anything malformed or over the limits
+    (``MAX_ELEMENTS``, ``MAX_ARRAY_DEPTH``, ``MAX_BUNDLE_DEPTH``)."""
+    count = _count if _count is not None else [0]
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise OSCDecodeError("OSC packets are bytes")
     data = bytes(data)
@@ -240,7 +250,10 @@ def decode(data: bytes, _depth: int = 0) -> Union[Message, Bundle]:
             size = struct.unpack(">i", reader.take(4, "a bundle element size"))[0]
             if size <= 0 or size > reader.remaining():
                 raise OSCDecodeError(f"bundle element claims {size} bytes, {reader.remaining()} remain")
-            elements.append(decode(reader.take(size, "a bundle element"), _depth + 1))
+            count[0] += 1
+            if count[0] > MAX_ELEMENTS:
+                raise OSCDecodeError(f"a packet may hold at most {MAX_ELEMENTS} elements")
+            elements.append(decode(reader.take(size, "a bundle element"), _depth + 1, count))
         return Bundle(timetag, tuple(elements))
     if not data.startswith(b"/"):
         raise OSCDecodeError("an OSC message starts with '/' and a bundle with '#bundle'")
@@ -251,6 +264,9 @@ def decode(data: bytes, _depth: int = 0) -> Union[Message, Bundle]:
     tags = reader.string("the type tag string")
     if not tags.startswith(","):
         raise OSCDecodeError("the type tag string must start with ','")
+    count[0] += len(tags) - 1
+    if count[0] > MAX_ELEMENTS:
+        raise OSCDecodeError(f"a packet may hold at most {MAX_ELEMENTS} elements")
     args = _decode_args(reader, tags[1:])
     if reader.remaining():
         raise OSCDecodeError(f"{reader.remaining()} bytes left over after the arguments")

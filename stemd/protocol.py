@@ -79,9 +79,9 @@ LIMITS = {
 }
 PRIORITIES = ("live", "offline")
 MAX_CONTINUATION_BYTES = 64 * 1024 * 1024
-_ID = re.compile(r"^[A-Za-z0-9_.:\-]+$")
-_STEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _\-]{0,31}$")
-_REPAINT = re.compile(r"^\d{1,4}-\d{1,4}$")
+_ID = re.compile(r"[A-Za-z0-9_.:\-]+", re.ASCII)                 # (always fullmatch: no trailing newline)
+_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _\-]{0,31}", re.ASCII)
+_REPAINT = re.compile(r"\d{1,4}-\d{1,4}", re.ASCII)
 #: keys that only some model families have (models refuse the ones they lack with ``unsupported_key``)
 MODEL_KEYS = ("steps", "strength", "track", "extract", "repaint")
 
@@ -109,7 +109,7 @@ def check_request_id(value: Any) -> str:
     if not isinstance(value, str):
         raise ProtocolError("bad_arguments", "the request id must be a string")
     lo, hi = LIMITS["id_chars"]
-    if not lo <= len(value) <= hi or not _ID.match(value):
+    if not lo <= len(value) <= hi or not _ID.fullmatch(value):
         raise ProtocolError("bad_arguments",
                             f"request id must be 1-{hi} characters of letters, digits, _ . : -; got {value[:40]!r}")
     return value
@@ -145,7 +145,7 @@ def parse_tempo(value: Any) -> Tempo:
     try:
         if isinstance(value, float):
             # a float32 from OSC: take the shortest decimal that survives float32 (137.5, 133.33)
-            value = str(np.float32(value)) if math.isfinite(value) else value
+            value = str(np.float32(value)) if math.isfinite(value) and abs(value) < 1e6 else value
         return Tempo(value)
     except TimingError as e:
         raise ProtocolError("out_of_range", str(e)) from None
@@ -319,13 +319,23 @@ def _str(key: str, value: Any) -> str:
     hi = LIMITS.get(f"{key}_chars", (0, LIMITS["text_chars"][1]))[1]
     if len(value) > hi:
         raise ProtocolError("out_of_range", f"{key} is over {hi} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:     # a lone surrogate: an OSC 'c' or 'S' argument can carry one
+        raise ProtocolError("out_of_range", f"{key} is not valid text (it holds a lone surrogate)") from None
+    return value
+
+
+def _path(key: str, value: Any) -> str:
+    if "\0" in _str(key, value):
+        raise ProtocolError("out_of_range", f"{key} holds a NUL character: not a file name")
     return value
 
 
 def _matching(pattern: re.Pattern, code: str, what: str):
     """A check for a string key that is "" (not given) or matches ``pattern``."""
     def check(key: str, value: Any) -> str:
-        if _str(key, value) and not pattern.match(value):
+        if _str(key, value) and not pattern.fullmatch(value):
             raise ProtocolError(code, f"{key} must be {what}, got {value[:40]!r}")
         return value
     return check
@@ -398,7 +408,7 @@ GENERATE_KEYS = {
     "stem": _label,
     "loop": _bool,
     "continuation": _blob,
-    "continuation_path": _str,
+    "continuation_path": _path,
     "continuation_rate": lambda k, v: _int(k, v, "sample_rate"),
     "continuation_channels": lambda k, v: _int(k, v, "channels"),
     "reply_port": _int,

@@ -13,6 +13,7 @@ zero samples at any rate.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Iterator, Sequence, Union
@@ -29,6 +30,12 @@ class TimingError(ValueError):
     """A tempo, meter or position that cannot describe music."""
 
 
+MAX_NUMBER_CHARS = 32
+#: a decimal (no exponent) or a ratio of whole numbers, ASCII digits only
+_NUMBER = re.compile(r"[+-]?(\d{1,12}(\.\d{0,12})?|\.\d{1,12}|\d{1,12}/\d{1,12})", re.ASCII)
+_METER = re.compile(r"(\d{1,3})\s*/\s*(\d{1,3})", re.ASCII)
+
+
 def exact(value: Number, what: str = "value") -> Fraction:
     """A finite number as an exact Fraction; floats keep the decimal the user typed (137.5, not its
     binary neighbour), strings may be decimals ("137.5") or ratios ("275/2")."""
@@ -43,11 +50,14 @@ def exact(value: Number, what: str = "value") -> Fraction:
             raise TimingError(f"{what} must be a finite number, got {value!r}")
         return Fraction(repr(value))
     if isinstance(value, str):
+        # bounded before parsing: Fraction("1e20000000") would compute a 20-million-digit number
+        text = value.strip()
+        if len(text) > MAX_NUMBER_CHARS or not _NUMBER.fullmatch(text):
+            raise TimingError(f"{what} must be a number like 120, 137.5 or 275/2, got {value[:40]!r}")
         try:
-            result = Fraction(value.strip())
+            return Fraction(text)
         except (ValueError, ZeroDivisionError):
-            raise TimingError(f"{what} must be a number like 120 or 137.5, got {value!r}") from None
-        return result
+            raise TimingError(f"{what} must be a number like 120, 137.5 or 275/2, got {value[:40]!r}") from None
     raise TimingError(f"{what} must be a number, got {type(value).__name__}")
 
 
@@ -99,10 +109,10 @@ class Meter:
     def parse(cls, text: Union[str, "Meter"]) -> "Meter":
         if isinstance(text, Meter):
             return text
-        parts = str(text).strip().split("/")
-        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-            raise TimingError(f"meter must look like 4/4 or 7/8, got {text!r}")
-        return cls(int(parts[0]), int(parts[1]))
+        m = _METER.fullmatch(str(text)[:64].strip())
+        if m is None:
+            raise TimingError(f"meter must look like 4/4 or 7/8, got {str(text)[:40]!r}")
+        return cls(int(m.group(1)), int(m.group(2)))
 
     @property
     def unit_quarters(self) -> Fraction:

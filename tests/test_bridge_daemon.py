@@ -19,7 +19,7 @@ from stemd import osc
 from stemd.protocol import PING, PONG
 from stemd.timing import Grid
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-for-tests"
 
 
 def free_port() -> int:

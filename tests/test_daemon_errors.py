@@ -87,4 +87,4 @@ def test_continuation_path_outside_the_input_root_is_refused(start_daemon, tmp_p
     client = TcpClient(daemon.port)
     client.send("/stemd/generate", "esc", "continuation_path", "../../etc/passwd")
     error = client.until("/stemd/error", "esc")[-1]
-    assert error.args[1] == "out_of_range" and "outside" in error.args[2]
+    assert error.args[1] == "out_of_range" and "inside the daemon's --input-root" in error.args[2]

@@ -33,7 +33,7 @@ def _env():
 
 
 def test_clients_must_present_the_token(start_daemon):
-    daemon = start_daemon("--host", "0.0.0.0", "--token", "s3cret")
+    daemon = start_daemon("--host", "0.0.0.0", "--token", "s3cret-s3cret-s3cret")
     # TCP: anything before /stemd/hello <token> is refused and the connection closed
     intruder = TcpClient(daemon.port)
     intruder.send("/stemd/generate", "x", "bars", 1)
@@ -47,7 +47,7 @@ def test_clients_must_present_the_token(start_daemon):
     with pytest.raises(ConnectionError):
         wrong.recv()
     friend = TcpClient(daemon.port)
-    friend.send("/stemd/hello", "s3cret")
+    friend.send("/stemd/hello", "s3cret-s3cret-s3cret")
     assert friend.recv().address == "/stemd/pong"
     friend.send("/stemd/generate", "ok", "bars", 1)
     assert friend.until("/stemd/done", "ok")[-1].address == "/stemd/done"
@@ -56,7 +56,7 @@ def test_clients_must_present_the_token(start_daemon):
         s.settimeout(5)
         s.sendto(osc.encode_message("/stemd/ping"), ("127.0.0.1", daemon.port))
         assert osc.decode(s.recv(65536)).args[1] == "unauthorized"
-        s.sendto(osc.encode_message("/stemd/ping", "token", "s3cret"), ("127.0.0.1", daemon.port))
+        s.sendto(osc.encode_message("/stemd/ping", "token", "s3cret-s3cret-s3cret"), ("127.0.0.1", daemon.port))
         assert osc.decode(s.recv(65536)).address == "/stemd/pong"
 
 

@@ -85,7 +85,8 @@ def test_udp_clients_get_the_take_path_and_no_chunks(daemon):
     assert take.args[2].startswith(str(daemon.out.resolve()))
 
 
-def test_continuation_audio_travels_as_a_blob_over_tcp_and_as_a_path(daemon, tmp_path):
+def test_continuation_audio_travels_as_a_blob_over_tcp_and_as_a_path(start_daemon, tmp_path):
+    daemon = start_daemon("--input-root", str(tmp_path))   # continuation_path: files in --input-root only
     one_second = np.zeros((48000, 2), dtype="<f4")
     one_second[::4800] = 0.5
     client = TcpClient(daemon.port)
