@@ -102,6 +102,12 @@ def run(args: argparse.Namespace) -> int:
         probe.unlink()
     except OSError as e:
         raise CommandError(f"cannot write takes to {out}: {e.strerror or e}") from None
+    from stemd.takes import remove_leftovers
+
+    left = remove_leftovers(out)   # what a daemon killed mid-take left: partial files, unfinished claims
+    if left:
+        log.info("removed %d leftovers of unfinished takes in %s: %s", len(left), out,
+                 ", ".join(p.name for p in left[:5]) + (" ..." if len(left) > 5 else ""))
     settings = Settings(out=out, token=args.token, queue_size=args.queue_size, on_shutdown=args.on_shutdown,
                         max_client_buffer=int(args.max_client_buffer_mb * 2 ** 20),
                         max_take_bytes=int(args.max_take_mb * 2 ** 20),

@@ -38,7 +38,7 @@ class Job:
     preempt: bool = False             # a live job is waiting: yield between steps
     preemptions: int = 0
     bars_done: int = 0                # bars already delivered to the client (kept across preemption)
-    parts: list = field(default_factory=list)  # delivered bars' audio, (variations, channels, n) each
+    takes: Any = None                 # takeio.TakeStream: the delivered bars on disk (kept across preemption)
     first_bar_at: Optional[float] = None
     finished_at: Optional[float] = None
     error: str = ""
@@ -136,6 +136,11 @@ class Scheduler:
                 if wait is not None and wait <= 0:
                     return None
                 self._cond.wait(wait)
+
+    def forget(self, client_key: Any) -> None:
+        """A client left: its turn in the fairness order is forgotten."""
+        with self._cond:
+            self._served.pop(client_key, None)
 
     def finished(self, job: Job) -> None:
         with self._cond:

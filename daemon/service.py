@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 from stemd.daemon.scheduler import Job, Scheduler
 from stemd.models.base import Engine
 from stemd.protocol import CANCELLED, DONE, ERROR, TAKE
+from stemd.takes import TakeClaims
 
 log = logging.getLogger("stemd.daemon")
 
@@ -39,10 +40,23 @@ class Settings:
     max_total_buffer: int = 256 * 1024 * 1024   # replies waiting for all clients together
 
 
+@dataclass(frozen=True)
+class GoneClient:
+    """What a finished request remembers of its client: no sockets, no buffers, nothing to send to."""
+
+    key: tuple
+    name: str
+    stream = False
+
+    def send(self, address: str, *args: Any) -> None:
+        pass
+
+
 class Service:
     def __init__(self, engine: Engine, settings: Settings):
         self.engine, self.settings = engine, settings
         self.scheduler = Scheduler(settings.queue_size)
+        self.claims = TakeClaims(settings.out)      # take numbers, claimed atomically in --out
         self.active: dict[tuple, Job] = {}
         self.recent: OrderedDict[tuple, Job] = OrderedDict()
         self.clients: set = set()       # connected TCP clients
@@ -73,19 +87,25 @@ class Service:
         key = (job.client.key, job.id)
         if self.active.get(key) is job:
             del self.active[key]
-        # remembered for /stemd/status only: let go of the audio (a continuation blob may be 64 MiB)
-        job.parts, job.spec = [], None
+        # remembered for /stemd/status only: let go of the audio (a continuation blob may be 64 MiB) and
+        # of the client (a connection that left holds its buffers: only its name and scope are kept)
+        job.spec = None
         if job.request.continuation is not None:
             job.request = dataclasses.replace(job.request, continuation=None)
+        job.client = GoneClient(job.client.key, job.client.name)
         self.recent[key] = job
         self.recent.move_to_end(key)
         while len(self.recent) > RECENT:
             self.recent.popitem(last=False)
 
     def drop_client(self, client: Any, reason: str) -> None:
-        """A client went away: cancel everything it asked for and free the worker."""
+        """A client went away: cancel everything it asked for and free the worker; its finished requests
+        are forgotten and the scheduler forgets its turn."""
         for job in self.scheduler.cancel_where(lambda j: j.client is client, reason):
             self.cancelled(job, reason, queued=True)
+        self.scheduler.forget(client.key)
+        for key in [k for k in self.recent if k[0] == client.key]:
+            del self.recent[key]
 
     def cancel_all(self) -> None:
         """Shutdown: every queued job ends now (a running one stops between steps)."""
@@ -117,7 +137,9 @@ class Service:
 
     def _end(self, job: Job, state: str, outcome: str, on_loop: bool = False) -> None:
         """``on_loop``: called on the event loop (a queued job), so the service forgets it at once."""
-        job.parts = []
+        if job.takes is not None:     # cancelled or failed mid-take: nothing half-written stays
+            takes, job.takes = job.takes, None
+            takes.abort()
         job.state, job.finished_at = state, time.monotonic()
         log_request(job, outcome)
         if on_loop:

@@ -3,6 +3,8 @@ with a sidecar (the daemon's worker and render both use it)."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -10,7 +12,7 @@ import numpy as np
 
 from stemd.models.base import Audio, Engine, GenerationSpec
 from stemd.protocol import MAX_CONTINUATION_BYTES, MODEL_KEYS, GenerateRequest, ProtocolError
-from stemd.takes import next_take_number, take_name, take_prefix, write_take
+from stemd.takes import TakeClaims, partial_name, publish, take_name, take_prefix, wav_header
 from stemd.timing import Grid
 
 
@@ -72,15 +74,73 @@ def sidecar_for(request: GenerateRequest, engine: Engine, variation: int) -> dic
     return meta
 
 
-def write_takes(folder: Path, request: GenerateRequest, engine: Engine, audio: np.ndarray,
-                subtype: str = "float32") -> list[Path]:
-    """One WAV + sidecar per variation of ``audio`` ``(variations, channels, n)``, numbered after the
-    takes of the same prompt, stem and bar already in ``folder``."""
-    prompt = request.prompt or engine.name
-    take = next_take_number(folder, take_prefix(prompt, request.start_bar, request.stem))
-    paths = []
-    for v in range(audio.shape[0]):
-        name = take_name(prompt, request.start_bar, take, v if audio.shape[0] > 1 else None, request.stem)
-        paths.append(write_take(folder, name, audio[v], request.sample_rate,
-                                sidecar_for(request, engine, v), subtype))
-    return paths
+class TakeStream:
+    """One request's takes written to disk as its bars arrive (float32 WAV, one file per variation),
+    so a take costs one bar of memory however long it is. Its take number is claimed first
+    (``TakeClaims``: no other writer on the folder picks it); each WAV grows in a partial file of its
+    own; ``finish`` writes the sizes into the headers, the sidecars, and gives the files their final
+    names, sidecar and WAV one after the other, never over an existing file; ``abort`` removes what it
+    wrote. A preempted request keeps its stream and goes on where it stopped."""
+
+    def __init__(self, claims: TakeClaims, request: GenerateRequest, engine: Engine, variations: int,
+                 channels: int):
+        self.request, self.engine, self.claims = request, engine, claims
+        self.channels, self.frames = channels, 0
+        folder = claims.folder
+        prompt = request.prompt or engine.name
+        self.prefix = take_prefix(prompt, request.start_bar, request.stem)
+
+        def names(number: int) -> list:
+            stems = [take_name(prompt, request.start_bar, number, v if variations > 1 else None, request.stem)
+                     for v in range(variations)]
+            return [n + ext for n in stems for ext in (".json", ".wav")]
+
+        self.number, self.claim = claims.claim(self.prefix, names)
+        self.paths = [folder / n for n in names(self.number) if n.endswith(".wav")]
+        self.partials = [partial_name(p) for p in self.paths]
+        self.files = []
+        try:
+            for partial in self.partials:
+                f = open(partial, "wb")
+                self.files.append(f)
+                f.write(wav_header(channels, request.sample_rate, 0))
+        except OSError:
+            self.abort()
+            raise
+
+    def write(self, audio: np.ndarray) -> None:
+        """One bar: ``(variations, channels, n)`` float32."""
+        for f, variation in zip(self.files, audio):
+            f.write(np.ascontiguousarray(variation.T, dtype="<f4").tobytes())
+        self.frames += audio.shape[-1]
+
+    def finish(self) -> list[Path]:
+        header = wav_header(self.channels, self.request.sample_rate, self.frames)
+        sidecars = []
+        for v, (f, path) in enumerate(zip(self.files, self.paths)):
+            f.seek(0)
+            f.write(header)
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            meta = {**sidecar_for(self.request, self.engine, v), "file": path.name,
+                    "sample_rate": self.request.sample_rate, "channels": self.channels, "frames": self.frames,
+                    "format": "float32"}
+            partial = partial_name(path.with_suffix(".json"))
+            with open(partial, "w") as sf:
+                sf.write(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+                sf.flush()
+                os.fsync(sf.fileno())
+            sidecars.append(partial)
+        for sidecar, partial, path in zip(sidecars, self.partials, self.paths):
+            publish(sidecar, path.with_suffix(".json"))
+            publish(partial, path)
+        self.claim.unlink(missing_ok=True)
+        return self.paths
+
+    def abort(self) -> None:
+        for f in self.files:
+            f.close()
+        for partial in self.partials:
+            partial.unlink(missing_ok=True)
+        self.claim.unlink(missing_ok=True)

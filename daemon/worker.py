@@ -23,7 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
-from stemd.daemon.takeio import spec_from_request, write_takes
+from stemd.daemon.takeio import TakeStream, spec_from_request
 from stemd.daemon.scheduler import Job
 from stemd.daemon.service import Service
 from stemd.errors import StemdError
@@ -71,7 +71,10 @@ class Worker(threading.Thread):
                 for chunk in chunks:
                     if chunk.index < job.bars_done:
                         continue  # delivered before this job was preempted
-                    job.parts.append(chunk.audio)
+                    if job.takes is None:
+                        job.takes = TakeStream(self.service.claims, request, self.service.engine,
+                                               chunk.variations, chunk.channels)
+                    job.takes.write(chunk.audio)
                     job.bars_done = chunk.index + 1
                     job.first_bar_at = job.first_bar_at or time.monotonic()
                     if client.stream:
@@ -98,10 +101,8 @@ class Worker(threading.Thread):
         self.service.done(job, paths)
 
     def _write(self, job: Job) -> list[Path]:
-        request, out = job.request, self.service.settings.out
-        audio = np.concatenate(job.parts, axis=2)
-        job.parts = []
-        return write_takes(out, request, self.service.engine, audio)
+        takes, job.takes = job.takes, None
+        return takes.finish()
 
     def _stopped(self, job: Job) -> None:
         reason = job.cancel_reason

@@ -16,7 +16,7 @@ import re
 import secrets
 import struct
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 
@@ -102,13 +102,20 @@ def wav_bytes(audio: np.ndarray, sample_rate: int, subtype: str = "float32") -> 
     else:
         ints = np.round(np.clip(interleaved, -1.0, 1.0 - 2 ** -15) * 2 ** 15).astype("<i2")
         fmt, bits, data = WAVE_FORMAT_PCM, 16, ints.tobytes()
+    return wav_header(channels, sample_rate, frames, fmt, bits) + data + (b"\0" if len(data) % 2 else b"")
+
+
+def wav_header(channels: int, sample_rate: int, frames: int, fmt: int = WAVE_FORMAT_IEEE_FLOAT,
+               bits: int = 32) -> bytes:
+    """Everything of a RIFF/WAVE file before its sample data, for ``frames`` frames."""
     block = channels * bits // 8
+    size = frames * block
     fmt_chunk = struct.pack("<HHIIHH", fmt, channels, sample_rate, sample_rate * block, block, bits)
     chunks = b"fmt " + struct.pack("<I", len(fmt_chunk)) + fmt_chunk
     if fmt == WAVE_FORMAT_IEEE_FLOAT:  # non-PCM formats carry a fact chunk
         chunks += b"fact" + struct.pack("<II", 4, frames)
-    chunks += b"data" + struct.pack("<I", len(data)) + data + (b"\0" if len(data) % 2 else b"")
-    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
+    chunks += b"data" + struct.pack("<I", size)
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks) + size + size % 2) + b"WAVE" + chunks
 
 
 PARTIAL = ".partial"  # a file being written: renamed into place when whole
@@ -119,7 +126,7 @@ def atomic_write(path: Union[str, Path], data: Union[bytes, str]) -> None:
     so two writers never share one), synced, then renamed: whole or not there. The one atomic writer:
     takes, sidecars, the take history, Ardour sessions, MIDI maps and kept verdicts go through it."""
     path = Path(path)
-    partial = path.with_name(f"{path.name}.{secrets.token_hex(4)}{PARTIAL}")
+    partial = partial_name(path)
     try:
         with open(partial, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
@@ -129,6 +136,97 @@ def atomic_write(path: Union[str, Path], data: Union[bytes, str]) -> None:
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+
+
+def partial_name(path: Path) -> Path:
+    """``NAME.<pid>-<random>.partial``: one writer's own, and whose (``remove_leftovers``)."""
+    return path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}{PARTIAL}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0
+    return True
+
+
+_LEFTOVER = re.compile(r"\.(\d+)-[0-9a-f]{8}" + re.escape(PARTIAL) + r"$")
+_CLAIM = ".claim"
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """What writers killed mid-take left in ``folder`` (and its ``*.stems`` folders): their partial files
+    and the claims of takes they never finished, with a sidecar that never got its audio. Files of a
+    writer still running (another daemon, a render on the same folder) are left alone. Returns what
+    was removed."""
+    folder = Path(folder)
+    gone: list[Path] = []
+    if not folder.is_dir():
+        return gone
+    for path in list(folder.glob(f"*{PARTIAL}")) + list(folder.glob(f"*.stems/*{PARTIAL}")):
+        m = _LEFTOVER.search(path.name)
+        if m is None or not _pid_alive(int(m.group(1))):   # (a partial without a pid: an older stemd's)
+            path.unlink(missing_ok=True)
+            gone.append(path)
+    for claim in folder.glob(f".*{_CLAIM}"):
+        try:
+            pid, *names = claim.read_text().split("\n")
+            alive = _pid_alive(int(pid))
+        except (OSError, ValueError):
+            names, alive = [], False
+        if alive:
+            continue
+        audio = [n for n in names if n and not n.endswith(".json")]
+        if not all((folder / n).exists() for n in audio):     # unfinished: its sidecars are orphans
+            for n in names:
+                if n.endswith(".json") and (folder / n).exists():
+                    (folder / n).unlink()
+                    gone.append(folder / n)
+        claim.unlink(missing_ok=True)
+        gone.append(claim)
+    return gone
+
+
+class TakeClaims:
+    """Take numbers claimed atomically, so two writers on one folder (two daemons, serve and render)
+    never pick the same: a claim is ``.<prefix>_take<NN>.claim`` created exclusively, holding the
+    writer's pid and the files it will write; a number whose files exist is skipped. The folder is
+    listed once per prefix, not before every take."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self._next: dict[str, int] = {}
+
+    def claim(self, prefix: str, names_of: Callable[[int], list]) -> tuple[int, Path]:
+        """``(number, claim file)`` for the next free take number of ``prefix``; ``names_of(number)``
+        lists the file names that number's take will have."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        number = self._next.get(prefix) or next_take_number(self.folder, prefix)
+        while True:
+            claim = self.folder / f".{prefix}_take{number:02d}{_CLAIM}"
+            names = names_of(number)
+            try:
+                fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                number += 1
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write("\n".join([str(os.getpid()), *names]))
+            if any((self.folder / n).exists() for n in names):
+                claim.unlink(missing_ok=True)
+                number += 1
+                continue
+            self._next[prefix] = number + 1
+            return number, claim
+
+
+def publish(partial: Path, path: Path) -> None:
+    """Give a finished partial file its final name, never over an existing file (``FileExistsError``)."""
+    os.link(partial, path)
+    os.unlink(partial)
 
 
 def write_json(path: Union[str, Path], value, indent: int = 2) -> None:

@@ -166,7 +166,7 @@ def test_a_full_queue_answers_busy(start_daemon):
 
 
 def test_a_client_that_stops_reading_is_dropped_and_others_go_on(start_daemon):
-    daemon = start_daemon("--max-client-buffer-mb", "1")
+    daemon = start_daemon("--max-client-buffer-mb", "1", "--max-take-mb", "1024")
     stalled = TcpClient(daemon.port)
     stalled.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never reads
     stalled.send("/stemd/generate", "flood", "bars", 64, "bpm", 60, "sample_rate", 96000, "variations", 2)

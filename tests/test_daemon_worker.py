@@ -159,7 +159,10 @@ def test_each_ending_is_told_from_one_place(tmp_path):
             assert service.scheduler.cancel(job, "cancel")
             service.cancelled(job, "cancel", queued=True)
         heard[reason] = [(a, args) for a, args, _d in client.sent]
-        assert job.state == "cancelled" and service.lookup(client, "r") is job and not service.active
+        assert job.state == "cancelled" and not service.active
+        # remembered for /stemd/status, without the client's connection; forgotten once the client left
+        assert service.lookup(client, "r") is (None if reason == "disconnect" else job)
+        assert not isinstance(job.client, RecordingClient)
     assert heard == {"cancel": [("/stemd/cancelled", ("r",))],
                      "shutdown": [("/stemd/error", ("r", "shutting_down",
                                                     "the daemon is stopping; the request was cancelled"))],

@@ -517,12 +517,24 @@ def test_bridge_command_port_starts_learn_and_answers_what_was_bound(jack, procs
     try:
         assert "OSC commands on" in bridge.stdout.readline()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.settimeout(10)
-            s.sendto(osc.encode_message(LEARN_ADDRESS, "accept"), ("127.0.0.1", cport))
-            learning = osc.decode(s.recvfrom(65536)[0])
+            # asked again each second until answered: the command port may come up before the controller's
+            # session is ready, and UDP may drop a datagram
+            s.settimeout(1)
+            for _ in range(15):
+                s.sendto(osc.encode_message(LEARN_ADDRESS, "accept"), ("127.0.0.1", cport))
+                try:
+                    learning = osc.decode(s.recvfrom(65536)[0])
+                    break
+                except socket.timeout:
+                    continue
             assert (learning.address, learning.args) == ("/stemd/midi/learning", ("accept",))
-            send(p, cc(21, 127))
-            learned = osc.decode(s.recvfrom(65536)[0])
+            for _ in range(15):     # the knob moved again each second until learned: the controller's
+                send(p, cc(21, 127))  # JACK connection may come a moment after the session answers
+                try:
+                    learned = osc.decode(s.recvfrom(65536)[0])
+                    break
+                except socket.timeout:
+                    continue
             assert (learned.address, learned.args) == ("/stemd/midi/learned", ("cc 21", "accept", ""))
         assert "cc = 21" in (tmp_path / "map.toml").read_text()
     finally:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stemd.takes import PARTIAL, wav_bytes, write_take_file
+from stemd.takes import remove_leftovers, wav_bytes, write_take_file
 
 
 def audio_bytes(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes:
@@ -80,12 +80,6 @@ def is_finished(folder: Path, name: str, extension: str, key: str) -> bool:
 
 
 def remove_partials(folder: Path) -> int:
-    """Delete ``*.partial`` left by a killed run (never a finished take); returns how many."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return 0
-    gone = 0
-    for path in list(folder.glob(f"*{PARTIAL}")) + list(folder.glob(f"*.stems/*{PARTIAL}")):
-        path.unlink(missing_ok=True)
-        gone += 1
-    return gone
+    """Delete what a killed run left (``stemd.takes.remove_leftovers``: partial files of writers that
+    are gone, never a finished take nor a running writer's files); returns how many."""
+    return len(remove_leftovers(folder))
