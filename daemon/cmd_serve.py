@@ -36,6 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-clients", type=int, default=64, help="TCP connections at once (default 64); more get 'busy'")
     p.add_argument("--max-client-buffer-mb", type=float, default=64.0,
                    help="replies waiting for a TCP client that stopped reading before it is dropped (default 64)")
+    p.add_argument("--stall-seconds", type=float, default=30.0,
+                   help="drop a TCP client that has taken none of its waiting replies for this long (default 30)")
+    p.add_argument("--max-total-buffer-mb", type=float, default=256.0,
+                   help="replies waiting for all TCP clients together (default 256); past it, non-reading "
+                        "clients are dropped")
     p.add_argument("--max-take-mb", type=float, default=256.0,
                    help="the largest take accepted, all variations together (default 256: 8 bars at 120 BPM and "
                         "48 kHz stereo are 6 MiB; takes stream to disk bar by bar)")
@@ -112,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
                         max_client_buffer=int(args.max_client_buffer_mb * 2 ** 20),
                         max_take_bytes=int(args.max_take_mb * 2 ** 20),
                         input_root=Path(args.input_root).resolve() if args.input_root else None, pace=args.pace,
-                        max_clients=args.max_clients)
+                        max_clients=args.max_clients, stall_seconds=args.stall_seconds,
+                        max_total_buffer=int(args.max_total_buffer_mb * 2 ** 20))
     server = Server(Service(engine, settings))
 
     async def main() -> None:

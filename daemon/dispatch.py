@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import stat
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -52,6 +53,11 @@ def generate(service: Service, client: Any, args: tuple) -> None:
         raise ProtocolError("too_large", f"this take would be {size / 2 ** 20:.0f} MiB of audio; the daemon's limit "
                             f"is {service.settings.max_take_bytes / 2 ** 20:.0f} MiB (fewer bars, variations or a "
                             "lower rate)", rid)
+    bar = math.ceil(request.meter.bar_quarters * request.bpm.seconds_per_quarter * request.sample_rate)
+    if bar * request.channels * 4 > MAX_CONTINUATION_BYTES:   # one bar is one /stemd/chunk: a packet's limit
+        raise ProtocolError("too_large", f"one bar would be {bar * request.channels * 4 / 2 ** 20:.0f} MiB, over "
+                            f"the {MAX_CONTINUATION_BYTES // 2 ** 20} MiB a /stemd/chunk may carry (a lower rate "
+                            "or a shorter meter)", rid)
     if request.seed is None:  # fixed now, so a preempted take resumes with the same bars (and the sidecar says it)
         request = dataclasses.replace(request, seed=random_seed())
     if request.continuation_path:

@@ -43,7 +43,6 @@ GUESS_RATE, GUESS_BURST = 0.5, 5.0    # wrong tokens per second per host, and at
 MAX_UNAUTHED_PACKET = 64 * 1024       # the largest packet before a connection has shown its token
 HELLO_TIMEOUT = 5.0                   # seconds a new connection has to say something (and its token)
 MAX_PENDING = 256                     # connections at once that have not said anything yet
-STALL_SECONDS = 30.0                  # a client that takes none of its waiting replies for this long is dropped
 SWEEP_SECONDS = 2.0
 REPLY_FACTOR, REPLY_FLOOR = 4, 1024   # a datagram's immediate replies: at most 4x its size (1 KiB at least)
 #: addresses stemd sends (replies): a message to one of them is never answered, so two daemons, or a
@@ -389,8 +388,9 @@ class Server:
     def _sweep(self) -> None:
         """Every few seconds: drop clients that have taken none of their waiting replies for a while."""
         for client in list(self.service.clients):
-            if client.outbox.stalled(STALL_SECONDS):
-                client._drop(f"took none of its {client.outbox.bytes} waiting bytes for {STALL_SECONDS:g} s")
+            stall = self.service.settings.stall_seconds
+            if client.outbox.stalled(stall):
+                client._drop(f"too slow: took none of its {client.outbox.bytes} waiting bytes for {stall:g} s")
         if self.loop is not None and not self.loop.is_closed():
             self.loop.call_later(SWEEP_SECONDS, self._sweep)
 

@@ -38,6 +38,7 @@ class Settings:
     pace: float = 0.0                    # seconds the worker spends per bar at least (tests, demos)
     max_clients: int = 64                # TCP connections at once; more are told busy and closed
     max_total_buffer: int = 256 * 1024 * 1024   # replies waiting for all clients together
+    stall_seconds: float = 30.0          # a client that takes none of its waiting replies this long is dropped
 
 
 @dataclass(frozen=True)
