@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 
 from stemd.protocol import GenerateRequest
-from stemd.takes import next_take_number, take_name, take_prefix, write_take
+from stemd.takes import TakeClaims, take_name, take_prefix, write_take
 
 
 class FolderWriter:
@@ -20,7 +20,9 @@ class FolderWriter:
         self.folder = Path(folder)
         self.subtype = subtype
         self._lock = threading.Lock()
-        self._numbers: dict[str, int] = {}  # take id -> its number
+        self._numbers: dict[str, tuple] = {}  # take id -> (its number, its claim file)
+        self._written: dict[str, int] = {}
+        self._claims = TakeClaims(self.folder)
 
     def write(self, take_id: str, request: GenerateRequest, variation: Optional[int], audio: np.ndarray,
               sample_rate: int, extra: dict) -> Path:
@@ -28,7 +30,19 @@ class FolderWriter:
         sidecar = {"take_id": take_id, **request.sidecar(variation or 0), "daw_bar": request.start_bar + 1,
                    **extra}
         with self._lock:  # two takes finishing together must not pick the same number
-            number = self._numbers.get(take_id) or next_take_number(self.folder, prefix)
-            self._numbers[take_id] = number
+            if take_id not in self._numbers:    # claimed: another bridge or daemon on this folder skips it
+                count = max(1, request.variations)
+
+                def names(number: int) -> list:
+                    stems = [take_name(request.prompt, request.start_bar, number, v if count > 1 else None,
+                                       request.stem) for v in range(count)]
+                    return [n + ext for n in stems for ext in (".json", ".wav")]
+
+                self._numbers[take_id] = self._claims.claim(prefix, names)
+            number, claim = self._numbers[take_id]
             name = take_name(request.prompt, request.start_bar, number, variation, request.stem)
-            return write_take(self.folder, name, audio, sample_rate, sidecar, self.subtype)
+            path = write_take(self.folder, name, audio, sample_rate, sidecar, self.subtype)
+            self._written[take_id] = self._written.get(take_id, 0) + 1
+            if self._written[take_id] >= max(1, request.variations):
+                claim.unlink(missing_ok=True)   # every variation is written: the number is taken by its files
+            return path
