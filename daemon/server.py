@@ -45,6 +45,7 @@ HELLO_TIMEOUT = 5.0                   # seconds a new connection has to say some
 MAX_PENDING = 256                     # connections at once that have not said anything yet
 SWEEP_SECONDS = 2.0
 REPLY_FACTOR, REPLY_FLOOR = 4, 1024   # a datagram's immediate replies: at most 4x its size (1 KiB at least)
+TCP_PACKET_ERRORS = 16                # errors one TCP packet may draw (a bundle of bad messages), within 4x its size
 #: addresses stemd sends (replies): a message to one of them is never answered, so two daemons, or a
 #: daemon and its own reply port, cannot talk to each other forever
 REPLY_ADDRESSES = frozenset({PONG, ACCEPTED, QUEUED, PROGRESS, CHUNK, TAKE, DONE, ERROR, STATUS_REPLY, CANCELLED,
@@ -89,16 +90,18 @@ class ReplyBudget:
     size (at least ``floor`` bytes). Replies after its dispatch (a take's progress and files) are not
     counted: they answer work the request was accepted for."""
 
-    def __init__(self, request_bytes: int, factor: int = REPLY_FACTOR, floor: int = REPLY_FLOOR):
+    def __init__(self, request_bytes: int, factor: int = REPLY_FACTOR, floor: int = REPLY_FLOOR,
+                 max_errors: int = 1):
         self.limit = max(floor, factor * request_bytes)
         self.bytes = 0
         self.errors = 0
+        self.max_errors = max_errors
         self.open = True
 
     def allow(self, data: bytes, is_error: bool) -> bool:
         if not self.open:
             return True
-        if (is_error and self.errors) or self.bytes + len(data) > self.limit:
+        if (is_error and self.errors >= self.max_errors) or self.bytes + len(data) > self.limit:
             return False
         self.bytes += len(data)
         self.errors += is_error
@@ -160,6 +163,7 @@ class TcpClient(asyncio.Protocol):
                              lambda fn: server.call_on_loop(fn), server.pool)
         self.refusals = 0
         self.drop_reason = ""
+        self.budget: Optional[ReplyBudget] = None   # the errors a packet may draw, while it is read
         self.admitted = False     # counted in --max-clients: once it has spoken (and shown its token)
 
     # --- asyncio callbacks (event loop thread) ------------------------------------------------
@@ -218,7 +222,11 @@ class TcpClient(asyncio.Protocol):
         for packet in packets:
             if not self.outbox.accepting:
                 return
-            self.server.handle_packet(self, packet)
+            self.budget = ReplyBudget(len(packet), max_errors=TCP_PACKET_ERRORS)
+            try:
+                self.server.handle_packet(self, packet)
+            finally:
+                self.budget = None
             self.outbox.flush()       # this packet's replies meet the transport's flow control now
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
@@ -245,7 +253,10 @@ class TcpClient(asyncio.Protocol):
 
     # --- sending (any thread) -----------------------------------------------------------------
     def send(self, address: str, *args: Any) -> None:
-        if self.outbox.put(self.decoder.frame(encode_message(address, *args))) == "overflow":
+        data = self.decoder.frame(encode_message(address, *args))
+        if address == ERROR and self.budget is not None and not self.budget.allow(data, True):
+            return
+        if self.outbox.put(data) == "overflow":
             self.server.call_on_loop(self._drop, f"too slow: over {self.outbox.limit} bytes of replies waiting")
 
     def _drop(self, reason: str) -> None:

@@ -97,6 +97,14 @@ def test_2_a_bundle_of_bad_messages_draws_one_error_and_errors_are_rate_limited_
             s.sendto(osc.encode_message("/nope"), (HOST, daemon.port))
         burst = replies(s)
         assert 0 < len(burst) <= 60, len(burst)        # a burst of 40, then 20 per second
+    client = TcpClient(daemon.port)                    # over TCP: a few errors, within 4x the packet's size
+    client.send_raw(frame_length_prefixed(bundle))
+    client.send("/stemd/ping")
+    got = []
+    while not got or got[-1].address != "/stemd/pong":
+        got.append(client.recv())
+    errors = got[:-1]
+    assert 1 <= len(errors) <= 16 and sum(len(osc.encode(m)) for m in errors) <= 4 * len(bundle)
     token = "t" * 24
     locked = start_daemon("--token", token)
     with udp() as s:
