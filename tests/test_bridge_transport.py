@@ -12,7 +12,8 @@ from fractions import Fraction
 import pytest
 
 from stemd.bridge.transport import FollowError, Transport, make_follower
-from stemd.bridge.transport.daw_osc import BitwigFollower, ReaperFollower, TempoFromMotion, parse_bbt
+from stemd.bridge.transport.daw_osc import (BitwigFollower, ReaperFollower, TempoFromMotion, parse_bbt,
+                                            parse_drivenbymoss_beat)
 from test_bridge_support import json_lines
 
 
@@ -50,11 +51,27 @@ def test_next_bar_and_json_line_count_from_one_like_a_daw():
 @pytest.mark.parametrize("text, expected", [
     ("003|02|0960", (3, 2, Fraction(1, 2))),   # Ardour: bars|beats|ticks of 1920
     ("5.3.25", (5, 3, Fraction(1, 4))),        # REAPER: hundredths of a beat
-    ("2:4:3:00", (2, 4, Fraction(1, 2))),      # bar:beat:sixteenth:ticks
     ("nonsense", None),
 ])
 def test_bbt_strings(text, expected):
     assert parse_bbt(text) == expected
+
+
+@pytest.mark.parametrize("quarters, meter_quarters", [(Fraction(0), 4), (Fraction(37, 4), 4), (Fraction(29, 8), 3),
+                                                      (Fraction(51, 4), Fraction(7, 2))])
+def test_drivenbymoss_beat_strings_are_quarters_within_the_bar_in_its_own_format(quarters, meter_quarters):
+    # the text exactly as DrivenByMoss's StringUtils.formatMeasuresLong makes it (startOffset 1)
+    measure = int(quarters // meter_quarters)
+    t = quarters - measure * meter_quarters
+    q = int(t // 1)
+    t -= q
+    sixteenth = int(t // Fraction(1, 4))
+    t -= sixteenth * Fraction(1, 4)
+    frames = int(t / Fraction(1, 4) * 100)
+    text = "%d.%02d.%02d:%02d" % (measure + 1, q + 1, sixteenth + 1, frames)
+    bar, into = parse_drivenbymoss_beat(text)
+    assert (bar - 1) * meter_quarters + into == quarters, text
+    assert parse_drivenbymoss_beat("3.2.50") is None and parse_drivenbymoss_beat("1.01.05:00") is None
 
 
 def test_tempo_from_motion_is_exact_for_exact_reports_and_forgets_a_locate():
@@ -130,10 +147,11 @@ def test_bitwig_follower_reads_drivenbymoss_feedback_and_asks_for_a_refresh():
     follower = BitwigFollower(transport, daw_port=fake_bitwig.getsockname()[1], listen_port=0)
     try:
         assert osc.decode(fake_bitwig.recvfrom(1024)[0]).address == "/refresh"
-        oscsend(follower.listen_port, "/time/signature", "s", "6/8")
+        oscsend(follower.listen_port, "/time/signature", "s", "6 / 8")        # DrivenByMoss's own spacing
         oscsend(follower.listen_port, "/tempo/raw", "f", "140")
-        oscsend(follower.listen_port, "/beat/str", "s", "4:2:1:00")
-        assert wait_for(lambda: transport.last().quarters == 3 * 3 + Fraction(1, 2))
+        # bar 4, second quarter, third sixteenth, 50 hundredths of it: 3 bars of 6/8 (3 quarters each) + 1.625
+        oscsend(follower.listen_port, "/beat/str", "s", "4.02.03:50")
+        assert wait_for(lambda: transport.last().quarters == 3 * 3 + Fraction(13, 8))
         assert str(transport.last().meter) == "6/8" and float(transport.last().bpm) == 140
     finally:
         follower.stop()

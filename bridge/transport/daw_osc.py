@@ -108,8 +108,8 @@ class OscFollower:
 
 
 def parse_bbt(text: str) -> Optional[tuple[int, int, Fraction]]:
-    """'003|02|0960' (Ardour), '3.2.50' (REAPER, hundredths of a beat), '3:2:3:00' (Bitwig) ->
-    (bar, beat, fraction of a beat), bars and beats from 1."""
+    """'003|02|0960' (Ardour), '3.2.50' (REAPER, hundredths of a beat) -> (bar, beat, fraction of a beat),
+    bars and beats from 1, beats in the meter's unit."""
     text = str(text).strip()
     m = re.match(r"^\s*-?(\d+)\|(\d+)\|(\d+)", text)
     if m:
@@ -118,10 +118,23 @@ def parse_bbt(text: str) -> Optional[tuple[int, int, Fraction]]:
     if m:
         digits = m.group(3)
         return int(m.group(1)), int(m.group(2)), Fraction(int(digits), 10 ** len(digits))
-    m = re.match(r"^\s*-?(\d+)[:.](\d+)[:.](\d+)[:.](\d+)", text)  # bar:beat:sixteenth:ticks
-    if m:
-        return int(m.group(1)), int(m.group(2)), Fraction(int(m.group(3)) - 1, 4)
     return None
+
+
+_DRIVENBYMOSS = re.compile(r"\s*(\d+)\.(\d+)\.(\d+):(\d+)\s*", re.ASCII)
+
+
+def parse_drivenbymoss_beat(text: str) -> Optional[tuple[int, Fraction]]:
+    """DrivenByMoss's ``/beat/str``: ``"%d.%02d.%02d:%02d"`` = measure, quarter, sixteenth (each from 1),
+    hundredths of a sixteenth (its ``StringUtils.formatMeasuresLong``: quarters, not the meter's beats)
+    -> (bar from 1, quarters into the bar)."""
+    m = _DRIVENBYMOSS.fullmatch(str(text))
+    if m is None:
+        return None
+    bar, quarter, sixteenth, hundredths = (int(g) for g in m.groups())
+    if bar < 1 or quarter < 1 or not 1 <= sixteenth <= 4 or hundredths > 99:
+        return None
+    return bar, (quarter - 1) + Fraction(sixteenth - 1, 4) + Fraction(hundredths, 400)
 
 
 class TempoFromMotion:
@@ -262,12 +275,25 @@ class AbletonFollower(OscFollower):
 
 
 class BitwigFollower(BeatStringFollower):
-    """Bitwig Studio with DrivenByMoss's OSC extension (its default ports: receive 8000, send 9000)."""
+    """Bitwig Studio with DrivenByMoss's OSC extension (its default ports: receive 8000, send 9000): its
+    ``/beat/str`` counts quarters within the bar (``parse_drivenbymoss_beat``) and its ``/time/signature``
+    is ``"4 / 4"``. (Its insertFile track index counts from the current bank page, not the project.)"""
 
     name = "bitwig"
 
     def register(self) -> None:
         self.send("/refresh")
+
+    def handle(self, message: osc.Message) -> None:
+        if message.address == "/beat/str" and message.args:
+            position = parse_drivenbymoss_beat(message.args[0])
+            if position is not None:
+                bar, quarters = position
+                meter = self.meter or self.transport.last().meter
+                self.transport.update(quarters=(bar - 1) * meter.bar_quarters + quarters, at=time.monotonic(),
+                                      tolerance=JITTER_QUARTERS)
+            return
+        super().handle(message)
 
 
 FOLLOWERS = {"ardour": ArdourFollower, "reaper": ReaperFollower, "ableton": AbletonFollower,
