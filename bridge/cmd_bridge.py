@@ -15,6 +15,14 @@ DEFAULT_COMMAND_PORT = 9131
 FOLLOWERS = "fixed:BPM[:METER], midi-clock, reaper, ableton, ardour, bitwig"
 
 
+def track_arg(text: str):
+    """``--track``: a number (1-based) or a track's name."""
+    text = str(text).strip()
+    if not text:
+        raise argparse.ArgumentTypeError("--track needs a track name or number")
+    return int(text) if text.isdigit() else text
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--daemon", default="127.0.0.1:9130", help="the daemon's HOST:PORT (TCP)")
     p.add_argument("--token", default=None, help="the daemon's token, if it was started with one")
@@ -52,7 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio-device", default=None, help="--play: the output device (name or index)")
     p.add_argument("--insert", choices=["reaper", "ableton", "bitwig", "ardour", "ardour-session"], default=None,
                    help="put each take on the DAW's timeline at its start bar")
-    p.add_argument("--track", type=int, default=None, help="--insert: the track (1-based) to put takes on")
+    p.add_argument("--track", type=track_arg, default=None,
+                   help="--insert: the track to put takes on, by name (takes) or number (1-based); Bitwig: a number")
     p.add_argument("--reaper-action", default=None, help="--insert reaper: the command ID of stemd_insert.py")
     p.add_argument("--session", default=None, help="--insert ardour-session: the closed session's .ardour file")
     # commands

@@ -132,6 +132,31 @@ def test_reaper_script_puts_a_take_on_the_track_named_after_its_stem(tmp_path):
     assert chosen == ["track3", "track1", "track1"]
 
 
+def test_reaper_script_puts_a_take_on_the_track_given_by_name(tmp_path):
+    script = reaper_script()
+    wav = tmp_path / "drums.wav"
+    wav.write_bytes(b"RIFF")
+    inbox = tmp_path / "reaper.jsonl"
+    inbox.write_text(json.dumps({"file": str(wav), "bar_index": 0, "track": 0, "track_name": "Bass",
+                                 "stem": "drums"}) + "\n")
+    reaper = FakeReaper(tracks=3, names=("keys", "bass", "drums"))
+    assert script["run"](script["Reaper"](reaper.namespace()), str(inbox)) == 1
+    assert [c[1] for c in reaper.calls if c[0] == "SetOnlyTrackSelected"] == ["track2"]
+
+
+def test_track_is_a_name_or_a_number_on_the_command_line():
+    import argparse
+
+    from stemd.bridge.cmd_bridge import add_arguments
+    from stemd.bridge.delivery.daws import BitwigInserter, InsertError
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert p.parse_args(["--track", "takes"]).track == "takes" and p.parse_args(["--track", "3"]).track == 3
+    with pytest.raises(InsertError, match="needs --track as a number"):
+        BitwigInserter("127.0.0.1", 9, track="takes")
+
+
 def test_reaper_script_reports_a_missing_file_and_inserts_nothing(tmp_path):
     script = reaper_script()
     inbox = tmp_path / "reaper.jsonl"
@@ -253,6 +278,10 @@ def test_live_script_creates_the_clip_on_the_arrangement_at_the_beat(live):
     assert err.address == "/stemd/live/error" and "not an audio track" in err.args[0]
     (err,) = ask(script, client, "/stemd/live/insert_clip", 9, "/takes/c.wav", 0.0)
     assert "there is no track 9" in err.args[0]
+    (ok,) = ask(script, client, "/stemd/live/insert_clip", "takes", "/takes/d.wav", 8.0)   # --track takes
+    assert ok.address == "/stemd/live/inserted" and c.song().tracks[2].clips[-1] == ("/takes/d.wav", 8.0)
+    (err,) = ask(script, client, "/stemd/live/insert_clip", "horns", "/takes/e.wav", 0.0)
+    assert "there is no track named 'horns'" in err.args[0]
 
 
 def test_bridge_follows_the_live_script_over_real_udp(live):

@@ -18,7 +18,7 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from stemd import osc
 from stemd.bridge.delivery import DeliveredTake
@@ -37,13 +37,17 @@ def inbox_path(daw: str) -> Path:
     return stemd_home() / "inbox" / f"{daw}.jsonl"
 
 
-def take_line(take: DeliveredTake, track: Optional[int]) -> dict:
+def take_line(take: DeliveredTake, track: Union[int, str, None]) -> dict:
+    """What a host script needs of a take; ``track``: a number (1-based) or a name (``track_name``)."""
     request = take.request
     beats = take.start_bar * request.meter.bar_quarters
-    return {"file": str(Path(take.path).resolve()), "bar": take.start_bar + 1, "bar_index": take.start_bar,
+    line = {"file": str(Path(take.path).resolve()), "bar": take.start_bar + 1, "bar_index": take.start_bar,
             "quarters": float(beats), "sample": take.start_sample, "rate": take.sample_rate,
-            "track": track or 0, "stem": request.stem, "take_id": take.take_id, "bpm": float(request.bpm.bpm),
-            "meter": str(request.meter)}
+            "track": track if isinstance(track, int) else 0, "stem": request.stem, "take_id": take.take_id,
+            "bpm": float(request.bpm.bpm), "meter": str(request.meter)}
+    if isinstance(track, str):
+        line["track_name"] = track
+    return line
 
 
 def append_line(path: Path, line: dict) -> None:
@@ -87,12 +91,16 @@ class AbletonInserter(_OscSender):
 
     def deliver(self, take: DeliveredTake) -> None:
         line = take_line(take, self.track)
-        self.send("/stemd/live/insert_clip", int(line["track"]), line["file"], float(line["quarters"]))
+        self.send("/stemd/live/insert_clip", line.get("track_name") or int(line["track"]), line["file"],
+                  float(line["quarters"]))
 
 
 class BitwigInserter(_OscSender):
     def __init__(self, host: str, port: int, track: Optional[int] = None, slot: int = 1):
         super().__init__(host, port)
+        if isinstance(track, str):
+            raise InsertError(f"--insert bitwig needs --track as a number: DrivenByMoss inserts by track index "
+                              f"(counted from the current bank page), not by name ({track!r})")
         self.track, self.slot = track or 1, slot
 
     def deliver(self, take: DeliveredTake) -> None:

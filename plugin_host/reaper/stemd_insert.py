@@ -65,11 +65,17 @@ def track_named(rpr, name):
 
 
 def insert_take(rpr, take):
-    """A take with a ``track`` number goes there; else onto the track named after its ``stem`` (drums),
-    else onto the selected (or first) track."""
+    """A take with a ``track_name`` goes onto that track; with a ``track`` number there; else onto the track
+    named after its ``stem`` (drums), else onto the selected (or first) track."""
     number = int(take.get("track") or 0)
     stem = str(take.get("stem") or "").strip()
-    track = (track_named(rpr, stem) if stem and not number else None) or take_track(rpr, number)
+    name = str(take.get("track_name") or "").strip()
+    if name:  # --track NAME: that track, or an error the bridge's user reads in REAPER's console
+        track = track_named(rpr, name)
+        if track is None:
+            raise ValueError("no track named %r in this project" % name)
+    else:
+        track = (track_named(rpr, stem) if stem and not number else None) or take_track(rpr, number)
     rpr.SetOnlyTrackSelected(track)
     rpr.SetEditCurPos(bar_time(rpr, take["bar_index"]), False, False)
     rpr.InsertMedia(take["file"], ADD_TO_CURRENT_TRACK)
@@ -104,7 +110,10 @@ def run(rpr, path=None):
     try:
         for take in takes:
             if os.path.exists(take["file"]):
-                insert_take(rpr, take)
+                try:
+                    insert_take(rpr, take)
+                except ValueError as e:   # --track names a track this project does not have
+                    rpr.ShowConsoleMsg("stemd: %s: %s\n" % (e, take["file"]))
             else:
                 rpr.ShowConsoleMsg("stemd: take file not found: %s\n" % take["file"])
     finally:

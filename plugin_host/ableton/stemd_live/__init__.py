@@ -10,7 +10,7 @@ AbletonOSC's addresses the bridge's ``--follow ableton`` uses (so either can be 
     /live/song/stop_listen/<prop>
         <prop>: tempo, is_playing, current_song_time (beats), signature_numerator, signature_denominator
     /stemd/live/insert_clip <track> <file> <beat>
-        -> Track.create_audio_clip(file, beat) on audio track <track> (1-based; 0 = the selected track),
+        -> Track.create_audio_clip(file, beat) on audio track <track> (1-based; 0 = the selected track; a string: the track of that name),
            answered /stemd/live/inserted <file> <beat> or /stemd/live/error <message>. Live 12.0.5+.
 
 Live calls ``update_display`` about ten times a second; everything happens there, on Live's thread.
@@ -128,8 +128,9 @@ class StemdLive(object):
             return
         if address == "/stemd/live/insert_clip":
             try:
-                track_number, path, beat = int(args[0]), str(args[1]), float(args[2])
-                self.insert_clip(track_number, path, beat)
+                track = args[0] if isinstance(args[0], str) else int(args[0])
+                path, beat = str(args[1]), float(args[2])
+                self.insert_clip(track, path, beat)
                 self.send(peer, "/stemd/live/inserted", path, beat)
             except Exception as e:  # everything goes back to the bridge, nothing stops Live
                 self.send(peer, "/stemd/live/error", "%s: %s" % (type(e).__name__, e))
@@ -137,8 +138,14 @@ class StemdLive(object):
         self.send(peer, "/stemd/live/error", "unknown address " + address)
 
     def insert_clip(self, track_number, path, beat):
+        """``track_number``: 1-based, 0 for the selected track, or a track's name."""
         song = self.song()
-        if track_number <= 0:
+        if isinstance(track_number, str):
+            named = [t for t in song.tracks if getattr(t, "name", "").strip().lower() == track_number.strip().lower()]
+            if not named:
+                raise ValueError("there is no track named %r" % track_number)
+            track = named[0]
+        elif track_number <= 0:
             track = song.view.selected_track
         else:
             tracks = list(song.tracks)
