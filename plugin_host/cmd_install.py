@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 HERE = Path(__file__).resolve().parent
+ARDOUR_VERSIONS = (8, 7)   # newest first
 
 
 def _home() -> Path:
@@ -22,16 +23,20 @@ def default_folder(daw: str, platform: Optional[str] = None) -> Path:
     platform = platform or sys.platform
     appdata = Path(os.environ.get("APPDATA") or _home() / "AppData" / "Roaming")
     localappdata = Path(os.environ.get("LOCALAPPDATA") or _home() / "AppData" / "Local")
+    config = Path(os.environ.get("XDG_CONFIG_HOME") or _home() / ".config")     # Linux: the XDG folder
     if daw == "reaper":
         base = {"darwin": _home() / "Library" / "Application Support" / "REAPER",
-                "win32": appdata / "REAPER"}.get(platform, _home() / ".config" / "REAPER")
+                "win32": appdata / "REAPER"}.get(platform, config / "REAPER")
         return base / "Scripts" / "stemd"
     if daw == "ableton":
         documents = _home() / ("Music" if platform == "darwin" else "Documents")
         return documents / "Ableton" / "User Library" / "Remote Scripts"
     if daw == "ardour":
-        return {"darwin": _home() / "Library" / "Preferences" / "Ardour7" / "scripts",
-                "win32": localappdata / "Ardour7" / "scripts"}.get(platform, _home() / ".config" / "ardour7" / "scripts")
+        # Ardour keeps one folder per major version: the newest that exists (8, then 7), else 7's
+        parent, name = {"darwin": (_home() / "Library" / "Preferences", "Ardour{}"),
+                        "win32": (localappdata, "Ardour{}")}.get(platform, (config, "ardour{}"))
+        found = [parent / name.format(v) for v in ARDOUR_VERSIONS if (parent / name.format(v)).is_dir()]
+        return (found[0] if found else parent / name.format(ARDOUR_VERSIONS[-1])) / "scripts"
     raise ValueError(daw)
 
 
@@ -46,7 +51,7 @@ NEXT_STEPS = {
   1. Restart Live, then Settings > Link, Tempo & MIDI > Control Surface: choose "stemd_live" (no ports needed)
   2. The status bar says "stemd: listening on udp 127.0.0.1:11000" (quit AbletonOSC first if it is running)
   3. Run the bridge:  stemd bridge --follow ableton --insert ableton --track 1 --out <project folder>""",
-    "ardour": """In Ardour 7:
+    "ardour": """In Ardour 7 or 8:
   1. Edit > Lua Scripts > Script Manager > Action Hooks > New Hook > "stemd: import takes" > Add
   2. Run the bridge:  stemd bridge --follow ardour --insert ardour --session <session folder> --track <track name>
      (Edit > Preferences > Control Surfaces > Open Sound Control: enable it for --follow ardour)

@@ -360,13 +360,20 @@ def test_install_host_scripts_copies_the_scripts_and_says_what_to_click(tmp_path
     assert says in out.stdout
 
 
-def test_default_script_folders_are_where_each_daw_looks():
+def test_default_script_folders_are_where_each_daw_looks(tmp_path, monkeypatch):
     from stemd.plugin_host.cmd_install import default_folder
 
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
     assert default_folder("reaper", "linux").parts[-4:] == (".config", "REAPER", "Scripts", "stemd")
     assert default_folder("reaper", "darwin").parts[-4:] == ("Application Support", "REAPER", "Scripts", "stemd")
     assert default_folder("ableton", "darwin").parts[-4:] == ("Music", "Ableton", "User Library", "Remote Scripts")
     assert default_folder("ardour", "linux").parts[-3:] == (".config", "ardour7", "scripts")
+    (tmp_path / ".config" / "ardour8").mkdir(parents=True)                 # Ardour 8 has run here: its folder
+    assert default_folder("ardour", "linux").parts[-3:] == (".config", "ardour8", "scripts")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert default_folder("reaper", "linux") == tmp_path / "xdg" / "REAPER" / "Scripts" / "stemd"
+    assert default_folder("ardour", "linux") == tmp_path / "xdg" / "ardour7" / "scripts"
 
 
 def test_a_built_wheel_carries_every_host_script(tmp_path):
