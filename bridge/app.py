@@ -63,6 +63,7 @@ class Bridge:
         self.writer = FolderWriter(self.out_dir, subtype)
         self._listeners: list[Listener] = []
         self._requests: dict[str, PendingTake] = {}
+        self.delivery_errors: dict[str, list] = {}   # take id -> what a delivery (a DAW insert) said went wrong
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stemd-deliver")
         self._lock = threading.Lock()
 
@@ -242,8 +243,9 @@ class Bridge:
                     try:
                         delivery.deliver(delivered)
                     except StemdError as e:
-                        self._emit(TakeEvent(take_id, "ready", files=tuple(files),
-                                             error=f"{type(delivery).__name__}: {e}"))
+                        error = f"{type(delivery).__name__}: {e}"
+                        self.delivery_errors.setdefault(take_id, []).append(error)
+                        self._emit(TakeEvent(take_id, "ready", files=tuple(files), error=error))
         except (StemdError, OSError) as e:
             self._set(take_id, "failed", error=str(e), files=files)
             return

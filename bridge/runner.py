@@ -138,6 +138,9 @@ def _once(args, bridge, out, lock) -> int:
                           "internal")
     for path in record.files:
         _say(out, lock, path)
+    errors = bridge.delivery_errors.get(take_id)
+    if errors:    # written, but not where it was asked to go: the DAW's own words
+        raise BridgeError(f"take {take_id} was written but not delivered: {'; '.join(errors)}")
     return 0
 
 

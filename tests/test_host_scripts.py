@@ -6,6 +6,7 @@ REAPER run for real (liblo's oscdump is the peer)."""
 from __future__ import annotations
 
 import json
+import threading
 import runpy
 import shutil
 import socket
@@ -282,6 +283,41 @@ def test_live_script_creates_the_clip_on_the_arrangement_at_the_beat(live):
     assert ok.address == "/stemd/live/inserted" and c.song().tracks[2].clips[-1] == ("/takes/d.wav", 8.0)
     (err,) = ask(script, client, "/stemd/live/insert_clip", "horns", "/takes/e.wav", 0.0)
     assert "there is no track named 'horns'" in err.args[0]
+
+
+def test_the_ableton_inserter_reads_the_scripts_answer_and_fails_with_its_text(live, tmp_path):
+    # a unit test of the inserter and the script against stand-in Live objects (FakeSong), over real UDP
+    from stemd.bridge.delivery import DeliveredTake
+    from stemd.bridge.delivery.daws import AbletonInserter, InsertError
+    from stemd.protocol import GenerateRequest
+
+    script, c, _client = live
+    ticking = threading.Event()
+
+    def live_ticks():            # what Live does: update_display every 100 ms (faster here)
+        while not ticking.is_set():
+            script.update_display()
+            time.sleep(0.02)
+
+    ticker = threading.Thread(target=live_ticks, daemon=True)
+    ticker.start()
+    try:
+        take = DeliveredTake("t1", GenerateRequest("t1", start_bar=2, bpm=97, meter="3/4"), 0, tmp_path / "a.wav",
+                             np.zeros((2, 4), np.float32), 48000, 0)
+        with pytest.raises(InsertError, match="Live: ValueError: track 'Keys' is not an audio track"):
+            AbletonInserter("127.0.0.1", script.port, track=2).deliver(take)
+        assert any("not an audio track" in m for m in c.messages)           # and in Live's status bar
+        AbletonInserter("127.0.0.1", script.port, track="takes").deliver(take)
+        assert c.song().tracks[2].clips[-1] == (str((tmp_path / "a.wav").resolve()), 6.0)   # bar 3 of 3/4
+        c.song().view.selected_track = c.song().tracks[1]                  # a MIDI track is selected
+        AbletonInserter("127.0.0.1", script.port).deliver(take)
+        assert c.song().tracks[0].clips[-1][1] == 6.0                       # the first audio track instead
+        script.disconnect()
+        with pytest.raises(InsertError, match="did not answer"):
+            AbletonInserter("127.0.0.1", script.port).deliver(take)
+    finally:
+        ticking.set()
+        ticker.join(2)
 
 
 def test_bridge_follows_the_live_script_over_real_udp(live):

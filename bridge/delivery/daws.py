@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Optional, Union
 
@@ -85,14 +86,38 @@ class ReaperInserter(_OscSender):
 
 
 class AbletonInserter(_OscSender):
-    def __init__(self, host: str, port: int, track: Optional[int] = None):
+    """Inserts through stemd's Live script and reads its answer: ``/stemd/live/inserted``, or its error
+    (not an audio track, no such track), which becomes this take's delivery error."""
+
+    REPLY_S = 3.0
+
+    def __init__(self, host: str, port: int, track: Union[int, str, None] = None):
         super().__init__(host, port)
+        self.sock.bind(("0.0.0.0" if host not in ("127.0.0.1", "localhost") else "127.0.0.1", 0))
         self.track = track
 
     def deliver(self, take: DeliveredTake) -> None:
         line = take_line(take, self.track)
         self.send("/stemd/live/insert_clip", line.get("track_name") or int(line["track"]), line["file"],
                   float(line["quarters"]))
+        deadline = time.monotonic() + self.REPLY_S
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise InsertError(f"Live did not answer /stemd/live/insert_clip within {self.REPLY_S:g} s: is "
+                                  "stemd_live chosen as a Control Surface in Live's preferences (Link, Tempo & MIDI)?")
+            self.sock.settimeout(left)
+            try:
+                data, _peer = self.sock.recvfrom(65536)
+                reply = osc.decode(data)
+            except socket.timeout:
+                continue
+            except (OSError, osc.OSCDecodeError):
+                continue
+            if reply.address == "/stemd/live/inserted":
+                return
+            if reply.address == "/stemd/live/error":
+                raise InsertError(f"Live: {reply.args[0] if reply.args else 'an error'} ({Path(line['file']).name})")
 
 
 class BitwigInserter(_OscSender):

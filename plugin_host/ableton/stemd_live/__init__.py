@@ -132,8 +132,10 @@ class StemdLive(object):
                 path, beat = str(args[1]), float(args[2])
                 self.insert_clip(track, path, beat)
                 self.send(peer, "/stemd/live/inserted", path, beat)
-            except Exception as e:  # everything goes back to the bridge, nothing stops Live
-                self.send(peer, "/stemd/live/error", "%s: %s" % (type(e).__name__, e))
+            except Exception as e:  # everything goes back to the bridge and to Live's status bar
+                text = "%s: %s" % (type(e).__name__, e)
+                self.send(peer, "/stemd/live/error", text)
+                self.show("stemd: " + text)
             return
         self.send(peer, "/stemd/live/error", "unknown address " + address)
 
@@ -145,8 +147,11 @@ class StemdLive(object):
             if not named:
                 raise ValueError("there is no track named %r" % track_number)
             track = named[0]
-        elif track_number <= 0:
+        elif track_number <= 0:   # the selected track, else (not an audio track) the first audio track
             track = song.view.selected_track
+            if not getattr(track, "has_audio_input", False):
+                audio = [t for t in song.tracks if getattr(t, "has_audio_input", False)]
+                track = audio[0] if audio else track
         else:
             tracks = list(song.tracks)
             if track_number > len(tracks):
