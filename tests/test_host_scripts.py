@@ -30,6 +30,7 @@ class FakeReaper:
 
     def __init__(self, bpm=100.0, tracks=1, names=()):
         self.calls, self.bpm, self.tracks, self.cursor, self.selected = [], bpm, tracks, 7.5, None
+        self.touched = "the track last clicked"
         self.names = {f"track{i + 1}": name for i, name in enumerate(names)}
 
     def namespace(self) -> dict:
@@ -68,6 +69,12 @@ class FakeReaper:
 
     def api_SetOnlyTrackSelected(self, track):
         self._log("SetOnlyTrackSelected", track)
+        self.selected = track
+
+    def api_Main_OnCommand(self, command, flag):
+        self._log("Main_OnCommand", command)
+        if command == 40914:          # Track: Set first selected track as last touched track
+            self.touched = self.selected
 
     def api_GetCursorPosition(self):
         return self.cursor
@@ -78,6 +85,7 @@ class FakeReaper:
 
     def api_InsertMedia(self, path, mode):
         self._log("InsertMedia", path, mode, self.cursor)
+        self.inserted_on = getattr(self, "inserted_on", []) + [self.touched if mode == 0 else None]
 
     def api_Undo_BeginBlock(self):
         self._log("Undo_BeginBlock")
@@ -113,9 +121,10 @@ def test_reaper_script_inserts_each_take_at_its_bar_on_its_track_in_one_undo_ste
     assert [c for c in reaper.calls if c[0] == "InsertTrackAtIndex"] == [("InsertTrackAtIndex", 1),
                                                                        ("InsertTrackAtIndex", 2)]
     assert ("SetOnlyTrackSelected", "track3") in reaper.calls
+    assert reaper.inserted_on == ["track3", "track1"]   # InsertMedia's own track: the last touched one
     assert reaper.calls[0] == ("Undo_BeginBlock",) and reaper.calls[-1][0] == "Undo_EndBlock"
     assert reaper.cursor == 7.5  # the edit cursor goes back where the producer left it
-    assert inbox.read_text() == ""
+    assert not inbox.exists() and not list(tmp_path.glob("reaper.jsonl.taking*"))   # the batch was taken over
 
 
 def test_reaper_script_puts_a_take_on_the_track_named_after_its_stem(tmp_path):

@@ -12,6 +12,7 @@ import json
 import os
 
 UNDO_ALL = -1
+SET_LAST_TOUCHED = 40914   # Track: Set first selected track as last touched track
 ADD_TO_CURRENT_TRACK = 0
 
 
@@ -77,6 +78,7 @@ def insert_take(rpr, take):
     else:
         track = (track_named(rpr, stem) if stem and not number else None) or take_track(rpr, number)
     rpr.SetOnlyTrackSelected(track)
+    rpr.Main_OnCommand(SET_LAST_TOUCHED, 0)   # InsertMedia adds to the last-touched track, not the selected one
     rpr.SetEditCurPos(bar_time(rpr, take["bar_index"]), False, False)
     rpr.InsertMedia(take["file"], ADD_TO_CURRENT_TRACK)
 
@@ -99,10 +101,24 @@ def read_inbox(path):
     return takes
 
 
+def take_batch(path):
+    """The queued takes, taken over by renaming the inbox (the bridge's next take starts a new one, so
+    nothing appended while this batch is inserted is lost)."""
+    batch = "%s.taking-%d" % (path, os.getpid())
+    try:
+        os.replace(path, batch)
+    except OSError:       # no inbox: nothing queued
+        return []
+    try:
+        return read_inbox(batch)
+    finally:
+        os.remove(batch)
+
+
 def run(rpr, path=None):
     """Insert every queued take; returns how many."""
     path = path or inbox_path()
-    takes = read_inbox(path)
+    takes = take_batch(path)
     if not takes:
         return 0
     cursor = first(rpr.GetCursorPosition())
@@ -120,7 +136,6 @@ def run(rpr, path=None):
         rpr.SetEditCurPos(cursor, False, False)
         rpr.Undo_EndBlock("stemd: insert %d take(s)" % len(takes), UNDO_ALL)
         rpr.UpdateArrange()
-    open(path, "w").close()
     return len(takes)
 
 
