@@ -10,6 +10,7 @@ state here, so it sends no Song Position Pointer.
 from __future__ import annotations
 
 import random
+import json
 import shutil
 import subprocess
 import sys
@@ -66,6 +67,32 @@ def test_start_clock_spp_continue_set_the_position():
     assert transport.last().playing and transport.last().quarters == 32
 
 
+def test_a_clock_joined_mid_song_reports_its_tempo_as_it_converges_and_no_position_until_told():
+    from stemd.bridge.transport import BeatPrinter
+
+    transport, lines = Transport(), []
+    pos = ClockPosition(transport)
+    printer = BeatPrinter(transport, lines.append, poll_s=0.001).start()
+    try:
+        period = 60.0 / (123.56 * 24)
+        for i in range(24 * 6):            # six quarters of clock, no Start: the song was already playing
+            pos.handle([CLOCK], i * period + (0.0007 if i % 3 == 0 else 0.0), now=100.0 + i * period)
+            if i % 8 == 0:
+                time.sleep(0.005)           # let the printer see the tempo as it goes
+        time.sleep(0.05)
+        unplaced = [json.loads(line) for line in lines]
+        assert unplaced and all(l["bar"] is None and l["beat"] is None for l in unplaced)
+        assert not transport.positioned.is_set() and abs(unplaced[-1]["bpm"] - 123.56) < 0.2
+        pos.handle([SONG_POSITION, 32, 0], 10.0, now=time.monotonic())     # 32 sixteenths: bar 3 of 4/4
+        pos.handle([CONTINUE], 10.01, now=time.monotonic())
+        pos.handle([CLOCK], 10.02, now=time.monotonic())
+        time.sleep(0.05)
+        placed = json.loads(lines[-1])
+        assert (placed["bar"], placed["beat"]) == (3, 1) and transport.positioned.is_set()
+    finally:
+        printer.stop()
+
+
 # --- real JACK ----------------------------------------------------------------------------------
 def bridge_following(jack, port):
     return jack.start([sys.executable, "-m", "stemd", "bridge", "--daemon", "none", "--follow", "midi-clock",
@@ -101,3 +128,31 @@ def test_jack_midi_clock_at_124_bpm_is_followed_at_124_and_to_the_right_bar_afte
     after = [(l["bar"], l["beat"]) for l in located if l["playing"]]
     assert after[:4] == [(9, 1), (9, 2), (9, 3), (9, 4)], located
     assert abs(located[-1]["bpm"] - 124.0) <= 0.1
+
+
+@needs_jack
+@pytest.mark.skipif(not shutil.which("jack_midi_clock"), reason="jack_midi_clock (Debian jack-midi-clock) is not installed")
+def test_a_bridge_started_while_jack_midi_clock_runs_says_the_tempo_and_waits_for_the_position(jack):
+    master = jack.start([sys.executable, "-c", TIMEBASE_MASTER, "97"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True)
+    assert master.stdout.readline().strip() == "ready", master.stderr.read()
+
+    def tell(command):
+        master.stdin.write(command + "\n")
+        master.stdin.flush()
+        assert master.stdout.readline().strip() == f"ok {command}"
+
+    jack.start(["jack_midi_clock", "-d", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    tell("play")                                   # the song plays before the bridge is there
+    time.sleep(1.0)
+    bridge = bridge_following(jack, "jack_midi_clock")
+    joined = json_lines(bridge, 4.0)
+    assert len(joined) >= 2 and all(l["bar"] is None for l in joined), joined      # more than one line
+    assert abs(joined[-1]["bpm"] - 97.0) <= 0.2, joined[-1]
+    tell("stop")
+    tell(f"locate {round(8 * 60 / 97 * 48000)}")   # bar 3 = 8 quarters in
+    tell("play")
+    placed = [l for l in json_lines(bridge, 3.0) if l["bar"] is not None]
+    tell("stop")
+    assert placed and placed[0]["bar"] == 3, placed

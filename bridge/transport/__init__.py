@@ -64,10 +64,11 @@ class TransportState:
     def seconds_until_quarters(self, quarters: Fraction) -> float:
         return float((quarters - self.quarters) * 60 / self.bpm)
 
-    def as_json(self) -> str:
+    def as_json(self, position_known: bool = True) -> str:
         bpm = round(float(self.bpm), 3)
-        return json.dumps({"bpm": bpm, "meter": str(self.meter), "bar": self.bar_index + 1,
-                           "beat": self.beat_index + 1, "playing": self.playing})
+        return json.dumps({"bpm": bpm, "meter": str(self.meter),
+                           "bar": self.bar_index + 1 if position_known else None,
+                           "beat": self.beat_index + 1 if position_known else None, "playing": self.playing})
 
 
 
@@ -134,7 +135,10 @@ class Transport:
 
 
 class BeatPrinter:
-    """Prints one JSON line per beat (and on every start/stop) while running: ``--print-transport``."""
+    """Prints one JSON line per beat (and on every start/stop, meter change and tempo change of 0.1 BPM)
+    while running: ``--print-transport``. Until the source has said where it is (a MIDI clock joined
+    mid-song, before Song Position, Start or Continue), the line has the tempo as it converges and
+    ``"bar": null, "beat": null``."""
 
     def __init__(self, transport: Transport, write: Callable[[str], None], poll_s: float = 0.002):
         self.transport, self.write, self.poll_s = transport, write, poll_s
@@ -155,10 +159,12 @@ class BeatPrinter:
             if not self.transport.known:
                 continue
             s = self.transport.now()
-            key = (s.bar_index, s.beat_index, s.playing, str(s.meter))
+            positioned = self.transport.positioned.is_set()
+            key = (s.bar_index if positioned else None, s.beat_index if positioned else None, s.playing,
+                   str(s.meter), round(float(s.bpm), 1))
             if key != last:
                 last = key
-                self.write(s.as_json())
+                self.write(s.as_json() if positioned else s.as_json(position_known=False))
 
 
 def make_follower(spec: str, transport: Transport, args=None):
