@@ -339,7 +339,8 @@ def test_bridge_follows_the_live_script_over_real_udp(live):
     follower = AbletonFollower(transport, daw_port=script.port, listen_port=0)
     try:
         deadline = time.monotonic() + 3
-        while time.monotonic() < deadline and not (transport.known and transport.last().quarters >= 35):
+        while time.monotonic() < deadline and not (transport.known and transport.last().quarters >= 35
+                                                   and str(transport.last().meter) == "7/8"):
             script.update_display()
             time.sleep(0.05)
         state = transport.now()

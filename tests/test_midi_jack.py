@@ -92,12 +92,13 @@ def _stop(proc):
             proc.wait()
 
 
-@pytest.fixture(scope="module")
-def jack(tmp_path_factory):
+def _jack_server(tmp_path_factory, taken=()):
     """A JACK server of our own. Names come from a small pool: jackd keeps at most 8 servers in its
     machine-wide registry and reclaims a dead server's slot only for a server of the same name."""
     mp = pytest.MonkeyPatch()
     for name in (f"stemd-midi-test-{i}" for i in range(4)):
+        if name in taken:
+            continue
         mp.setenv("JACK_DEFAULT_SERVER", name)
         if subprocess.run(["jack_wait", "-c"], capture_output=True, text=True).stdout.startswith("running"):
             continue  # another test run has this one
@@ -120,6 +121,17 @@ def jack(tmp_path_factory):
         mp.undo()
 
 
+@pytest.fixture(scope="module")
+def jack(tmp_path_factory):
+    yield from _jack_server(tmp_path_factory)
+
+
+@pytest.fixture
+def own_jack(jack, tmp_path_factory):
+    """A JACK server for one test alone: the clients the module's earlier tests killed are not in its graph."""
+    yield from _jack_server(tmp_path_factory, taken=(jack,))
+
+
 def port_names(kind):
     """The JACK MIDI ports another client could connect to (outputs for kind=input)."""
     probe = Port(kind, api_id("jack"), "x", client_name="lsp")
@@ -135,6 +147,20 @@ def procs():
     yield started
     for p in started:
         _stop(p)
+
+
+def wait_connected(port: str, timeout: float) -> None:
+    """Until JACK says ``port`` is connected to something (``jack_lsp -c``), or fail saying what it lists."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run(["jack_lsp", "-c"], capture_output=True, text=True, timeout=10).stdout
+        lines = out.splitlines()
+        for i, line in enumerate(lines):
+            if line.strip() == port and i + 1 < len(lines) and lines[i + 1].startswith((" ", "\t")):
+                return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{port} never got connected; jack_lsp -c:\n{out}")
+        time.sleep(0.1)
 
 
 def sender(procs, client):
@@ -502,7 +528,7 @@ def test_stemd_serve_map_learn_over_the_daemons_own_osc_port(jack, procs, tmp_pa
 
 
 
-def test_bridge_command_port_starts_learn_and_answers_what_was_bound(jack, procs, peer, tmp_path):
+def test_bridge_command_port_starts_learn_and_answers_what_was_bound(own_jack, procs, peer, tmp_path):
     client = f"blc{uuid.uuid4().hex[:6]}"
     p = sender(procs, client)
     (tmp_path / "map.toml").write_text(MAP)
@@ -528,6 +554,7 @@ def test_bridge_command_port_starts_learn_and_answers_what_was_bound(jack, procs
                 except socket.timeout:
                     continue
             assert (learning.address, learning.args) == ("/stemd/midi/learning", ("accept",))
+            wait_connected(f"{client}:out", 15)   # the bridge's controller input is connected to the knob
             for _ in range(15):     # the knob moved again each second until learned: the controller's
                 send(p, cc(21, 127))  # JACK connection may come a moment after the session answers
                 try:

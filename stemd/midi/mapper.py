@@ -135,8 +135,10 @@ class Mapper:
 
     def _learn_now(self, control: Control) -> None:
         action, arg = self._learning  # type: ignore[misc]
-        self._learning = None
-        self.map = learn_into_file(self.map.path, control, action, arg)
+        try:   # learning ends once the binding is in the file (a reader then finds it there)
+            self.map = learn_into_file(self.map.path, control, action, arg)
+        finally:
+            self._learning = None
         bound = next(b for b in self.map.bindings if b.control == control)
         log.warning("midi: learned %s -> %s (%s:%d)", control.describe(), bound.describe(), self.map.path,
                     bound.line)
