@@ -102,19 +102,26 @@ def bridge_following(jack, port):
 
 @needs_jack
 @pytest.mark.skipif(not shutil.which("jack_midi_clock"), reason="jack_midi_clock (Debian jack-midi-clock) is not installed")
-def test_jack_midi_clock_at_124_bpm_is_followed_at_124_and_to_the_right_bar_after_a_locate(jack):
-    master = jack.start([sys.executable, "-c", TIMEBASE_MASTER, "124"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                        stderr=subprocess.PIPE, text=True)
+def timebase_master(jack, bpm: int):
+    """A JACK timebase master at ``bpm`` and jack_midi_clock reading it; returns ``tell(command)`` (play,
+    stop, locate FRAME), which waits for the master's answer."""
+    master = jack.start([sys.executable, "-c", TIMEBASE_MASTER, str(bpm)], stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert master.stdout.readline().strip() == "ready", master.stderr.read()
     jack.start(["jack_midi_clock", "-d", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    bridge = bridge_following(jack, "jack_midi_clock")
-    time.sleep(1.5)
 
     def tell(command):
         master.stdin.write(command + "\n")
         master.stdin.flush()
         assert master.stdout.readline().strip() == f"ok {command}"
 
+    return tell
+
+
+def test_jack_midi_clock_at_124_bpm_is_followed_at_124_and_to_the_right_bar_after_a_locate(jack):
+    tell = timebase_master(jack, 124)
+    bridge = bridge_following(jack, "jack_midi_clock")
+    time.sleep(1.5)
     tell("play")
     rolling = json_lines(bridge, 6.0)
     playing = [l for l in rolling if l["playing"]]
@@ -133,16 +140,7 @@ def test_jack_midi_clock_at_124_bpm_is_followed_at_124_and_to_the_right_bar_afte
 @needs_jack
 @pytest.mark.skipif(not shutil.which("jack_midi_clock"), reason="jack_midi_clock (Debian jack-midi-clock) is not installed")
 def test_a_bridge_started_while_jack_midi_clock_runs_says_the_tempo_and_waits_for_the_position(jack):
-    master = jack.start([sys.executable, "-c", TIMEBASE_MASTER, "97"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                        stderr=subprocess.PIPE, text=True)
-    assert master.stdout.readline().strip() == "ready", master.stderr.read()
-
-    def tell(command):
-        master.stdin.write(command + "\n")
-        master.stdin.flush()
-        assert master.stdout.readline().strip() == f"ok {command}"
-
-    jack.start(["jack_midi_clock", "-d", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tell = timebase_master(jack, 97)
     time.sleep(0.5)
     tell("play")                                   # the song plays before the bridge is there
     time.sleep(1.0)
