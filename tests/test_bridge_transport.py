@@ -156,3 +156,14 @@ def test_bitwig_follower_reads_drivenbymoss_feedback_and_asks_for_a_refresh():
     finally:
         follower.stop()
         fake_bitwig.close()
+
+
+def test_a_late_report_does_not_step_the_position_back_but_a_locate_does():
+    clock = [0.0]
+    transport = Transport(120, clock=lambda: clock[0])
+    transport.update(quarters=8, playing=True, at=0.0)
+    clock[0] = 1.0                                     # two quarters later: 10 by the clock
+    transport.update(quarters=Fraction(39, 4), at=1.0, tolerance=Fraction(1, 8), late=Fraction(1, 2))
+    assert transport.now().quarters == 10              # a quarter of a beat late: latency, ignored
+    transport.update(quarters=4, at=1.0, tolerance=Fraction(1, 8), late=Fraction(1, 2))
+    assert transport.now().quarters == 4               # six quarters back: a locate

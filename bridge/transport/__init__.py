@@ -85,12 +85,13 @@ class Transport:
         self.positioned = threading.Event()  # set once the source has told us where it is
 
     def update(self, *, bpm=None, meter=None, quarters=None, playing=None, at: Optional[float] = None,
-               tolerance=0) -> None:
+               tolerance=0, late=0) -> None:
         """Set what the source reports; leave the rest extrapolated from the last state.
 
         ``tolerance`` (quarters): while playing, a reported position this close to the extrapolated one
         is ignored, so a source that reports late and unevenly (a DAW's OSC every 100 ms) never moves
-        the position backwards by a hair."""
+        the position backwards by a hair; ``late`` (quarters): a report behind the extrapolated position by
+        less than this is taken as late, not as a locate, and ignored too."""
         with self._lock:
             now = self._clock() if at is None else at
             cur = self._extrapolate(self._state, now)
@@ -101,7 +102,8 @@ class Transport:
                 changes["meter"] = Meter.parse(meter)
             if quarters is not None:
                 q = exact(quarters, "position")
-                if not (cur.playing and playing is not False and abs(q - cur.quarters) < tolerance):
+                rolling = cur.playing and playing is not False
+                if not (rolling and (abs(q - cur.quarters) < tolerance or 0 <= cur.quarters - q < late)):
                     changes["quarters"] = q
             if playing is not None:
                 changes["playing"] = bool(playing)

@@ -32,6 +32,7 @@ ARDOUR_FEEDBACK = 16 | 32 | 1024  # master section (transport state), bar and be
 ARDOUR_TICKS_PER_BEAT = 1920
 REREGISTER_S = 5.0
 JITTER_QUARTERS = Fraction(1, 8)  # DAW position reports closer than this to our clock are ignored
+LATE_QUARTERS = Fraction(1, 2)    # Ardour: a report behind our clock by less than this is late, not a locate
 
 
 def _truthy(args: tuple) -> Optional[bool]:
@@ -195,7 +196,10 @@ class ArdourFollower(OscFollower):
                 self.beats_per_bar = bbt[1]
                 self.transport.update(meter=Meter(self.beats_per_bar, 4), at=now)
             self.bbt = bbt
-            self.transport.update(quarters=self._quarters(bbt), at=now, tolerance=JITTER_QUARTERS)
+            # Ardour's reports arrive late and unevenly: one that lags the extrapolation by less than a
+            # beat is latency (a locate moves further), so the position never steps back a beat
+            self.transport.update(quarters=self._quarters(bbt), at=now, tolerance=JITTER_QUARTERS,
+                                  late=LATE_QUARTERS)
         elif address == "/position/samples" and args:
             # Ardour sends /position/bbt, then /position/samples of the same instant: fit the pair
             self.samples = int(float(args[0]))
