@@ -60,6 +60,8 @@ def test_a_tiny_musicgen_streams_bar_exact_chunks_and_cancels_between_steps(star
 def test_a_preempted_musicgen_render_resumes_seamlessly(start_daemon, tiny_model):
     daemon = start_daemon("--device", "cpu", model=str(tiny_model))
     offline, live = TcpClient(daemon.port), TcpClient(daemon.port)
+    live.send("/stemd/ping")        # a connection that says nothing for 5 s is closed: say hello now
+    assert live.recv().address == "/stemd/pong"
     args = ("bars", 4, "bpm", 120, "seed", 5, "priority", "offline", "prompt", "resume me")
     offline.send("/stemd/generate", "whole", *args)
     whole = [Chunk.from_args(m.args) for m in offline.until("/stemd/done", "whole", timeout=120)

@@ -121,15 +121,11 @@ def _jack_server(tmp_path_factory, taken=()):
         mp.undo()
 
 
-@pytest.fixture(scope="module")
-def jack(tmp_path_factory):
-    yield from _jack_server(tmp_path_factory)
-
-
 @pytest.fixture
-def own_jack(jack, tmp_path_factory):
-    """A JACK server for one test alone: the clients the module's earlier tests killed are not in its graph."""
-    yield from _jack_server(tmp_path_factory, taken=(jack,))
+def jack(tmp_path_factory):
+    """A JACK server for each test: clients an earlier test killed stall a shared server's graph (MIDI
+    events then never arrive), so no test inherits another's."""
+    yield from _jack_server(tmp_path_factory)
 
 
 def port_names(kind):
@@ -528,7 +524,7 @@ def test_stemd_serve_map_learn_over_the_daemons_own_osc_port(jack, procs, tmp_pa
 
 
 
-def test_bridge_command_port_starts_learn_and_answers_what_was_bound(own_jack, procs, peer, tmp_path):
+def test_bridge_command_port_starts_learn_and_answers_what_was_bound(jack, procs, peer, tmp_path):
     client = f"blc{uuid.uuid4().hex[:6]}"
     p = sender(procs, client)
     (tmp_path / "map.toml").write_text(MAP)
