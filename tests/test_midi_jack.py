@@ -269,10 +269,12 @@ def test_a_cc_sweep_moves_temperature_along_its_exp_curve(jack, procs, tmp_path)
     p, rec, s = controller(procs, tmp_path, "knob")
     try:
         checkpoints = [0, 32, 64, 96, 127]
-        for v in range(128):
+        for v in range(128):      # a sweep at a hand's pace (about 1 ms a step), not 133 events in one cycle
             send(p, cc(70, v))
+            time.sleep(0.001)
             if v in checkpoints:
                 send(p, note(36))  # generate now: the request carries the knob's value
+                time.sleep(0.02)
         calls = rec.wait_for(len(checkpoints))
         temps = [c[2]["temperature"] for c in calls]
         assert temps == [knob_value(v, 0.5, 1.5, "exp") for v in checkpoints]
