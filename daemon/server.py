@@ -412,14 +412,7 @@ class Server:
         """``addr`` is this daemon's own UDP address (its port on a local address)."""
         if addr[1] != self.port:
             return False
-        if addr[0] in self._own_hosts:
-            return True
-        try:
-            import ipaddress
-
-            return ipaddress.ip_address(addr[0]).is_loopback or addr[0] in _local_addresses()
-        except ValueError:
-            return False
+        return addr[0] in self._own_hosts or loopback(addr[0]) or addr[0] in _local_addresses()
 
     def _token_ok(self, token: Any) -> bool:
         expected = self.service.settings.token
