@@ -1,4 +1,4 @@
-"""``stemd serve``: keep one model warm and serve every DAW, bridge and controller over OSC (UDP + TCP)."""
+"""``stemd serve``: keep models warm and serve every DAW, bridge and controller over OSC (UDP + TCP)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,19 @@ MIN_TOKEN_CHARS = 16
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="facebook/musicgen-small",
-                   help="'click' (a metronome, no model), a hub id (facebook/musicgen-small, stabilityai/stable-audio-3-small-music, "
-                        "ACE-Step/...) or a local checkpoint folder (MusicGen, or a diffusers pipeline: Stable Audio 3, ACE-Step 1.5)")
+    p.add_argument("--model", action="append", default=[], metavar="[NAME=]SOURCE",
+                   help="a model to serve, repeatable: 'click' (a metronome, no model), a hub id (facebook/musicgen-small, "
+                        "stabilityai/stable-audio-3-small-music, ACE-Step/...) or a local checkpoint folder (MusicGen, or "
+                        "a diffusers pipeline: Stable Audio 3, ACE-Step 1.5); NAME= names it for requests' model key "
+                        "(default: the folder's or repo's name). The first is the default; it loads at start, the "
+                        "others on first use (default: facebook/musicgen-small)")
+    p.add_argument("--models", default=None, metavar="FILE",
+                   help="models from a TOML file: [models] NAME = \"SOURCE\" or NAME = { source, device, dtype, "
+                        "backend } (before any --model; see docs/models.md)")
+    p.add_argument("--memory-budget", type=float, default=None, metavar="GB",
+                   help="memory the models and their requests may use on each device, in GiB (default: what the "
+                        "device has free at start, less max(1 GiB, 10%%; 20%% on a CPU)); the least recently used "
+                        "model is evicted when another needs room")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; any other address requires --token)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT,
@@ -25,8 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "$STEMD_TOKEN; prefer it or --token-file: a --token is visible in the process list)")
     p.add_argument("--token-file", default=None, help="read the token from this file (its first line)")
     p.add_argument("--out", default="takes", help="folder for finished takes (default ./takes)")
-    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: by device)")
+    p.add_argument("--device", action="append", default=[],
+                   help="cuda, cuda:1, mps or cpu, repeatable: one worker per device, a model's requests go to the "
+                        "device that holds it (default: the best available)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: by device), for every model "
+                                                 "that does not name its own")
     p.add_argument("--backend", default=os.environ.get("STEMD_DECODE_BACKEND") or None, choices=DECODE_BACKENDS,
                    help="MusicGen decoding backend (default: $STEMD_DECODE_BACKEND, else eager); auto picks "
                         "cuda-graph on CUDA and the faster of onnx and eager measured on a CPU")
@@ -69,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from stemd.cli import CommandError
     from stemd.daemon.server import Server, loopback
     from stemd.daemon.service import Service, Settings
+    from stemd.models.memory import gib
 
     if args.token_file:
         try:
@@ -95,10 +109,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.learn or args.controller or args.controller_out:
         raise CommandError("--learn, --controller and --controller-out need --map FILE")
 
-    from stemd.models.registry import load_engine
-
-    engine = load_engine(args.model, device=args.device, dtype=args.dtype,
-                         backend=args.backend)  # ModelNotFound: one line, exit 2
+    pool = model_pool(args)  # ModelNotFound, a bad models file: one line, exit 2
     out = Path(args.out).expanduser().resolve()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -119,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
                         input_root=Path(args.input_root).resolve() if args.input_root else None, pace=args.pace,
                         max_clients=args.max_clients, stall_seconds=args.stall_seconds,
                         max_total_buffer=int(args.max_total_buffer_mb * 2 ** 20))
-    server = Server(Service(engine, settings))
+    pool.preload()            # the default model is warm before the first request
+    server = Server(Service(pool, settings))
 
     async def main() -> None:
         try:
@@ -129,16 +141,19 @@ def run(args: argparse.Namespace) -> int:
         session = open_controller(server, midimap, args) if midimap is not None else None  # PortMissing: exit 2
         port = session.input if session else None
         controller = f"; MIDI controller {port.connected_to or f'{port.client_name}:{port.virtual}'}" if port else ""
-        info = engine.info()
-        card = info.get("license") or {}
-        if card and not card.get("commercial"):
-            log.warning("model %s: its weights are licensed %s, which does not allow commercial use: takes made "
-                        "with it may not be released or sold (%s)", info.get("model", engine.name), card["name"],
-                        card.get("link", ""))
+        for slot in pool.slots.values():
+            card = slot.license
+            if card and not card.get("commercial"):
+                log.warning("model %s: its weights are licensed %s, which does not allow commercial use: takes made "
+                            "with it may not be released or sold (%s)", slot.name, card["name"], card.get("link", ""))
+        models = ", ".join(f"{s.name} ({s.family}{', loaded' if s.loaded else ''})" for s in pool.slots.values())
+        budgets = ", ".join(f"{d} {gib(b)}" for d, b in pool.budgets.items())
+        info = server.service.info
         where = f"[{args.host}]" if ":" in args.host else args.host
         log.info("listening on osc.udp://%s:%d and osc.tcp://%s:%d; model %s (%s) on %s; takes in %s%s%s",
-                 where, server.port, where, server.port, info.get("model", engine.name), info.get("family", "?"),
+                 where, server.port, where, server.port, info.get("model", pool.default.name), info.get("family", "?"),
                  info.get("device", "cpu"), out, "; token required" if args.token else "", controller)
+        log.info("models: %s (the first is the default); memory budget per device: %s", models, budgets)
         try:
             await server.run_until_signal()
         finally:
@@ -147,6 +162,35 @@ def run(args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def model_entries(args: argparse.Namespace) -> list:
+    """The models to serve, in order: the models file's, then each --model (default: musicgen-small);
+    the command line's --dtype and --backend fill what an entry leaves unsaid."""
+    import dataclasses
+
+    from stemd.models.pool import parse_model_arg, read_models_file
+
+    entries = read_models_file(Path(args.models)) if args.models else []
+    entries += [parse_model_arg(m) for m in args.model]
+    if not entries:
+        entries = [parse_model_arg("facebook/musicgen-small")]
+    return [dataclasses.replace(e, dtype=e.dtype or args.dtype, backend=e.backend or args.backend) for e in entries]
+
+
+def model_pool(args: argparse.Namespace):
+    """The pool of every model to serve, found on disk (not loaded), with each device's budget."""
+    from stemd.cli import CommandError
+    from stemd.models.pool import ModelPool, default_budget, device_type, resolve_devices
+
+    entries = model_entries(args)
+    devices = resolve_devices(args.device, [e.source for e in entries])
+    if args.memory_budget is not None and not args.memory_budget > 0:
+        raise CommandError("--memory-budget must be a number of GiB above 0")
+    cpus = sum(device_type(d) == "cpu" for d in devices)
+    budgets = {d: int(args.memory_budget * 2 ** 30) if args.memory_budget else
+               default_budget(d, cpus if device_type(d) == "cpu" else 1) for d in devices}
+    return ModelPool(entries, devices, budgets)
 
 
 def open_controller(server, midimap, args: argparse.Namespace):

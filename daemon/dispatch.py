@@ -20,8 +20,8 @@ from stemd.daemon.service import Service
 from stemd.errors import StemdError
 from stemd.midi.session import LEARN_ADDRESS, LEARNED_ADDRESS, LEARNING_ADDRESS
 from stemd.osc import Message
-from stemd.protocol import (ACCEPTED, CANCEL, ERROR, ERROR_CODES, GENERATE, HELLO, PING, PONG, QUEUED,
-                            MAX_CONTINUATION_BYTES, STATUS, STATUS_REPLY, VERSION, GenerateRequest, ProtocolError, check_request_id,
+from stemd.protocol import (ACCEPTED, CANCEL, ERROR, ERROR_CODES, GENERATE, HELLO, MODELS, MODELS_REPLY, PING, PONG,
+                            QUEUED, MAX_CONTINUATION_BYTES, STATUS, STATUS_REPLY, VERSION, GenerateRequest, ProtocolError, check_request_id,
                             random_seed)
 from stemd.takes import PathEscape, inside
 
@@ -33,7 +33,7 @@ MAX_CONTINUATION_FILE = 4 * MAX_CONTINUATION_BYTES
 def ping(service: Service, client: Any, args: tuple) -> None:
     info = service.info
     card = info.get("license") or {}
-    client.send(PONG, VERSION, str(info.get("model", service.engine.name)), str(info.get("device", "cpu")),
+    client.send(PONG, VERSION, str(info.get("model", service.pool.default.name)), str(info.get("device", "cpu")),
                 str(info.get("family", "")), str(card.get("name", "")), int(bool(card.get("commercial"))))
 
 
@@ -58,16 +58,18 @@ def generate(service: Service, client: Any, args: tuple) -> None:
         raise ProtocolError("too_large", f"one bar would be {bar * request.channels * 4 / 2 ** 20:.0f} MiB, over "
                             f"the {MAX_CONTINUATION_BYTES // 2 ** 20} MiB a /stemd/chunk may carry (a lower rate "
                             "or a shorter meter)", rid)
+    # the model, and whether the request fits its device's memory with it (too_large before any work)
+    slot = service.pool.check(request.model, float(request.seconds), request.variations, rid)
     if request.seed is None:  # fixed now, so a preempted take resumes with the same bars (and the sidecar says it)
         request = dataclasses.replace(request, seed=random_seed())
     if request.continuation_path:
         check_continuation_path(request, service.continuation_root(client))
-    spec = spec_from_request(dataclasses.replace(request, continuation_path=""), service.engine)
-    job = Job(request, client, spec)
+    spec = spec_from_request(dataclasses.replace(request, continuation_path=""), slot.engine)
+    job = Job(request, client, spec, model=slot.name)
 
     def accepted() -> None:
         client.send(ACCEPTED, rid)
-        ahead = service.scheduler.position(job) + (service.scheduler.running is not None)
+        ahead = service.scheduler.position(job) + len(service.scheduler.running_jobs())
         if ahead > 0:
             client.send(QUEUED, rid, ahead)
 
@@ -117,13 +119,26 @@ def status(service: Service, client: Any, args: tuple) -> None:
         running = service.scheduler.running
         state = "stopping" if service.stopping else ("busy" if running else "idle")
         client.send(STATUS_REPLY, "*", state, service.scheduler.queued_count(), running.id if running else "",
-                    len(service.clients), str(service.info.get("model", service.engine.name)))
+                    len(service.clients), str(service.info.get("model", service.pool.default.name)))
         return
     rid = check_request_id(args[0])
     job = service.lookup(client, rid)
     if job is None:
         raise ProtocolError("unknown_request", f"no request {rid!r} from this client", rid)
     client.send(STATUS_REPLY, rid, job.state, job.bars_done, job.request.bars, service.scheduler.position(job))
+
+
+def models(service: Service, client: Any, args: tuple) -> None:
+    """``/stemd/models`` -> ``/stemd/models/reply <count>`` then, per model: name family loaded device dtype
+    bytes licence commercial (the first model is the default)."""
+    if args:
+        raise ProtocolError("bad_arguments", "/stemd/models takes no arguments")
+    out: list = []
+    described = service.pool.describe()
+    for m in described:
+        out += [m["name"], m["family"], int(m["loaded"]), m["device"], m["dtype"], int(m["bytes"]), m["license"],
+                int(m["commercial"])]
+    client.send(MODELS_REPLY, len(described), *out)
 
 
 def midi_learn(service: Service, client: Any, args: tuple) -> None:
@@ -147,6 +162,7 @@ TABLE: dict[str, Handler] = {
     GENERATE: generate,
     CANCEL: cancel,
     STATUS: status,
+    MODELS: models,
     LEARN_ADDRESS: midi_learn,
 }
 

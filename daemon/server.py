@@ -304,7 +304,7 @@ class Server:
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.udp: Optional[asyncio.DatagramTransport] = None
         self.tcp: Optional[asyncio.base_events.Server] = None
-        self.worker: Optional[Worker] = None
+        self.workers: list[Worker] = []
         self.port = 0
         self.errors = ErrorLimiter()
         self.guesses = ErrorLimiter(rate=GUESS_RATE, burst=GUESS_BURST)   # wrong tokens per host
@@ -444,8 +444,9 @@ class Server:
         self._own_hosts = {host, "0.0.0.0", "::"}
         self.service.call_on_loop = self.call_on_loop
         self.loop.call_later(SWEEP_SECONDS, self._sweep)
-        self.worker = Worker(self.service)
-        self.worker.start()
+        self.workers = [Worker(self.service, device) for device in self.service.pool.devices]
+        for worker in self.workers:
+            worker.start()
 
     async def run_until_signal(self) -> None:
         stop = asyncio.Event()
@@ -474,9 +475,8 @@ class Server:
         service.scheduler.close()             # no new work: generate answers shutting_down
         if service.settings.on_shutdown != "finish":
             self.service.cancel_all()
-        if self.worker is not None:
-            while self.worker.is_alive():
-                await asyncio.sleep(0.05)
+        while any(worker.is_alive() for worker in self.workers):
+            await asyncio.sleep(0.05)
         await asyncio.sleep(0)  # let the worker's last replies reach the queues
         for client in list(service.clients):
             client.send(BYE, "the daemon is stopping")

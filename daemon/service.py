@@ -1,4 +1,4 @@
-"""What the daemon knows: its engine, its scheduler, its settings and the requests it has seen.
+"""What the daemon knows: its models, its scheduler, its settings and the requests it has seen.
 
 The server (transports) and the dispatch table (meaning) both talk to one :class:`Service`. Requests
 are named by ``(client scope, request id)``: a TCP connection is one scope; UDP senders on one host
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from stemd.daemon.scheduler import Job, Scheduler
-from stemd.models.base import Engine
+from stemd.models.pool import ModelPool
 from stemd.protocol import CANCELLED, DONE, ERROR, TAKE
 from stemd.takes import TakeClaims
 
@@ -54,9 +54,9 @@ class GoneClient:
 
 
 class Service:
-    def __init__(self, engine: Engine, settings: Settings):
-        self.engine, self.settings = engine, settings
-        self.scheduler = Scheduler(settings.queue_size)
+    def __init__(self, pool: ModelPool, settings: Settings):
+        self.pool, self.settings = pool, settings
+        self.scheduler = Scheduler(settings.queue_size, devices=tuple(pool.devices), allows=self._allows)
         self.claims = TakeClaims(settings.out)      # take numbers, claimed atomically in --out
         self.active: dict[tuple, Job] = {}
         self.recent: OrderedDict[tuple, Job] = OrderedDict()
@@ -67,9 +67,17 @@ class Service:
         #: run a function on the event loop's thread (the server sets it; registry changes happen there)
         self.call_on_loop: Callable[..., None] = lambda fn, *args: fn(*args)
 
+    def _allows(self, device: str, job: Job, claim: bool) -> bool:
+        return self.pool.claim(device, job.model) if claim else self.pool.allows(device, job.model)
+
     @property
     def info(self) -> dict:
-        return self.engine.info()
+        """The default (first) model's engine info, or what is known of it before it loads."""
+        slot = self.pool.default
+        if slot.engine is not None:
+            return slot.engine.info()
+        return {"model": slot.entry.source, "family": slot.family, "device": slot.device or "",
+                "license": slot.license}
 
     def continuation_root(self, client: Any) -> Optional[Path]:
         """Where ``client``'s continuation_path files may be: ``--input-root`` (None: nowhere), or the
@@ -154,7 +162,7 @@ def log_request(job: Job, outcome: str) -> None:
     r = job.request
     end = job.finished_at or time.monotonic()
     first = f"{(job.first_bar_at - job.received) * 1000:.0f} ms" if job.first_bar_at else "-"
-    what = (f"{r.bars} bars {r.bpm} BPM {r.meter} at bar {r.start_bar + 1}, {r.variations} var, "
+    what = (f"model {job.model or '-'}, {r.bars} bars {r.bpm} BPM {r.meter} at bar {r.start_bar + 1}, {r.variations} var, "
             f"{r.sample_rate} Hz {r.channels} ch, {r.priority}, seed {r.seed}, prompt {r.prompt[:60]!r}")
     extra = f", preempted {job.preemptions}x" if job.preemptions else ""
     error = f" ({job.error})" if job.error else ""

@@ -16,9 +16,8 @@ from stemd.takes import TakeClaims, partial_name, publish, take_name, take_prefi
 from stemd.timing import Grid
 
 
-def spec_from_request(request: GenerateRequest, engine: Engine,
-                      continuation_root: Optional[Path] = None) -> GenerationSpec:
-    """Check the request against the engine's limits and build its spec."""
+def check_limits(request: GenerateRequest, engine: Engine) -> None:
+    """The engine's own limits: the longest take, the most variations."""
     if float(request.seconds) > engine.max_seconds:
         raise ProtocolError("out_of_range", f"{request.bars} bars at {request.bpm} BPM is "
                             f"{float(request.seconds):.0f} s; {engine.name} takes at most {engine.max_seconds:.0f} s",
@@ -26,6 +25,14 @@ def spec_from_request(request: GenerateRequest, engine: Engine,
     if request.variations > engine.max_variations:
         raise ProtocolError("out_of_range", f"{engine.name} makes at most {engine.max_variations} variations",
                             request.request_id)
+
+
+def spec_from_request(request: GenerateRequest, engine: Optional[Engine],
+                      continuation_root: Optional[Path] = None) -> GenerationSpec:
+    """Check the request against the engine's limits (``engine`` None: a model not loaded yet, whose
+    worker checks them) and build its spec."""
+    if engine is not None:
+        check_limits(request, engine)
     continuation = None
     samples = request.continuation_audio()
     if samples is not None:
@@ -62,9 +69,12 @@ def _load_continuation(request: GenerateRequest, root: Optional[Path]) -> Audio:
     return Audio(np.ascontiguousarray(data.T), rate)
 
 
-def sidecar_for(request: GenerateRequest, engine: Engine, variation: int) -> dict:
+def sidecar_for(request: GenerateRequest, engine: Engine, variation: int, model_name: str = "") -> dict:
+    """A take's sidecar: the music (tempo, meter, seed...), and which model made it, with its family,
+    weights hash and licence. ``model_name``: the daemon's name for the model (``--model NAME=...``)."""
     info = engine.info()
-    meta = {"model": info.get("model", engine.name), "engine": info, **request.sidecar(variation)}
+    meta = {"model": info.get("model", engine.name), "model_name": model_name or info.get("model", engine.name),
+            "family": info.get("family", ""), "engine": info, **request.sidecar(variation)}
     meta["license"] = info.get("license") or {}
     meta["commercial_use"] = bool(meta["license"].get("commercial"))
     if info.get("weights_sha256"):
@@ -83,8 +93,8 @@ class TakeStream:
     wrote. A preempted request keeps its stream and goes on where it stopped."""
 
     def __init__(self, claims: TakeClaims, request: GenerateRequest, engine: Engine, variations: int,
-                 channels: int):
-        self.request, self.engine, self.claims = request, engine, claims
+                 channels: int, model_name: str = ""):
+        self.request, self.engine, self.claims, self.model_name = request, engine, claims, model_name
         self.channels, self.frames = channels, 0
         folder = claims.folder
         prompt = request.prompt or engine.name
@@ -123,7 +133,7 @@ class TakeStream:
             f.flush()
             os.fsync(f.fileno())
             f.close()
-            meta = {**sidecar_for(self.request, self.engine, v), "file": path.name,
+            meta = {**sidecar_for(self.request, self.engine, v, self.model_name), "file": path.name,
                     "sample_rate": self.request.sample_rate, "channels": self.channels, "frames": self.frames,
                     "format": "float32"}
             partial = partial_name(path.with_suffix(".json"))

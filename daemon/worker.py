@@ -1,10 +1,14 @@
-"""The one thread that owns the engine and the device.
+"""One thread per device: it owns that device's models and runs one job at a time on it.
 
-It takes jobs from the scheduler and runs each through ``models.pipeline.bar_chunks`` with a
+It takes the jobs the scheduler lets it run, gets the job's model from the pool (loaded if need be,
+evicting the least recently used ones to make room) and runs each through ``models.pipeline.bar_chunks`` with a
 ``should_stop`` that reads the job's cancel and preempt flags, so a cancel or a waiting live request
 is noticed between decoding steps. Each bar leaves the moment it exists (``client.send`` never
 blocks: a client too slow to keep up is dropped by the server, not waited for). When the last bar is
 in, the take is written to disk first, then ``/stemd/take`` and ``/stemd/done`` go out.
+
+Out of memory: a job whose allocation fails anyway ends with ``engine_error`` naming it; the engine's
+caches are reset and the device's cached memory released, so the next request allocates afresh.
 
 Preemption: a preempted offline job keeps the bars it already delivered and goes back to the head of
 its client's queue. When it runs again, the engine starts the take over with the same seed and the
@@ -23,11 +27,12 @@ from typing import Iterator
 
 import numpy as np
 
-from stemd.daemon.takeio import TakeStream, spec_from_request
+from stemd.daemon.takeio import TakeStream, check_limits, spec_from_request
 from stemd.daemon.scheduler import Job
 from stemd.daemon.service import Service
 from stemd.errors import StemdError
-from stemd.models.base import AudioStream, Cancelled, Engine, GenerationSpec, never_stop, no_progress
+from stemd.models.base import AudioStream, Cancelled, Engine, GenerationSpec, is_out_of_memory, never_stop, no_progress
+from stemd.models.memory import gib
 from stemd.models.pipeline import bar_chunks
 from stemd.protocol import CHUNK, PROGRESS, Chunk
 
@@ -37,17 +42,20 @@ PROGRESS_INTERVAL = 0.25  # seconds between progress messages from inside a bar
 
 
 class Worker(threading.Thread):
-    def __init__(self, service: Service):
-        super().__init__(name="stemd-worker", daemon=True)
-        self.service = service
-        self.engine: Engine = service.engine
-        if service.settings.pace > 0:
-            self.engine = PacedEngine(self.engine, service.settings.pace)
+    def __init__(self, service: Service, device: str):
+        super().__init__(name=f"stemd-worker-{device}", daemon=True)
+        self.service, self.device = service, device
+
+    def engine_for(self, job: Job) -> Engine:
+        """The job's model on this device (loaded and room made if need be); paced under --pace."""
+        request = job.request
+        engine = self.service.pool.acquire(job.model, self.device, float(request.seconds), request.variations)
+        return PacedEngine(engine, self.service.settings.pace) if self.service.settings.pace > 0 else engine
 
     def run(self) -> None:
         scheduler = self.service.scheduler
         while True:
-            job = scheduler.next_job()
+            job = scheduler.next_job(device=self.device)
             if job is None:
                 return
             try:
@@ -62,18 +70,20 @@ class Worker(threading.Thread):
             return self._stopped(job)
         client, request = job.client, job.request
         try:
+            engine = self.engine_for(job)
+            check_limits(request, engine)
             spec = job.spec
             if request.continuation_path:
-                spec = spec_from_request(request, self.service.engine, self.service.continuation_root(client))
+                spec = spec_from_request(request, engine, self.service.continuation_root(client))
             progress = _Progress(job)
-            chunks = bar_chunks(self.engine, spec, should_stop=job.should_stop, on_progress=progress)
+            chunks = bar_chunks(engine, spec, should_stop=job.should_stop, on_progress=progress)
             try:
                 for chunk in chunks:
                     if chunk.index < job.bars_done:
                         continue  # delivered before this job was preempted
                     if job.takes is None:
-                        job.takes = TakeStream(self.service.claims, request, self.service.engine,
-                                               chunk.variations, chunk.channels)
+                        job.takes = TakeStream(self.service.claims, request, engine, chunk.variations,
+                                               chunk.channels, model_name=job.model)
                     job.takes.write(chunk.audio)
                     job.bars_done = chunk.index + 1
                     job.first_bar_at = job.first_bar_at or time.monotonic()
@@ -96,9 +106,28 @@ class Worker(threading.Thread):
         except OSError as e:
             return self.service.failed(job, "io_error", f"{type(e).__name__}: {e}")
         except Exception as e:
+            if is_out_of_memory(e):
+                return self._out_of_memory(job, e)
             log.exception("engine failed on %s", job.id)
             return self.service.failed(job, "internal", f"{type(e).__name__}: {e}"[:300])
         self.service.done(job, paths)
+
+    def _out_of_memory(self, job: Job, error: BaseException) -> None:
+        pool, request = self.service.pool, job.request
+        slot = pool.slot(job.model)
+        estimate = slot.footprint.request(float(request.seconds), request.variations)
+        log.warning("request %s from %s: out of memory on %s with model %s (%s); resetting its caches",
+                    job.id, job.client.name, self.device, slot.name, str(error).splitlines()[0][:200] if str(error)
+                    else type(error).__name__)
+        try:
+            pool.recover(job.model, self.device)
+        except Exception:
+            log.exception("resetting model %s after out-of-memory failed", slot.name)
+        self.service.failed(job, "engine_error", f"out of memory on {self.device} making {request.variations} "
+                            f"variation{'s' if request.variations != 1 else ''} of {request.bars} bars with model "
+                            f"{slot.name} (estimated {gib(estimate)} beside its weights; the budget there is "
+                            f"{gib(pool.budgets[self.device])}): the model's caches were reset; fewer variations "
+                            "or bars will fit")
 
     def _write(self, job: Job) -> list[Path]:
         takes, job.takes = job.takes, None

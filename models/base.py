@@ -120,3 +120,31 @@ class Engine(ABC):
     def info(self) -> dict:
         """What a ``/stemd/pong`` or ``stemd doctor`` says about this engine."""
         return {"model": self.name, "device": "cpu", "dtype": "float32"}
+
+    def modules(self) -> list:
+        """The torch modules this engine holds on its device (none: the click engine)."""
+        return []
+
+    def device_bytes(self) -> int:
+        """Bytes this engine's tensors hold on its device now: weights, buffers and kept caches."""
+        seen, total = set(), 0
+        for module in self.modules():
+            for tensor in [*module.parameters(), *module.buffers()]:
+                if id(tensor) not in seen:
+                    seen.add(id(tensor))
+                    total += tensor.numel() * tensor.element_size()
+        return total
+
+    def reset(self) -> None:
+        """Drop what the engine keeps between requests (caches sized for the last one): after an
+        out-of-memory error, the next request allocates afresh."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """torch's ``OutOfMemoryError`` (CUDA, and what MPS raises), a ``MemoryError``, or an allocator's
+    ``RuntimeError`` saying so (a CPU allocation that failed)."""
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "failed to allocate" in text
+                                                or "can't allocate memory" in text)

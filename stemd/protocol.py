@@ -30,6 +30,7 @@ GENERATE, CANCEL, STATUS = "/stemd/generate", "/stemd/cancel", "/stemd/status"
 ACCEPTED, QUEUED, PROGRESS = "/stemd/accepted", "/stemd/queued", "/stemd/progress"
 CHUNK, TAKE, DONE, ERROR = "/stemd/chunk", "/stemd/take", "/stemd/done", "/stemd/error"
 STATUS_REPLY = "/stemd/status/reply"
+MODELS, MODELS_REPLY = "/stemd/models", "/stemd/models/reply"
 CANCELLED = "/stemd/cancelled"
 BYE = "/stemd/bye"  # the daemon is shutting down
 
@@ -50,6 +51,7 @@ ERROR_CODES = {
     "tcp_only": "this needs a TCP connection",
     "unsupported_key": "a generate key this model does not have (strength on MusicGen, top_k on a diffusion model)",
     "model_not_found": "the model is not available on the daemon's machine",
+    "unknown_model": "a model name this daemon does not serve",
     "engine_error": "the engine failed on this request",
     "io_error": "the daemon could not write the take (disk full, permissions)",
     "cancelled": "the request was cancelled",
@@ -81,6 +83,8 @@ PRIORITIES = ("live", "offline")
 MAX_CONTINUATION_BYTES = 64 * 1024 * 1024
 _ID = re.compile(r"[A-Za-z0-9_.:\-]+", re.ASCII)                 # (always fullmatch: no trailing newline)
 _STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _\-]{0,31}", re.ASCII)
+#: a model's name in a daemon (``--model NAME=SOURCE``; the ``model`` generate key)
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}", re.ASCII)
 _REPAINT = re.compile(r"\d{1,4}-\d{1,4}", re.ASCII)
 #: keys that only some model families have (models refuse the ones they lack with ``unsupported_key``)
 MODEL_KEYS = ("steps", "strength", "track", "extract", "repaint")
@@ -208,6 +212,7 @@ class GenerateRequest:
     extract: str = ""                          # ACE-Step: this stem of the given audio
     repaint: str = ""                          # ACE-Step: "FIRST-LAST" bars of the given take made again
     priority: str = "live"
+    model: str = ""                            # which of the daemon's models ("": its first)
     key: str = ""
     stem: str = ""                             # a label: names the take's files and its DAW track
     loop: bool = False
@@ -344,6 +349,8 @@ def _matching(pattern: re.Pattern, code: str, what: str):
 #: a stem or part name
 _label = _matching(_STEM, "out_of_range", "1-32 letters, digits, spaces, _ or - starting with a letter or digit "
                    "(drums, bass, keys 2)")
+_model = _matching(MODEL_NAME, "out_of_range", "a model name: 1-64 letters, digits, _ . - starting with a letter or "
+                   "digit")
 _repaint = _matching(_REPAINT, "bad_arguments", "'FIRST-LAST' bars of the take, like \"2-3\"")
 
 
@@ -404,6 +411,7 @@ GENERATE_KEYS = {
     "extract": _label,
     "repaint": _repaint,
     "priority": _priority,
+    "model": _model,
     "key": _str,
     "stem": _label,
     "loop": _bool,

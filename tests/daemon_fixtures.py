@@ -27,12 +27,14 @@ STEMD = [sys.executable, "-m", "stemd"]
 
 
 class Daemon:
-    def __init__(self, tmp: Path, *args: str, model: str = "click", env: Optional[dict] = None):
+    def __init__(self, tmp: Path, *args: str, model: str = "click", env: Optional[dict] = None,
+                 command: Optional[list] = None):
+        """``command``: what runs ``stemd`` (default ``python -m stemd``; a test may wrap it)."""
         self.out = tmp / "takes"
         self.log_path = tmp / f"daemon-{time.monotonic_ns()}.log"
         self.args = ["serve", "--model", model, "--port", "0", "--out", str(self.out), *args]
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(STEMD + self.args, stdout=self._log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen((command or STEMD) + self.args, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True, env={**os.environ, **(env or {})})
         self.host, self.port = "127.0.0.1", self._wait_for_port(timeout=60)
 

@@ -96,6 +96,7 @@ from hypothesis import strategies as st  # noqa: E402
 from stemd.daemon.server import Server  # noqa: E402
 from stemd.daemon.service import Service, Settings  # noqa: E402
 from stemd.models.click import ClickEngine  # noqa: E402
+from stemd.models.pool import ModelPool  # noqa: E402
 from stemd.protocol import ERROR_CODES  # noqa: E402
 
 osc_values = st.one_of(st.integers(-2 ** 63, 2 ** 63 - 1), st.floats(width=32), st.floats(),
@@ -107,7 +108,7 @@ class Replies:
     """A Server with no sockets: what it would send over UDP is collected."""
 
     def __init__(self, out):
-        self.server = Server(Service(ClickEngine(), Settings(out=out, queue_size=2)))
+        self.server = Server(Service(ModelPool.of(ClickEngine()), Settings(out=out, queue_size=2)))
         self.sent: list = []
         self.server.call_on_loop = lambda fn, *args: self.sent.append(args[0]) if fn == self.server.sendto else None
 

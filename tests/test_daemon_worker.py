@@ -10,6 +10,7 @@ from stemd.daemon.service import Service, Settings
 from stemd.daemon.worker import Worker
 from stemd.models.base import AudioStream, Engine, EngineError
 from stemd.models.click import ClickEngine
+from stemd.models.pool import ModelPool
 from stemd.protocol import GenerateRequest
 
 
@@ -30,8 +31,8 @@ class RecordingClient:
 
 
 def run_one(engine: Engine, tmp_path: Path, **request) -> RecordingClient:
-    service = Service(engine, Settings(out=tmp_path))
-    worker = Worker(service)
+    service = Service(ModelPool.of(engine), Settings(out=tmp_path))
+    worker = Worker(service, "cpu")
     client = RecordingClient()
     request = GenerateRequest("r", seed=1, **request)
     job = Job(request, client, spec_from_request(request, engine))
@@ -142,13 +143,14 @@ def test_close_when_flushed_sends_what_waits_then_closes_and_a_lost_connection_f
 
 def test_each_ending_is_told_from_one_place(tmp_path):
     # what a client hears on cancel, shutdown, disconnect and failure: Service decides, once
-    service = Service(ClickEngine(), Settings(out=tmp_path))
+    engine = ClickEngine()
+    service = Service(ModelPool.of(engine), Settings(out=tmp_path))
     heard = {}
     for reason in ("cancel", "shutdown", "disconnect"):
         client = RecordingClient()
         client.key = ("test", reason)
         request = GenerateRequest("r", seed=1, bars=1)
-        job = Job(request, client, spec_from_request(request, service.engine))
+        job = Job(request, client, spec_from_request(request, engine))
         service.scheduler.submit(job)
         service.register(job)
         if reason == "shutdown":

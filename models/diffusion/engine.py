@@ -86,7 +86,6 @@ class DiffusionEngine(Engine):
         self.pipe.set_progress_bar_config(disable=True)
         self.license = card_for_readme(self.folder / "README.md", self.family, test_model=test_model)
         self._weights_sha256: Optional[str] = None
-        self.max_variations = 16 if device.type == "cuda" else 8
 
     @classmethod
     def load(cls, model: str, folder: Path, *, device: Optional[str] = None,
@@ -189,8 +188,6 @@ class DiffusionEngine(Engine):
         if lacking:
             raise ProtocolError("unsupported_key", f"{self.name} ({self.family}) has no {', '.join(lacking)}; it "
                                 f"takes {', '.join(sorted(self.accepts))}")
-        if spec.variations > self.max_variations:
-            raise EngineError(f"at most {self.max_variations} variations per request on {self.device.type}")
 
     # -- one request -------------------------------------------------------------------------------
 
@@ -213,6 +210,11 @@ class DiffusionEngine(Engine):
         if not torch.isfinite(audio).all():
             raise EngineError(f"{self.name} made audio with NaN or infinity (dtype {self.dtype}); try --dtype float32")
         return audio.float().cpu().numpy()
+
+    def modules(self) -> list:
+        import torch
+
+        return [c for c in self.pipe.components.values() if isinstance(c, torch.nn.Module)]
 
     def steps(self, spec: GenerationSpec) -> int:
         return int(spec.extra.get("steps") or 8)

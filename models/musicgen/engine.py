@@ -16,7 +16,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from stemd.models.base import AudioStream, Cancelled, Engine, EngineError, GenerationSpec, never_stop, no_progress
+from stemd.models.base import AudioStream, Cancelled, Engine, GenerationSpec, never_stop, no_progress
 from stemd.models.devices import pick_device
 from stemd.models.musicgen import decoding
 from stemd.models.musicgen.decoding import Decoding
@@ -54,7 +54,6 @@ class MusicGenEngine(Engine):
         self.name = checkpoint.name
         self.sample_rate = checkpoint.sample_rate
         self.channels = checkpoint.audio_channels
-        self.max_variations = 16 if self.device.type == "cuda" else 8
 
     @property
     def backend(self) -> str:
@@ -81,6 +80,12 @@ class MusicGenEngine(Engine):
         out.update(self.provenance())
         return out
 
+    def modules(self) -> list:
+        return [self.ck.lm, self.ck.text_encoder, self.ck.codec]
+
+    def reset(self) -> None:
+        self.ck.lm.clear_caches()
+
     def provenance(self) -> dict:
         """The licence card and weights fingerprint every take's sidecar carries (computed once)."""
         if getattr(self, "_provenance", None) is None:
@@ -104,8 +109,6 @@ class MusicGenEngine(Engine):
         if lacking:
             raise ProtocolError("unsupported_key", f"MusicGen has no {', '.join(lacking)} (a diffusion model's keys); "
                                 "it takes temperature, top_k, top_p, guidance")
-        if spec.variations > self.max_variations:
-            raise EngineError(f"at most {self.max_variations} variations per request on {self.device.type}")
         return AudioStream(sample_rate=self.sample_rate, channels=self.channels,
                            blocks=self._blocks(spec, should_stop, on_progress), on_grid=False,
                            tempo_hint=float(spec.grid.tempo.bpm))

@@ -173,6 +173,7 @@ class MusicGenLM(nn.Module):
             raise ValueError(f"max_seq {max_seq} exceeds the model's {self.args.max_positions} positions")
         a = self.args
         dtype, device = self.layer_norm.weight.dtype, self.layer_norm.weight.device
+        self.clear_caches()    # first: an allocation that fails halfway leaves no shape recorded
         for layer in self.layers:
             layer.self_attn.kv_cache = KVCache(max_batch, a.num_heads, max_seq, a.head_dim, dtype, device)
             layer.encoder_attn.cross_kv = CrossKV(max_batch, a.num_heads, max_text, a.head_dim, dtype, device)
@@ -181,6 +182,15 @@ class MusicGenLM(nn.Module):
         self.register_buffer("text_mask", torch.ones(max_batch, 1, 1, max_text, dtype=torch.bool, device=device),
                              persistent=False)
         self.max_batch, self.max_seq, self.max_text = max_batch, max_seq, max_text
+
+    def clear_caches(self) -> None:
+        """Free the KV cache and text K/V; the next ``setup_caches`` allocates them again."""
+        for layer in self.layers:
+            layer.self_attn._modules.pop("kv_cache", None)
+            layer.encoder_attn._modules.pop("cross_kv", None)
+        for name in ("causal_mask", "text_mask"):
+            self._buffers.pop(name, None)
+        self.max_batch = self.max_seq = self.max_text = -1
 
     @torch.no_grad()
     def set_conditioning(self, text: Tensor, text_mask: Tensor) -> None:
