@@ -47,7 +47,7 @@ BAR_MARGIN_SECONDS = 8.0        # diffusion canvases: the take x 1.1 plus one ba
 
 
 def gib(n: float) -> str:
-    return f"{n / GIB:.2f} GiB" if n >= GIB / 100 else f"{n / 2 ** 20:.1f} MiB"
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2 ** 20:.1f} MiB"
 
 
 def safetensors_elements(path: Path) -> dict[str, int]:
