@@ -171,6 +171,14 @@ class DaemonClient:
     def model(self) -> str:
         return str(self.status.get("model", "unknown"))
 
+    def models(self, timeout: float = 5.0) -> dict:
+        """``/stemd/models``: name -> what the daemon says of that model (in its order; the first is the
+        default); {} from a daemon that has no /stemd/models or did not answer."""
+        reply = self.ask(protocol.MODELS, (), protocol.MODELS_REPLY, timeout)
+        if reply is None or reply.address != protocol.MODELS_REPLY:
+            return {}
+        return parse_models(reply.args)
+
     # --- sending -----------------------------------------------------------------------------
     def send(self, address: str, *args) -> None:
         if self._sock is None or self.closed.is_set():
@@ -266,6 +274,19 @@ class DaemonClient:
             return
         if self.on_unrouted is not None:
             self.on_unrouted(message)
+
+
+MODEL_FIELDS = ("name", "family", "loaded", "device", "dtype", "bytes", "license", "commercial", "weights_sha256")
+
+
+def parse_models(args: tuple) -> dict:
+    """``/stemd/models/reply <count> [<name> <family> <loaded> <device> <dtype> <bytes> <licence> <commercial>
+    <weights_sha256>]...`` (docs/protocol.md) as name -> fields."""
+    n = len(MODEL_FIELDS)
+    if not args or not isinstance(args[0], int) or len(args) != 1 + n * args[0]:
+        return {}
+    rows = [dict(zip(MODEL_FIELDS, args[1 + i * n: 1 + (i + 1) * n])) for i in range(args[0])]
+    return {str(row["name"]): row for row in rows}
 
 
 def _status(args: tuple) -> dict:

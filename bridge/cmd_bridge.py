@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     # a take
     p.add_argument("--generate", metavar="PROMPT", default=None, help="ask for one take with this prompt")
     p.add_argument("--bars", type=int, default=4)
+    p.add_argument("--model", default=None,
+                   help="which of the daemon's models makes the takes, by its name (see /stemd/models or the "
+                        "daemon's log; default: the daemon's first)")
     p.add_argument("--start-bar", type=int, default=None,
                    help="the take's first bar, counted from 0 (the DAW's bar 1); default: the next bar line")
     p.add_argument("--seed", type=int, default=None)

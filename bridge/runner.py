@@ -37,7 +37,7 @@ def build_deliveries(args: argparse.Namespace, transport) -> list:
 
 def request_params(args: argparse.Namespace) -> dict:
     keys = {"seed": args.seed, "variations": args.variations, "temperature": args.temperature,
-            "guidance": args.guidance, "key": args.key, "stem": args.stem}
+            "guidance": args.guidance, "key": args.key, "stem": args.stem, "model": args.model}
     return {k: v for k, v in keys.items() if v is not None}
 
 

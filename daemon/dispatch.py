@@ -130,14 +130,14 @@ def status(service: Service, client: Any, args: tuple) -> None:
 
 def models(service: Service, client: Any, args: tuple) -> None:
     """``/stemd/models`` -> ``/stemd/models/reply <count>`` then, per model: name family loaded device dtype
-    bytes licence commercial (the first model is the default)."""
+    bytes licence commercial weights_sha256 (the first model is the default; the hash once loaded)."""
     if args:
         raise ProtocolError("bad_arguments", "/stemd/models takes no arguments")
     out: list = []
     described = service.pool.describe()
     for m in described:
         out += [m["name"], m["family"], int(m["loaded"]), m["device"], m["dtype"], int(m["bytes"]), m["license"],
-                int(m["commercial"])]
+                int(m["commercial"]), m["weights_sha256"]]
     client.send(MODELS_REPLY, len(described), *out)
 
 

@@ -237,7 +237,8 @@ class Slot:
                 "device": self.device or self.entry.device or "", "dtype": info.get("dtype", self.entry.dtype or ""),
                 "bytes": self.held if self.loaded else 0, "estimated_bytes": self.footprint.weights,
                 "license": card.get("name", ""), "commercial": bool(card.get("commercial")),
-                "source": self.entry.source, "test_model": self.test_model}
+                "source": self.entry.source, "test_model": self.test_model,
+                "weights_sha256": info.get("weights_sha256", "")}
 
 
 Loader = Callable[[ModelEntry, str], Engine]
@@ -389,6 +390,7 @@ class ModelPool:
             with self._lock:
                 slot.device = None if not slot.entry.device else slot.device
             raise
+        engine.info()        # its provenance (the weights' hash) now, on this thread: later reads are cheap
         held = device_bytes(engine)
         with self._lock:
             slot.engine, slot.held, slot.loads = engine, held, slot.loads + 1

@@ -45,6 +45,7 @@ class ProtocolPeer:
 
     def _serve(self, conn):
         from stemd.daemon.takeio import spec_from_request
+        from stemd.licenses import card as card_of
         from stemd.models.click import ClickEngine
         from stemd.models.pipeline import bar_chunks
 
@@ -61,6 +62,10 @@ class ProtocolPeer:
                         send(protocol.PONG)
                     elif msg.address == protocol.STATUS:
                         send(protocol.STATUS_REPLY, "*", "idle", 0, "", 1, "click")
+                    elif msg.address == protocol.MODELS:
+                        card = card_of("click")
+                        send(protocol.MODELS_REPLY, 1, "click", "click", 1, "cpu", "float32", 0, card["name"],
+                             int(card["commercial"]), "")
                     elif msg.address == protocol.CANCEL:
                         self.cancels.append(msg.args[0])
                     elif msg.address == protocol.GENERATE:

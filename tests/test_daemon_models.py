@@ -30,9 +30,9 @@ def models_reply(client: TcpClient) -> dict:
     client.send("/stemd/models")
     reply = client.until("/stemd/models/reply")[-1]
     count, rest = reply.args[0], reply.args[1:]
-    assert len(rest) == 8 * count
-    keys = ("name", "family", "loaded", "device", "dtype", "bytes", "license", "commercial")
-    return {rest[i]: dict(zip(keys, rest[i:i + 8])) for i in range(0, len(rest), 8)}
+    assert len(rest) == 9 * count
+    keys = ("name", "family", "loaded", "device", "dtype", "bytes", "license", "commercial", "weights_sha256")
+    return {rest[i]: dict(zip(keys, rest[i:i + 9])) for i in range(0, len(rest), 9)}
 
 
 def sidecar(path: str) -> dict:
@@ -47,7 +47,7 @@ def take(client: TcpClient, rid: str, timeout: float = 120, **keys) -> list:
     return client.until("/stemd/done", rid, timeout=timeout)
 
 
-def test_each_request_is_made_by_the_model_it_names_exact_in_length(start_daemon, tiny, acestep):
+def test_each_request_is_made_by_the_model_it_names_exact_in_length(start_daemon, tiny, acestep, tmp_path):
     daemon = start_daemon("--model", f"tiny={tiny}", "--model", f"ace={acestep}", "--device", "cpu")
     a, b = TcpClient(daemon.port), TcpClient(daemon.port)
     listed = models_reply(a)
@@ -62,10 +62,11 @@ def test_each_request_is_made_by_the_model_it_names_exact_in_length(start_daemon
         keys = ["bars", 2, "bpm", 97, "meter", "3/4", "sample_rate", 44100, "seed", 5]
         client.send("/stemd/generate", rid, *keys, *(["model", model] if model else []))
     grid = Grid(97, Meter(3, 4))
+    meta_of = {}
     for client, rid, model in asks:
         messages = client.until("/stemd/done", rid, timeout=240)
         paths = [m.args[2] for m in messages if m.address == "/stemd/take"]
-        meta = sidecar(paths[0])
+        meta = meta_of[model] = sidecar(paths[0])
         assert meta["model_name"] == (model or "click") and meta["frames"] == grid.bar_start_sample(2, 44100)
         assert meta["family"] == {"tiny": "musicgen", "ace": "ace-step", "": "click"}[model]
         assert meta["license"]["name"] and "commercial_use" in meta
@@ -74,9 +75,21 @@ def test_each_request_is_made_by_the_model_it_names_exact_in_length(start_daemon
     listed = models_reply(b)
     assert all(m["loaded"] == 1 and m["device"] == "cpu" for m in listed.values())
     assert listed["tiny"]["bytes"] > 0 and listed["ace"]["bytes"] > 0 and listed["click"]["bytes"] == 0
+    assert listed["tiny"]["weights_sha256"] == meta_of["tiny"]["weights_sha256"] and len(meta_of["ace"]
+                                                                                       ["weights_sha256"]) == 64
     a.send("/stemd/generate", "x", "model", "drums")
     error = a.until("/stemd/error", "x")[-1]
     assert error.args[1:] == ("unknown_model", "drums: models here are click, tiny, ace")
+    # the bridge asks for a model by name; its own sidecar says which made the take, as the daemon does
+    bridge = subprocess.run(STEMD + ["bridge", "--daemon", f"127.0.0.1:{daemon.port}", "--follow", "fixed:97:7/8",
+                                     "--out", str(tmp_path / "daw"), "--generate", "pads", "--bars", "1", "--model",
+                                     "ace", "--once", "--no-stdin", "--command-port", "0"],
+                            capture_output=True, text=True, timeout=120)
+    assert bridge.returncode == 0, bridge.stderr
+    meta = sidecar(bridge.stdout.splitlines()[-1])
+    assert (meta["model_name"], meta["family"], meta["license"]["name"], meta["commercial_use"]) == \
+        ("ace", "ace-step", "MIT", True)
+    assert meta["weights_sha256"] == meta_of["ace"]["weights_sha256"] and meta["request"]["model"] == "ace"
 
 
 def test_a_budget_that_holds_one_model_evicts_the_least_recently_used(start_daemon, tiny, tiny_stereo):

@@ -243,3 +243,13 @@ def test_stemd_serve_reports_a_bad_map_by_line_before_loading_a_model(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().endswith("map.toml:5: note 200 is outside 0..127"), out.stderr
     assert "no-model" not in out.stderr  # the map is checked before the model is looked for
+
+
+def test_a_slot_names_the_daemons_model_it_generates_with():
+    text = BASE.replace('bars = 4\n', 'bars = 4\nmodel = "drums-model"\n', 1)
+    rec = Recorder()
+    Mapper(parse(text, "map.toml"), rec, send=lambda _m: None).handle(mido.Message("note_on", note=36, velocity=90))
+    assert rec.calls == [("generate", "drums", {"prompt": "funk drums", "bars": 4, "model": "drums-model"})]
+    assert errors_of(text.replace('"drums-model"', '"two words"')) == [
+        'map.toml:5: slot drums: model must be a model name: 1-64 letters, digits, _ . - starting with a letter or '
+        "digit, got 'two words'"]

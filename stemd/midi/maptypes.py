@@ -11,7 +11,7 @@ from stemd.midi.curves import knob_value
 from stemd.midi.actions import PARAMS
 
 CONTROL_KINDS = ("note", "cc", "program")
-SLOT_KEYS = ("prompt", "bars", "stem", "temperature", "guidance", "top_k", "top_p", "seed", "variations",
+SLOT_KEYS = ("prompt", "model", "bars", "stem", "temperature", "guidance", "top_k", "top_p", "seed", "variations",
              "key", "loop", "priority", "bpm", "meter", "sample_rate", "channels")
 BIND_KEYS = ("note", "cc", "program", "channel", "action", "slot", "param", "min", "max", "curve", "steps",
              "bank", "feedback")
