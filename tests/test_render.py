@@ -293,3 +293,14 @@ def test_a_second_render_into_the_same_folder_is_refused_while_one_runs(tmp_path
     assert proc.returncode == 2 and "another stemd render is writing to" in proc.stderr
     assert not list(tmp_path.glob("*.wav"))
     assert stemd("--model", "click", "--bars", "1", "--out", tmp_path).returncode == 0
+
+
+def test_models_in_a_render_have_names_in_take_names_and_sidecars(tmp_path):
+    out = tmp_path / "takes"
+    proc = stemd("--model", "metronome=click", "--model", "click", "--bars", "1", "--bpm", "97", "--meter", "3/4",
+                 "--no-contact-sheet", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    metas = [json.loads(p.read_text()) for p in sorted(out.glob("*.json")) if p.name != "manifest.json"]
+    assert sorted((m["model_name"], m["model"], m["family"]) for m in metas) == [
+        ("click", "click", "click"), ("metronome", "click", "click")]
+    assert sorted(p.name.split("_")[1] for p in out.glob("*.wav")) == ["click", "metronome"]

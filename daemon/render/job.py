@@ -124,7 +124,7 @@ class Take:
     @property
     def name(self) -> str:
         r = self.batch.request
-        return (f"{self.batch.prompt_label}_{slug(Path(self.batch.model).name or self.batch.model, 3, 24)}"
+        return (f"{self.batch.prompt_label}_{slug(self.batch.model_name, 3, 24)}"
                 f"_{r.bars}bar_seed{r.seed}_v{self.variation + 1}")
 
     @property
@@ -140,10 +140,21 @@ class Take:
 class Batch:
     """One pass on the device: ``request.variations`` takes of one model, prompt, seed and length."""
 
-    model: str
+    model: str                 # SOURCE or NAME=SOURCE, as the job gives it
     prompt_label: str
     request: GenerateRequest
     job: RenderJob = field(repr=False)
+
+    @property
+    def entry(self):
+        """The model's name and source (``NAME=SOURCE``, else the name derived from the source)."""
+        from stemd.models.pool import parse_model_arg
+
+        return parse_model_arg(self.model)
+
+    @property
+    def model_name(self) -> str:
+        return self.entry.name
 
     @property
     def takes(self) -> list[Take]:

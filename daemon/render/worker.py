@@ -26,10 +26,14 @@ class BatchRenderer:
         self._separator = None
 
     def engine(self, model: str) -> Engine:
+        """``model``: SOURCE or NAME=SOURCE. One model warm at a time: the matrix runs model by model, so
+        each loads once."""
         if model not in self._engines:
-            self._engines.clear()  # one model warm at a time
-            self._engines[model] = load_engine(model, device=self.job.device, dtype=self.job.dtype,
-                                              backend=self.job.backend)
+            from stemd.models.pool import parse_model_arg
+
+            self._engines.clear()
+            self._engines[model] = load_engine(parse_model_arg(model).source, device=self.job.device,
+                                              dtype=self.job.dtype, backend=self.job.backend)
         return self._engines[model]
 
     def separator(self):
@@ -48,8 +52,8 @@ class BatchRenderer:
         out = []
         for take in batch.takes:
             mix = audio[take.variation]
-            meta = sidecar_for(request, engine, take.variation)
-            meta.update({"key": take.key, "name": take.name, "model": batch.model, "format": job.format,
+            meta = sidecar_for(request, engine, take.variation, batch.model_name)
+            meta.update({"key": take.key, "name": take.name, "model": batch.entry.source, "format": job.format,
                          "sample_rate": request.sample_rate, "channels": int(mix.shape[0]),
                          "frames": int(mix.shape[1]), "render_seconds": round(seconds, 4),
                          "batch_variations": request.variations, "host": platform.node()})
