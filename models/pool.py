@@ -301,7 +301,7 @@ class ModelPool:
         if family != "click":
             from stemd.licenses import card_for_readme
 
-            test_model = _is_test_model(folder)
+            test_model = is_test_model(folder)
             card = card_for_readme(folder / "README.md", family, test_model=test_model)
         else:
             from stemd.licenses import card as family_card
@@ -460,7 +460,7 @@ def release_memory(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def _is_test_model(folder: Path) -> bool:
+def is_test_model(folder: Path) -> bool:
     import json
 
     for name in ("model_index.json", "config.json"):

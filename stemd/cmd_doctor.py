@@ -25,6 +25,9 @@ Check = tuple[str, str, str]  # (status, what, detail)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="the daemon's port to check")
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
+    p.add_argument("--model", action="append", default=[], metavar="[NAME=]SOURCE",
+                   help="check a model stemd serve would serve (repeatable, as stemd serve takes it)")
+    p.add_argument("--models", default=None, metavar="FILE", help="check every model of a stemd serve models file")
 
 
 def hf_cache_dir() -> Path:
@@ -176,9 +179,46 @@ def check_port(port: int) -> list[Check]:
     return [("ok", "daemon port", f"{port} is free on 127.0.0.1 (TCP and UDP)")]
 
 
+def check_served(model_args: list, models_file) -> list[Check]:
+    """Each model a daemon would serve: found or not, its family, weights estimate and licence (nothing loads)."""
+    if not model_args and not models_file:
+        return []
+    try:
+        from stemd.models.memory import DTYPE_BYTES, footprint, gib
+        from stemd.models.pool import is_test_model, locate, parse_model_arg, read_models_file
+    except ImportError as e:   # the bridge-only install
+        return [("fail", "served models", f"cannot check models without the daemon's packages ({e})")]
+    from stemd.errors import StemdError
+    from stemd.licenses import card, card_for_readme
+
+    out: list[Check] = []
+    try:
+        entries = (read_models_file(Path(models_file)) if models_file else []) + [parse_model_arg(m) for m in
+                                                                                 model_args]
+    except StemdError as e:
+        return [("fail", "served models", str(e))]
+    for entry in entries:
+        try:
+            family, folder = locate(entry.source)
+        except StemdError as e:
+            out.append(("fail", f"model {entry.name}", str(e)))
+            continue
+        if folder is None:
+            out.append(("ok", f"model {entry.name}", "click (a metronome, no weights)"))
+            continue
+        fp = footprint(family, folder, DTYPE_BYTES.get(entry.dtype or "float32", 4))
+        lic = card_for_readme(folder / "README.md", family) if family != "click" else card("click")
+        test = " (a test model: random weights, noise)" if is_test_model(folder) else ""
+        out.append(("ok", f"model {entry.name}", f"{family} at {folder}{test}; weights about {gib(fp.weights)} in "
+                    f"{entry.dtype or 'float32'}, a 4-bar 120 BPM request about {gib(fp.request(8.0, 1))} more; "
+                    f"{lic['name']}, commercial use {'yes' if lic['commercial'] else 'NO'}"))
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
-    checks: list[Callable[[], list[Check]]] = [check_python, check_torch, check_models, check_midi, check_audio,
-                                               lambda: check_port(args.port)]
+    checks: list[Callable[[], list[Check]]] = [check_python, check_torch, check_models,
+                                               lambda: check_served(args.model, args.models), check_midi,
+                                               check_audio, lambda: check_port(args.port)]
     results: list[Check] = []
     for check in checks:
         try:

@@ -33,3 +33,16 @@ def test_doctor_lists_models_present_in_the_hf_cache(tmp_path):
     checks = doctor(env=env)
     assert checks["models"]["status"] == "ok"
     assert "facebook/musicgen-small" in checks["models"]["detail"]
+
+
+def test_doctor_checks_each_model_a_daemon_would_serve(tiny, tmp_path):
+    models = tmp_path / "models.toml"
+    models.write_text(f'[models]\nmono = "{tiny}"\ngone = "{tmp_path / "nothing"}"\n')
+    out = subprocess.run([sys.executable, "-m", "stemd", "doctor", "--json", "--models", str(models), "--model",
+                          "click"], capture_output=True, text=True)
+    checks = {c["check"]: c for c in json.loads(out.stdout)}
+    assert out.returncode == 1                                  # a model that is not there is a failure
+    assert checks["model mono"]["status"] == "ok" and "musicgen at" in checks["model mono"]["detail"]
+    assert "a test model" in checks["model mono"]["detail"] and "commercial use NO" in checks["model mono"]["detail"]
+    assert checks["model gone"]["status"] == "fail" and "not found" in checks["model gone"]["detail"]
+    assert checks["model click"]["status"] == "ok"
