@@ -212,6 +212,7 @@ class Slot:
     footprint: Footprint
     license: dict = field(default_factory=dict)
     test_model: bool = False
+    dtype: str = ""                     # what it runs in (before it loads: what it will)
     engine: Optional[Engine] = None
     device: Optional[str] = None        # where it is loaded (or being loaded)
     held: int = 0                       # bytes its tensors hold on the device once loaded
@@ -234,7 +235,7 @@ class Slot:
         info = self.engine.info() if self.engine is not None else {}
         card = info.get("license") or self.license
         return {"name": self.name, "family": self.family, "loaded": self.loaded,
-                "device": self.device or self.entry.device or "", "dtype": info.get("dtype", self.entry.dtype or ""),
+                "device": self.device or self.entry.device or "", "dtype": info.get("dtype", self.dtype),
                 "bytes": self.held if self.loaded else 0, "estimated_bytes": self.footprint.weights,
                 "license": card.get("name", ""), "commercial": bool(card.get("commercial")),
                 "source": self.entry.source, "test_model": self.test_model,
@@ -307,7 +308,8 @@ class ModelPool:
             from stemd.licenses import card as family_card
 
             card = family_card("click")
-        return Slot(entry, family, folder, footprint(family, folder, DTYPE_BYTES.get(dtype, 4)), card, test_model)
+        return Slot(entry, family, folder, footprint(family, folder, DTYPE_BYTES.get(dtype, 4)), card, test_model,
+                    {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, dtype))
 
     # --- names -------------------------------------------------------------------------------------
     @property
