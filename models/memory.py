@@ -28,7 +28,7 @@ import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from stemd.models.weights import WEIGHT_SUFFIXES
 
@@ -50,31 +50,41 @@ def gib(n: float) -> str:
     return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2 ** 20:.1f} MiB"
 
 
-def safetensors_elements(path: Path) -> dict[str, int]:
-    """``{dtype: elements}`` from a safetensors file's header (its first 8 + n bytes only)."""
+def safetensors_tensors(path: Path) -> list[tuple[str, str, int]]:
+    """``(name, dtype, elements)`` of every tensor in a safetensors file, from its header alone."""
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         if n > 100 * 2 ** 20:
             raise ValueError(f"{path}: a safetensors header of {n} bytes")
         header = json.loads(f.read(n))
-    out: dict[str, int] = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        out[entry["dtype"]] = out.get(entry["dtype"], 0) + math.prod(entry["shape"])
-    return out
+    return [(name, e["dtype"], math.prod(e["shape"])) for name, e in header.items() if name != "__metadata__"]
 
 
-def weight_bytes(folder: Path, dtype_bytes: Optional[int] = None) -> int:
+#: ``sizer(tensor name, stored dtype) -> bytes per element once loaded``
+Sizer = Callable[[str, str], int]
+
+
+def cast_to(dtype_bytes: Optional[int], keep: tuple = ()) -> Sizer:
+    """Floating tensors loaded at ``dtype_bytes`` (None: as stored), except names starting with ``keep``."""
+    def size(name: str, dtype: str) -> int:
+        stored = _SAFETENSORS_BYTES.get(dtype, 4)
+        if not dtype_bytes or dtype not in _FLOATING or name.startswith(keep):
+            return stored
+        return dtype_bytes
+    return size
+
+
+def weight_bytes(folder: Path, dtype_bytes: Optional[int] = None, sizer: Optional[Sizer] = None) -> int:
     """The bytes ``folder``'s weights take once loaded with floating tensors of ``dtype_bytes`` bytes
-    (None: as stored). A folder holding both safetensors and pickled copies counts the safetensors."""
+    (None: as stored; ``sizer``: per tensor). A folder holding both safetensors and pickled copies counts
+    the safetensors."""
+    sizer = sizer or cast_to(dtype_bytes)
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file())
     safe = [p for p in files if p.suffix == ".safetensors"]
     total = 0
     for path in safe:
-        for dtype, n in safetensors_elements(path).items():
-            size = dtype_bytes if dtype_bytes and dtype in _FLOATING else _SAFETENSORS_BYTES.get(dtype, 4)
-            total += n * size
+        for name, dtype, n in safetensors_tensors(path):
+            total += n * sizer(name, dtype)
     covered = {p.parent for p in safe}
     for path in files:
         if path.suffix != ".safetensors" and path.parent not in covered:
@@ -175,9 +185,19 @@ def diffusion_arch(folder: Path, family: str) -> dict:
             "patch": patch, "latent_dim": latent_dim, "sample_rate": rate, "vae_width": width}
 
 
-def footprint(family: str, folder: Optional[Path], dtype_bytes: int) -> Footprint:
-    """``family``'s footprint for the checkpoint in ``folder`` running with ``dtype_bytes``-byte floats."""
+def footprint(family: str, folder: Optional[Path], dtype: str = "float32") -> Footprint:
+    """``family``'s footprint for the checkpoint in ``folder`` running in ``dtype`` (a torch dtype's name)."""
+    dtype_bytes = DTYPE_BYTES.get(dtype, 4)
     if family == "click" or folder is None:
         return Footprint("click", 0, dtype_bytes)
-    arch = musicgen_arch(folder) if family == "musicgen" else diffusion_arch(folder, family)
+    if family == "musicgen":
+        # as stemd's loader casts: the LM to the dtype; T5 too in bfloat16, else float32 (it is fragile in
+        # float16); EnCodec as stored; plus the LM's sinusoid table (float32)
+        arch = musicgen_arch(folder)
+        lm = cast_to(dtype_bytes, keep=("audio_encoder.",))
+        text = cast_to(2 if dtype in ("bfloat16", "bf16") else 4)
+        sizer = lambda name, stored: (text if name.startswith("text_encoder.") else lm)(name, stored)  # noqa: E731
+        weights = weight_bytes(folder, sizer=sizer) + arch["max_positions"] * arch["hidden"] * 4
+        return Footprint(family, weights, dtype_bytes, arch)
+    arch = diffusion_arch(folder, family)
     return Footprint(family, weight_bytes(folder, dtype_bytes), dtype_bytes, arch)

@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional
 
 from stemd.errors import StemdError
 from stemd.models.base import Engine, EngineError
-from stemd.models.memory import DTYPE_BYTES, Footprint, footprint, gib
+from stemd.models.memory import Footprint, footprint, gib
 from stemd.protocol import MODEL_NAME, ProtocolError
 
 log = logging.getLogger("stemd.models.pool")
@@ -171,6 +171,19 @@ def resolve_devices(requested: list[str], sources: list[str]) -> list[str]:
     return out
 
 
+def planned_dtype(family: str, device: str, asked: Optional[str]) -> str:
+    """The dtype a model of ``family`` will run in on ``device`` (as its engine picks it), by name."""
+    if family == "click":
+        return "float32"
+    import torch
+
+    if family == "musicgen":
+        from stemd.models.musicgen.decoding import pick_dtype
+    else:
+        from stemd.models.diffusion.engine import pick_dtype
+    return str(pick_dtype(asked, torch.device(device))).replace("torch.", "")
+
+
 def device_type(device: str) -> str:
     return device.split(":", 1)[0]
 
@@ -276,7 +289,7 @@ class ModelPool:
         family, folder, fp = info.get("family", "click"), None, Footprint("click", 0)
         try:
             family, folder = locate(engine.name)
-            fp = footprint(family, folder, DTYPE_BYTES.get(info.get("dtype", "float32"), 4))
+            fp = footprint(family, folder, info.get("dtype", "float32"))
         except (StemdError, OSError, ValueError, KeyError):
             pass                       # an engine of no checkpoint stemd can read: no estimate
         slot = Slot(ModelEntry(name or derive_name(engine.name), engine.name), family, folder, fp,
@@ -295,10 +308,8 @@ class ModelPool:
 
     def _locate(self, entry: ModelEntry) -> Slot:
         family, folder = locate(entry.source)
-        kind = device_type(entry.device or self.devices[0])
-        dtype = entry.dtype or ("float32" if kind == "cpu" or family == "click" else "bfloat16")
+        dtype = planned_dtype(family, entry.device or self.devices[0], entry.dtype)
         test_model = False
-        card: dict = {}
         if family != "click":
             from stemd.licenses import card_for_readme
 
@@ -308,8 +319,7 @@ class ModelPool:
             from stemd.licenses import card as family_card
 
             card = family_card("click")
-        return Slot(entry, family, folder, footprint(family, folder, DTYPE_BYTES.get(dtype, 4)), card, test_model,
-                    {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, dtype))
+        return Slot(entry, family, folder, footprint(family, folder, dtype), card, test_model, dtype)
 
     # --- names -------------------------------------------------------------------------------------
     @property

@@ -184,8 +184,8 @@ def check_served(model_args: list, models_file) -> list[Check]:
     if not model_args and not models_file:
         return []
     try:
-        from stemd.models.memory import DTYPE_BYTES, footprint, gib
-        from stemd.models.pool import is_test_model, locate, parse_model_arg, read_models_file
+        from stemd.models.memory import footprint, gib
+        from stemd.models.pool import is_test_model, locate, parse_model_arg, planned_dtype, read_models_file
     except ImportError as e:   # the bridge-only install
         return [("fail", "served models", f"cannot check models without the daemon's packages ({e})")]
     from stemd.errors import StemdError
@@ -206,11 +206,12 @@ def check_served(model_args: list, models_file) -> list[Check]:
         if folder is None:
             out.append(("ok", f"model {entry.name}", "click (a metronome, no weights)"))
             continue
-        fp = footprint(family, folder, DTYPE_BYTES.get(entry.dtype or "float32", 4))
+        dtype = planned_dtype(family, entry.device or "cpu", entry.dtype) if family != "click" else "float32"
+        fp = footprint(family, folder, dtype)
         lic = card_for_readme(folder / "README.md", family) if family != "click" else card("click")
         test = " (a test model: random weights, noise)" if is_test_model(folder) else ""
         out.append(("ok", f"model {entry.name}", f"{family} at {folder}{test}; weights about {gib(fp.weights)} in "
-                    f"{entry.dtype or 'float32'}, a 4-bar 120 BPM request about {gib(fp.request(8.0, 1))} more; "
+                    f"{dtype} on {entry.device or 'cpu'}, a 4-bar 120 BPM request about {gib(fp.request(8.0, 1))} more; "
                     f"{lic['name']}, commercial use {'yes' if lic['commercial'] else 'NO'}"))
     return out
 

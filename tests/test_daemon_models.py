@@ -12,7 +12,7 @@ import pytest
 
 from daemon_fixtures import STEMD, TcpClient
 from stemd.models.memory import footprint
-from stemd.models.pool import locate
+from stemd.models.pool import locate, planned_dtype
 from stemd.timing import Grid, Meter
 
 pytest.importorskip("torch")
@@ -94,7 +94,7 @@ def test_each_request_is_made_by_the_model_it_names_exact_in_length(start_daemon
 
 def test_a_budget_that_holds_one_model_evicts_the_least_recently_used(start_daemon, tiny, tiny_stereo):
     # the budget: either model with a 1-bar request fits, both together do not (the daemon's own estimates)
-    prints = [footprint(*locate(str(m)), 4) for m in (tiny, tiny_stereo)]
+    prints = [footprint(*locate(str(m)), planned_dtype("musicgen", "cpu", None)) for m in (tiny, tiny_stereo)]
     seconds = float(Grid(120).bar_seconds(0))
     need = max(int(fp.weights * 1.1) + fp.request(seconds, 1) for fp in prints)
     budget = need + min(fp.weights for fp in prints) // 2

@@ -39,10 +39,10 @@ def test_model_names_from_the_command_line_and_a_models_file(tmp_path):
 
 def test_the_estimate_of_weights_is_what_a_loaded_model_holds(engine, tiny):
     family, folder = locate(str(tiny))
-    fp = footprint(family, folder, 4)
+    fp = footprint(family, folder, "float32")                   # the engine fixture runs float32
     held = engine.device_bytes()
-    assert family == "musicgen" and 0.85 * held <= fp.weights <= held          # (buffers are not in the files)
-    assert weight_bytes(folder, 2) == pytest.approx(fp.weights / 2, rel=0.01)  # bfloat16 halves the floats
+    assert family == "musicgen" and 0.97 * held <= fp.weights <= 1.03 * held
+    assert weight_bytes(folder, 2) == pytest.approx(weight_bytes(folder) / 2, rel=0.01)  # bfloat16 halves the floats
     # per request: grows with variations, and a take longer than MusicGen's 30 s window costs no more cache
     assert fp.request(10, 4) > 3 * fp.request(10, 1)
     assert fp.request(600, 1) == fp.request(40, 1) > fp.request(10, 1)
