@@ -14,6 +14,7 @@ Ardour 7.3 refuse to load the session.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 import xml.etree.ElementTree as ET
@@ -214,9 +215,11 @@ class ArdourSessionWriter:
 
 class ArdourInbox:
     """``--insert ardour``: the session is open in Ardour's GUI. The bridge appends one JSON line per take
-    to ``<session folder>/stemd-inbox.jsonl``; plugin_host/ardour/stemd_takes.lua (an editor hook) imports
-    each new line's file at its sample position on the named track (``--track``, else the take's stem;
-    a name no track has imports as a new track)."""
+    to ``<session folder>/stemd-inbox.jsonl`` (one ``write`` of the whole line, O_APPEND);
+    plugin_host/ardour/stemd_takes.lua (an editor hook) takes the file over by renaming it, imports each
+    line's file a second later at its sample position on the named track (``--track``, else the take's
+    stem; a name no track has imports as a new track) and removes it. A line written while the hook
+    renames lands in the renamed file (read a second later) or in a new inbox: none is lost."""
 
     def __init__(self, session_dir: Path, track: Optional[str] = None):
         self.path = Path(session_dir) / INBOX
@@ -225,5 +228,9 @@ class ArdourInbox:
     def deliver(self, take: DeliveredTake) -> None:
         line = {"file": str(Path(take.path).resolve()), "sample": take.start_sample, "rate": take.sample_rate,
                 "bar": take.start_bar + 1, "track": self.track or take.request.stem, "take_id": take.take_id}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(line, ensure_ascii=False) + "\n")  # the Lua reader keeps UTF-8 as is
+        data = (json.dumps(line, ensure_ascii=False) + "\n").encode()  # the Lua reader keeps UTF-8 as is
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
