@@ -83,6 +83,10 @@ class Bridge:
             values["prompt"] = prompt
         if bars is not None:
             values["bars"] = bars
+        if not self.transport.grid_known.is_set() and not ("bpm" in values and "meter" in values):
+            raise StemdError("the followed DAW has not told its tempo and meter yet (Ardour sends neither: start "
+                             "the bridge with --session <the session's folder>, or --meter and roll a bar); no take "
+                             "is placed on a guessed grid", "bad_arguments")
         state = self.transport.now()
         values.setdefault("bpm", _bpm_arg(state.bpm))
         values.setdefault("meter", str(state.meter))

@@ -117,6 +117,11 @@ def _initial_actions(args, bridge) -> list:
 POSITION_WAIT_S = 10.0
 
 
+def grid_unknown(follow: str) -> str:
+    return (f"--follow {follow}: the DAW has not told its tempo and meter (Ardour sends neither): give --session "
+            "<the session's folder> (the bridge reads its tempo map), or --meter and roll the transport a bar")
+
+
 def _once(args, bridge, out, lock) -> int:
     actions = _initial_actions(args, bridge)
     if len(actions) != 1:
@@ -124,6 +129,8 @@ def _once(args, bridge, out, lock) -> int:
     if args.generate is not None and args.start_bar is None and not bridge.transport.positioned.wait(POSITION_WAIT_S):
         raise BridgeError(f"--follow {args.follow} told no position within {POSITION_WAIT_S:g} s (is the DAW "
                           "sending?); give --start-bar to ask anyway")
+    if args.generate is not None and not bridge.transport.grid_known.wait(POSITION_WAIT_S):
+        raise BridgeError(grid_unknown(args.follow))
     take_id = actions[0]()
     record = bridge.wait(take_id, timeout=args.timeout)
     bridge.close()

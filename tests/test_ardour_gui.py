@@ -24,7 +24,7 @@ import soundfile
 
 from stemd.bridge.delivery.ardour import ArdourSession
 from stemd.timing import Grid, Meter
-from test_ardour import ardour_answers, make_session, port_free, tell_ardour, ARDOUR_OSC_PORT
+from test_ardour import ARDOUR_OSC_PORT, ardour_answers, make_session, port_free, set_tempo_map, tell_ardour
 
 ARDOUR_GUI = shutil.which("ardour")
 pytestmark = [
@@ -67,18 +67,6 @@ ENGINE_CONFIG = """<?xml version="1.0" encoding="UTF-8"?>
   </Extra>
 </Ardour>
 """
-
-
-def set_tempo_map(session: Path, bpm: int, meter: Meter) -> None:
-    tree = ET.parse(session)
-    tempo = tree.find("TempoMap/Tempos/Tempo")
-    tempo.set("npm", str(bpm))
-    tempo.set("enpm", str(bpm))
-    tempo.set("note-type", "4")
-    m = tree.find("TempoMap/Meters/Meter")
-    m.set("divisions-per-bar", str(meter.numerator))
-    m.set("note-value", str(meter.denominator))
-    tree.write(session, encoding="UTF-8", xml_declaration=True)
 
 
 def ardour_config(tmp_path: Path, env: dict) -> Path:

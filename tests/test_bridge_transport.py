@@ -167,3 +167,30 @@ def test_a_late_report_does_not_step_the_position_back_but_a_locate_does():
     assert transport.now().quarters == 10              # a quarter of a beat late: latency, ignored
     transport.update(quarters=4, at=1.0, tolerance=Fraction(1, 8), late=Fraction(1, 2))
     assert transport.now().quarters == 4               # six quarters back: a locate
+
+
+def test_ardour_follower_without_a_session_file_learns_meter_and_tempo_only_from_a_rolled_bar():
+    # a unit test of the follower's logic against Ardour's feedback formats (the real Ardour, with a
+    # session file, is tests/test_ardour.py): /position/bbt "BBB|bb|tttt" (1920 ticks a beat), then
+    # /position/samples of the same instant, ten reports a beat, 97 BPM 3/4 at 48 kHz
+    from stemd import osc
+    from stemd.bridge.transport.daw_osc import ArdourFollower
+
+    transport = Transport()
+    follower = ArdourFollower(transport, listen_port=0)
+    try:
+        assert not transport.grid_known.is_set()
+        follower.handle(osc.Message("/transport_play", 1))
+        seconds_per_beat = Fraction(60, 97)
+        for step in range(0, 3 * 3 * 10):                    # three bars of three beats
+            beat, tenth = divmod(step, 10)
+            bar, beat_in_bar = divmod(beat, 3)
+            follower.handle(osc.Message("/position/bbt", f"{bar + 1:03d}|{beat_in_bar + 1:02d}|{tenth * 192:04d}"))
+            follower.handle(osc.Message("/position/samples", str(int(48000 * seconds_per_beat * step / 10))))
+            if step == 25:                                    # inside bar 1: nothing is known yet
+                assert not transport.grid_known.is_set()
+        assert transport.grid_known.is_set()
+        state = transport.last()
+        assert str(state.meter) == "3/4" and abs(float(state.bpm) - 97) < 0.05
+    finally:
+        follower.stop()

@@ -85,6 +85,20 @@ class ArdourSession:
         self.root.set("id-counter", str(counter + 1))
         return str(counter)
 
+    def tempo_map(self) -> tuple[Optional[Fraction], Optional[str]]:
+        """The session's first tempo (quarter notes per minute) and meter (``"3/4"``), from its TempoMap;
+        None for what the file does not say."""
+        tempo = self.root.find("TempoMap/Tempos/Tempo")
+        meter = self.root.find("TempoMap/Meters/Meter")
+        bpm = None
+        if tempo is not None and tempo.get("npm"):
+            # npm: note types per minute; 8 (eighths) at 194 is 97 quarters
+            bpm = Fraction(tempo.get("npm")) * 4 / Fraction(tempo.get("note-type", "4"))
+        text = None
+        if meter is not None and meter.get("divisions-per-bar"):
+            text = f"{int(float(meter.get('divisions-per-bar')))}/{int(float(meter.get('note-value', '4')))}"
+        return bpm, text
+
     def tracks(self) -> list[tuple[str, str]]:
         """(track name, audio playlist id) of each audio track, in the session's order."""
         out = []

@@ -83,6 +83,10 @@ class Transport:
         self._listeners: list[Callable[[TransportState], None]] = []
         self.known = False  # True once the source has told us anything
         self.positioned = threading.Event()  # set once the source has told us where it is
+        #: set while the tempo and meter are known; a source that cannot say them at once (Ardour without
+        #: its session file) clears it until it knows, and the bridge places no take meanwhile
+        self.grid_known = threading.Event()
+        self.grid_known.set()
 
     def update(self, *, bpm=None, meter=None, quarters=None, playing=None, at: Optional[float] = None,
                tolerance=0, late=0) -> None:

@@ -8,8 +8,12 @@ for feedback, and turns what comes back into :class:`Transport` updates.
     ableton   11000         11001            /live/song/get/current_song_time   /live/song/get/tempo
     bitwig    8000          9000             /beat/str                          /tempo/raw
 
-Ardour does not send its tempo: the follower derives it from how far the BBT position moves per
-second of /position/samples while the transport rolls (``--rate`` must be the session's rate).
+Ardour does not send its tempo or meter. With ``--session`` (the session's folder or ``.ardour`` file)
+the follower reads them from the session's tempo map, and again whenever the file is saved; without it,
+the tempo comes from how far the BBT position moves per second of /position/samples while the transport
+rolls (``--rate`` must be the session's rate), and the meter from ``--meter`` or from the beat count once a
+whole bar has rolled. Until both are known the transport says so (``Transport.grid_known``) and the bridge
+places no take.
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ from collections import deque
 from fractions import Fraction
 from typing import Optional
 
+import xml.etree.ElementTree as ET
+
 from stemd import osc
 from stemd.bridge.transport import FollowError, Transport
+from stemd.errors import StemdError
 from stemd.bridge.udp import receive
 from stemd.timing import Meter
 
@@ -165,20 +172,78 @@ class TempoFromMotion:
 
 
 class ArdourFollower(OscFollower):
-    """Ardour's OSC surface (Edit > Preferences > Control Surfaces > OSC, or the session file)."""
+    """Ardour's OSC surface (Edit > Preferences > Control Surfaces > OSC, or the session file); tempo and
+    meter from the session file (``session``) when given."""
 
     name = "ardour"
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, transport: Transport, *args, session=None, **kwargs):
+        self.session_file = None
+        if session:
+            from pathlib import Path
+
+            path = Path(session).expanduser()
+            self.session_file = path / f"{path.name}.ardour" if path.is_dir() else path
+            if not self.session_file.exists():
+                raise FollowError(f"--follow ardour --session: no Ardour session file at {self.session_file}")
+        self._session_mtime = None
+        self.session_tempo: Optional[Fraction] = None
         self.samples: Optional[int] = None
         self.bbt: Optional[tuple[int, int, Fraction]] = None
-        self.beats_per_bar = self.meter.numerator if self.meter else 4
         self.tempo = TempoFromMotion()
         self.playing = False
+        self.tempo_known = self.meter_known = False
+        self.beats_per_bar, self._most_beats, self._saw_downbeat = 4, 0, False
+        transport.grid_known.clear()
+        super().__init__(transport, *args, **kwargs)
+        if self.meter:
+            self.beats_per_bar, self.meter_known = self.meter.numerator, True
+        self._read_session()
+        self._mark_grid()
+
+    def _read_session(self) -> None:
+        """The session file's tempo and meter, read again when the file has changed (Ardour saved it)."""
+        if self.session_file is None:
+            return
+        try:
+            mtime = self.session_file.stat().st_mtime_ns
+            if mtime == self._session_mtime:
+                return
+            self._session_mtime = mtime
+            from stemd.bridge.delivery.ardour import ArdourSession
+
+            bpm, meter = ArdourSession(self.session_file).tempo_map()
+        except (OSError, ValueError, StemdError, ET.ParseError):
+            return                      # mid-save, or not a session: the next look reads it
+        if meter:
+            self.meter = Meter.parse(meter)
+            self.beats_per_bar, self.meter_known = self.meter.numerator, True
+        if bpm:
+            self.session_tempo, self.tempo_known = bpm, True
+        if bpm or meter:
+            self.transport.update(bpm=bpm, meter=self.meter if meter else None)
+
+    def _mark_grid(self) -> None:
+        if self.tempo_known and self.meter_known:
+            self.transport.grid_known.set()
+        else:
+            self.transport.grid_known.clear()
 
     def register(self) -> None:
         self.send("/set_surface/feedback", ARDOUR_FEEDBACK)
+        self._read_session()
+
+    def _learn_meter(self, bbt) -> None:
+        """No --meter, no session file: the beats counted through one whole bar that rolled by."""
+        previous = self.bbt
+        if previous is not None and bbt[0] == previous[0]:
+            self._most_beats = max(self._most_beats, bbt[1])
+            return
+        if previous is not None and self.playing and bbt[0] == previous[0] + 1 and self._saw_downbeat:
+            self.beats_per_bar, self.meter_known = self._most_beats, True
+            self.transport.update(meter=Meter(self.beats_per_bar, 4))
+            self._mark_grid()
+        self._most_beats, self._saw_downbeat = bbt[1], bbt[1] == 1
 
     def _quarters(self, bbt) -> Fraction:
         meter = self.meter or Meter(self.beats_per_bar, 4)
@@ -192,9 +257,8 @@ class ArdourFollower(OscFollower):
             bbt = parse_bbt(args[0])
             if bbt is None:
                 return
-            if not self.meter and bbt[1] > self.beats_per_bar:
-                self.beats_per_bar = bbt[1]
-                self.transport.update(meter=Meter(self.beats_per_bar, 4), at=now)
+            if not self.meter_known:
+                self._learn_meter(bbt)
             self.bbt = bbt
             # Ardour's reports arrive late and unevenly: one that lags the extrapolation by less than a
             # beat is latency (a locate moves further), so the position never steps back a beat
@@ -203,10 +267,13 @@ class ArdourFollower(OscFollower):
         elif address == "/position/samples" and args:
             # Ardour sends /position/bbt, then /position/samples of the same instant: fit the pair
             self.samples = int(float(args[0]))
-            if self.playing and self.bbt is not None:
+            if self.playing and self.bbt is not None and self.session_tempo is None:
                 bpm = self.tempo.add(self.samples / self.sample_rate, self._quarters(self.bbt))
                 if bpm and 20 <= bpm <= 999:
                     self.transport.update(bpm=round(bpm, 2), at=now)
+                    if not self.tempo_known:
+                        self.tempo_known = True
+                        self._mark_grid()
         elif address == "/transport_play":
             playing = _truthy(args)
             if playing is not None and playing != self.playing:
@@ -305,6 +372,7 @@ FOLLOWERS = {"ardour": ArdourFollower, "reaper": ReaperFollower, "ableton": Able
 
 
 def follower(name: str, transport: Transport, args) -> OscFollower:
+    extra = {"session": getattr(args, "session", None)} if name == "ardour" else {}
     return FOLLOWERS[name](transport, getattr(args, "daw_host", "127.0.0.1"), getattr(args, "daw_port", None),
                            getattr(args, "listen_port", None), getattr(args, "rate", 48000),
-                           getattr(args, "meter", None))
+                           getattr(args, "meter", None), **extra)
