@@ -34,7 +34,7 @@ from stemd.errors import StemdError
 from stemd.models.base import AudioStream, Cancelled, Engine, GenerationSpec, is_out_of_memory, never_stop, no_progress
 from stemd.models.memory import gib
 from stemd.models.pipeline import bar_chunks
-from stemd.protocol import CHUNK, PROGRESS, Chunk
+from stemd.protocol import PROGRESS, Chunk
 
 log = logging.getLogger("stemd.daemon")
 
@@ -87,10 +87,12 @@ class Worker(threading.Thread):
                     job.takes.write(chunk.audio)
                     job.bars_done = chunk.index + 1
                     job.first_bar_at = job.first_bar_at or time.monotonic()
-                    if client.stream:
+                    if client.stream and request.chunks:
                         for v in range(chunk.variations):
-                            client.send(CHUNK, *Chunk(job.id, v, chunk.index, chunk.start_sample, chunk.sample_rate,
-                                                      chunk.channels, chunk.audio[v]).to_args())
+                            bar = Chunk(job.id, v, chunk.index, chunk.start_sample, chunk.sample_rate, chunk.channels,
+                                        chunk.audio[v])
+                            for address, args in bar.messages(request.max_message):
+                                client.send(address, *args)
                     progress.bar_done()
                     if job.cancel_reason and job.bars_done < request.bars:
                         raise Cancelled()  # (a take whose last bar exists is written even if its client left)

@@ -29,6 +29,7 @@ HELLO = "/stemd/hello"  # <token:s>: first message on TCP when the daemon requir
 GENERATE, CANCEL, STATUS = "/stemd/generate", "/stemd/cancel", "/stemd/status"
 ACCEPTED, QUEUED, PROGRESS = "/stemd/accepted", "/stemd/queued", "/stemd/progress"
 CHUNK, TAKE, DONE, ERROR = "/stemd/chunk", "/stemd/take", "/stemd/done", "/stemd/error"
+CHUNK_PART = "/stemd/chunk/part"   # a bar in parts, for clients with a smaller largest message (liblo: 32 KiB)
 STATUS_REPLY = "/stemd/status/reply"
 MODELS, MODELS_REPLY = "/stemd/models", "/stemd/models/reply"
 CANCELLED = "/stemd/cancelled"
@@ -78,6 +79,7 @@ LIMITS = {
     "text_chars": (0, 256),          # any other string key
     "id_chars": (1, 128),
     "reply_port": (1, 65535),
+    "max_message": (1024, 64 * 1024 * 1024 + 64 * 1024),
 }
 PRIORITIES = ("live", "offline")
 MAX_CONTINUATION_BYTES = 64 * 1024 * 1024
@@ -221,6 +223,8 @@ class GenerateRequest:
     continuation_rate: int = 48000
     continuation_channels: int = 2
     reply_port: Optional[int] = None           # UDP: send replies here instead of the sender's port
+    chunks: bool = True                        # TCP: stream /stemd/chunk (False: only /stemd/take at the end)
+    max_message: Optional[int] = None          # TCP: the largest message the client takes; bars over it in parts
 
     def __post_init__(self):
         check_request_id(self.request_id)
@@ -420,9 +424,11 @@ GENERATE_KEYS = {
     "continuation_rate": lambda k, v: _int(k, v, "sample_rate"),
     "continuation_channels": lambda k, v: _int(k, v, "channels"),
     "reply_port": _int,
+    "chunks": _bool,
+    "max_message": _int,
 }
 #: keys whose None means "not given" (the model's own, a random seed, the sender's port)
-OPTIONAL_KEYS = ("seed", "guidance", "steps", "strength", "continuation", "reply_port")
+OPTIONAL_KEYS = ("seed", "guidance", "steps", "strength", "continuation", "reply_port", "max_message")
 
 
 # --- chunks ----------------------------------------------------------------------------------
@@ -447,6 +453,31 @@ class Chunk:
         interleaved = np.ascontiguousarray(self.audio.T, dtype="<f4").tobytes()
         return (self.request_id, self.variation, self.bar_index, self.start_sample, self.sample_rate,
                 self.channels, interleaved)
+
+    def messages(self, max_message: Optional[int] = None) -> list[tuple[str, tuple]]:
+        """The OSC messages that carry this bar: one ``/stemd/chunk``, or, when that message would be larger
+        than ``max_message`` bytes, ``/stemd/chunk/part <id> <variation> <bar_index> <part> <parts>
+        <start_sample> <sample_rate> <channels> <audio>`` messages of at most ``max_message`` bytes, each part's
+        ``start_sample`` its own first sample on the timeline; the parts in order are the bar."""
+        from stemd import osc
+
+        whole = self.to_args()
+        if max_message is None or len(osc.encode_message(CHUNK, *whole)) <= max_message:
+            return [(CHUNK, whole)]
+        frames = self.audio.shape[1]
+        frame_bytes = 4 * self.channels
+        # the largest a part's header can be: the biggest counts and sample position this bar has
+        header = len(osc.encode_message(CHUNK_PART, self.request_id, self.variation, self.bar_index, frames, frames,
+                                        self.start_sample + frames, self.sample_rate, self.channels, b""))
+        per_part = (max_message - header) // frame_bytes    # max_message >= 1024: at least a hundred frames
+        parts = -(-frames // per_part)
+        out = []
+        for part in range(parts):
+            lo, hi = part * per_part, min(frames, (part + 1) * per_part)
+            audio = np.ascontiguousarray(self.audio[:, lo:hi].T, dtype="<f4").tobytes()
+            out.append((CHUNK_PART, (self.request_id, self.variation, self.bar_index, part, parts,
+                                     self.start_sample + lo, self.sample_rate, self.channels, audio)))
+        return out
 
     @classmethod
     def from_args(cls, args: tuple) -> "Chunk":

@@ -129,3 +129,23 @@ def test_keywords_are_normalised_like_the_wire():
     assert a.sampling == Sampling() and not a.sampling.guided
     assert GenerateRequest("g", guidance=3).sampling.with_guidance(1.0).guidance == 3.0
     assert Sampling(top_k=50).token_keys_given() == ["top_k"]
+
+
+def test_a_bar_over_the_clients_largest_message_goes_in_parts_under_it():
+    import numpy as np
+
+    from stemd import osc
+    from stemd.protocol import CHUNK, CHUNK_PART, Chunk
+
+    audio = np.random.default_rng(1).standard_normal((2, 103_957)).astype(np.float32)   # a bar of 83 BPM 7/8
+    bar = Chunk("r" * 128, 3, 41, 2 ** 33, 48000, 2, audio)
+    assert [a for a, _args in bar.messages()] == [CHUNK] == [a for a, _ in bar.messages(10 ** 7)]
+    for limit in (1024, 32768, 100_000):
+        parts = bar.messages(limit)
+        assert {a for a, _args in parts} == {CHUNK_PART}
+        assert max(len(osc.encode_message(a, *args)) for a, args in parts) <= limit
+        assert [args[3] for _a, args in parts] == list(range(len(parts))) and parts[0][1][4] == len(parts)
+        joined = np.concatenate([np.frombuffer(args[8], "<f4").reshape(-1, 2).T for _a, args in parts], axis=1)
+        assert np.array_equal(joined, audio)
+        last_frames = len(parts[-1][1][8]) // 8
+        assert parts[-1][1][5] == 2 ** 33 + 103_957 - last_frames       # each part's own timeline sample

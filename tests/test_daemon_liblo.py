@@ -97,3 +97,41 @@ def test_oscsend_asks_for_the_models_and_a_take_by_model_name(start_daemon, tiny
     read_until('/stemd/done s "t1"', timeout=120)
     oscsend(url, "/stemd/generate", "ssssi", "t2", "model", "drums", "reply_port", dump_port)
     assert '"t2" "unknown_model" "drums: models here are click, tiny"' in "".join(read_until("unknown_model"))
+
+
+def test_a_liblo_tcp_client_receives_a_whole_48k_stereo_take_in_parts_under_its_largest_message(daemon):
+    # liblo takes messages of at most 32 KiB by default; one bar of 48 kHz stereo float32 is about 750 KiB
+    # (here 97 BPM 7/8: 2.16 s). The client says so (max_message) and gets each bar in parts under it.
+    liblo = pytest.importorskip("pyliblo3")
+    import numpy as np
+    import soundfile
+
+    from stemd.timing import Grid
+
+    got = []
+    server = liblo.Server(proto=liblo.TCP)
+    server.add_method(None, None, lambda path, args, types, src: got.append((path, types, args)))
+    target = liblo.Address("127.0.0.1", daemon.port, liblo.TCP)
+    server.send(target, "/stemd/generate", "lib", "bars", 2, "bpm", 97, "meter", "7/8", "seed", 3,
+                "max_message", 32768)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(p == "/stemd/done" for p, _t, _a in got):
+        server.recv(100)
+    addresses = [p for p, _t, _a in got]
+    assert addresses[0] == "/stemd/accepted" and addresses[-1] == "/stemd/done", addresses[:5]
+    assert "/stemd/chunk" not in addresses
+    parts = [a for p, _t, a in got if p == "/stemd/chunk/part"]
+    grid = Grid(97, "7/8")
+    bars = []
+    for bar in (0, 1):
+        mine = [a for a in parts if a[2] == bar]
+        assert [a[3] for a in mine] == list(range(mine[0][4])) and mine[0][4] > 1    # part, parts
+        assert mine[0][5] == grid.bar_start_sample(bar, 48000)
+        audio = np.concatenate([np.frombuffer(bytes(a[8]), "<f4").reshape(-1, 2) for a in mine])
+        assert [a[5] for a in mine] == list(np.cumsum([0] + [len(bytes(a[8])) // 8 for a in mine[:-1]])
+                                            + grid.bar_start_sample(bar, 48000))
+        assert len(audio) == grid.bar_length_samples(bar, 48000)
+        bars.append(audio)
+    take = next(a for p, _t, a in got if p == "/stemd/take")[2]
+    on_disk, rate = soundfile.read(take, dtype="float32", always_2d=True)
+    assert rate == 48000 and np.array_equal(np.concatenate(bars), on_disk)   # the whole take, sample for sample
