@@ -250,6 +250,51 @@ def live():
         sys.modules.pop("stemd_live.osc_min", None)
 
 
+def test_inside_live_the_script_is_a_control_surface_and_leaves_lives_song_property_alone(monkeypatch):
+    # a stand-in for Live's ableton.v2.control_surface.ControlSurface (its documented shape: built with
+    # c_instance, `song` a property, update_display and disconnect called by Live)
+    import types
+
+    calls = []
+
+    class ControlSurface:
+        def __init__(self, c_instance):
+            calls.append("init")
+            self._c = c_instance
+
+        @property
+        def song(self):
+            return self._c.song()
+
+        def update_display(self):
+            calls.append("update_display")
+
+        def disconnect(self):
+            calls.append("disconnect")
+
+    module = types.ModuleType("ableton.v2.control_surface")
+    module.ControlSurface = ControlSurface
+    for name, mod in (("ableton", types.ModuleType("ableton")), ("ableton.v2", types.ModuleType("ableton.v2")),
+                      ("ableton.v2.control_surface", module)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    monkeypatch.syspath_prepend(str(PLUGIN_HOST / "ableton"))
+    for name in ("stemd_live", "stemd_live.osc_min"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    import stemd_live
+
+    try:
+        c = FakeCInstance()
+        script = stemd_live.StemdLive(c, port=0)
+        assert isinstance(script, ControlSurface) and calls == ["init"]
+        assert script.song is c.song()                       # Live's property, not shadowed by ours
+        script.update_display()
+        script.disconnect()
+        assert calls == ["init", "update_display", "disconnect"]
+    finally:
+        for name in ("stemd_live", "stemd_live.osc_min"):
+            sys.modules.pop(name, None)
+
+
 def ask(script, client, address, *args):
     client.sendto(osc.encode_message(address, *args), ("127.0.0.1", script.port))
     time.sleep(0.05)

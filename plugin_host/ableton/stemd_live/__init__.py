@@ -13,12 +13,20 @@ AbletonOSC's addresses the bridge's ``--follow ableton`` uses (so either can be 
         -> Track.create_audio_clip(file, beat) on audio track <track> (1-based; 0 = the selected track; a string: the track of that name),
            answered /stemd/live/inserted <file> <beat> or /stemd/live/error <message>. Live 12.0.5+.
 
-Live calls ``update_display`` about ten times a second; everything happens there, on Live's thread.
+Inside Live the script is a ``ControlSurface`` (Live's ``ableton.v2.control_surface``, as AbletonOSC's is),
+so Live finds every method it may call; outside Live (tests, with stand-ins for Live's objects) the same
+class stands on ``object`` and keeps its own no-op answers. Live calls ``update_display`` about ten times
+a second; everything happens there, on Live's thread.
 """
 
 import socket
 
 from . import osc_min
+
+try:  # only inside Live
+    from ableton.v2.control_surface import ControlSurface
+except ImportError:
+    ControlSurface = None
 
 PORT = 11000
 PROPERTIES = ("tempo", "is_playing", "current_song_time", "signature_numerator", "signature_denominator")
@@ -28,8 +36,10 @@ def create_instance(c_instance):
     return StemdLive(c_instance)
 
 
-class StemdLive(object):
+class StemdLive(ControlSurface or object):
     def __init__(self, c_instance, port=PORT, host="127.0.0.1"):
+        if ControlSurface is not None:
+            ControlSurface.__init__(self, c_instance)
         self.c_instance = c_instance
         self.listeners = {}  # prop -> set of (host, port)
         self.last_sent = {}  # (prop, peer) -> value
@@ -41,7 +51,7 @@ class StemdLive(object):
         self.show("stemd: listening on udp %s:%d" % (host, self.port))
 
     # --- Live's side -------------------------------------------------------------------------
-    def song(self):
+    def live_song(self):
         return self.c_instance.song()
 
     def show(self, text):
@@ -52,9 +62,13 @@ class StemdLive(object):
 
     def disconnect(self):
         self.sock.close()
+        if ControlSurface is not None:
+            ControlSurface.disconnect(self)
 
     def update_display(self):
         """Called by Live about every 100 ms: answer what arrived, send what changed."""
+        if ControlSurface is not None:
+            ControlSurface.update_display(self)
         for _ in range(64):
             try:
                 data, peer = self.sock.recvfrom(65536)
@@ -106,7 +120,7 @@ class StemdLive(object):
             pass
 
     def get(self, prop):
-        song = self.song()
+        song = self.live_song()
         value = getattr(song, prop)
         if prop in ("tempo", "current_song_time"):
             return float(value)
@@ -141,7 +155,7 @@ class StemdLive(object):
 
     def insert_clip(self, track_number, path, beat):
         """``track_number``: 1-based, 0 for the selected track, or a track's name."""
-        song = self.song()
+        song = self.live_song()
         if isinstance(track_number, str):
             named = [t for t in song.tracks if getattr(t, "name", "").strip().lower() == track_number.strip().lower()]
             if not named:
