@@ -27,38 +27,25 @@ import statistics
 import time
 from pathlib import Path
 
-CACHE = Path(__file__).resolve().parent / ".cache"
+from diffusion import CACHE, device_name, ensure_pipeline  # bench/diffusion.py, beside this file
+
 MUSICGEN = ("tiny", "tiny-stereo", "musicgen-small", "musicgen-medium", "musicgen-large", "musicgen-stereo-small")
 
 
 def ensure_checkpoint(arch: str) -> str:
     if arch == "click":
         return "click"
+    if arch not in MUSICGEN:
+        return str(ensure_pipeline(arch))
     path = CACHE / f"{arch}-random"
-    marker = "config.json" if arch in MUSICGEN else "model_index.json"
-    if not (path / marker).exists():
+    if not (path / "config.json").exists():
+        from stemd.models.musicgen.testmodel import write_test_model
+
         print(f"writing a random-weight {arch} checkpoint to {path} (once)", flush=True)
         t0 = time.perf_counter()
-        if arch in MUSICGEN:
-            from stemd.models.musicgen.testmodel import write_test_model
-
-            write_test_model(path, arch)
-        else:
-            from stemd.models.diffusion.testmodels import write_test_pipeline
-
-            write_test_pipeline(path, arch)
+        write_test_model(path, arch)
         print(f"  written in {time.perf_counter() - t0:.0f} s", flush=True)
     return str(path)
-
-
-def device_name(device: str) -> str:
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name()
-    from stemd.models.devices import cpu_name
-
-    return f"{cpu_name()}, {torch.get_num_threads()} threads"
 
 
 def first_bar(pool, name: str, device: str, spec) -> float:
