@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -186,7 +187,7 @@ class ArdourFollower(OscFollower):
             self.session_file = path / f"{path.name}.ardour" if path.is_dir() else path
             if not self.session_file.exists():
                 raise FollowError(f"--follow ardour --session: no Ardour session file at {self.session_file}")
-        self._session_mtime = None
+        self._session_mtime, self._warned, self._session_lock = None, False, threading.Lock()
         self.session_tempo: Optional[Fraction] = None
         self.samples: Optional[int] = None
         self.bbt: Optional[tuple[int, int, Fraction]] = None
@@ -202,26 +203,32 @@ class ArdourFollower(OscFollower):
         self._mark_grid()
 
     def _read_session(self) -> None:
-        """The session file's tempo and meter, read again when the file has changed (Ardour saved it)."""
+        """The session file's tempo and meter, read again when the file has changed (Ardour saved it).
+        Called from the constructor and from the reader thread's registration: one at a time."""
         if self.session_file is None:
             return
-        try:
-            mtime = self.session_file.stat().st_mtime_ns
-            if mtime == self._session_mtime:
-                return
-            self._session_mtime = mtime
-            from stemd.bridge.delivery.ardour import ArdourSession
+        with self._session_lock:
+            try:
+                mtime = self.session_file.stat().st_mtime_ns
+                if mtime == self._session_mtime:
+                    return
+                from stemd.bridge.delivery.ardour import ArdourSession
 
-            bpm, meter = ArdourSession(self.session_file).tempo_map()
-        except (OSError, ValueError, StemdError, ET.ParseError):
-            return                      # mid-save, or not a session: the next look reads it
-        if meter:
-            self.meter = Meter.parse(meter)
-            self.beats_per_bar, self.meter_known = self.meter.numerator, True
-        if bpm:
-            self.session_tempo, self.tempo_known = bpm, True
-        if bpm or meter:
-            self.transport.update(bpm=bpm, meter=self.meter if meter else None)
+                bpm, meter = ArdourSession(self.session_file).tempo_map()
+            except (OSError, ValueError, StemdError, ET.ParseError) as e:
+                if self._session_mtime is None and not self._warned:   # mid-save: looked at again in a moment
+                    self._warned = True
+                    print(f"stemd bridge: cannot read the tempo map of {self.session_file} yet: {e}", file=sys.stderr)
+                return
+            if meter:
+                self.meter = Meter.parse(meter)
+                self.beats_per_bar, self.meter_known = self.meter.numerator, True
+            if bpm:
+                self.session_tempo, self.tempo_known = bpm, True
+            if bpm or meter:
+                self.transport.update(bpm=bpm, meter=self.meter if meter else None)
+            self._session_mtime = mtime
+            self._mark_grid()
 
     def _mark_grid(self) -> None:
         if self.tempo_known and self.meter_known:
