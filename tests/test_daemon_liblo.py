@@ -86,13 +86,16 @@ def test_oscsend_over_tcp_reaches_the_daemon(daemon, oscdump):
 
 
 def test_oscsend_asks_for_the_models_and_a_take_by_model_name(start_daemon, tiny, oscdump):
+    from stemd.models.pool import planned_dtype
+
     daemon = start_daemon("--model", f"tiny={tiny}", "--device", "cpu")
+    dtype = planned_dtype("musicgen", "cpu", None)     # bfloat16 on CPUs that compute in it, else float32
     dump_port, read_until = oscdump
     url = f"osc.udp://127.0.0.1:{daemon.port}"
     oscsend(url, "/stemd/models", "si", "reply_port", dump_port)
     text = "".join(read_until("/stemd/models/reply"))
     assert ('/stemd/models/reply ississisisssissisis 2 "click" "click" 1 "cpu" "float32" 0 "MIT (stemd)" 1 "" '
-            '"tiny" "musicgen" 0 "" "float32" 0 "CC-BY-NC-4.0" 0 ""') in text
+            f'"tiny" "musicgen" 0 "" "{dtype}" 0 "CC-BY-NC-4.0" 0 ""') in text
     oscsend(url, "/stemd/generate", "ssssisi", "t1", "model", "tiny", "bars", 1, "reply_port", dump_port)
     read_until('/stemd/done s "t1"', timeout=120)
     oscsend(url, "/stemd/generate", "ssssi", "t2", "model", "drums", "reply_port", dump_port)
