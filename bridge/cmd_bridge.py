@@ -40,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="float32", choices=["float32", "pcm24", "pcm16"])
     # a take
     p.add_argument("--generate", metavar="PROMPT", default=None, help="ask for one take with this prompt")
-    p.add_argument("--bars", type=int, default=4)
+    p.add_argument("--bars", type=int, default=None,
+                   help="the take's length in bars (default 4; --extend: the take's own length)")
     p.add_argument("--model", default=None,
                    help="which of the daemon's models makes the takes, by its name (see /stemd/models or the "
                         "daemon's log; default: the daemon's first)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import threading
 from pathlib import Path
@@ -15,10 +16,23 @@ class BridgeError(StemdError):
     code = "bad_arguments"
 
 
+#: set when stdout's reader has gone (``stemd bridge --print-transport | head``): the bridge stops quietly
+OUTPUT_GONE = threading.Event()
+
+
 def _say(out: TextIO, lock: threading.Lock, line: str) -> None:
     with lock:
-        out.write(line + "\n")
-        out.flush()
+        if OUTPUT_GONE.is_set():
+            return
+        try:
+            out.write(line + "\n")
+            out.flush()
+        except BrokenPipeError:
+            OUTPUT_GONE.set()
+            try:  # what is still buffered goes nowhere, without a second error at exit
+                os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+            except (OSError, ValueError):
+                pass
 
 
 def build_deliveries(args: argparse.Namespace, transport) -> list:
@@ -103,12 +117,12 @@ def run_bridge(args: argparse.Namespace, out: TextIO) -> int:
 def _initial_actions(args, bridge) -> list:
     actions = []
     if args.generate is not None:
-        actions.append(lambda: bridge.generate(args.generate, args.bars, start_bar=args.start_bar,
+        actions.append(lambda: bridge.generate(args.generate, args.bars or 4, start_bar=args.start_bar,
                                                **request_params(args)))
     if args.reroll:
         actions.append(lambda: bridge.reroll(args.reroll, seed=args.seed))
     if args.extend:
-        actions.append(lambda: bridge.extend(args.extend, seed=args.seed))
+        actions.append(lambda: bridge.extend(args.extend, bars=args.bars, seed=args.seed))
     if args.accept:
         actions.append(lambda: bridge.accept(args.accept))
     return actions
@@ -179,6 +193,8 @@ def _wait_forever(args, out, lock, bridge) -> None:
             threading.Thread(target=read_stdin, name="stemd-stdin", daemon=True).start()
     try:
         while not stop.wait(0.5):
+            if OUTPUT_GONE.is_set():
+                return
             if bridge is not None and bridge.client.closed.is_set():
                 raise BridgeError(f"stopped: {bridge.client.close_reason}", "internal")
     finally:

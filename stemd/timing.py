@@ -7,7 +7,7 @@ zero samples at any rate.
 
     >>> grid = Grid(Tempo("137.5"), Meter(7, 8))
     >>> grid.bar_start_sample(4, 44100) - grid.bar_start_sample(0, 44100)
-    134727
+    269411
 """
 
 from __future__ import annotations

@@ -240,3 +240,13 @@ def test_stdin_commands_drive_a_running_bridge(peer, tmp_path):
     assert any(l.startswith("t1 accepted generate ") and l.endswith("bright-pads_bar007_take01.wav") for l in lines)
     req = peer.requests[0]
     assert (req.prompt, req.bars, req.start_bar, str(req.meter), req.bpm.bpm) == ("bright pads", 2, 6, "3/4", 100)
+
+
+def test_extend_on_the_command_line_takes_bars_or_keeps_the_takes_own_length(peer, tmp_path):
+    base = ["--daemon", f"127.0.0.1:{peer.port}", "--follow", "fixed:97:3/4", "--out", str(tmp_path), "--once",
+            "--no-stdin", "--command-port", "0"]
+    assert stemd_bridge(*base, "--generate", "pads", "--bars", "8", "--start-bar", "0").returncode == 0
+    out = stemd_bridge(*base, "--extend", "t1", "--bars", "4")
+    assert out.returncode == 0, out.stderr
+    assert stemd_bridge(*base, "--extend", "t1").returncode == 0
+    assert [(r.bars, r.start_bar) for r in peer.requests] == [(8, 0), (4, 8), (8, 8)]

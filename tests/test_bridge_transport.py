@@ -103,6 +103,23 @@ def test_print_transport_with_a_fixed_tempo_prints_every_beat():
     assert all(l["bpm"] == 240 and l["meter"] == "3/4" and l["playing"] for l in lines)
 
 
+def test_print_transport_into_a_reader_that_leaves_stops_quietly():
+    # stemd bridge --print-transport | head -3
+    proc = subprocess.Popen([sys.executable, "-m", "stemd", "bridge", "--daemon", "none", "--follow", "fixed:600:7/8",
+                             "--print-transport", "--no-stdin"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        for _ in range(3):
+            assert proc.stdout.readline()
+        proc.stdout.close()                       # head has what it wanted
+        assert proc.wait(10) == 0
+        assert b"Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
 def oscsend(port, *args):
     subprocess.run(["oscsend", "localhost", str(port), *args], check=True)
 

@@ -298,8 +298,12 @@ def test_a_second_render_into_the_same_folder_is_refused_while_one_runs(tmp_path
 def test_models_in_a_render_have_names_in_take_names_and_sidecars(tmp_path):
     out = tmp_path / "takes"
     proc = stemd("--model", "metronome=click", "--model", "click", "--bars", "1", "--bpm", "97", "--meter", "3/4",
-                 "--no-contact-sheet", "--out", out)
+                 "--key", "A minor", "--no-contact-sheet", "--out", out)
     assert proc.returncode == 0, proc.stderr
+    rows = read_manifest(out)["takes"]
+    assert sorted((r["model_name"], r["model"], r["musical_key"]) for r in rows) == [
+        ("click", "click", "A minor"), ("metronome", "click", "A minor")]
+    assert all(len(r["take_key"]) >= 16 and r["take_key"] != "A minor" for r in rows)
     metas = [json.loads(p.read_text()) for p in sorted(out.glob("*.json")) if p.name != "manifest.json"]
     assert sorted((m["model_name"], m["model"], m["family"]) for m in metas) == [
         ("click", "click", "click"), ("metronome", "click", "click")]

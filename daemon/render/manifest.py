@@ -15,9 +15,9 @@ from pathlib import Path
 from stemd.daemon.render.job import RenderJob, Take
 from stemd.takes import atomic_write
 
-COLUMNS = ("name", "file", "model", "prompt", "seed", "variation", "bars", "tempo", "meter", "start_bar",
-           "sample_rate", "channels", "frames", "seconds", "format", "lufs", "stems", "key", "sha256", "license", "commercial_use",
-           "test_model")
+COLUMNS = ("name", "file", "model", "model_name", "prompt", "musical_key", "seed", "variation", "bars", "tempo",
+           "meter", "start_bar", "sample_rate", "channels", "frames", "seconds", "format", "lufs", "stems", "take_key",
+           "sha256", "license", "commercial_use", "test_model")
 MANIFEST_JSON, MANIFEST_CSV = "manifest.json", "manifest.csv"
 
 
@@ -25,13 +25,15 @@ def entry(take: Take, sidecar: dict) -> dict:
     """A take's manifest row from its sidecar."""
     loud = sidecar.get("loudness") or {}
     return {
-        "name": take.name, "file": sidecar["file"], "model": take.batch.model, "prompt": sidecar["prompt"],
+        "name": take.name, "file": sidecar["file"], "model": take.batch.entry.source,
+        "model_name": take.batch.model_name, "prompt": sidecar["prompt"],
+        "musical_key": (sidecar.get("request") or {}).get("key", ""),
         "seed": sidecar["seed"], "variation": take.variation + 1, "bars": sidecar["bars"],
         "tempo": sidecar["tempo"], "meter": sidecar["meter"], "start_bar": sidecar["start_bar"],
         "sample_rate": sidecar["sample_rate"], "channels": sidecar["channels"], "frames": sidecar["frames"],
         "seconds": round(sidecar["frames"] / sidecar["sample_rate"], 6), "format": sidecar["format"],
         "lufs": loud.get("lufs"), "stems": {k: v["file"] for k, v in sidecar.get("stems", {}).items()},
-        "key": take.key, "sha256": sidecar["sha256"],
+        "take_key": take.key, "sha256": sidecar["sha256"],
         "license": (sidecar.get("license") or {}).get("name", ""), "commercial_use": bool(sidecar.get("commercial_use")),
         "test_model": bool((sidecar.get("engine") or {}).get("test_model")),
     }
