@@ -298,3 +298,22 @@ def test_a_chunk_runner_gets_the_torch_decoders_windows_and_changes_nothing_else
            for d in (plain, swapped)]
     assert seen and all(s[:2] == (4, 2) for s in seen) and max(s[2] for s in seen) == 25 + 25 + 6
     assert np.array_equal(out[0], out[1])
+
+
+def test_the_grid_reaches_the_model_however_long_the_prompt(engine):
+    from stemd.models.base import GenerationSpec
+    from stemd.models.musicgen.engine import describe
+    from stemd.models.musicgen.loading import MAX_TEXT_TOKENS
+    from stemd.timing import Grid, Meter
+
+    spec = GenerationSpec(grid=Grid(97, Meter(7, 8)), bars=1, prompt="dusty drums. ", extra={"key": "F# minor"})
+    assert describe(spec) == ("dusty drums", "7/8 time. bpm: 97.0. key: F# minor")   # audiocraft's training form
+    tok = engine.ck.tokenizer
+    long = GenerationSpec(grid=Grid(97, Meter(7, 8)), bars=1, prompt=("warm rhodes chords " * 120)[:2000],
+                          extra={"key": "F# minor"})
+    ids = engine.ck.text_ids(*describe(long))
+    assert len(ids) == MAX_TEXT_TOKENS and ids[-1] == tok.eos_token_id
+    tail = tok(". 7/8 time. bpm: 97.0. key: F# minor", add_special_tokens=False)["input_ids"]
+    assert ids[-1 - len(tail):-1] == tail                            # the words were cut, not the grid
+    short = engine.ck.text_ids(*describe(spec))
+    assert short == tok("dusty drums. 7/8 time. bpm: 97.0. key: F# minor")["input_ids"]   # as T5 reads it whole

@@ -32,14 +32,16 @@ GUIDANCE = 3.0               # classifier-free guidance when a request names non
 log = logging.getLogger("stemd.models.musicgen")
 
 
-def describe(spec: GenerationSpec) -> str:
-    """The text MusicGen is conditioned on: the producer's prompt plus tempo, meter and key."""
-    parts = [spec.prompt.strip()] if spec.prompt.strip() else []
-    parts.append(f"{float(spec.grid.tempo.bpm):g} bpm")
-    parts.append(f"{spec.grid.meter} time")
+def describe(spec: GenerationSpec) -> tuple[str, str]:
+    """What MusicGen is conditioned on: the producer's words, and the grid in the form MusicGen was trained
+    on (audiocraft's ``augment_music_info_description``: ``"<description>. bpm: 120.0. key: A minor"``; the
+    meter, which audiocraft has no field for, as ``"7/8 time"``). The text encoder's token limit cuts
+    only the words (``Checkpoint.text_ids``): the grid always reaches the model."""
+    words = spec.prompt.strip().rstrip(".")
+    grid = [f"{spec.grid.meter} time", f"bpm: {float(spec.grid.tempo.bpm)}"]
     if spec.extra.get("key"):
-        parts.append(f"key of {spec.extra['key']}")
-    return ", ".join(parts)
+        grid.append(f"key: {spec.extra['key']}")
+    return words, ". ".join(grid)
 
 
 class MusicGenEngine(Engine):
@@ -146,7 +148,8 @@ class MusicGenEngine(Engine):
         window = min(self.frames_for(WINDOW_SECONDS) + max_delay + 2, args.max_positions)
         max_seq = min(window, 64 * math.ceil((total + max_delay + 2) / 64))
         variations = spec.variations
-        text, mask = self.ck.encode_text(describe(spec), variations, params.guided)
+        words, grid = describe(spec)
+        text, mask = self.ck.encode_text(words, variations, params.guided, grid=grid)
         max_text = 64 * math.ceil(text.shape[1] / 64)
         lm.setup_caches(text.shape[0], max_seq, max_text)
         lm.set_conditioning(text, mask)

@@ -55,11 +55,25 @@ class Checkpoint:
         return self.sample_rate // self.frame_rate
 
     @torch.no_grad()
-    def encode_text(self, text: str, variations: int, guided: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """T5's hidden states and mask for ``text``, one row per variation, then the unconditional half
-        (no text at all) when ``guided``."""
-        tok = self.tokenizer([text], return_tensors="pt", truncation=True, max_length=MAX_TEXT_TOKENS)
-        ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
+    def text_ids(self, words: str, grid: str = "") -> list[int]:
+        """``"<words>. <grid>"`` as T5 token ids ending in its end token, at most MAX_TEXT_TOKENS: a long
+        prompt loses its last words, never the grid."""
+        text = ". ".join(t for t in (words, grid) if t)
+        whole = self.tokenizer(text)["input_ids"] if len(text) < 4 * MAX_TEXT_TOKENS else None
+        if whole is not None and len(whole) <= MAX_TEXT_TOKENS:
+            return whole
+        tail = self.tokenizer((". " if words else "") + grid, add_special_tokens=False)["input_ids"] if grid else []
+        eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        room = max(0, MAX_TEXT_TOKENS - len(tail) - len(eos))
+        head = self.tokenizer(words, add_special_tokens=False, truncation=True,
+                              max_length=room)["input_ids"] if words and room else []
+        return (head + tail)[:MAX_TEXT_TOKENS - len(eos)] + eos
+
+    def encode_text(self, words: str, variations: int, guided: bool, grid: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+        """T5's hidden states and mask for the words and the grid (``text_ids``), one row per variation, then
+        the unconditional half (no text at all) when ``guided``."""
+        ids = torch.tensor([self.text_ids(words, grid)], dtype=torch.long, device=self.device)
+        mask = torch.ones_like(ids)
         hidden = self.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         hidden, mask = hidden.expand(variations, -1, -1), mask.expand(variations, -1)
         if guided:
