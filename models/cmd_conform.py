@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from stemd.errors import StemdError
 
@@ -57,6 +58,17 @@ def run(args: argparse.Namespace) -> int:
     if audio.shape[1] < in_rate // 2:
         raise ConformError(f"{args.input} is too short to find a tempo in (under half a second)")
     timing = detect_timing(audio, in_rate, grid.meter, source_bpm or float(grid.tempo.bpm))
+    from stemd.models.conform.stream import held_bars
+
+    whole = max(1, int(held_bars(audio.shape[1], in_rate, timing) + 0.1))
+    filled = ""
+    if args.bars is not None and args.bars > whole:
+        if args.loop:
+            filled = f" (its {whole} bar{'s' if whole != 1 else ''} looped to fill {args.bars})"
+        else:
+            print(f"{args.input} holds {whole} bar{'s' if whole != 1 else ''} at its tempo: the last "
+                  f"{args.bars - whole} of the {args.bars} bars are silence (--loop repeats it to fill)",
+                  file=sys.stderr)
     out = conform(audio, in_rate, grid, target_rate=rate, bars=args.bars, timing=timing, loop=args.loop)
     try:
         soundfile.write(args.out, out.T, rate, subtype="FLOAT")
@@ -64,5 +76,5 @@ def run(args: argparse.Namespace) -> int:
         raise ConformError(f"cannot write {args.out}: {e}") from None
     bars = args.bars or round(out.shape[1] / grid.bar_length_samples(0, rate))
     print(f"{args.input}: {timing.bpm:.2f} BPM, first downbeat at {timing.downbeat:.3f} s "
-          f"-> {args.out}: {bars} bars of {grid.meter} at {grid.tempo} BPM, {rate} Hz, {out.shape[1]} samples")
+          f"-> {args.out}: {bars} bars of {grid.meter} at {grid.tempo} BPM, {rate} Hz, {out.shape[1]} samples{filled}")
     return 0

@@ -237,3 +237,31 @@ def test_stemd_conform_missing_file_is_one_line(tmp_path, capsys):
 def test_audio_without_beats_is_taken_at_the_tempo_asked_for():
     timing = detect_timing(np.zeros(MODEL_RATE * 3, np.float32), MODEL_RATE, "4/4", expected_bpm=120)
     assert timing.bpm == pytest.approx(120) and timing.downbeat == 0.0
+
+
+def test_stemd_conform_loops_a_short_file_to_fill_its_bars_or_says_it_is_short(tmp_path, capsys):
+    import soundfile
+
+    from stemd.cli import main
+
+    # a 2-bar groove at 97 BPM 3/4 (clicks; the downbeat accented), conformed to 103 BPM and 8 bars
+    audio, _, _ = click_track(97, 44100, 2, beats_per_bar=3, start=0.0, tail=0.0)
+    soundfile.write(tmp_path / "in.wav", audio, 44100)
+    grid = Grid(103, Meter(3, 4))
+    args = ["conform", str(tmp_path / "in.wav"), "--bpm", "103", "--meter", "3/4", "--bars", "8",
+            "--sample-rate", "48000", "--source-bpm", "97"]
+    assert main(args + ["--out", str(tmp_path / "silent.wav")]) == 0
+    said = capsys.readouterr()
+    assert "holds 2 bars at its tempo: the last 6 of the 8 bars are silence (--loop repeats it" in said.err
+    silent, _ = soundfile.read(tmp_path / "silent.wav", dtype="float32")
+    assert np.abs(silent[grid.bar_start_sample(3, 48000):]).max() == 0
+    assert main(args + ["--loop", "--out", str(tmp_path / "loop.wav")]) == 0
+    assert "looped to fill 8" in capsys.readouterr().out
+    looped, rate = soundfile.read(tmp_path / "loop.wav", dtype="float32")
+    assert rate == 48000 and len(looped) == grid.span_samples(0, 8, 48000)
+    # every beat of all 8 bars has its click, on the grid
+    errs = attack_errors_ms(looped, rate, grid_beats(grid, 8))
+    assert len(errs) == 24 and np.median(errs) <= 5 and errs.max() <= 15
+    # the repeats are the loop again: bars 3-4 are bars 1-2, from their own bar line's sample
+    two = grid.bar_start_sample(2, 48000)
+    np.testing.assert_allclose(looped[two:two + 40000], looped[:40000], atol=1e-6)

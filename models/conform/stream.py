@@ -162,9 +162,16 @@ def conform(audio: np.ndarray, sample_rate: int, grid: Grid, *, target_rate: int
     expected = float(expected_bpm or section.tempo.bpm)
     if timing is None:
         timing = detect_timing(audio, sample_rate, section.meter, expected)
+    held = held_bars(audio.shape[1], sample_rate, timing)
     if bars is None:
-        held = (audio.shape[1] / sample_rate - timing.downbeat) / timing.bar_seconds
         bars = max(1, int(round(held)))
+    whole = max(1, int(held + 0.1))      # a loop a hair short of its last bar line still holds that bar
+    if loop and bars > whole:
+        # the file's own bars made a seamless loop, then repeated on the grid to fill (bar-exact, no drift)
+        base = conform(audio, sample_rate, grid, target_rate=target_rate, start_bar=start_bar, bars=whole,
+                       timing=timing, loop=True)
+        out = repeat_bars(base if not mono else base[None], grid, start_bar, whole, bars, target_rate)
+        return out[0] if mono else out
     spec = GenerationSpec(grid=grid, bars=bars, start_bar=start_bar, sample_rate=target_rate,
                           channels=audio.shape[0], loop=loop)
     stream = AudioStream(sample_rate=sample_rate, channels=audio.shape[0], blocks=iter([audio[None]]),
@@ -173,3 +180,22 @@ def conform(audio: np.ndarray, sample_rate: int, grid: Grid, *, target_rate: int
     out = np.concatenate(list(conformer.blocks()), axis=2)[0]
     out = fit_length(out, conformer.length)
     return out[0] if mono else out
+
+
+def held_bars(frames: int, sample_rate: int, timing: Timing) -> float:
+    """How many bars of its own tempo a file holds from its first downbeat on."""
+    return (frames / sample_rate - timing.downbeat) / timing.bar_seconds
+
+
+def repeat_bars(loop: np.ndarray, grid: Grid, start_bar: int, loop_bars: int, bars: int, rate: int) -> np.ndarray:
+    """``loop`` (``(channels, n)``, ``loop_bars`` bars from ``start_bar`` that wrap seamlessly) repeated to
+    ``bars`` bars: each repeat starts on its own bar line's exact sample, reading the loop round, so bar
+    lengths that differ by a sample never add up."""
+    origin = grid.bar_start_sample(start_bar, rate)
+    total = grid.bar_start_sample(start_bar + bars, rate) - origin
+    out = np.empty((loop.shape[0], total), dtype=np.float32)
+    for first in range(0, bars, loop_bars):
+        lo = grid.bar_start_sample(start_bar + first, rate) - origin
+        hi = grid.bar_start_sample(start_bar + min(bars, first + loop_bars), rate) - origin
+        out[:, lo:hi] = np.take(loop, np.arange(hi - lo) % loop.shape[1], axis=1)
+    return out
