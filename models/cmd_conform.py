@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bars", type=int, default=None, help="bars to write (default: as many as the file holds)")
     parser.add_argument("--sample-rate", type=int, required=True, help="the DAW's rate: 44100, 48000, 88200, 96000 ...")
     parser.add_argument("--source-bpm", default=None,
-                        help="roughly the file's own tempo, if far from --bpm (default: search near --bpm)")
+                        help="roughly the file's own tempo (default: found from the audio alone, 70-180 BPM, "
+                             "whatever --bpm is)")
     parser.add_argument("--loop", action="store_true", help="make the result loop seamlessly at its bar length")
     parser.add_argument("--out", required=True, metavar="OUT.wav", help="file to write (wav, 32-bit float)")
 
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     import soundfile
 
     from stemd.models.conform import conform, detect_timing
+    from stemd.models.conform.tempo import file_timing
 
     try:
         audio, in_rate = soundfile.read(args.input, dtype="float32", always_2d=True)
@@ -57,7 +59,15 @@ def run(args: argparse.Namespace) -> int:
     audio = np.ascontiguousarray(audio.T)
     if audio.shape[1] < in_rate // 2:
         raise ConformError(f"{args.input} is too short to find a tempo in (under half a second)")
-    timing = detect_timing(audio, in_rate, grid.meter, source_bpm or float(grid.tempo.bpm))
+    if source_bpm:
+        timing = detect_timing(audio, in_rate, grid.meter, source_bpm)
+    else:   # the file's own tempo: the session's says nothing about a file the producer brings
+        timing = file_timing(audio, in_rate, grid.meter)
+        session = float(grid.tempo.bpm)
+        if max(timing.bpm / session, session / timing.bpm) > 1.2:
+            print(f"{args.input}: its own tempo is {timing.bpm:.2f} BPM (found 70-180), far from the session's "
+                  f"{session:g}: stretched from {timing.bpm:.2f}; if the file is at half or double that, give "
+                  "--source-bpm", file=sys.stderr)
     from stemd.models.conform.stream import held_bars
 
     whole = max(1, int(held_bars(audio.shape[1], in_rate, timing) + 0.1))

@@ -265,3 +265,34 @@ def test_stemd_conform_loops_a_short_file_to_fill_its_bars_or_says_it_is_short(t
     # the repeats are the loop again: bars 3-4 are bars 1-2, from their own bar line's sample
     two = grid.bar_start_sample(2, 48000)
     np.testing.assert_allclose(looped[two:two + 40000], looped[:40000], atol=1e-6)
+
+
+@pytest.mark.parametrize("ratio", [2 / 3, 3 / 4, 4 / 3, 3 / 2, 2])
+@pytest.mark.parametrize("source", ["click 131", "drums 97"])
+def test_stemd_conform_finds_a_files_own_tempo_however_far_the_session_is(tmp_path, capsys, ratio, source):
+    # the session's tempo is the file's times 2/3 ... 2: a prior for generated audio, not for a file
+    import soundfile
+
+    from stemd.cli import main
+
+    kind, bpm = source.split()
+    bpm = float(bpm)
+    if kind == "drums":
+        why = fluidsynth_missing()
+        if why:
+            pytest.skip(why)
+        audio, _, _ = drum_track(bpm, 44100, 6, start=0.25)
+    else:
+        audio, _, _ = click_track(bpm, 44100, 6, start=0.25)
+    soundfile.write(tmp_path / "in.wav", audio.T if audio.ndim == 2 else audio, 44100)   # (frames, channels)
+    session = round(bpm * ratio, 2)
+    assert main(["conform", str(tmp_path / "in.wav"), "--bpm", str(session), "--bars", "4",
+                 "--sample-rate", "48000", "--out", str(tmp_path / "out.wav")]) == 0
+    said = capsys.readouterr()
+    assert f"{bpm:.2f} BPM" in said.out                                  # the file's own tempo, taken
+    assert (f"its own tempo is {bpm:.2f} BPM" in said.err) == (max(ratio, 1 / ratio) > 1.2)
+    out, rate = soundfile.read(tmp_path / "out.wav", dtype="float32", always_2d=True)
+    grid = Grid(session)
+    assert len(out) == grid.span_samples(0, 4, rate)
+    errs = attack_errors_ms(out.mean(axis=1), rate, grid_beats(grid, 4))
+    assert np.median(errs) <= 5 and errs.max() <= 20, errs

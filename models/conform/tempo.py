@@ -156,11 +156,12 @@ def _fit_beats(x: np.ndarray, sample_rate: int, period: float, phase: float,
 
 
 def detect_timing(audio: np.ndarray, sample_rate: int, meter: Meter | str = "4/4",
-                  expected_bpm: Optional[float] = None) -> Timing:
+                  expected_bpm: Optional[float] = None, search: float = SEARCH) -> Timing:
     """Tempo, beats and first downbeat of ``audio`` (mono or ``(channels, n)``) at ``sample_rate``.
 
     ``expected_bpm`` (quarters per minute: the tempo asked of the engine, or the DAW's) bounds the
-    search to within a factor of 1.4 either way; without it, 70 to 180 BPM.
+    search to within a factor of ``search`` (1.4) either way; without it, 70 to 180 BPM. For a file
+    whose tempo nothing says, :func:`file_timing`.
     """
     meter = Meter.parse(meter)
     unit_q = float(meter.unit_quarters)
@@ -169,7 +170,7 @@ def detect_timing(audio: np.ndarray, sample_rate: int, meter: Meter | str = "4/4
     broad, low, fps = onset_envelope(x, sample_rate)
     if expected_bpm:
         center = 60.0 * unit_q / float(expected_bpm)
-        lo, hi = center / SEARCH, center * SEARCH
+        lo, hi = center / search, center * search
     else:
         lo, hi = 60.0 * unit_q / 180.0, 60.0 * unit_q / 70.0
     period = _period_from_autocorrelation(broad, fps, lo, hi)
@@ -187,6 +188,18 @@ def detect_timing(audio: np.ndarray, sample_rate: int, meter: Meter | str = "4/4
     downbeat_index = _downbeat_index(x, sample_rate, first, period, n, duration)
     return Timing(beat_seconds=period, first_beat=first, downbeat=first + downbeat_index * period,
                   beats_per_bar=n, unit_quarters=unit_q, beats=beats, residual_ms=rms)
+
+
+#: a file's own tempo is searched in this range when nothing says where it is (quarters per minute)
+FILE_BPM = (70.0, 180.0)
+
+
+def file_timing(audio: np.ndarray, sample_rate: int, meter: Meter | str = "4/4") -> Timing:
+    """A file's own tempo and downbeat, found from the audio alone in 70-180 BPM: a session's tempo says
+    nothing about a file a producer brings (a 131 BPM groove is not 87.33 because the session is at 90).
+    A file outside that range is found at half or double its tempo: ``--source-bpm`` says where it is."""
+    lo, hi = FILE_BPM
+    return detect_timing(audio, sample_rate, meter, (lo * hi) ** 0.5, search=(hi / lo) ** 0.5)
 
 
 def _downbeat_index(x: np.ndarray, sample_rate: int, first: float, period: float, n: int,
