@@ -20,6 +20,7 @@ COMMANDS = {
     "bridge": ("stemd.bridge.cmd_bridge", "the DAW-side client: follow the transport, request and deliver takes"),
     "render": ("stemd.daemon.cmd_render", "render takes offline to WAV files with JSON sidecars"),
     "conform": ("stemd.models.cmd_conform", "conform an audio file to a tempo grid (rate, tempo, bars)"),
+    "pull": ("stemd.models.cmd_pull", "fetch a model from the Hugging Face hub into its cache (the one command that downloads)"),
     "make-test-model": ("stemd.models.cmd_make_test_model",
                         "write a small random-weight MusicGen checkpoint (a test model: it makes noise)"),
     "install-host-scripts": ("stemd.plugin_host.cmd_install", "install stemd's scripts into a DAW"),

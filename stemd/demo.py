@@ -18,7 +18,7 @@ from pathlib import Path
 from stemd import osc
 from stemd.protocol import PING, PONG
 
-READY_TIMEOUT_S = 600.0  # a first run may download facebook/musicgen-small (about 2 GB)
+READY_TIMEOUT_S = 600.0  # a large model's first load
 
 
 def free_port() -> int:
@@ -42,6 +42,24 @@ def stemd(*args: str) -> list[str]:
     return [sys.executable, "-m", "stemd", *args]
 
 
+def available_model(model: str) -> str:
+    """``model`` when it is on this machine or can be fetched now (``stemd pull``: once, into the Hugging
+    Face cache); else ``click``, said in one line."""
+    if model == "click" or Path(model).expanduser().exists():
+        return model
+    from stemd.errors import StemdError
+    from stemd.models.cmd_pull import pull
+
+    print(f"stemd demo: looking for {model} (stemd pull: fetched once into the Hugging Face cache)", flush=True)
+    try:
+        pull(model)
+        return model
+    except StemdError as e:
+        print(f"stemd demo: {e}; making the take with the click engine (a metronome, no weights) instead",
+              flush=True)
+        return "click"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m stemd.demo")
     p.add_argument("--model", default="facebook/musicgen-small")
@@ -52,8 +70,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="takes")
     args = p.parse_args(argv)
 
+    model = available_model(args.model)
     port = free_port()
     out = Path(args.out).resolve()
+    args.model = model
     print(f"stemd demo: starting the daemon with model {args.model} on 127.0.0.1:{port}", flush=True)
     daemon = subprocess.Popen(stemd("serve", "--model", args.model, "--port", str(port), "--out",
                                     str(out / "daemon")), stderr=subprocess.PIPE, text=True,
@@ -76,7 +96,8 @@ def main(argv=None) -> int:
                                       f"fixed:{args.bpm}:{args.meter}", "--out", str(out), "--generate",
                                       args.prompt, "--bars", str(args.bars), "--once"))
         if bridge.returncode == 0:
-            print(f"stemd demo: done; the take is in {out}")
+            print(f"stemd demo: done with {'the click engine' if args.model == 'click' else args.model}; "
+                  f"the take is in {out}")
         return bridge.returncode
     finally:
         if daemon.poll() is None:

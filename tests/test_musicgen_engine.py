@@ -209,7 +209,7 @@ def test_missing_model_is_one_line_with_where_and_how_to_fetch(tmp_path, monkeyp
         MusicGenEngine.load("facebook/musicgen-medium", device="cpu")
     text = str(e.value)
     assert "\n" not in text
-    assert "facebook/musicgen-medium" in text and "huggingface-cli download facebook/musicgen-medium" in text
+    assert "facebook/musicgen-medium" in text and "stemd pull facebook/musicgen-medium" in text
     assert "cache" in text
 
 

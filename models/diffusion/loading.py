@@ -30,11 +30,11 @@ HUB_FAMILIES = (
 FETCH_HINTS = {
     "stable-audio-3": (
         "accept the licence on https://huggingface.co/{model} (a gated repo; the T5Gemma text encoder's Gemma "
-        "terms too), then `hf auth login` and `hf download {model}`. A checkpoint in stable-audio-tools' own "
+        "terms too), then `hf auth login` and `stemd pull {model}`. A checkpoint in stable-audio-tools' own "
         "format converts with diffusers' scripts/convert_stable_audio_3_to_diffusers.py --checkpoint_path CKPT "
         "--model_config_path model_config.json --output_dir DIR; then pass --model DIR"),
     "ace-step": (
-        "`hf download {model}` (a diffusers-format repo); an ACE-Step 1.5 checkpoint in its own format converts "
+        "`stemd pull {model}` (a diffusers-format repo); an ACE-Step 1.5 checkpoint in its own format converts "
         "with diffusers' scripts/convert_ace_step_to_diffusers.py; then pass --model DIR"),
 }
 

@@ -117,8 +117,10 @@ class Checkpoint:
 # -- finding the files ------------------------------------------------------------------------------
 
 def fetch_hint(model: str) -> str:
-    return f"huggingface-cli download {model}" if "/" in model and not os.path.exists(model) else \
-        "stemd make-test-model DIR (random weights) or huggingface-cli download facebook/musicgen-small"
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", model) and not os.path.exists(os.path.expanduser(model)) \
+            and not model.startswith((".", "/", "~")):
+        return f"stemd pull {model}"
+    return "stemd pull facebook/musicgen-small, or stemd make-test-model DIR (random weights: noise, for trying stemd)"
 
 
 def hf_cache_dir() -> Path:
