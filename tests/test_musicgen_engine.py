@@ -119,6 +119,19 @@ def test_top_k_1_is_greedy(engine):
     assert torch.equal(greedy, top1)
 
 
+def test_with_top_p_set_top_k_is_not_used_as_audiocraft_samples(engine):
+    lm = engine.ck.lm
+    hidden, mask = guided_text(engine, "ambient pad")
+    lm.setup_caches(2, 128, 64)
+    lm.set_conditioning(hidden, mask)
+    both = generate_tokens(lm, 20, 1, Sampling(guidance=3.0, temperature=1.0, top_k=1, top_p=0.95), max_seq=128,
+                           seed=3)
+    top_p = generate_tokens(lm, 20, 1, Sampling(guidance=3.0, temperature=1.0, top_k=0, top_p=0.95), max_seq=128,
+                            seed=3)
+    greedy = generate_tokens(lm, 20, 1, Sampling(guidance=3.0, temperature=0), max_seq=128)
+    assert torch.equal(both, top_p) and not torch.equal(both, greedy)   # top_k=1 alone would be greedy
+
+
 def test_streamed_audio_equals_one_shot_decode_within_1e5(engine):
     torch.manual_seed(0)
     codes = torch.randint(0, engine.ck.lm.args.vocab_size, (2, 4, 300))

@@ -149,6 +149,8 @@ class Generation:
         self.temperature = torch.tensor(max(params.temperature, 1e-5), device=device)
         self.guidance = torch.tensor(params.guidance, dtype=torch.float32, device=device)
         self.top_p = torch.tensor(params.top_p, device=device) if 0 < params.top_p < 1 else None
+        # as audiocraft's LMModel samples: top_p when it is set, else top_k
+        self.top_k = 0 if self.top_p is not None else params.top_k
         self.tokens = torch.full((variations, args.num_codebooks, max_seq), args.pad_token, dtype=torch.long,
                                  device=device)
         # frames are counted from the start of the request (prompt included); ``offset`` is the frame
@@ -160,7 +162,7 @@ class Generation:
         """The step's arguments after ``forward`` and before ``span``."""
         p = self.params
         return (self.tokens, self.pattern, self.pos_t, self.noise, self.guidance, self.temperature, self.top_p,
-                p.guided, self.greedy, p.top_k)
+                p.guided, self.greedy, self.top_k)
 
     def _draw(self) -> None:
         if self.noise is not None:
@@ -185,7 +187,7 @@ class Generation:
         logits = self.lm(batch_tokens, torch.arange(p + 1, device=self.device), attention_span(p, self.max_seq))
         self._draw()
         nxt = next_tokens(logits[:, :, -1], self.params.guided, self.guidance, self.greedy, self.temperature,
-                          self.params.top_k, self.top_p, self.noise)
+                          self.top_k, self.top_p, self.noise)
         forced = self.pattern[:, :, p + 1]
         self.tokens[:, :, p + 1] = torch.where(forced >= 0, forced, nxt)
         self.pos = p + 1
