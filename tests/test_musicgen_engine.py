@@ -330,3 +330,23 @@ def test_the_grid_reaches_the_model_however_long_the_prompt(engine):
     assert ids[-1 - len(tail):-1] == tail                            # the words were cut, not the grid
     short = engine.ck.text_ids(*describe(spec))
     assert short == tok("dusty drums. 7/8 time. bpm: 97.0. key: F# minor")["input_ids"]   # as T5 reads it whole
+
+
+@pytest.mark.parametrize("change, says", [
+    (lambda cfg, state: cfg["conditioners"].update(self_wav={"model": "chroma_stem"}), "chroma conditioning"),
+    (lambda cfg, state: cfg.update(codebooks_pattern={"modeling": "unroll"}), "'unroll' codebook pattern"),
+    (lambda cfg, state: state.update({"transformer.layers.0.linear1.bias": torch.zeros(1)}), "feed-forward or attention"),
+    (lambda cfg, state: cfg["transformer_lm"].update(layer_scale=0.1), "layer scale"),
+])
+def test_an_audiocraft_checkpoint_stemd_cannot_run_is_refused_in_one_line(tiny, tmp_path, change, says):
+    import yaml
+
+    folder = write_audiocraft_copy(tiny, tmp_path / "odd")
+    pkg = torch.load(folder / "state_dict.bin", weights_only=True)
+    cfg = yaml.safe_load(pkg["xp.cfg"])
+    change(cfg, pkg["best_state"])
+    pkg["xp.cfg"] = yaml.safe_dump(cfg)
+    torch.save(pkg, folder / "state_dict.bin")
+    with pytest.raises(ModelNotFound, match=says) as e:
+        MusicGenEngine.load(str(folder), device="cpu", dtype="float32")
+    assert "\n" not in str(e.value) and "not supported" in str(e.value)

@@ -53,6 +53,29 @@ def lm_state_from_audiocraft(state: dict[str, torch.Tensor], hidden: int) -> dic
     return out
 
 
+def unsupported(cfg: dict, state: dict) -> list[str]:
+    """What an audiocraft checkpoint has that stemd's decoder does not do (it would be dropped, and the
+    model would run wrong): refused, each named."""
+    lm = cfg.get("transformer_lm", {}) or {}
+    out = []
+    conditioners = cfg.get("conditioners", {}) or {}
+    if "self_wav" in conditioners or any(k.startswith("condition_provider.conditioners.self_wav") for k in state):
+        out.append("MusicGen-Melody's chroma conditioning (self_wav)")
+    modeling = (cfg.get("codebooks_pattern", {}) or {}).get("modeling", "delay")
+    if modeling != "delay":
+        out.append(f"the {modeling!r} codebook pattern (stemd decodes the delay pattern)")
+    if lm.get("bias_ff") or lm.get("bias_attn") or any(
+            k.startswith("transformer.") and (k.endswith((".linear1.bias", ".linear2.bias", "in_proj_bias"))
+                                              or k.endswith("out_proj.bias")) for k in state):
+        out.append("feed-forward or attention biases")
+    if lm.get("layer_scale") is not None or any("layer_scale" in k for k in state):
+        out.append("layer scale")
+    other = sorted({c for c in conditioners if c not in ("description", "self_wav")})
+    if other:
+        out.append(f"conditioners other than the text description ({', '.join(other)})")
+    return out
+
+
 def lm_args_from_cfg(cfg: dict, text_hidden: int) -> LMArgs:
     lm = cfg["transformer_lm"]
     stereo = bool(cfg.get("interleave_stereo_codebooks", {}).get("use", False))
@@ -72,6 +95,10 @@ def load_audiocraft(model: str, folder: Path, device: torch.device, dtype: torch
     cfg = yaml.safe_load(cfg) if isinstance(cfg, str) else cfg
     if not isinstance(cfg, dict) or "transformer_lm" not in cfg:
         raise ModelNotFound(f"model {model!r}: {folder}/state_dict.bin has no audiocraft config (xp.cfg)")
+    lacking = unsupported(cfg, pkg.get("best_state", {}))
+    if lacking:
+        raise ModelNotFound(f"model {model!r}: an audiocraft checkpoint with {'; '.join(lacking)}: not supported "
+                            "by stemd's MusicGen decoder (nothing is dropped silently)")
     t5_name = cfg.get("conditioners", {}).get("description", {}).get("t5", {}).get("name", "t5-base")
     t5_folder = resolve(T5_HUB_NAMES.get(t5_name, t5_name)) if not Path(t5_name).is_dir() else Path(t5_name)
     text_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
