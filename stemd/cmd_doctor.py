@@ -7,7 +7,6 @@ where something is missing, the command that fixes it). Heavy packages are impor
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import json
 import os
@@ -104,22 +103,9 @@ def check_models() -> list[Check]:
     return out
 
 
-@contextlib.contextmanager
-def quiet_native_stderr():
-    """Native MIDI/audio libraries print to fd 2 when a server is missing; our line says it better."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def check_midi() -> list[Check]:
-    os.environ.setdefault("JACK_NO_START_SERVER", "1")
+    from stemd.midi.ports import quiet_native_stderr
+
     with quiet_native_stderr():
         return _check_midi()
 
@@ -147,6 +133,8 @@ def _check_midi() -> list[Check]:
 
 
 def check_audio() -> list[Check]:
+    from stemd.midi.ports import quiet_native_stderr
+
     with quiet_native_stderr():
         return _check_audio()
 

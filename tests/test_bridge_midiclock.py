@@ -154,3 +154,15 @@ def test_a_bridge_started_while_jack_midi_clock_runs_says_the_tempo_and_waits_fo
     placed = [l for l in json_lines(bridge, 3.0) if l["bar"] is not None]
     tell("stop")
     assert placed and placed[0]["bar"] == 3, placed
+
+
+def test_no_midi_system_here_is_one_line_naming_the_systems_tried(tmp_path):
+    # no JACK server (a name no server has) and, in these containers, no ALSA sequencer
+    import os
+
+    env = dict(os.environ, JACK_DEFAULT_SERVER="stemd-nobody-here", JACK_NO_START_SERVER="1")
+    out = subprocess.run([sys.executable, "-m", "stemd", "bridge", "--daemon", "none", "--follow", "midi-clock",
+                          "--midi-in", "IAC", "--no-stdin"], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no MIDI input matching 'IAC'; tried " in lines[0], out.stderr

@@ -140,19 +140,23 @@ def open_midi_input(name: Optional[str], client_name: str = "stemd-bridge"):
     it (JACK first when a JACK server runs); the first input there is when no name is given."""
     import rtmidi
 
-    from stemd.midi.ports import PortMissing, _client, match_port
+    from stemd.midi.ports import PortMissing, _client, match_port, quiet_native_stderr
 
     apis = [api for api in rtmidi.get_compiled_api() if api != rtmidi.API_RTMIDI_DUMMY]
     if rtmidi.API_UNIX_JACK in apis and _jack_available():
         apis.remove(rtmidi.API_UNIX_JACK)
         apis.insert(0, rtmidi.API_UNIX_JACK)
-    seen, ambiguous = [], None
+    seen, ambiguous, tried = [], None, []
     for api in apis:
+        system = rtmidi.get_api_display_name(api)
         try:
             midi_in = _client("input", api, client_name)
         except StemdError:  # this API has no server here
+            tried.append(f"{system} (not running)")
             continue
-        ports = list(midi_in.get_ports())
+        with quiet_native_stderr():
+            ports = list(midi_in.get_ports())
+        tried.append(f"{system} ({len(ports)} input{'s' if len(ports) != 1 else ''})")
         seen += ports
         try:
             port = match_port(name, ports, "input") if name else (ports[0] if ports else None)
@@ -166,7 +170,8 @@ def open_midi_input(name: Optional[str], client_name: str = "stemd-bridge"):
     if ambiguous is not None:
         raise FollowError(f"{ambiguous} (use --midi-in NAME)")
     wanted = f"matching {name!r}" if name else "at all"
-    raise FollowError(f"no MIDI input {wanted}; inputs seen: {', '.join(seen) or 'none'} (use --midi-in NAME)")
+    raise FollowError(f"no MIDI input {wanted}; tried {', '.join(tried) or 'no MIDI system'}; inputs seen: "
+                      f"{', '.join(seen) or 'none'} (use --midi-in NAME)")
 
 
 class MidiClockFollower:

@@ -8,6 +8,7 @@ An input hands raw byte events to a callback from rtmidi's thread; we only queue
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -58,11 +59,28 @@ def api_id(name: str) -> int:
     return api
 
 
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """The MIDI and audio libraries write to fd 2 when a system is missing (ALSA's sequencer, a JACK
+    server: a hundred lines); stemd's own line says it better. Python's own errors still raise."""
+    os.environ.setdefault("JACK_NO_START_SERVER", "1")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _client(kind: str, api: int, client_name: str):
     rtmidi = _rtmidi()
     cls = rtmidi.MidiIn if kind == "input" else rtmidi.MidiOut
     try:
-        return cls(rtapi=api, name=client_name)
+        with quiet_native_stderr():    # a missing JACK server or ALSA sequencer: our line, not theirs
+            return cls(rtapi=api, name=client_name)
     except (rtmidi.SystemError, RuntimeError) as e:
         hint = " (is the JACK server running? start it or choose --midi-api)" if "JACK" in str(e) else ""
         raise StemdError(f"cannot open MIDI {kind}: {e}{hint}") from None
