@@ -296,3 +296,17 @@ def test_stemd_conform_finds_a_files_own_tempo_however_far_the_session_is(tmp_pa
     assert len(out) == grid.span_samples(0, 4, rate)
     errs = attack_errors_ms(out.mean(axis=1), rate, grid_beats(grid, 4))
     assert np.median(errs) <= 5 and errs.max() <= 20, errs
+
+
+def test_a_conformed_file_cut_through_a_sound_fades_in_and_out_over_2_ms(tmp_path):
+    # clicks over a sustained tone: both edges of the take fall inside the tone
+    rate = 44100
+    clicks, _, _ = click_track(100, rate, 4, start=0.5)
+    t = np.arange(len(clicks)) / rate
+    audio = clicks + 0.3 * np.sin(2 * np.pi * 220 * t).astype(np.float32)
+    out = conform(audio, rate, Grid(110), target_rate=48000, bars=3, expected_bpm=100)
+    fade = int(0.002 * 48000)
+    assert abs(out[0]) < 0.01 and abs(out[-1]) < 0.01                      # the edges start and end at 0
+    assert np.abs(out[fade:2 * fade]).max() > 0.2 and np.abs(out[-2 * fade:-fade]).max() > 0.2   # only 2 ms
+    looped = conform(audio, rate, Grid(110), target_rate=48000, bars=3, expected_bpm=100, loop=True)
+    assert len(looped) == len(out)                                         # loops wrap: no edge fades there

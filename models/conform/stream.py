@@ -179,6 +179,8 @@ def conform(audio: np.ndarray, sample_rate: int, grid: Grid, *, target_rate: int
     conformer = StreamConformer(stream, spec, timings=[timing])
     out = np.concatenate(list(conformer.blocks()), axis=2)[0]
     out = fit_length(out, conformer.length)
+    if not loop:
+        out = edge_fades(out, target_rate)
     return out[0] if mono else out
 
 
@@ -199,3 +201,21 @@ def repeat_bars(loop: np.ndarray, grid: Grid, start_bar: int, loop_bars: int, ba
         hi = grid.bar_start_sample(start_bar + min(bars, first + loop_bars), rate) - origin
         out[:, lo:hi] = np.take(loop, np.arange(hi - lo) % loop.shape[1], axis=1)
     return out
+
+
+EDGE_FADE_SECONDS = 0.002
+SOUNDING = 1e-4     # -80 dBFS: a cut through a sound, not through silence
+
+
+def edge_fades(audio: np.ndarray, rate: int, seconds: float = EDGE_FADE_SECONDS) -> np.ndarray:
+    """A 2 ms raised-cosine fade where a take's first or last sample cuts through a sound (a file whose
+    first downbeat falls a hair into a kick; a take that ends mid-note), so neither edge clicks."""
+    n = min(int(round(seconds * rate)), audio.shape[-1] // 2)
+    if n < 1:
+        return audio
+    ramp = (0.5 - 0.5 * np.cos(np.pi * (np.arange(n) + 0.5) / n)).astype(np.float32)
+    if np.abs(audio[..., :1]).max() > SOUNDING:
+        audio[..., :n] *= ramp
+    if np.abs(audio[..., -1:]).max() > SOUNDING:
+        audio[..., -n:] *= ramp[::-1]
+    return audio
