@@ -90,8 +90,8 @@ def check_models() -> list[Check]:
     models = cached_models(cache)
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     status = "ok" if models else "warn"
-    detail = ", ".join(models) if models else ("none; fetch one with: hf download ACE-Step/<a diffusers-format repo> "
-                                               "(MIT), or hf download facebook/musicgen-small (non-commercial); or "
+    detail = ", ".join(models) if models else ("none; fetch one with: stemd pull ACE-Step/<a diffusers-format repo> "
+                                               "(MIT), or stemd pull facebook/musicgen-small (non-commercial); or "
                                                "use --model click, or stemd make-test-model DIR")
     out = [(status, "models", f"{detail} [cache: {cache}{', HF_HUB_OFFLINE=1' if offline else ''}]")]
     try:

@@ -204,7 +204,7 @@ def test_a_missing_diffusion_model_says_where_stemd_looked_and_how_to_fetch_it(t
     with pytest.raises(ModelNotFound) as e:
         load_engine("stabilityai/stable-audio-3-small-music", device="cpu")
     text = str(e.value)
-    assert "empty-cache" in text and "hf download stabilityai/stable-audio-3-small-music" in text
+    assert "empty-cache" in text and "stemd pull stabilityai/stable-audio-3-small-music" in text
     assert "convert_stable_audio_3_to_diffusers.py" in text
 
 

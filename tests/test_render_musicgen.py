@@ -48,6 +48,7 @@ def test_a_killed_job_resumes_to_12_takes_of_exact_length(killed_then_resumed):
 
     out, survivors, again = killed_then_resumed
     assert again.returncode == 0, again.stderr
+    assert "[transformers]" not in again.stderr and "Warning" not in again.stderr    # nothing breaks into it
     assert 3 <= len(survivors) < 12
     written = {Path(p).name for p in again.stdout.split()}
     assert written.isdisjoint(survivors) and len(written) + len(survivors) == 12

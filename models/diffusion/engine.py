@@ -15,7 +15,6 @@ tests/test_diffusion_engines.py holds both to 1e-5.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 
 from stemd.licenses import card_for_readme, describe
+from stemd.models.quiet import quiet_loading
 from stemd.models.base import (Audio, AudioStream, Cancelled, Engine, EngineError, GenerationSpec, never_stop,
                                no_progress)
 from stemd.protocol import random_seed
@@ -43,32 +43,6 @@ def pick_dtype(dtype: Optional[str], device):
     if dtype and dtype != "auto":
         return named_dtype(dtype)
     return gpu_dtype(device) or torch.float32
-
-
-@contextlib.contextmanager
-def quiet_loading():
-    """Loading without diffusers' and transformers' progress bars and notes (stemd's own keys in
-    ``model_index.json``, accelerate's absence, torch's weight_norm deprecation): they would break into
-    ``stemd render``'s progress bar and the daemon's log. Errors still raise."""
-    import warnings
-
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    before = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            yield
-    finally:
-        diffusers_logging.set_verbosity(before[0])
-        transformers_logging.set_verbosity(before[1])
-        diffusers_logging.enable_progress_bar()
-        transformers_logging.enable_progress_bar()
 
 
 class DiffusionEngine(Engine):

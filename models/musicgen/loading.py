@@ -284,10 +284,14 @@ def build_codec(config: dict, state: dict[str, torch.Tensor], device):
 def load_tokenizer(folder: Path, fallback: Optional[str] = None):
     from transformers import AutoTokenizer
 
+    from stemd.models.quiet import quiet_loading
+
     if (folder / "tokenizer.json").exists() or (folder / "spiece.model").exists():
-        return AutoTokenizer.from_pretrained(str(folder))
+        with quiet_loading():
+            return AutoTokenizer.from_pretrained(str(folder))
     if fallback:
-        return AutoTokenizer.from_pretrained(str(resolve(fallback)))
+        with quiet_loading():
+            return AutoTokenizer.from_pretrained(str(resolve(fallback)))
     raise ModelNotFound(f"model folder {folder} has no tokenizer (tokenizer.json or spiece.model)")
 
 
