@@ -153,6 +153,18 @@ def _check_audio() -> list[Check]:
     return [("ok" if outputs else "warn", "audio outputs", ", ".join(outputs) or "none found")]
 
 
+def check_chromium() -> list[Check]:
+    """stemd render draws contact.png with headless Chromium; without one only the HTML sheet is written."""
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return [("ok", "chromium", f"{path} (stemd render's contact.png)")]
+    return [("warn", "chromium", "not found: stemd render writes contact.html but no contact.png (Debian: "
+             "apt-get install chromium)")]
+
+
 def check_port(port: int) -> list[Check]:
     busy = []
     for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
@@ -207,7 +219,7 @@ def check_served(model_args: list, models_file) -> list[Check]:
 def run(args: argparse.Namespace) -> int:
     checks: list[Callable[[], list[Check]]] = [check_python, check_torch, check_models,
                                                lambda: check_served(args.model, args.models), check_midi,
-                                               check_audio, lambda: check_port(args.port)]
+                                               check_audio, check_chromium, lambda: check_port(args.port)]
     results: list[Check] = []
     for check in checks:
         try:

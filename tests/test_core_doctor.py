@@ -18,7 +18,11 @@ def test_doctor_reports_python_and_a_busy_daemon_port():
         checks = doctor("--port", str(port))
     assert checks["python"]["status"] == "ok"
     assert checks["daemon port"]["status"] == "warn" and str(port) in checks["daemon port"]["detail"]
-    assert {"torch", "models", "midi backends"} <= set(checks)
+    assert {"torch", "models", "midi backends", "chromium"} <= set(checks)
+    import shutil
+
+    assert (checks["chromium"]["status"] == "ok") == any(shutil.which(n) for n in ("chromium", "chromium-browser",
+                                                                                 "google-chrome", "google-chrome-stable"))
 
 
 def test_doctor_lists_models_present_in_the_hf_cache(tmp_path):
