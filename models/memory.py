@@ -112,8 +112,6 @@ class Footprint:
     def request(self, seconds: float, variations: int) -> int:
         return int(SAFETY * _REQUEST[self.family](self.arch, float(seconds), int(variations), self.dtype_bytes))
 
-    def total(self, seconds: float, variations: int) -> int:
-        return self.weights + self.request(seconds, variations)
 
 
 def _musicgen(arch: dict, seconds: float, variations: int, b: int) -> int:

@@ -255,6 +255,25 @@ class Slot:
                 "weights_sha256": info.get("weights_sha256", "")}
 
 
+def locate_slot(entry: ModelEntry, device: str) -> Slot:
+    """What is known of ``entry`` before it loads: found on disk (ModelNotFound otherwise), its family,
+    licence card, whether it is a test model, the dtype it will run in on its device (``entry.device``,
+    else ``device``) and its footprint. Nothing loads."""
+    family, folder = locate(entry.source)
+    dtype = planned_dtype(family, entry.device or device, entry.dtype)
+    test_model = False
+    if family != "click":
+        from stemd.licenses import card_for_readme
+
+        test_model = is_test_model(folder)
+        card = card_for_readme(folder / "README.md", family, test_model=test_model)
+    else:
+        from stemd.licenses import card as family_card
+
+        card = family_card("click")
+    return Slot(entry, family, folder, footprint(family, folder, dtype), card, test_model, dtype)
+
+
 Loader = Callable[[ModelEntry, str], Engine]
 
 
@@ -272,7 +291,7 @@ class ModelPool:
         self.devices, self.budgets, self.loader = list(devices), dict(budgets), loader
         self._lock = threading.RLock()
         self.slots: dict[str, Slot] = {}
-        for slot in slots if slots is not None else [self._locate(e) for e in unique_entries(entries)]:
+        for slot in slots if slots is not None else [locate_slot(e, self.devices[0]) for e in unique_entries(entries)]:
             if slot.entry.device and slot.entry.device not in self.devices:
                 raise ModelsFileError(f"model {slot.name!r} is pinned to {slot.entry.device}, which this daemon "
                                       f"does not run on (--device: {', '.join(self.devices)})")
@@ -305,21 +324,6 @@ class ModelPool:
             raise ModelsFileError(f"model {slot.name} ({gib(slot.footprint.weights)} of weights) does not fit the "
                                   f"{gib(self.budgets[device])} memory budget on {device}")
         return self.acquire(slot.name, device, 0.0, 1)
-
-    def _locate(self, entry: ModelEntry) -> Slot:
-        family, folder = locate(entry.source)
-        dtype = planned_dtype(family, entry.device or self.devices[0], entry.dtype)
-        test_model = False
-        if family != "click":
-            from stemd.licenses import card_for_readme
-
-            test_model = is_test_model(folder)
-            card = card_for_readme(folder / "README.md", family, test_model=test_model)
-        else:
-            from stemd.licenses import card as family_card
-
-            card = family_card("click")
-        return Slot(entry, family, folder, footprint(family, folder, dtype), card, test_model, dtype)
 
     # --- names -------------------------------------------------------------------------------------
     @property
@@ -451,12 +455,6 @@ class ModelPool:
     def describe(self) -> list[dict]:
         with self._lock:
             return [s.describe() for s in self.slots.values()]
-
-    def close(self) -> None:
-        for slot in self.slots.values():
-            if slot.loaded:
-                with self._lock:
-                    slot.engine, slot.held = None, 0
 
 
 def device_bytes(engine: Any) -> int:

@@ -184,12 +184,11 @@ def check_served(model_args: list, models_file) -> list[Check]:
     if not model_args and not models_file:
         return []
     try:
-        from stemd.models.memory import footprint, gib
-        from stemd.models.pool import is_test_model, locate, parse_model_arg, planned_dtype, read_models_file
+        from stemd.models.memory import gib
+        from stemd.models.pool import locate_slot, parse_model_arg, read_models_file
     except ImportError as e:   # the bridge-only install
         return [("fail", "served models", f"cannot check models without the daemon's packages ({e})")]
     from stemd.errors import StemdError
-    from stemd.licenses import card, card_for_readme
 
     out: list[Check] = []
     try:
@@ -199,20 +198,19 @@ def check_served(model_args: list, models_file) -> list[Check]:
         return [("fail", "served models", str(e))]
     for entry in entries:
         try:
-            family, folder = locate(entry.source)
+            slot = locate_slot(entry, "cpu")     # what stemd serve would know of it, nothing loaded
         except StemdError as e:
             out.append(("fail", f"model {entry.name}", str(e)))
             continue
-        if folder is None:
+        if slot.folder is None:
             out.append(("ok", f"model {entry.name}", "click (a metronome, no weights)"))
             continue
-        dtype = planned_dtype(family, entry.device or "cpu", entry.dtype) if family != "click" else "float32"
-        fp = footprint(family, folder, dtype)
-        lic = card_for_readme(folder / "README.md", family) if family != "click" else card("click")
-        test = " (a test model: random weights, noise)" if is_test_model(folder) else ""
-        out.append(("ok", f"model {entry.name}", f"{family} at {folder}{test}; weights about {gib(fp.weights)} in "
-                    f"{dtype} on {entry.device or 'cpu'}, a 4-bar 120 BPM request about {gib(fp.request(8.0, 1))} more; "
-                    f"{lic['name']}, commercial use {'yes' if lic['commercial'] else 'NO'}"))
+        fp, lic = slot.footprint, slot.license
+        test = " (a test model: random weights, noise)" if slot.test_model else ""
+        out.append(("ok", f"model {entry.name}", f"{slot.family} at {slot.folder}{test}; weights about "
+                    f"{gib(fp.weights)} in {slot.dtype} on {entry.device or 'cpu'}, a 4-bar 120 BPM request about "
+                    f"{gib(fp.request(8.0, 1))} more; {lic['name']}, commercial use "
+                    f"{'yes' if lic['commercial'] else 'NO'}"))
     return out
 
 
