@@ -3,7 +3,8 @@ with sidecars, a manifest and a contact sheet; optionally loudness-normalised, s
 spread over a Ray cluster. docs/render.md tells how.
 
 Each take's path is printed on stdout as it is written; the progress bar (on a terminal) and the
-summary go to stderr.
+summary go to stderr. ``--accept picks.json`` renders nothing: it copies the takes picked on the
+contact sheet into the folder's ``accepted/`` (``stemd.daemon.render.picks``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="MusicGen decoding backend (default: $STEMD_DECODE_BACKEND, else eager); a job key too")
     p.add_argument("--out", default=None, help="output folder (default: takes)")
     p.add_argument("--no-contact-sheet", action="store_true", help="skip the contact sheet (HTML and PNG)")
+    p.add_argument("--accept", default=None, metavar="PICKS",
+                   help="no rendering: copy the takes picked on the contact sheet (its exported picks.json) into "
+                        "the render folder's accepted/ (the folder: --out, else the one the picks name)")
     p.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="run on a Ray cluster (host:port of its head, or 'auto'): one worker per GPU")
     p.add_argument("--ray-workers", type=int, default=None,
@@ -89,6 +93,8 @@ def job_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.accept:
+        return accept(args)
     from stemd.daemon.render.runner import run_job
 
     job = job_from_args(args)
@@ -97,4 +103,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"stemd render: {len(result.written)} takes written, {result.skipped} already finished, "
           f"{result.planned} in the job ({result.takes_per_minute:.1f} takes/min); manifest {result.manifest}"
           + (f"; contact sheet {result.contact_sheet}" if result.contact_sheet else ""), file=sys.stderr)
+    return 0
+
+
+def accept(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from stemd.daemon.render.picks import accept_picks
+
+    result = accept_picks(Path(args.accept), Path(args.out) if args.out else None)
+    for path in result.files:
+        print(path, flush=True)
+    print(f"stemd render: {len(result.files)} takes accepted into {result.folder / 'accepted'}"
+          + (f" ({result.removed} files of earlier picks removed)" if result.removed else ""), file=sys.stderr)
     return 0

@@ -155,12 +155,11 @@ def _check_audio() -> list[Check]:
 
 def check_chromium() -> list[Check]:
     """stemd render draws contact.png with headless Chromium; without one only the HTML sheet is written."""
-    import shutil
+    from stemd.chromium import find_chromium
 
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        path = shutil.which(name)
-        if path:
-            return [("ok", "chromium", f"{path} (stemd render's contact.png)")]
+    path = find_chromium()
+    if path:
+        return [("ok", "chromium", f"{path} (stemd render's contact.png)")]
     return [("warn", "chromium", "not found: stemd render writes contact.html but no contact.png (Debian: "
              "apt-get install chromium)")]
 

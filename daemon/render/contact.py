@@ -1,9 +1,17 @@
 """The contact sheet: one page to choose takes from, written next to the manifest.
 
-``contact.html`` has a card per finished take: a numbered colour badge, its waveform and
-spectrogram (PNG, inline), its parameters and an ``<audio>`` player with a relative path, so the
-folder can be moved or shared as a whole. ``contact.png`` is a picture of the page taken with
-headless Chromium (when one is installed), for a quick look or a chat message.
+``contact.html`` has a card per finished take: a numbered colour badge, its full name, its rights
+(a take from a test model or under a non-commercial licence says so on its card and at the top),
+its waveform and spectrogram (PNG, inline), its parameters and an ``<audio>`` player with a
+relative path, so the folder can be moved or shared as a whole. The grid reflows from one column on
+a phone to as many as fit on a wide screen.
+
+A producer picks takes with each card's "accept" box (kept in the browser's storage for that
+folder) and "Export picks" downloads ``picks.json`` (:data:`PICKS_FORMAT`), which
+``stemd render --accept picks.json`` turns into an ``accepted/`` folder (:mod:`.picks`).
+
+``contact.png`` is a picture of the page taken with headless Chromium (when one is installed), for
+a quick look or a chat message.
 """
 
 from __future__ import annotations
@@ -11,9 +19,9 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,11 +32,14 @@ import numpy as np
 
 from stemd.daemon.render.manifest import read_manifest
 
+from stemd.chromium import find_chromium
+
 WAVE_SIZE, SPEC_SIZE = (360, 70), (360, 110)
-COLUMNS, CARD_WIDTH, CARD_HEIGHT, HEADER_HEIGHT = 3, 400, 372, 64
-PAGE_WIDTH = COLUMNS * (CARD_WIDTH + 16) + 32
+MIN_CARD_WIDTH, GAP, PADDING = 320, 16, 16   # the grid: as many columns of at least 320 px as fit
+SCREENSHOT_WIDTH = 1280
 MAX_SCREENSHOT_HEIGHT = 16000  # Chromium's screenshots stop being reliable above this
-CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+BACKGROUND = (17, 19, 24)
+PICKS_FORMAT = "stemd-picks"   # picks.json: {"format", "version": 1, "folder", "accepted": [take, ...]}
 
 
 def badge_colour(index: int) -> tuple[int, int, int]:
@@ -93,26 +104,43 @@ def _read_mono(path: Path) -> tuple[np.ndarray, int]:
     return data.mean(axis=1), rate
 
 
+def _rights(take: dict) -> tuple[str, list[tuple[str, str]]]:
+    """The rights line of a card and its flags (css class, text)."""
+    flags = []
+    if take.get("test_model"):
+        flags.append(("test", "TEST MODEL: noise, not music"))
+    if not take.get("commercial_use"):
+        flags.append(("nc", "NON-COMMERCIAL"))
+    line = f'{take.get("license") or "licence unknown"}, ' + (
+        "commercial use allowed" if take.get("commercial_use") else "not for commercial use")
+    return line, flags
+
+
 def _card(index: int, take: dict, folder: Path) -> str:
     mono, rate = _read_mono(folder / take["file"])
     r, g, b = badge_colour(index)
-    rights = f'{take.get("license") or "licence unknown"}, ' + (
-        "commercial use allowed" if take.get("commercial_use") else "NON-COMMERCIAL")
-    if take.get("test_model"):
-        rights += "; test model: noise, not music"
-    params = [("model", f'{take["model"]} ({rights})'), ("seed", take["seed"]), ("variation", take["variation"]),
+    rights, flags = _rights(take)
+    model = take.get("model_name") or take["model"]
+    params = [("model", f'{model} ({take["model"]})' if model != take["model"] else model), ("rights", rights),
+              ("seed", take["seed"]), ("variation", take["variation"]),
               ("bars", f'{take["bars"]} @ {take["tempo"]:g} BPM {take["meter"]}'),
               ("length", f'{take["seconds"]:.3f} s, {take["sample_rate"]} Hz, {take["format"]}')]
+    if take.get("musical_key"):
+        params.append(("key", take["musical_key"]))
     if take.get("lufs") is not None:
         params.append(("loudness", f'{take["lufs"]:.1f} LUFS'))
     if take.get("stems"):
         params.append(("stems", ", ".join(take["stems"])))
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in params)
-    prompt = html.escape(take["prompt"] or "(no prompt)")
+    prompt = take["prompt"] or "(no prompt)"
+    name = html.escape(take["name"])
+    flag_html = "".join(f'<span class="flag {c}">{html.escape(t)}</span>' for c, t in flags)
     return f"""<div class="card" id="take-{index}">
   <div class="head"><span class="badge" style="background:rgb({r},{g},{b})">{index}</span>
-  <span class="name" title="{html.escape(take['name'])}">{html.escape(take['name'])}</span></div>
-  <div class="prompt">{prompt}</div>
+  <span class="name">{name}</span>
+  <label class="pick"><input type="checkbox" class="pick" data-name="{name}"> accept</label></div>
+  <div class="flags">{flag_html}</div>
+  <div class="prompt" title="{html.escape(prompt)}">{html.escape(prompt)}</div>
   <img alt="waveform" src="{waveform_png(mono)}" width="{WAVE_SIZE[0]}" height="{WAVE_SIZE[1]}">
   <img alt="spectrogram" src="{spectrogram_png(mono, rate)}" width="{SPEC_SIZE[0]}" height="{SPEC_SIZE[1]}">
   <table>{rows}</table>
@@ -120,45 +148,130 @@ def _card(index: int, take: dict, folder: Path) -> str:
 </div>"""
 
 
-STYLE = f"""body{{margin:0;padding:16px;background:#111318;color:#e8e8ea;font:13px/1.3 sans-serif;width:{PAGE_WIDTH - 32}px}}
-h1{{font-size:20px;margin:0 0 4px}} .sub{{color:#9aa;margin-bottom:16px;height:{HEADER_HEIGHT - 44}px}}
-.grid{{display:grid;grid-template-columns:repeat({COLUMNS},{CARD_WIDTH}px);gap:16px}}
-.card{{background:#1b1e26;border-radius:6px;padding:10px 20px;height:{CARD_HEIGHT - 20}px;overflow:hidden;box-sizing:content-box;width:{CARD_WIDTH - 40}px}}
-.head{{display:flex;align-items:center;gap:8px;height:26px}}
-.badge{{display:inline-block;min-width:24px;height:24px;border-radius:3px;text-align:center;line-height:24px;font-weight:bold;color:#000}}
-.name{{font-family:monospace;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}}
-.prompt{{color:#ffd479;height:18px;overflow:hidden;white-space:nowrap;text-overflow:ellipsis;margin:2px 0 4px}}
-img{{display:block;margin-bottom:4px}} table{{border-collapse:collapse;font-size:11px;height:70px}}
-th{{text-align:left;color:#9aa;font-weight:normal;padding-right:8px}} audio{{width:{CARD_WIDTH - 40}px;height:28px}}"""
+STYLE = f"""*{{box-sizing:border-box}}
+body{{margin:0;padding:{PADDING}px;background:rgb{BACKGROUND};color:#e8e8ea;font:13px/1.35 sans-serif}}
+h1{{font-size:20px;margin:0 0 4px}} .sub{{color:#9aa;margin-bottom:8px}}
+.bar{{display:flex;flex-wrap:wrap;align-items:center;gap:12px;margin-bottom:12px}}
+.bar button{{font:inherit;padding:4px 12px}}
+.warn{{margin:0 0 8px;padding:6px 10px;border-radius:4px}} .warn.test{{background:#7a1f1f}} .warn.nc{{background:#6b4a00}}
+.grid{{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,{MIN_CARD_WIDTH}px),1fr));gap:{GAP}px}}
+.card{{background:#1b1e26;border-radius:6px;padding:10px 12px;min-width:0;border:3px solid transparent}}
+.card.picked{{border-color:#5fd35f}}
+.head{{display:flex;align-items:flex-start;gap:8px}}
+.badge{{flex:none;min-width:24px;height:24px;border-radius:3px;text-align:center;line-height:24px;font-weight:bold;color:#000}}
+.name{{flex:1;min-width:0;font-family:monospace;overflow-wrap:anywhere;padding-top:4px}}
+label.pick{{flex:none;white-space:nowrap;padding-top:3px;cursor:pointer}}
+.flags{{display:flex;flex-wrap:wrap;gap:4px;margin:4px 0 0}}
+.flag{{font-size:11px;font-weight:bold;padding:1px 6px;border-radius:3px}}
+.flag.test{{background:#d33;color:#fff}} .flag.nc{{background:#e9a000;color:#000}}
+.prompt{{color:#ffd479;margin:4px 0;overflow:hidden;display:-webkit-box;-webkit-line-clamp:3;-webkit-box-orient:vertical}}
+img{{display:block;width:100%;height:auto;margin-bottom:4px;image-rendering:pixelated}}
+table{{border-collapse:collapse;font-size:11px;width:100%}}
+th{{text-align:left;color:#9aa;font-weight:normal;padding-right:8px;vertical-align:top;white-space:nowrap}}
+td{{overflow-wrap:anywhere}} audio{{width:100%;height:32px;margin-top:4px}}"""
+
+SCRIPT = f"""(function () {{
+  const data = JSON.parse(document.getElementById("stemd-takes").textContent);
+  const store = "stemd-picks:" + data.folder;
+  const boxes = Array.from(document.querySelectorAll("input.pick"));
+  function picked() {{ return boxes.filter(b => b.checked).map(b => b.dataset.name); }}
+  window.stemdPicks = function () {{
+    const names = new Set(picked());
+    return JSON.stringify({{format: "{PICKS_FORMAT}", version: 1, folder: data.folder,
+                           accepted: data.takes.filter(t => names.has(t.name))}}, null, 2);
+  }};
+  function update(save) {{
+    boxes.forEach(b => b.closest(".card").classList.toggle("picked", b.checked));
+    const n = picked().length;
+    document.getElementById("count").textContent = n + " of " + boxes.length + " picked";
+    document.getElementById("export").disabled = n === 0;
+    if (save) {{ try {{ localStorage.setItem(store, JSON.stringify(picked())); }} catch (e) {{}} }}
+  }}
+  try {{
+    const kept = new Set(JSON.parse(localStorage.getItem(store) || "[]"));
+    boxes.forEach(b => {{ b.checked = kept.has(b.dataset.name); }});
+  }} catch (e) {{}}
+  boxes.forEach(b => b.addEventListener("change", () => update(true)));
+  document.getElementById("export").addEventListener("click", () => {{
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(new Blob([window.stemdPicks() + "\\n"], {{type: "application/json"}}));
+    link.download = "picks.json";
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+  }});
+  update(false);
+}})();"""
+
+
+def _warnings(takes: list[dict]) -> str:
+    lines = []
+    test = sum(1 for t in takes if t.get("test_model"))
+    if test:
+        lines.append(("test", f"{test} of {len(takes)} takes come from a test model (random weights): they are "
+                              "noise, not music."))
+    nc = [t for t in takes if not t.get("commercial_use")]
+    if nc:
+        licences = ", ".join(sorted({t.get("license") or "licence unknown" for t in nc}))
+        lines.append(("nc", f"{len(nc)} of {len(takes)} takes may not be used commercially ({licences}): "
+                            "not for release."))
+    return "".join(f'<p class="warn {c}">{html.escape(t)}</p>' for c, t in lines)
+
+
+def _script_json(value) -> str:
+    """JSON that cannot close the <script> element it sits in."""
+    return json.dumps(value).replace("<", "\\u003c")
 
 
 def contact_html(folder: Path) -> str:
+    folder = Path(folder)
     manifest = read_manifest(folder)
     takes = manifest["takes"]
     cards = "\n".join(_card(i + 1, t, folder) for i, t in enumerate(takes))
     sub = f'{manifest["finished"]} of {manifest["planned"]} takes finished'
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>stemd takes</title>
-<style>{STYLE}</style></head><body><h1>stemd takes</h1><div class="sub">{sub}</div>
+    data = {"folder": str(folder.resolve()),
+            "takes": [{k: t.get(k) for k in ("name", "file", "sha256", "take_key")} for t in takes]}
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>stemd takes</title>
+<style>{STYLE}</style></head><body><h1>stemd takes</h1><div class="sub">{html.escape(sub)}</div>
+{_warnings(takes)}
+<div class="bar"><span id="count"></span><button id="export" type="button">Export picks</button>
+<span class="sub">then: stemd render --accept picks.json</span></div>
 <div class="grid">
 {cards}
-</div></body></html>
+</div>
+<script type="application/json" id="stemd-takes">{_script_json(data)}</script>
+<script>{SCRIPT}</script>
+</body></html>
 """
 
 
-def page_height(n_takes: int) -> int:
-    rows = math.ceil(n_takes / COLUMNS)
-    return 16 + HEADER_HEIGHT + rows * (CARD_HEIGHT + 16) + 16
+def columns_at(width: int) -> int:
+    """How many columns the grid has in a window ``width`` px wide."""
+    return max(1, (width - 2 * PADDING + GAP) // (MIN_CARD_WIDTH + GAP))
 
 
-def find_chromium() -> Optional[str]:
-    for name in CHROMIUM_NAMES:
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
+def page_height(n_takes: int, width: int = SCREENSHOT_WIDTH) -> int:
+    """A height that holds the whole page at ``width`` (generous: the picture is trimmed afterwards)."""
+    cols = columns_at(width)
+    card = (width - 2 * PADDING - (cols - 1) * GAP) / cols
+    card_height = 300 + card * (WAVE_SIZE[1] + SPEC_SIZE[1]) / WAVE_SIZE[0]
+    return int(220 + math.ceil(n_takes / cols) * (card_height + GAP))
 
 
-def screenshot(html_path: Path, png_path: Path, height: int, timeout: float = 120.0) -> Optional[Path]:
+def _trim(png_path: Path) -> None:
+    """Cut the empty background below the page's content (the window was made taller than needed)."""
+    from PIL import Image
+
+    with Image.open(png_path) as img:
+        shot = np.asarray(img.convert("RGB"))
+    rows = np.nonzero(np.any(np.abs(shot.astype(int) - BACKGROUND).sum(axis=2) > 0, axis=1))[0]
+    if rows.size and rows[-1] + 1 + PADDING < shot.shape[0]:
+        Image.fromarray(shot[: rows[-1] + 1 + PADDING]).save(png_path, optimize=True)
+
+
+def screenshot(html_path: Path, png_path: Path, height: int, width: int = SCREENSHOT_WIDTH,
+               timeout: float = 120.0) -> Optional[Path]:
     """A PNG of ``html_path`` from headless Chromium; None (with a line on stderr) when there is none."""
     chromium = find_chromium()
     if chromium is None:
@@ -171,7 +284,7 @@ def screenshot(html_path: Path, png_path: Path, height: int, timeout: float = 12
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                "--hide-scrollbars", "--force-color-profile=srgb", "--force-device-scale-factor=1",
                "--allow-file-access-from-files", f"--user-data-dir={profile}", f"--screenshot={partial}",
-               f"--window-size={PAGE_WIDTH},{height}", html_path.resolve().as_uri()]
+               f"--window-size={width},{height}", html_path.resolve().as_uri()]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, start_new_session=True)
         except subprocess.TimeoutExpired:
@@ -181,6 +294,7 @@ def screenshot(html_path: Path, png_path: Path, height: int, timeout: float = 12
             tail = (proc.stderr or "").strip().splitlines()[-1:] or [""]
             print(f"stemd render: chromium failed to draw contact.png: {tail[0]}", file=sys.stderr)
             return None
+        _trim(partial)
         os.replace(partial, png_path)
     return png_path
 
