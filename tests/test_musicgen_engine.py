@@ -14,7 +14,7 @@ import torch
 
 from stemd.models.base import Audio, Cancelled, GenerationSpec, ModelNotFound
 from stemd.models.musicgen.engine import MusicGenEngine
-from stemd.models.musicgen.generate import Sampling, generate_tokens
+from stemd.models.musicgen.generate import Generation, Sampling, codebook_delays, generate_tokens, iter_frames
 from stemd.models.musicgen.streaming import StreamingDecoder, decode_codes
 from stemd.timing import Grid
 
@@ -86,12 +86,31 @@ def test_greedy_decoding_with_guidance_gives_transformers_tokens(which, request)
     lm.set_conditioning(hidden, mask)
     ours = generate_tokens(lm, 40, 1, Sampling(guidance=3.0, temperature=0), max_seq=128)
     assert ours.shape == expected.shape == (1, lm.args.num_codebooks, 40)
-    if lm.args.audio_channels == 2:
-        # transformers' stereo generate() changes the right channel's very last code of a run (its frame
-        # 39 differs between max_new_tokens=43 and 44); ours is causal, so compare up to that code
-        assert torch.equal(ours[..., :-1], expected[..., :-1]) and torch.equal(ours[:, :7], expected[:, :7])
-    else:
-        assert torch.equal(ours, expected)
+    assert torch.equal(ours, expected)     # the last frames too: pads are forced after codebook 0 ends
+
+
+@pytest.mark.parametrize("which", ["tiny", "tiny_stereo"])
+def test_the_last_frames_follow_the_reference_pads_not_codes_sampled_past_the_end(which, request):
+    """After codebook 0's last frame the reference feeds pads while the delayed codebooks finish; a
+    step that fed codes sampled past the end changes those codebooks' last frames. Many prompts and
+    lengths: with this tiny model a single one can agree by chance."""
+    path = request.getfixturevalue(which)
+    engine = MusicGenEngine.load(str(path), device="cpu", dtype="float32")
+    ref = reference(path)
+    lm = engine.ck.lm
+    for prompt, frames in [("a", 7), ("warm analog bass", 11), ("glitchy breakbeat at 174", 16),
+                           ("dusty boom bap drums", 23), ("shimmering pads", 30)]:
+        tok = engine.ck.tokenizer([prompt], return_tensors="pt")
+        expected = reference_greedy_codes(ref, tok, frames=frames, guidance=3.0)
+        hidden, mask = guided_text(engine, prompt)
+        lm.setup_caches(2, 64, 64)
+        lm.set_conditioning(hidden, mask)
+        gen = Generation(lm, 1, Sampling(guidance=3.0, temperature=0), 64)
+        ours = torch.cat(list(iter_frames(gen, frames, lambda: False, lambda ready: None)), dim=-1)
+        assert torch.equal(ours, expected), f"{which} {prompt!r} {frames} frames: {(ours != expected).nonzero()}"
+        delays = codebook_delays(lm.args.num_codebooks, lm.args.audio_channels)
+        for i, d in enumerate(delays):   # what the model was fed after each codebook's end: pads
+            assert torch.all(gen.tokens[:, i, frames + d + 1: gen.pos + 1] == lm.args.pad_token)
 
 
 def test_same_seed_same_tokens_and_variations_differ(engine):

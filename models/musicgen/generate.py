@@ -4,7 +4,8 @@ Layout of a sequence (``tokens``: ``(batch, codebooks, max_seq)``): position 0 i
 (the pad id) in every codebook; codebook ``i`` is delayed by ``delay[i]`` positions (``i`` for mono,
 ``i // 2`` for stereo, whose codebooks interleave left and right), so frame ``f`` of codebook ``i``
 sits at position ``f + delay[i] + 1``. ``pattern`` holds, per position, a token that is forced
-(pads before the delay, the prompt's codes for a continuation) or -1 where the model samples.
+(pads before the delay, the prompt's codes for a continuation, pads after a codebook's last frame
+once the request's length is known) or -1 where the model samples.
 
 Classifier-free guidance runs as one batch: rows ``[0, V)`` see the text, rows ``[V, 2V)`` see
 nothing; both halves receive the same sampled tokens. Everything in ``step`` is a tensor op on fixed
@@ -36,6 +37,14 @@ def build_pattern(prompt: Tensor, delays: list[int], max_seq: int, pad: int) -> 
         pattern[:, i, : d + 1] = pad
         pattern[:, i, d + 1: d + 1 + p] = prompt[:, i]
     return pattern
+
+
+def force_end(pattern: Tensor, delays: list[int], end: int, pad: int) -> None:
+    """Pads, in place, at every position after frame ``end - 1`` of each codebook (window-relative
+    frames): the steps that finish the delayed codebooks then see pads where codebook 0 has ended, as
+    audiocraft's and transformers' generate feed them, not codes sampled past the end."""
+    for i, d in enumerate(delays):
+        pattern[:, i, max(0, end + d + 1):] = pad
 
 
 def undelay(tokens: Tensor, delays: list[int], start: int, stop: int) -> Tensor:
@@ -125,7 +134,9 @@ class Generation:
     ``pos`` is the last position whose tokens are written (counted on the host); ``pos_t`` ``(1,)`` is
     the same position held on the device, which the step reads and advances without a host sync.
     ``frames_ready`` says how many frames are complete in every codebook. A window that fills up
-    slides: the last ``keep`` frames become the prompt of a fresh prefill.
+    slides: the last ``keep`` frames become the prompt of a fresh prefill. ``end_at(total)`` says how
+    many frames the request has (``iter_frames`` calls it): past each codebook's last frame the
+    pattern forces pads.
     """
 
     def __init__(self, lm: MusicGenLM, variations: int, params: Sampling, max_seq: int,
@@ -156,6 +167,7 @@ class Generation:
         # frames are counted from the start of the request (prompt included); ``offset`` is the frame
         # that sits at window position 1 after the window has slid
         self.offset = 0
+        self.end: Optional[int] = None    # the request's frame count, once known (end_at)
         self._start(prompt if prompt is not None else torch.zeros(args.num_codebooks, 0, dtype=torch.long))
 
     def step_inputs(self) -> tuple:
@@ -177,6 +189,8 @@ class Generation:
             raise ValueError(f"a prompt of {p} frames does not fit a window of {self.max_seq} positions")
         args = self.lm.args
         self.pattern = build_pattern(prompt.to(self.device), self.delays, self.max_seq, args.pad_token)
+        if self.end is not None:
+            force_end(self.pattern, self.delays, self.end - self.offset, args.pad_token)
         self.tokens.fill_(args.pad_token)
         shape = (self.variations, args.num_codebooks, args.vocab_size)
         self.noise = None if self.greedy else torch.empty(shape, dtype=torch.float32, device=self.device)
@@ -193,6 +207,13 @@ class Generation:
         self.pos = p + 1
         self.pos_t = torch.tensor([self.pos], dtype=torch.long, device=self.device)
         self.step.bind(self)
+
+    def end_at(self, total: int) -> None:
+        """The request has ``total`` frames (request-absolute, prompt included): pads after each
+        codebook's last one (in place: a step that holds the pattern's buffer sees them)."""
+        if self.end != total:
+            self.end = total
+            force_end(self.pattern, self.delays, total - self.offset, self.lm.args.pad_token)
 
     @property
     def frames_ready(self) -> int:
@@ -240,6 +261,7 @@ def all_frames(gen: "Generation", total: int) -> Tensor:
 def iter_frames(gen: Generation, total: int, should_stop: Callable[[], bool],
                 on_step: Callable[[int], None]) -> Iterator[Tensor]:
     """Newly complete frames ``(V, K, n)`` as decoding goes, until ``total`` frames exist."""
+    gen.end_at(total)
     emitted = 0
     while emitted < total:
         if should_stop():
