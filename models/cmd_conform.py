@@ -4,6 +4,10 @@ Detects the file's tempo and first downbeat, stretches it to ``--bpm`` (pitch un
 it to ``--sample-rate`` and writes exactly ``--bars`` bars (default: as many as the file holds) with
 the first downbeat on the first sample. The way to check conform by ear: drop OUT.wav on bar 1 of a
 session at that tempo.
+
+The file's tempo is found from the audio alone (70-180 BPM; ``models.conform.tempo.file_timing``):
+where its double or half time fits almost as well (a half-time groove, hats hit as hard as the
+beats), one line says which was taken and the ``--source-bpm`` that takes the other.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-rate", type=int, required=True, help="the DAW's rate: 44100, 48000, 88200, 96000 ...")
     parser.add_argument("--source-bpm", default=None,
                         help="roughly the file's own tempo (default: found from the audio alone, 70-180 BPM, "
-                             "whatever --bpm is)")
+                             "whatever --bpm is; where double or half time fits too, stemd says so)")
     parser.add_argument("--loop", action="store_true", help="make the result loop seamlessly at its bar length")
     parser.add_argument("--out", required=True, metavar="OUT.wav", help="file to write (wav, 32-bit float)")
 
@@ -64,10 +68,18 @@ def run(args: argparse.Namespace) -> int:
     else:   # the file's own tempo: the session's says nothing about a file the producer brings
         timing = file_timing(audio, in_rate, grid.meter)
         session = float(grid.tempo.bpm)
-        if max(timing.bpm / session, session / timing.bpm) > 1.2:
+        far = max(timing.bpm / session, session / timing.bpm) > 1.2
+        other = ""
+        if timing.other_bpm is not None:
+            other = (f"{timing.other_bpm:.2f} fits too (" + (
+                "double time: its off-beats are hit almost as hard as its beats" if timing.other_bpm > timing.bpm
+                else "half time") + f"): give --source-bpm {timing.other_bpm:.2f} for it")
+        if far:
             print(f"{args.input}: its own tempo is {timing.bpm:.2f} BPM (found 70-180), far from the session's "
-                  f"{session:g}: stretched from {timing.bpm:.2f}; if the file is at half or double that, give "
-                  "--source-bpm", file=sys.stderr)
+                  f"{session:g}: stretched from {timing.bpm:.2f}; " + (other or "if the file is at half or double "
+                  "that, give --source-bpm"), file=sys.stderr)
+        elif other:
+            print(f"{args.input}: its tempo reads as {timing.bpm:.2f} BPM, taken; {other}", file=sys.stderr)
     from stemd.models.conform.stream import held_bars
 
     whole = max(1, int(held_bars(audio.shape[1], in_rate, timing) + 0.1))

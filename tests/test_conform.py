@@ -5,6 +5,8 @@ off the DAW's tempo, conformed, and their attacks measured against the DAW's gri
 that is not conform's own.
 """
 
+import re
+
 import numpy as np
 import pytest
 
@@ -290,7 +292,8 @@ def test_stemd_conform_finds_a_files_own_tempo_however_far_the_session_is(tmp_pa
                  "--sample-rate", "48000", "--out", str(tmp_path / "out.wav")]) == 0
     said = capsys.readouterr()
     assert f"{bpm:.2f} BPM" in said.out                                  # the file's own tempo, taken
-    assert (f"its own tempo is {bpm:.2f} BPM" in said.err) == (max(ratio, 1 / ratio) > 1.2)
+    assert (f"its own tempo is {bpm:.2f} BPM (found 70-180), far from the session's {session:g}" in said.err) == \
+        (max(ratio, 1 / ratio) > 1.2)
     out, rate = soundfile.read(tmp_path / "out.wav", dtype="float32", always_2d=True)
     grid = Grid(session)
     assert len(out) == grid.span_samples(0, 4, rate)
@@ -310,3 +313,54 @@ def test_a_conformed_file_cut_through_a_sound_fades_in_and_out_over_2_ms(tmp_pat
     assert np.abs(out[fade:2 * fade]).max() > 0.2 and np.abs(out[-2 * fade:-fade]).max() > 0.2   # only 2 ms
     looped = conform(audio, rate, Grid(110), target_rate=48000, bars=3, expected_bpm=100, loop=True)
     assert len(looped) == len(out)                                         # loops wrap: no edge fades there
+
+
+@pytest.mark.parametrize("source, meter, taken, other", [
+    ("click 174", "4/4", 174.0, None),     # quarter clicks: its periodicity alone reads 87 (downbeat accents)
+    ("drums 174", "4/4", 174.0, 87.0),     # kick, snare, eighth hats at 174: half time is heard as well
+    ("drums 87", "4/4", 87.0, None),
+    ("drums 131", "4/4", 131.0, None),
+    ("click 150", "3/4", 150.0, None),
+    ("click 97", "7/8", 97.0, None),
+])
+def test_stemd_conform_chooses_the_metrical_level_and_says_when_two_fit(tmp_path, capsys, source, meter, taken,
+                                                                       other):
+    import soundfile
+
+    from stemd.cli import main
+    from stemd.timing import Meter
+
+    kind, bpm = source.split()
+    bpm = float(bpm)
+    m = Meter.parse(meter)
+    if kind == "drums":
+        if fluidsynth_missing():
+            pytest.skip(fluidsynth_missing())
+        audio, _, _ = drum_track(bpm, 44100, 6, start=0.25)
+    else:
+        audio, _, _ = click_track(bpm, 44100, 8, beats_per_bar=m.numerator, start=0.25,
+                                  unit_quarters=float(m.unit_quarters))
+    soundfile.write(tmp_path / "in.wav", audio.T if audio.ndim == 2 else audio, 44100)
+    session = taken      # near the file's tempo: only the level is in question
+    assert main(["conform", str(tmp_path / "in.wav"), "--bpm", str(session), "--meter", meter, "--bars", "2",
+                 "--sample-rate", "48000", "--out", str(tmp_path / "out.wav")]) == 0
+    said = capsys.readouterr()
+    found = float(re.search(r"in\.wav: ([\d.]+) BPM", said.out).group(1))
+    assert abs(found - taken) < 0.05, said.out
+    if other is None:
+        assert "fits too" not in said.err
+    else:
+        lines = [line for line in said.err.splitlines() if "fits too" in line]
+        assert len(lines) == 1, said.err
+        m = re.search(r"its tempo reads as ([\d.]+) BPM, taken; ([\d.]+) fits too \(half time\): "
+                      r"give --source-bpm ([\d.]+) for it$", lines[0])
+        assert m and float(m.group(1)) == found and abs(float(m.group(2)) - other) < 0.05, lines[0]
+        # the override: the other level, taken when asked for
+        assert main(["conform", str(tmp_path / "in.wav"), "--bpm", str(session), "--bars", "2",
+                     "--sample-rate", "48000", "--source-bpm", m.group(3), "--out", str(tmp_path / "other.wav")]) == 0
+        again = float(re.search(r"in\.wav: ([\d.]+) BPM", capsys.readouterr().out).group(1))
+        assert abs(again - other) < 0.05
+    out, rate = soundfile.read(tmp_path / "out.wav", dtype="float32", always_2d=True)
+    grid = Grid(session, meter)
+    errs = attack_errors_ms(out.mean(axis=1), rate, grid_beats(grid, 2))
+    assert np.median(errs) <= 5 and errs.max() <= 20, errs
