@@ -19,6 +19,7 @@ from stemd import osc
 from stemd.protocol import PING, PONG
 
 READY_TIMEOUT_S = 600.0  # a large model's first load
+CLICK_READY_TIMEOUT_S = 60.0  # the click engine loads nothing
 
 
 def free_port() -> int:
@@ -79,7 +80,8 @@ def main(argv=None) -> int:
                                     str(out / "daemon")), stderr=subprocess.PIPE, text=True,
                               start_new_session=True)
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
+        wait = CLICK_READY_TIMEOUT_S if args.model == "click" else READY_TIMEOUT_S
+        deadline = time.monotonic() + wait
         while not ping(port):
             if daemon.poll() is not None:
                 reason = (daemon.stderr.read() or "").strip().splitlines()
@@ -89,7 +91,8 @@ def main(argv=None) -> int:
                       f"{offline}")
                 return 2
             if time.monotonic() > deadline:
-                print(f"stemd demo: the daemon did not answer a ping within {READY_TIMEOUT_S:.0f} s")
+                print(f"stemd demo: the daemon did not answer a ping on 127.0.0.1:{port} within {wait:.0f} s "
+                      "(is the loopback interface up?)")
                 return 2
             time.sleep(0.2)
         bridge = subprocess.run(stemd("bridge", "--daemon", f"127.0.0.1:{port}", "--follow",

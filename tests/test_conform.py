@@ -14,6 +14,7 @@ from stemd.models.base import AudioStream, GenerationSpec
 from stemd.models.conform import (StreamConformer, conform, detect_timing, make_loop, resample, Resampler,
                                   time_stretch)
 from signals import click_track, drum_track, fluidsynth_missing
+from stemd.models.conform.stretch import fit_length
 from stemd.models.pipeline import render_take
 from stemd.timing import Grid, Meter
 
@@ -364,3 +365,72 @@ def test_stemd_conform_chooses_the_metrical_level_and_says_when_two_fit(tmp_path
     grid = Grid(session, meter)
     errs = attack_errors_ms(out.mean(axis=1), rate, grid_beats(grid, 2))
     assert np.median(errs) <= 5 and errs.max() <= 20, errs
+
+
+def _first_bar_and_beats(audio, grid, bars, block, rate, **kw):
+    """Stream ``audio`` through the conformer: (source samples taken before the first output, output)."""
+    stream = take_stream(audio, block)
+    taken = [0]
+    blocks = stream.blocks
+
+    def counted():
+        for b in blocks:
+            taken[0] += b.shape[-1]
+            yield b
+
+    stream = AudioStream(sample_rate=MODEL_RATE, channels=stream.channels, blocks=counted(),
+                         tempo_hint=float(grid.section_at(0)[1].tempo.bpm))
+    spec = GenerationSpec(grid=grid, bars=bars, sample_rate=rate, channels=stream.channels)
+    conformer = StreamConformer(stream, spec, **kw)
+    first, outs = None, []
+    for out in conformer.blocks():
+        if first is None:
+            first = taken[0]
+        outs.append(out)
+    return first, np.concatenate(outs, axis=2)[0]
+
+
+def dragging_clicks(bpm: float, meter: str, bars: int, late_ms: float) -> np.ndarray:
+    """Clicks at ``bpm`` whose first bar drags (its beats ever later, the bar line after it ``late_ms``
+    late), then steady: a first bar that misleads a one-bar tempo estimate."""
+    from stemd.models.click import click_sound
+
+    m = Meter.parse(meter)
+    n, period = m.numerator, 60 * float(m.unit_quarters) / bpm
+    times = 0.07 + np.arange((bars + 2) * n) * period
+    times[1:n + 1] += np.linspace(late_ms / n, late_ms, n) / 1000
+    times[n + 1:] += late_ms / 1000
+    out = np.zeros(int((times[-1] + 1) * MODEL_RATE), np.float32)
+    for i, t in enumerate(times):
+        sound = click_sound(MODEL_RATE, i % n == 0)
+        at = int(round(t * MODEL_RATE))
+        out[at:at + len(sound)] += sound
+    return out
+
+
+@pytest.mark.parametrize("meter, bpm, off, late_ms", [("3/4", 97, 0.93, 8), ("4/4", 131, 0.96, 15)])
+def test_bar_1_leaves_after_its_first_bar_and_later_bars_follow_the_refined_tempo(meter, bpm, off, late_ms):
+    """Bar 1 waits for one bar of the take, not two and a margin; at ANALYSIS_BARS the tempo is
+    estimated again and later bars sit where the two-bar estimate puts them, while the one-bar
+    estimate alone, misled by a dragging first bar, drifts."""
+    m = Meter.parse(meter)
+    grid, rate, bars = Grid(bpm, meter), 48000, 8
+    audio = dragging_clicks(bpm * off, meter, bars, late_ms)
+    block = MODEL_RATE // 2         # MusicGen's EnCodec chunks: half a second
+    length, beats = grid.span_samples(0, bars, rate), grid_beats(grid, bars)
+
+    def run(**kw):
+        first, out = _first_bar_and_beats(audio, grid, bars, block, rate, **kw)
+        return first, attack_errors_ms(fit_length(out, length)[0], rate, beats)
+
+    early, errs = run()
+    late, two_bar = run(first_bars=2)
+    _, one_bar = run(first_bars=1, analysis_bars=1)
+    bar_source = float(m.bar_quarters) * 60 / (bpm * off) * MODEL_RATE
+    assert early <= 1.4 * bar_source + block and early <= 0.6 * late, (early, late, bar_source)
+    later = slice(3 * m.numerator, None)       # from bar 4 on
+    assert np.max(np.abs(errs[later] - two_bar[later])) <= 1.5, (errs, two_bar)
+    assert one_bar[later].max() > errs[later].max() + 5, (one_bar, errs)
+    # before the refined tempo holds, bars follow the first estimate and the bridge towards the next
+    first = slice(0, 3 * m.numerator)
+    assert errs[first].max() <= max(one_bar[first].max(), two_bar[first].max()) + 2, (errs, one_bar, two_bar)

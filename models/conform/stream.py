@@ -1,9 +1,16 @@
 """Conform a take to the DAW: its rate, its tempo, its first downbeat on the take's first sample.
 
-Per variation: detect the timing (tempo, downbeat) from the first bars, drop what comes before the
-first downbeat, time-stretch by (DAW's seconds per quarter) / (take's seconds per quarter) with
-Rubber Band, resample to the DAW's rate with soxr. Both stages are streams that keep their state, so
-a take conformed bar by bar as it arrives equals the take conformed whole with the same timing.
+Per variation: detect the timing (tempo, downbeat), drop what comes before the first downbeat,
+time-stretch by (DAW's seconds per quarter) / (take's seconds per quarter) with Rubber Band,
+resample to the DAW's rate with soxr. Both stages are streams that keep their state, so a take
+conformed bar by bar as it arrives equals the take conformed whole with the same timing.
+
+Streamed, bar 1 does not wait for a long tempo estimate: the first estimate is made on the first
+bar (``FIRST_BARS``), enough to place the downbeat and start; when ``ANALYSIS_BARS`` bars have come
+the tempo is estimated again on all of them, and the stretch ratio is changed (Rubber Band takes a
+new ratio mid-stream, without a seam) so that the next bar line but one lands on its grid line
+exactly; from there on the refined tempo holds. A loop, held whole anyway, is estimated once on
+the longer span.
 """
 
 from __future__ import annotations
@@ -21,15 +28,25 @@ from stemd.timing import Grid
 
 #: bars of the take heard before its tempo is decided (at the tempo the engine aimed for)
 ANALYSIS_BARS = 2
+#: bars heard before bar 1 may leave: the first estimate, refined once ANALYSIS_BARS have come
+FIRST_BARS = 1
 
 
 class _Lane:
-    """One variation's path: skip to the downbeat, stretch, resample. Blocks are ``(channels, n)``."""
+    """One variation's path: skip to the downbeat, stretch, resample. Blocks are ``(channels, n)``.
+
+    ``fed`` counts source samples fed from the downbeat on and ``made`` the output samples (at the
+    source rate) they make at the ratios they were fed with, so a later estimate (``retime``) knows
+    where the output stands against the grid."""
 
     def __init__(self, timing: Timing, ratio: float, source_rate: int, target_rate: int, channels: int):
+        self.timing, self.source_rate = timing, source_rate
         self.skip = int(round(timing.downbeat * source_rate))
+        self.start = self.skip          # the source sample the output starts at (may be < 0: a lead-in)
         self.stretcher = Stretcher(source_rate, channels, ratio)
         self.resampler = Resampler(source_rate, target_rate, (channels,))
+        self.fed, self.made = 0, 0.0
+        self.switch: Optional[tuple[int, float]] = None   # (at fed sample, the ratio from there)
         if self.skip < 0:  # the downbeat is a hair before the first sample
             self.lead_in = np.zeros((channels, -self.skip), dtype=np.float32)
             self.skip = 0
@@ -42,7 +59,38 @@ class _Lane:
         if self.skip:
             cut = min(self.skip, audio.shape[1])
             audio, self.skip = audio[:, cut:], self.skip - cut
-        return self.resampler.process(self.stretcher.process(audio))
+        parts = []
+        if self.switch is not None and self.fed + audio.shape[1] >= self.switch[0]:
+            cut = self.switch[0] - self.fed
+            parts.append(self._stretch(audio[:, :cut]))
+            audio = audio[:, cut:]
+            self.stretcher.ratio, self.switch = self.switch[1], None
+        parts.append(self._stretch(audio))
+        return self.resampler.process(np.concatenate(parts, axis=1))
+
+    def _stretch(self, audio: np.ndarray) -> np.ndarray:
+        self.fed += audio.shape[1]
+        self.made += audio.shape[1] * self.stretcher.ratio
+        return self.stretcher.process(audio)
+
+    def retime(self, refined: Timing, grid_bar_seconds: float) -> None:
+        """Follow ``refined`` (estimated on more of the take) from here on without a seam: keep the
+        downbeat already taken, stretch until the refined bar line at least half a bar ahead so that it
+        lands on its grid line, then at the refined tempo's steady ratio."""
+        sr = self.source_rate
+        beat, bar = refined.beat_seconds * sr, refined.bar_seconds * sr
+        anchor = refined.first_beat * sr + round((self.start - refined.first_beat * sr) / beat) * beat
+        now = self.start + self.fed
+        m = int(np.ceil((now + bar / 2 - anchor) / bar))
+        target = m * grid_bar_seconds * sr           # where bar line m is in the output (source rate)
+        span = anchor + m * bar - now
+        steady = grid_bar_seconds * sr / bar
+        bridge = (target - self.made) / span if span > 0 else steady
+        if m < 1 or not 0.8 * steady <= bridge <= 1.25 * steady:
+            bridge = steady                          # the first estimate was far off: just follow
+        self.timing = refined
+        self.stretcher.ratio = bridge
+        self.switch = (int(round(anchor + m * bar - self.start)), steady)
 
     def flush(self) -> np.ndarray:
         tail = self.resampler.process(self.stretcher.flush())
@@ -60,28 +108,38 @@ class StreamConformer:
     ``spec.start_bar`` (first downbeat at sample 0), float32 ``(variations, channels, n)``.
 
     ``timings`` (one per variation) skips detection: the offline path passes what it found on the
-    whole take. Otherwise each variation's timing is detected on its first ``analysis_bars`` bars.
+    whole take. Otherwise each variation's timing is detected on its first ``first_bars`` bars, which
+    bar 1 waits for, and refined on its first ``analysis_bars`` (``first_bars = analysis_bars``: once).
     """
 
     def __init__(self, stream: AudioStream, spec: GenerationSpec, *,
-                 timings: Optional[Sequence[Timing]] = None, analysis_bars: int = ANALYSIS_BARS):
+                 timings: Optional[Sequence[Timing]] = None, analysis_bars: int = ANALYSIS_BARS,
+                 first_bars: int = FIRST_BARS):
         self.stream, self.spec = stream, spec
         self.timings: Optional[list[Timing]] = list(timings) if timings is not None else None
-        self.analysis_bars = analysis_bars
+        self.analysis_bars, self.first_bars = analysis_bars, first_bars
         _, section = spec.grid.section_at(spec.start_bar)
         self.meter = section.meter
         self.expected_bpm = float(stream.tempo_hint or section.tempo.bpm)
         self.length = spec.grid.span_samples(spec.start_bar, spec.bars, spec.sample_rate)
 
-    def _analysis_samples(self) -> int:
-        quarters = self.analysis_bars * float(self.meter.bar_quarters)
+    def _analysis_samples(self, bars: float) -> int:
+        quarters = bars * float(self.meter.bar_quarters)
         seconds = quarters * 60.0 / self.expected_bpm * 1.2 + 0.25
         return int(seconds * self.stream.sample_rate)
+
+    def _detect(self, audio: np.ndarray) -> list[Timing]:
+        return [detect_timing(audio[v], self.stream.sample_rate, self.meter, self.expected_bpm)
+                for v in range(audio.shape[0])]
 
     def blocks(self) -> Iterator[np.ndarray]:
         source = iter(self.stream.blocks)
         head, have = [], 0
-        need = 0 if self.timings is not None else self._analysis_samples()
+        refine = self.timings is None and not self.spec.loop and self.first_bars < self.analysis_bars
+        if self.timings is not None:
+            need = 0
+        else:
+            need = self._analysis_samples(self.first_bars if refine else self.analysis_bars)
         for block in source:
             head.append(np.asarray(block, dtype=np.float32))
             have += block.shape[2]
@@ -92,8 +150,7 @@ class StreamConformer:
         head_audio = np.concatenate(head, axis=2)
         variations, channels = head_audio.shape[:2]
         if self.timings is None:
-            self.timings = [detect_timing(head_audio[v], self.stream.sample_rate, self.meter,
-                                          self.expected_bpm) for v in range(variations)]
+            self.timings = self._detect(head_audio)
         ratio_bar = self.spec.start_bar
         lanes = [_Lane(t, stretch_ratio(t, self.spec.grid, ratio_bar), self.stream.sample_rate,
                        self.spec.sample_rate, channels) for t in self.timings]
@@ -102,13 +159,30 @@ class StreamConformer:
         if self.spec.loop:
             yield from self._loop(lanes, pieces, emit)
             return
+        heard = [head_audio] if refine else None
+        refine_at = self._analysis_samples(self.analysis_bars)
         for block in pieces:
+            if heard is not None and block is not head_audio:
+                heard.append(block)
+                have += block.shape[2]
+                if have >= refine_at:
+                    self._refine(lanes, np.concatenate(heard, axis=2))
+                    heard = None
             out = emit.push([lane.process(block[v]) for v, lane in enumerate(lanes)])
             if out.shape[2]:
                 yield out
         out = emit.push([lane.flush() for lane in lanes], final=True)
         if out.shape[2]:
             yield out
+
+    def _refine(self, lanes: list, heard: np.ndarray) -> None:
+        """The tempo estimated again on the first ``analysis_bars`` bars; later bars follow it."""
+        _, section = self.spec.grid.section_at(self.spec.start_bar)
+        bar_seconds = float(section.meter.bar_quarters) * 60.0 / float(section.tempo.bpm)
+        self.timings = self._detect(heard)
+        for lane, timing in zip(lanes, self.timings):
+            if len(timing.beats) >= 3:
+                lane.retime(timing, bar_seconds)
 
     def _loop(self, lanes, pieces, emit) -> Iterator[np.ndarray]:
         """Loop mode holds the take until it is whole (plus the crossfade), then loops it."""
