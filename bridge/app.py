@@ -237,7 +237,7 @@ class Bridge:
         first), as the daemon's /stemd/models says it once the model is loaded."""
         out = {"model": model or self.client.model, "daemon": f"{self.client.host}:{self.client.port}"}
         row = self._models.get(model) if model else next(iter(self._models.values()), None)
-        if not row or not row["loaded"] or not row["weights_sha256"]:   # asked again until its hash is known
+        if not row or not row["loaded"]:   # asked again until it is loaded (then its hash is known; click has none)
             self._models = self.client.models() or self._models
             row = self._models.get(model) if model else next(iter(self._models.values()), None)
         if row:
@@ -254,10 +254,11 @@ class Bridge:
         files = []
         try:
             variations = handle.variations or [0]
+            provenance = self.provenance(request.model)
             for v in variations:
                 audio, rate, start_sample = handle.audio(v)
                 path = self.writer.write(take_id, request, v if len(variations) > 1 else None, audio, rate,
-                                         self.provenance(request.model))
+                                         provenance)
                 files.append(str(path))
                 delivered = DeliveredTake(take_id, request, v, path, audio, rate, start_sample)
                 for delivery in self.deliveries:

@@ -250,3 +250,30 @@ def test_extend_on_the_command_line_takes_bars_or_keeps_the_takes_own_length(pee
     assert out.returncode == 0, out.stderr
     assert stemd_bridge(*base, "--extend", "t1").returncode == 0
     assert [(r.bars, r.start_bar) for r in peer.requests] == [(8, 0), (4, 8), (8, 8)]
+
+
+def test_a_takes_provenance_asks_the_daemon_until_the_model_is_loaded_then_no_more():
+    """The bridge's sidecars say which model made a take (the daemon's /stemd/models row): asked while
+    the model is not loaded yet, then kept, also for a model without weights (click: no hash)."""
+    from types import SimpleNamespace
+
+    from stemd.bridge.app import Bridge
+
+    rows = [{"click": {"name": "click", "loaded": 0, "family": "click", "license": "MIT (stemd)",
+                       "commercial": 1, "weights_sha256": ""}},
+            {"click": {"name": "click", "loaded": 1, "family": "click", "license": "MIT (stemd)",
+                       "commercial": 1, "weights_sha256": ""}}]
+    asked = []
+
+    def models():
+        asked.append(1)
+        return rows[min(len(asked), 2) - 1]
+
+    bridge = SimpleNamespace(_models={}, client=SimpleNamespace(model="click", host="127.0.0.1", port=9130,
+                                                                models=models))
+    first = Bridge.provenance(bridge, "")
+    assert first["license"] == {"name": "MIT (stemd)", "commercial": True} and len(asked) == 1
+    Bridge.provenance(bridge, "")            # not loaded yet when asked: asked again
+    for _ in range(5):
+        again = Bridge.provenance(bridge, "click")
+    assert len(asked) == 2 and again["commercial_use"] is True and "weights_sha256" not in again
