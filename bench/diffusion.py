@@ -50,7 +50,12 @@ def device_name(device: str) -> str:
         return torch.cuda.get_device_name()
     from stemd.models.devices import cpu_name
 
-    return f"{cpu_name()}, {torch.get_num_threads()} threads"
+    isa = [torch.backends.cpu.get_cpu_capability()]
+    cpu = getattr(torch, "cpu", None)
+    for flag, check in (("AVX512-BF16", "_is_avx512_bf16_supported"), ("AMX", "_is_amx_tile_supported")):
+        if getattr(cpu, check, lambda: False)():
+            isa.append(flag)
+    return f"{cpu_name()}, {'/'.join(isa)}, {torch.get_num_threads()} threads"
 
 
 def sync(device) -> None:

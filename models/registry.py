@@ -11,12 +11,13 @@ from stemd.models.base import Engine
 #: MusicGen's decoding backends (models/musicgen/fast): the step run eagerly, compiled, replayed as CUDA
 #: graphs, or in ONNX Runtime (CPU, float32); auto picks one for the device. Here, without torch, for the
 #: command lines' choices.
-DECODE_BACKENDS = ("auto", "eager", "compiled", "cuda-graph", "onnx")
+DECODE_BACKENDS = ("auto", "eager", "compiled", "cuda-graph", "onnx", "onnx-int8", "int8")
 
 
 def load_engine(model: str, *, device: Optional[str] = None, dtype: Optional[str] = None,
                 backend: Optional[str] = None) -> Engine:
-    """``backend``: MusicGen's decoding backend (auto, eager, compiled, cuda-graph, onnx); None: eager.
+    """``backend``: MusicGen's decoding backend (auto, eager, compiled, cuda-graph, onnx, onnx-int8,
+    int8); None: eager.
     The command lines read $STEMD_DECODE_BACKEND and pass it here. The click engine has none."""
     if model == "click":
         from stemd.models.click import ClickEngine

@@ -117,3 +117,49 @@ def test_engine_with_a_fast_backend_streams_the_eager_engines_audio(engine, monk
             MusicGenEngine.load("/nonexistent", device="cpu", backend="cuda-graph")
     with pytest.raises(EngineError, match="backend must be one of"):
         MusicGenEngine.load("/nonexistent", device="cpu", backend="tensorrt")
+
+
+def test_int8_weights_hold_a_quarter_of_float32_and_their_logit_error_is_small(tiny):
+    """The int8 backend's numerical check against float32 eager: not exact (weights rounded to 1/254 of
+    each row's range), so the error is measured, on every linear layer at once, through the whole model."""
+    from stemd.models.musicgen.fast import int8
+    from stemd.models.musicgen.loading import load_checkpoint
+
+    if not int8.available():
+        pytest.skip("this torch has no int8 CPU kernel")
+    ck = load_checkpoint(str(tiny), torch.device("cpu"), torch.float32)
+    q = int8.quantize(ck.lm)
+    linears = [m for m in ck.lm.modules() if isinstance(m, torch.nn.Linear)]
+    quantized = [m for m in q.modules() if isinstance(m, int8.Int8Linear)]
+    assert len(quantized) == len(linears) and not any(isinstance(m, torch.nn.Linear) for m in q.modules())
+    assert sum(m.weight.numel() for m in quantized) == sum(m.weight.numel() for m in linears)
+    assert all(m.weight.dtype == torch.int8 for m in quantized)
+    text, mask = ck.encode_text("dusty lofi drums, 90 bpm", 1, guided=True)
+    torch.manual_seed(0)
+    tokens = torch.randint(0, ck.lm.args.vocab_size + 1, (2, ck.lm.args.num_codebooks, 24))
+    err = int8.logit_error(ck.lm, q, text, mask, tokens)
+    assert 0 < err["max_abs"] and err["max_over_spread"] < 0.1 and err["argmax_differs"] < 0.1, err
+    # a bfloat16 copy, the CPU default elsewhere, errs by the same order
+    import copy
+    bf16 = int8.logit_error(ck.lm, copy.deepcopy(ck.lm).to(torch.bfloat16), text, mask, tokens)
+    assert err["max_abs"] < 5 * bf16["max_abs"], (err, bf16)
+
+
+def test_the_int8_backend_makes_takes_and_refuses_what_it_cannot_run(tiny):
+    from stemd.models.base import EngineError, GenerationSpec
+    from stemd.models.musicgen.fast import int8
+    from stemd.timing import Grid
+
+    if not int8.available():
+        pytest.skip("this torch has no int8 CPU kernel")
+    engine = MusicGenEngine.load(str(tiny), device="cpu", backend="int8")
+    info = engine.info()
+    assert info["decode_backend"] == "int8" and info["dtype"] == "bfloat16" and int8.is_int8(engine.ck.lm)
+    spec = GenerationSpec(grid=Grid(97, "3/4"), bars=1, prompt="dusty lofi drums", variations=2, seed=4)
+    audio = np.concatenate(list(engine.stream(spec).blocks), axis=-1)
+    assert audio.shape[:2] == (2, engine.channels) and audio.shape[-1] >= 32000 * 60 / 97 * 3
+    assert np.isfinite(audio).all() and np.abs(audio).max() > 0
+    again = np.concatenate(list(engine.stream(spec).blocks), axis=-1)
+    assert np.array_equal(audio, again)                    # same seed, same take
+    with pytest.raises(EngineError, match="int8 weights and computes in bfloat16"):
+        MusicGenEngine.load(str(tiny), device="cpu", dtype="float32", backend="int8")

@@ -191,16 +191,24 @@ def test_a_failed_export_leaves_no_entry(tmp_path):
 
 
 def test_auto_measures_once_on_cpu_and_keeps_its_verdict(tiny, cache_dir):
+    from stemd.models.musicgen.fast import int8
+
     first = MusicGenEngine.load(str(tiny), device="cpu", backend="auto")
     info = first.info()
-    assert info["decode_backend"] in ("onnx", "eager")
+    assert info["decode_backend"] in ("onnx", "eager", "int8")
     assert info["decode_backend_reason"].startswith("auto: measured at start")
     rates = info["decode_steps_per_s"]
-    assert set(rates) == {"onnx float32", f"eager {engine_dtype_name()}"} and all(v > 0 for v in rates.values())
-    winner = "onnx" if rates["onnx float32"] >= rates[f"eager {engine_dtype_name()}"] else "eager"
+    names = {"onnx float32": "onnx", "onnx int8": "onnx-int8", f"eager {engine_dtype_name()}": "eager"}
+    if int8.available():
+        names["int8"] = "int8"
+    assert set(rates) == set(names) and all(v > 0 for v in rates.values())
+    winner = names[max(names, key=lambda n: rates[n])]
     assert info["decode_backend"] == winner
-    again = MusicGenEngine.load(str(tiny), device="cpu", backend="auto").info()
+    assert int8.is_int8(first.ck.lm) == (winner == "int8")
+    kept = MusicGenEngine.load(str(tiny), device="cpu", backend="auto")
+    again = kept.info()
     assert again["decode_backend"] == winner and "kept on disk" in again["decode_backend_reason"]
+    assert int8.is_int8(kept.ck.lm) == (winner == "int8")
     assert again["decode_steps_per_s"] == rates
     for i in (info, again):      # the chunks go where they decode faster, whichever step won
         assert "ms" in i["codec_decode_reason"] and i["codec_decode"] in i["codec_decode_reason"].split("-> ")[-1]
@@ -217,7 +225,54 @@ def engine_dtype_name() -> str:
 def test_backend_choices_that_cannot_work_are_clear_errors(tiny, engine):
     with pytest.raises(EngineError, match="runs float32"):
         MusicGenEngine.load(str(tiny), device="cpu", dtype="bfloat16", backend="onnx")
-    with pytest.raises(EngineError, match="backend must be one of auto, eager, compiled, cuda-graph, onnx"):
+    with pytest.raises(EngineError, match="backend must be one of auto, eager, compiled, cuda-graph, onnx, onnx-int8, int8"):
         MusicGenEngine.load(str(tiny), device="cpu", backend="tensorrt")
     bf16 = MusicGenEngine.load(str(tiny), device="cpu", dtype="bfloat16", backend="auto")
     assert bf16.info()["decode_backend"] == "eager" and "float32" in bf16.info()["decode_backend_reason"]
+
+
+def test_a_kept_int8_verdict_loads_the_int8_weights(tiny, cache_dir, monkeypatch):
+    from stemd.models.musicgen.fast import choose, int8
+
+    if not int8.available():
+        pytest.skip("this torch has no int8 CPU kernel")
+    kept = {"backend": "int8", "rates": {"onnx float32": 10.0, "eager bfloat16": 9.0, "int8": 14.0},
+            "measured": "2026-12-01 16:40"}
+    monkeypatch.setattr(choose, "load_decision", lambda key: kept)
+    engine = MusicGenEngine.load(str(tiny), device="cpu", backend="auto")
+    info = engine.info()
+    assert info["decode_backend"] == "int8" and int8.is_int8(engine.ck.lm)
+    assert info["decode_backend_reason"] == ("auto: measured 2026-12-01 16:40 (kept on disk), steps/s: "
+                                             "onnx float32 10.00, eager bfloat16 9.00, int8 14.00 -> int8")
+    assert info["decode_steps_per_s"] == kept["rates"] and "ms" in info["codec_decode_reason"]
+
+
+def test_the_onnx_int8_step_errs_from_float32_as_stated_and_makes_takes(engine, cache_dir):
+    """ONNX Runtime's weight-only int8 step against the float32 torch model on the same tokens, then a
+    whole take through an engine that decodes with it."""
+    from stemd.models.base import GenerationSpec
+    from stemd.models.musicgen.fast.onnx_step import OnnxStep, cached_int8_step
+
+    lm = engine.ck.lm
+    path, made = cached_int8_step(lm)
+    assert path.parent.name.startswith("lm-step-int8-") and cached_int8_step(lm) == (path, False)
+    step = OnnxStep(path)
+    text, mask = engine.ck.encode_text("dusty lofi drums, 90 bpm", 1, guided=True)
+    torch.manual_seed(0)
+    errs, spread = [], []
+    lm.setup_caches(2, 64, 64)
+    lm.set_conditioning(text, mask)
+    step.bind_model(lm)
+    for pos in range(6):
+        tokens = torch.randint(0, lm.args.vocab_size, (2, lm.args.num_codebooks, 1))
+        ours = torch.from_numpy(step.logits(tokens.numpy().copy(), pos))
+        with torch.no_grad():
+            ref = lm(tokens, torch.tensor([pos]))[:, :, -1]     # rewrites the cache row as the step did
+        errs.append(float((ours - ref).abs().max()))
+        spread.append(float(ref.std()))
+    assert 0 < max(errs) < 0.1 * min(spread), (errs, spread)
+    fast = MusicGenEngine(engine.ck, decoding.make("onnx-int8", engine.ck))
+    assert fast.info()["decode_backend"] == "onnx-int8"
+    spec = GenerationSpec(grid=Grid(97, "7/8"), bars=1, prompt="dusty lofi drums", variations=1, seed=2)
+    audio = np.concatenate(list(fast.stream(spec).blocks), axis=-1)
+    assert np.isfinite(audio).all() and audio.shape[-1] >= 32000 * 60 / 97 * 3.5

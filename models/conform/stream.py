@@ -123,9 +123,10 @@ class StreamConformer:
         self.expected_bpm = float(stream.tempo_hint or section.tempo.bpm)
         self.length = spec.grid.span_samples(spec.start_bar, spec.bars, spec.sample_rate)
 
-    def _analysis_samples(self, bars: float) -> int:
+    def _analysis_samples(self, bars: float, slack: float = 1.2, pad: float = 0.25) -> int:
+        """``bars`` at the tempo expected, times ``slack`` (the take may be slower) plus ``pad`` seconds."""
         quarters = bars * float(self.meter.bar_quarters)
-        seconds = quarters * 60.0 / self.expected_bpm * 1.2 + 0.25
+        seconds = quarters * 60.0 / self.expected_bpm * slack + pad
         return int(seconds * self.stream.sample_rate)
 
     def _detect(self, audio: np.ndarray) -> list[Timing]:
@@ -139,7 +140,9 @@ class StreamConformer:
         if self.timings is not None:
             need = 0
         else:
-            need = self._analysis_samples(self.first_bars if refine else self.analysis_bars)
+            # the first estimate only places bar 1 (the refined one corrects the tempo): little slack
+            need = (self._analysis_samples(self.first_bars, 1.05, 0.1) if refine
+                    else self._analysis_samples(self.analysis_bars))
         for block in source:
             head.append(np.asarray(block, dtype=np.float32))
             have += block.shape[2]

@@ -2,9 +2,12 @@
 
 ``load`` reads the checkpoint in the dtype the backend needs and returns it with a ``Decoding``: the
 backend's name, its step object (handed to every ``generate.Generation``), who decodes the chunks and
-why. ``auto`` picks CUDA graphs on CUDA and eager on other accelerators; on a CPU it times ONNX Runtime
-(float32) against the eager loop (in the dtype eager would run in) and keeps that verdict on disk per
-model files, machine and versions (``fast/choose.py``), so the next start does not measure again.
+why. ``int8`` is the eager loop on a copy of the language model with int8 weights (``fast/int8.py``);
+``onnx-int8`` the ONNX Runtime step with weight-only int8 matrices (``fast/onnx_step.py``).
+``auto`` picks CUDA graphs on CUDA and eager on other accelerators; on a CPU it times ONNX Runtime
+(float32 and int8), the eager loop (in the dtype eager would run in) and int8 against each other and keeps
+that verdict on disk per model files, CPU model, threads and versions (``fast/choose.py``), so the
+next start on that kind of machine does not measure again.
 """
 
 from __future__ import annotations
@@ -62,21 +65,21 @@ def check(backend: str, device: torch.device) -> None:
         raise EngineError(f"backend must be one of {', '.join(DECODE_BACKENDS)}; got {backend!r}")
     if backend == "cuda-graph" and device.type != "cuda":
         raise EngineError(f"the cuda-graph decoding backend needs a CUDA device, not {device}")
-    if backend == "onnx" and device.type != "cpu":
-        raise EngineError(f"the onnx decoding backend runs on the CPU, not {device}")
+    if backend in ("onnx", "onnx-int8", "int8") and device.type != "cpu":
+        raise EngineError(f"the {backend} decoding backend runs on the CPU, not {device}")
 
 
 def make(backend: str, ck: Checkpoint, reason: str = "asked for") -> Decoding:
     """The ``Decoding`` of a named backend (not auto) for a loaded checkpoint."""
     if backend == "eager":
         return Decoding("eager", EagerStep(), reason)
-    if backend == "onnx":
+    if backend in ("onnx", "onnx-int8"):
         if ck.device.type != "cpu" or ck.lm.layer_norm.weight.dtype != torch.float32:
-            raise EngineError(f"the onnx decoding backend runs float32 on the CPU, not "
+            raise EngineError(f"the {backend} decoding backend runs a float32 model on the CPU, not "
                               f"{str(ck.lm.layer_norm.weight.dtype).replace('torch.', '')} on {ck.device}")
         choose = _onnx_parts()
-        onnx = choose.setup_onnx(ck)
-        return Decoding("onnx", onnx.step, reason, codec=onnx.codec)
+        onnx = choose.setup_onnx(ck, int8=backend == "onnx-int8")
+        return Decoding(backend, onnx.step, reason, codec=onnx.codec)
     from stemd.models.musicgen.fast.backends import make_backend
 
     try:
@@ -101,10 +104,15 @@ def load(model: str, device: torch.device, dtype: Optional[str], backend: str,
     check(backend, device)
     asked_float32 = dtype in (None, "auto") or DTYPES.get(dtype) == torch.float32
     dt = pick_dtype(dtype, device)
-    if backend == "onnx" and not asked_float32:
-        raise EngineError(f"the onnx decoding backend runs float32, not {dtype}")
+    if backend in ("onnx", "onnx-int8") and not asked_float32:
+        raise EngineError(f"the {backend} decoding backend runs float32, not {dtype}")
+    if backend == "int8":
+        if dtype not in (None, "auto"):
+            raise EngineError(f"the int8 decoding backend holds int8 weights and computes in bfloat16; "
+                              f"--dtype {dtype} does not apply")
+        return _int8(_load(model, device, torch.float32), reason)
     if backend != "auto":
-        ck = _load(model, device, torch.float32 if backend == "onnx" else dt)
+        ck = _load(model, device, torch.float32 if backend in ("onnx", "onnx-int8") else dt)
         return ck, make(backend, ck, reason)
     if device.type == "cuda":
         return _load(model, device, dt), Decoding("cuda-graph", _cuda_graph(),
@@ -130,8 +138,13 @@ def _auto_cpu(model: str, device: torch.device, eager_dt: torch.dtype, choose) -
     if kept:
         backend = kept["backend"]
         rates = ", ".join(f"{k} {v:.2f}" for k, v in kept["rates"].items())
-        ck = _load(model, device, torch.float32 if backend == "onnx" else eager_dt)
-        d = make(backend, ck, f"auto: measured {kept['measured']} (kept on disk), steps/s: {rates} -> {backend}")
+        reason = f"auto: measured {kept['measured']} (kept on disk), steps/s: {rates} -> {backend}"
+        if backend == "int8":
+            ck, d = _int8(_load(model, device, torch.float32), reason, codec=choose)
+            d.rates = dict(kept["rates"])
+            return ck, d
+        ck = _load(model, device, torch.float32 if backend in ("onnx", "onnx-int8") else eager_dt)
+        d = make(backend, ck, reason)
         d.rates = dict(kept["rates"])
         if d.codec is None:           # eager: the chunks still go where they decode faster
             d.codec = choose.setup_codec(ck)
@@ -139,11 +152,28 @@ def _auto_cpu(model: str, device: torch.device, eager_dt: torch.dtype, choose) -
     ck = _load(model, device, torch.float32)
     m = choose.measure_cpu(ck, eager_dt)
     choose.save_decision(key, m)
-    if m.backend == "onnx":
-        return ck, Decoding("onnx", m.onnx.step, "auto: " + m.reason, codec=m.onnx.codec, rates=m.rates)
+    if m.backend in ("onnx", "onnx-int8"):
+        onnx = m.onnx if m.backend == "onnx" else m.onnx_int8
+        return ck, Decoding(m.backend, onnx.step, "auto: " + m.reason, codec=onnx.codec, rates=m.rates)
+    if m.backend == "int8":
+        return dataclasses.replace(ck, lm=m.int8_lm), Decoding("int8", EagerStep(), "auto: " + m.reason,
+                                                               codec=m.onnx.codec, rates=m.rates)
     if eager_dt != torch.float32:     # eager in bfloat16 won: decode with the cast copy it was timed on
         ck = dataclasses.replace(ck, lm=m.eager_lm)
     return ck, Decoding("eager", EagerStep(), "auto: " + m.reason, codec=m.onnx.codec, rates=m.rates)
+
+
+def _int8(ck: Checkpoint, reason: str, codec=None) -> tuple[Checkpoint, Decoding]:
+    """``ck`` (float32) with its language model quantized to int8 weights, and the eager step on it;
+    ``codec``: the ``choose`` module, to send the chunks to ONNX Runtime where it decodes them faster."""
+    from stemd.models.musicgen.fast import int8
+
+    if not int8.available():
+        raise EngineError("the int8 decoding backend needs torch's int8 CPU kernel (aten._weight_int8pack_mm), "
+                          "which this torch lacks")
+    with torch.inference_mode(False), torch.no_grad():
+        ck = dataclasses.replace(ck, lm=int8.quantize(ck.lm))
+    return ck, Decoding("int8", EagerStep(), reason, codec=codec.setup_codec(ck) if codec is not None else None)
 
 
 def _cuda_graph():

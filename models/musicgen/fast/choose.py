@@ -2,9 +2,10 @@
 
 ``setup_onnx`` loads (or exports once, ``onnx_cache``) the step and EnCodec's decoder; ``setup_codec`` keeps
 the ONNX decoder only if a chunk window decodes faster in it than in torch on this machine. ``measure_cpu``
-times a few decoding steps of the ONNX step and of the eager loop (in the dtype eager decoding would
-run in) and says which is faster; ``load_decision``/``save_decision`` keep that verdict on disk per
-model files, machine and versions, so an engine starts without measuring again.
+times a few decoding steps of the ONNX step, of the eager loop (in the dtype eager decoding would
+run in) and of the eager loop on int8 weights (``int8.py``), and says which is fastest;
+``load_decision``/``save_decision`` keep that verdict on disk per model files, CPU model, threads and
+versions, so an engine starts without measuring again (and a machine of another kind measures).
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ import torch
 from stemd.models.devices import cpu_name
 from stemd.models.musicgen.fast.onnx_cache import cache_root, runtime_versions
 from stemd.models.musicgen.fast.onnx_codec import OnnxCodec, cached_codec, torch_decode, window_ms
-from stemd.models.musicgen.fast.onnx_step import OnnxStep, cached_step
+from stemd.models.musicgen.fast.onnx_step import OnnxStep, cached_int8_step, cached_step
 from stemd.models.musicgen.generate import Generation, Sampling
 from stemd.takes import atomic_write
 
 log = logging.getLogger("stemd.models.musicgen")
-DECISION_FORMAT = 1
+DECISION_FORMAT = 3      # 3: int8 and onnx-int8 are candidates
 PROBE_TEXT = "stemd backend probe, 120 bpm"
 
 
@@ -73,14 +74,15 @@ def setup_codec(ck) -> CodecChoice:
     return CodecChoice(run if faster else None, reason, ms)
 
 
-def setup_onnx(ck) -> OnnxDecoding:
-    """The step's session and the chunk decoder's choice (``setup_codec``)."""
+def setup_onnx(ck, int8: bool = False, codec: Optional[CodecChoice] = None) -> OnnxDecoding:
+    """The step's session (``int8``: its weight-only int8 form) and the chunk decoder's choice
+    (``setup_codec``, unless ``codec`` is given)."""
     t0 = time.perf_counter()
-    step_path, new = cached_step(ck.lm)
+    step_path, new = (cached_int8_step if int8 else cached_step)(ck.lm)
     step = OnnxStep(step_path)
     log.info("ONNX Runtime step %s (%s) in %.1f s", step_path.parent.name, "exported now" if new else "from the cache",
              time.perf_counter() - t0)
-    return OnnxDecoding(step, setup_codec(ck))
+    return OnnxDecoding(step, codec if codec is not None else setup_codec(ck))
 
 
 def _rate(gen, steps: int) -> float:
@@ -92,11 +94,13 @@ def _rate(gen, steps: int) -> float:
 
 @dataclass
 class Measured:
-    backend: str                     # "onnx" or "eager"
+    backend: str                     # "onnx", "onnx-int8", "eager" or "int8"
     eager_dtype: torch.dtype
     rates: dict                      # steps/s per candidate, best of the rounds
     onnx: OnnxDecoding
     eager_lm: torch.nn.Module        # the model eager decoding was timed on (a cast copy for bf16)
+    int8_lm: Optional[torch.nn.Module] = None   # the int8 copy (None where torch has no int8 kernel)
+    onnx_int8: Optional[OnnxDecoding] = None    # ONNX Runtime's int8 step
 
     @property
     def reason(self) -> str:
@@ -105,25 +109,36 @@ class Measured:
 
 
 def measure_cpu(ck, eager_dtype: torch.dtype, steps: int = 8, rounds: int = 2) -> Measured:
-    """Steps/s of the ONNX step (float32) and of the eager loop in ``eager_dtype`` on a float32
-    checkpoint, in alternating rounds (batch 1, guidance 3, top-k 250, from position 1)."""
+    """Steps/s of the ONNX step (float32 and weight-only int8), of the eager loop in ``eager_dtype`` and
+    of the eager loop on int8 weights, from a float32 checkpoint, in alternating rounds (batch 1,
+    guidance 3, top-k 250, from position 1)."""
+    from stemd.models.musicgen.fast import int8
+
     onnx = setup_onnx(ck)
+    onnx_int8 = setup_onnx(ck, int8=True, codec=onnx.codec)
     lm = ck.lm
     eager_lm = lm if eager_dtype == torch.float32 else copy.deepcopy(lm).to(eager_dtype)
+    int8_lm = int8.quantize(lm) if int8.available() else None
     params = Sampling(guidance=3.0, temperature=1.0, top_k=250)
     text, mask = ck.encode_text(PROBE_TEXT, 1, guided=True)
     eager_name = f"eager {str(eager_dtype).replace('torch.', '')}"
-    rates = {"onnx float32": 0.0, eager_name: 0.0}
+    candidates = [("onnx float32", "onnx", lm, onnx.step), ("onnx int8", "onnx-int8", lm, onnx_int8.step),
+                  (eager_name, "eager", eager_lm, None)]
+    if int8_lm is not None:
+        candidates.append(("int8", "int8", int8_lm, None))
+    rates = {name: 0.0 for name, *_ in candidates}
     with torch.no_grad():
         for r in range(rounds):
-            for name, model in (("onnx float32", lm), (eager_name, eager_lm)):
+            for name, _, model, step in candidates:
                 model.setup_caches(2, 256, 64)
                 model.set_conditioning(text, mask)
-                gen = Generation(model, 1, params, 256, seed=r,
-                                 step=onnx.step if name.startswith("onnx") else None)
+                gen = Generation(model, 1, params, 256, seed=r, step=step)
                 rates[name] = round(max(rates[name], _rate(gen, steps)), 2)
-    backend = "onnx" if rates["onnx float32"] >= rates[eager_name] else "eager"
-    return Measured(backend, eager_dtype, rates, onnx, eager_lm)
+    for name, _, model, _ in candidates:
+        if model is not lm:
+            model.clear_caches()
+    best = max(candidates, key=lambda c: rates[c[0]])   # ties: the earlier (onnx, then eager)
+    return Measured(best[1], eager_dtype, rates, onnx, eager_lm, int8_lm, onnx_int8)
 
 
 # -- the verdict kept on disk -----------------------------------------------------------------------
@@ -147,7 +162,8 @@ def load_decision(key: str) -> Optional[dict]:
         d = json.loads(_decision_path(key).read_text())
     except (OSError, ValueError):
         return None
-    ok = (isinstance(d, dict) and d.get("backend") in ("onnx", "eager") and isinstance(d.get("rates"), dict)
+    ok = (isinstance(d, dict) and d.get("backend") in ("onnx", "onnx-int8", "eager", "int8")
+          and isinstance(d.get("rates"), dict)
           and isinstance(d.get("measured"), str))
     return d if ok else None
 

@@ -165,3 +165,36 @@ class OnnxStep:
             cache[:, :, pos: pos + 1] = row
             window[:, :, pos: pos + 1] = row
         return out[0]
+
+
+#: the step with weight-only int8 matrices: ONNX Runtime's MatMulNBits, 8 bits, symmetric, one scale per
+#: 128 inputs of a row, computed in int8 (accuracy level 4: VNNI/AMX where the CPU has them)
+INT8 = {"bits": 8, "block_size": 128, "is_symmetric": True, "accuracy_level": 4}
+
+
+def cached_int8_step(lm: MusicGenLM, root: Optional[Path] = None) -> tuple[Path, bool]:
+    """The exported step (``cached_step``) with every MatMul's weight quantized to int8 by ONNX Runtime's
+    own quantizer, kept in the cache beside it: ``(path, made_now)``. Not exact: see docs/backends.md."""
+    import logging
+
+    from stemd.models.musicgen.fast.onnx_cache import cached_export, runtime_versions, weights_digest
+
+    digest = weights_digest(lm, lm.args)
+    source, _ = cached_step(lm, root, digest)
+
+    def quantize(path: Path) -> None:
+        import onnx
+        from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
+        quantizer_log = logging.getLogger(nbits.__name__)
+        level = quantizer_log.level
+        quantizer_log.setLevel(logging.WARNING)    # it logs every node at INFO
+        try:
+            quantizer = nbits.MatMulNBitsQuantizer(onnx.load(str(source)), **INT8)
+            quantizer.process()
+            quantizer.model.save_model_to_file(str(path), use_external_data_format=True)
+        finally:
+            quantizer_log.setLevel(level)
+
+    parts = {"format": STEP_FORMAT, "weights": digest, "from": "lm-step", "int8": INT8, **runtime_versions()}
+    return cached_export("lm-step-int8", parts, quantize, root=root)
