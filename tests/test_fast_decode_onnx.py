@@ -276,3 +276,15 @@ def test_the_onnx_int8_step_errs_from_float32_as_stated_and_makes_takes(engine, 
     spec = GenerationSpec(grid=Grid(97, "7/8"), bars=1, prompt="dusty lofi drums", variations=1, seed=2)
     audio = np.concatenate(list(fast.stream(spec).blocks), axis=-1)
     assert np.isfinite(audio).all() and audio.shape[-1] >= 32000 * 60 / 97 * 3.5
+
+
+def test_the_kept_verdict_is_keyed_by_the_cpu_so_another_kind_of_machine_measures_again(tiny, monkeypatch):
+    from stemd.models.musicgen.fast import choose
+
+    key = choose.decision_key(tiny, torch.bfloat16)
+    assert choose.decision_key(tiny, torch.bfloat16) == key
+    monkeypatch.setattr(choose, "cpu_name", lambda: "AMD EPYC 7B13")
+    assert choose.decision_key(tiny, torch.bfloat16) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert choose.decision_key(tiny, torch.bfloat16) != key

@@ -144,11 +144,16 @@ def measure_cpu(ck, eager_dtype: torch.dtype, steps: int = 8, rounds: int = 2) -
 # -- the verdict kept on disk -----------------------------------------------------------------------
 
 def decision_key(model_folder: Path, eager_dtype: torch.dtype) -> str:
-    """Model files (names, sizes, modification times), this machine, torch's threads, versions."""
+    """Model files (names, sizes, modification times), this CPU (model name, vector ISA, native
+    bfloat16), cores, torch's threads, versions."""
     files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(model_folder).iterdir()
                    if p.is_file())
+    from stemd.models.musicgen.decoding import cpu_has_native_bf16
+
+    # the CPU by name and by what it computes natively (a VM's name can hide the model)
+    cpu = [cpu_name(), torch.backends.cpu.get_cpu_capability(), cpu_has_native_bf16()]
     parts = {"format": DECISION_FORMAT, "model": str(Path(model_folder).resolve()), "files": files,
-             "cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+             "cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
              "eager_dtype": str(eager_dtype), **runtime_versions()}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
