@@ -42,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                  "that does not name its own")
     p.add_argument("--backend", default=os.environ.get("STEMD_DECODE_BACKEND") or None, choices=DECODE_BACKENDS,
                    help="MusicGen decoding backend (default: $STEMD_DECODE_BACKEND, else eager); auto picks "
-                        "cuda-graph on CUDA and the faster of onnx and eager measured on a CPU")
+                        "cuda-graph on CUDA and, on a CPU, the fastest of onnx, onnx-int8, eager and int8 measured "
+                        "(int8 paths are not exact: docs/backends.md)")
     p.add_argument("--queue-size", type=int, default=16, help="requests that may wait (default 16); more get 'busy'")
     p.add_argument("--on-shutdown", choices=["finish", "cancel"], default="cancel",
                    help="on SIGINT/SIGTERM: finish queued and running requests, or cancel them (default)")
