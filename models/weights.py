@@ -13,6 +13,8 @@ import os
 import re
 from pathlib import Path
 
+from stemd.takes import file_sha256
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".th", ".ckpt")
 
 
@@ -30,11 +32,7 @@ def _file_digest(path: Path, kept: dict) -> str:
     stat = real.stat()
     key = f"{real}:{stat.st_size}:{stat.st_mtime_ns}"
     if key not in kept:
-        h = hashlib.sha256()
-        with open(real, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        kept[key] = h.hexdigest()
+        kept[key] = file_sha256(real)
     return kept[key]
 
 

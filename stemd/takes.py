@@ -121,6 +121,15 @@ def wav_header(channels: int, sample_rate: int, frames: int, fmt: int = WAVE_FOR
 PARTIAL = ".partial"  # a file being written: renamed into place when whole
 
 
+def file_sha256(path: Union[str, Path]) -> str:
+    """SHA-256 of a file's bytes, read in 4 MiB blocks (takes, exports and weights are hashed alike)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def atomic_write(path: Union[str, Path], data: Union[bytes, str]) -> None:
     """``data`` (text is UTF-8) into ``path`` through a partial file of its own (``NAME.<random>.partial``,
     so two writers never share one), synced, then renamed: whole or not there. The one atomic writer:

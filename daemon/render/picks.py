@@ -10,7 +10,6 @@ their manifest rows (model, licence, commercial use, test model) in the sheet's 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Optional
 from stemd.daemon.render.contact import PICKS_FORMAT
 from stemd.daemon.render.job import JobError
 from stemd.daemon.render.manifest import MANIFEST_JSON, read_manifest
-from stemd.takes import atomic_write, inside
+from stemd.takes import atomic_write, file_sha256, inside
 
 ACCEPTED, ACCEPTED_JSON = "accepted", "accepted.json"
 
@@ -60,12 +59,9 @@ def render_folder(picks_path: Path, picks: dict, out: Optional[Path]) -> Path:
     raise JobError(f"no {MANIFEST_JSON} in {tried}: give the render folder the picks came from with --out")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _take_files(row: dict) -> list[str]:
+    """A manifest row's files, relative to its folder: audio, sidecar, stems."""
+    return [row["file"], f"{row['name']}.json", *row.get("stems", {}).values()]
 
 
 def accept_picks(picks_path: Path, out: Optional[Path] = None) -> Accepted:
@@ -78,7 +74,7 @@ def accept_picks(picks_path: Path, out: Optional[Path] = None) -> Accepted:
         if row is None:
             raise JobError(f"take {pick['name']} is not in {folder / MANIFEST_JSON}: were the picks made from "
                            "another render folder?")
-        if pick.get("sha256") not in (None, row["sha256"]) or _sha256(inside(folder, row["file"])) != row["sha256"]:
+        if pick.get("sha256") not in (None, row["sha256"]) or file_sha256(inside(folder, row["file"])) != row["sha256"]:
             raise JobError(f"take {row['name']} changed since it was picked (its audio's SHA-256 differs): "
                            "pick again from the new contact.html")
         if row not in chosen:
@@ -88,8 +84,7 @@ def accept_picks(picks_path: Path, out: Optional[Path] = None) -> Accepted:
     result = Accepted(folder)
     keep = set()
     for row in chosen:
-        files = [row["file"], f"{row['name']}.json", *row.get("stems", {}).values()]
-        for rel in files:
+        for rel in _take_files(row):
             target = inside(dest, rel)
             target.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(target, inside(folder, rel).read_bytes())
@@ -109,7 +104,7 @@ def _remove_unpicked(dest: Path, keep: set) -> int:
         return 0
     removed = 0
     for row in earlier:
-        for rel in [row["file"], f"{row['name']}.json", *row.get("stems", {}).values()]:
+        for rel in _take_files(row):
             path = inside(dest, rel)
             if path not in keep and path.is_file():
                 path.unlink()

@@ -26,6 +26,8 @@ from typing import Callable
 
 import torch
 
+from stemd.takes import file_sha256
+
 log = logging.getLogger("stemd.models.onnx")
 MANIFEST = "manifest.json"
 
@@ -60,14 +62,6 @@ def entry_key(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _valid(folder: Path, main: str) -> bool:
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
@@ -76,7 +70,7 @@ def _valid(folder: Path, main: str) -> bool:
             return False
         for name, meta in files.items():
             path = folder / name
-            if path.stat().st_size != meta["size"] or _file_digest(path) != meta["sha256"]:
+            if path.stat().st_size != meta["size"] or file_sha256(path) != meta["sha256"]:
                 return False
         return True
     except (OSError, ValueError, KeyError, TypeError):
@@ -122,7 +116,7 @@ def cached_export(kind: str, parts: dict, export: Callable[[Path], None], main: 
         for path in sorted(tmp.iterdir()):
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
-            files[path.name] = {"size": path.stat().st_size, "sha256": _file_digest(path)}
+            files[path.name] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
         manifest = {"kind": kind, "parts": parts, "files": files, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
                     "export_seconds": round(time.perf_counter() - t0, 2)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
