@@ -40,7 +40,7 @@ class _Lane:
     where the output stands against the grid."""
 
     def __init__(self, timing: Timing, ratio: float, source_rate: int, target_rate: int, channels: int):
-        self.timing, self.source_rate = timing, source_rate
+        self.source_rate = source_rate
         self.skip = int(round(timing.downbeat * source_rate))
         self.start = self.skip          # the source sample the output starts at (may be < 0: a lead-in)
         self.stretcher = Stretcher(source_rate, channels, ratio)
@@ -88,7 +88,6 @@ class _Lane:
         bridge = (target - self.made) / span if span > 0 else steady
         if m < 1 or not 0.8 * steady <= bridge <= 1.25 * steady:
             bridge = steady                          # the first estimate was far off: just follow
-        self.timing = refined
         self.stretcher.ratio = bridge
         self.switch = (int(round(anchor + m * bar - self.start)), steady)
 
@@ -180,8 +179,7 @@ class StreamConformer:
 
     def _refine(self, lanes: list, heard: np.ndarray) -> None:
         """The tempo estimated again on the first ``analysis_bars`` bars; later bars follow it."""
-        _, section = self.spec.grid.section_at(self.spec.start_bar)
-        bar_seconds = float(section.meter.bar_quarters) * 60.0 / float(section.tempo.bpm)
+        bar_seconds = float(self.spec.grid.bar_seconds(self.spec.start_bar))
         self.timings = self._detect(heard)
         for lane, timing in zip(lanes, self.timings):
             if len(timing.beats) >= 3:

@@ -205,17 +205,16 @@ FILE_BPM = (70.0, 180.0)
 FASTER_LEVEL, CLOSE = 0.8, (0.75, 0.95)
 
 
-def off_beat_ratio(audio: np.ndarray, sample_rate: int, timing: Timing) -> float:
-    """Mean onset strength halfway between ``timing``'s beats over that on them (the broadband
-    envelope's peak within 8 ms of each point): near 0 for a click on the beat, near 1 when the
-    off-beats are hit as hard."""
-    broad, _, fps = onset_envelope(audio, sample_rate)
-    k = np.arange(int((len(broad) / fps - timing.first_beat) / timing.beat_seconds) + 1)
+def off_beat_ratio(envelope: np.ndarray, fps: float, timing: Timing) -> float:
+    """Mean onset strength halfway between ``timing``'s beats over that on them (``envelope``: the
+    broadband onset envelope at ``fps`` frames per second; its peak within 8 ms of each point): near 0
+    for a click on the beat, near 1 when the off-beats are hit as hard."""
+    k = np.arange(int((len(envelope) / fps - timing.first_beat) / timing.beat_seconds) + 1)
 
     def strength(times: np.ndarray) -> float:
         idx = np.rint(times * fps).astype(int)
-        idx = idx[(idx >= 0) & (idx < len(broad))]
-        return float(np.mean([broad[max(0, i - 2): i + 3].max() for i in idx])) if len(idx) else 0.0
+        idx = idx[(idx >= 0) & (idx < len(envelope))]
+        return float(np.mean([envelope[max(0, i - 2): i + 3].max() for i in idx])) if len(idx) else 0.0
 
     on = strength(timing.first_beat + k * timing.beat_seconds)
     return strength(timing.first_beat + (k + 0.5) * timing.beat_seconds) / on if on > 0 else 0.0
@@ -234,7 +233,8 @@ def file_timing(audio: np.ndarray, sample_rate: int, meter: Meter | str = "4/4")
     timing = detect_timing(audio, sample_rate, meter, (lo * hi) ** 0.5, search=(hi / lo) ** 0.5)
     if len(timing.beats) < 3:
         return timing
-    ratio = off_beat_ratio(audio, sample_rate, timing)
+    broad, _, fps = onset_envelope(audio, sample_rate)
+    ratio = off_beat_ratio(broad, fps, timing)
     other = None
     if ratio >= FASTER_LEVEL and 2 * timing.bpm <= hi * 1.02:
         faster = detect_timing(audio, sample_rate, meter, 2 * timing.bpm, search=1.1)
@@ -244,8 +244,8 @@ def file_timing(audio: np.ndarray, sample_rate: int, meter: Meter | str = "4/4")
         other = 2 * timing.bpm
     elif timing.bpm / 2 >= lo:
         # half this tempo is close when every other beat is as weak as an off-beat would be there
-        r = off_beat_ratio(audio, sample_rate, replace(timing, beat_seconds=2 * timing.beat_seconds))
-        if 0 < min(r, 1 / r if r else 0) < FASTER_LEVEL:
+        r = off_beat_ratio(broad, fps, replace(timing, beat_seconds=2 * timing.beat_seconds))
+        if r > 0 and min(r, 1 / r) < FASTER_LEVEL:
             other = timing.bpm / 2
     return replace(timing, other_bpm=other)
 
