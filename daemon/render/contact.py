@@ -30,9 +30,8 @@ from typing import Optional
 
 import numpy as np
 
-from stemd.daemon.render.manifest import read_manifest
-
 from stemd.chromium import find_chromium
+from stemd.daemon.render.manifest import read_manifest
 
 WAVE_SIZE, SPEC_SIZE = (360, 70), (360, 110)
 MIN_CARD_WIDTH, GAP, PADDING = 320, 16, 16   # the grid: as many columns of at least 320 px as fit

@@ -25,6 +25,11 @@ from stemd.models.musicgen.loading import Checkpoint, load_checkpoint, resolve
 from stemd.models.registry import DECODE_BACKENDS
 
 
+#: the backends whose step runs in ONNX Runtime on a float32 model, and those that run only on a CPU
+ONNX_BACKENDS = ("onnx", "onnx-int8")
+CPU_BACKENDS = (*ONNX_BACKENDS, "int8")
+
+
 @dataclass
 class Decoding:
     backend: str                      # one of DECODE_BACKENDS except auto
@@ -65,7 +70,7 @@ def check(backend: str, device: torch.device) -> None:
         raise EngineError(f"backend must be one of {', '.join(DECODE_BACKENDS)}; got {backend!r}")
     if backend == "cuda-graph" and device.type != "cuda":
         raise EngineError(f"the cuda-graph decoding backend needs a CUDA device, not {device}")
-    if backend in ("onnx", "onnx-int8", "int8") and device.type != "cpu":
+    if backend in CPU_BACKENDS and device.type != "cpu":
         raise EngineError(f"the {backend} decoding backend runs on the CPU, not {device}")
 
 
@@ -73,7 +78,7 @@ def make(backend: str, ck: Checkpoint, reason: str = "asked for") -> Decoding:
     """The ``Decoding`` of a named backend (not auto) for a loaded checkpoint."""
     if backend == "eager":
         return Decoding("eager", EagerStep(), reason)
-    if backend in ("onnx", "onnx-int8"):
+    if backend in ONNX_BACKENDS:
         if ck.device.type != "cpu" or ck.lm.layer_norm.weight.dtype != torch.float32:
             raise EngineError(f"the {backend} decoding backend runs a float32 model on the CPU, not "
                               f"{str(ck.lm.layer_norm.weight.dtype).replace('torch.', '')} on {ck.device}")
@@ -104,7 +109,7 @@ def load(model: str, device: torch.device, dtype: Optional[str], backend: str,
     check(backend, device)
     asked_float32 = dtype in (None, "auto") or DTYPES.get(dtype) == torch.float32
     dt = pick_dtype(dtype, device)
-    if backend in ("onnx", "onnx-int8") and not asked_float32:
+    if backend in ONNX_BACKENDS and not asked_float32:
         raise EngineError(f"the {backend} decoding backend runs float32, not {dtype}")
     if backend == "int8":
         if dtype not in (None, "auto"):
@@ -112,7 +117,7 @@ def load(model: str, device: torch.device, dtype: Optional[str], backend: str,
                               f"--dtype {dtype} does not apply")
         return _int8(_load(model, device, torch.float32), reason)
     if backend != "auto":
-        ck = _load(model, device, torch.float32 if backend in ("onnx", "onnx-int8") else dt)
+        ck = _load(model, device, torch.float32 if backend in ONNX_BACKENDS else dt)
         return ck, make(backend, ck, reason)
     if device.type == "cuda":
         return _load(model, device, dt), Decoding("cuda-graph", _cuda_graph(),
@@ -141,18 +146,17 @@ def _auto_cpu(model: str, device: torch.device, eager_dt: torch.dtype, choose) -
         reason = f"auto: measured {kept['measured']} (kept on disk), steps/s: {rates} -> {backend}"
         if backend == "int8":
             ck, d = _int8(_load(model, device, torch.float32), reason, codec=choose)
-            d.rates = dict(kept["rates"])
-            return ck, d
-        ck = _load(model, device, torch.float32 if backend in ("onnx", "onnx-int8") else eager_dt)
-        d = make(backend, ck, reason)
+        else:
+            ck = _load(model, device, torch.float32 if backend in ONNX_BACKENDS else eager_dt)
+            d = make(backend, ck, reason)
+            if d.codec is None:       # eager: the chunks still go where they decode faster
+                d.codec = choose.setup_codec(ck)
         d.rates = dict(kept["rates"])
-        if d.codec is None:           # eager: the chunks still go where they decode faster
-            d.codec = choose.setup_codec(ck)
         return ck, d
     ck = _load(model, device, torch.float32)
     m = choose.measure_cpu(ck, eager_dt)
     choose.save_decision(key, m)
-    if m.backend in ("onnx", "onnx-int8"):
+    if m.backend in ONNX_BACKENDS:
         onnx = m.onnx if m.backend == "onnx" else m.onnx_int8
         return ck, Decoding(m.backend, onnx.step, "auto: " + m.reason, codec=onnx.codec, rates=m.rates)
     if m.backend == "int8":
