@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from pathlib import Path
 
 from stemd.errors import StemdError
+from stemd.models.registry import HUB_ID
 
 
 class PullError(StemdError):
     code = "bad_arguments"
-
-
-HUB_ID = re.compile(r"[\w.-]+/[\w.-]+", re.ASCII)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,9 +4,13 @@ MusicGen checkpoint (a hub id such as facebook/musicgen-small, or a local folder
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 from stemd.models.base import Engine
+
+#: a Hugging Face hub id (owner/name) as stemd takes one: what ``stemd pull`` fetches and the HF cache is searched for
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+", re.ASCII)
 
 #: MusicGen's decoding backends (models/musicgen/fast): the step run eagerly, compiled, replayed as CUDA
 #: graphs, or in ONNX Runtime (CPU, float32); auto picks one for the device. Here, without torch, for the

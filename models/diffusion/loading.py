@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from stemd.models.base import ModelNotFound
+from stemd.models.registry import HUB_ID
 
 #: ``model_index.json`` ``_class_name`` -> stemd's family
 PIPELINE_FAMILIES = {
@@ -47,7 +48,7 @@ def hub_family(model: str) -> Optional[str]:
 
 
 def _hf_snapshot(model: str) -> Optional[Path]:
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", model):
+    if not HUB_ID.fullmatch(model):
         return None
     try:
         from huggingface_hub import constants, snapshot_download

@@ -26,6 +26,7 @@ import torch
 from stemd.models.base import ModelNotFound
 from stemd.models.musicgen.model import LMArgs, MusicGenLM, sinusoids
 from stemd.models.musicgen.testmodel import TEST_MODEL_KEY
+from stemd.models.registry import HUB_ID
 
 AUDIOCRAFT_FILES = ("state_dict.bin", "compression_state_dict.bin")
 MAX_TEXT_TOKENS = 256
@@ -69,7 +70,8 @@ class Checkpoint:
                               max_length=room)["input_ids"] if words and room else []
         return (head + tail)[:MAX_TEXT_TOKENS - len(eos)] + eos
 
-    def encode_text(self, words: str, variations: int, guided: bool, grid: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_text(self, words: str, variations: int, guided: bool,
+                    grid: str = "") -> tuple[torch.Tensor, torch.Tensor]:
         """T5's hidden states and mask for the words and the grid (``text_ids``), one row per variation, then
         the unconditional half (no text at all) when ``guided``."""
         ids = torch.tensor([self.text_ids(words, grid)], dtype=torch.long, device=self.device)
@@ -117,7 +119,7 @@ class Checkpoint:
 # -- finding the files ------------------------------------------------------------------------------
 
 def fetch_hint(model: str) -> str:
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", model) and not os.path.exists(os.path.expanduser(model)) \
+    if HUB_ID.fullmatch(model) and not os.path.exists(os.path.expanduser(model)) \
             and not model.startswith((".", "/", "~")):
         return f"stemd pull {model}"
     return "stemd pull facebook/musicgen-small, or stemd make-test-model DIR (random weights: noise, for trying stemd)"
@@ -140,7 +142,7 @@ def resolve(model: str) -> Path:
     if path.exists():
         raise ModelNotFound(f"model {model!r}: {path} is a file; pass the checkpoint's folder")
     cache = hf_cache_dir()
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", model):
+    if HUB_ID.fullmatch(model):
         from huggingface_hub import snapshot_download
 
         try:  # local_files_only: we never download at run time, whatever HF_HUB_OFFLINE says
