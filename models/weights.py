@@ -22,7 +22,7 @@ def cache_root() -> Path:
     if os.environ.get("STEMD_CACHE"):
         return Path(os.environ["STEMD_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "stemd"
+    return Path(base).expanduser() / "stemd"
 
 
 def _file_digest(path: Path, kept: dict) -> str:

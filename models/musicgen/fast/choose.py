@@ -23,10 +23,11 @@ from typing import Optional
 import torch
 
 from stemd.models.devices import cpu_name
-from stemd.models.musicgen.fast.onnx_cache import cache_root, runtime_versions
+from stemd.models.musicgen.fast.onnx_cache import runtime_versions
 from stemd.models.musicgen.fast.onnx_codec import OnnxCodec, cached_codec, torch_decode, window_ms
 from stemd.models.musicgen.fast.onnx_step import OnnxStep, cached_int8_step, cached_step
 from stemd.models.musicgen.generate import Generation, Sampling
+from stemd.models.weights import cache_root
 from stemd.takes import atomic_write
 
 log = logging.getLogger("stemd.models.musicgen")

@@ -26,17 +26,11 @@ from typing import Callable
 
 import torch
 
+from stemd.models.weights import cache_root
 from stemd.takes import file_sha256
 
 log = logging.getLogger("stemd.models.onnx")
 MANIFEST = "manifest.json"
-
-
-def cache_root() -> Path:
-    if os.environ.get("STEMD_CACHE"):
-        return Path(os.environ["STEMD_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "stemd"
 
 
 def weights_digest(module: torch.nn.Module, config: object = None) -> str:
