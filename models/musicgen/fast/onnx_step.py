@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from stemd.models.musicgen.generate import Generation, attention_span, step
 from stemd.models.musicgen.model import MusicGenLM
 
-STEP_FORMAT = 2          # bump when OnnxStepModule or export() change: old cache entries stop matching
+STEP_FORMAT = 3          # bump when OnnxStepModule or export() change: old cache entries stop matching
 MAX_BATCH = 64
 MAX_TEXT = 1024
 
@@ -39,7 +39,7 @@ class OnnxStepModule(nn.Module):
 
     def forward(self, tokens: Tensor, pos: Tensor, text_mask: Tensor, *kv: Tensor):
         lm, a = self.lm, self.lm.args
-        n = a.num_layers
+        n, h_, d = a.num_layers, a.num_heads, a.head_dim
         past, cross = kv[: 2 * n], kv[2 * n:]
         b, k, _ = tokens.shape
         x = sum(lm.embed_tokens[c](tokens[:, c]) for c in range(k))
@@ -47,24 +47,31 @@ class OnnxStepModule(nn.Module):
             x = x * math.sqrt(a.hidden_size)
         x = x + lm.positions[pos].to(x.dtype)
         s = past[0].shape[2]
-        hidden = (torch.arange(s, device=pos.device) >= pos)[None, None, None, :]     # not yet written
-        scale = 1.0 / math.sqrt(a.head_dim)
+        # one query: (b, 1, H*D) is (b, H, 1, D) and (b, H, D, 1) in the same memory, so heads are views,
+        # never transposes, and the scores are the cache times the query, (b, H, S, 1): the cache is read
+        # in place, not transposed each step
+        hidden = (torch.arange(s, device=pos.device) >= pos)[None, None, :, None]     # not yet written
+        text_bias = torch.zeros_like(text_mask, dtype=x.dtype).masked_fill(~text_mask, float("-inf"))
+        text_bias = text_bias.view(b, 1, -1, 1)                                          # (b, 1, T, 1)
+        scale = 1.0 / math.sqrt(d)
         new_kv = []
         for i, layer in enumerate(lm.layers):
             att = layer.self_attn
             h = layer.self_attn_layer_norm(x)
-            q, kk, vv = att.heads(att.q_proj(h)), att.heads(att.k_proj(h)), att.heads(att.v_proj(h))
+            q = att.q_proj(h).view(b, h_, d, 1) * scale
+            kk, vv = att.k_proj(h).view(b, h_, 1, d), att.v_proj(h).view(b, h_, 1, d)
             new_kv += [kk, vv]
-            q = q * scale
-            old = torch.matmul(q, past[2 * i].transpose(-1, -2)).masked_fill(hidden, float("-inf"))
-            own = (q * kk).sum(-1, keepdim=True)
-            p = torch.softmax(torch.cat([old, own], dim=-1), dim=-1)
-            x = x + att.merge(torch.matmul(p[..., :s], past[2 * i + 1]) + p[..., s:] * vv)
+            old = torch.matmul(past[2 * i], q).masked_fill(hidden, float("-inf"))         # (b, H, S, 1)
+            own = torch.matmul(kk, q)                                                     # (b, H, 1, 1)
+            p = torch.softmax(torch.cat([old, own], dim=2), dim=2)
+            mixed = torch.matmul(p[:, :, :s].view(b, h_, 1, s), past[2 * i + 1]) + p[:, :, s:] * vv
+            x = x + att.out_proj(mixed.view(b, 1, h_ * d))
             ca = layer.encoder_attn
             h = layer.encoder_attn_layer_norm(x)
-            out = F.scaled_dot_product_attention(ca.heads(ca.q_proj(h)), cross[2 * i], cross[2 * i + 1],
-                                                 attn_mask=text_mask)
-            x = x + ca.merge(out)
+            q = ca.q_proj(h).view(b, h_, d, 1) * scale
+            p = torch.softmax(torch.matmul(cross[2 * i], q) + text_bias, dim=2)           # (b, H, T, 1)
+            t = p.shape[2]
+            x = x + ca.out_proj(torch.matmul(p.view(b, h_, 1, t), cross[2 * i + 1]).view(b, 1, h_ * d))
             x = x + layer.fc2(F.gelu(layer.fc1(layer.final_layer_norm(x))))
         logits = lm.lm_head(lm.layer_norm(x)).view(b, k, a.vocab_size)
         return (logits, *new_kv)
