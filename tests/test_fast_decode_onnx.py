@@ -64,6 +64,9 @@ def test_onnx_logits_match_torch_within_1e4_across_span_buckets(engine, setup):
     _, step = setup
     lm = conditioned(engine, 192)          # spans 128 then 192: the step reads a longer window after 128
     step.bind_model(lm)
+    # the step reads the text K/V only as far as the prompt's tokens, not the cache's padding to 64
+    used = int(lm.text_mask[0, 0, 0].nonzero().max()) + 1
+    assert step.cross[0].shape[2] == step.text_mask.shape[-1] == used < 64
     gen = torch.Generator().manual_seed(0)
     worst, spans = 0.0, set()
     with torch.no_grad():

@@ -198,7 +198,11 @@ class Generation:
         known = torch.where(self.pattern[:, :, : p + 1] >= 0, self.pattern[:, :, : p + 1], args.pad_token)
         self.tokens[:, :, : p + 1] = known
         batch_tokens = torch.cat([known, known], dim=0) if self.params.guided else known
-        logits = self.lm(batch_tokens, torch.arange(p + 1, device=self.device), attention_span(p, self.max_seq))
+        first = getattr(self.step, "first_logits", None)
+        if p == 0 and first is not None:   # one token at position 0: the step object's own forward runs it
+            logits = first(self, batch_tokens)
+        else:
+            logits = self.lm(batch_tokens, torch.arange(p + 1, device=self.device), attention_span(p, self.max_seq))
         self._draw()
         nxt = next_tokens(logits[:, :, -1], self.params.guided, self.guidance, self.greedy, self.temperature,
                           self.top_k, self.top_p, self.noise)

@@ -150,13 +150,22 @@ class OnnxStep:
     def bind(self, gen: Generation) -> None:
         self.bind_model(gen.lm)
 
+    def first_logits(self, gen: Generation, tokens: Tensor) -> Tensor:
+        """The prefill of a window that starts empty (position 0 only) as one step of the session:
+        logits ``(B, K, 1, vocab)``, and row 0 written to the model's cache."""
+        self.bind(gen)
+        return self.forward(tokens, torch.zeros(1, dtype=torch.long), 0)
+
     def bind_model(self, lm: MusicGenLM) -> None:
         if lm.layer_norm.weight.device.type != "cpu" or lm.layer_norm.weight.dtype != torch.float32:
             raise ValueError("the ONNX step runs float32 on the CPU")
         self.past = [t.numpy() for layer in lm.layers for t in (layer.self_attn.kv_cache.k, layer.self_attn.kv_cache.v)]
-        self.cross = [t.numpy() for layer in lm.layers
+        # the text K/V only up to the last text position any row attends to (the caches are padded to
+        # a multiple of 64): every step reads them, so a short prompt costs a short read
+        used = int(lm.text_mask.reshape(lm.text_mask.shape[0], -1).any(dim=0).nonzero().max()) + 1
+        self.cross = [np.ascontiguousarray(t.numpy()[:, :, :used]) for layer in lm.layers
                       for t in (layer.encoder_attn.cross_kv.k, layer.encoder_attn.cross_kv.v)]
-        self.text_mask = lm.text_mask.numpy()
+        self.text_mask = np.ascontiguousarray(lm.text_mask.numpy()[..., :used])
         self.max_seq = lm.max_seq
         self.span = None          # the model's cache was just rewritten: copy it again
 
@@ -164,7 +173,12 @@ class OnnxStep:
         """``tokens`` ``(B, K, 1)`` at ``pos`` -> logits ``(B, K, vocab)``; the cache row at ``pos`` is written."""
         span = attention_span(pos, self.max_seq)
         if span != self.span:
-            self.window = [np.ascontiguousarray(t[:, :, :span]) for t in self.past]
+            # rows from pos on are masked (but must be finite: zeros, which cost nothing to allocate)
+            self.window = []
+            for t in self.past:
+                window = np.zeros(t.shape[:2] + (span,) + t.shape[3:], dtype=t.dtype)
+                window[:, :, :pos] = t[:, :, :pos]
+                self.window.append(window)
             self.span = span
         feeds = [tokens.astype(np.int64), np.array([pos], np.int64), self.text_mask, *self.window, *self.cross]
         out = self.session.run(None, dict(zip(self.names, feeds)))
