@@ -13,6 +13,7 @@ import soundfile
 import torch
 
 from stemd.models.base import Audio, Cancelled, GenerationSpec, ModelNotFound
+from stemd.models.conform.stream import first_heard_seconds
 from stemd.models.musicgen.engine import MusicGenEngine
 from stemd.models.musicgen.generate import Generation, Sampling, codebook_delays, generate_tokens, iter_frames
 from stemd.models.musicgen.streaming import StreamingDecoder, decode_codes
@@ -151,11 +152,12 @@ def test_with_top_p_set_top_k_is_not_used_as_audiocraft_samples(engine):
     assert torch.equal(both, top_p) and not torch.equal(both, greedy)   # top_k=1 alone would be greedy
 
 
-def test_streamed_audio_equals_one_shot_decode_within_1e5(engine):
+@pytest.mark.parametrize("first", [0, 110], ids=["chunks", "first-piece-sized"])
+def test_streamed_audio_equals_one_shot_decode_within_1e5(engine, first):
     torch.manual_seed(0)
     codes = torch.randint(0, engine.ck.lm.args.vocab_size, (2, 4, 300))
     whole = decode_codes(engine.ck.codec, codes, 1).numpy()
-    stream = StreamingDecoder(engine.ck.codec, 1, engine.ck.hop)
+    stream = StreamingDecoder(engine.ck.codec, 1, engine.ck.hop, first=first)
     pieces = [stream.push(codes[..., i: i + 7]) for i in range(0, 300, 7)] + [stream.flush()]
     streamed = np.concatenate(pieces, axis=-1)
     assert streamed.shape == whole.shape == (2, 1, 300 * engine.ck.hop)
@@ -178,6 +180,12 @@ def test_streaming_decodes_a_bounded_window_per_chunk(engine):
     for _ in range(40):
         stream.push(torch.randint(0, 64, (1, 4, 25)))
     assert max(decoded) == 25 + 25 + 6          # however long the take, never the history
+    decoded.clear()
+    stream = StreamingDecoder(Spy(), 1, engine.ck.hop, chunk=25, left=25, right=6, first=110)
+    sizes = [stream.push(torch.randint(0, 64, (1, 4, 1))).shape[-1] for _ in range(200)]
+    # nothing until the first piece and its right context exist, then that piece in one window
+    assert sizes.index(110 * engine.ck.hop) == 110 + 6 - 1 and sum(sizes[:110 + 6 - 1]) == 0
+    assert decoded[0] == 110 + 6 and max(decoded[1:]) == 25 + 25 + 6
 
 
 def spec(bars=2, variations=2, seed=7, **kw):
@@ -369,3 +377,20 @@ def test_an_audiocraft_checkpoint_stemd_cannot_run_is_refused_in_one_line(tiny, 
     with pytest.raises(ModelNotFound, match=says) as e:
         MusicGenEngine.load(str(folder), device="cpu", dtype="float32")
     assert "\n" not in str(e.value) and "not supported" in str(e.value)
+
+
+def test_the_first_block_is_what_conform_waits_for_and_needs_no_step_more(engine):
+    # 97 BPM 3/4: conform's first estimate takes one bar (1.86 s) with a little slack before bar 1 leaves
+    s = GenerationSpec(grid=Grid(97, "3/4"), bars=4, prompt="lofi drums", variations=1, seed=7,
+                       sample_rate=32000, channels=1)
+    need = engine.frames_for(first_heard_seconds(s))
+    assert 1.86 * 1.05 < need / engine.ck.frame_rate < 1.86 * 1.05 + 0.15
+    steps = []
+    stream = engine.stream(s, on_progress=steps.append)
+    first = next(stream.blocks)
+    stream.close()
+    right, delay = 6, engine.ck.lm.args.num_codebooks - 1
+    assert first.shape[-1] == need * engine.ck.hop
+    # the steps that make those frames, their right context and the codebook delay; none past them
+    # (in 25-frame chunks the block that covers the need came up to 24 steps later)
+    assert len(steps) == need + right + delay - 1

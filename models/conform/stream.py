@@ -30,6 +30,26 @@ from stemd.timing import Grid
 ANALYSIS_BARS = 2
 #: bars heard before bar 1 may leave: the first estimate, refined once ANALYSIS_BARS have come
 FIRST_BARS = 1
+#: the first estimate only places bar 1 (the refined one corrects the tempo): little slack
+FIRST_SLACK, FIRST_PAD = 1.05, 0.1
+
+
+def heard_seconds(bars: float, bar_quarters: float, bpm: float, slack: float = 1.2, pad: float = 0.25) -> float:
+    """``bars`` at ``bpm``, times ``slack`` (the take may be slower than the tempo aimed at) plus ``pad`` s."""
+    return bars * bar_quarters * 60.0 / bpm * slack + pad
+
+
+def first_heard_seconds(spec: GenerationSpec, bpm: Optional[float] = None) -> float:
+    """Seconds of an engine's audio that a streamed conform of ``spec`` takes in before bar 1 can leave
+    (at ``bpm``, the tempo the engine aimed at; default the grid's at the first bar): one bar with
+    little slack for the first estimate, or the whole analysis span where the take is estimated once
+    (a loop). Engines size their first block by it (``musicgen.streaming.StreamingDecoder``)."""
+    _, section = spec.grid.section_at(spec.start_bar)
+    bpm = float(bpm or section.tempo.bpm)
+    quarters = float(section.meter.bar_quarters)
+    if spec.loop or FIRST_BARS >= ANALYSIS_BARS:
+        return heard_seconds(ANALYSIS_BARS, quarters, bpm)
+    return heard_seconds(FIRST_BARS, quarters, bpm, FIRST_SLACK, FIRST_PAD)
 
 
 class _Lane:
@@ -123,9 +143,8 @@ class StreamConformer:
         self.length = spec.grid.span_samples(spec.start_bar, spec.bars, spec.sample_rate)
 
     def _analysis_samples(self, bars: float, slack: float = 1.2, pad: float = 0.25) -> int:
-        """``bars`` at the tempo expected, times ``slack`` (the take may be slower) plus ``pad`` seconds."""
-        quarters = bars * float(self.meter.bar_quarters)
-        seconds = quarters * 60.0 / self.expected_bpm * slack + pad
+        """``heard_seconds`` at the tempo expected, in the stream's samples."""
+        seconds = heard_seconds(bars, float(self.meter.bar_quarters), self.expected_bpm, slack, pad)
         return int(seconds * self.stream.sample_rate)
 
     def _detect(self, audio: np.ndarray) -> list[Timing]:
@@ -139,8 +158,7 @@ class StreamConformer:
         if self.timings is not None:
             need = 0
         else:
-            # the first estimate only places bar 1 (the refined one corrects the tempo): little slack
-            need = (self._analysis_samples(self.first_bars, 1.05, 0.1) if refine
+            need = (self._analysis_samples(self.first_bars, FIRST_SLACK, FIRST_PAD) if refine
                     else self._analysis_samples(self.analysis_bars))
         for block in source:
             head.append(np.asarray(block, dtype=np.float32))

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from stemd.models.base import AudioStream, Cancelled, Engine, GenerationSpec, never_stop, no_progress
+from stemd.models.conform.stream import first_heard_seconds
 from stemd.models.devices import pick_device
 from stemd.models.musicgen import decoding
 from stemd.models.musicgen.decoding import Decoding
@@ -124,10 +125,11 @@ class MusicGenEngine(Engine):
         return Generation(self.ck.lm, variations, params, max_seq, prompt=prompt, seed=seed,
                           keep_frames=self.frames_for(KEEP_SECONDS), step=self.decoding.step)
 
-    def streaming_decoder(self, skip_frames: int = 0) -> StreamingDecoder:
-        """Chunks of frames to audio, in ONNX Runtime when this engine measured it faster than torch."""
+    def streaming_decoder(self, skip_frames: int = 0, first: int = 0) -> StreamingDecoder:
+        """Chunks of frames to audio, in ONNX Runtime when this engine measured it faster than torch;
+        ``first``: the frames of the first piece (``StreamingDecoder``)."""
         codec = self.decoding.codec
-        return StreamingDecoder(self.ck.codec, self.channels, self.ck.hop, skip_frames=skip_frames,
+        return StreamingDecoder(self.ck.codec, self.channels, self.ck.hop, skip_frames=skip_frames, first=first,
                                 run=codec.run if codec is not None else None)
 
     def _blocks(self, spec: GenerationSpec, should_stop, on_progress) -> Iterator[np.ndarray]:
@@ -154,7 +156,8 @@ class MusicGenEngine(Engine):
         lm.setup_caches(text.shape[0], max_seq, max_text)
         lm.set_conditioning(text, mask)
         gen = self.generation(variations, params, max_seq, prompt=prompt, seed=spec.seed)
-        decoder = self.streaming_decoder(skip_frames=p)
+        # the first piece is what conform waits for before bar 1 can leave, decoded once it exists
+        decoder = self.streaming_decoder(skip_frames=p, first=self.frames_for(first_heard_seconds(spec)))
 
         def progress(ready: int) -> None:
             on_progress(max(0.0, min(1.0, (ready - p) / new_frames)))

@@ -9,6 +9,10 @@ the previous window's audio for the same samples. Every decode covers at most
 
 ``StreamingDecoder.push(codes)`` takes newly complete frames ``(V, K, n)`` and returns the audio that
 is final ``(V, channels, m)`` (possibly empty); ``flush()`` decodes the rest once no more frames come.
+``first`` sizes the first piece: the frames its consumer needs before it can do anything (conform's
+first tempo estimate, ``conform.stream.first_heard_seconds``), decoded in one window as soon as they
+and their right context exist, instead of in chunks whose last one overshoots the need by up to a
+chunk of decoding steps.
 ``run`` swaps the codec's torch decode for another runner of the same maths (ONNX Runtime); the windows,
 context and crossfade are the same whichever runs.
 """
@@ -39,7 +43,7 @@ def decode_codes(codec, codes: Tensor, audio_channels: int, run=None) -> Tensor:
 
 class StreamingDecoder:
     def __init__(self, codec, audio_channels: int, hop: int, *, chunk: int = 25, left: int = 25, right: int = 6,
-                 crossfade: int = 640, skip_frames: int = 0, run=None):
+                 crossfade: int = 640, skip_frames: int = 0, first: int = 0, run=None):
         if crossfade > right * hop:
             raise ValueError("the crossfade must fit inside the right context")
         self.codec, self.channels, self.hop, self.run = codec, audio_channels, hop, run
@@ -48,6 +52,7 @@ class StreamingDecoder:
         self.first = 0                        # request frame index of self.codes[..., 0]
         self.done = 0                         # frames whose audio is final (emitted or skipped)
         self.skip = skip_frames               # frames decoded as context only (a continuation prompt)
+        self.first_stop = skip_frames + first if first > chunk else 0   # the first piece's end, if sized
         self.tail: Tensor | None = None       # the previous window's audio for the next crossfade
         self.fade_in = torch.linspace(0.0, 1.0, crossfade + 2)[1:-1] if crossfade else None
 
@@ -59,9 +64,13 @@ class StreamingDecoder:
         codes = codes.detach()
         self.codes = codes if self.codes is None else torch.cat([self.codes, codes], dim=-1)
         out = []
-        while self.frames - self.done >= self.chunk + self.right:
-            out.append(self._emit(self.done + self.chunk, final=False))
+        while self.frames >= self._next_stop() + self.right:
+            out.append(self._emit(self._next_stop(), final=False))
         return self._join(out)
+
+    def _next_stop(self) -> int:
+        stop = self.done + self.chunk
+        return max(stop, self.first_stop) if self.done < self.first_stop else stop
 
     def flush(self) -> np.ndarray:
         if self.codes is None or self.frames <= self.done:
