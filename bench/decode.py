@@ -3,7 +3,7 @@
     .venv/bin/python bench/decode.py [--device cpu] [--dtype float32] [--steps 20] [--rounds 5] [--model DIR]
         [--backend auto|eager|compiled|cuda-graph|onnx|int8]
 
-``--backend`` picks the engine's decoding backend (default: $STEMD_DECODE_BACKEND, else eager); every "ours"
+``--backend`` picks the engine's decoding backend (default: $STEMD_DECODE_BACKEND, else auto); every "ours"
 figure below is the engine decoding through it (``onnx``: the step and, where it measured faster, EnCodec's
 decoder in ONNX Runtime, float32; ``auto``: the engine's own choice, printed with its reasons).
 The weights are random (the musicgen-small architecture, written once by `stemd make-test-model
@@ -26,7 +26,6 @@ The last line is `steps_per_s ours=A transformers=B ratio=R (ours: BACKEND, DTYP
 from __future__ import annotations
 
 import argparse
-import os
 import json
 import resource
 import subprocess
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stemd.models.registry import DECODE_BACKENDS
+from stemd.models.registry import DECODE_BACKENDS, chosen_backend, env_backend
 from diffusion import device_name  # bench/diffusion.py, beside this file: the CPU model and its ISA
 
 CACHE = Path(__file__).resolve().parent / ".cache" / "musicgen-small-random"
@@ -140,9 +139,8 @@ def rss_only(model: str, backend: str | None) -> None:
     from stemd.models.musicgen.engine import MusicGenEngine
     from stemd.timing import Grid
 
-    eager = backend in (None, "eager")
-    engine = MusicGenEngine.load(model, device="cpu", dtype="bfloat16" if eager else None,
-                                 backend=backend or "eager")
+    eager = chosen_backend(backend)[0] == "eager"
+    engine = MusicGenEngine.load(model, device="cpu", dtype="bfloat16" if eager else None, backend=backend)
     spec = GenerationSpec(grid=Grid(120), bars=1, prompt="driving techno", variations=1, seed=0)
     for _ in engine.stream(spec).blocks:
         pass
@@ -217,8 +215,8 @@ def main() -> None:
     p.add_argument("--ref-dtype", default="float32", help="transformers' dtype (its default is float32)")
     p.add_argument("--steps", type=int, default=20, help="decoding steps per measured round")
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds, ours then transformers")
-    p.add_argument("--backend", default=os.environ.get("STEMD_DECODE_BACKEND") or None, choices=DECODE_BACKENDS,
-                   help="ours: the engine's decoding backend (default: $STEMD_DECODE_BACKEND, else eager)")
+    p.add_argument("--backend", default=env_backend(), choices=DECODE_BACKENDS,
+                   help="ours: the engine's decoding backend (default: $STEMD_DECODE_BACKEND, else auto)")
     p.add_argument("--rss-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     model = args.model or str(ensure_model(cache_for(args.arch), args.arch))

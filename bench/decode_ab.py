@@ -54,7 +54,7 @@ def main() -> None:
 
     then = load_revision(args.against)
     model = args.model or str(ensure_model(CACHE))
-    engine = MusicGenEngine.load(model, device="cpu", dtype=args.dtype)
+    engine = MusicGenEngine.load(model, device="cpu", dtype=args.dtype, backend="eager")
     lm = engine.ck.lm
     print(f"device: cpu ({device_name('cpu')}), torch {torch.__version__}, {args.dtype}, model {model} (random "
           f"weights); loop of {args.against} against the working tree; {time.strftime('%Y-%m-%d %H:%M')}", flush=True)

@@ -117,7 +117,7 @@ def main() -> None:
 
     extra = ",cuda-graph" if args.device.startswith("cuda") else ",onnx" if args.dtype == "float32" else ""
     names = (args.backends or "eager,compiled" + extra).split(",")
-    engine = MusicGenEngine.load(model, device=args.device, dtype=args.dtype)
+    engine = MusicGenEngine.load(model, device=args.device, dtype=args.dtype, backend="eager")
     device = engine.device
     print(f"device: {args.device} ({device_name(args.device)}), torch {torch.__version__}, dtype "
           f"{engine.info()['dtype']}, model {model} (random weights), {args.variations} variation(s), guidance 3 "

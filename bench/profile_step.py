@@ -154,7 +154,7 @@ def main() -> None:
     print(f"bench/profile_step.py on {args.device} ({device_name(args.device)}), torch {torch.__version__}; "
           f"{model} (random weights)", flush=True)
     for dtype in args.dtype:
-        engine = MusicGenEngine.load(model, device=args.device, dtype=dtype)
+        engine = MusicGenEngine.load(model, device=args.device, dtype=dtype, backend="eager")
         print(f"{dtype}:", flush=True)
         profile_steps(engine, args.steps)
         encodec_chunks(engine)

@@ -10,10 +10,9 @@ contact sheet into the folder's ``accepted/`` (``stemd.daemon.render.picks``).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from stemd.models.registry import DECODE_BACKENDS
+from stemd.models.registry import DECODE_BACKENDS, env_backend
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,8 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stems-model", default=None, help="an htdemucs checkpoint (.th) or a folder of Demucs models")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: by device)")
-    p.add_argument("--backend", default=os.environ.get("STEMD_DECODE_BACKEND") or None, choices=DECODE_BACKENDS,
-                   help="MusicGen decoding backend (default: $STEMD_DECODE_BACKEND, else eager); a job key too")
+    p.add_argument("--backend", default=env_backend(), choices=DECODE_BACKENDS,
+                   help="MusicGen decoding backend (default: $STEMD_DECODE_BACKEND, else auto); a job key too")
     p.add_argument("--out", default=None, help="output folder (default: takes)")
     p.add_argument("--no-contact-sheet", action="store_true", help="skip the contact sheet (HTML and PNG)")
     p.add_argument("--accept", default=None, metavar="PICKS",

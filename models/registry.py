@@ -4,6 +4,7 @@ MusicGen checkpoint (a hub id such as facebook/musicgen-small, or a local folder
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Optional
 
@@ -16,13 +17,30 @@ HUB_ID = re.compile(r"[\w.-]+/[\w.-]+", re.ASCII)
 #: graphs, or in ONNX Runtime (CPU, float32); auto picks one for the device. Here, without torch, for the
 #: command lines' choices.
 DECODE_BACKENDS = ("auto", "eager", "compiled", "cuda-graph", "onnx", "onnx-int8", "int8")
+#: what runs when nothing is asked for: measured per machine (docs/backends.md)
+DEFAULT_BACKEND = "auto"
+BACKEND_ENV = "STEMD_DECODE_BACKEND"
+
+
+def env_backend() -> Optional[str]:
+    """The decoding backend named by $STEMD_DECODE_BACKEND (None when unset or empty)."""
+    return os.environ.get(BACKEND_ENV) or None
+
+
+def chosen_backend(asked: Optional[str]) -> tuple[str, str]:
+    """The MusicGen decoding backend to run, and why: the one asked for, else $STEMD_DECODE_BACKEND,
+    else ``DEFAULT_BACKEND``."""
+    if asked:
+        return asked, "asked for"
+    if env_backend():
+        return env_backend(), f"${BACKEND_ENV}"
+    return DEFAULT_BACKEND, "the default"
 
 
 def load_engine(model: str, *, device: Optional[str] = None, dtype: Optional[str] = None,
                 backend: Optional[str] = None) -> Engine:
     """``backend``: MusicGen's decoding backend (auto, eager, compiled, cuda-graph, onnx, onnx-int8,
-    int8); None: eager.
-    The command lines read $STEMD_DECODE_BACKEND and pass it here. The click engine has none."""
+    int8); None: $STEMD_DECODE_BACKEND, else auto (``chosen_backend``). The click engine has none."""
     if model == "click":
         from stemd.models.click import ClickEngine
 

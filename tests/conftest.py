@@ -6,11 +6,20 @@
 - ``start_daemon`` / ``daemon``: a real ``stemd serve`` process (tests/daemon_fixtures.py).
 - ``peer``: a stemd protocol peer with the click engine; ``jack``: a JACK server
   (tests/test_bridge_support.py).
+
+MusicGen decodes with the reference loop (``eager``) in every test and every daemon a test starts
+(``$STEMD_DECODE_BACKEND``, inherited by subprocesses): the default, ``auto``, would export and time
+ONNX Runtime steps for each test model. Tests of the other backends, and of the default itself
+(tests/test_fast_decode_onnx.py), ask for theirs.
 """
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+os.environ["STEMD_DECODE_BACKEND"] = "eager"
 
 from daemon_fixtures import daemon, start_daemon  # noqa: F401  (fixtures for every test file)
 from test_bridge_support import jack, peer  # noqa: F401  (fixtures for every test file)

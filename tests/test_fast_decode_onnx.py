@@ -198,7 +198,7 @@ def test_auto_measures_once_on_cpu_and_keeps_its_verdict(tiny, cache_dir):
 
     first = MusicGenEngine.load(str(tiny), device="cpu", backend="auto")
     info = first.info()
-    assert info["decode_backend"] in ("onnx", "eager", "int8")
+    assert info["decode_backend"] in ("onnx", "onnx-int8", "eager", "int8")
     assert info["decode_backend_reason"].startswith("auto: measured at start")
     rates = info["decode_steps_per_s"]
     names = {"onnx float32": "onnx", "onnx int8": "onnx-int8", f"eager {engine_dtype_name()}": "eager"}
@@ -217,6 +217,20 @@ def test_auto_measures_once_on_cpu_and_keeps_its_verdict(tiny, cache_dir):
         assert "ms" in i["codec_decode_reason"] and i["codec_decode"] in i["codec_decode_reason"].split("-> ")[-1]
     spec = GenerationSpec(grid=Grid(120), bars=1, prompt="dusty lofi drums", variations=1, seed=1)
     assert sum(b.shape[-1] for b in first.stream(spec).blocks) >= 2 * 32000
+
+
+def test_auto_is_the_default_and_the_environment_or_the_caller_overrides_it(tiny, cache_dir, monkeypatch):
+    from stemd.models.registry import chosen_backend
+
+    monkeypatch.delenv("STEMD_DECODE_BACKEND")          # conftest's eager for every other test
+    assert chosen_backend(None) == ("auto", "the default")
+    plain = MusicGenEngine.load(str(tiny), device="cpu")
+    assert plain.info()["decode_backend_reason"].startswith("auto: measured")
+    assert plain.backend == MusicGenEngine.load(str(tiny), device="cpu", backend="auto").backend
+    monkeypatch.setenv("STEMD_DECODE_BACKEND", "eager")
+    assert chosen_backend(None) == ("eager", "$STEMD_DECODE_BACKEND")
+    assert MusicGenEngine.load(str(tiny), device="cpu").info()["decode_backend_reason"] == "$STEMD_DECODE_BACKEND"
+    assert chosen_backend("onnx") == ("onnx", "asked for")
 
 
 def engine_dtype_name() -> str:

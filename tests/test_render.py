@@ -240,6 +240,7 @@ def test_the_decoding_backend_is_a_job_value_read_from_the_environment_once(tmp_
         add_arguments(p)
         return job_from_args(p.parse_args(["--model", "click", "--out", str(tmp_path), *argv]))
 
+    monkeypatch.delenv("STEMD_DECODE_BACKEND", raising=False)   # conftest's eager
     assert job().backend is None
     assert job("--backend", "onnx").backend == "onnx"
     monkeypatch.setenv("STEMD_DECODE_BACKEND", "compiled")

@@ -69,7 +69,7 @@ class RenderJob:
     stems_model: str = ""
     device: Optional[str] = None
     dtype: Optional[str] = None
-    backend: Optional[str] = None        # MusicGen's decoding backend (registry.DECODE_BACKENDS; None: eager)
+    backend: Optional[str] = None        # MusicGen's decoding backend (registry.DECODE_BACKENDS; None: registry.chosen_backend's)
     out: str = "takes"
     contact_sheet: bool = True
 

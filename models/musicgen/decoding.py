@@ -13,6 +13,7 @@ next start on that kind of machine does not measure again.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Optional
 
@@ -23,6 +24,8 @@ from stemd.models.devices import DTYPES, gpu_dtype, named_dtype
 from stemd.models.musicgen.generate import EagerStep
 from stemd.models.musicgen.loading import Checkpoint, load_checkpoint, resolve
 from stemd.models.registry import DECODE_BACKENDS
+
+log = logging.getLogger("stemd.models.musicgen")
 
 
 #: the backends whose step runs in ONNX Runtime on a float32 model, and those that run only on a CPU
@@ -154,6 +157,7 @@ def _auto_cpu(model: str, device: torch.device, eager_dt: torch.dtype, choose) -
         d.rates = dict(kept["rates"])
         return ck, d
     ck = _load(model, device, torch.float32)
+    log.info("auto: timing the CPU decoding paths for %s on this machine (once; the verdict is kept)", ck.name)
     m = choose.measure_cpu(ck, eager_dt)
     choose.save_decision(key, m)
     if m.backend in ONNX_BACKENDS:

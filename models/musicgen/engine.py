@@ -65,10 +65,12 @@ class MusicGenEngine(Engine):
     @classmethod
     def load(cls, model: str, *, device: Optional[str] = None, dtype: Optional[str] = None,
              backend: Optional[str] = None) -> "MusicGenEngine":
-        """``backend``: one of ``registry.DECODE_BACKENDS`` (None: eager); ``auto`` measures on a CPU
-        and keeps its verdict on disk (``decoding.load``)."""
-        reason = "asked for" if backend else "the default"
-        ck, chosen = decoding.load(model, pick_device(device), dtype, backend or "eager", reason)
+        """``backend``: one of ``registry.DECODE_BACKENDS`` (None: $STEMD_DECODE_BACKEND, else auto);
+        ``auto`` measures on a CPU and keeps its verdict on disk (``decoding.load``)."""
+        from stemd.models.registry import chosen_backend
+
+        backend, reason = chosen_backend(backend)
+        ck, chosen = decoding.load(model, pick_device(device), dtype, backend, reason)
         engine = cls(ck, chosen)
         log.info("decoding backend %s (%s); EnCodec chunks decoded by %s", engine.backend, chosen.reason,
                  chosen.info()["codec_decode"])

@@ -102,6 +102,8 @@ def cached_export(kind: str, parts: dict, export: Callable[[Path], None], main: 
         shutil.rmtree(final, ignore_errors=True)
     onnx_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=onnx_dir))
+    log.info("exporting %s to %s: once for these weights and versions (a minute or more for a large model)",
+             kind, final)
     try:
         t0 = time.perf_counter()
         with quiet_exporter():
