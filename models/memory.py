@@ -183,8 +183,18 @@ def diffusion_arch(folder: Path, family: str) -> dict:
             "patch": patch, "latent_dim": latent_dim, "sample_rate": rate, "vae_width": width}
 
 
-def footprint(family: str, folder: Optional[Path], dtype: str = "float32") -> Footprint:
-    """``family``'s footprint for the checkpoint in ``folder`` running in ``dtype`` (a torch dtype's name)."""
+def _musicgen_lm(dtype_bytes: int) -> Sizer:
+    """MusicGen's language model alone (not T5, not EnCodec) at ``dtype_bytes`` per floating weight."""
+    lm = cast_to(dtype_bytes)
+    return lambda name, stored: 0 if name.startswith(("text_encoder.", "audio_encoder.")) else lm(name, stored)
+
+
+def footprint(family: str, folder: Optional[Path], dtype: str = "float32", backend: Optional[str] = None) -> Footprint:
+    """``family``'s footprint for the checkpoint in ``folder`` running in ``dtype`` (a torch dtype's name);
+    ``backend``: MusicGen's decoding backend, for the CPU paths that hold the language model otherwise
+    (``int8``: its matrices in int8, instead of ``dtype``; ``onnx``: ONNX Runtime's float32 copy of the
+    step beside the float32 model; ``onnx-int8``: an int8 copy beside it; both ONNX paths also hold a
+    float32 copy of EnCodec's decoder, which decodes the chunks where it measures faster)."""
     dtype_bytes = DTYPE_BYTES.get(dtype, 4)
     if family == "click" or folder is None:
         return Footprint("click", 0, dtype_bytes)
@@ -196,6 +206,14 @@ def footprint(family: str, folder: Optional[Path], dtype: str = "float32") -> Fo
         text = cast_to(2 if dtype in ("bfloat16", "bf16") else 4)
         sizer = lambda name, stored: (text if name.startswith("text_encoder.") else lm)(name, stored)  # noqa: E731
         weights = weight_bytes(folder, sizer=sizer) + arch["max_positions"] * arch["hidden"] * 4
+        if backend in ("int8", "onnx", "onnx-int8"):
+            lm_float32 = weight_bytes(folder, sizer=_musicgen_lm(4))
+            if backend == "int8":
+                weights += lm_float32 // 4 - weight_bytes(folder, sizer=_musicgen_lm(dtype_bytes))
+            else:
+                codec = weight_bytes(folder, sizer=lambda name, stored: 4 if name.startswith(
+                    ("audio_encoder.decoder.", "audio_encoder.quantizer.")) else 0)
+                weights += (lm_float32 if backend == "onnx" else lm_float32 // 4) + codec
         return Footprint(family, weights, dtype_bytes, arch)
     arch = diffusion_arch(folder, family)
     return Footprint(family, weight_bytes(folder, dtype_bytes), dtype_bytes, arch)

@@ -171,14 +171,33 @@ def resolve_devices(requested: list[str], sources: list[str]) -> list[str]:
     return out
 
 
-def planned_dtype(family: str, device: str, asked: Optional[str]) -> str:
-    """The dtype a model of ``family`` will run in on ``device`` (as its engine picks it), by name."""
+def planned_backend(family: str, device: str, asked: Optional[str], dtype: Optional[str] = None) -> Optional[str]:
+    """MusicGen's decoding backend on ``device`` as the pool plans for it (None for other families):
+    the one asked for, else $STEMD_DECODE_BACKEND, else auto, which on a CPU is planned as ``onnx-int8``
+    (what it picks on CPUs with int8 dot products; the loaded engine's own bytes replace the estimate)."""
+    if family != "musicgen":
+        return None
+    from stemd.models.registry import chosen_backend
+
+    backend = chosen_backend(asked)[0]
+    if backend == "auto":
+        cpu = device_type(device) == "cpu" and dtype in (None, "auto", "float32", "fp32")
+        return "onnx-int8" if cpu else "cuda-graph" if device_type(device) == "cuda" else "eager"
+    return backend
+
+
+def planned_dtype(family: str, device: str, asked: Optional[str], backend: Optional[str] = None) -> str:
+    """The dtype a model of ``family`` will run in on ``device`` (as its engine picks it), by name;
+    ``backend``: MusicGen's planned backend (``planned_backend``): its CPU paths load float32."""
     if family == "click":
         return "float32"
     import torch
 
     if family == "musicgen":
-        from stemd.models.musicgen.decoding import pick_dtype
+        from stemd.models.musicgen.decoding import CPU_BACKENDS, pick_dtype
+
+        if backend in CPU_BACKENDS and asked in (None, "auto"):
+            return "float32"
     else:
         from stemd.models.diffusion.engine import pick_dtype
     return str(pick_dtype(asked, torch.device(device))).replace("torch.", "")
@@ -260,7 +279,8 @@ def locate_slot(entry: ModelEntry, device: str) -> Slot:
     licence card, whether it is a test model, the dtype it will run in on its device (``entry.device``,
     else ``device``) and its footprint. Nothing loads."""
     family, folder = locate(entry.source)
-    dtype = planned_dtype(family, entry.device or device, entry.dtype)
+    backend = planned_backend(family, entry.device or device, entry.backend, entry.dtype)
+    dtype = planned_dtype(family, entry.device or device, entry.dtype, backend)
     test_model = False
     if family != "click":
         from stemd.licenses import card_for_readme
@@ -271,7 +291,7 @@ def locate_slot(entry: ModelEntry, device: str) -> Slot:
         from stemd.licenses import card as family_card
 
         card = family_card("click")
-    return Slot(entry, family, folder, footprint(family, folder, dtype), card, test_model, dtype)
+    return Slot(entry, family, folder, footprint(family, folder, dtype, backend), card, test_model, dtype)
 
 
 Loader = Callable[[ModelEntry, str], Engine]
@@ -308,7 +328,7 @@ class ModelPool:
         family, folder, fp = info.get("family", "click"), None, Footprint("click", 0)
         try:
             family, folder = locate(engine.name)
-            fp = footprint(family, folder, info.get("dtype", "float32"))
+            fp = footprint(family, folder, info.get("dtype", "float32"), info.get("decode_backend"))
         except (StemdError, OSError, ValueError, KeyError):
             pass                       # an engine of no checkpoint stemd can read: no estimate
         slot = Slot(ModelEntry(name or derive_name(engine.name), engine.name), family, folder, fp,

@@ -48,6 +48,27 @@ def test_the_estimate_of_weights_is_what_a_loaded_model_holds(engine, tiny):
     assert fp.request(600, 1) == fp.request(40, 1) > fp.request(10, 1)
 
 
+def test_the_pool_plans_the_default_backend_and_the_memory_each_cpu_backend_holds(tiny, tmp_path, monkeypatch):
+    from stemd.models.musicgen.engine import MusicGenEngine
+    from stemd.models.pool import planned_backend, planned_dtype
+
+    monkeypatch.delenv("STEMD_DECODE_BACKEND")          # conftest's eager: plan the default
+    assert planned_backend("musicgen", "cpu", None) == "onnx-int8"
+    assert planned_backend("musicgen", "cuda:0", None) == "cuda-graph"
+    assert planned_backend("musicgen", "cpu", None, "bfloat16") == "eager"    # auto with bf16 runs eager
+    assert planned_backend("musicgen", "cpu", "int8") == "int8" and planned_backend("click", "cpu", None) is None
+    monkeypatch.setenv("STEMD_CACHE", str(tmp_path))    # onnx-int8 exports the test model's step here
+    family, folder = locate(str(tiny))
+    plain = footprint(family, folder, "float32")
+    for backend in ("int8", "onnx-int8"):
+        assert planned_dtype(family, "cpu", None, backend) == "float32"       # both load float32 first
+        fp = footprint(family, folder, "float32", backend)
+        held = MusicGenEngine.load(str(tiny), device="cpu", backend=backend).device_bytes()
+        assert 0.9 * held <= fp.weights <= 1.1 * held, (backend, fp.weights, held)
+        # int8 holds the language model in a quarter of float32; onnx-int8 holds an int8 copy beside it
+        assert (fp.weights < plain.weights) == (backend == "int8")
+
+
 class FakeEngine(Engine):
     def __init__(self, name: str, size: int):
         self.name, self.size, self.resets = name, size, 0

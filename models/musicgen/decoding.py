@@ -41,6 +41,15 @@ class Decoding:
     codec: Optional[object] = None    # fast.choose.CodecChoice: who decodes the chunks (None: torch)
     rates: Optional[dict] = None      # steps/s that auto measured (or kept)
 
+    def session_bytes(self) -> int:
+        """What ONNX Runtime holds beside torch's tensors: the files of the exported step and EnCodec
+        decoder it loaded (their weights; 0 for the torch paths)."""
+        paths = [getattr(self.step, "path", None), getattr(self.codec.run, "path", None) if self.codec else None]
+        total = 0
+        for path in filter(None, paths):
+            total += sum(f.stat().st_size for f in path.parent.iterdir() if f.name.startswith(path.name))
+        return total
+
     def info(self) -> dict:
         onnx_codec = self.codec is not None and self.codec.run is not None
         out = {"decode_backend": self.backend, "decode_backend_reason": self.reason,

@@ -88,6 +88,10 @@ class MusicGenEngine(Engine):
     def modules(self) -> list:
         return [self.ck.lm, self.ck.text_encoder, self.ck.codec]
 
+    def device_bytes(self) -> int:
+        """torch's tensors, and the ONNX Runtime sessions' weights where a CPU path runs in them."""
+        return super().device_bytes() + self.decoding.session_bytes()
+
     def reset(self) -> None:
         self.ck.lm.clear_caches()
 
