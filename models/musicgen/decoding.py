@@ -149,40 +149,43 @@ def load(model: str, device: torch.device, dtype: Optional[str], backend: str,
 
 
 def _auto_cpu(model: str, device: torch.device, eager_dt: torch.dtype, choose) -> tuple[Checkpoint, Decoding]:
-    """ONNX Runtime float32 or eager in ``eager_dt``: the verdict kept on disk, else measured now."""
+    """The fastest CPU path: the verdict kept on disk, else measured now (and kept); then the winner is
+    built from a checkpoint loaded as it needs (float32 for the ONNX and int8 paths, ``eager_dt`` for eager)."""
     key = choose.decision_key(resolve(model), eager_dt)
     kept = choose.load_decision(key)
+    ck, codec = None, None
     if kept:
-        backend = kept["backend"]
-        rates = ", ".join(f"{k} {v:.2f}" for k, v in kept["rates"].items())
-        reason = f"auto: measured {kept['measured']} (kept on disk), steps/s: {rates} -> {backend}"
-        if backend == "int8":
-            ck, d = _int8(_load(model, device, torch.float32), reason, codec=choose)
-        else:
-            ck = _load(model, device, torch.float32 if backend in ONNX_BACKENDS else eager_dt)
-            d = make(backend, ck, reason)
-            if d.codec is None:       # eager: the chunks still go where they decode faster
-                d.codec = choose.setup_codec(ck)
-        d.rates = dict(kept["rates"])
-        return ck, d
-    ck = _load(model, device, torch.float32)
-    log.info("auto: timing the CPU decoding paths for %s on this machine (once; the verdict is kept)", ck.name)
-    m = choose.measure_cpu(ck, eager_dt)
-    choose.save_decision(key, m)
-    if m.backend in ONNX_BACKENDS:
-        onnx = m.onnx if m.backend == "onnx" else m.onnx_int8
-        return ck, Decoding(m.backend, onnx.step, "auto: " + m.reason, codec=onnx.codec, rates=m.rates)
-    if m.backend == "int8":
-        return dataclasses.replace(ck, lm=m.int8_lm), Decoding("int8", EagerStep(), "auto: " + m.reason,
-                                                               codec=m.onnx.codec, rates=m.rates)
-    if eager_dt != torch.float32:     # eager in bfloat16 won: decode with the cast copy it was timed on
-        ck = dataclasses.replace(ck, lm=m.eager_lm)
-    return ck, Decoding("eager", EagerStep(), "auto: " + m.reason, codec=m.onnx.codec, rates=m.rates)
+        backend, rates = kept["backend"], dict(kept["rates"])
+        figures = ", ".join(f"{k} {v:.2f}" for k, v in rates.items())
+        reason = f"auto: measured {kept['measured']} (kept on disk), steps/s: {figures} -> {backend}"
+    else:
+        ck = _load(model, device, torch.float32)
+        log.info("auto: timing the CPU decoding paths for %s on this machine (once; the verdict is kept)", ck.name)
+        m = choose.measure_cpu(ck, eager_dt)
+        choose.save_decision(key, m)
+        backend, rates, reason, codec = m.backend, m.rates, "auto: " + m.reason, m.codec
+    if backend == "eager" and eager_dt != torch.float32:
+        if ck is None:
+            ck = _load(model, device, eager_dt)
+        else:                          # the float32 model it was timed from, cast in place
+            with torch.inference_mode(False), torch.no_grad():
+                ck.lm.to(eager_dt)
+    elif ck is None:
+        ck = _load(model, device, torch.float32)
+    if backend == "int8":
+        ck, d = _int8(ck, reason)
+        d.codec = codec or choose.setup_codec(ck)      # the chunks still go where they decode faster
+    elif backend in ONNX_BACKENDS:
+        onnx = choose.setup_onnx(ck, int8=backend == "onnx-int8", codec=codec)
+        d = Decoding(backend, onnx.step, reason, codec=onnx.codec)
+    else:
+        d = Decoding("eager", EagerStep(), reason, codec=codec or choose.setup_codec(ck))
+    d.rates = rates
+    return ck, d
 
 
-def _int8(ck: Checkpoint, reason: str, codec=None) -> tuple[Checkpoint, Decoding]:
-    """``ck`` (float32) with its language model quantized to int8 weights, and the eager step on it;
-    ``codec``: the ``choose`` module, to send the chunks to ONNX Runtime where it decodes them faster."""
+def _int8(ck: Checkpoint, reason: str) -> tuple[Checkpoint, Decoding]:
+    """``ck`` (float32) with its language model quantized to int8 weights, and the eager step on it."""
     from stemd.models.musicgen.fast import int8
 
     if not int8.available():
@@ -190,7 +193,7 @@ def _int8(ck: Checkpoint, reason: str, codec=None) -> tuple[Checkpoint, Decoding
                           "which this torch lacks")
     with torch.inference_mode(False), torch.no_grad():
         ck = dataclasses.replace(ck, lm=int8.quantize(ck.lm))
-    return ck, Decoding("int8", EagerStep(), reason, codec=codec.setup_codec(ck) if codec is not None else None)
+    return ck, Decoding("int8", EagerStep(), reason)
 
 
 def _cuda_graph():

@@ -11,6 +11,7 @@ versions, so an engine starts without measuring again (and a machine of another 
 from __future__ import annotations
 
 import copy
+import gc
 import hashlib
 import json
 import logging
@@ -98,10 +99,7 @@ class Measured:
     backend: str                     # "onnx", "onnx-int8", "eager" or "int8"
     eager_dtype: torch.dtype
     rates: dict                      # steps/s per candidate, best of the rounds
-    onnx: OnnxDecoding
-    eager_lm: torch.nn.Module        # the model eager decoding was timed on (a cast copy for bf16)
-    int8_lm: Optional[torch.nn.Module] = None   # the int8 copy (None where torch has no int8 kernel)
-    onnx_int8: Optional[OnnxDecoding] = None    # ONNX Runtime's int8 step
+    codec: CodecChoice               # who decodes the chunks (measured once, whichever step wins)
 
     @property
     def reason(self) -> str:
@@ -111,35 +109,37 @@ class Measured:
 
 def measure_cpu(ck, eager_dtype: torch.dtype, steps: int = 8, rounds: int = 2) -> Measured:
     """Steps/s of the ONNX step (float32 and weight-only int8), of the eager loop in ``eager_dtype`` and
-    of the eager loop on int8 weights, from a float32 checkpoint, in alternating rounds (batch 1,
-    guidance 3, top-k 250, from position 1)."""
+    of the eager loop on int8 weights, from a float32 checkpoint (batch 1, guidance 3, top-k 250, from
+    position 1; the best of ``rounds``). One candidate at a time: each is built, timed and dropped before
+    the next, so a first start holds the float32 model and one candidate at most (the caller builds the
+    winner again, as from a kept verdict)."""
     from stemd.models.musicgen.fast import int8
 
-    onnx = setup_onnx(ck)
-    onnx_int8 = setup_onnx(ck, int8=True, codec=onnx.codec)
+    codec = setup_codec(ck)
     lm = ck.lm
-    eager_lm = lm if eager_dtype == torch.float32 else copy.deepcopy(lm).to(eager_dtype)
-    int8_lm = int8.quantize(lm) if int8.available() else None
     params = Sampling(guidance=3.0, temperature=1.0, top_k=250)
     text, mask = ck.encode_text(PROBE_TEXT, 1, guided=True)
-    eager_name = f"eager {str(eager_dtype).replace('torch.', '')}"
-    candidates = [("onnx float32", "onnx", lm, onnx.step), ("onnx int8", "onnx-int8", lm, onnx_int8.step),
-                  (eager_name, "eager", eager_lm, None)]
-    if int8_lm is not None:
-        candidates.append(("int8", "int8", int8_lm, None))
-    rates = {name: 0.0 for name, *_ in candidates}
+    candidates = [("onnx float32", "onnx", lambda: (lm, setup_onnx(ck, codec=codec).step)),
+                  ("onnx int8", "onnx-int8", lambda: (lm, setup_onnx(ck, int8=True, codec=codec).step)),
+                  (f"eager {str(eager_dtype).replace('torch.', '')}", "eager",
+                   lambda: (lm if eager_dtype == torch.float32 else copy.deepcopy(lm).to(eager_dtype), None))]
+    if int8.available():
+        candidates.append(("int8", "int8", lambda: (int8.quantize(lm), None)))
+    rates = {}
     with torch.no_grad():
-        for r in range(rounds):
-            for name, _, model, step in candidates:
+        for name, _, build in candidates:
+            model, step = build()
+            best = 0.0
+            for r in range(rounds):
                 model.setup_caches(2, 256, 64)
                 model.set_conditioning(text, mask)
-                gen = Generation(model, 1, params, 256, seed=r, step=step)
-                rates[name] = round(max(rates[name], _rate(gen, steps)), 2)
-    for name, _, model, _ in candidates:
-        if model is not lm:
+                best = max(best, _rate(Generation(model, 1, params, 256, seed=r, step=step), steps))
+            rates[name] = round(best, 2)
             model.clear_caches()
+            del model, step
+            gc.collect()
     best = max(candidates, key=lambda c: rates[c[0]])   # ties: the earlier (onnx, then eager)
-    return Measured(best[1], eager_dtype, rates, onnx, eager_lm, int8_lm, onnx_int8)
+    return Measured(best[1], eager_dtype, rates, codec)
 
 
 # -- the verdict kept on disk -----------------------------------------------------------------------
@@ -178,5 +178,5 @@ def save_decision(key: str, measured: Measured) -> None:
     path = _decision_path(key)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps({"backend": measured.backend, "rates": measured.rates,
-                                   "onnx_codec": measured.onnx.codec.run is not None,
+                                   "onnx_codec": measured.codec.run is not None,
                                    "measured": time.strftime("%Y-%m-%d %H:%M")}))
