@@ -12,9 +12,10 @@ Measured, all in one run on one device:
 
 * steps/s at batch 1 with guidance 3 (a batch of 2 rows), sampling top-k 250: ours vs transformers
 * steps/s with ``--variations`` (default 4; 2 rows each), ours vs transformers, and the aggregate x real time
-* time to first bar (120 BPM 4/4: 2 s of audio): ours streams it (the engine's raw audio reaching 2 s,
-  and the first bar-exact chunk out of conform and the chunker, what a client gets); transformers
-  must generate the whole bar and decode it, so its time to first bar is that of a 1-bar request
+* time to first bar (120 BPM 4/4: 2 s of audio), 3 rounds alternating with transformers: ours streams it
+  (the engine's raw audio reaching 2 s, and the first bar-exact chunk out of conform and the chunker, what
+  a client gets, with how much of the engine's audio conform took in first); transformers must generate
+  the whole bar and decode it, so its time to first bar is that of a 1-bar request
 * real-time factor (audio seconds per wall second) of a 2-bar take through the engine
 * streamed EnCodec decode: per-chunk time over 32 bars (flat = constant cost per chunk)
 * peak RSS of the engine on CPU (eager in bfloat16, other backends in their dtype; a fresh process, --rss-only)
@@ -78,18 +79,43 @@ def time_to_first_bar_ours(engine, variations: int) -> float:
     return time.perf_counter() - t0
 
 
-def time_to_first_bar_piped(engine) -> float:
-    """The first bar-exact chunk out of the pipeline (engine, conform to 48 kHz, chunker): what a client gets."""
+def time_to_first_bar_piped(engine, seed: int = 0) -> tuple[float, float]:
+    """The first bar-exact chunk out of the pipeline (engine, conform to 48 kHz, chunker): what a client
+    gets; returns its time and the seconds of the engine's audio conform had taken in by then (one bar
+    and a little when the downbeat is read near the start; random weights make noise, in which conform may
+    read a downbeat later and wait for more)."""
     from stemd.models.base import GenerationSpec
     from stemd.models.pipeline import bar_chunks
     from stemd.timing import Grid
 
-    spec = GenerationSpec(grid=Grid(120), bars=8, prompt="driving techno", seed=0, sample_rate=48000)
-    t0 = time.perf_counter()
-    chunks = bar_chunks(engine, spec)
-    next(chunks)
-    chunks.close()
-    return time.perf_counter() - t0
+    heard = [0]
+    stream = engine.stream
+
+    def counted(spec, **kw):
+        s = stream(spec, **kw)
+        inner = s.blocks
+
+        def blocks():
+            try:
+                for b in inner:
+                    heard[0] += b.shape[-1]
+                    yield b
+            finally:
+                inner.close()
+        s.blocks = blocks()
+        return s
+
+    spec = GenerationSpec(grid=Grid(120), bars=8, prompt="driving techno", seed=seed, sample_rate=48000)
+    engine.stream = counted
+    try:
+        t0 = time.perf_counter()
+        chunks = bar_chunks(engine, spec)
+        next(chunks)
+        took = time.perf_counter() - t0
+        chunks.close()
+    finally:
+        del engine.stream
+    return took, heard[0] / engine.sample_rate
 
 
 def rtf_ours(engine, variations: int, bars: int = 2) -> float:
@@ -260,13 +286,22 @@ def main() -> None:
     print(f"{v} variations, guidance 3 ({2 * v} rows): ours {a4:.2f} steps/s, transformers {b4:.2f} steps/s, "
           f"ratio {r4:.2f}; aggregate x real time (variations x steps/s / {fps} frames/s): ours {v * a4 / fps:.2f}, "
           f"transformers {v * b4 / fps:.2f}", flush=True)
-    ttfb, ttfb4 = time_to_first_bar_ours(engine, 1), time_to_first_bar_ours(engine, v)
-    piped = time_to_first_bar_piped(engine)
-    rttfb = time_to_first_bar_transformers(ref, tok, args.device, 1)
-    print(f"time to first bar (120 BPM 4/4 = 2 s of audio, batch 1, guidance 3): ours {ttfb:.2f} s (streamed), "
-          f"{piped:.2f} s through conform and the chunker (the first bar-exact chunk a client gets), "
-          f"transformers {rttfb:.2f} s (a 1-bar generate + decode, no conform); ours with {v} variations "
-          f"{ttfb4:.2f} s (streamed); ours/transformers through the pipeline {piped / rttfb:.2f}", flush=True)
+    streamed, piped, heard, theirs = [], [], [], []
+    for r in range(3):       # alternating, so that both see the same machine load; seeds 0, 1, 2
+        streamed.append(time_to_first_bar_ours(engine, 1))
+        took, had = time_to_first_bar_piped(engine, seed=r)
+        piped.append(took)
+        heard.append(had)
+        theirs.append(time_to_first_bar_transformers(ref, tok, args.device, 1))
+    ttfb4 = time_to_first_bar_ours(engine, v)
+    med = lambda xs: float(np.median(xs))  # noqa: E731
+    print(f"time to first bar (120 BPM 4/4 = 2 s of audio, batch 1, guidance 3; 3 alternating rounds, medians): "
+          f"ours {med(streamed):.2f} s (streamed), {med(piped):.2f} s through conform and the chunker (the first "
+          f"bar-exact chunk a client gets; seeds 0-2: {', '.join(f'{t:.2f}' for t in piped)} s, after "
+          f"{', '.join(f'{h:.2f}' for h in heard)} s of the engine's audio), transformers {med(theirs):.2f} s "
+          f"(a 1-bar generate + decode, no conform); ours with {v} variations {ttfb4:.2f} s (streamed); "
+          f"ours/transformers: streamed {med(streamed) / med(theirs):.2f}, through the pipeline "
+          f"{med(piped) / med(theirs):.2f}", flush=True)
     rtf = rtf_ours(engine, 1)
     print(f"ours: real-time factor, a 2-bar take through the engine (audio s / wall s) = {rtf:.3f}", flush=True)
     times = chunk_times(engine)
