@@ -2,9 +2,10 @@
 
 Tempo is the slope of a least-squares line through the arrival times of the last
 :data:`WINDOW_TICKS` clock ticks: MIDI delivery jitters (JACK hands events over at period starts, up to
-5.3 ms late at 256 frames), a line through many ticks does not. A jump of more than
-:data:`TEMPO_JUMP` restarts the fit so a real tempo change shows within half a beat; a stop and restart
-does not (the runs before and after share one slope).
+5.3 ms late at 256 frames, and a late process cycle hands over several ticks tens of milliseconds late),
+a line through many ticks, leaving out those far off it, does not. A jump of more than
+:data:`TEMPO_JUMP` in the median slope of the last quarter's ticks restarts the fit, so a real tempo
+change shows within a beat; a stop and restart does not (the runs before and after share one slope).
 
 Position: Start sets bar 1 beat 1, Song Position Pointer sets sixteenths; the first clock after Start
 or Continue is that position, each further clock adds 1/24 of a quarter.
@@ -23,8 +24,14 @@ from stemd.errors import StemdError
 CLOCK, START, CONTINUE, STOP, SONG_POSITION = 0xF8, 0xFA, 0xFB, 0xFC, 0xF2
 TICKS_PER_QUARTER = 24
 WINDOW_TICKS = 192  # eight quarters
-MIN_TICKS_FOR_TEMPO = 12  # half a quarter: enough to see a tempo change
+MIN_TICKS_FOR_TEMPO = 12  # half a quarter: enough for a first tempo
+CHANGE_TICKS = 24  # a quarter: the recent ticks a tempo change is judged on (late deliveries do not move it)
 TEMPO_JUMP = 0.05
+OUTLIER_SPREADS = 4.0     # a tick further off the line than this many median distances is not fitted
+OUTLIER_FLOOR_S = 0.002   # ... nor nearer than this (a clean clock's ticks sit within microseconds)
+GAP_TICKS = 4             # intervals without a tick that say the clock stopped (or the transport located)
+LOST_TICK = 1.6           # intervals since the last tick that say one was lost (or a cycle came late)
+BUNCHED = 0.4             # ... and that say this tick came in the same late cycle as the one before
 
 
 class ClockTempo:
@@ -32,7 +39,16 @@ class ClockTempo:
 
     A gap (the clock stopped, the transport located) starts a new run of ticks; the slope is pooled over
     the runs, each with its own offset, so the tempo stays as precise after a restart as before it.
-    A tempo change forgets the runs before it."""
+    A tempo change forgets the runs before it.
+
+    Ticks arrive stamped with the start of the MIDI process cycle that delivered them; a cycle can run
+    late (a busy machine, a server without realtime scheduling) and hand over several ticks at once,
+    and a tick can be lost on the way (two intervals between ticks: measured with JACK's dummy driver on
+    a loaded machine, where a median over a span with a lost tick in it reads several percent slow).
+    Either way the run ends there and a new one starts, so no slope spans a missing or bunched tick. A
+    tempo change is judged by the median slope between the last quarter's ticks of the current run,
+    which a few late ones do not move, and the fit leaves out ticks far off its line (more than four
+    times the ticks' median distance from it: the period quantization stays in)."""
 
     def __init__(self, window: int = WINDOW_TICKS):
         self.window = window
@@ -40,20 +56,40 @@ class ClockTempo:
         self.bpm: Optional[float] = None
 
     @staticmethod
-    def _sums(times) -> tuple[float, float]:
-        n = len(times)
-        mean_x, mean_t = (n - 1) / 2, sum(times) / n
-        sxx = sum((x - mean_x) ** 2 for x in range(n))
-        sxt = sum((x - mean_x) * (t - mean_t) for x, t in enumerate(times))
-        return sxx, sxt
+    def _slope(runs) -> Optional[float]:
+        """Seconds per tick, least squares pooled over runs of ``(index, time)`` pairs (one offset each)."""
+        sxx = sxt = 0.0
+        for run in runs:
+            n = len(run)
+            mean_x, mean_t = sum(x for x, _ in run) / n, sum(t for _, t in run) / n
+            sxx += sum((x - mean_x) ** 2 for x, _ in run)
+            sxt += sum((x - mean_x) * (t - mean_t) for x, t in run)
+        return sxt / sxx if sxx > 0 and sxt > 0 else None
 
     @classmethod
     def _fit(cls, runs) -> Optional[float]:
-        sxx = sxt = 0.0
+        """BPM of the pooled fit through runs of consecutive ticks, refitted without the ticks far off
+        the first line."""
+        runs = [list(enumerate(run)) for run in runs if len(run) > 1]
+        slope = cls._slope(runs)
+        if slope is None:
+            return None
+        residuals = []
         for run in runs:
-            a, b = cls._sums(run)
-            sxx, sxt = sxx + a, sxt + b
-        return 60.0 / (sxt / sxx * TICKS_PER_QUARTER) if sxx > 0 and sxt > 0 else None
+            mean_x, mean_t = sum(x for x, _ in run) / len(run), sum(t for _, t in run) / len(run)
+            residuals.append([t - (mean_t + slope * (x - mean_x)) for x, t in run])
+        spread = sorted(abs(r) for rs in residuals for r in rs)[sum(map(len, residuals)) // 2]
+        limit = max(OUTLIER_FLOOR_S, OUTLIER_SPREADS * spread)
+        kept = [[p for p, r in zip(run, rs) if abs(r) <= limit] for run, rs in zip(runs, residuals)]
+        slope = cls._slope([run for run in kept if len(run) > 1]) or slope
+        return 60.0 / (slope * TICKS_PER_QUARTER)
+
+    @staticmethod
+    def _median_bpm(times) -> Optional[float]:
+        """BPM of the median slope between every two of ``times`` (consecutive ticks of one run)."""
+        slopes = sorted((times[j] - times[i]) / (j - i) for i in range(len(times)) for j in range(i + 1, len(times)))
+        slope = slopes[len(slopes) // 2]
+        return 60.0 / (slope * TICKS_PER_QUARTER) if slope > 0 else None
 
     def new_run(self) -> None:
         """The clock's phase may jump here (Start, Stop, Continue, Song Position): the next tick starts a run."""
@@ -62,8 +98,13 @@ class ClockTempo:
 
     def tick(self, t: float) -> Optional[float]:
         last = self.runs[-1] if self.runs else None
-        if last is None or (last and self.bpm and t - last[-1] > 4 * 60.0 / (self.bpm * TICKS_PER_QUARTER)):
+        interval = 60.0 / (self.bpm * TICKS_PER_QUARTER) if self.bpm else None
+        if interval is None and last and len(last) >= 3:      # no tempo yet: the run's median interval
+            interval = sorted(b - a for a, b in zip(last, last[1:]))[(len(last) - 1) // 2]
+        if last is None or (last and interval and t - last[-1] > GAP_TICKS * interval):
             self.runs.append([t])
+        elif last and interval and not BUNCHED < (t - last[-1]) / interval < LOST_TICK:
+            self.runs.append([t])     # a tick lost, or one bunched behind a late cycle: a new run
         else:
             last.append(t)
         while sum(len(r) for r in self.runs) > self.window:
@@ -71,16 +112,15 @@ class ClockTempo:
             if not self.runs[0]:
                 self.runs.pop(0)
         current = self.runs[-1]
-        if len(current) >= MIN_TICKS_FOR_TEMPO:
-            recent = self._fit([current[-MIN_TICKS_FOR_TEMPO:]])
+        if len(current) >= CHANGE_TICKS:
+            recent = self._median_bpm(current[-CHANGE_TICKS:])
             if self.bpm and recent and abs(recent / self.bpm - 1) > TEMPO_JUMP:
                 self.runs = [current[-3:]]  # a real tempo change: forget the ticks before it
                 self.bpm = recent
                 return self.bpm
         if sum(len(r) for r in self.runs) >= MIN_TICKS_FOR_TEMPO:
-            self.bpm = self._fit([r for r in self.runs if len(r) > 1]) or self.bpm
+            self.bpm = self._fit(self.runs) or self.bpm
         return self.bpm
-
 
 
 class ClockPosition:
