@@ -305,3 +305,16 @@ def test_the_kept_verdict_is_keyed_by_the_cpu_so_another_kind_of_machine_measure
     monkeypatch.undo()
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     assert choose.decision_key(tiny, torch.bfloat16) != key
+
+
+def test_the_onnx_step_keeps_torch_to_one_thread_while_it_runs_and_gives_the_threads_back(setup, monkeypatch):
+    lm, step = setup
+    seen = []
+    real = step.forward
+    monkeypatch.setattr(step, "forward", lambda *a: seen.append(torch.get_num_threads()) or real(*a))
+    torch.set_num_threads(2)
+    lm.setup_caches(2, MAX_SEQ, 64)
+    with torch.no_grad():
+        gen = Generation(lm, 1, Sampling(guidance=3.0, temperature=1.0, top_k=20), MAX_SEQ, seed=1, step=step)
+        gen.decode_n_tokens(5)
+    assert seen[-5:] == [1] * 5 and torch.get_num_threads() == 2

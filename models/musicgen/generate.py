@@ -15,6 +15,7 @@ compiled, as a CUDA graph, in ONNX Runtime) is a step object handed to ``Generat
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable, Iterator, Optional
 
 import torch
@@ -107,6 +108,22 @@ def step(forward, tokens: Tensor, pattern: Tensor, pos: Tensor, noise: Optional[
 
 
 SPAN_BUCKET = 128
+
+
+@contextmanager
+def step_threads(step_object):
+    """torch's intra-op threads set to the step object's ``torch_threads`` while it runs (none said: as
+    they are); the ONNX Runtime step keeps torch to one thread beside its own pool."""
+    want = getattr(step_object, "torch_threads", None)
+    have = torch.get_num_threads()
+    if want is None or want == have:
+        yield
+        return
+    torch.set_num_threads(want)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(have)
 
 
 def attention_span(last_pos: int, max_seq: int) -> int:
@@ -233,8 +250,9 @@ class Generation:
         for _ in range(n):
             if self.pos + 1 >= self.max_seq:
                 self._slide()
-            self._draw()
-            self.step(self, attention_span(self.pos, self.max_seq))
+            with step_threads(self.step):
+                self._draw()
+                self.step(self, attention_span(self.pos, self.max_seq))
             self.pos += 1
 
     def _slide(self) -> None:

@@ -140,6 +140,11 @@ class OnnxStep:
         self.names = [i.name for i in self.session.get_inputs()]
         self.span = None
 
+    #: torch's threads while a step runs (``generate.step_threads``): its few torch ops (the noise draw,
+    #: guidance, sampling, the delay pattern) on the calling thread alone, as torch's pool waiting beside
+    #: ONNX Runtime's made the step 7-13% slower (bench/RESULTS.md)
+    torch_threads = 1
+
     def __call__(self, gen: Generation, span: int) -> None:
         step(self.forward, *gen.step_inputs(), span)
 
