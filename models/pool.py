@@ -177,12 +177,15 @@ def planned_backend(family: str, device: str, asked: Optional[str], dtype: Optio
     (what it picks on CPUs with int8 dot products; the loaded engine's own bytes replace the estimate)."""
     if family != "musicgen":
         return None
+    import torch
+
+    from stemd.models.musicgen.decoding import auto_without_timing
     from stemd.models.registry import chosen_backend
 
     backend = chosen_backend(asked)[0]
     if backend == "auto":
-        cpu = device_type(device) == "cpu" and dtype in (None, "auto", "float32", "fp32")
-        return "onnx-int8" if cpu else "cuda-graph" if device_type(device) == "cuda" else "eager"
+        fixed = auto_without_timing(torch.device(device), dtype)
+        return fixed[0] if fixed is not None else "onnx-int8"
     return backend
 
 

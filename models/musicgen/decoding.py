@@ -114,14 +114,31 @@ def _onnx_parts():
     return choose
 
 
+def asks_float32(dtype: Optional[str]) -> bool:
+    """``--dtype`` unset, auto or a name of float32 (the ONNX paths' and auto's CPU timing's dtype)."""
+    return dtype in (None, "auto") or DTYPES.get(dtype) == torch.float32
+
+
+def auto_without_timing(device: torch.device, dtype: Optional[str]) -> Optional[tuple[str, str]]:
+    """What ``auto`` runs where it times nothing, and why: CUDA graphs on CUDA, eager on other
+    accelerators and on a CPU asked for another dtype than float32; None on a CPU in float32, where it
+    times the CPU paths (the model pool plans for that case too: ``pool.planned_backend``)."""
+    if device.type == "cuda":
+        return "cuda-graph", "auto: a CUDA device, so decoding steps replay as CUDA graphs"
+    if device.type != "cpu":
+        return "eager", f"auto: no faster backend than eager on {device.type}"
+    if not asks_float32(dtype):
+        return "eager", f"auto: ONNX Runtime decodes float32 and this model is loaded in {dtype}, so eager"
+    return None
+
+
 def load(model: str, device: torch.device, dtype: Optional[str], backend: str,
          reason: str = "asked for") -> tuple[Checkpoint, Decoding]:
     """The checkpoint in the dtype ``backend`` needs, and its ``Decoding``. ``onnx`` and a CPU ``auto``
     load float32 unless another dtype is asked for."""
     check(backend, device)
-    asked_float32 = dtype in (None, "auto") or DTYPES.get(dtype) == torch.float32
     dt = pick_dtype(dtype, device)
-    if backend in ONNX_BACKENDS and not asked_float32:
+    if backend in ONNX_BACKENDS and not asks_float32(dtype):
         raise EngineError(f"the {backend} decoding backend runs float32, not {dtype}")
     if backend == "int8":
         if dtype not in (None, "auto"):
@@ -131,15 +148,10 @@ def load(model: str, device: torch.device, dtype: Optional[str], backend: str,
     if backend != "auto":
         ck = _load(model, device, torch.float32 if backend in ONNX_BACKENDS else dt)
         return ck, make(backend, ck, reason)
-    if device.type == "cuda":
-        return _load(model, device, dt), Decoding("cuda-graph", _cuda_graph(),
-                                                  "auto: a CUDA device, so decoding steps replay as CUDA graphs")
-    if device.type != "cpu":
-        return _load(model, device, dt), Decoding("eager", EagerStep(),
-                                                  f"auto: no faster backend than eager on {device.type}")
-    if not asked_float32:
-        return _load(model, device, dt), Decoding(
-            "eager", EagerStep(), f"auto: ONNX Runtime decodes float32 and this model is loaded in {dtype}, so eager")
+    fixed = auto_without_timing(device, dtype)
+    if fixed is not None:
+        chosen, why = fixed
+        return _load(model, device, dt), Decoding(chosen, _cuda_graph() if chosen == "cuda-graph" else EagerStep(), why)
     try:
         from stemd.models.musicgen.fast import choose
     except ImportError as e:
