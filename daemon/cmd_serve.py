@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from stemd.models.registry import DECODE_BACKENDS, env_backend
+from stemd.models.registry import DECODE_BACKENDS
 from stemd.protocol import DEFAULT_PORT
 
 MIN_TOKEN_CHARS = 16
@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "device that holds it (default: the best available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: by device), for every model "
                                                  "that does not name its own")
-    p.add_argument("--backend", default=env_backend(), choices=DECODE_BACKENDS,
+    p.add_argument("--backend", default=None, choices=DECODE_BACKENDS,   # None: registry.chosen_backend's
                    help="MusicGen decoding backend (default: $STEMD_DECODE_BACKEND, else auto); auto picks "
                         "cuda-graph on CUDA and, on a CPU, the fastest of onnx, onnx-int8, eager and int8 measured "
                         "(int8 paths are not exact: docs/backends.md)")
