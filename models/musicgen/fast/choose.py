@@ -32,7 +32,7 @@ from stemd.models.weights import cache_root
 from stemd.takes import atomic_write
 
 log = logging.getLogger("stemd.models.musicgen")
-DECISION_FORMAT = 4      # 3: int8 and onnx-int8 are candidates; 4: the ONNX step's format 3
+DECISION_FORMAT = 5      # 3: int8 and onnx-int8 are candidates; 4: the ONNX step's format 3; 5: its format 4
 PROBE_TEXT = "stemd backend probe, 120 bpm"
 
 

@@ -1,16 +1,17 @@
 """The language model's one-token step exported to ONNX by our code and run with ONNX Runtime (CPU).
 
-``OnnxStepModule`` is the step as a pure function of its inputs: the token ``(B, K, 1)``, the position
-``(1,)``, every layer's cached keys and values ``(B, H, S, D)`` (rows ``< pos`` are the past; rows from
-``pos`` on are ignored) and the text K/V and mask; it returns the last position's logits ``(B, K, vocab)``
-and every layer's new key/value row ``(B, H, 1, D)``. Attention is written out as the past's scores
-plus the new row's score, so the step reads the cache and never copies it. Same weights, same maths as
-``MusicGenLM.forward``; the export is checked against torch (``tests/test_fast_decode_onnx.py``).
+``OnnxStepModule`` is the step as a function of its inputs: the token ``(B, K, 1)``, the position
+``(1,)``, every layer's cache of keys and values ``(B, H, S, D)`` (rows ``< pos`` are the past; rows
+from ``pos`` on are not read) and the text K/V with its key-padding mask ``(B, T)``; it returns the last
+position's logits ``(B, K, vocab)`` and every layer's cache with the new row written at ``pos``. Each
+attention is one ONNX Runtime node (``onnx_attention``): the self-attention writes the new row into the
+cache it was given and reads rows ``[0, pos]`` of it, so ``OnnxStep`` binds the model's own cache as
+both that input and that output, and a step neither copies the cache nor reads past the position.
+Same weights, same maths as ``MusicGenLM.forward``; the export is checked against torch
+(``tests/test_fast_decode_onnx.py``).
 
 Batch, cache length and text length are dynamic: one export serves every request shape, and is kept
-on disk (``onnx_cache``) keyed by the weights. ``OnnxStep`` runs it over a copy of the model's cache
-that grows by attention-span buckets (``generate.attention_span``), so a step reads only the bucket it
-is in, as the torch loop does; each new row is written to that copy and to the model's own cache.
+on disk (``onnx_cache``) keyed by the weights.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stemd.models.musicgen.generate import Generation, attention_span, step
+from stemd.models.musicgen.fast import onnx_attention
+from stemd.models.musicgen.generate import Generation, step
 from stemd.models.musicgen.model import MusicGenLM
 
-STEP_FORMAT = 3          # bump when OnnxStepModule or export() change: old cache entries stop matching
+STEP_FORMAT = 4          # bump when OnnxStepModule or export() change: old cache entries stop matching
 MAX_BATCH = 64
 MAX_TEXT = 1024
 
@@ -39,42 +41,29 @@ class OnnxStepModule(nn.Module):
 
     def forward(self, tokens: Tensor, pos: Tensor, text_mask: Tensor, *kv: Tensor):
         lm, a = self.lm, self.lm.args
-        n, h_, d = a.num_layers, a.num_heads, a.head_dim
+        n, heads = a.num_layers, a.num_heads
         past, cross = kv[: 2 * n], kv[2 * n:]
         b, k, _ = tokens.shape
         x = sum(lm.embed_tokens[c](tokens[:, c]) for c in range(k))
         if a.scale_embedding:
             x = x * math.sqrt(a.hidden_size)
         x = x + lm.positions[pos].to(x.dtype)
-        s = past[0].shape[2]
-        # one query: (b, 1, H*D) is (b, H, 1, D) and (b, H, D, 1) in the same memory, so heads are views,
-        # never transposes, and the scores are the cache times the query, (b, H, S, 1): the cache is read
-        # in place, not transposed each step
-        hidden = (torch.arange(s, device=pos.device) >= pos)[None, None, :, None]     # not yet written
-        text_bias = torch.zeros_like(text_mask, dtype=x.dtype).masked_fill(~text_mask, float("-inf"))
-        text_bias = text_bias.view(b, 1, -1, 1)                                          # (b, 1, T, 1)
-        scale = 1.0 / math.sqrt(d)
-        new_kv = []
+        past_len = pos.to(torch.int32).reshape(())
+        present = []
         for i, layer in enumerate(lm.layers):
             att = layer.self_attn
             h = layer.self_attn_layer_norm(x)
-            q = att.q_proj(h).view(b, h_, d, 1) * scale
-            kk, vv = att.k_proj(h).view(b, h_, 1, d), att.v_proj(h).view(b, h_, 1, d)
-            new_kv += [kk, vv]
-            old = torch.matmul(past[2 * i], q).masked_fill(hidden, float("-inf"))         # (b, H, S, 1)
-            own = torch.matmul(kk, q)                                                     # (b, H, 1, 1)
-            p = torch.softmax(torch.cat([old, own], dim=2), dim=2)
-            mixed = torch.matmul(p[:, :, :s].view(b, h_, 1, s), past[2 * i + 1]) + p[:, :, s:] * vv
-            x = x + att.out_proj(mixed.view(b, 1, h_ * d))
+            mixed, keys, values = onnx_attention.self_attention(att.q_proj(h), att.k_proj(h), att.v_proj(h),
+                                                                past[2 * i], past[2 * i + 1], past_len, heads)
+            present += [keys, values]
+            x = x + att.out_proj(mixed)
             ca = layer.encoder_attn
             h = layer.encoder_attn_layer_norm(x)
-            q = ca.q_proj(h).view(b, h_, d, 1) * scale
-            p = torch.softmax(torch.matmul(cross[2 * i], q) + text_bias, dim=2)           # (b, H, T, 1)
-            t = p.shape[2]
-            x = x + ca.out_proj(torch.matmul(p.view(b, h_, 1, t), cross[2 * i + 1]).view(b, 1, h_ * d))
+            x = x + ca.out_proj(onnx_attention.cross_attention(ca.q_proj(h), cross[2 * i], cross[2 * i + 1],
+                                                               text_mask, heads))
             x = x + layer.fc2(F.gelu(layer.fc1(layer.final_layer_norm(x))))
         logits = lm.lm_head(lm.layer_norm(x)).view(b, k, a.vocab_size)
-        return (logits, *new_kv)
+        return (logits, *present)
 
 
 def layer_names(lm: MusicGenLM) -> list[str]:
@@ -87,21 +76,24 @@ def export(lm: MusicGenLM, path: Path, batch: int = 2, max_seq: int = 256, max_t
     a = lm.args
     tokens = torch.zeros(batch, a.num_codebooks, 1, dtype=torch.long)
     pos = torch.tensor([1])
-    text_mask = torch.ones(batch, 1, 1, max_text, dtype=torch.bool)
+    text_mask = torch.ones(batch, max_text, dtype=torch.int32)
     past = [torch.zeros(batch, a.num_heads, max_seq, a.head_dim) for _ in range(2 * a.num_layers)]
     cross = [torch.zeros(batch, a.num_heads, max_text, a.head_dim) for _ in range(2 * a.num_layers)]
     names = layer_names(lm)
     rows = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     seq = torch.export.Dim("seq", min=2, max=a.max_positions)
     text = torch.export.Dim("text", min=1, max=MAX_TEXT)
-    dynamic = {"tokens": {0: rows}, "pos": None, "text_mask": {0: rows, 3: text},
+    dynamic = {"tokens": {0: rows}, "pos": None, "text_mask": {0: rows, 1: text},
                "kv": tuple([{0: rows, 2: seq}] * len(past) + [{0: rows, 2: text}] * len(cross))}
+    onnx_attention.register_schema()
     with torch.no_grad():
         torch.onnx.export(OnnxStepModule(lm).eval(), (tokens, pos, text_mask, *past, *cross), str(path),
                           input_names=["tokens", "pos", "text_mask"] + [f"past_{n}" for n in names]
                           + [f"cross_{n}" for n in names],
-                          output_names=["logits"] + [f"new_{n}" for n in names], dynamo=True,
-                          dynamic_shapes=dynamic, external_data=True, optimize=True, verbose=False)
+                          output_names=["logits"] + [f"present_{n}" for n in names], dynamo=True,
+                          dynamic_shapes=dynamic, external_data=True, optimize=True, verbose=False,
+                          custom_translation_table=onnx_attention.translation())
+    onnx_attention.drop_cross_caches(path)
     return path
 
 
@@ -120,12 +112,12 @@ def cached_step(lm: MusicGenLM, root: Optional[Path] = None, digest: Optional[st
 
 
 class OnnxStep:
-    """The step object whose forward pass runs in an ONNX Runtime session (prefill stays in torch;
-    guidance, sampling and the delay pattern are ``generate.step``'s own). ``bind`` (after every
-    prefill) views the model's KV cache,
-    text K/V and text mask as numpy arrays (CPU float32 tensors share their memory); ``logits(tokens,
-    pos)`` feeds the session a contiguous copy of the cache's first ``attention_span(pos)`` rows, taken
-    again only when the span bucket changes, and writes the step's new row at ``pos`` into both."""
+    """The step object whose forward pass runs in an ONNX Runtime session (guidance, sampling and the
+    delay pattern are ``generate.step``'s own). ``bind`` (after every prefill) binds the session once to
+    the model's memory: each layer's KV cache as both the cache it reads and the cache it writes (the
+    new row lands in the model's own cache), the text K/V and mask as far as the prompt's tokens, and
+    fixed buffers for the token, the position and the logits; ``logits(tokens, pos)`` fills the token and
+    position buffers and runs it."""
 
     name = "onnx"
 
@@ -138,7 +130,8 @@ class OnnxStep:
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.names = [i.name for i in self.session.get_inputs()]
-        self.span = None
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.binding, self.cache_ptr = None, None
 
     #: torch's threads while a step runs (``generate.step_threads``): its few torch ops (the noise draw,
     #: guidance, sampling, the delay pattern) on the calling thread alone, as torch's pool waiting beside
@@ -149,7 +142,8 @@ class OnnxStep:
         step(self.forward, *gen.step_inputs(), span)
 
     def forward(self, tokens: Tensor, pos: Tensor, span: int) -> Tensor:
-        """``generate.step``'s forward: logits ``(B, K, 1, vocab)`` (the span is chosen in ``logits``)."""
+        """``generate.step``'s forward: logits ``(B, K, 1, vocab)`` (the session reads rows up to ``pos``
+        whatever the span)."""
         return torch.from_numpy(self.logits(tokens.numpy(), int(pos))).unsqueeze(2)
 
     def bind(self, gen: Generation) -> None:
@@ -164,33 +158,42 @@ class OnnxStep:
     def bind_model(self, lm: MusicGenLM) -> None:
         if lm.layer_norm.weight.device.type != "cpu" or lm.layer_norm.weight.dtype != torch.float32:
             raise ValueError("the ONNX step runs float32 on the CPU")
+        a = lm.args
+        self.lm = lm
         self.past = [t.numpy() for layer in lm.layers for t in (layer.self_attn.kv_cache.k, layer.self_attn.kv_cache.v)]
+        if not all(t.flags.c_contiguous for t in self.past):
+            raise ValueError("the ONNX step reads the model's KV cache in place: it must be contiguous")
         # the text K/V only up to the last text position any row attends to (the caches are padded to
         # a multiple of 64): every step reads them, so a short prompt costs a short read
-        used = int(lm.text_mask.reshape(lm.text_mask.shape[0], -1).any(dim=0).nonzero().max()) + 1
+        rows = lm.text_mask.shape[0]
+        keep = lm.text_mask.reshape(rows, -1)
+        used = int(keep.any(dim=0).nonzero().max()) + 1
         self.cross = [np.ascontiguousarray(t.numpy()[:, :, :used]) for layer in lm.layers
                       for t in (layer.encoder_attn.cross_kv.k, layer.encoder_attn.cross_kv.v)]
-        self.text_mask = np.ascontiguousarray(lm.text_mask.numpy()[..., :used])
-        self.max_seq = lm.max_seq
-        self.span = None          # the model's cache was just rewritten: copy it again
+        self.text_mask = np.ascontiguousarray(keep[:, :used].numpy().astype(np.int32))
+        self.tokens = np.zeros((rows, a.num_codebooks, 1), dtype=np.int64)
+        self.pos = np.zeros(1, dtype=np.int64)
+        self.out = np.zeros((rows, a.num_codebooks, a.vocab_size), dtype=np.float32)
+        binding = self.session.io_binding()
+        inputs = [self.tokens, self.pos, self.text_mask, *self.past, *self.cross]
+        for name, array in zip(self.names, inputs):
+            binding.bind_input(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
+        for name, array in zip(self.outputs, [self.out, *self.past]):   # the caches: in place
+            binding.bind_output(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
+        self.binding, self.cache_ptr = binding, self._cache_ptr(lm)
+
+    @staticmethod
+    def _cache_ptr(lm: MusicGenLM) -> int:
+        return lm.layers[0].self_attn.kv_cache.k.data_ptr()
 
     def logits(self, tokens: np.ndarray, pos: int) -> np.ndarray:
         """``tokens`` ``(B, K, 1)`` at ``pos`` -> logits ``(B, K, vocab)``; the cache row at ``pos`` is written."""
-        span = attention_span(pos, self.max_seq)
-        if span != self.span:
-            # rows from pos on are masked (but must be finite: zeros, which cost nothing to allocate)
-            self.window = []
-            for t in self.past:
-                window = np.zeros(t.shape[:2] + (span,) + t.shape[3:], dtype=t.dtype)
-                window[:, :, :pos] = t[:, :, :pos]
-                self.window.append(window)
-            self.span = span
-        feeds = [tokens.astype(np.int64), np.array([pos], np.int64), self.text_mask, *self.window, *self.cross]
-        out = self.session.run(None, dict(zip(self.names, feeds)))
-        for cache, window, row in zip(self.past, self.window, out[1:]):
-            cache[:, :, pos: pos + 1] = row
-            window[:, :, pos: pos + 1] = row
-        return out[0]
+        if self.binding is None or self._cache_ptr(self.lm) != self.cache_ptr:
+            raise RuntimeError("the model's caches were set up after the step was bound: bind it again")
+        self.tokens[...] = tokens
+        self.pos[0] = pos
+        self.session.run_with_iobinding(self.binding)
+        return self.out.copy()
 
 
 #: the step with weight-only int8 matrices: ONNX Runtime's MatMulNBits, 8 bits, symmetric, one scale per
