@@ -14,7 +14,8 @@ Measured, all in one run on one device:
 * steps/s with ``--variations`` (default 4; 2 rows each), ours vs transformers, and the aggregate x real time
 * time to first bar (120 BPM 4/4: 2 s of audio), 3 rounds alternating with transformers: ours streams it
   (the engine's raw audio reaching 2 s, and the first bar-exact chunk out of conform and the chunker, what
-  a client gets, with how much of the engine's audio conform took in first); transformers must generate
+  a client gets, with how much of the engine's audio conform took in first; conform's imports done first,
+  as a daemon worker does at start); transformers must generate
   the whole bar and decode it, so its time to first bar is that of a 1-bar request
 * real-time factor (audio seconds per wall second) of a 2-bar take through the engine
 * streamed EnCodec decode: per-chunk time over 32 bars (flat = constant cost per chunk)
@@ -286,6 +287,9 @@ def main() -> None:
     print(f"{v} variations, guidance 3 ({2 * v} rows): ours {a4:.2f} steps/s, transformers {b4:.2f} steps/s, "
           f"ratio {r4:.2f}; aggregate x real time (variations x steps/s / {fps} frames/s): ours {v * a4 / fps:.2f}, "
           f"transformers {v * b4 / fps:.2f}", flush=True)
+    from stemd.models.pipeline import warm_conform
+
+    warm_conform()           # as a daemon's worker does when it starts (scipy.signal alone: ~1 s to import)
     streamed, piped, heard, theirs = [], [], [], []
     for r in range(3):       # alternating, so that both see the same machine load; seeds 0, 1, 2
         streamed.append(time_to_first_bar_ours(engine, 1))

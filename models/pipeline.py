@@ -37,6 +37,16 @@ def conformed_blocks(stream: AudioStream, spec: GenerationSpec) -> Iterator[np.n
         yield match_channels(block, spec.channels)
 
 
+def warm_conform() -> None:
+    """Import what conform runs on (soxr, the stretcher, scipy's filters for the downbeat) ahead of a
+    request: on a cold process these imports took about 1.3 s here, which would land on the first
+    request's bar 1. Daemon workers call it when they start."""
+    from stemd.models.conform import StreamConformer  # noqa: F401
+    from stemd.models.conform.tempo import load_filters
+
+    load_filters()
+
+
 def bar_chunks(engine: Engine, spec: GenerationSpec, *, should_stop=never_stop,
                on_progress=no_progress) -> Iterator[BarChunk]:
     """Generate ``spec`` and yield each bar the moment it exists; closing the iterator stops the engine."""

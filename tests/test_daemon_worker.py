@@ -185,3 +185,27 @@ def test_the_pool_bounds_what_all_non_reading_peers_hold_and_a_stall_is_seen():
     assert a.stalled(30) and not a.stalled(40)
     a.lost()
     assert pool.bytes == 0
+
+
+def test_a_worker_imports_what_conform_runs_on_before_its_first_job(tmp_path):
+    """On a cold process scipy.signal alone took over a second to import; it belongs at the worker's start,
+    not in the first request's bar 1 (a fresh interpreter: this one may have imported it already)."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from stemd.daemon.service import Service, Settings
+from stemd.daemon.worker import Worker
+from stemd.models.click import ClickEngine
+from stemd.models.pool import ModelPool
+assert 'scipy.signal' not in sys.modules and 'stemd.models.conform.stream' not in sys.modules
+service = Service(ModelPool.of(ClickEngine()), Settings(out=sys.argv[1]))
+seen = []
+service.scheduler.next_job = lambda **kw: seen.append('scipy.signal' in sys.modules) or None
+Worker(service, 'cpu').run()
+assert seen == [True] and 'stemd.models.conform.stream' in sys.modules, seen
+print('ok')
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -250,13 +250,20 @@ def file_timing(audio: np.ndarray, sample_rate: int, meter: Meter | str = "4/4")
     return replace(timing, other_bpm=other)
 
 
+def load_filters():
+    """scipy's filter design and filtering (imported on first use: scipy.signal takes about a second)."""
+    from scipy.signal import butter, sosfilt
+
+    return butter, sosfilt
+
+
 def _downbeat_index(x: np.ndarray, sample_rate: int, first: float, period: float, n: int,
                     duration: float) -> int:
     """Which of the first ``n`` beats is a bar line: the beat of the bar with the strongest accent
     (peak level just after the beat, broadband plus below 120 Hz, each relative to its loudest)."""
     if n == 1:
         return 0
-    from scipy.signal import butter, sosfilt
+    butter, sosfilt = load_filters()
 
     lowpassed = sosfilt(butter(4, KICK_HZ, "lowpass", fs=sample_rate, output="sos"), x)
     count = int((duration - first) / period) + 1
