@@ -41,7 +41,9 @@ def warm_conform() -> None:
     """Import what conform runs on (soxr, the stretcher, scipy's filters for the downbeat) ahead of a
     request: on a cold process these imports took about 1.3 s here, which would land on the first
     request's bar 1. Daemon workers call it when they start."""
-    from stemd.models.conform import StreamConformer  # noqa: F401
+    import importlib
+
+    importlib.import_module("stemd.models.conform")
     from stemd.models.conform.tempo import load_filters
 
     load_filters()

@@ -96,6 +96,11 @@ def test_the_onnx_step_will_not_run_on_caches_set_up_after_it_was_bound(engine, 
         step.logits(tokens, 1)
     step.bind_model(lm)
     assert np.isfinite(step.logits(tokens, 0)).all()
+    # the session writes the row at pos into memory it was lent: a position or batch off the cache is refused
+    with pytest.raises(ValueError, match="do not fit"):
+        step.logits(tokens, 128)
+    with pytest.raises(ValueError, match="do not fit"):
+        step.logits(tokens[:1], 1)
 
 
 @pytest.mark.parametrize("params", [Sampling(guidance=3.0, temperature=1.0, top_k=20),

@@ -190,6 +190,9 @@ class OnnxStep:
         """``tokens`` ``(B, K, 1)`` at ``pos`` -> logits ``(B, K, vocab)``; the cache row at ``pos`` is written."""
         if self.binding is None or self._cache_ptr(self.lm) != self.cache_ptr:
             raise RuntimeError("the model's caches were set up after the step was bound: bind it again")
+        if tokens.shape != self.tokens.shape or not 0 <= pos < self.past[0].shape[2]:
+            raise ValueError(f"tokens {tokens.shape} at {pos} do not fit the bound cache "
+                             f"{self.tokens.shape[:2]} x {self.past[0].shape[2]} positions")
         self.tokens[...] = tokens
         self.pos[0] = pos
         self.session.run_with_iobinding(self.binding)
