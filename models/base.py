@@ -76,7 +76,10 @@ class AudioStream:
 
     ``on_grid`` is True when the engine already placed its audio exactly on the spec's grid at the
     spec's rate (the click engine); otherwise the pipeline conforms it. ``tempo_hint`` is the tempo the
-    engine aimed for, a starting point for tempo estimation.
+    engine aimed for, a starting point for tempo estimation. ``need(n)``: the consumer can give nothing
+    more until the stream has delivered ``n`` samples in all (conform, once it knows where bar 1 ends);
+    an engine that streams in chunks may end its next block exactly there instead of on its own chunk
+    grid. Engines that cannot leave it as it is (it does nothing).
     """
 
     sample_rate: int
@@ -84,6 +87,7 @@ class AudioStream:
     blocks: Iterator[np.ndarray]
     on_grid: bool = False
     tempo_hint: Optional[float] = None
+    need: Callable[[int], None] = field(default=lambda _samples: None, repr=False)
 
     def close(self) -> None:
         close = getattr(self.blocks, "close", None)

@@ -434,3 +434,57 @@ def test_bar_1_leaves_after_its_first_bar_and_later_bars_follow_the_refined_temp
     # before the refined tempo holds, bars follow the first estimate and the bridge towards the next
     first = slice(0, 3 * m.numerator)
     assert errs[first].max() <= max(one_bar[first].max(), two_bar[first].max()) + 2, (errs, one_bar, two_bar)
+
+
+class AskingStream:
+    """A take streamed in 0.5 s blocks, as MusicGen's chunks come, by a producer that honours
+    ``AudioStream.need`` as ``StreamingDecoder.ask`` does: once asked, its next block ends exactly at
+    the samples asked for (a block at most as long as the first)."""
+
+    def __init__(self, audio, first: int, bpm: float, block: int = MODEL_RATE // 2):
+        self.audio, self.first, self.block = np.asarray(audio, np.float32)[None, None], first, block
+        self.bpm, self.asked, self.ends = bpm, [], []
+
+    def stream(self) -> AudioStream:
+        return AudioStream(sample_rate=MODEL_RATE, channels=1, blocks=self._blocks(), tempo_hint=self.bpm,
+                           need=self.asked.append)
+
+    def _blocks(self):
+        at, n = 0, self.audio.shape[-1]
+        while at < n:
+            stop = self.first if at == 0 else at + self.block
+            if self.asked and at < max(self.asked):    # as StreamingDecoder.ask: one piece to it
+                stop = min(max(self.asked), at + max(self.block, self.first))
+            stop = min(stop, n)
+            self.ends.append(stop)
+            yield self.audio[..., at:stop]
+            at = stop
+
+
+@pytest.mark.parametrize("bpm, meter, downbeat", [(97, "3/4", 0.61), (150, "7/8", 0.93), (120, "4/4", 0.04)])
+def test_conform_asks_for_the_audio_bar_1_needs_and_bar_1_leaves_with_that_block(bpm, meter, downbeat):
+    """A downbeat read late in the first bar: bar 1 needs more than the first estimate's audio. Conform
+    says how much (``need``); bar 1 is out as soon as the block that ends there is in, with no 0.5 s
+    block more, and it asked for little more than the downbeat and one bar."""
+    m = Meter.parse(meter)
+    bar_s = float(m.bar_quarters) * 60 / bpm
+    audio, _, _ = click_track(bpm, MODEL_RATE, 6, beats_per_bar=m.numerator, start=downbeat,
+                              unit_quarters=float(m.unit_quarters))
+    grid, rate = Grid(bpm, meter), 48000
+    spec = GenerationSpec(grid=grid, bars=4, sample_rate=rate, channels=1)
+    from stemd.models.conform.stream import first_heard_seconds
+
+    producer = AskingStream(audio, int(first_heard_seconds(spec) * MODEL_RATE), bpm)
+    out, bar_out = 0, grid.span_samples(0, 1, rate)
+    blocks_in = None
+    for block in StreamConformer(producer.stream(), spec).blocks():
+        out += block.shape[-1]
+        if out >= bar_out:
+            blocks_in = len(producer.ends)
+            break
+    if downbeat < 0.1:      # the first estimate's audio holds bar 1: nothing asked
+        assert producer.asked == [] and blocks_in == 1
+        return
+    assert len(producer.asked) == 1 and producer.ends[1] == producer.asked[0], (producer.asked, producer.ends)
+    assert blocks_in == 2, (blocks_in, producer.ends)
+    assert (downbeat + bar_s) * MODEL_RATE < producer.asked[0] < (downbeat + bar_s + 0.2) * MODEL_RATE

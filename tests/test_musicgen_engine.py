@@ -152,13 +152,22 @@ def test_with_top_p_set_top_k_is_not_used_as_audiocraft_samples(engine):
     assert torch.equal(both, top_p) and not torch.equal(both, greedy)   # top_k=1 alone would be greedy
 
 
-@pytest.mark.parametrize("first", [0, 110], ids=["chunks", "first-piece-sized"])
-def test_streamed_audio_equals_one_shot_decode_within_1e5(engine, first):
+@pytest.mark.parametrize("first, ask", [(0, 0), (110, 0), (110, 131)],
+                         ids=["chunks", "first-piece-sized", "then-asked"])
+def test_streamed_audio_equals_one_shot_decode_within_1e5(engine, first, ask):
     torch.manual_seed(0)
     codes = torch.randint(0, engine.ck.lm.args.vocab_size, (2, 4, 300))
     whole = decode_codes(engine.ck.codec, codes, 1).numpy()
     stream = StreamingDecoder(engine.ck.codec, 1, engine.ck.hop, first=first)
-    pieces = [stream.push(codes[..., i: i + 7]) for i in range(0, 300, 7)] + [stream.flush()]
+    pieces = []
+    for i in range(0, 300, 7):
+        pieces.append(stream.push(codes[..., i: i + 7]))
+        if ask and pieces[-1].shape[-1]:
+            stream.ask(ask)          # after the first piece, as conform asks once it has read bar 1's end
+    pieces.append(stream.flush())
+    if ask:
+        sizes = [p.shape[-1] // engine.ck.hop for p in pieces if p.shape[-1]]
+        assert sizes[:2] == [110, ask - 110]
     streamed = np.concatenate(pieces, axis=-1)
     assert streamed.shape == whole.shape == (2, 1, 300 * engine.ck.hop)
     assert np.abs(whole).max() > 0.01
@@ -186,6 +195,12 @@ def test_streaming_decodes_a_bounded_window_per_chunk(engine):
     # nothing until the first piece and its right context exist, then that piece in one window
     assert sizes.index(110 * engine.ck.hop) == 110 + 6 - 1 and sum(sizes[:110 + 6 - 1]) == 0
     assert decoded[0] == 110 + 6 and max(decoded[1:]) == 25 + 25 + 6
+    # asked for frames 110 chunks away: one piece of at most the first's length at a time
+    decoded.clear()
+    stream = StreamingDecoder(Spy(), 1, engine.ck.hop, chunk=25, left=25, right=6, first=110)
+    stream.ask(400)
+    sizes = [stream.push(torch.randint(0, 64, (1, 4, 1))).shape[-1] // engine.ck.hop for _ in range(500)]
+    assert [n for n in sizes if n][:5] == [110, 110, 110, 70, 25]
 
 
 def spec(bars=2, variations=2, seed=7, **kw):
@@ -394,3 +409,12 @@ def test_the_first_block_is_what_conform_waits_for_and_needs_no_step_more(engine
     # the steps that make those frames, their right context and the codebook delay; none past them
     # (in 25-frame chunks the block that covers the need came up to 24 steps later)
     assert len(steps) == need + right + delay - 1
+    # conform, having read a late downbeat, asks for more (AudioStream.need): the next block ends there
+    steps.clear()
+    stream = engine.stream(s, on_progress=steps.append)
+    first = next(stream.blocks)
+    asked = first.shape[-1] + 13 * engine.ck.hop - 100      # not on a frame: rounded up to one
+    stream.need(asked)
+    second = next(stream.blocks)
+    stream.close()
+    assert second.shape[-1] == 13 * engine.ck.hop and len(steps) == need + 13 + right + delay - 1

@@ -22,7 +22,7 @@ import numpy as np
 from stemd.models.base import AudioStream, GenerationSpec
 from stemd.models.conform.loop import CROSSFADE_SECONDS, make_loop
 from stemd.models.conform.resample import Resampler
-from stemd.models.conform.stretch import Stretcher, fit_length
+from stemd.models.conform.stretch import FEED, Stretcher, fit_length
 from stemd.models.conform.tempo import Timing, detect_timing
 from stemd.timing import Grid
 
@@ -32,6 +32,8 @@ ANALYSIS_BARS = 2
 FIRST_BARS = 1
 #: the first estimate only places bar 1 (the refined one corrects the tempo): little slack
 FIRST_SLACK, FIRST_PAD = 1.05, 0.1
+#: what the streaming resampler holds back, at most (1,088 source samples at 32 -> 48 kHz)
+RESAMPLER_HOLD_SECONDS = 0.04
 
 
 def heard_seconds(bars: float, bar_quarters: float, bpm: float, slack: float = 1.2, pad: float = 0.25) -> float:
@@ -72,6 +74,17 @@ class _Lane:
             self.skip = 0
         else:
             self.lead_in = None
+
+    def input_for(self, out_seconds: float) -> int:
+        """Source samples (counted from the stream's first) this lane must be fed before it has put out
+        ``out_seconds``: from the downbeat, that much at the stretch ratio, plus what Rubber Band and
+        the resampler hold back (the stretcher's start delay, two feed blocks, the resampler's filter;
+        measured here at 2,000-3,000 and up to 1,100 samples at 32 kHz)."""
+        sr, ratio = self.source_rate, self.stretcher.ratio
+        held = self.stretcher.start_delay / ratio + 2 * FEED
+        if self.resampler.sample_rate != self.resampler.target_rate:
+            held += RESAMPLER_HOLD_SECONDS * sr
+        return int(np.ceil(self.start + out_seconds * sr / ratio + held))
 
     def process(self, audio: np.ndarray) -> np.ndarray:
         if self.lead_in is not None:
@@ -174,6 +187,13 @@ class StreamConformer:
         ratio_bar = self.spec.start_bar
         lanes = [_Lane(t, stretch_ratio(t, self.spec.grid, ratio_bar), self.stream.sample_rate,
                        self.spec.sample_rate, channels) for t in self.timings]
+        if not self.spec.loop:
+            # bar 1 leaves once every lane has put it out: tell the engine how much audio that takes,
+            # so its next block ends there (a downbeat read late, a take slower than aimed for)
+            bar = float(self.spec.grid.bar_seconds(self.spec.start_bar))
+            need = max(lane.input_for(bar) for lane in lanes)
+            if need > have:
+                self.stream.need(need)
         emit = _Aligner(variations, channels)
         pieces = _chain([head_audio], source)
         if self.spec.loop:

@@ -35,7 +35,7 @@ class Stretcher:
         self.sample_rate, self.channels = sample_rate, channels
         self._rb = _rubberband(sample_rate, channels, ratio)
         self._rb.process(np.zeros((channels, self._rb.get_preferred_start_pad()), dtype=np.float32))
-        self._drop = self._rb.get_start_delay()
+        self._drop = self.start_delay = self._rb.get_start_delay()   # output samples dropped at the start
         self._held = np.zeros((channels, 0), dtype=np.float32)
 
     @property

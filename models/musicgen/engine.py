@@ -118,9 +118,11 @@ class MusicGenEngine(Engine):
         if lacking:
             raise ProtocolError("unsupported_key", f"MusicGen has no {', '.join(lacking)} (a diffusion model's keys); "
                                 "it takes temperature, top_k, top_p, guidance")
+        asked = [0]      # samples the consumer asked for (AudioStream.need), read between steps
         return AudioStream(sample_rate=self.sample_rate, channels=self.channels,
-                           blocks=self._blocks(spec, should_stop, on_progress), on_grid=False,
-                           tempo_hint=float(spec.grid.tempo.bpm))
+                           blocks=self._blocks(spec, should_stop, on_progress, asked), on_grid=False,
+                           tempo_hint=float(spec.grid.tempo.bpm),
+                           need=lambda samples: asked.__setitem__(0, max(asked[0], int(samples))))
 
     def frames_for(self, seconds: float) -> int:
         return math.ceil(seconds * self.ck.frame_rate)
@@ -138,11 +140,11 @@ class MusicGenEngine(Engine):
         return StreamingDecoder(self.ck.codec, self.channels, self.ck.hop, skip_frames=skip_frames, first=first,
                                 run=codec.run if codec is not None else None)
 
-    def _blocks(self, spec: GenerationSpec, should_stop, on_progress) -> Iterator[np.ndarray]:
+    def _blocks(self, spec: GenerationSpec, should_stop, on_progress, asked) -> Iterator[np.ndarray]:
         with torch.no_grad():
-            yield from self._generate(spec, should_stop, on_progress)
+            yield from self._generate(spec, should_stop, on_progress, asked)
 
-    def _generate(self, spec: GenerationSpec, should_stop, on_progress) -> Iterator[np.ndarray]:
+    def _generate(self, spec: GenerationSpec, should_stop, on_progress, asked) -> Iterator[np.ndarray]:
         if should_stop():
             raise Cancelled()
         lm, args = self.ck.lm, self.ck.lm.args
@@ -169,6 +171,7 @@ class MusicGenEngine(Engine):
             on_progress(max(0.0, min(1.0, (ready - p) / new_frames)))
 
         for frames in iter_frames(gen, total, should_stop, progress):
+            decoder.ask(math.ceil(asked[0] / self.ck.hop))
             audio = decoder.push(frames)
             if audio.shape[-1]:
                 yield audio

@@ -12,7 +12,9 @@ is final ``(V, channels, m)`` (possibly empty); ``flush()`` decodes the rest onc
 ``first`` sizes the first piece: the frames its consumer needs before it can do anything (conform's
 first tempo estimate, ``conform.stream.first_heard_seconds``), decoded in one window as soon as they
 and their right context exist, instead of in chunks whose last one overshoots the need by up to a
-chunk of decoding steps.
+chunk of decoding steps. ``ask(frames)`` does the same later on: the consumer needs that many frames'
+audio before it can go on (conform, once it has read where bar 1 ends), so the next piece ends
+there (at most ``max(chunk, first)`` frames long) instead of on the chunk grid.
 ``run`` swaps the codec's torch decode for another runner of the same maths (ONNX Runtime); the windows,
 context and crossfade are the same whichever runs.
 """
@@ -53,6 +55,8 @@ class StreamingDecoder:
         self.done = 0                         # frames whose audio is final (emitted or skipped)
         self.skip = skip_frames               # frames decoded as context only (a continuation prompt)
         self.first_stop = skip_frames + first if first > chunk else 0   # the first piece's end, if sized
+        self.asked = 0                        # the end of the audio the consumer asked for (ask)
+        self.longest = max(chunk, first)      # the longest piece an ask makes
         self.tail: Tensor | None = None       # the previous window's audio for the next crossfade
         self.fade_in = torch.linspace(0.0, 1.0, crossfade + 2)[1:-1] if crossfade else None
 
@@ -68,9 +72,18 @@ class StreamingDecoder:
             out.append(self._emit(self._next_stop(), final=False))
         return self._join(out)
 
+    def ask(self, frames: int) -> None:
+        """The consumer can do nothing more until the audio of ``frames`` frames (after any skipped
+        context) is out: the next piece ends there."""
+        self.asked = max(self.asked, self.skip + int(frames))
+
     def _next_stop(self) -> int:
         stop = self.done + self.chunk
-        return max(stop, self.first_stop) if self.done < self.first_stop else stop
+        if self.done < self.first_stop:
+            return max(stop, self.first_stop)
+        if self.done < self.asked:
+            return min(self.asked, self.done + self.longest)
+        return stop
 
     def flush(self) -> np.ndarray:
         if self.codes is None or self.frames <= self.done:
