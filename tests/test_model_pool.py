@@ -2,8 +2,6 @@
 order, too_large, placement on several devices and the scheduler's use of it (fake engines where only the
 bookkeeping is tested; the tiny MusicGen test model where the estimate is)."""
 
-from pathlib import Path
-
 import pytest
 
 from stemd.daemon.scheduler import Job, Scheduler
