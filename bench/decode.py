@@ -15,7 +15,7 @@ Measured, all in one run on one device:
 * time to first bar (120 BPM 4/4: 2 s of audio), 3 rounds alternating with transformers: ours streams it
   (the engine's raw audio reaching 2 s, and the first bar-exact chunk out of conform and the chunker, what
   a client gets, with how much of the engine's audio conform took in first; conform's imports done first,
-  as a daemon worker does at start); transformers must generate
+  as `stemd serve` does before it listens); transformers must generate
   the whole bar and decode it, so its time to first bar is that of a 1-bar request
 * real-time factor (audio seconds per wall second) of a 2-bar take through the engine
 * streamed EnCodec decode: per-chunk time over 32 bars (flat = constant cost per chunk)
@@ -289,7 +289,7 @@ def main() -> None:
           f"transformers {v * b4 / fps:.2f}", flush=True)
     from stemd.models.pipeline import warm_conform
 
-    warm_conform()           # as a daemon's worker does when it starts (scipy.signal alone: ~1 s to import)
+    warm_conform()           # as `stemd serve` does before it listens (scipy.signal alone: ~1 s to import)
     streamed, piped, heard, theirs = [], [], [], []
     for r in range(3):       # alternating, so that both see the same machine load; seeds 0, 1, 2
         streamed.append(time_to_first_bar_ours(engine, 1))

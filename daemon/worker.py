@@ -33,7 +33,7 @@ from stemd.daemon.service import Service
 from stemd.errors import StemdError
 from stemd.models.base import AudioStream, Cancelled, Engine, GenerationSpec, is_out_of_memory, never_stop, no_progress
 from stemd.models.memory import gib
-from stemd.models.pipeline import bar_chunks, warm_conform
+from stemd.models.pipeline import bar_chunks
 from stemd.protocol import PROGRESS, Chunk
 
 log = logging.getLogger("stemd.daemon")
@@ -54,10 +54,6 @@ class Worker(threading.Thread):
 
     def run(self) -> None:
         scheduler = self.service.scheduler
-        try:
-            warm_conform()        # before the first job, not inside its bar 1
-        except Exception:
-            log.exception("conform's imports failed; the first take will try again")
         while True:
             job = scheduler.next_job(device=self.device)
             if job is None:

@@ -40,7 +40,7 @@ def conformed_blocks(stream: AudioStream, spec: GenerationSpec) -> Iterator[np.n
 def warm_conform() -> None:
     """Import what conform runs on (soxr, the stretcher, scipy's filters for the downbeat) ahead of a
     request: on a cold process these imports took about 1.3 s here, which would land on the first
-    request's bar 1. Daemon workers call it when they start."""
+    request's bar 1. ``stemd serve`` calls it before it listens when it serves a model that is conformed."""
     import importlib
 
     importlib.import_module("stemd.models.conform")

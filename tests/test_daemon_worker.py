@@ -187,25 +187,27 @@ def test_the_pool_bounds_what_all_non_reading_peers_hold_and_a_stall_is_seen():
     assert pool.bytes == 0
 
 
-def test_a_worker_imports_what_conform_runs_on_before_its_first_job(tmp_path):
-    """On a cold process scipy.signal alone took over a second to import; it belongs at the worker's start,
-    not in the first request's bar 1 (a fresh interpreter: this one may have imported it already)."""
+def test_serve_imports_what_conform_runs_on_before_it_listens_when_a_model_is_conformed(tiny, tmp_path):
+    """On a cold process scipy.signal alone took over a second to import: it belongs before the daemon
+    listens, not in the first request's bar 1; a click-only daemon (never conformed) skips it. Fresh
+    interpreters: this one may have imported it already."""
     import subprocess
     import sys
 
     code = """
 import sys
-from stemd.daemon.service import Service, Settings
-from stemd.daemon.worker import Worker
-from stemd.models.click import ClickEngine
-from stemd.models.pool import ModelPool
-assert 'scipy.signal' not in sys.modules and 'stemd.models.conform.stream' not in sys.modules
-service = Service(ModelPool.of(ClickEngine()), Settings(out=sys.argv[1]))
-seen = []
-service.scheduler.next_job = lambda **kw: seen.append('scipy.signal' in sys.modules) or None
-Worker(service, 'cpu').run()
-assert seen == [True] and 'stemd.models.conform.stream' in sys.modules, seen
-print('ok')
+from stemd.daemon.cmd_serve import warm
+from stemd.models.pool import ModelEntry, ModelPool
+source = sys.argv[1]
+pool = ModelPool([ModelEntry("m", source)], ["cpu"], {"cpu": 8 << 30})
+pool.preload()
+before = 'scipy.signal' in sys.modules
+warm(pool)
+print(before, 'scipy.signal' in sys.modules and 'stemd.models.conform.stream' in sys.modules)
 """
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    said = {}
+    for source in ("click", str(tiny)):
+        out = subprocess.run([sys.executable, "-c", code, source], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        said[source] = out.stdout.split()[-2:]
+    assert said == {"click": ["False", "False"], str(tiny): ["False", "True"]}, said
