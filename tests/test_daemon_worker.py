@@ -203,7 +203,7 @@ pool = ModelPool([ModelEntry("m", source)], ["cpu"], {"cpu": 8 << 30})
 pool.preload()
 before = 'scipy.signal' in sys.modules
 warm(pool)
-print(before, 'scipy.signal' in sys.modules and 'stemd.models.conform.stream' in sys.modules)
+print(before, all(m in sys.modules for m in ('scipy.signal', 'soxr', 'pylibrb', 'stemd.models.conform.stream')))
 """
     said = {}
     for source in ("click", str(tiny)):
