@@ -131,7 +131,7 @@ class OnnxStep:
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.names = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
-        self.binding, self.cache_ptr = None, None
+        self.binding = None
 
     #: torch's threads while a step runs (``generate.step_threads``): its few torch ops (the noise draw,
     #: guidance, sampling, the delay pattern) on the calling thread alone, as torch's pool waiting beside
@@ -180,15 +180,11 @@ class OnnxStep:
             binding.bind_input(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
         for name, array in zip(self.outputs, [self.out, *self.past]):   # the caches: in place
             binding.bind_output(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
-        self.binding, self.cache_ptr = binding, self._cache_ptr(lm)
-
-    @staticmethod
-    def _cache_ptr(lm: MusicGenLM) -> int:
-        return lm.layers[0].self_attn.kv_cache.k.data_ptr()
+        self.binding = binding
 
     def logits(self, tokens: np.ndarray, pos: int) -> np.ndarray:
         """``tokens`` ``(B, K, 1)`` at ``pos`` -> logits ``(B, K, vocab)``; the cache row at ``pos`` is written."""
-        if self.binding is None or self._cache_ptr(self.lm) != self.cache_ptr:
+        if self.binding is None or self.lm.layers[0].self_attn.kv_cache.k.data_ptr() != self.past[0].ctypes.data:
             raise RuntimeError("the model's caches were set up after the step was bound: bind it again")
         if tokens.shape != self.tokens.shape or not 0 <= pos < self.past[0].shape[2]:
             raise ValueError(f"tokens {tokens.shape} at {pos} do not fit the bound cache "
