@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # A GPU machine: TORCH_INDEX=<PyTorch's CUDA wheel index for your CUDA version> (see README.md)
 TORCH_INDEX ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean plugin
 
 # torch is pinned in constraints.txt (a CPU build here); see README.md for CUDA.
 $(VENV)/.installed: pyproject.toml setup.py constraints.txt
@@ -35,6 +35,10 @@ bench: setup
 	$(PY) bench/decode.py
 	$(PY) bench/conform.py
 	$(PY) bench/daemon.py
+
+# the stemd plugin (VST3, CLAP, LV2, JACK) into build/plugin/; DPF_PATH=<a DPF checkout> off Debian
+plugin:
+	$(MAKE) -C plugin_host/plugin
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
