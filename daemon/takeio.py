@@ -4,7 +4,6 @@ with a sidecar (the daemon's worker and render both use it)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -12,7 +11,7 @@ import numpy as np
 
 from stemd.models.base import Audio, Engine, GenerationSpec
 from stemd.protocol import MAX_CONTINUATION_BYTES, MODEL_KEYS, GenerateRequest, ProtocolError
-from stemd.takes import TakeClaims, partial_name, publish, take_name, take_prefix, wav_header
+from stemd.takes import PartialFile, TakeClaims, atomic_write, take_name, take_prefix, wav_header
 from stemd.timing import Grid
 
 
@@ -107,11 +106,10 @@ class TakeStream:
 
         self.number, self.claim = claims.claim(self.prefix, names)
         self.paths = [folder / n for n in names(self.number) if n.endswith(".wav")]
-        self.partials = [partial_name(p) for p in self.paths]
-        self.files = []
+        self.files: list[PartialFile] = []
         try:
-            for partial in self.partials:
-                f = open(partial, "wb")
+            for path in self.paths:
+                f = PartialFile(path, replace=False)
                 self.files.append(f)
                 f.write(wav_header(channels, request.sample_rate, 0))
         except OSError:
@@ -126,31 +124,19 @@ class TakeStream:
 
     def finish(self) -> list[Path]:
         header = wav_header(self.channels, self.request.sample_rate, self.frames)
-        sidecars = []
-        for v, (f, path) in enumerate(zip(self.files, self.paths)):
-            f.seek(0)
+        for f in self.files:
+            f.file.seek(0)
             f.write(header)
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
+        for v, (f, path) in enumerate(zip(self.files, self.paths)):
             meta = {**sidecar_for(self.request, self.engine, v, self.model_name), "file": path.name,
                     "sample_rate": self.request.sample_rate, "channels": self.channels, "frames": self.frames,
                     "format": "float32"}
-            partial = partial_name(path.with_suffix(".json"))
-            with open(partial, "w") as sf:
-                sf.write(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-                sf.flush()
-                os.fsync(sf.fileno())
-            sidecars.append(partial)
-        for sidecar, partial, path in zip(sidecars, self.partials, self.paths):
-            publish(sidecar, path.with_suffix(".json"))
-            publish(partial, path)
+            atomic_write(path.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True) + "\n", replace=False)
+            f.publish()
         self.claim.unlink(missing_ok=True)
         return self.paths
 
     def abort(self) -> None:
         for f in self.files:
-            f.close()
-        for partial in self.partials:
-            partial.unlink(missing_ok=True)
+            f.discard()
         self.claim.unlink(missing_ok=True)

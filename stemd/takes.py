@@ -130,21 +130,52 @@ def file_sha256(path: Union[str, Path]) -> str:
     return h.hexdigest()
 
 
-def atomic_write(path: Union[str, Path], data: Union[bytes, str]) -> None:
-    """``data`` (text is UTF-8) into ``path`` through a partial file of its own (``NAME.<random>.partial``,
-    so two writers never share one), synced, then renamed: whole or not there. The one atomic writer:
-    takes, sidecars, the take history, Ardour sessions, MIDI maps and kept verdicts go through it."""
-    path = Path(path)
-    partial = partial_name(path)
+class PartialFile:
+    """A file written under a partial name of its own (``NAME.<pid>-<random>.partial``, so two writers never
+    share one) and published whole: ``publish`` syncs it and gives it its final name, ``discard`` removes
+    it. ``replace`` False publishes with a link that never replaces an existing file (``FileExistsError``):
+    what a take needs, whose final name may be another writer's. A take stream keeps one open while its
+    bars arrive; :func:`atomic_write` is one written at once."""
+
+    def __init__(self, path: Union[str, Path], *, replace: bool = True):
+        self.path, self.replace = Path(path), replace
+        self.partial = partial_name(self.path)
+        self.file = open(self.partial, "wb")
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+
+    def publish(self) -> Path:
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            if self.replace:
+                os.replace(self.partial, self.path)
+            else:
+                os.link(self.partial, self.path)
+                os.unlink(self.partial)
+        except BaseException:
+            self.discard()
+            raise
+        return self.path
+
+    def discard(self) -> None:
+        self.file.close()
+        self.partial.unlink(missing_ok=True)
+
+
+def atomic_write(path: Union[str, Path], data: Union[bytes, str], *, replace: bool = True) -> None:
+    """``data`` (text is UTF-8) into ``path`` through a :class:`PartialFile`: whole or not there; with
+    ``replace`` False never over an existing file (``FileExistsError``). The one atomic writer: takes,
+    sidecars, the take history, Ardour sessions, MIDI maps and kept verdicts go through it."""
+    out = PartialFile(path, replace=replace)
     try:
-        with open(partial, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)
+        out.write(data.encode() if isinstance(data, str) else data)
     except BaseException:
-        partial.unlink(missing_ok=True)
+        out.discard()
         raise
+    out.publish()
 
 
 def partial_name(path: Path) -> Path:
@@ -230,12 +261,6 @@ class TakeClaims:
                 continue
             self._next[prefix] = number + 1
             return number, claim
-
-
-def publish(partial: Path, path: Path) -> None:
-    """Give a finished partial file its final name, never over an existing file (``FileExistsError``)."""
-    os.link(partial, path)
-    os.unlink(partial)
 
 
 def write_json(path: Union[str, Path], value, indent: int = 2) -> None:

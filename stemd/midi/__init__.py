@@ -47,8 +47,12 @@ def load_map(args: argparse.Namespace):
     from stemd.midi.mapfile import load
 
     if getattr(args, "learn", None) and not os.path.exists(args.map):
-        with open(args.map, "w", encoding="utf-8") as f:
-            f.write("# stemd MIDI map (see docs/midi.md)\n")
+        from stemd.takes import atomic_write
+
+        try:
+            atomic_write(args.map, "# stemd MIDI map (see docs/midi.md)\n", replace=False)
+        except FileExistsError:     # another stemd started the map first: learn into it
+            pass
     return load(args.map)
 
 
