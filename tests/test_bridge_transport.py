@@ -3,17 +3,21 @@ peer (liblo's oscsend) sending what REAPER and DrivenByMoss send."""
 
 from __future__ import annotations
 
+import math
+import random
 import shutil
 import subprocess
 import sys
 import time
 from fractions import Fraction
 
+import numpy as np
 import pytest
 
 from stemd.bridge.transport import FollowError, Transport, make_follower
 from stemd.bridge.transport.daw_osc import (BitwigFollower, ReaperFollower, TempoFromMotion, parse_bbt,
                                             parse_drivenbymoss_beat)
+from stemd.timing import Meter
 from test_bridge_support import json_lines
 
 
@@ -57,21 +61,90 @@ def test_bbt_strings(text, expected):
     assert parse_bbt(text) == expected
 
 
-@pytest.mark.parametrize("quarters, meter_quarters", [(Fraction(0), 4), (Fraction(37, 4), 4), (Fraction(29, 8), 3),
-                                                      (Fraction(51, 4), Fraction(7, 2))])
-def test_drivenbymoss_beat_strings_are_quarters_within_the_bar_in_its_own_format(quarters, meter_quarters):
-    # the text exactly as DrivenByMoss's StringUtils.formatMeasuresLong makes it (startOffset 1)
-    measure = int(quarters // meter_quarters)
-    t = quarters - measure * meter_quarters
-    q = int(t // 1)
-    t -= q
-    sixteenth = int(t // Fraction(1, 4))
-    t -= sixteenth * Fraction(1, 4)
-    frames = int(t / Fraction(1, 4) * 100)
-    text = "%d.%02d.%02d:%02d" % (measure + 1, q + 1, sixteenth + 1, frames)
-    bar, into = parse_drivenbymoss_beat(text)
-    assert (bar - 1) * meter_quarters + into == quarters, text
-    assert parse_drivenbymoss_beat("3.2.50") is None and parse_drivenbymoss_beat("1.01.05:00") is None
+def _java_int(x: float) -> int:
+    """Java's ``(int)`` of a double: toward zero, NaN to 0, clamped to the int range."""
+    if math.isnan(x):
+        return 0
+    return max(-2**31, min(2**31 - 1, int(x))) if math.isfinite(x) else (2**31 - 1 if x > 0 else -2**31)
+
+
+def _java_int_add(a: int, b: int) -> int:
+    return (a + b + 2**31) % 2**32 - 2**31
+
+
+def drivenbymoss_beat_text(beats: float, numerator: int, denominator: int, padded: bool = True) -> str:
+    """``/beat/str`` as DrivenByMoss makes it: a port of ``TransportImpl.formatAsBeats(1)``
+    (src/main/java/de/mossgrabers/bitwig/framework/daw/TransportImpl.java) and the ``formatMeasures`` it
+    calls through ``StringUtils.formatMeasuresLong`` (src/main/java/de/mossgrabers/framework/utils/
+    StringUtils.java), Java's int and double arithmetic kept: ``beats`` is Bitwig's position in quarters.
+    ``padded``: the long format ``"%d.%02d.%02d:%02d"``; older versions use ``"%d.%d.%d:%02d"``."""
+    quarters_per_measure = (4 * numerator) // denominator            # Java int division (both positive)
+    with np.errstate(divide="ignore", invalid="ignore"):                # x / 0.0: Infinity or NaN, as in Java
+        measure = _java_int(float(np.floor(np.float64(beats) / np.float64(quarters_per_measure))))
+    t = beats - _java_int(measure * quarters_per_measure)
+    quarters = _java_int(math.floor(t))
+    t = t - quarters
+    eights = _java_int(math.floor(t / 0.25))
+    t = t - eights * 0.25
+    frames = _java_int(math.floor(t / 0.25 * 100.0))
+    fields = (_java_int_add(measure, 1), quarters + 1, eights + 1, frames)
+    return ("%d.%02d.%02d:%02d" if padded else "%d.%d.%d:%02d") % fields
+
+
+METERS = [(4, 4), (6, 8), (7, 8), (5, 8), (9, 8), (3, 16)]
+
+
+@pytest.mark.parametrize("numerator, denominator", METERS)
+def test_drivenbymoss_beat_strings_give_the_exact_position_in_odd_meters(numerator, denominator):
+    """A unit test of our reading against DrivenByMoss's documented code (its formatting ported above),
+    not an integration test: no Bitwig runs here. Every 64th note of the first 24 bars (a quarter of a
+    sixteenth: 25 hundredths, exact in the text and in a double) reads back as the position DrivenByMoss
+    formatted; any other position reads back at most one hundredth of a sixteenth early (it truncates)."""
+    meter = Meter(numerator, denominator)
+    for padded in (True, False):
+        for step in range(int(24 * meter.bar_quarters * 16) + 1):
+            true = Fraction(step, 16)
+            text = drivenbymoss_beat_text(float(true), numerator, denominator, padded)
+            assert parse_drivenbymoss_beat(text, meter) == true, (text, true)
+    rng = random.Random(7)
+    for _ in range(2000):
+        beats = rng.uniform(0, 40 * float(meter.bar_quarters))
+        read = parse_drivenbymoss_beat(drivenbymoss_beat_text(beats, numerator, denominator), meter)
+        assert 0 <= beats - read < Fraction(1, 400) + 1e-9, (beats, read)
+
+
+def test_drivenbymoss_measures_are_its_own_not_the_bar():
+    # 7/8: a DrivenByMoss measure is 3 quarters, the bar 3.5; "5.1.1:00" is quarter 12 = bar 4, eighth 4
+    assert drivenbymoss_beat_text(12.0, 7, 8) == "5.01.01:00"
+    assert parse_drivenbymoss_beat("5.01.01:00", Meter(7, 8)) == 12
+    assert parse_drivenbymoss_beat("5.01.01:00", Meter(5, 8)) == 8      # 2 quarters a measure
+    assert parse_drivenbymoss_beat("5.01.01:00", Meter(9, 8)) == 16     # 4 quarters a measure
+    assert parse_drivenbymoss_beat("2.04.01:00", Meter(7, 8)) is None   # no 4th quarter in its measure
+    assert parse_drivenbymoss_beat("0.03.04:99", Meter(4, 4)) is None   # before the start (pre-roll)
+    assert parse_drivenbymoss_beat("3.2.50", Meter(4, 4)) is None       # REAPER's, not DrivenByMoss's
+    assert parse_drivenbymoss_beat("1.01.05:00", Meter(4, 4)) is None
+
+
+@pytest.mark.parametrize("numerator, denominator", METERS)
+def test_bitwig_follower_puts_drivenbymoss_positions_on_the_sessions_bars_and_beats(numerator, denominator):
+    """The follower, fed what DrivenByMoss sends, reports the bar and beat of the meter Bitwig runs at every
+    eighth of the first 12 bars (unit test against DrivenByMoss's ported formatting, as above)."""
+    from stemd import osc
+
+    meter = Meter(numerator, denominator)
+    transport = Transport(120)
+    follower = BitwigFollower(transport, daw_port=9, listen_port=0)   # the discard port: nothing answers
+    try:
+        follower.handle(osc.Message("/time/signature", f"{numerator} / {denominator}"))
+        for step in range(int(12 * meter.bar_quarters * 2)):
+            true = Fraction(step, 2)
+            follower.handle(osc.Message("/beat/str", drivenbymoss_beat_text(float(true), numerator, denominator)))
+            state = transport.last()
+            bar, into_bar = divmod(true, meter.bar_quarters)
+            assert (state.quarters, state.bar_index, state.beat_index) == \
+                (true, bar, math.floor(into_bar / meter.unit_quarters)), true
+    finally:
+        follower.stop()
 
 
 def test_tempo_from_motion_is_exact_for_exact_reports_and_forgets_a_locate():
@@ -164,12 +237,15 @@ def test_bitwig_follower_reads_drivenbymoss_feedback_and_asks_for_a_refresh():
     follower = BitwigFollower(transport, daw_port=fake_bitwig.getsockname()[1], listen_port=0)
     try:
         assert osc.decode(fake_bitwig.recvfrom(1024)[0]).address == "/refresh"
-        oscsend(follower.listen_port, "/time/signature", "s", "6 / 8")        # DrivenByMoss's own spacing
+        oscsend(follower.listen_port, "/time/signature", "s", "7 / 8")        # DrivenByMoss's own spacing
         oscsend(follower.listen_port, "/tempo/raw", "f", "140")
-        # bar 4, second quarter, third sixteenth, 50 hundredths of it: 3 bars of 6/8 (3 quarters each) + 1.625
+        # its measure 4, second quarter, third sixteenth, 50 hundredths of it: 3 measures of 3 quarters (4 * 7 / 8
+        # in integers) + 1.625 = quarter 10.625, the bridge's bar 4 (3.5 quarters a bar), eighth 2
         oscsend(follower.listen_port, "/beat/str", "s", "4.02.03:50")
         assert wait_for(lambda: transport.last().quarters == 3 * 3 + Fraction(13, 8))
-        assert str(transport.last().meter) == "6/8" and float(transport.last().bpm) == 140
+        state = transport.last()
+        assert (state.bar_index, state.beat_index) == (3, 0)
+        assert str(state.meter) == "7/8" and float(state.bpm) == 140
     finally:
         follower.stop()
         fake_bitwig.close()

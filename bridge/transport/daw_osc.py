@@ -130,20 +130,36 @@ def parse_bbt(text: str) -> Optional[tuple[int, int, Fraction]]:
     return None
 
 
-_DRIVENBYMOSS = re.compile(r"\s*(\d+)\.(\d+)\.(\d+):(\d+)\s*", re.ASCII)
+_DRIVENBYMOSS = re.compile(r"\s*(-?\d+)\.(\d+)\.(\d+):(\d+)\s*", re.ASCII)
 
 
-def parse_drivenbymoss_beat(text: str) -> Optional[tuple[int, Fraction]]:
-    """DrivenByMoss's ``/beat/str``: ``"%d.%02d.%02d:%02d"`` = measure, quarter, sixteenth (each from 1),
-    hundredths of a sixteenth (its ``StringUtils.formatMeasuresLong``: quarters, not the meter's beats)
-    -> (bar from 1, quarters into the bar)."""
+def drivenbymoss_measure_quarters(meter: Meter) -> int:
+    """The quarters of one DrivenByMoss "measure": ``4 * numerator / denominator`` in Java's integer
+    arithmetic (its ``TransportImpl.formatAsBeats``), so 3 in 7/8, 2 in 5/8, 4 in 9/8: not the bar."""
+    return 4 * meter.numerator // meter.denominator
+
+
+def parse_drivenbymoss_beat(text: str, meter: Meter) -> Optional[Fraction]:
+    """DrivenByMoss's ``/beat/str`` in ``meter`` (the one Bitwig reports) -> quarters from bar 1, beat 1.
+
+    The text is ``measure.quarter.sixteenth:hundredths`` (its ``StringUtils.formatMeasuresLong``; the
+    quarter and sixteenth are zero-padded to two digits in some versions): measure, quarter and sixteenth
+    count from 1, hundredths of a sixteenth from 0, and a measure is
+    :func:`drivenbymoss_measure_quarters`. Where that is 0 (a bar shorter than a quarter: 1/8, 3/16),
+    Java's division by zero leaves the measure meaningless and the quarter counts from the start. A
+    position before the start, or one that does not fit the meter, gives None."""
     m = _DRIVENBYMOSS.fullmatch(str(text))
     if m is None:
         return None
-    bar, quarter, sixteenth, hundredths = (int(g) for g in m.groups())
-    if bar < 1 or quarter < 1 or not 1 <= sixteenth <= 4 or hundredths > 99:
+    measure, quarter, sixteenth, hundredths = (int(g) for g in m.groups())
+    measure_quarters = drivenbymoss_measure_quarters(meter)
+    if measure_quarters == 0:
+        measure = 1
+    if measure < 1 or not 1 <= sixteenth <= 4 or hundredths > 99 or quarter < 1 or \
+            (measure_quarters and quarter > measure_quarters):
         return None
-    return bar, (quarter - 1) + Fraction(sixteenth - 1, 4) + Fraction(hundredths, 400)
+    return ((measure - 1) * measure_quarters + (quarter - 1) + Fraction(sixteenth - 1, 4)
+            + Fraction(hundredths, 400))
 
 
 class TempoFromMotion:
@@ -353,23 +369,29 @@ class AbletonFollower(OscFollower):
 
 
 class BitwigFollower(BeatStringFollower):
-    """Bitwig Studio with DrivenByMoss's OSC extension (its default ports: receive 8000, send 9000): its
-    ``/beat/str`` counts quarters within the bar (``parse_drivenbymoss_beat``) and its ``/time/signature``
-    is ``"4 / 4"``. (Its insertFile track index counts from the current bank page, not the project.)"""
+    """Bitwig Studio with DrivenByMoss's OSC extension (its default ports: receive 8000, send 9000). Its
+    ``/beat/str`` counts DrivenByMoss's own measures, whose length depends on the meter Bitwig runs
+    (``parse_drivenbymoss_beat``), so the follower keeps the last ``/time/signature`` (``"4 / 4"``) to read
+    it, even where ``--meter`` sets the bars the bridge counts. (Its insertFile track index counts from the
+    current bank page, not the project.)"""
 
     name = "bitwig"
+
+    def __init__(self, *args, **kwargs):
+        self.daw_meter: Optional[Meter] = None
+        super().__init__(*args, **kwargs)
 
     def register(self) -> None:
         self.send("/refresh")
 
     def handle(self, message: osc.Message) -> None:
-        if message.address == "/beat/str" and message.args:
-            position = parse_drivenbymoss_beat(message.args[0])
-            if position is not None:
-                bar, quarters = position
-                meter = self.meter or self.transport.last().meter
-                self.transport.update(quarters=(bar - 1) * meter.bar_quarters + quarters, at=time.monotonic(),
-                                      tolerance=JITTER_QUARTERS)
+        if message.address == "/time/signature" and message.args:
+            self.daw_meter = Meter.parse(str(message.args[0]))
+        elif message.address == "/beat/str" and message.args:
+            meter = self.daw_meter or self.meter or self.transport.last().meter
+            quarters = parse_drivenbymoss_beat(message.args[0], meter)
+            if quarters is not None:
+                self.transport.update(quarters=quarters, at=time.monotonic(), tolerance=JITTER_QUARTERS)
             return
         super().handle(message)
 
