@@ -1,0 +1,120 @@
+#include "transport.hpp"
+
+#include <cmath>
+#include <cstdio>
+
+#if !defined(__SIZEOF_INT128__)
+#error "the stemd plugin's bar maths needs 128-bit integers (GCC or Clang)"
+#endif
+
+namespace stemd {
+
+namespace {
+
+using u128 = unsigned __int128;
+
+uint64_t gcd(uint64_t a, uint64_t b) noexcept
+{
+    while (b) {
+        const uint64_t t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+bool isWhole(double value, int64_t& out) noexcept
+{
+    if (!(value >= -1e9 && value <= 1e9)) return false;  // NaN fails both comparisons
+    const double rounded = std::floor(value + 0.5);
+    if (std::fabs(value - rounded) > 1e-6) return false;
+    out = static_cast<int64_t>(rounded);
+    return true;
+}
+
+}  // namespace
+
+bool tempoFromHost(double bpm, Tempo& out) noexcept
+{
+    if (!(bpm >= static_cast<double>(kMinBpm) - 1e-7 && bpm <= static_cast<double>(kMaxBpm) + 1e-7))
+        return false;
+    int64_t micro = static_cast<int64_t>(std::floor(bpm * static_cast<double>(kTempoScale) + 0.5));
+    if (micro < kMinBpm * kTempoScale || micro > kMaxBpm * kTempoScale) return false;
+    const uint64_t g = gcd(static_cast<uint64_t>(micro), static_cast<uint64_t>(kTempoScale));
+    out.num = micro / static_cast<int64_t>(g);
+    out.den = kTempoScale / static_cast<int64_t>(g);
+    return true;
+}
+
+bool meterFromHost(double beatsPerBar, double beatType, Meter& out) noexcept
+{
+    int64_t n = 0, d = 0;
+    if (!isWhole(beatsPerBar, n) || !isWhole(beatType, d)) return false;
+    if (n < 1 || n > kMaxMeterNumerator) return false;
+    if (d != 1 && d != 2 && d != 4 && d != 8 && d != 16 && d != 32) return false;
+    out.numerator = static_cast<int32_t>(n);
+    out.denominator = static_cast<int32_t>(d);
+    return true;
+}
+
+const char* tempoText(const Tempo& tempo, char* buf, int size) noexcept
+{
+    if (tempo.den == 1)
+        std::snprintf(buf, static_cast<size_t>(size), "%lld", static_cast<long long>(tempo.num));
+    else
+        std::snprintf(buf, static_cast<size_t>(size), "%lld/%lld", static_cast<long long>(tempo.num),
+                      static_cast<long long>(tempo.den));
+    return buf;
+}
+
+BarGrid::BarGrid() noexcept : BarGrid(Tempo{}, Meter{}, 48000) {}
+
+BarGrid::BarGrid(const Tempo& tempo, const Meter& meter, uint32_t sampleRate) noexcept
+    : fTempo(tempo), fMeter(meter), fRate(sampleRate >= 1000 && sampleRate <= 768000 ? sampleRate : 48000)
+{
+    Meter checked;
+    if (tempo.num < kMinBpm * tempo.den || tempo.num > kMaxBpm * tempo.den || tempo.den <= 0 ||
+        tempo.den > kTempoScale)
+        fTempo = Tempo{};
+    if (!meterFromHost(meter.numerator, meter.denominator, checked)) fMeter = Meter{};
+    // bar seconds = numerator x 4/denominator x 60/bpm; bpm = num/den
+    //   -> samples = numerator x 240 x den x rate / (denominator x num)
+    // at most 64 x 240 x 10^6 x 384000 (< 2^63) over 32 x 999 x 10^6: both fit 64 bits unreduced
+    const uint64_t num = static_cast<uint64_t>(fMeter.numerator) * 240u * static_cast<uint64_t>(fTempo.den) * fRate;
+    const uint64_t den = static_cast<uint64_t>(fMeter.denominator) * static_cast<uint64_t>(fTempo.num);
+    const uint64_t g = gcd(num, den);
+    fNum = num / g;
+    fDen = den / g;
+}
+
+int64_t BarGrid::barStart(int64_t bar) const noexcept
+{
+    if (bar <= 0) return 0;
+    // round_half_up(bar x num / den) = floor((2 x bar x num + den) / (2 x den))
+    const u128 twice = static_cast<u128>(static_cast<uint64_t>(bar)) * fNum * 2u + fDen;
+    return static_cast<int64_t>(twice / (static_cast<u128>(fDen) * 2u));
+}
+
+int64_t BarGrid::barAt(int64_t sample) const noexcept
+{
+    if (sample <= 0) return 0;
+    int64_t bar = static_cast<int64_t>(static_cast<u128>(static_cast<uint64_t>(sample)) * fDen / fNum);
+    while (bar > 0 && barStart(bar) > sample) --bar;
+    while (barStart(bar + 1) <= sample) ++bar;
+    return bar;
+}
+
+int64_t BarGrid::barLineFrom(int64_t sample, bool at) const noexcept
+{
+    if (sample < 0) return 0;
+    const int64_t bar = barAt(sample);
+    if (barStart(bar) == sample && at) return bar;
+    return bar + 1;
+}
+
+double BarGrid::samplesPerQuarter() const noexcept
+{
+    return static_cast<double>(fRate) * 60.0 * static_cast<double>(fTempo.den) / static_cast<double>(fTempo.num);
+}
+
+}  // namespace stemd

@@ -1,0 +1,71 @@
+// Bar maths for the stemd plugin, exact the way stemd.timing computes it: bar k of a grid starts at
+// round_half_up(k x exact bar length x sample rate), never at a sum of rounded lengths, so the plugin and
+// the daemon agree on every bar's first sample (bar 0 = the DAW's bar 1 = the timeline's origin).
+//
+// The host gives its tempo as a double. It becomes an exact rational once, rounded to a millionth of a
+// BPM (137.5 -> 275/2, 97 -> 97/1, 120.0000000004 -> 120/1); the request carries that rational as
+// "num/den", so the daemon's grid is this grid.
+//
+// No function here allocates, locks or blocks: run() calls them. 128-bit integers (GCC, Clang) keep
+// k x length x rate exact for any bar a session reaches.
+#ifndef STEMD_TRANSPORT_HPP
+#define STEMD_TRANSPORT_HPP
+
+#include <cstdint>
+
+namespace stemd {
+
+constexpr int64_t kTempoScale = 1000000;   // tempos are exact to 1e-6 BPM
+constexpr int64_t kMinBpm = 20, kMaxBpm = 999;
+constexpr int32_t kMaxMeterNumerator = 64;
+
+struct Tempo {
+    int64_t num = 120;   // quarter notes per minute = num / den, reduced, den > 0
+    int64_t den = 1;
+};
+
+struct Meter {
+    int32_t numerator = 4;    // units per bar
+    int32_t denominator = 4;  // 1, 2, 4, 8, 16 or 32
+};
+
+// The host's tempo as an exact rational; false (and `out` untouched) for NaN, infinity or a tempo
+// outside 20..999 BPM.
+bool tempoFromHost(double bpm, Tempo& out) noexcept;
+
+// The host's meter; false unless both are whole numbers stemd accepts (1..64 over 1, 2, 4, 8, 16, 32).
+bool meterFromHost(double beatsPerBar, double beatType, Meter& out) noexcept;
+
+// "num/den" (or "num" when den is 1) into `buf`; returns `buf`.
+const char* tempoText(const Tempo& tempo, char* buf, int size) noexcept;
+
+class BarGrid {
+public:
+    BarGrid() noexcept;
+    BarGrid(const Tempo& tempo, const Meter& meter, uint32_t sampleRate) noexcept;
+
+    // First sample of bar `bar` (>= 0) from the origin.
+    int64_t barStart(int64_t bar) const noexcept;
+    int64_t barLength(int64_t bar) const noexcept { return barStart(bar + 1) - barStart(bar); }
+    // The bar that holds `sample` (>= 0): barStart(bar) <= sample < barStart(bar + 1).
+    int64_t barAt(int64_t sample) const noexcept;
+    // The first bar line at or after `sample` (at == true), or strictly after it.
+    int64_t barLineFrom(int64_t sample, bool at) const noexcept;
+    // Exact samples per quarter note, as a double (for reading a host's position in quarters).
+    double samplesPerQuarter() const noexcept;
+
+    const Tempo& tempo() const noexcept { return fTempo; }
+    const Meter& meter() const noexcept { return fMeter; }
+    uint32_t sampleRate() const noexcept { return fRate; }
+
+private:
+    Tempo fTempo;
+    Meter fMeter;
+    uint32_t fRate;
+    // one bar = fNum / fDen samples, exactly (reduced)
+    uint64_t fNum, fDen;
+};
+
+}  // namespace stemd
+
+#endif

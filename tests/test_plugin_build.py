@@ -1,0 +1,111 @@
+"""The stemd plugin's build and its bar maths.
+
+``make plugin`` builds all four formats (VST3, CLAP, LV2 with its .ttl, the JACK app) from DPF with no
+compiler warning from stemd's own sources; the plugin's transport maths (plugin_host/plugin/transport.cpp,
+through build/plugin/transport_test) gives the same first sample for every bar as stemd.timing.Grid.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from stemd.timing import Grid
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGIN_SRC = ROOT / "plugin_host" / "plugin"
+DPF_PATH = Path(os.environ.get("DPF_PATH", "/usr/share/dpf"))
+OUR_SOURCES = sorted(p.name for p in PLUGIN_SRC.iterdir() if p.suffix in (".cpp", ".hpp", ".h"))
+
+needs_toolchain = pytest.mark.skipif(
+    not (shutil.which("make") and shutil.which("g++") and shutil.which("cc")
+         and (DPF_PATH / "Makefile.plugins.mk").is_file()),
+    reason="the plugin needs make, g++ and DPF (Debian: build-essential dpf-source)")
+
+
+@pytest.fixture(scope="module")
+def transport_test() -> Path:
+    proc = subprocess.run(["make", "-C", str(PLUGIN_SRC), "check"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return ROOT / "build" / "plugin" / "transport_test"
+
+
+@needs_toolchain
+def test_make_plugin_builds_four_formats_with_no_warning_from_our_sources(tmp_path):
+    # a fresh build into a folder of its own compiles every file, so every warning of ours would show
+    out = tmp_path / "plugin"
+    proc = subprocess.run(["make", "-C", str(PLUGIN_SRC), f"PLUGIN_OUT={out}", "VERBOSE=true"],
+                          capture_output=True, text=True, timeout=900)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    files_dsp = re.search(r"^FILES_DSP\s*=((?:.*\\\n)*.*)$", (PLUGIN_SRC / "Makefile").read_text(), re.M)
+    compiled = files_dsp.group(1).replace("\\", " ").split()
+    assert "StemdPlugin.cpp" in compiled and "transport.cpp" in compiled
+    for name in compiled:
+        assert re.search(rf"\s{re.escape(name)}\s", log), f"{name} was not compiled"
+    ours = [line for line in log.splitlines()
+            if re.search(r"(warning|error):", line) and any(name in line for name in OUR_SOURCES)]
+    assert ours == [], "\n".join(ours)
+    assert (out / "stemd.vst3" / "Contents" / "x86_64-linux" / "stemd.so").is_file()
+    assert (out / "stemd.clap").is_file()
+    ttl = (out / "stemd.lv2" / "stemd.ttl").read_text()
+    assert "urn:stemd:plugin" in (out / "stemd.lv2" / "manifest.ttl").read_text()
+    assert "lv2:InstrumentPlugin" in ttl and "atom:supports midi:MidiEvent" in ttl
+    assert "atom:supports <http://lv2plug.in/ns/ext/time#Position>" in ttl   # it reads the host transport
+    assert (out / "stemd.lv2" / "stemd.so").is_file()
+    if shutil.which("pkg-config") and subprocess.run(["pkg-config", "--exists", "jack"]).returncode == 0:
+        assert os.access(out / "stemd", os.X_OK), "the JACK standalone was not built"
+
+
+@needs_toolchain
+def test_make_plugin_from_the_top_level_makefile():
+    proc = subprocess.run(["make", "-C", str(ROOT), "plugin"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert (ROOT / "build" / "plugin" / "stemd.vst3" / "Contents" / "x86_64-linux" / "stemd.so").is_file()
+
+
+@needs_toolchain
+@pytest.mark.parametrize("bpm, meter, rate, sent", [
+    ("97", "3/4", 48000, "97"),
+    ("137", "7/8", 44100, "137"),
+    ("137.5", "7/8", 48000, "275/2"),
+    ("150", "4/4", 48000, "150"),
+    ("123.456789", "5/4", 96000, "123456789/1000000"),
+])
+def test_bar_starts_match_stemd_timing_for_ten_thousand_bars(transport_test, bpm, meter, rate, sent):
+    n, d = meter.split("/")
+    proc = subprocess.run([str(transport_test), "grid", bpm, n, d, str(rate), "0", "10000"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.split()
+    assert lines[0] == sent                              # the tempo the request carries, exact
+    grid = Grid(sent, meter)
+    expected = [grid.bar_start_sample(k, rate) for k in range(10001)]
+    got = [int(x) for x in lines[1:]]
+    assert len(got) == len(expected)
+    wrong = [(k, g, e) for k, (g, e) in enumerate(zip(got, expected)) if g != e]
+    assert wrong == [], f"{len(wrong)} bars differ, first (bar, plugin, stemd.timing): {wrong[:3]}"
+
+
+@needs_toolchain
+@pytest.mark.parametrize("host, exact", [
+    ("137.5", "275/2"), ("97", "97"), ("120.0000000004", "120"), ("99.9999996", "100"),
+    ("133.3333333333", "133333333/1000000"), ("19.5", "invalid"), ("1000", "invalid"), ("nan", "invalid"),
+    ("inf", "invalid"),
+])
+def test_host_tempo_becomes_an_exact_rational_once(transport_test, host, exact):
+    proc = subprocess.run([str(transport_test), "tempo", host], capture_output=True, text=True, timeout=30)
+    assert proc.stdout.strip() == exact
+
+
+@needs_toolchain
+@pytest.mark.parametrize("n, d, text", [("7", "8", "7/8"), ("3", "4", "3/4"), ("3.5", "4", "invalid"),
+                                        ("4", "3", "invalid"), ("0", "4", "invalid"), ("65", "4", "invalid")])
+def test_host_meter_is_checked(transport_test, n, d, text):
+    proc = subprocess.run([str(transport_test), "meter", n, d], capture_output=True, text=True, timeout=30)
+    assert proc.stdout.strip() == text
