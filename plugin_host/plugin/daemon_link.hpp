@@ -96,6 +96,39 @@ std::string validate_request(const Request& request);
 // The `/stemd/generate` packet for `request` (unframed OSC); empty when validate_request refuses it.
 std::vector<uint8_t> encode_generate(const Request& request);
 
+// The protocol of one connection without its socket: bytes in, listener events out. Every packet is
+// framed with a cap, decoded with bounds, and each event checked against the request it belongs to
+// (a chunk's sizes, rate, channels, variation, bar order). DaemonLink runs one per connection; the
+// fuzzer and tests feed it bytes directly.
+class LinkSession {
+public:
+    explicit LinkSession(DaemonListener& listener);
+    ~LinkSession();
+    LinkSession(const LinkSession&) = delete;
+    LinkSession& operator=(const LinkSession&) = delete;
+
+    // Bytes read from the socket. false: the connection must be dropped (why() says why, in one line);
+    // every later call returns false too.
+    bool feed(const uint8_t* data, size_t size);
+    const std::string& why() const;
+    bool heard() const;  // a well-formed packet has arrived on this connection
+
+    // The framed packets sent on connect: `/stemd/hello <token>` (when token is not "") and `/stemd/models`.
+    static std::vector<uint8_t> greeting(const std::string& token);
+    // The framed `/stemd/generate` for `request`, which is now open (its events are expected). Empty, with
+    // onError(id, "bad_request" or "duplicate_id", ...) called, when it is invalid or its id is open.
+    std::vector<uint8_t> open(const Request& request);
+    // The framed `/stemd/cancel <id>`; empty when `id` is not open here.
+    std::vector<uint8_t> cancel(const std::string& id);
+    // The connection is gone: each open request gets onError(id, code, message) and is forgotten.
+    void close_all(const std::string& code, const std::string& message);
+    size_t open_requests() const;
+
+private:
+    struct State;
+    std::unique_ptr<State> state_;
+};
+
 class DaemonLink {
 public:
     explicit DaemonLink(DaemonListener& listener);
