@@ -1,0 +1,125 @@
+/* jack_timebase: a JACK timebase master at a given tempo and meter, with a reference output.
+ *
+ *   jack_timebase BPM BEATS_PER_BAR BEAT_TYPE
+ *
+ * Tempo counts quarter notes per minute (as stemd and DAWs do); the bar/beat/tick it publishes every
+ * cycle are computed from the transport frame exactly (bar k starts at round(k x bar length)). Its
+ * output port "bars" carries a 0.5 impulse on the first sample of every bar while the transport rolls
+ * (and silence otherwise), so a recording of it beside a plugin's output (jack_rec, all ports read in
+ * the same cycle) shows on which transport sample the plugin's audio starts.
+ *
+ * Reads "play", "stop", "locate FRAME" lines on stdin and answers each with "ok ..."; prints "ready"
+ * once it is the timebase master. Built by the tests: cc -O1 -o jack_timebase jack_timebase.c -ljack
+ */
+#include <jack/jack.h>
+#include <jack/transport.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static double bpm, beats_per_bar, beat_type;
+static jack_port_t *bars_port;
+static const double ticks_per_beat = 1920.0;
+
+/* samples per bar, exact up to a double: a bar is beats_per_bar beats of 4/beat_type quarters */
+static double bar_samples(double rate)
+{
+    return beats_per_bar * (4.0 / beat_type) * 60.0 / bpm * rate;
+}
+
+static long bar_start(long bar, double rate)  /* bar 0 = the first; round half up */
+{
+    return (long)floor(bar * bar_samples(rate) + 0.5);
+}
+
+static void timebase(jack_transport_state_t state, jack_nframes_t nframes, jack_position_t *pos, int new_pos,
+                     void *arg)
+{
+    (void)state; (void)nframes; (void)new_pos; (void)arg;
+    double rate = pos->frame_rate;
+    double bar_len = bar_samples(rate);
+    long bar = (long)floor(pos->frame / bar_len);
+    while (bar_start(bar + 1, rate) <= (long)pos->frame)
+        bar++;
+    while (bar > 0 && bar_start(bar, rate) > (long)pos->frame)
+        bar--;
+    double beat_len = bar_len / beats_per_bar;
+    double in_bar = (pos->frame - bar_start(bar, rate)) / beat_len;
+    pos->valid = JackPositionBBT;
+    pos->bar = (int32_t)bar + 1;
+    pos->beat = (int32_t)floor(in_bar) + 1;
+    pos->tick = (int32_t)floor((in_bar - floor(in_bar)) * ticks_per_beat);
+    pos->bar_start_tick = bar * beats_per_bar * ticks_per_beat;
+    pos->beats_per_bar = (float)beats_per_bar;
+    pos->beat_type = (float)beat_type;
+    pos->ticks_per_beat = ticks_per_beat;
+    /* JACK's beats_per_minute counts beats of beat_type; stemd's tempo counts quarters */
+    pos->beats_per_minute = bpm * beat_type / 4.0;
+}
+
+static jack_client_t *client;
+
+static int process(jack_nframes_t nframes, void *arg)
+{
+    (void)arg;
+    float *out = jack_port_get_buffer(bars_port, nframes);
+    memset(out, 0, nframes * sizeof(float));
+    jack_position_t pos;
+    if (jack_transport_query(client, &pos) != JackTransportRolling || !pos.frame_rate)
+        return 0;
+    long bar = (long)floor(pos.frame / bar_samples(pos.frame_rate));
+    while (bar > 0 && bar_start(bar, pos.frame_rate) > (long)pos.frame)
+        bar--;
+    for (;; bar++) {
+        long at = bar_start(bar, pos.frame_rate) - (long)pos.frame;
+        if (at >= (long)nframes)
+            break;
+        if (at >= 0)
+            out[at] = 0.5f;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 4) {
+        fprintf(stderr, "usage: jack_timebase BPM BEATS_PER_BAR BEAT_TYPE\n");
+        return 2;
+    }
+    bpm = atof(argv[1]);
+    beats_per_bar = atof(argv[2]);
+    beat_type = atof(argv[3]);
+    if (!(bpm > 0 && beats_per_bar > 0 && beat_type > 0)) {
+        fprintf(stderr, "jack_timebase: tempo, beats per bar and beat type must be positive\n");
+        return 2;
+    }
+    client = jack_client_open("stemd-timebase", JackNoStartServer, NULL);
+    if (!client) {
+        fprintf(stderr, "jack_timebase: no JACK server\n");
+        return 1;
+    }
+    bars_port = jack_port_register(client, "bars", JACK_DEFAULT_AUDIO_TYPE, JackPortIsOutput, 0);
+    if (!bars_port || jack_set_process_callback(client, process, NULL) ||
+        jack_set_timebase_callback(client, 0, timebase, NULL) || jack_activate(client)) {
+        fprintf(stderr, "jack_timebase: cannot become the JACK timebase master\n");
+        return 1;
+    }
+    printf("ready\n");
+    fflush(stdout);
+    char line[256];
+    while (fgets(line, sizeof line, stdin)) {
+        unsigned long frame;
+        if (!strncmp(line, "play", 4))
+            jack_transport_start(client);
+        else if (!strncmp(line, "stop", 4))
+            jack_transport_stop(client);
+        else if (sscanf(line, "locate %lu", &frame) == 1)
+            jack_transport_locate(client, (jack_nframes_t)frame);
+        line[strcspn(line, "\n")] = 0;
+        printf("ok %s\n", line);
+        fflush(stdout);
+    }
+    jack_client_close(client);
+    return 0;
+}

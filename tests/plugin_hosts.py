@@ -1,0 +1,333 @@
+"""Shared parts for the stemd plugin's tests in real hosts (no tests here).
+
+- ``plugin_build``: build/plugin/ (VST3, CLAP, LV2, JACK app), made by ``make plugin`` when it is absent.
+- ``compile_c``: the tests' own C helpers (tests/rt_probe.c, tests/jack_timebase.c) built with ``cc``.
+- Ardour 7.3 hosting the VST3 headless, in the one order that works (DESIGN.md): a fresh HOME, one
+  ardour7-lua run (it records the bundle under ~/.config/ardour7/plugin_metadata), Ardour's VST3
+  scanner on the bundle (it caches it under ~/.cache/ardour7/vst), then the run that puts the plugin
+  on a track. Sessions are made by ardour7-lua; ardour7-export renders them.
+- jalv hosting the LV2 on JACK, with its control outputs read from ``jalv -p``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pytest
+import soundfile
+
+from stemd.timing import Meter
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+PLUGIN_DIR = ROOT / "build" / "plugin"
+VST3 = PLUGIN_DIR / "stemd.vst3"
+LV2 = PLUGIN_DIR / "stemd.lv2"
+JACK_APP = PLUGIN_DIR / "stemd"
+PLUGIN_URI = "urn:stemd:plugin"
+
+ARDOUR_ENV = {"LD_LIBRARY_PATH": "/usr/lib/ardour7", "ARDOUR_DATA_PATH": "/usr/share/ardour7",
+              "ARDOUR_CONFIG_PATH": "/etc/ardour7", "ARDOUR_DLL_PATH": "/usr/lib/ardour7"}
+VST3_SCANNER = "/usr/lib/ardour7/ardour-vst3-scanner"
+
+needs_ardour = pytest.mark.skipif(
+    not (shutil.which("ardour7-lua") and shutil.which("ardour7-export") and os.path.exists(VST3_SCANNER)),
+    reason="Ardour 7 (Debian ardour: ardour7-lua, ardour7-export, ardour-vst3-scanner) is not installed")
+needs_jalv = pytest.mark.skipif(not (shutil.which("jalv") and shutil.which("jack_rec")),
+                                reason="jalv (Debian jalv) or jack_rec (Debian jackd2) is not installed")
+needs_cc = pytest.mark.skipif(not shutil.which("cc"), reason="no C compiler (cc) for the tests' C helpers")
+
+_build_lock = threading.Lock()
+
+
+@pytest.fixture(scope="session")
+def plugin_build() -> Path:
+    """build/plugin/ with all four formats; ``make plugin`` builds it when it is absent (a clean clone)."""
+    with _build_lock:
+        if not all(p.exists() for p in (VST3, LV2, JACK_APP)):
+            dpf = Path(os.environ.get("DPF_PATH", "/usr/share/dpf"))
+            if not (dpf / "Makefile.plugins.mk").exists():
+                pytest.skip(f"DPF is not at {dpf} (Debian dpf-source, or set DPF_PATH): the plugin cannot be built")
+            if not (shutil.which("make") and shutil.which("c++")):
+                pytest.skip("no make or C++ compiler: the plugin cannot be built")
+            out = subprocess.run(["make", "plugin"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+            assert out.returncode == 0, f"make plugin failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+        missing = [p.name for p in (VST3, LV2, JACK_APP) if not p.exists()]
+        assert not missing, f"make plugin did not build {missing} in {PLUGIN_DIR}"
+    return PLUGIN_DIR
+
+
+def compile_c(source: Path, out: Path, *flags: str) -> Path:
+    """``cc`` a test helper; fails the test with the compiler's message if it does not build."""
+    result = subprocess.run(["cc", "-O1", "-Wall", "-Wextra", "-o", str(out), str(source), *flags],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"cc {source.name} failed:\n{result.stderr}"
+    return out
+
+
+def build_rt_probe(folder: Path) -> Path:
+    return compile_c(TESTS / "rt_probe.c", folder / "rt_probe.so", "-shared", "-fPIC", "-ldl", "-lpthread")
+
+
+def read_rt_probe(path: Path) -> list[dict]:
+    """The probe's lines (one per process that exited with it preloaded)."""
+    import json
+
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def build_jack_timebase(folder: Path) -> Path:
+    if not Path("/usr/include/jack/jack.h").exists():
+        pytest.skip("JACK's headers (Debian libjack-jackd2-dev) are not installed: no timebase master to build")
+    return compile_c(TESTS / "jack_timebase.c", folder / "jack_timebase", "-ljack", "-lm")
+
+
+def first_audible(audio: np.ndarray, threshold: float = 1e-6) -> int:
+    """Index of the first frame above ``threshold`` (-120 dBFS) on any channel, or -1."""
+    hits = np.flatnonzero(np.abs(audio).max(axis=1) > threshold)
+    return int(hits[0]) if hits.size else -1
+
+
+# ---------------------------------------------------------------------------------------------------
+# Ardour
+
+MAKE_SESSION = """
+local s = create_session("{folder}", "{name}", {rate})
+assert(s, "create_session failed")
+local track = s:new_audio_track(2, 2, nil, 1, "{track}", ARDOUR.PresentationInfo.max_order,
+                                ARDOUR.TrackMode.Normal, true):front()
+-- connected to the master bus now: a session saved before Ardour's own auto-connect renders nothing
+track:output():disconnect_all(nil)
+for i = 0, 1 do
+  track:output():audio(i):connect(s:master_out():input():audio(i):name())
+end
+s:save_state("", false, false, false, false, false)
+close_session()
+"""
+
+#: Loads the session, puts stemd (VST3) first on the track, sets its parameters by name (the plugin's
+#: parameters come after DPF's hidden MIDI CC ones), rolls the transport from bar 1 while it waits for
+#: the plugin's ``bars_received`` output to reach {wait_bars}, then saves the session with the plugin.
+ADD_AND_GENERATE = """
+local s = load_session("{folder}", "{name}")
+assert(s, "load_session failed")
+local route = s:route_by_name("{track}")
+assert(not route:isnil(), "no track {track}")
+local p = ARDOUR.LuaAPI.new_plugin(s, "stemd", ARDOUR.PluginType.VST3, "")
+assert(not p:isnil(), "Ardour found no VST3 named stemd")
+assert(route:add_processor_by_index(p, 0, nil, true) == 0, "the plugin did not go on the track")
+local plug = p:to_insert():plugin(0)
+local index = {{}}
+for j = 0, plug:parameter_count() - 1 do
+  local name = plug:parameter_label(j):lower():gsub(" %(.*", ""):gsub(" ", "_")
+  index[name] = j
+end
+local function set(name, value)
+  assert(index[name], "the plugin has no parameter " .. name)
+  assert(ARDOUR.LuaAPI.set_processor_param(p, index[name], value), "cannot set " .. name)
+end
+local function get(name)
+  assert(index[name], "the plugin has no parameter " .. name)
+  return ARDOUR.LuaAPI.get_processor_param(p, index[name])
+end
+{settings}
+ARDOUR.LuaAPI.usleep(300000)
+set("generate", 1)
+s:request_roll(ARDOUR.TransportRequestSource.TRS_UI)
+local received = 0
+for i = 1, {wait_steps} do
+  ARDOUR.LuaAPI.usleep(250000)
+  received = get("bars_received")
+  print(string.format("STEMD t=%.2f bars_received=%d connected=%d rolling=%s sample=%d", i * 0.25, received,
+                      get("connected"), tostring(s:transport_rolling()), s:transport_sample()))
+  if received >= {wait_bars} then break end
+  if i * 0.25 >= 20 and get("connected") < 0.5 then break end  -- no daemon: do not wait for nothing
+end
+s:request_stop(false, false, ARDOUR.TransportRequestSource.TRS_UI)
+ARDOUR.LuaAPI.usleep(500000)
+print(string.format("STEMD done bars_received=%d", received))
+s:save_state("", false, false, false, false, false)
+close_session()
+"""
+
+#: Opens a session and saves it again (the plugin's state goes through a restore and a save).
+REOPEN = """
+local s = load_session("{folder}", "{name}")
+assert(s, "load_session failed")
+ARDOUR.LuaAPI.usleep({wait_us})
+s:save_state("", false, false, false, false, false)
+close_session()
+"""
+
+
+class Ardour:
+    """Ardour 7.3 hosting build/plugin/stemd.vst3, under a HOME of its own (``home``)."""
+
+    def __init__(self, home: Path, plugin_dir: Path, env: Optional[dict] = None):
+        self.home = home
+        self.vst3 = home / ".vst3" / "stemd.vst3"
+        self.vst3.parent.mkdir(parents=True, exist_ok=True)
+        if not self.vst3.exists():
+            self.vst3.symlink_to(plugin_dir / "stemd.vst3")
+        base = {k: v for k, v in os.environ.items() if not k.startswith("XDG_")}
+        self.env = {**base, **ARDOUR_ENV, "HOME": str(home), **(env or {})}
+        self.scanned = False
+
+    def lua(self, script: str, path: Path, timeout: float = 180) -> subprocess.CompletedProcess:
+        path.write_text(script)
+        return subprocess.run(["ardour7-lua", str(path)], capture_output=True, text=True, timeout=timeout,
+                              env=self.env)
+
+    def make_session(self, folder: Path, bpm: int, meter: Meter, rate: int, name: str = "song",
+                     track: str = "stemd") -> Path:
+        """A session made by Ardour at ``rate`` with one stereo track, its tempo map set to ``bpm``
+        (quarter notes) and ``meter``; the first such run in a fresh HOME records the VST3 bundle, and the
+        scanner then caches it."""
+        script = MAKE_SESSION.format(folder=folder / name, name=name, rate=rate, track=track)
+        out = self.lua(script, folder / "make_session.lua")
+        session = folder / name / f"{name}.ardour"
+        assert session.exists(), out.stdout + out.stderr
+        set_tempo_map(session, bpm, meter)
+        if not self.scanned:
+            self.scan()
+        return session
+
+    def scan(self) -> None:
+        out = subprocess.run([VST3_SCANNER, str(self.vst3)], capture_output=True, text=True, timeout=120,
+                             env=self.env)
+        cache = list((self.home / ".cache" / "ardour7" / "vst").glob("*.v3i"))
+        assert cache, f"Ardour's VST3 scanner cached nothing for {self.vst3}:\n{out.stdout}{out.stderr}"
+        self.scanned = True
+
+    def add_stemd_and_generate(self, session: Path, settings: dict, wait_bars: int, wait_s: float = 60,
+                               track: str = "stemd") -> tuple[str, int]:
+        """Put stemd on ``track``, set ``settings`` (parameter name -> value), fire ``generate`` and roll
+        until ``bars_received`` reaches ``wait_bars`` (or ``wait_s``), then save. Returns (log, received)."""
+        lines = "\n".join(f'set("{k}", {v})' for k, v in settings.items())
+        script = ADD_AND_GENERATE.format(folder=session.parent, name=session.stem, track=track, settings=lines,
+                                         wait_steps=int(wait_s / 0.25), wait_bars=wait_bars)
+        out = self.lua(script, session.parent.parent / "add_stemd.lua", timeout=wait_s + 120)
+        log = out.stdout + out.stderr
+        m = re.search(r"STEMD done bars_received=(\d+)", out.stdout)
+        assert m, f"the Ardour run with stemd did not finish:\n{log[-4000:]}"
+        return log, int(m.group(1))
+
+    def reopen(self, session: Path, wait_s: float = 2.0) -> str:
+        out = self.lua(REOPEN.format(folder=session.parent, name=session.stem, wait_us=int(wait_s * 1e6)),
+                       session.parent.parent / "reopen.lua")
+        assert out.returncode == 0, out.stdout + out.stderr
+        return out.stdout + out.stderr
+
+    def export(self, session: Path, wav: Path) -> tuple[np.ndarray, int]:
+        """ardour7-export's render of the session (float WAV). It may print "double free or corruption"
+        as it exits, after writing its file (DESIGN.md): the file is what counts."""
+        if wav.exists():
+            wav.unlink()
+        out = subprocess.run(["ardour7-export", "-b", "float", "-o", str(wav), str(session.parent), session.stem],
+                             capture_output=True, text=True, timeout=300, env=self.env)
+        assert wav.exists(), out.stdout + out.stderr
+        data, rate = soundfile.read(wav, dtype="float32", always_2d=True)
+        return data, rate
+
+
+def set_tempo_map(session: Path, bpm: int, meter: Meter) -> None:
+    """The session's first tempo (quarter notes per minute) and meter, as Ardour writes them."""
+    import xml.etree.ElementTree as ET
+
+    tree = ET.parse(session)
+    tempo = tree.find("TempoMap/Tempos/Tempo")
+    tempo.set("npm", str(bpm))
+    tempo.set("enpm", str(bpm))
+    tempo.set("note-type", "4")
+    m = tree.find("TempoMap/Meters/Meter")
+    m.set("divisions-per-bar", str(meter.numerator))
+    m.set("note-value", str(meter.denominator))
+    tree.write(session, encoding="UTF-8", xml_declaration=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# jalv on JACK
+
+class Jalv:
+    """The LV2 in jalv on a JACK server (``jack``: the tests' Processes on that server's env).
+
+    Its control outputs are read from ``jalv -p`` ("bars_received = 2.000000" lines) by a thread;
+    controls are set by writing "SYMBOL = VALUE" lines to its stdin (jalv's console)."""
+
+    def __init__(self, jack, plugin_dir: Path, name: str, log: Path, env: Optional[dict] = None,
+                 controls: Optional[dict] = None):
+        lv2_path = log.parent / "lv2"
+        lv2_path.mkdir(exist_ok=True)
+        if not (lv2_path / "stemd.lv2").exists():
+            (lv2_path / "stemd.lv2").symlink_to(plugin_dir / "stemd.lv2")
+        self.name = name
+        self.log = log
+        self.env = jack.env
+        self.values: dict[str, float] = {}
+        self.history: list[tuple[float, str, float]] = []
+        self._lock = threading.Lock()
+        args = ["jalv", "-p", "-x", "-n", name]
+        for k, v in (controls or {}).items():
+            args += ["-c", f"{k}={v}"]
+        self.proc = jack.start([*args, PLUGIN_URI], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, bufsize=1,
+                               env={**jack.env, "LV2_PATH": str(lv2_path), **(env or {})})
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        with open(self.log, "w") as log:
+            for line in self.proc.stdout:
+                log.write(line)
+                log.flush()
+                m = re.match(r"(?:> )*(\w+) = (-?[\d.]+)", line.strip())
+                if m:
+                    with self._lock:
+                        self.values[m.group(1)] = float(m.group(2))
+                        self.history.append((time.monotonic(), m.group(1), float(m.group(2))))
+
+    def set(self, symbol: str, value: float) -> None:
+        self.proc.stdin.write(f"{symbol} = {value}\n")
+        self.proc.stdin.flush()
+
+    def value(self, symbol: str) -> Optional[float]:
+        with self._lock:
+            return self.values.get(symbol)
+
+    def wait_ports(self, timeout: float = 20) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ports = jack_ports(self.env, f"{self.name}:")
+            outs = [p for p in ports if "audio_out" in p]
+            if len(outs) >= 2:
+                return sorted(outs)
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"jalv's stemd ports did not appear:\n{self.log.read_text()[-3000:]}")
+
+    def wait_value(self, symbol: str, at_least: float, timeout: float) -> Optional[float]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            v = self.value(symbol)
+            if v is not None and v >= at_least:
+                return v
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        return self.value(symbol)
+
+
+def jack_ports(env: dict, prefix: str = "") -> list[str]:
+    out = subprocess.run(["jack_lsp"], capture_output=True, text=True, env=env, timeout=20).stdout
+    return [p for p in out.splitlines() if p.startswith(prefix)]
