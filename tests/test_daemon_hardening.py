@@ -64,9 +64,40 @@ def ping_ms(daemon) -> float:
 
 
 # 1 -----------------------------------------------------------------------------------------------
-def test_1_a_datagram_pointing_the_daemon_at_itself_or_at_another_stemd_is_not_answered(start_daemon):
-    a, b = start_daemon(), start_daemon()
+#: ``stemd serve`` that writes every datagram its UDP socket takes in or sends out to its log, as
+#: ``udp-ledger: in|out HOST PORT`` (the line is written before the datagram is handled or sent)
+UDP_LEDGER = """
+import sys
+from stemd.daemon import server
+
+handle_datagram, sendto = server.Server.handle_datagram, server.Server.sendto
+
+def logged_handle_datagram(self, data, addr):
+    print("udp-ledger: in", addr[0], addr[1], file=sys.stderr, flush=True)
+    handle_datagram(self, data, addr)
+
+def logged_sendto(self, data, addr):
+    print("udp-ledger: out", addr[0], addr[1], file=sys.stderr, flush=True)
+    sendto(self, data, addr)
+
+server.Server.handle_datagram, server.Server.sendto = logged_handle_datagram, logged_sendto
+from stemd.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def udp_ledger(daemon) -> list[tuple[str, str, int]]:
+    return [(way, host, int(port)) for way, host, port in
+            (line.split()[1:4] for line in daemon.log.splitlines() if line.startswith("udp-ledger: "))]
+
+
+def test_1_a_datagram_pointing_the_daemon_at_itself_or_at_another_stemd_is_not_answered(start_daemon, tmp_path):
+    wrapper = tmp_path / "ledger_stemd.py"
+    wrapper.write_text(UDP_LEDGER)
+    a, b = (start_daemon(command=[STEMD[0], str(wrapper)]) for _ in range(2))
     with udp() as s:
+        me = s.getsockname()
         for target in (a, b):
             for message in (osc.encode_message("/stemd/ping", "reply_port", target.port),
                             osc.encode_message("/stemd/nope", "reply_port", target.port),
@@ -76,11 +107,28 @@ def test_1_a_datagram_pointing_the_daemon_at_itself_or_at_another_stemd_is_not_a
         s.sendto(osc.encode_message("/stemd/nope", "reply_port", b.port), (HOST, a.port))
         s.sendto(osc.encode_message("/stemd/nope", "reply_port", a.port), (HOST, b.port))
         assert replies(s) == []
+        # a datagram from the daemon's own port on a loopback address (127.0.0.2: the daemon listens on
+        # 127.0.0.1 only, so this socket can hold the port and hear what the daemon would answer)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as own:
+            own.bind(("127.0.0.2", a.port))
+            own.sendto(osc.encode_message("/stemd/ping"), (HOST, a.port))
+            own.sendto(osc.encode_message("/stemd/nope"), (HOST, a.port))
+            assert replies(own) == []
+        for d in (a, b):  # still answering; and each pong's ledger line is written before it is sent
+            s.sendto(osc.encode_message("/stemd/ping"), (HOST, d.port))
+            assert [osc.decode(r).address for r in replies(s)] == ["/stemd/pong"]
+    for d, other in ((a, b), (b, a)):
+        ledger = udp_ledger(d)
+        sent_to_self = [e for e in ledger if e[0] == "out" and e[2] == d.port]
+        assert sent_to_self == [], f"{d.port} sent to its own port: {sent_to_self}"
+        heard_from_self = [e for e in ledger if e[0] == "in" and e[2] == d.port]
+        assert heard_from_self == ([("in", "127.0.0.2", d.port)] * 2 if d is a else []), heard_from_self
+        # what each daemon sent: the one error to the other daemon (as told), and the pong to the test
+        assert [e for e in ledger if e[0] == "out"] == [("out", HOST, other.port), ("out", HOST, me[1])], ledger
     before = [cpu_seconds(daemon_pid(d)) for d in (a, b)]
     time.sleep(1.0)
     spent = [cpu_seconds(daemon_pid(d)) - t for d, t in zip((a, b), before)]
     assert all(x < 0.3 for x in spent), f"CPU seconds in 1 s of quiet: {spent} (answering itself?)"
-    assert a.ping_udp().address == b.ping_udp().address == "/stemd/pong"
 
 
 # 2 -----------------------------------------------------------------------------------------------
