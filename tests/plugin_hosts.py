@@ -276,7 +276,7 @@ class Jalv:
         self.values: dict[str, float] = {}
         self.history: list[tuple[float, str, float]] = []
         self._lock = threading.Lock()
-        args = ["jalv", "-p", "-x", "-n", name]
+        args = ["stdbuf", "-oL", "jalv", "-p", "-x", "-n", name]  # line-buffered: -p lines arrive as printed
         for k, v in (controls or {}).items():
             args += ["-c", f"{k}={v}"]
         self.proc = jack.start([*args, PLUGIN_URI], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -331,3 +331,59 @@ class Jalv:
 def jack_ports(env: dict, prefix: str = "") -> list[str]:
     out = subprocess.run(["jack_lsp"], capture_output=True, text=True, env=env, timeout=20).stdout
     return [p for p in out.splitlines() if p.startswith(prefix)]
+
+
+def read_line(proc: subprocess.Popen, timeout: float) -> str:
+    """One line of a process's stdout (text mode), or "" after ``timeout``."""
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    if sel.select(timeout=timeout):
+        return proc.stdout.readline()
+    return ""
+
+
+class Timebase:
+    """tests/jack_timebase.c on the test's JACK server: the timebase master at ``bpm`` (quarter notes) and
+    ``meter``, with a port ``stemd-timebase:bars`` that has a 0.5 impulse on every bar's first sample."""
+
+    PORT = "stemd-timebase:bars"
+
+    def __init__(self, jack, exe: Path, bpm: int, meter: Meter):
+        self.proc = jack.start([str(exe), str(bpm), str(meter.numerator), str(meter.denominator)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               bufsize=1)
+        line = read_line(self.proc, 15)
+        assert line.strip() == "ready", f"the JACK timebase master did not start: {line!r}"
+
+    def tell(self, command: str) -> None:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        line = read_line(self.proc, 10)
+        assert line.strip() == f"ok {command}", f"the timebase master answered {line!r} to {command!r}"
+
+
+def wait_connected(env: dict, port: str, timeout: float = 15) -> None:
+    """Until ``jack_lsp -c`` lists a connection of ``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["jack_lsp", "-c", port], capture_output=True, text=True, env=env, timeout=10).stdout
+        if len(out.splitlines()) >= 2:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{port} was never connected")
+
+
+def record(jack, ports: list[str], seconds: int, wav: Path, before_play=None) -> subprocess.Popen:
+    """jack_rec recording ``ports`` (32-bit) for ``seconds``; returns once it is connected to all of them."""
+    rec = jack.start(["jack_rec", "-f", str(wav), "-b", "32", "-d", str(seconds), *ports],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for port in ports:
+        wait_connected(jack.env, port)
+    return rec
+
+
+def bar_impulses(reference: np.ndarray) -> np.ndarray:
+    """Indices of the timebase master's bar impulses in a recording of its ``bars`` port."""
+    return np.flatnonzero(reference > 0.25)
