@@ -174,7 +174,7 @@ std::string quoted(std::string_view text) {
 }  // namespace
 
 struct LinkSession::State final : osc::MessageVisitor {
-    explicit State(DaemonListener& l) : listener(l) {}
+    State(DaemonListener& l, size_t max_packet) : listener(l), reader(max_packet) {}
 
     DaemonListener& listener;
     framing::Reader reader;
@@ -399,7 +399,8 @@ struct LinkSession::State final : osc::MessageVisitor {
     }
 };
 
-LinkSession::LinkSession(DaemonListener& listener) : state_(std::make_unique<State>(listener)) {}
+LinkSession::LinkSession(DaemonListener& listener, size_t max_packet)
+    : state_(std::make_unique<State>(listener, max_packet)) {}
 LinkSession::~LinkSession() = default;
 
 const std::string& LinkSession::why() const { return state_->why; }
@@ -414,7 +415,7 @@ bool LinkSession::feed(const uint8_t* data, size_t size) {
         if (status == framing::Reader::Status::Failed) {
             s.fail(std::string(framing::error_text(s.reader.error())) + ": a packet of " +
                    std::to_string(s.reader.bad_size()) + " bytes (the limit is " +
-                   std::to_string(framing::kMaxPacket) + ")");
+                   std::to_string(s.reader.max_packet()) + ")");
             break;
         }
         const osc::Error e = osc::for_each_message(s.reader.packet(), s.reader.packet_size(), s);

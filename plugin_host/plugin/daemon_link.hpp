@@ -102,7 +102,9 @@ std::vector<uint8_t> encode_generate(const Request& request);
 // fuzzer and tests feed it bytes directly.
 class LinkSession {
 public:
-    explicit LinkSession(DaemonListener& listener);
+    // `max_packet`: the largest packet accepted (the daemon's own limit, 64 MiB + 64 KiB; a fuzzer may
+    // ask for less to keep its runs fast).
+    explicit LinkSession(DaemonListener& listener, size_t max_packet = 64u * 1024u * 1024u + 64u * 1024u);
     ~LinkSession();
     LinkSession(const LinkSession&) = delete;
     LinkSession& operator=(const LinkSession&) = delete;
