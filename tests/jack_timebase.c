@@ -4,9 +4,10 @@
  *
  * Tempo counts quarter notes per minute (as stemd and DAWs do); the bar/beat/tick it publishes every
  * cycle are computed from the transport frame exactly (bar k starts at round(k x bar length)). Its
- * output port "bars" carries a 0.5 impulse on the first sample of every bar while the transport rolls
- * (and silence otherwise), so a recording of it beside a plugin's output (jack_rec, all ports read in
- * the same cycle) shows on which transport sample the plugin's audio starts.
+ * output port "frame" carries, on every sample while the transport rolls, that sample's transport
+ * frame plus one, divided by 2^24 (0 while stopped). A recording of it beside a plugin's output
+ * (jack_rec: all ports are read in the same cycle) says on which transport sample each recorded sample
+ * was played, even if the recorder lost a cycle on a loaded machine.
  *
  * Reads "play", "stop", "locate FRAME" lines on stdin and answers each with "ok ..."; prints "ready"
  * once it is the timebase master. Built by the tests: cc -O1 -o jack_timebase jack_timebase.c -ljack
@@ -19,7 +20,7 @@
 #include <string.h>
 
 static double bpm, beats_per_bar, beat_type;
-static jack_port_t *bars_port;
+static jack_port_t *frame_port;
 static const double ticks_per_beat = 1920.0;
 
 /* samples per bar, exact up to a double: a bar is beats_per_bar beats of 4/beat_type quarters */
@@ -63,20 +64,12 @@ static jack_client_t *client;
 static int process(jack_nframes_t nframes, void *arg)
 {
     (void)arg;
-    float *out = jack_port_get_buffer(bars_port, nframes);
-    memset(out, 0, nframes * sizeof(float));
+    float *out = jack_port_get_buffer(frame_port, nframes);
     jack_position_t pos;
-    if (jack_transport_query(client, &pos) != JackTransportRolling || !pos.frame_rate)
-        return 0;
-    long bar = (long)floor(pos.frame / bar_samples(pos.frame_rate));
-    while (bar > 0 && bar_start(bar, pos.frame_rate) > (long)pos.frame)
-        bar--;
-    for (;; bar++) {
-        long at = bar_start(bar, pos.frame_rate) - (long)pos.frame;
-        if (at >= (long)nframes)
-            break;
-        if (at >= 0)
-            out[at] = 0.5f;
+    int rolling = jack_transport_query(client, &pos) == JackTransportRolling;
+    for (jack_nframes_t i = 0; i < nframes; i++) {
+        /* (frame + 1) / 2^24: exact in a float and in a 32-bit WAV below 2^24 - 1 frames (5.8 min) */
+        out[i] = rolling ? (float)((double)(pos.frame + i + 1) / 16777216.0) : 0.0f;
     }
     return 0;
 }
@@ -99,8 +92,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "jack_timebase: no JACK server\n");
         return 1;
     }
-    bars_port = jack_port_register(client, "bars", JACK_DEFAULT_AUDIO_TYPE, JackPortIsOutput, 0);
-    if (!bars_port || jack_set_process_callback(client, process, NULL) ||
+    frame_port = jack_port_register(client, "frame", JACK_DEFAULT_AUDIO_TYPE, JackPortIsOutput, 0);
+    if (!frame_port || jack_set_process_callback(client, process, NULL) ||
         jack_set_timebase_callback(client, 0, timebase, NULL) || jack_activate(client)) {
         fprintf(stderr, "jack_timebase: cannot become the JACK timebase master\n");
         return 1;

@@ -346,9 +346,10 @@ def read_line(proc: subprocess.Popen, timeout: float) -> str:
 
 class Timebase:
     """tests/jack_timebase.c on the test's JACK server: the timebase master at ``bpm`` (quarter notes) and
-    ``meter``, with a port ``stemd-timebase:bars`` that has a 0.5 impulse on every bar's first sample."""
+    ``meter``, with a port ``stemd-timebase:frame`` that carries each sample's transport frame
+    (:func:`transport_frames` reads it back from a recording)."""
 
-    PORT = "stemd-timebase:bars"
+    PORT = "stemd-timebase:frame"
 
     def __init__(self, jack, exe: Path, bpm: int, meter: Meter):
         self.proc = jack.start([str(exe), str(bpm), str(meter.numerator), str(meter.denominator)],
@@ -384,6 +385,14 @@ def record(jack, ports: list[str], seconds: int, wav: Path, before_play=None) ->
     return rec
 
 
-def bar_impulses(reference: np.ndarray) -> np.ndarray:
-    """Indices of the timebase master's bar impulses in a recording of its ``bars`` port."""
-    return np.flatnonzero(reference > 0.25)
+def transport_frames(reference: np.ndarray) -> np.ndarray:
+    """The transport frame of each recorded sample, from a recording of the timebase master's ``frame``
+    port (read as float64); -1 where the transport was stopped."""
+    return np.rint(reference.astype(np.float64) * (1 << 24)).astype(np.int64) - 1
+
+
+def read_recording(wav: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """(the plugin's two channels, the transport frame of each sample, rate) of a jack_rec recording of
+    the plugin's outputs and the timebase master's ``frame`` port, in that order."""
+    audio, rate = soundfile.read(wav, dtype="float64", always_2d=True)
+    return audio[:, :2].astype(np.float32), transport_frames(audio[:, 2]), rate
