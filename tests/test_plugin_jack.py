@@ -73,7 +73,9 @@ def test_lv2_in_jalv_follows_jack_transport_at_97_bpm_3_4_and_its_take_starts_on
     assert frames[first] == GRID.bar_start_sample(2, RATE) == 178144, \
         f"the take starts on transport sample {frames[first]}, bar 3 is 178144"
     # the take as the daemon made it, each sample on its transport frame (three clicks a bar)
-    take, _ = soundfile.read(sorted(daemon.out.rglob("*.wav"))[0], dtype="float32", always_2d=True)
+    wavs = sorted(daemon.out.rglob("*.wav"))
+    assert len(wavs) == 1, f"one generate, {len(wavs)} takes: {[w.name for w in wavs]}"
+    take, _ = soundfile.read(wavs[0], dtype="float32", always_2d=True)
     rolled = frames >= 0
     at = {f: i for i, f in zip(np.flatnonzero(rolled), frames[rolled])}
     span = [at.get(178144 + k) for k in range(len(take))]
