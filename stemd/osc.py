@@ -147,14 +147,20 @@ class _Reader:
         self.pos += n
         return chunk
 
+    def padding(self, start: int, what: str) -> None:
+        """The bytes from ``start`` to the current position pad ``what``: OSC pads with NUL bytes only."""
+        if self.raw[start: self.pos].strip(b"\0"):
+            raise OSCDecodeError(f"{what} is padded with bytes other than NUL (offset {start})")
+
     def string(self, what: str) -> str:
         end = self.raw.find(b"\0", self.pos) - self.pos  # no copy of the rest: blobs may be 64 MiB
         if end < 0:
             raise OSCDecodeError(f"{what} is not NUL-terminated")
         raw = self.raw[self.pos: self.pos + end]
-        self.pos += _pad(end + 1)
+        start, self.pos = self.pos, self.pos + _pad(end + 1)
         if self.pos > len(self.data):
             raise OSCDecodeError(f"{what} padding runs past the end of the packet")
+        self.padding(start + end + 1, what)
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -181,6 +187,7 @@ def _decode_args(reader: _Reader, tags: str) -> tuple:
                 raise OSCDecodeError(f"blob claims {size} bytes but only {reader.remaining()} remain")
             out.append(reader.take(size, "a blob"))
             reader.take(_pad(size) - size, "blob padding")
+            reader.padding(reader.pos - _pad(size) + size, "a blob")
         elif tag == "h":
             out.append(struct.unpack(">q", reader.take(8, "an int64"))[0])
         elif tag == "d":
