@@ -190,7 +190,9 @@ def test_loudness_normalisation_hits_the_target(tmp_path):
     run_job(small_job(tmp_path, bars=[4], lufs=-23.0, format="float32"), progress=False)
     import pyloudnorm
 
-    for t in read_manifest(tmp_path)["takes"]:
+    takes = read_manifest(tmp_path)["takes"]
+    assert len(takes) == 2                            # prompts a and b: a loop over none would pass
+    for t in takes:
         data, rate = soundfile.read(tmp_path / t["file"])
         assert abs(pyloudnorm.Meter(rate).integrated_loudness(data) - (-23.0)) < 0.05
         assert abs(t["lufs"] - (-23.0)) < 0.05
