@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from stemd.models.diffusion.canvas import canvas_bound
 from stemd.models.weights import WEIGHT_SUFFIXES
 
 SAFETY = 1.25
@@ -43,7 +44,6 @@ DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, 
 MUSICGEN_TEXT_TOKENS = 256      # cross-attention K/V: the longest prompt the estimate allows for
 MUSICGEN_WINDOW_SECONDS = 30.0  # a take longer than the window slides: the cache never grows past it
 MUSICGEN_CODEC_SECONDS = 2.0    # EnCodec decodes a chunk with its context at a time
-BAR_MARGIN_SECONDS = 8.0        # diffusion canvases: the take x 1.1 plus one bar (at most 8 s)
 
 
 def gib(n: float) -> str:
@@ -129,7 +129,7 @@ def _musicgen(arch: dict, seconds: float, variations: int, b: int) -> int:
 
 def _diffusion(arch: dict, seconds: float, variations: int, b: int) -> int:
     rows = 2 * variations                         # guided: the unconditional half too
-    canvas = seconds * 1.1 + BAR_MARGIN_SECONDS
+    canvas = canvas_bound(seconds)
     frames = math.ceil(canvas / arch["latent_seconds"])
     tokens = math.ceil(frames / arch.get("patch", 1))
     hidden = arch["hidden"]

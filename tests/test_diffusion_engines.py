@@ -7,6 +7,7 @@ command lines and a real ``stemd serve`` process.
 
 import importlib.util
 import json
+import math
 import subprocess
 
 import numpy as np
@@ -83,7 +84,8 @@ def test_stable_audio_3_text_to_audio_is_the_pipelines_own_call(engines, pipelin
 
     engine, s = engines[SA3], spec()
     ours = engine.raw(s)
-    theirs = reference(pipelines[SA3])(prompt=describe(s), duration=engine.canvas_seconds(s), num_waveforms_per_prompt=2,
+    canvas = canvas_frames(4096, 44100) * 4096 / 44100
+    theirs = reference(pipelines[SA3])(prompt=describe(s), duration=canvas, num_waveforms_per_prompt=2,
                                        generator=generators(5, 2), num_inference_steps=8).audios.numpy()
     assert ours.shape == theirs.shape == (2, 2, ours.shape[2])
     assert ours.shape[2] >= int(float(s.seconds) * 44100)
@@ -92,39 +94,91 @@ def test_stable_audio_3_text_to_audio_is_the_pipelines_own_call(engines, pipelin
     assert describe(s) == "dusty funk drums, 97 BPM, 3/4 time, F# minor"
 
 
-def test_stable_audio_3_continuation_and_variation_are_its_inpaint_and_audio_to_audio_calls(engines, pipelines):
+# A continuation keeps the selection's last whole latent frames, 10 s at most, before the canvas (the take x 1.1
+# plus its first bar, in whole frames); the tail is trimmed from the output. The references below build that
+# from these numbers alone: Stable Audio 3's test model has 4096-sample frames at 44.1 kHz, ACE-Step's 1920 at
+# 48 kHz, and the take is spec()'s 3 bars of 97 BPM 3/4 (540/97 s, its first bar 180/97 s).
+TAKE, BAR = 540 / 97, 180 / 97
+
+
+def canvas_frames(frame, rate):
+    return math.ceil((TAKE * 1.1 + BAR) * rate / frame)
+
+
+def tail_then_silence(selection, keep, canvas):
+    """The selection's last ``keep`` samples, then ``canvas`` samples of silence."""
+    out = np.zeros((2, keep + canvas), dtype=np.float32)
+    out[:, :keep] = selection[:, selection.shape[1] - keep:]
+    return out
+
+
+@pytest.mark.parametrize("samples,kept_frames", [
+    (int(12.5 * 44100), 107),     # past the cap: 10 s are 107.7 frames, so the last 107
+    (15 * 4096 + 1000, 15),       # 15 whole frames (15 x 4096 / 44100 s x 44100 / 4096 floors to 14 in floats)
+    (2205, 0)])                   # not one whole frame: the prompt alone, the text-to-audio call
+def test_stable_audio_3_continuation_keeps_the_selections_last_whole_frames_and_inpaints_after_them(
+        engines, pipelines, samples, kept_frames):
+    import torch
+    from diffusers import StableAudio3InpaintPipeline
+    from stemd.models.stable_audio3.engine import describe
+
+    engine, frame, rate = engines[SA3], 4096, 44100
+    selection = noise_take(samples / rate, rate, seed=4)          # at the model's rate: nothing resampled
+    s = spec(continuation=selection, variations=1)
+    ours = engine.raw(s)
+    ref = reference(pipelines[SA3])
+    frames = canvas_frames(frame, rate)
+    common = dict(prompt=describe(s), generator=generators(5, 1), num_inference_steps=8, num_waveforms_per_prompt=1)
+    if kept_frames == 0:
+        theirs = ref(duration=frames * frame / rate, **common).audios.numpy()
+    else:
+        keep = kept_frames * frame
+        audio = torch.from_numpy(tail_then_silence(selection.samples, keep, frames * frame))[None]
+        duration = keep / rate + frames * frame / rate
+        mask = torch.ones(1, 1, math.ceil(duration * rate / frame))  # 1 keeps a latent frame, 0 makes it anew
+        mask[:, :, kept_frames:] = 0
+        inpaint = StableAudio3InpaintPipeline(**ref.components)
+        theirs = inpaint(duration=duration, audio=audio, mask=mask, **common).audios.numpy()[:, :, keep:]
+    assert ours.shape == theirs.shape and ours.shape[2] >= frames * frame - 1
+    assert np.abs(ours - theirs).max() < 1e-5
+
+
+def test_stable_audio_3_continuation_of_audio_at_another_rate_and_a_variation_of_it(engines, pipelines):
     import torch
     from diffusers import StableAudio3AudioToAudioPipeline, StableAudio3InpaintPipeline
     from stemd.models.stable_audio3.engine import describe
 
-    engine = engines[SA3]
+    engine, frame, rate = engines[SA3], 4096, 44100
     ref = reference(pipelines[SA3])
     given = noise_take(3.0, 48000)                       # the DAW's selection at the DAW's rate
     s = spec(continuation=given, variations=1)
     ours = engine.raw(s)
-    source = engine.source_audio(given)
-    ratio = ref.vae.downsampling_ratio
-    keep = source.shape[-1] // ratio * ratio
-    canvas = engine.canvas_seconds(s)
-    audio = torch.nn.functional.pad(source[:, -keep:], (0, int(round(canvas * 44100))))[None]
+    source = engine.source_audio(given).numpy()          # 3 s at 44.1 kHz: 132,300 samples, 32 whole frames
+    assert source.shape == (2, 132300)
+    keep, frames = 32 * frame, canvas_frames(frame, rate)
+    audio = torch.from_numpy(tail_then_silence(source, keep, frames * frame))[None]
+    duration = keep / rate + frames * frame / rate
+    mask = torch.ones(1, 1, math.ceil(duration * rate / frame))
+    mask[:, :, 32:] = 0
     inpaint = StableAudio3InpaintPipeline(**ref.components)
-    theirs = inpaint(prompt=describe(s), duration=keep / 44100 + canvas, audio=audio, mask_start_seconds=keep / 44100,
-                     mask_end_seconds=keep / 44100 + canvas, generator=generators(5, 1), num_inference_steps=8,
-                     num_waveforms_per_prompt=1).audios.numpy()[:, :, keep:]
+    theirs = inpaint(prompt=describe(s), duration=duration, audio=audio, mask=mask, generator=generators(5, 1),
+                     num_inference_steps=8, num_waveforms_per_prompt=1).audios.numpy()[:, :, keep:]
     assert ours.shape == theirs.shape and np.abs(ours - theirs).max() < 1e-5
 
     s = spec(continuation=given, variations=1, extra={"strength": 0.4})
     ours = engine.raw(s)
+    canvas = frames * frame / rate                       # the whole selection, then silence to the canvas's end
+    audio = torch.from_numpy(tail_then_silence(source, source.shape[1], frames * frame - source.shape[1]))[None]
     a2a = StableAudio3AudioToAudioPipeline(**ref.components)
-    theirs = a2a(prompt=describe(s), duration=canvas, audio=engine.source_audio(given, canvas)[None],
+    theirs = a2a(prompt=describe(s), duration=canvas, audio=audio,
                  init_noise_level=0.4, generator=generators(5, 1), num_inference_steps=8).audios.numpy()
     assert ours.shape == theirs.shape and np.abs(ours - theirs).max() < 1e-5
 
 
-def ace_reference_args(engine, s, **kw):
+def ace_reference_args(s, **kw):
     args = dict(prompt=[s.prompt] * s.variations, lyrics=[""] * s.variations, bpm=97, timesignature="3",
                 keyscale="F# minor", generator=generators(5, s.variations), num_inference_steps=8,
-                guidance_scale=1.0, audio_duration=engine.canvas_seconds(s))
+                guidance_scale=1.0, audio_duration=canvas_frames(1920, 48000) * 1920 / 48000)
     args.update(kw)
     return args
 
@@ -132,7 +186,7 @@ def ace_reference_args(engine, s, **kw):
 def test_ace_step_text_to_music_gets_the_grid_and_key_and_is_the_pipelines_own_call(engines, pipelines):
     engine, s = engines[ACE], spec()
     ours = engine.raw(s)
-    theirs = reference(pipelines[ACE])(**ace_reference_args(engine, s)).audios.numpy()
+    theirs = reference(pipelines[ACE])(**ace_reference_args(s)).audios.numpy()
     assert ours.shape == theirs.shape and np.abs(ours - theirs).max() < 1e-5
     assert np.abs(ours[0] - ours[1]).max() > 1e-3
 
@@ -144,17 +198,46 @@ def test_ace_step_lego_extract_and_repaint_are_the_pipelines_own_tasks(engines, 
     import torch
 
     engine = engines[ACE]
-    given = noise_take(4.0, 44100, seed=3)
+    given = noise_take(4.0, 48000, seed=3)
     s = spec(continuation=given, variations=1, extra={"key": "F# minor", **extra})
     ours = engine.raw(s)
-    canvas = engine.canvas_seconds(s)
-    kw = dict(task, src_audio=engine.source_audio(given, canvas))
+    # the given take as it is, then silence to the canvas's end (the pipeline works over the canvas)
+    src = tail_then_silence(given.samples, given.samples.shape[1], canvas_frames(1920, 48000) * 1920 - 4 * 48000)
+    kw = dict(task, src_audio=torch.from_numpy(src))
     if "repaint" in extra:     # bars 2-3 of a 97 BPM 3/4 take: from 180/97 s to the end of bar 3
         kw.update(repainting_start=180 / 97, repainting_end=3 * 180 / 97)
     pipe = reference(pipelines[ACE])          # (loading draws from torch's global generator)
     torch.manual_seed(5)                      # the autoencoder samples its latent from it
-    theirs = pipe(**ace_reference_args(engine, s, **kw)).audios.numpy()
+    theirs = pipe(**ace_reference_args(s, **kw)).audios.numpy()
     assert ours.shape == theirs.shape and np.abs(ours - theirs).max() < 1e-5
+
+
+@pytest.mark.parametrize("samples,kept_frames", [
+    (int(12.5 * 48000), 250),     # past the cap: the last 10 s, 250 frames
+    (29 * 1920 + 500, 29),        # 29 whole frames (29 x 1920 / 48000 s x 25 floors to 28 in floats)
+    (960, 0)])                    # not one whole frame: the prompt alone, text2music
+def test_ace_step_plain_continuation_keeps_the_selections_last_whole_frames_and_repaints_after_them(
+        engines, pipelines, samples, kept_frames):
+    import torch
+
+    engine, frame, rate = engines[ACE], 1920, 48000
+    selection = noise_take(samples / rate, rate, seed=6)
+    s = spec(continuation=selection, variations=1)
+    ours = engine.raw(s)
+    frames = canvas_frames(frame, rate)
+    pipe = reference(pipelines[ACE])
+    if kept_frames == 0:
+        theirs = pipe(**ace_reference_args(s, audio_duration=frames * frame / rate)).audios.numpy()
+    else:
+        keep = kept_frames * frame
+        src = torch.from_numpy(tail_then_silence(selection.samples, keep, frames * frame))
+        # ACE-Step floors seconds x 25 to a latent frame: the middle of frame kept_frames names it exactly
+        kw = dict(task_type="repaint", src_audio=src, repainting_start=(kept_frames + 0.5) / 25, repainting_end=-1,
+                  audio_duration=keep / rate + frames * frame / rate)
+        torch.manual_seed(5)
+        theirs = pipe(**ace_reference_args(s, **kw)).audios.numpy()[:, :, keep:]
+    assert ours.shape == theirs.shape and ours.shape[2] >= frames * frame - 1
+    assert np.abs(ours - theirs).max() < 1e-5
 
 
 # --- keys each family has, and refuses ------------------------------------------------------------------

@@ -4,8 +4,8 @@ ACE-Step is told the grid: ``bpm`` (whole BPM), ``timesignature`` (the meter's b
 3/4, as its metadata writes it) and ``keyscale`` (the request's ``key``, "F# minor"). It is instrumental
 here (no lyrics). Its tasks map onto request keys, each over the request's audio (``continuation`` or
 ``continuation_path``):
-- continuation alone: the selection's last ``KEEP_SECONDS`` are kept and the canvas after them is repainted
-  (the selection is trimmed from the output);
+- continuation alone: the selection's tail (models/diffusion/canvas.py: at most 10 s, whole latent frames)
+  is kept and the canvas after it is repainted (the tail is trimmed from the output);
 - ``repaint "A-B"``: bars A to B of the given take (counted from 1) are made again, the rest kept;
 - ``track NAME``: "lego", a NAME part (drums, bass, ...) made to play over the given audio;
 - ``extract NAME``: the NAME stem of the given audio.
@@ -16,24 +16,19 @@ checkpoints, as ACE-Step's adaptive projected guidance.
 
 from __future__ import annotations
 
-import math
-import re
 from typing import Optional
 
 from stemd.models.base import GenerationSpec
+from stemd.models.diffusion.canvas import LatentFrames
 from stemd.models.diffusion.engine import DiffusionEngine
 from stemd.protocol import ProtocolError
 
-KEEP_SECONDS = 10.0
-MAX_SECONDS = 600.0       # ACE-Step 1.5 makes up to ten minutes
+LONGEST_CANVAS = 600.0    # ACE-Step 1.5 makes up to ten minutes
 
 
-def parse_repaint(value: str, bars: int) -> tuple[int, int]:
-    """``"2-3"`` -> (2, 3): bars of the take, from 1, inclusive."""
-    m = re.fullmatch(r"\s*(\d{1,4})\s*-\s*(\d{1,4})\s*", value)
-    if not m:
-        raise ProtocolError("bad_arguments", f"repaint must be 'FIRST-LAST' bars of the take (from 1), got {value!r}")
-    first, last = int(m.group(1)), int(m.group(2))
+def repaint_bars(value: str, bars: int) -> tuple[int, int]:
+    """``"2-3"`` (the protocol checked its form) -> (2, 3): bars of the take, from 1, inclusive."""
+    first, last = (int(n) for n in value.split("-"))
     if not 1 <= first <= last <= bars:
         raise ProtocolError("out_of_range", f"repaint bars must lie within 1..{bars} with FIRST <= LAST, got {value!r}")
     return first, last
@@ -42,11 +37,9 @@ def parse_repaint(value: str, bars: int) -> tuple[int, int]:
 class AceStepEngine(DiffusionEngine):
     family = "ace-step"
     accepts = frozenset({"steps", "guidance", "track", "extract", "repaint"})
-    max_seconds = MAX_SECONDS / 1.1
 
-    def __init__(self, pipe, *args, **kwargs):
-        super().__init__(pipe, *args, **kwargs)
-        self.latent_seconds = 1.0 / pipe.latents_per_second
+    def latent_frames(self, pipe) -> LatentFrames:
+        return LatentFrames(round(self.sample_rate / pipe.latents_per_second), self.sample_rate, LONGEST_CANVAS)
 
     def kwargs(self, spec: GenerationSpec, callback) -> dict:
         """The arguments of one call: the caption once per variation, the grid as ACE-Step's metadata."""
@@ -89,18 +82,16 @@ class AceStepEngine(DiffusionEngine):
             return self.pipe(task_type=task, track_name=track, src_audio=self.source_audio(spec.continuation, canvas),
                              audio_duration=canvas, **args).audios
         if spec.extra.get("repaint"):
-            first, last = parse_repaint(spec.extra["repaint"], spec.bars)
+            first, last = repaint_bars(spec.extra["repaint"], spec.bars)
             origin = spec.grid.bar_start_seconds(spec.start_bar)
             start = float(spec.grid.bar_start_seconds(spec.start_bar + first - 1) - origin)
             end = float(spec.grid.bar_start_seconds(spec.start_bar + last) - origin)
             return self.pipe(task_type="repaint", src_audio=self.source_audio(spec.continuation, canvas),
                              repainting_start=start, repainting_end=end, audio_duration=canvas, **args).audios
         # continuation: keep the selection's tail, repaint the canvas after it, trim the tail off
-        source = self.source_audio(spec.continuation)
-        per_frame = round(self.latent_seconds * self.sample_rate)
-        keep = min(source.shape[-1] // per_frame, math.floor(KEEP_SECONDS / self.latent_seconds)) * per_frame
-        kept = keep / self.sample_rate
-        src = torch.nn.functional.pad(source[:, source.shape[-1] - keep:], (0, int(round(canvas * self.sample_rate))))
-        out = self.pipe(task_type="repaint", src_audio=src, repainting_start=kept, repainting_end=-1,
-                        audio_duration=kept + canvas, **args).audios
-        return out[:, :, keep:]
+        tail = self.continuation(spec, canvas)
+        if tail is None:
+            return self.pipe(audio_duration=canvas, **args).audios
+        out = self.pipe(task_type="repaint", src_audio=tail.audio, repainting_start=tail.mask_start, repainting_end=-1,
+                        audio_duration=tail.seconds, **args).audios
+        return tail.trim(out)

@@ -1,8 +1,8 @@
 """What the diffusion engines share: a diffusers pipeline held warm, one call per take.
 
 A diffusion model makes the whole take at once. The engine asks its pipeline for a canvas a little
-longer than the take (``MARGIN`` plus one bar, rounded up to the model's latent granularity: conform
-may stretch, and the first downbeat may come late), in one batch for all variations, with one seeded
+longer than the take (models/diffusion/canvas.py: the take x 1.1 plus one bar, in whole latent frames;
+a continuation keeps the selection's tail before it), in one batch for all variations, with one seeded
 generator per variation: variation ``v`` of seed ``s`` is the pipeline's call with seed ``s + v``, so a
 take is reproducible on its own. ``should_stop`` is checked and ``on_progress`` reported between
 denoising steps (the pipelines' ``callback_on_step_end``). The canvas goes to the pipeline as one block;
@@ -16,20 +16,18 @@ tests/test_diffusion_engines.py holds both to 1e-5.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import numpy as np
 
 from stemd.licenses import card_for_readme, describe
+from stemd.models.diffusion.canvas import LatentFrames
 from stemd.models.quiet import quiet_loading
 from stemd.models.base import (Audio, AudioStream, Cancelled, Engine, EngineError, GenerationSpec, never_stop,
                                no_progress)
 from stemd.protocol import random_seed
 
-#: generate this much more than the take (conform may stretch by the tempo it finds), plus one bar
-MARGIN = 1.1
 log = logging.getLogger("stemd.models.diffusion")
 
 
@@ -51,13 +49,12 @@ class DiffusionEngine(Engine):
     family = ""
     #: request keys this family has beyond the common ones (protocol names)
     accepts: frozenset = frozenset({"steps", "guidance"})
-    #: seconds of audio per latent frame (the canvas is a whole number of them)
-    latent_seconds = 0.1
 
     def __init__(self, pipe, folder: Path, name: str, device, dtype, *, test_model: bool = False):
         self.pipe, self.folder, self.name = pipe, Path(folder), name
         self.device, self.dtype, self.test_model = device, dtype, test_model
         self.pipe.set_progress_bar_config(disable=True)
+        self.latents = self.latent_frames(pipe)
         self.license = card_for_readme(self.folder / "README.md", self.family, test_model=test_model)
         self._weights_sha256: Optional[str] = None
 
@@ -100,15 +97,21 @@ class DiffusionEngine(Engine):
             self._weights_sha256 = weights_sha256(self.folder)
         return self._weights_sha256
 
-    def canvas_seconds(self, spec: GenerationSpec) -> float:
-        """The length the pipeline makes for ``spec``: the take x MARGIN + one bar, in whole latent frames."""
-        seconds = float(spec.seconds) * MARGIN + float(spec.grid.bar_seconds(spec.start_bar))
-        frames = math.ceil(seconds / self.latent_seconds - 1e-9)
-        return min(frames * self.latent_seconds, self.max_canvas_seconds)
+    def latent_frames(self, pipe) -> LatentFrames:
+        """The model's latent frames and its longest canvas."""
+        raise NotImplementedError
 
     @property
-    def max_canvas_seconds(self) -> float:
-        return self.max_seconds * MARGIN + 8.0
+    def max_seconds(self) -> float:
+        return self.latents.longest_take
+
+    def canvas_seconds(self, spec: GenerationSpec) -> float:
+        """The length the pipeline makes for ``spec`` (models/diffusion/canvas.py)."""
+        return self.latents.canvas_seconds(float(spec.seconds), float(spec.grid.bar_seconds(spec.start_bar)))
+
+    def continuation(self, spec: GenerationSpec, canvas: float):
+        """The selection's tail before a canvas of ``canvas`` seconds (None: not one latent frame of it)."""
+        return self.latents.continuation(self.source_audio(spec.continuation), canvas)
 
     def seeds(self, spec: GenerationSpec) -> list[int]:
         """Variation ``v`` is seed ``spec.seed + v`` (a random seed when the request named none)."""

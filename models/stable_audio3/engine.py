@@ -2,8 +2,9 @@
 
 One loaded folder serves three calls, sharing its components:
 - text to audio (``StableAudio3Pipeline``): the prompt with the grid's tempo and meter;
-- continuation (``StableAudio3InpaintPipeline``): the DAW's selection (its last ``KEEP_SECONDS``, whole
-  latent frames) is kept and the canvas after it is inpainted; the selection is trimmed from the output;
+- continuation (``StableAudio3InpaintPipeline``): the DAW's selection's tail (models/diffusion/canvas.py:
+  at most 10 s, whole latent frames) is kept and the canvas after it is inpainted; the tail is trimmed
+  from the output;
 - a variation of a take (``StableAudio3AudioToAudioPipeline``): the request's audio noised to
   ``strength`` (0: keep it, 1: ignore it) and denoised again.
 
@@ -14,12 +15,9 @@ passed through for the base checkpoints. Stable Audio 3 has no tempo input: the 
 
 from __future__ import annotations
 
-import math
-
 from stemd.models.base import GenerationSpec
+from stemd.models.diffusion.canvas import LatentFrames
 from stemd.models.diffusion.engine import DiffusionEngine
-
-KEEP_SECONDS = 10.0       # the most of a continuation the inpaint call keeps
 
 
 def describe(spec: GenerationSpec) -> str:
@@ -38,11 +36,12 @@ class StableAudio3Engine(DiffusionEngine):
 
     def __init__(self, pipe, *args, **kwargs):
         super().__init__(pipe, *args, **kwargs)
-        self.latent_seconds = pipe.vae.downsampling_ratio / self.sample_rate
-        # the duration conditioner's range is the model's longest take (120 s small, 384 s medium)
-        longest = float(pipe.duration_embedder.config.max_val)
-        self.max_seconds = max(1.0, (longest - 8.0) / 1.1)
         self._calls: dict = {}
+
+    def latent_frames(self, pipe) -> LatentFrames:
+        # the duration conditioner's range is the model's longest canvas (120 s small, 384 s medium)
+        return LatentFrames(int(pipe.vae.downsampling_ratio), self.sample_rate,
+                            float(pipe.duration_embedder.config.max_val))
 
     def call(self, kind: str):
         """The pipeline for ``kind`` (text, inpaint, a2a) over this engine's components."""
@@ -65,8 +64,6 @@ class StableAudio3Engine(DiffusionEngine):
         return out
 
     def make(self, spec: GenerationSpec, callback):
-        import torch
-
         canvas = self.canvas_seconds(spec)
         strength = spec.extra.get("strength")
         if strength is not None:
@@ -78,17 +75,9 @@ class StableAudio3Engine(DiffusionEngine):
             audio = self.source_audio(spec.continuation, canvas)[None]
             return self.call("a2a")(duration=canvas, audio=audio, init_noise_level=float(strength),
                                     **self.kwargs(spec, callback)).audios
-        if spec.continuation is None:
+        tail = self.continuation(spec, canvas) if spec.continuation is not None else None
+        if tail is None:
             return self.call("text")(duration=canvas, **self.kwargs(spec, callback)).audios
-        source = self.source_audio(spec.continuation)
-        ratio = self.pipe.vae.downsampling_ratio
-        keep = min(source.shape[-1] // ratio, math.floor(KEEP_SECONDS / self.latent_seconds)) * ratio
-        if keep == 0:
-            return self.call("text")(duration=canvas, **self.kwargs(spec, callback)).audios
-        kept = keep / self.sample_rate
-        total = kept + canvas
-        audio = source[:, source.shape[-1] - keep:]
-        audio = torch.nn.functional.pad(audio, (0, int(round(canvas * self.sample_rate))))[None]
-        out = self.call("inpaint")(duration=total, audio=audio, mask_start_seconds=kept, mask_end_seconds=total,
-                                   **self.kwargs(spec, callback)).audios
-        return out[:, :, keep:]
+        out = self.call("inpaint")(duration=tail.seconds, audio=tail.audio[None], mask_start_seconds=tail.mask_start,
+                                   mask_end_seconds=tail.mask_end, **self.kwargs(spec, callback)).audios
+        return tail.trim(out)
