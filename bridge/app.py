@@ -63,7 +63,6 @@ class Bridge:
         self.writer = FolderWriter(self.out_dir, subtype)
         self._listeners: list[Listener] = []
         self._requests: dict[str, PendingTake] = {}
-        self._models: dict = {}     # what /stemd/models said last, for sidecars
         self.delivery_errors: dict[str, list] = {}   # take id -> what a delivery (a DAW insert) said went wrong
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stemd-deliver")
         self._lock = threading.Lock()
@@ -232,33 +231,16 @@ class Bridge:
         elif event.kind == "cancelled":
             self._set(take_id, "cancelled")
 
-    def provenance(self, model: str) -> dict:
-        """What a take's sidecar says of the model that made it (``model``: the request's; "" the daemon's
-        first), as the daemon's /stemd/models says it once the model is loaded."""
-        out = {"model": model or self.client.model, "daemon": f"{self.client.host}:{self.client.port}"}
-        row = self._models.get(model) if model else next(iter(self._models.values()), None)
-        if not row or not row["loaded"]:   # asked again until it is loaded (then its hash is known; click has none)
-            self._models = self.client.models() or self._models
-            row = self._models.get(model) if model else next(iter(self._models.values()), None)
-        if row:
-            out.update({"model": row["name"], "model_name": row["name"], "family": row["family"],
-                        "license": {"name": row["license"], "commercial": bool(row["commercial"])},
-                        "commercial_use": bool(row["commercial"])})
-            if row["weights_sha256"]:
-                out["weights_sha256"] = row["weights_sha256"]
-        return out
-
     def _deliver(self, handle: PendingTake) -> None:
         self._requests.pop(handle.id, None)
         take_id, request = handle.id, handle.request
         files = []
         try:
             variations = handle.variations or [0]
-            provenance = self.provenance(request.model)
             for v in variations:
                 audio, rate, start_sample = handle.audio(v)
                 path = self.writer.write(take_id, request, v if len(variations) > 1 else None, audio, rate,
-                                         provenance)
+                                         handle.sidecars.get(v), f"{self.client.host}:{self.client.port}")
                 files.append(str(path))
                 delivered = DeliveredTake(take_id, request, v, path, audio, rate, start_sample)
                 for delivery in self.deliveries:

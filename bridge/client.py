@@ -2,8 +2,9 @@
 
 One :class:`DaemonClient` per daemon. A background reader thread frames the stream (OSC 1.0 length
 prefix, or SLIP if the daemon answers that way), decodes each packet with ``stemd.osc`` and hands it to
-the :class:`PendingTake` it belongs to. A request collects its chunks per variation and bar; when the
-daemon says ``/stemd/done`` it can give back each variation's audio, bars in order, checked complete.
+the :class:`PendingTake` it belongs to. A request collects its chunks per variation and bar, and each
+variation's sidecar (``/stemd/sidecar``); when the daemon says ``/stemd/done`` it can give back each
+variation's audio, bars in order, checked complete.
 Nothing here knows about DAWs or files.
 """
 
@@ -59,6 +60,7 @@ class PendingTake:
         self.request = request
         self.on_event = on_event
         self.chunks: dict[int, dict[int, Chunk]] = {}
+        self.sidecars: dict[int, str] = {}      # variation -> the daemon's /stemd/sidecar text
         self.finished = threading.Event()
         self.error: Optional[ProtocolError] = None
 
@@ -71,6 +73,9 @@ class PendingTake:
         if event.kind == "chunk":
             c = event.chunk
             self.chunks.setdefault(c.variation, {})[c.bar_index] = c
+        elif event.kind == "sidecar":
+            variation, text = event.args[1:3]
+            self.sidecars[variation] = text
         elif event.kind == "error":
             code = event.args[1] if len(event.args) > 1 and event.args[1] in protocol.ERROR_CODES else "internal"
             message = str(event.args[2]) if len(event.args) > 2 else "the daemon reported an error"
@@ -261,6 +266,8 @@ class DaemonClient:
                     chunk = Chunk.from_args(args)
                 except (ProtocolError, ValueError):
                     return
+            elif address == protocol.SIDECAR and not _is_sidecar(args):
+                return      # not the documented shape: the take's sidecar counts as never arrived
             handle._handle(Event(kind, request_id, args, chunk))
             if handle.finished.is_set():
                 self._requests.pop(request_id, None)
@@ -274,6 +281,12 @@ class DaemonClient:
             return
         if self.on_unrouted is not None:
             self.on_unrouted(message)
+
+
+def _is_sidecar(args: tuple) -> bool:
+    """``<id:s> <variation:i> <json:s>``, the JSON at most ``MAX_SIDECAR_BYTES`` (docs/protocol.md)."""
+    return (len(args) == 3 and isinstance(args[1], int) and not isinstance(args[1], bool) and 0 <= args[1]
+            and isinstance(args[2], str) and len(args[2].encode("utf-8", "replace")) <= protocol.MAX_SIDECAR_BYTES)
 
 
 MODEL_FIELDS = ("name", "family", "loaded", "device", "dtype", "bytes", "license", "commercial", "weights_sha256")

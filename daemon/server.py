@@ -31,7 +31,7 @@ from stemd.framing import FramingError, StreamDecoder
 from stemd.osc import Message, OSCDecodeError, decode, encode_message, messages_in
 from stemd.midi.session import LEARNED_ADDRESS, LEARNING_ADDRESS
 from stemd.protocol import (ACCEPTED, BYE, CANCELLED, CHUNK, DONE, ERROR, HELLO, MAX_CONTINUATION_BYTES, PONG,
-                            PROGRESS, QUEUED, STATUS_REPLY, TAKE, ProtocolError)
+                            PROGRESS, QUEUED, SIDECAR, STATUS_REPLY, TAKE, ProtocolError)
 
 log = logging.getLogger("stemd.daemon")
 
@@ -48,8 +48,8 @@ REPLY_FACTOR, REPLY_FLOOR = 4, 1024   # a datagram's immediate replies: at most 
 TCP_PACKET_ERRORS = 16                # errors one TCP packet may draw (a bundle of bad messages), within 4x its size
 #: addresses stemd sends (replies): a message to one of them is never answered, so two daemons, or a
 #: daemon and its own reply port, cannot talk to each other forever
-REPLY_ADDRESSES = frozenset({PONG, ACCEPTED, QUEUED, PROGRESS, CHUNK, TAKE, DONE, ERROR, STATUS_REPLY, CANCELLED,
-                             BYE, LEARNING_ADDRESS, LEARNED_ADDRESS})
+REPLY_ADDRESSES = frozenset({PONG, ACCEPTED, QUEUED, PROGRESS, CHUNK, SIDECAR, TAKE, DONE, ERROR, STATUS_REPLY,
+                             CANCELLED, BYE, LEARNING_ADDRESS, LEARNED_ADDRESS})
 TRANSPORT_HIGH_WATER = 1024 * 1024  # what asyncio may buffer before it asks us to pause
 ENVELOPE_KEYS = ("token", "reply_port")
 UDP_RECEIVE_BUFFER = 4 * 1024 * 1024

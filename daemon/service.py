@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 from stemd.daemon.scheduler import Job, Scheduler
 from stemd.models.pool import ModelPool
-from stemd.protocol import CANCELLED, DONE, ERROR, TAKE
+from stemd.protocol import CANCELLED, DONE, ERROR, SIDECAR, TAKE
 from stemd.takes import TakeClaims
 
 log = logging.getLogger("stemd.daemon")
@@ -123,8 +123,10 @@ class Service:
 
     # --- how a job ends: the one place that decides what its client hears and the log says ----------
     # (called on the event loop for queued jobs and on the worker thread for the running one)
-    def done(self, job: Job, paths: list) -> None:
-        for v, path in enumerate(paths):
+    def done(self, job: Job, paths: list, sidecars: list) -> None:
+        """``sidecars``: each take's sidecar as written beside it, sent before its path."""
+        for v, (path, sidecar) in enumerate(zip(paths, sidecars)):
+            job.client.send(SIDECAR, job.id, v, sidecar)
             job.client.send(TAKE, job.id, v, str(path))
         job.client.send(DONE, job.id)
         self._end(job, "done", f"done: {', '.join(p.name for p in paths)}")

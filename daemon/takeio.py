@@ -3,7 +3,6 @@ with a sidecar (the daemon's worker and render both use it)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -11,6 +10,7 @@ import numpy as np
 
 from stemd.models.base import Audio, Engine, GenerationSpec
 from stemd.protocol import MAX_CONTINUATION_BYTES, MODEL_KEYS, GenerateRequest, ProtocolError
+from stemd.sidecar import encode, take_sidecar
 from stemd.takes import PartialFile, TakeClaims, atomic_write, take_name, take_prefix, wav_header
 from stemd.timing import Grid
 
@@ -68,27 +68,13 @@ def _load_continuation(request: GenerateRequest, root: Optional[Path]) -> Audio:
     return Audio(np.ascontiguousarray(data.T), rate)
 
 
-def sidecar_for(request: GenerateRequest, engine: Engine, variation: int, model_name: str = "") -> dict:
-    """A take's sidecar: the music (tempo, meter, seed...), and which model made it, with its family,
-    weights hash and licence. ``model_name``: the daemon's name for the model (``--model NAME=...``)."""
-    info = engine.info()
-    meta = {"model": info.get("model", engine.name), "model_name": model_name or info.get("model", engine.name),
-            "family": info.get("family", ""), "engine": info, **request.sidecar(variation)}
-    meta["license"] = info.get("license") or {}
-    meta["commercial_use"] = bool(meta["license"].get("commercial"))
-    if info.get("weights_sha256"):
-        meta["weights_sha256"] = info["weights_sha256"]
-    if info.get("test_model"):
-        meta["note"] = "made by a test model with random weights: noise, not music"
-    return meta
-
-
 class TakeStream:
     """One request's takes written to disk as its bars arrive (float32 WAV, one file per variation),
     so a take costs one bar of memory however long it is. Its take number is claimed first
     (``TakeClaims``: no other writer on the folder picks it); each WAV grows in a partial file of its
-    own; ``finish`` writes the sizes into the headers, the sidecars, and gives the files their final
-    names, sidecar and WAV one after the other, never over an existing file; ``abort`` removes what it
+    own; ``finish`` writes the sizes into the headers, the sidecars (``stemd.sidecar``; their text kept in
+    ``sidecars`` for the client), and gives the files their final names, sidecar and WAV one after the
+    other, never over an existing file; ``abort`` removes what it
     wrote. A preempted request keeps its stream and goes on where it stopped."""
 
     def __init__(self, claims: TakeClaims, request: GenerateRequest, engine: Engine, variations: int,
@@ -107,6 +93,7 @@ class TakeStream:
         self.number, self.claim = claims.claim(self.prefix, names)
         self.paths = [folder / n for n in names(self.number) if n.endswith(".wav")]
         self.files: list[PartialFile] = []
+        self.sidecars: list[str] = []      # each take's sidecar as written, once finished (/stemd/sidecar)
         try:
             for path in self.paths:
                 f = PartialFile(path, replace=False)
@@ -127,11 +114,12 @@ class TakeStream:
         for f in self.files:
             f.file.seek(0)
             f.write(header)
-        for v, (f, path) in enumerate(zip(self.files, self.paths)):
-            meta = {**sidecar_for(self.request, self.engine, v, self.model_name), "file": path.name,
-                    "sample_rate": self.request.sample_rate, "channels": self.channels, "frames": self.frames,
-                    "format": "float32"}
-            atomic_write(path.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True) + "\n", replace=False)
+        self.sidecars = [encode(take_sidecar(self.request, v, self.engine.info(), self.model_name, file=path.name,
+                                             sample_rate=self.request.sample_rate, channels=self.channels,
+                                             frames=self.frames, format="float32"))
+                         for v, path in enumerate(self.paths)]   # all made before any is published
+        for f, path, text in zip(self.files, self.paths, self.sidecars):
+            atomic_write(path.with_suffix(".json"), text, replace=False)
             f.publish()
         self.claim.unlink(missing_ok=True)
         return self.paths

@@ -5,7 +5,8 @@ evicting the least recently used ones to make room) and runs each through ``mode
 ``should_stop`` that reads the job's cancel and preempt flags, so a cancel or a waiting live request
 is noticed between decoding steps. Each bar leaves the moment it exists (``client.send`` never
 blocks: a client too slow to keep up is dropped by the server, not waited for). When the last bar is
-in, the take is written to disk first, then ``/stemd/take`` and ``/stemd/done`` go out.
+in, the take is written to disk first, then ``/stemd/sidecar`` and ``/stemd/take`` for each variation and
+``/stemd/done`` go out.
 
 Out of memory: a job whose allocation fails anyway ends with ``engine_error`` naming it; the engine's
 caches are reset and the device's cached memory released, so the next request allocates afresh.
@@ -100,6 +101,7 @@ class Worker(threading.Thread):
                 chunks.close()
             if job.bars_done < request.bars:
                 raise Cancelled()
+            takes = job.takes
             paths = self._write(job)
         except Cancelled:
             return self._stopped(job)
@@ -112,7 +114,7 @@ class Worker(threading.Thread):
                 return self._out_of_memory(job, e)
             log.exception("engine failed on %s", job.id)
             return self.service.failed(job, "internal", f"{type(e).__name__}: {e}"[:300])
-        self.service.done(job, paths)
+        self.service.done(job, paths, takes.sidecars)
 
     def _out_of_memory(self, job: Job, error: BaseException) -> None:
         pool, request = self.service.pool, job.request

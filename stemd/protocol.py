@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 import re
 import secrets
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from typing import Any, Optional
 
 import numpy as np
 
 from stemd.errors import StemdError
+from stemd.sampling import DEFAULT_SAMPLING, Sampling  # noqa: F401  (models import Sampling from here too)
 from stemd.timing import Meter, Tempo, TimingError
 
 VERSION = "0.1.0"
@@ -29,6 +30,7 @@ HELLO = "/stemd/hello"  # <token:s>: first message on TCP when the daemon requir
 GENERATE, CANCEL, STATUS = "/stemd/generate", "/stemd/cancel", "/stemd/status"
 ACCEPTED, QUEUED, PROGRESS = "/stemd/accepted", "/stemd/queued", "/stemd/progress"
 CHUNK, TAKE, DONE, ERROR = "/stemd/chunk", "/stemd/take", "/stemd/done", "/stemd/error"
+SIDECAR = "/stemd/sidecar"        # <id> <variation> <json>: the take's sidecar, before its /stemd/take
 CHUNK_PART = "/stemd/chunk/part"   # a bar in parts, for clients with a smaller largest message (liblo: 32 KiB)
 STATUS_REPLY = "/stemd/status/reply"
 MODELS, MODELS_REPLY = "/stemd/models", "/stemd/models/reply"
@@ -83,6 +85,7 @@ LIMITS = {
 }
 PRIORITIES = ("live", "offline")
 MAX_CONTINUATION_BYTES = 64 * 1024 * 1024
+MAX_SIDECAR_BYTES = 64 * 1024    # a /stemd/sidecar's JSON text at most, UTF-8 (stemd.sidecar keeps well under)
 _ID = re.compile(r"[A-Za-z0-9_.:\-]+", re.ASCII)                 # (always fullmatch: no trailing newline)
 _STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _\-]{0,31}", re.ASCII)
 #: a model's name in a daemon (``--model NAME=SOURCE``; the ``model`` generate key)
@@ -155,36 +158,6 @@ def parse_tempo(value: Any) -> Tempo:
         return Tempo(value)
     except TimingError as e:
         raise ProtocolError("out_of_range", str(e)) from None
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How a request's tokens are drawn: the one place their defaults live (the request, the engines'
-    specs, MusicGen's loop and render jobs all take this). ``temperature`` 0 is greedy (inside stemd
-    only: requests ask for 0.01..5); ``top_k`` and ``top_p`` 0 are off; ``guidance`` None is the
-    model's own (MusicGen 3, distilled diffusion models 1)."""
-
-    temperature: float = 1.0
-    top_k: int = 250
-    top_p: float = 0.0
-    guidance: Optional[float] = None
-
-    TOKEN_KEYS = ("temperature", "top_k", "top_p")      # what only token-sampling models have
-
-    @property
-    def guided(self) -> bool:
-        return self.guidance is not None and self.guidance > 1.0
-
-    def with_guidance(self, default: float) -> "Sampling":
-        """This, with ``default`` where guidance is the model's own."""
-        return self if self.guidance is not None else replace(self, guidance=default)
-
-    def token_keys_given(self) -> list[str]:
-        """The token-sampling keys set away from their defaults (a diffusion model refuses them)."""
-        return [k for k in self.TOKEN_KEYS if getattr(self, k) != getattr(DEFAULT_SAMPLING, k)]
-
-
-DEFAULT_SAMPLING = Sampling()
 
 
 @dataclass(frozen=True)
@@ -299,13 +272,6 @@ class GenerateRequest:
                 value = int(value)
             out += [f.name, value]
         return out
-
-    def sidecar(self, variation: int) -> dict:
-        """The musical facts of one take of this request, for its JSON sidecar (daemon and bridge alike)."""
-        bpm = self.bpm.bpm
-        return {"prompt": self.prompt, "stem": self.stem, "seed": self.seed, "variation": variation, "tempo": float(bpm),
-                "tempo_exact": f"{bpm.numerator}/{bpm.denominator}", "meter": str(self.meter),
-                "bars": self.bars, "start_bar": self.start_bar, "request": self.describe()}
 
     def describe(self) -> dict:
         """Every parameter, JSON-ready (for sidecars and logs)."""

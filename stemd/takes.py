@@ -8,7 +8,6 @@ mistaken for a finished take.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import os
@@ -161,8 +160,10 @@ class PartialFile:
         return self.path
 
     def discard(self) -> None:
-        self.file.close()
-        self.partial.unlink(missing_ok=True)
+        try:
+            self.file.close()       # (on a full disk closing fails to write what it buffers: closed anyway)
+        finally:
+            self.partial.unlink(missing_ok=True)
 
 
 def atomic_write(path: Union[str, Path], data: Union[bytes, str], *, replace: bool = True) -> None:
@@ -195,6 +196,7 @@ def _pid_alive(pid: int) -> bool:
 
 _LEFTOVER = re.compile(r"\.(\d+)-[0-9a-f]{8}" + re.escape(PARTIAL) + r"$")
 _CLAIM = ".claim"
+_TAKE_NUMBER = re.compile(r"([^.].*)_take(\d+)")   # a take's file (or partial): its prefix and number
 
 
 def remove_leftovers(folder: Path) -> list[Path]:
@@ -234,17 +236,38 @@ class TakeClaims:
     """Take numbers claimed atomically, so two writers on one folder (two daemons, serve and render)
     never pick the same: a claim is ``.<prefix>_take<NN>.claim`` created exclusively, holding the
     writer's pid and the files it will write; a number whose files exist is skipped. The folder is
-    listed once per prefix, not before every take."""
+    listed once per prefix, not before every take; after :meth:`index` (once, at a daemon's start) not
+    even that: the highest number of every prefix is known."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self._next: dict[str, int] = {}
+        self._highest: Optional[dict[str, int]] = None
+
+    def index(self) -> int:
+        """List the folder once and keep the highest take number of every prefix; returns the names seen."""
+        highest: dict[str, int] = {}
+        seen = 0
+        if self.folder.is_dir():
+            with os.scandir(self.folder) as entries:
+                for entry in entries:
+                    seen += 1
+                    m = _TAKE_NUMBER.match(entry.name)
+                    if m:
+                        highest[m.group(1)] = max(highest.get(m.group(1), 0), int(m.group(2)))
+        self._highest = highest
+        return seen
+
+    def _first_number(self, prefix: str) -> int:
+        if self._highest is None:
+            return next_take_number(self.folder, prefix)
+        return self._highest.get(prefix, 0) + 1
 
     def claim(self, prefix: str, names_of: Callable[[int], list]) -> tuple[int, Path]:
         """``(number, claim file)`` for the next free take number of ``prefix``; ``names_of(number)``
         lists the file names that number's take will have."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        number = self._next.get(prefix) or next_take_number(self.folder, prefix)
+        number = self._next.get(prefix) or self._first_number(prefix)
         while True:
             claim = self.folder / f".{prefix}_take{number:02d}{_CLAIM}"
             names = names_of(number)
@@ -253,8 +276,12 @@ class TakeClaims:
             except FileExistsError:
                 number += 1
                 continue
-            with os.fdopen(fd, "w") as f:
-                f.write("\n".join([str(os.getpid()), *names]))
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write("\n".join([str(os.getpid()), *names]))
+            except BaseException:        # (a full disk): no claim left behind
+                claim.unlink(missing_ok=True)
+                raise
             if any((self.folder / n).exists() for n in names):
                 claim.unlink(missing_ok=True)
                 number += 1
@@ -267,36 +294,42 @@ def write_json(path: Union[str, Path], value, indent: int = 2) -> None:
     atomic_write(path, json.dumps(value, indent=indent, sort_keys=True) + "\n")
 
 
-def write_take_file(folder: Path, file_name: str, data: bytes, sidecar: dict,
-                    stems: Optional[dict] = None) -> Path:
+def write_take_file(folder: Path, file_name: str, data: bytes, sidecar: dict, stems: Optional[dict] = None,
+                    *, under: str = "") -> Path:
     """The one take writer: ``stems`` (name -> (relative file, bytes)), then the sidecar, then the take's
     own file, each atomically; the take's file under its final name is what makes it finished. The
-    sidecar records the file's name and SHA-256 (and each stem's). Returns the take file's path."""
+    sidecar records the file's name and SHA-256 (and each stem's): at its top level, or under the key
+    ``under`` (a client's ``delivery``: the daemon's sidecar above it stays as it came). Returns the take
+    file's path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = inside(folder, file_name)
-    meta = dict(sidecar)
-    meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    meta["file"] = file_name
-    meta["sha256"] = hashlib.sha256(data).hexdigest()
+    facts: dict = {"file": file_name, "sha256": hashlib.sha256(data).hexdigest()}
     if stems is not None:
-        meta["stems"] = {}
+        facts["stems"] = {}
         for stem, (rel, stem_data) in stems.items():
             stem_path = inside(folder, rel)
             stem_path.parent.mkdir(exist_ok=True)
             atomic_write(stem_path, stem_data)
-            meta["stems"][stem] = {"file": rel, "sha256": hashlib.sha256(stem_data).hexdigest()}
+            facts["stems"][stem] = {"file": rel, "sha256": hashlib.sha256(stem_data).hexdigest()}
+    meta = _with_facts(sidecar, facts, under)
     write_json(path.with_suffix(".json"), meta)
     atomic_write(path, data)
     return path
 
 
 def write_take(folder: Path, name: str, audio: np.ndarray, sample_rate: int, sidecar: dict,
-               subtype: str = "float32") -> Path:
-    """``name.wav`` from ``audio`` ``(channels, n)`` and ``name.json`` into ``folder``; returns the WAV's path."""
-    meta = {**sidecar, "sample_rate": sample_rate, "channels": int(np.shape(audio)[0]),
-            "frames": int(np.shape(audio)[-1]), "format": subtype}
-    return write_take_file(folder, name + ".wav", wav_bytes(audio, sample_rate, subtype), meta)
+               subtype: str = "float32", *, under: str = "") -> Path:
+    """``name.wav`` from ``audio`` ``(channels, n)`` and ``name.json`` into ``folder``; returns the WAV's path.
+    The WAV's own facts (rate, channels, frames, format, name, hash) go at the sidecar's top or ``under``."""
+    facts = {"sample_rate": sample_rate, "channels": int(np.shape(audio)[0]), "frames": int(np.shape(audio)[-1]),
+             "format": subtype}
+    meta = _with_facts(sidecar, facts, under)
+    return write_take_file(folder, name + ".wav", wav_bytes(audio, sample_rate, subtype), meta, under=under)
+
+
+def _with_facts(sidecar: dict, facts: dict, under: str) -> dict:
+    return {**sidecar, under: {**sidecar.get(under, {}), **facts}} if under else {**sidecar, **facts}
 
 
 def read_sidecar(wav: Path) -> dict:

@@ -252,28 +252,32 @@ def test_extend_on_the_command_line_takes_bars_or_keeps_the_takes_own_length(pee
     assert [(r.bars, r.start_bar) for r in peer.requests] == [(8, 0), (4, 8), (8, 8)]
 
 
-def test_a_takes_provenance_asks_the_daemon_until_the_model_is_loaded_then_no_more():
-    """The bridge's sidecars say which model made a take (the daemon's /stemd/models row): asked while
-    the model is not loaded yet, then kept, also for a model without weights (click: no hash)."""
-    from types import SimpleNamespace
+def test_each_variation_is_written_with_the_sidecar_the_daemon_sent_for_it(peer, tmp_path):
+    """The bridge writes the daemon's /stemd/sidecar of each variation as it came, adding only its delivery;
+    it builds no provenance of its own."""
+    from stemd.takes import read_sidecar
 
-    from stemd.bridge.app import Bridge
+    bridge, client = make_bridge(peer, tmp_path, bpm=97)
+    take = bridge.generate("odd pads", 2, variations=3, meter="7/8", seed=4, stem="pads")
+    record = bridge.wait(take, 30)
+    assert record.state == "ready" and len(record.files) == 3
+    for v, path in enumerate(record.files):
+        meta = read_sidecar(path)
+        assert (meta["variation"], meta["file"], meta["family"], meta["license"]["name"]) == \
+            (v, f"peer-{take}-{v}.wav", "click", "MIT (stemd)")
+        assert (meta["meter"], meta["tempo"], meta["stem"], meta["commercial_use"]) == ("7/8", 97.0, "pads", True)
+        assert meta["delivery"]["file"] == os.path.basename(path) and meta["delivery"]["take_id"] == take
+        assert meta["delivery"]["client"] == "stemd bridge" and "missing" not in meta["delivery"]
+    client.close()
 
-    rows = [{"click": {"name": "click", "loaded": 0, "family": "click", "license": "MIT (stemd)",
-                       "commercial": 1, "weights_sha256": ""}},
-            {"click": {"name": "click", "loaded": 1, "family": "click", "license": "MIT (stemd)",
-                       "commercial": 1, "weights_sha256": ""}}]
-    asked = []
 
-    def models():
-        asked.append(1)
-        return rows[min(len(asked), 2) - 1]
+def test_a_take_whose_sidecar_never_arrived_says_so_and_guesses_nothing(peer, tmp_path):
+    from stemd.takes import read_sidecar
 
-    bridge = SimpleNamespace(_models={}, client=SimpleNamespace(model="click", host="127.0.0.1", port=9130,
-                                                                models=models))
-    first = Bridge.provenance(bridge, "")
-    assert first["license"] == {"name": "MIT (stemd)", "commercial": True} and len(asked) == 1
-    Bridge.provenance(bridge, "")            # not loaded yet when asked: asked again
-    for _ in range(5):
-        again = Bridge.provenance(bridge, "click")
-    assert len(asked) == 2 and again["commercial_use"] is True and "weights_sha256" not in again
+    bridge, client = make_bridge(peer, tmp_path)
+    record = bridge.wait(bridge.generate("no sidecar please", 1, seed=2), 30)
+    assert record.state == "ready"
+    meta = read_sidecar(record.file)
+    assert list(meta) == ["delivery"]                  # no model, licence or prompt the daemon did not say
+    assert "sent no sidecar" in meta["delivery"]["missing"] and meta["delivery"]["frames"] > 0
+    client.close()

@@ -119,7 +119,34 @@ def test_reroll_and_extend_through_the_daemon(daemon, tmp_path):
                             capture_output=True, text=True, timeout=60)  # no daemon needed
     assert accept.returncode == 0 and accept.stdout.strip() == "t2: accepted", accept.stderr
     sidecar = json.loads(Path(history[1]["files"][0]).with_suffix(".json").read_text())
-    assert sidecar["accepted"] is True and sidecar["take_id"] == "t2"
+    assert sidecar["accepted"] is True and sidecar["delivery"]["take_id"] == "t2"
     missing = subprocess.run([sys.executable, "-m", "stemd", "bridge", "--out", str(tmp_path), "--accept", "t9",
                               "--once"], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "no take 't9'" in missing.stderr
+
+
+def test_the_bridges_sidecar_is_the_daemons_file_plus_only_its_delivery(start_daemon, tmp_path):
+    """One source of provenance: each variation's sidecar, as ``stemd serve`` wrote it beside its own take,
+    is what the bridge writes beside its copy, with the bridge's fields under ``delivery`` only."""
+    from stemd.bridge.app import Bridge
+    from stemd.bridge.client import DaemonClient
+    from stemd.bridge.transport import Transport
+
+    daemon = start_daemon()
+    client = DaemonClient("127.0.0.1", daemon.port).connect()
+    transport = Transport(97)
+    transport.update(quarters=0, playing=False)
+    bridge = Bridge(client, transport, tmp_path / "project", subtype="pcm24")
+    take = bridge.generate("café drums ☕", 2, meter="3/4", start_bar=3, seed=8, variations=2, stem="drums")
+    record = bridge.wait(take, 60)
+    client.close()
+    assert record.state == "ready" and len(record.files) == 2
+    for v, path in enumerate(record.files):
+        ours = json.loads(Path(path).with_suffix(".json").read_text())
+        daemons = json.loads((daemon.out / ours["file"]).with_suffix(".json").read_text())
+        assert {k: x for k, x in ours.items() if k != "delivery"} == daemons
+        assert daemons["variation"] == v and daemons["prompt"] == "café drums ☕" and daemons["license"]["link"]
+        delivery = ours["delivery"]
+        assert (delivery["file"], delivery["format"], delivery["take_id"], delivery["daw_bar"]) == \
+            (Path(path).name, "pcm24", take, 4)
+        assert delivery["frames"] == daemons["frames"] == Grid(97, "3/4").span_samples(3, 2, 48000)

@@ -1,8 +1,8 @@
 """Shared parts for the bridge's tests (no tests here): a stemd protocol peer, a JACK server, processes.
 
 The peer is a small TCP server that speaks stemd's protocol (OSC 1.0 framing, /stemd/ping, /stemd/status,
-/stemd/generate -> /stemd/chunk... /stemd/done) and makes its audio with the real click engine through
-the real bar pipeline. It stands in for the protocol, not for the daemon.
+/stemd/generate -> /stemd/chunk... /stemd/sidecar... /stemd/done) and makes its audio with the real click
+engine through the real bar pipeline, its sidecars with stemd.sidecar. It stands in for the protocol, not for the daemon.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class ProtocolPeer:
         from stemd.licenses import card as card_of
         from stemd.models.click import ClickEngine
         from stemd.models.pipeline import bar_chunks
+        from stemd.sidecar import encode, take_sidecar
 
         decoder, engine = StreamDecoder(), ClickEngine()
         send = lambda addr, *a: conn.sendall(frame_length_prefixed(osc.encode_message(addr, *a)))  # noqa: E731
@@ -75,11 +76,17 @@ class ProtocolPeer:
                             send(protocol.ERROR, req.request_id, "engine_error", "the engine fell over")
                             continue
                         send(protocol.ACCEPTED, req.request_id)
+                        frames = 0
                         for c in bar_chunks(engine, spec_from_request(req, engine)):
+                            frames += c.audio.shape[-1]
                             for v in range(c.variations):
                                 send(protocol.CHUNK, *protocol.Chunk(req.request_id, v, c.index, c.start_sample,
                                                                      c.sample_rate, req.channels,
                                                                      c.audio[v]).to_args())
+                        for v in range(req.variations if req.prompt != "no sidecar please" else 0):
+                            send(protocol.SIDECAR, req.request_id, v, encode(take_sidecar(
+                                req, v, engine.info(), "click", file=f"peer-{req.request_id}-{v}.wav",
+                                sample_rate=req.sample_rate, channels=req.channels, frames=frames, format="float32")))
                         send(protocol.DONE, req.request_id)
 
     def close(self):

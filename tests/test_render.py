@@ -202,7 +202,7 @@ def test_loudness_on_pcm_stops_at_the_peak_ceiling(tmp_path):
     run_job(small_job(tmp_path, bars=[4], lufs=-3.0, format="pcm24"), progress=False)
     take = read_manifest(tmp_path)["takes"][0]
     sidecar = json.loads((tmp_path / f"{take['name']}.json").read_text())
-    assert sidecar["loudness"]["limited_by_peak"] is True
+    assert sidecar["render"]["loudness"]["limited_by_peak"] is True
     data, _ = soundfile.read(tmp_path / take["file"])
     assert np.max(np.abs(data)) <= 10 ** (-0.1 / 20) + 1e-6
 
@@ -311,3 +311,26 @@ def test_models_in_a_render_have_names_in_take_names_and_sidecars(tmp_path):
     assert sorted((m["model_name"], m["model"], m["family"]) for m in metas) == [
         ("click", "click", "click"), ("metronome", "click", "click")]
     assert sorted(p.name.split("_")[1] for p in out.glob("*.wav")) == ["click", "metronome"]
+
+
+def test_a_rendered_takes_sidecar_is_the_daemons_schema_plus_the_renders_own_key(start_daemon, tmp_path):
+    """One sidecar schema: what ``stemd render`` writes beside a take has every field ``stemd serve`` writes
+    for the same request, the same values for the model and the music, and adds only its file hash and,
+    under ``render``, what only a render knows."""
+    from daemon_fixtures import TcpClient
+
+    out = tmp_path / "render"
+    proc = stemd("--model", "click", "--bars", "2", "--bpm", "97", "--meter", "7/8", "--seeds", "4",
+                 "--prompt", "odd meter", "--no-contact-sheet", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    rendered = json.loads(next(p for p in out.glob("*.json") if p.name != "manifest.json").read_text())
+    daemon = start_daemon()
+    client = TcpClient(daemon.port)
+    client.send("/stemd/generate", "r1", "bars", 2, "bpm", 97, "meter", "7/8", "seed", 4, "prompt", "odd meter")
+    take = next(m.args[2] for m in client.until("/stemd/done", "r1") if m.address == "/stemd/take")
+    served = json.loads(Path(take).with_suffix(".json").read_text())
+    assert set(rendered) - set(served) == {"render", "sha256"} and set(served) <= set(rendered)
+    assert set(rendered["render"]) >= {"key", "name", "seconds", "host"}
+    same = ("model", "model_name", "family", "license", "commercial_use", "engine", "prompt", "seed", "tempo",
+            "tempo_exact", "meter", "bars", "start_bar", "frames", "sample_rate", "channels", "format")
+    assert {k: rendered[k] for k in same} == {k: served[k] for k in same}

@@ -80,7 +80,7 @@ def test_a_job_on_a_ray_cluster_gives_the_same_manifest_as_a_local_run(ray_head,
     assert a["finished"] == 24 and a == b               # same takes, same order, same audio hashes
     for take in b["takes"]:
         assert (tmp_path / "ray" / take["file"]).read_bytes() == (tmp_path / "local" / take["file"]).read_bytes()
-    hosts = {json.loads((tmp_path / "ray" / f"{t['name']}.json").read_text())["host"] for t in b["takes"]}
+    hosts = {json.loads((tmp_path / "ray" / f"{t['name']}.json").read_text())["render"]["host"] for t in b["takes"]}
     assert hosts  # sidecars say where each take was made
 
 

@@ -6,7 +6,7 @@ harmless: stems, then the sidecar, then the take's own audio file, each written 
 and renamed into place.
 
 **The rule for "finished"** (:func:`is_finished`): a take is finished when its audio file exists
-under its final name, its sidecar exists and records the same ``key`` (the hash of the parameters
+under its final name, its sidecar exists and records the same ``render.key`` (the hash of the parameters
 that shaped it), and every stem the sidecar lists exists. A ``.partial`` file is never a take;
 a file left by a job with other parameters is redone.
 """
@@ -57,7 +57,7 @@ class TakeFiles:
 def write_take_files(folder: Path, take: TakeFiles) -> Path:
     """Stems, then sidecar, then audio (the audio's final name is what makes the take finished)."""
     stems = {stem: (take.stem_file(stem), data) for stem, data in take.stems.items()}
-    return write_take_file(folder, take.file, take.audio, take.sidecar, stems)
+    return write_take_file(folder, take.file, take.audio, take.sidecar, stems or None)
 
 
 def read_sidecar(folder: Path, name: str) -> dict | None:
@@ -74,7 +74,7 @@ def is_finished(folder: Path, name: str, extension: str, key: str) -> bool:
     if not (folder / f"{name}.{extension}").is_file():
         return False
     meta = read_sidecar(folder, name)
-    if not meta or meta.get("key") != key:
+    if not meta or (meta.get("render") or {}).get("key") != key:
         return False
     return all((folder / s["file"]).is_file() for s in meta.get("stems", {}).values())
 

@@ -23,7 +23,7 @@ MANIFEST_JSON, MANIFEST_CSV = "manifest.json", "manifest.csv"
 
 def entry(take: Take, sidecar: dict) -> dict:
     """A take's manifest row from its sidecar."""
-    loud = sidecar.get("loudness") or {}
+    loud = (sidecar.get("render") or {}).get("loudness") or {}
     return {
         "name": take.name, "file": sidecar["file"], "model": take.batch.entry.source,
         "model_name": take.batch.model_name, "prompt": sidecar["prompt"],

@@ -11,12 +11,13 @@ import platform
 import time
 from typing import Optional
 
-from stemd.daemon.takeio import sidecar_for, spec_from_request
+from stemd.daemon.takeio import spec_from_request
 from stemd.daemon.render.files import TakeFiles, audio_bytes
 from stemd.daemon.render.job import Batch, RenderJob
 from stemd.models.base import Engine
 from stemd.models.pipeline import render_take
 from stemd.models.registry import load_engine
+from stemd.sidecar import take_sidecar
 
 
 class BatchRenderer:
@@ -52,20 +53,22 @@ class BatchRenderer:
         out = []
         for take in batch.takes:
             mix = audio[take.variation]
-            meta = sidecar_for(request, engine, take.variation, batch.model_name)
-            meta.update({"key": take.key, "name": take.name, "model": batch.entry.source, "format": job.format,
-                         "sample_rate": request.sample_rate, "channels": int(mix.shape[0]),
-                         "frames": int(mix.shape[1]), "render_seconds": round(seconds, 4),
-                         "batch_variations": request.variations, "host": platform.node()})
+            meta = take_sidecar(request, take.variation, engine.info(), batch.model_name,
+                                file=f"{take.name}.{take.extension}", sample_rate=request.sample_rate,
+                                channels=int(mix.shape[0]), frames=int(mix.shape[1]), format=job.format)
+            # what only a render knows, under one key: the take's key in the job, where and how fast it was made
+            render = meta["render"] = {"key": take.key, "name": take.name, "source": batch.entry.source,
+                                       "seconds": round(seconds, 4), "batch_variations": request.variations,
+                                       "host": platform.node()}
             if job.lufs is not None:
                 from stemd.daemon.render.loudness import normalise
 
-                mix, meta["loudness"] = normalise(mix, request.sample_rate, job.lufs, pcm=job.format != "float32")
+                mix, render["loudness"] = normalise(mix, request.sample_rate, job.lufs, pcm=job.format != "float32")
             stems = {}
             if job.stems:
                 separated = self.separator().separate(mix, request.sample_rate)
                 stems = {name: audio_bytes(separated[name], request.sample_rate, job.format) for name in job.stems}
-                meta["stems_model"] = job.stems_model
+                render["stems_model"] = job.stems_model
             out.append(TakeFiles(take.name, take.extension, audio_bytes(mix, request.sample_rate, job.format),
                                  meta, stems))
         return out
