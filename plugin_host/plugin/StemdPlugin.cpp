@@ -1,18 +1,48 @@
-// The stemd plugin: DPF's Plugin subclass. run() is the audio callback; everything else here runs on
-// the host's main/non-real-time threads.
+// The stemd plugin: DPF's Plugin subclass.
+//
+// Threads, and what each may touch:
+//   audio thread   run() and the functions marked [audio] only: reads transport, MIDI and the takes'
+//                  published buffers through atomics; pushes commands into an SPSC queue. It never
+//                  allocates, locks, blocks or makes a system call.
+//   network thread DaemonLink's (NET's daemon_link.cpp): the DaemonListener methods below copy each bar
+//                  into memory allocated off the audio thread and publish it with a flag.
+//   worker thread  fWorker: turns triggers (parameters, MIDI) into requests, writes finished takes to
+//                  disk, restarts the link when the daemon's address changes, keeps the status.
+//   host threads   the constructor, init*, get/setState, get/setParameterValue: setState("takes")
+//                  loads a saved project's WAV files here, off the audio thread.
 #include "DistrhoPlugin.hpp"
+#include "DistrhoPluginUtils.hpp"
 
+#include "daemon_link.hpp"
+#include "spsc.hpp"
+#include "take_store.hpp"
+#include "transport.hpp"
+
+#include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
+#include <deque>
+#include <filesystem>
+#include <memory>
 #include <mutex>
+#include <random>
 #include <string>
+#include <thread>
+#include <vector>
 
 #if defined(__linux__)
 extern "C" __attribute__((weak)) void stemd_rt_probe(int entering);
 #endif
 
 START_NAMESPACE_DISTRHO
+
+using stemd::BarGrid;
+using stemd::TakeAudio;
+using stemd::TakeRecord;
 
 namespace {
 
@@ -28,6 +58,16 @@ enum StateKey : uint32_t {
 const char* const kStateKeys[kStateCount] = {
     "daemon", "token", "prompt", "model", "takes_dir", "slots", "takes", "status"};
 
+// MIDI notes 0-11 (octave -1) are reserved for these; every other note may be a slot
+enum ReservedNote : uint8_t {
+    kNoteReroll = 0, kNoteNextVariation = 1, kNoteAccept = 2, kNoteCancel = 3, kNotePreviousVariation = 4,
+    kNoteAudition = 5, kNoteGenerate = 6, kLastReservedNote = 11
+};
+
+constexpr size_t kMaxLiveTakes = 64;                 // takes run() can play at once
+constexpr uint64_t kMaxTakeBytes = 2ull << 30;       // one take's audio, all variations
+constexpr size_t kMaxStateText = 4u << 20;           // a `takes` or `slots` state we accept
+
 std::string envOr(const char* name, const std::string& fallback)
 {
     const char* value = std::getenv(name);
@@ -38,6 +78,37 @@ std::string defaultTakesDir()
 {
     const std::string home = envOr("HOME", envOr("USERPROFILE", "."));
     return envOr("STEMD_TAKES_DIR", home + "/stemd-takes");
+}
+
+std::string utcNow()
+{
+    const std::time_t now = std::time(nullptr);
+    std::tm tm{};
+#if defined(_WIN32)
+    gmtime_s(&tm, &now);
+#else
+    gmtime_r(&now, &tm);
+#endif
+    char buf[40];
+    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S+00:00", &tm);
+    return buf;
+}
+
+// "host:port" -> host, port; false when it is not one
+bool splitAddress(const std::string& address, std::string& host, uint16_t& port)
+{
+    const size_t colon = address.rfind(':');
+    if (colon == std::string::npos || colon == 0 || colon + 1 >= address.size() || address.size() > 300) return false;
+    host = address.substr(0, colon);
+    if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+    long value = 0;
+    for (size_t i = colon + 1; i < address.size(); ++i) {
+        if (address[i] < '0' || address[i] > '9' || value > 65535) return false;
+        value = value * 10 + (address[i] - '0');
+    }
+    if (value < 1 || value > 65535) return false;
+    port = static_cast<uint16_t>(value);
+    return true;
 }
 
 struct RtProbe {  // the real-time probe hook (tests/rt_probe.c); absent in a normal host
@@ -53,28 +124,63 @@ struct RtProbe {  // the real-time probe hook (tests/rt_probe.c); absent in a no
         if (stemd_rt_probe) stemd_rt_probe(0);
 #endif
     }
+    RtProbe(const RtProbe&) = delete;
+    RtProbe& operator=(const RtProbe&) = delete;
 };
+
+// What run() hands the worker: a MIDI note-on and where the host was when it came.
+struct NoteCommand {
+    uint8_t note;
+    uint8_t velocity;
+};
+
+enum class HostFormat { Frames, Vst3, Clap };
 
 }  // namespace
 
-class StemdPlugin : public Plugin
+class StemdPlugin : public Plugin, private stemd::DaemonListener
 {
 public:
     StemdPlugin()
-        : Plugin(kParamCount, 0, kStateCount)
+        : Plugin(kParamCount, 0, kStateCount),
+          fLink(*this)
     {
         fStates[kDaemon] = envOr("STEMD_DAEMON", "127.0.0.1:9130");
         fStates[kTakesDir] = defaultTakesDir();
         fStates[kSlots] = "{}";
         fStates[kTakes] = "[]";
-        fStates[kStatus] = "not connected";
+        for (auto& slot : fLive) slot.store(nullptr, std::memory_order_relaxed);
+
+        const char* format = getPluginFormatName();
+        fFormat = std::strcmp(format, "VST3") == 0 ? HostFormat::Vst3
+                : std::strcmp(format, "CLAP") == 0 ? HostFormat::Clap : HostFormat::Frames;
+        fGrid = BarGrid(stemd::Tempo{}, stemd::Meter{}, hostRate());
+
+        if (isDummyInstance()) return;  // DPF's instance for reading what the plugin is: no threads
+        std::random_device rd;
+        fIdPrefix = std::to_string(rd() % 1000000u);
+        fLinkDirty = true;
+        fWorker = std::thread([this] { workerLoop(); });
+    }
+
+    ~StemdPlugin() override
+    {
+        fLink.stop();
+        {
+            const std::lock_guard<std::mutex> lock(fMutex);
+            fQuit = true;
+        }
+        fWake.notify_all();
+        if (fWorker.joinable()) fWorker.join();
+        for (auto& slot : fLive) slot.store(nullptr, std::memory_order_relaxed);
     }
 
 protected:
+    // ---- information ---------------------------------------------------------------------------------
     const char* getLabel() const override { return "stemd"; }
     const char* getDescription() const override
     {
-        return "Streams bar-locked takes from a stemd daemon and plays them at their bars.";
+        return "Asks a stemd daemon for takes at the host's tempo, meter and bar, and plays them on their bars.";
     }
     const char* getMaker() const override { return "stemd"; }
     const char* getHomePage() const override { return "https://github.com/stemd/stemd"; }
@@ -92,34 +198,22 @@ protected:
     {
         p.hints = kParameterIsAutomatable;
         switch (index) {
-        case kBars:
-            setRange(p, "Bars", "bars", 1, 64, 4, kParameterIsInteger);
-            break;
-        case kVariations:
-            setRange(p, "Variations", "variations", 1, 16, 1, kParameterIsInteger);
-            break;
+        case kBars: setRange(p, "Bars", "bars", 1, 64, 4, kParameterIsInteger); break;
+        case kVariations: setRange(p, "Variations", "variations", 1, 16, 1, kParameterIsInteger); break;
         case kStartBar:
             setRange(p, "Start bar (0 = next bar line)", "start_bar", 0, 9999, 0, kParameterIsInteger);
             break;
-        case kGenerate:
-            setRange(p, "Generate", "generate", 0, 1, 0, kParameterIsTrigger);
-            break;
-        case kVariation:
-            setRange(p, "Variation", "variation", 1, 16, 1, kParameterIsInteger);
-            break;
-        case kAudition:
-            setRange(p, "Audition", "audition", 0, 1, 0, kParameterIsTrigger);
-            break;
-        case kCancel:
-            setRange(p, "Cancel", "cancel", 0, 1, 0, kParameterIsTrigger);
-            break;
+        case kGenerate: setRange(p, "Generate", "generate", 0, 1, 0, kParameterIsBoolean); break;
+        case kVariation: setRange(p, "Variation", "variation", 1, 16, 1, kParameterIsInteger); break;
+        case kAudition: setRange(p, "Audition", "audition", 0, 1, 0, kParameterIsBoolean); break;
+        case kCancel: setRange(p, "Cancel", "cancel", 0, 1, 0, kParameterIsBoolean); break;
         case kConnected:
+            p.hints = 0;
             setRange(p, "Connected", "connected", 0, 1, 0, kParameterIsOutput | kParameterIsBoolean);
-            p.hints &= ~kParameterIsAutomatable;
             break;
         case kBarsReceived:
-            setRange(p, "Bars received", "bars_received", 0, 1024, 0, kParameterIsOutput | kParameterIsInteger);
-            p.hints &= ~kParameterIsAutomatable;
+            p.hints = 0;
+            setRange(p, "Bars received", "bars_received", 0, 4096, 0, kParameterIsOutput | kParameterIsInteger);
             break;
         }
     }
@@ -129,10 +223,11 @@ protected:
         if (index >= kStateCount) return;
         state.key = kStateKeys[index];
         state.label = kStateKeys[index];
-        state.defaultValue = fStates[index].c_str();
-        state.hints = index == kStatus ? kStateIsHostReadable : kStateIsHostWritable;
+        state.defaultValue = index == kTakes ? "[]" : index == kStatus ? "" : fStates[index].c_str();
+        state.hints = index == kStatus ? kStateIsHostReadable | kStateIsOnlyForDSP : kStateIsHostWritable;
     }
 
+    // ---- parameters (may be called from the audio thread: atomics only) ---------------------------------
     float getParameterValue(uint32_t index) const override
     {
         return index < kParamCount ? fParams[index].load(std::memory_order_relaxed) : 0.0f;
@@ -140,12 +235,25 @@ protected:
 
     void setParameterValue(uint32_t index, float value) override
     {
-        if (index < kParamCount) fParams[index].store(value, std::memory_order_relaxed);
+        if (index >= kParamCount || index >= kConnected) return;
+        if (index == kGenerate || index == kAudition || index == kCancel) {
+            // fires once as the host's value rises to 0.5 or above: DPF 1.6 hands no host change of a
+            // kParameterIsTrigger parameter to the plugin in VST3 and CLAP, so these are plain switches
+            const bool high = value >= 0.5f;
+            if (high && !fTriggerHigh[index]) fTriggers[index].fetch_add(1, std::memory_order_release);
+            fTriggerHigh[index] = high;
+            fParams[index].store(0.0f, std::memory_order_relaxed);  // a trigger reads back 0
+            return;
+        }
+        fParams[index].store(value, std::memory_order_relaxed);
     }
 
+    // ---- state (host threads) -----------------------------------------------------------------------------
     String getState(const char* key) const override
     {
-        const std::lock_guard<std::mutex> lock(fStateMutex);
+        const std::lock_guard<std::mutex> lock(fMutex);
+        if (std::strcmp(key, "takes") == 0) return String(stemd::takesToJson(fTakes).c_str());
+        if (std::strcmp(key, "status") == 0) return String(statusLocked().c_str());
         for (uint32_t i = 0; i < kStateCount; ++i)
             if (std::strcmp(key, kStateKeys[i]) == 0) return String(fStates[i].c_str());
         return String();
@@ -153,17 +261,100 @@ protected:
 
     void setState(const char* key, const char* value) override
     {
-        const std::lock_guard<std::mutex> lock(fStateMutex);
-        for (uint32_t i = 0; i < kStateCount; ++i)
-            if (std::strcmp(key, kStateKeys[i]) == 0 && i != kStatus) fStates[i] = value ? value : "";
+        const std::string text = value ? value : "";
+        if (std::strcmp(key, "takes") == 0) {
+            loadTakes(text);
+            return;
+        }
+        const std::lock_guard<std::mutex> lock(fMutex);
+        for (uint32_t i = 0; i < kStateCount; ++i) {
+            if (std::strcmp(key, kStateKeys[i]) != 0 || i == kStatus || i == kTakes) continue;
+            if (text.size() > kMaxStateText) {
+                fLastError = std::string("state ") + key + " over 4 MiB: ignored";
+                return;
+            }
+            if (i == kSlots) {
+                stemd::Json slots;
+                std::string error;
+                if (!text.empty() && (!stemd::parseJson(text, slots, error) || slots.type != stemd::Json::Type::Object)) {
+                    fLastError = "slots: not a JSON object (" + error + "): kept the previous slots";
+                    return;
+                }
+            }
+            if ((i == kDaemon || i == kToken) && fStates[i] != text) fLinkDirty = true;
+            fStates[i] = text;
+        }
+        fWake.notify_all();
     }
 
-    // ---- audio thread ------------------------------------------------------------------------------
-    void run(const float**, float** outputs, uint32_t frames, const MidiEvent*, uint32_t) override
+    // ---- [audio] the audio callback -------------------------------------------------------------------------
+    void run(const float**, float** outputs, uint32_t frames, const MidiEvent* midi, uint32_t midiCount) override
     {
         const RtProbe probe;
-        std::memset(outputs[0], 0, sizeof(float) * frames);
-        std::memset(outputs[1], 0, sizeof(float) * frames);
+        fRunSeq.fetch_add(1, std::memory_order_acq_rel);  // odd: run() is reading published takes
+
+        float* left = outputs[0];
+        float* right = outputs[1];
+        const TimePosition& pos = getTimePosition();
+        const uint32_t rate = hostRate();
+        const int64_t ts = followTransport(pos, rate, frames);
+        const bool playing = pos.playing;
+
+        for (uint32_t i = 0; i < midiCount; ++i) {
+            const MidiEvent& ev = midi[i];
+            if (ev.size >= 3 && (ev.data[0] & 0xF0) == 0x90 && ev.data[2] > 0)
+                fNotes.push(NoteCommand{static_cast<uint8_t>(ev.data[1] & 0x7F), ev.data[2]});
+        }
+
+        // the takes that can sound now: published, at this rate; newest first
+        const TakeAudio* takes[kMaxLiveTakes];
+        size_t count = 0;
+        for (auto& slot : fLive) {
+            const TakeAudio* take = slot.load(std::memory_order_acquire);
+            if (!take || take->sampleRate() != rate) continue;
+            size_t j = count++;
+            while (j > 0 && takes[j - 1]->serial() < take->serial()) {
+                takes[j] = takes[j - 1];
+                --j;
+            }
+            takes[j] = take;
+        }
+
+        // audition: the selected take from its start at the next bar line of a free-running clock
+        if (fAuditionSeen != fTriggers[kAudition].load(std::memory_order_acquire)) {
+            fAuditionSeen = fTriggers[kAudition].load(std::memory_order_acquire);
+            if (!playing) {
+                fAuditionTake = fSelected.load(std::memory_order_acquire);
+                fAuditionStart = fGrid.barStart(fGrid.barLineFrom(fFreeClock, false));
+            }
+        }
+        if (playing) fAuditionTake = 0;
+
+        for (uint32_t i = 0; i < frames; ++i) {
+            float l = 0.0f, r = 0.0f;
+            if (playing) {
+                const int64_t t = ts + static_cast<int64_t>(i);
+                for (size_t k = 0; k < count; ++k) {
+                    const int64_t offset = t - takes[k]->startSample();
+                    if (offset < 0 || offset >= takes[k]->frames() || !takes[k]->enabled.load(std::memory_order_relaxed))
+                        continue;
+                    takes[k]->frameAt(offset, l, r);
+                    break;
+                }
+            } else if (fAuditionTake != 0) {
+                const int64_t offset = fFreeClock + static_cast<int64_t>(i) - fAuditionStart;
+                for (size_t k = 0; k < count && offset >= 0; ++k) {
+                    if (takes[k]->serial() != fAuditionTake) continue;
+                    if (offset >= takes[k]->frames()) fAuditionTake = 0;
+                    else takes[k]->frameAt(offset, l, r);
+                    break;
+                }
+            }
+            left[i] = l;
+            right[i] = r;
+        }
+        fFreeClock += frames;
+        fRunSeq.fetch_add(1, std::memory_order_acq_rel);  // even: done reading
     }
 
 private:
@@ -178,9 +369,704 @@ private:
         p.hints |= hints;
     }
 
+    uint32_t hostRate() const noexcept
+    {
+        const double rate = getSampleRate();
+        return rate >= 1000 && rate <= 768000 ? static_cast<uint32_t>(rate + 0.5) : 48000u;
+    }
+
+    // [audio] The timeline sample (bar 1 = 0) of this block's first frame; keeps fGrid at the host's tempo
+    // and meter and publishes a snapshot for the worker.
+    int64_t followTransport(const TimePosition& pos, uint32_t rate, uint32_t frames) noexcept
+    {
+        stemd::Tempo tempo = fGrid.tempo();
+        stemd::Meter meter = fGrid.meter();
+        if (pos.bbt.valid) {
+            stemd::Tempo t;
+            stemd::Meter m;
+            if (stemd::tempoFromHost(pos.bbt.beatsPerMinute, t)) tempo = t;
+            if (stemd::meterFromHost(pos.bbt.beatsPerBar, pos.bbt.beatType, m)) meter = m;
+        }
+        if (tempo.num != fGrid.tempo().num || tempo.den != fGrid.tempo().den ||
+            meter.numerator != fGrid.meter().numerator || meter.denominator != fGrid.meter().denominator ||
+            rate != fGrid.sampleRate())
+            fGrid = BarGrid(tempo, meter, rate);
+
+        const int64_t tolerance = static_cast<int64_t>(rate / 500);  // 2 ms
+        const double quarters = pos.bbt.valid ? hostQuarters(pos) : -1.0;
+        int64_t ts;
+        if (fFormat == HostFormat::Clap) {
+            // DPF's CLAP frame is a running clock, not the song position: read it from the beats
+            ts = quarters >= 0 ? static_cast<int64_t>(quarters * fGrid.samplesPerQuarter() + 0.5)
+                               : static_cast<int64_t>(pos.frame);
+            const int64_t expected = fLastTs + static_cast<int64_t>(fLastFrames);
+            if (pos.playing && fLastPlaying && ts - expected <= tolerance && expected - ts <= tolerance) ts = expected;
+        } else {
+            if (pos.bbt.valid && quarters >= 0) {
+                int64_t origin = static_cast<int64_t>(pos.frame) -
+                                 static_cast<int64_t>(quarters * fGrid.samplesPerQuarter() + 0.5);
+                if (origin <= tolerance && origin >= -tolerance) origin = 0;
+                if (origin - fOrigin > tolerance || fOrigin - origin > tolerance) fOrigin = origin;
+            }
+            ts = static_cast<int64_t>(pos.frame) - fOrigin;
+        }
+        fLastTs = ts;
+        fLastFrames = frames;
+        fLastPlaying = pos.playing;
+
+        fSnapSeq.fetch_add(1, std::memory_order_acq_rel);
+        fSnapTs.store(ts, std::memory_order_relaxed);
+        fSnapPlaying.store(pos.playing, std::memory_order_relaxed);
+        fSnapTempoNum.store(fGrid.tempo().num, std::memory_order_relaxed);
+        fSnapTempoDen.store(fGrid.tempo().den, std::memory_order_relaxed);
+        fSnapMeter.store(fGrid.meter().numerator * 64 + fGrid.meter().denominator, std::memory_order_relaxed);
+        fSnapRate.store(rate, std::memory_order_relaxed);
+        fSnapSeq.fetch_add(1, std::memory_order_acq_rel);
+        fSnapValid.store(true, std::memory_order_release);
+        return ts;
+    }
+
+    // [audio] The host's position in quarter notes from bar 1, undoing how DPF 1.6 fills bbt per format:
+    // VST3 divides quarters into bars of int(num x 4 / den) quarters, CLAP counts quarters as beats,
+    // LV2 and JACK give bars and beats of the meter.
+    double hostQuarters(const TimePosition& pos) const noexcept
+    {
+        const TimePosition::BarBeatTick& bbt = pos.bbt;
+        if (bbt.bar < 1 || bbt.beat < 1 || !(bbt.ticksPerBeat > 0) || !(bbt.beatsPerBar > 0) || !(bbt.beatType > 0))
+            return -1.0;
+        const double inBar = (bbt.beat - 1) + bbt.tick / bbt.ticksPerBeat;
+        if (fFormat == HostFormat::Vst3) {
+            const int perBar = static_cast<int>(bbt.beatsPerBar) * 4 / static_cast<int>(bbt.beatType);
+            if (perBar <= 0) return -1.0;
+            return (bbt.bar - 1) * static_cast<double>(perBar) + inBar / bbt.beatsPerBar * perBar;
+        }
+        if (fFormat == HostFormat::Clap) return (bbt.bar - 1) * static_cast<double>(bbt.beatsPerBar) + inBar;
+        return ((bbt.bar - 1) * static_cast<double>(bbt.beatsPerBar) + inBar) * 4.0 / bbt.beatType;
+    }
+
+    // ---- the worker thread ----------------------------------------------------------------------------------
+    struct Snapshot {
+        bool valid = false;
+        bool playing = false;
+        int64_t ts = 0;
+        stemd::Tempo tempo;
+        stemd::Meter meter;
+        uint32_t rate = 48000;
+    };
+
+    Snapshot snapshot() const
+    {
+        Snapshot s;
+        if (!fSnapValid.load(std::memory_order_acquire)) return s;
+        for (int tries = 0; tries < 100; ++tries) {
+            const uint32_t before = fSnapSeq.load(std::memory_order_acquire);
+            if (before % 2) continue;
+            s.ts = fSnapTs.load(std::memory_order_relaxed);
+            s.playing = fSnapPlaying.load(std::memory_order_relaxed);
+            s.tempo.num = fSnapTempoNum.load(std::memory_order_relaxed);
+            s.tempo.den = fSnapTempoDen.load(std::memory_order_relaxed);
+            const int32_t m = fSnapMeter.load(std::memory_order_relaxed);
+            s.meter.numerator = m / 64;
+            s.meter.denominator = m % 64;
+            s.rate = fSnapRate.load(std::memory_order_relaxed);
+            if (fSnapSeq.load(std::memory_order_acquire) == before) {
+                s.valid = true;
+                break;
+            }
+        }
+        return s;
+    }
+
+    void workerLoop()
+    {
+        uint32_t seen[kParamCount] = {};
+        float lastVariation = fParams[kVariation].load();
+        std::unique_lock<std::mutex> lock(fMutex);
+        while (!fQuit) {
+            fWake.wait_for(lock, std::chrono::milliseconds(5));
+            if (fQuit) break;
+            if (fLinkDirty) {
+                fLinkDirty = false;
+                const std::string address = fStates[kDaemon], token = fStates[kToken];
+                lock.unlock();
+                restartLink(address, token);
+                lock.lock();
+            }
+            // parameters and notes become actions
+            std::vector<uint8_t> notes;
+            for (NoteCommand note{}; fNotes.pop(note);) notes.push_back(note.note);
+            const uint32_t generate = fTriggers[kGenerate].load(std::memory_order_acquire);
+            const uint32_t cancel = fTriggers[kCancel].load(std::memory_order_acquire);
+            const float variation = fParams[kVariation].load(std::memory_order_relaxed);
+            lock.unlock();
+            if (generate != seen[kGenerate] && fSnapValid.load()) {  // waits for run() to have seen the transport
+                seen[kGenerate] = generate;
+                generateFromParameters();
+            }
+            if (cancel != seen[kCancel]) {
+                seen[kCancel] = cancel;
+                cancelSelected();
+            }
+            if (variation != lastVariation) {
+                lastVariation = variation;
+                chooseVariation(static_cast<int32_t>(variation + 0.5f) - 1, false);
+            }
+            for (const uint8_t note : notes) onNote(note);
+            writeFinishedTakes();
+            lock.lock();
+            publishOutputsLocked();
+        }
+    }
+
+    void restartLink(const std::string& address, const std::string& token)
+    {
+        std::string host;
+        uint16_t port = 0;
+        fLink.stop();
+        if (!splitAddress(address, host, port)) {
+            const std::lock_guard<std::mutex> lock(fMutex);
+            fConnection = "no daemon: '" + address.substr(0, 80) + "' is not host:port";
+            return;
+        }
+        fLink.start(host, port, token);
+    }
+
+    void generateFromParameters()
+    {
+        std::string prompt, model;
+        {
+            const std::lock_guard<std::mutex> lock(fMutex);
+            prompt = fStates[kPrompt];
+            model = fStates[kModel];
+        }
+        const int32_t bars = std::clamp(static_cast<int32_t>(fParams[kBars].load() + 0.5f), 1, 64);
+        const int32_t variations = std::clamp(static_cast<int32_t>(fParams[kVariations].load() + 0.5f), 1, 16);
+        const int32_t startBar = std::clamp(static_cast<int32_t>(fParams[kStartBar].load() + 0.5f), 0, 9999);
+        generate(prompt, model, bars, variations, startBar - 1);
+    }
+
+    // A request for `bars` bars from `startBar` (0-based; < 0: the next bar line), at the host's tempo,
+    // meter and rate as run() last saw them.
+    void generate(const std::string& prompt, const std::string& model, int32_t bars, int32_t variations,
+                  int32_t startBar)
+    {
+        const Snapshot snap = snapshot();
+        const BarGrid grid(snap.tempo, snap.meter, snap.rate);
+        if (startBar < 0) startBar = static_cast<int32_t>(std::min<int64_t>(grid.barLineFrom(snap.ts, !snap.playing), 100000));
+        char bpm[48];
+        stemd::Request request;
+        request.id = "plugin-" + fIdPrefix + "-" + std::to_string(++fRequestCount);
+        request.prompt = prompt;
+        request.model = model;
+        request.bars = bars;
+        request.variations = variations;
+        request.bpm = stemd::tempoText(grid.tempo(), bpm, sizeof bpm);
+        request.meter = std::to_string(grid.meter().numerator) + "/" + std::to_string(grid.meter().denominator);
+        request.start_bar = startBar;
+        request.sample_rate = static_cast<int32_t>(grid.sampleRate());
+        request.channels = 2;
+
+        TakeRecord take;
+        take.id = request.id;
+        take.prompt = prompt;
+        take.model = model;
+        take.bpm = request.bpm;
+        take.meter = request.meter;
+        take.startBar = startBar;
+        take.bars = bars;
+        take.variations = variations;
+        take.sampleRate = grid.sampleRate();
+        take.startSample = grid.barStart(startBar);
+        take.files.resize(static_cast<size_t>(variations));
+        const uint64_t bytes = static_cast<uint64_t>(grid.barStart(startBar + bars) - take.startSample) * 8u *
+                               static_cast<uint64_t>(variations);
+        if (bytes > kMaxTakeBytes) {
+            take.state = "failed";
+            take.errorCode = "too_large";
+            take.errorMessage = "the take would need " + std::to_string(bytes >> 20) + " MiB in memory (at most 2048)";
+        } else {
+            take.audio = std::make_shared<TakeAudio>(++fSerial, take.startSample, grid, startBar, bars, variations);
+        }
+        const std::string error = stemd::validate_request(request);
+        if (!error.empty() && take.errorCode.empty()) {
+            take.state = "failed";
+            take.errorCode = "bad_request";
+            take.errorMessage = error;
+        }
+        const bool send = take.errorCode.empty();
+        addTake(std::move(take));
+        if (!send) return;
+        const stemd::SendResult sent = fLink.send_generate(request);
+        if (sent != stemd::SendResult::Queued)
+            onError(request.id, sent == stemd::SendResult::NotStarted ? "not_connected" : "bad_request",
+                    sent == stemd::SendResult::NotStarted ? "the link to the daemon is not running"
+                                                          : stemd::validate_request(request));
+    }
+
+    // Keeps `take`, publishes its audio to run() and selects it.
+    void addTake(TakeRecord take)
+    {
+        const std::lock_guard<std::mutex> lock(fMutex);
+        if (!take.errorCode.empty()) fLastError = "take " + take.id + ": " + take.errorCode + ": " + take.errorMessage;
+        if (take.audio) {
+            publishLocked(take.audio.get());
+            fSelected.store(take.audio->serial(), std::memory_order_release);
+        }
+        fTakes.push_back(std::move(take));
+    }
+
+    void publishLocked(TakeAudio* audio)
+    {
+        for (auto& slot : fLive)
+            if (!slot.load(std::memory_order_relaxed)) {
+                slot.store(audio, std::memory_order_release);
+                return;
+            }
+        // full: the oldest published take makes room (its record and files stay)
+        size_t oldest = 0;
+        for (size_t i = 1; i < kMaxLiveTakes; ++i)
+            if (fLive[i].load()->serial() < fLive[oldest].load()->serial()) oldest = i;
+        fLive[oldest].store(audio, std::memory_order_release);
+        waitForRun();
+    }
+
+    // After a take leaves fLive: returns once run() cannot still be reading it.
+    void waitForRun() const
+    {
+        const uint64_t seq = fRunSeq.load(std::memory_order_acquire);
+        if (seq % 2 == 0) return;
+        for (int i = 0; i < 2000 && fRunSeq.load(std::memory_order_acquire) == seq; ++i)
+            std::this_thread::sleep_for(std::chrono::microseconds(500));
+    }
+
+    TakeRecord* selectedLocked()
+    {
+        const uint64_t serial = fSelected.load(std::memory_order_acquire);
+        for (auto& take : fTakes)
+            if (take.audio && take.audio->serial() == serial) return &take;
+        return fTakes.empty() ? nullptr : &fTakes.back();
+    }
+
+    TakeRecord* findLocked(const std::string& id)
+    {
+        for (auto& take : fTakes)
+            if (take.id == id) return &take;
+        return nullptr;
+    }
+
+    static bool inFlight(const TakeRecord& take)
+    {
+        return take.state == "requested" || take.state == "accepted" || take.state == "queued" ||
+               take.state == "streaming" || take.state == "cancelling";
+    }
+
+    void cancelSelected()
+    {
+        std::string id;
+        {
+            const std::lock_guard<std::mutex> lock(fMutex);
+            TakeRecord* take = selectedLocked();
+            if (!take || !inFlight(*take)) return;
+            take->state = "cancelling";
+            id = take->id;
+        }
+        fLink.cancel(id);
+    }
+
+    void chooseVariation(int32_t variation, bool step)
+    {
+        const std::lock_guard<std::mutex> lock(fMutex);
+        TakeRecord* take = selectedLocked();
+        if (!take || !take->audio || take->variations < 1) return;
+        if (step) {
+            if (take->accepted && take->variations > 1) {
+                fLastError = "take " + take->id + " is accepted as variation " + std::to_string(take->chosen + 1) +
+                             ": re-roll it to choose again";
+                return;
+            }
+            variation = ((take->chosen + variation) % take->variations + take->variations) % take->variations;
+        }
+        if (variation < 0 || variation >= take->variations) return;
+        take->chosen = variation;
+        take->audio->chosen.store(variation, std::memory_order_release);
+    }
+
+    void onNote(uint8_t note)
+    {
+        if (note <= kLastReservedNote) {
+            switch (note) {
+            case kNoteReroll: reroll(); break;
+            case kNoteNextVariation: chooseVariation(1, true); break;
+            case kNotePreviousVariation: chooseVariation(-1, true); break;
+            case kNoteAccept: acceptSelected(); break;
+            case kNoteCancel: cancelSelected(); break;
+            case kNoteAudition: fTriggers[kAudition].fetch_add(1, std::memory_order_release); break;
+            case kNoteGenerate: generateFromParameters(); break;
+            default: break;
+            }
+            return;
+        }
+        std::string prompt, model;
+        int32_t bars = 0;
+        {
+            const std::lock_guard<std::mutex> lock(fMutex);
+            stemd::Json slots;
+            std::string error;
+            if (!stemd::parseJson(fStates[kSlots], slots, error)) return;
+            const stemd::Json* slot = slots.get(std::to_string(note).c_str());
+            if (!slot || slot->type != stemd::Json::Type::Object) return;
+            prompt = slot->str("prompt", fStates[kPrompt]);
+            model = slot->str("model", fStates[kModel]);
+            bars = static_cast<int32_t>(slot->num("bars", fParams[kBars].load()) + 0.5);
+        }
+        generate(prompt, model, std::clamp(bars, 1, 64),
+                 std::clamp(static_cast<int32_t>(fParams[kVariations].load() + 0.5f), 1, 16), -1);
+    }
+
+    void reroll()
+    {
+        TakeRecord copy;
+        {
+            const std::lock_guard<std::mutex> lock(fMutex);
+            const TakeRecord* take = selectedLocked();
+            if (!take) return;
+            copy = *take;
+        }
+        generate(copy.prompt, copy.model, copy.bars, copy.variations, copy.startBar);
+    }
+
+    void acceptSelected()
+    {
+        const std::lock_guard<std::mutex> lock(fMutex);
+        TakeRecord* take = selectedLocked();
+        if (!take) return;
+        take->accepted = true;
+        for (auto& file : take->files) file.rewrite = file.written;  // their sidecars say accepted now
+    }
+
+    // ---- takes to disk (worker) -------------------------------------------------------------------------------
+    // Writes every variation that has all its bars and is not on disk yet, and rewrites the sidecars of
+    // takes accepted since; one file at a time, the lock released while writing.
+    void writeFinishedTakes()
+    {
+        for (;;) {
+            TakeRecord copy;
+            int32_t variation = -1;
+            bool rewrite = false;
+            std::string folder, daemon;
+            {
+                const std::lock_guard<std::mutex> lock(fMutex);
+                for (auto& take : fTakes) {
+                    if (!take.audio) continue;
+                    for (size_t v = 0; v < take.files.size(); ++v) {
+                        stemd::TakeFile& file = take.files[v];
+                        const bool finished = !file.written && !inFlight(take) && take.state != "cancelled" &&
+                                              allBars(*take.audio, static_cast<int32_t>(v));
+                        if (!finished && !file.rewrite) continue;
+                        rewrite = file.written;
+                        file.written = true;  // claimed
+                        file.rewrite = false;
+                        variation = static_cast<int32_t>(v);
+                        break;
+                    }
+                    if (variation >= 0) {
+                        copy = take;
+                        break;
+                    }
+                }
+                if (variation < 0) return;
+                folder = fStates[kTakesDir];
+                daemon = fStates[kDaemon];
+            }
+            writeVariation(copy, variation, folder, daemon, rewrite);
+        }
+    }
+
+    static bool allBars(const TakeAudio& audio, int32_t variation)
+    {
+        for (int32_t b = 0; b < audio.bars(); ++b)
+            if (!audio.barReady(variation, b)) return false;
+        return true;
+    }
+
+    void writeVariation(TakeRecord take, int32_t variation, const std::string& folder, const std::string& daemon,
+                        bool rewrite)
+    {
+        namespace fs = std::filesystem;
+        std::error_code ec;
+        fs::create_directories(folder, ec);
+        stemd::TakeFile& file = take.files[static_cast<size_t>(variation)];
+        if (take.takeNumber == 0) take.takeNumber = stemd::nextTakeNumber(folder, stemd::takePrefix(take.prompt, take.startBar));
+        const std::string name = stemd::takeName(take.prompt, take.startBar, take.takeNumber, variation, take.variations > 1);
+        const std::string wavPath = rewrite ? file.wav : (fs::absolute(fs::path(folder) / (name + ".wav"), ec)).string();
+        const std::string jsonPath = wavPath.substr(0, wavPath.size() - 4) + ".json";
+        const int64_t frames = take.audio->frames();
+        std::string delivery = "{\"client\": \"stemd plugin\", \"daemon\": " + stemd::jsonString(daemon) +
+                               ", \"take_id\": " + stemd::jsonString(take.id) +
+                               ", \"file\": " + stemd::jsonString(fs::path(wavPath).filename().string()) +
+                               ", \"daw_bar\": " + std::to_string(take.startBar + 1) +
+                               ", \"start_sample\": " + std::to_string(take.startSample) +
+                               ", \"sample_rate\": " + std::to_string(take.sampleRate) +
+                               ", \"channels\": 2, \"frames\": " + std::to_string(frames) +
+                               ", \"format\": \"float32\", \"accepted\": " + (take.accepted ? "true" : "false") +
+                               ", \"received\": " + stemd::jsonString(utcNow());
+        std::string sidecar = file.daemonSidecar.empty() ? "" : stemd::sidecarWithDelivery(file.daemonSidecar, delivery + "}");
+        const bool missing = sidecar.empty();
+        if (missing)
+            sidecar = "{\n  \"delivery\": " + delivery + ", \"missing\": " +
+                      stemd::jsonString(file.daemonSidecar.empty()
+                                            ? "the daemon sent no sidecar for this take: what made it is not known"
+                                            : "the daemon's sidecar for this take was not a stemd sidecar: what made it is not known") +
+                      "}\n}\n";
+        std::string error;
+        bool ok = stemd::atomicWrite(jsonPath, sidecar, error);
+        if (ok && !rewrite)
+            ok = stemd::atomicWrite(wavPath, stemd::wavFloat32(take.audio->variationData(variation), frames, 2, take.sampleRate), error);
+        const std::lock_guard<std::mutex> lock(fMutex);
+        TakeRecord* t = findLocked(take.id);
+        if (!t) return;
+        t->takeNumber = take.takeNumber;
+        stemd::TakeFile& kept = t->files[static_cast<size_t>(variation)];
+        if (!ok) {
+            kept.written = false;
+            t->errorCode = "io_error";
+            t->errorMessage = error;
+            fLastError = "take " + t->id + ": io_error: " + error;
+            return;
+        }
+        kept.wav = wavPath;
+        kept.sidecar = jsonPath;
+        kept.sidecarMissing = missing;
+    }
+
+    // ---- takes from a saved project (host thread) ---------------------------------------------------------------
+    void loadTakes(const std::string& text)
+    {
+        std::vector<TakeRecord> loaded;
+        std::string error;
+        if (text.size() > kMaxStateText || !stemd::takesFromJson(text, loaded, error)) {
+            const std::lock_guard<std::mutex> lock(fMutex);
+            fLastError = "takes state not read: " + (text.size() > kMaxStateText ? std::string("over 4 MiB") : error);
+            return;
+        }
+        std::vector<std::string> known;
+        {
+            const std::lock_guard<std::mutex> lock(fMutex);
+            for (const auto& take : fTakes) known.push_back(take.id);
+        }
+        for (auto& take : loaded) {
+            if (std::find(known.begin(), known.end(), take.id) != known.end()) continue;  // already here, live
+            loadAudio(take);
+        }
+        const std::lock_guard<std::mutex> lock(fMutex);
+        if (!error.empty()) fLastError = "takes state: " + error;
+        std::vector<TakeRecord> next;
+        for (auto& take : loaded) {
+            TakeRecord* live = findLocked(take.id);
+            next.push_back(live ? std::move(*live) : std::move(take));
+        }
+        for (auto& take : fTakes)  // requests still streaming stay, whatever the state says
+            if (!take.id.empty() && inFlight(take)) next.push_back(std::move(take));
+        // republish: what is no longer listed leaves run() before its memory goes
+        for (auto& slot : fLive) slot.store(nullptr, std::memory_order_release);
+        for (auto& take : next)
+            if (take.audio) publishLocked(take.audio.get());
+        waitForRun();
+        fTakes = std::move(next);
+        if (!fTakes.empty() && fTakes.back().audio)
+            fSelected.store(fTakes.back().audio->serial(), std::memory_order_release);
+    }
+
+    // Reads a saved take's WAV files into a new TakeAudio (silence where a file is missing).
+    void loadAudio(TakeRecord& take)
+    {
+        BarGrid grid;
+        if (!stemd::recordGrid(take, grid)) return;
+        grid = BarGrid(grid.tempo(), grid.meter(), take.sampleRate);
+        uint64_t serial;
+        {
+            const std::lock_guard<std::mutex> lock(fMutex);
+            serial = ++fSerial;
+        }
+        auto audio = std::make_shared<TakeAudio>(serial, take.startSample, grid, take.startBar, take.bars, take.variations);
+        int32_t found = 0;
+        for (int32_t v = 0; v < take.variations; ++v) {
+            const stemd::TakeFile& file = take.files[static_cast<size_t>(v)];
+            std::vector<float> samples;
+            uint32_t rate = 0;
+            std::string error;
+            if (file.wav.empty() || !stemd::readWav(file.wav, audio->frames(), samples, rate, error) || rate != take.sampleRate) {
+                const std::lock_guard<std::mutex> lock(fMutex);
+                if (!file.wav.empty())
+                    fLastError = "take " + take.id + ": " + (error.empty() ? file.wav + " is at another rate" : error);
+                continue;
+            }
+            ++found;
+            const int64_t have = static_cast<int64_t>(samples.size() / 2);
+            for (int32_t b = 0; b < take.bars; ++b) {
+                const int64_t start = audio->barOffset(b), n = audio->barFrames(b);
+                if (start + n > have) break;
+                audio->fillBar(v, b, samples.data() + start * 2, n);
+            }
+        }
+        if (found == 0) {
+            take.state = "missing";
+            return;
+        }
+        if (!inFlight(take) && take.state != "failed" && take.state != "cancelled") take.state = "loaded";
+        audio->chosen.store(take.chosen, std::memory_order_relaxed);
+        take.audio = std::move(audio);
+    }
+
+    // ---- the network thread's events (DaemonListener) ------------------------------------------------------------
+    void onConnection(stemd::ConnectionState state, const std::string& message) override
+    {
+        const std::lock_guard<std::mutex> lock(fMutex);
+        fConnected = state == stemd::ConnectionState::Connected;
+        std::string daemon = fStates[kDaemon];
+        fConnection = std::string(stemd::connection_state_name(state)) + " (" + daemon.substr(0, 80) + ")";
+        if (!message.empty()) fConnection += ": " + message.substr(0, 200);
+    }
+
+    void onModels(const std::vector<stemd::ModelRow>& rows) override
+    {
+        const std::lock_guard<std::mutex> lock(fMutex);
+        fModels.clear();
+        for (const auto& row : rows) fModels += (fModels.empty() ? "" : ", ") + row.name.substr(0, 64);
+    }
+
+    void setTakeState(const std::string& id, const char* state)
+    {
+        const std::lock_guard<std::mutex> lock(fMutex);
+        if (TakeRecord* take = findLocked(id))
+            if (take->state != "cancelling" || std::strcmp(state, "cancelled") == 0) take->state = state;
+    }
+
+    void onAccepted(const std::string& id) override { setTakeState(id, "accepted"); }
+    void onQueued(const std::string& id, int32_t) override { setTakeState(id, "queued"); }
+    void onProgress(const std::string& id, float, int32_t) override { setTakeState(id, "streaming"); }
+
+    void onChunk(const std::string& id, int32_t variation, int32_t bar, int64_t startSample, int32_t sampleRate,
+                 int32_t channels, const float* audio, size_t frames) override
+    {
+        const std::lock_guard<std::mutex> lock(fMutex);
+        TakeRecord* take = findLocked(id);
+        if (!take || !take->audio) return;
+        TakeAudio& buffer = *take->audio;
+        const char* wrong = nullptr;
+        if (variation < 0 || variation >= buffer.variations() || bar < 0 || bar >= buffer.bars()) wrong = "a bar outside the take";
+        else if (sampleRate != static_cast<int32_t>(buffer.sampleRate()) || channels != 2) wrong = "another rate or channel count";
+        else if (static_cast<int64_t>(frames) != buffer.barFrames(bar)) wrong = "a bar of another length";
+        else if (startSample != take->startSample + buffer.barOffset(bar)) wrong = "a bar at another sample";
+        if (wrong) {
+            take->errorCode = "grid_mismatch";
+            take->errorMessage = std::string("the daemon sent ") + wrong + " (bar " + std::to_string(bar) + ")";
+            fLastError = "take " + id + ": grid_mismatch: " + take->errorMessage;
+            return;
+        }
+        buffer.fillBar(variation, bar, audio, static_cast<int64_t>(frames));
+        if (take->state != "cancelling") take->state = "streaming";
+    }
+
+    void onSidecar(const std::string& id, int32_t variation, const std::string& json) override
+    {
+        const std::lock_guard<std::mutex> lock(fMutex);
+        TakeRecord* take = findLocked(id);
+        if (!take || variation < 0 || variation >= static_cast<int32_t>(take->files.size()) || json.size() > 65536) return;
+        take->files[static_cast<size_t>(variation)].daemonSidecar = json;
+    }
+
+    void onTake(const std::string&, int32_t, const std::string&) override {}
+
+    void onDone(const std::string& id) override
+    {
+        setTakeState(id, "done");
+        fWake.notify_all();
+    }
+
+    void onCancelled(const std::string& id) override
+    {
+        const std::lock_guard<std::mutex> lock(fMutex);
+        if (TakeRecord* take = findLocked(id)) {
+            take->state = "cancelled";
+            if (take->audio) take->audio->enabled.store(false, std::memory_order_release);
+        }
+    }
+
+    void onError(const std::string& id, const std::string& code, const std::string& message) override
+    {
+        const std::lock_guard<std::mutex> lock(fMutex);
+        fLastError = (id.empty() ? std::string() : "take " + id + ": ") + code + ": " + message.substr(0, 300);
+        TakeRecord* take = id.empty() ? nullptr : findLocked(id);
+        if (!take) return;
+        take->state = "failed";
+        take->errorCode = code.substr(0, 64);
+        take->errorMessage = message.substr(0, 1000);
+        // a take cut off keeps playing the bars it has; one refused has none
+        if (take->audio && take->audio->barsReceived() == 0) take->audio->enabled.store(false, std::memory_order_release);
+    }
+
+    // ---- status ------------------------------------------------------------------------------------------------
+    std::string statusLocked() const
+    {
+        std::string s = fConnection.empty() ? std::string("starting") : fConnection;
+        if (!fModels.empty()) s += "; models: " + fModels;
+        size_t playable = 0;
+        for (const auto& take : fTakes)
+            if (take.audio && take.audio->barsReceived() > 0) ++playable;
+        s += "; " + std::to_string(fTakes.size()) + " takes (" + std::to_string(playable) + " playable)";
+        if (!fConnected && playable) s += ", playing what it has";
+        if (!fLastError.empty()) s += "; last error: " + fLastError;
+        return s;
+    }
+
+    void publishOutputsLocked()
+    {
+        fParams[kConnected].store(fConnected ? 1.0f : 0.0f, std::memory_order_relaxed);
+        const TakeRecord* take = selectedLocked();
+        fParams[kBarsReceived].store(take && take->audio ? static_cast<float>(take->audio->barsReceived()) : 0.0f,
+                                     std::memory_order_relaxed);
+    }
+
+    // ---- members -----------------------------------------------------------------------------------------------
+    // parameters: set by the host (any thread), read everywhere
     std::atomic<float> fParams[kParamCount] = {{4}, {1}, {0}, {0}, {1}, {0}, {0}, {0}, {0}};
-    mutable std::mutex fStateMutex;
+    std::atomic<uint32_t> fTriggers[kParamCount] = {};
+    bool fTriggerHigh[kParamCount] = {};
+
+    // run()'s own (audio thread only)
+    HostFormat fFormat = HostFormat::Frames;
+    BarGrid fGrid;
+    int64_t fOrigin = 0, fLastTs = 0, fFreeClock = 0, fAuditionStart = 0;
+    uint32_t fLastFrames = 0, fAuditionSeen = 0;
+    uint64_t fAuditionTake = 0;
+    bool fLastPlaying = false;
+
+    // audio thread -> others
+    std::atomic<uint64_t> fRunSeq{0};
+    std::atomic<uint32_t> fSnapSeq{0};
+    std::atomic<bool> fSnapValid{false}, fSnapPlaying{false};
+    std::atomic<int64_t> fSnapTs{0}, fSnapTempoNum{120}, fSnapTempoDen{1};
+    std::atomic<int32_t> fSnapMeter{4 * 64 + 4};
+    std::atomic<uint32_t> fSnapRate{48000};
+    stemd::SpscQueue<NoteCommand, 256> fNotes;
+
+    // others -> audio thread
+    std::atomic<const TakeAudio*> fLive[kMaxLiveTakes];
+    std::atomic<uint64_t> fSelected{0};
+
+    // everything below under fMutex (never taken by run())
+    mutable std::mutex fMutex;
+    std::condition_variable fWake;
     std::string fStates[kStateCount];
+    std::vector<TakeRecord> fTakes;
+    std::string fConnection, fModels, fLastError, fIdPrefix;
+    bool fConnected = false, fLinkDirty = false, fQuit = false;
+    uint64_t fSerial = 0;
+    uint64_t fRequestCount = 0;
+
+    stemd::DaemonLink fLink;
+    std::thread fWorker;
 
     DISTRHO_DECLARE_NON_COPYABLE_WITH_LEAK_DETECTOR(StemdPlugin)
 };
