@@ -45,7 +45,8 @@ def run_one(engine: Engine, tmp_path: Path, **request) -> RecordingClient:
 def test_the_take_is_on_disk_before_take_and_done_are_sent(tmp_path):
     client = run_one(ClickEngine(), tmp_path, bars=2, variations=2)
     addresses = client.addresses()
-    assert addresses.count("/stemd/chunk") == 4 and addresses[-3:] == ["/stemd/take", "/stemd/take", "/stemd/done"]
+    assert addresses.count("/stemd/chunk") == 4 and addresses[-5:] == [
+        "/stemd/sidecar", "/stemd/take", "/stemd/sidecar", "/stemd/take", "/stemd/done"]
     assert [d for a, _args, d in client.sent if a == "/stemd/take"] == [True, True]
 
 
