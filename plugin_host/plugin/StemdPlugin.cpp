@@ -909,11 +909,11 @@ private:
                 audio->fillBar(v, b, samples.data() + start * 2, n);
             }
         }
+        if (inFlight(take)) take.state = "interrupted";  // saved while it streamed: no request is open now
         if (found == 0) {
             take.state = "missing";
             return;
         }
-        if (!inFlight(take) && take.state != "failed" && take.state != "cancelled") take.state = "loaded";
         audio->chosen.store(take.chosen, std::memory_order_relaxed);
         take.audio = std::move(audio);
     }

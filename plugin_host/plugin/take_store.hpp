@@ -134,7 +134,8 @@ struct TakeRecord {
     int32_t chosen = 0;        // 0-based
     bool accepted = false;
     int32_t takeNumber = 0;
-    // requested, accepted, queued, streaming, done, cancelled, failed, loaded, missing
+    // requested, accepted, queued, streaming, cancelling, done, cancelled, failed, interrupted (saved while it
+    // streamed), missing (its files are gone)
     std::string state = "requested";
     std::string errorCode;
     std::string errorMessage;
