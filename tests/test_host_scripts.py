@@ -494,3 +494,68 @@ def test_a_built_wheel_carries_every_host_script(tmp_path):
     for script in ["reaper/stemd_insert.py", "ableton/stemd_live/__init__.py", "ableton/stemd_live/osc_min.py",
                    "ardour/stemd_takes.lua"]:
         assert f"stemd/plugin_host/{script}" in names
+
+
+# --- the stemd plugin's installer ----------------------------------------------------------------------
+def fake_plugin_build(folder: Path, version: str) -> Path:
+    """The layout `make plugin` leaves in build/plugin (Linux), with contents that say which build it is."""
+    for rel in ["stemd.vst3/Contents/x86_64-linux/stemd.so", "stemd.lv2/stemd.so", "stemd.lv2/manifest.ttl",
+                "stemd.lv2/stemd.ttl", "stemd.clap"]:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(f"{rel} {version}")
+    return folder
+
+
+def install_plugin_cli(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("XDG_CONFIG_HOME",)}
+    env["HOME"] = str(home)
+    return subprocess.run([sys.executable, "-m", "stemd", "install-host-scripts", "--plugin", *args],
+                          capture_output=True, text=True, timeout=60, env=env)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the Linux plugin folders")
+def test_install_plugin_copies_the_bundles_into_the_users_plugin_folders(tmp_path):
+    home = tmp_path / "home"
+    old = fake_plugin_build(tmp_path / "old", "1")
+    assert install_plugin_cli(home, "--from", str(old)).returncode == 0
+    (home / ".lv2" / "stemd.lv2" / "stale.ttl").write_text("from an older build")
+    new = fake_plugin_build(tmp_path / "new", "2")
+
+    out = install_plugin_cli(home, "--from", str(new))
+    assert out.returncode == 0, out.stderr
+    assert (home / ".vst3/stemd.vst3/Contents/x86_64-linux/stemd.so").read_text().endswith(" 2")
+    assert (home / ".clap/stemd.clap").read_text() == "stemd.clap 2"
+    assert sorted(p.name for p in (home / ".lv2/stemd.lv2").iterdir()) == ["manifest.ttl", "stemd.so", "stemd.ttl"]
+    assert f"installed {home / '.vst3' / 'stemd.vst3'}" in out.stdout and "Rescan plugins" in out.stdout
+
+
+def test_install_plugin_without_a_build_says_how_to_make_one(tmp_path):
+    out = install_plugin_cli(tmp_path / "home", "--from", str(tmp_path / "nothing"))
+    assert out.returncode != 0
+    assert "make plugin" in out.stderr and "stemd.vst3" in out.stderr
+    assert not (tmp_path / "home").exists()
+
+
+def test_plugin_folders_per_platform(tmp_path, monkeypatch):
+    from stemd.plugin_host.cmd_install import plugin_folders
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert plugin_folders("linux") == {"vst3": tmp_path / ".vst3", "clap": tmp_path / ".clap", "lv2": tmp_path / ".lv2"}
+    mac = plugin_folders("darwin")
+    assert mac["vst3"] == tmp_path / "Library" / "Audio" / "Plug-Ins" / "VST3"
+    assert mac["clap"].parts[-2:] == ("Plug-Ins", "CLAP") and mac["lv2"].parts[-2:] == ("Plug-Ins", "LV2")
+    monkeypatch.setenv("COMMONPROGRAMFILES", str(tmp_path / "Common Files"))
+    monkeypatch.setenv("APPDATA", str(tmp_path / "Roaming"))
+    win = plugin_folders("win32")
+    assert win == {"vst3": tmp_path / "Common Files" / "VST3", "clap": tmp_path / "Common Files" / "CLAP",
+                   "lv2": tmp_path / "Roaming" / "LV2"}
+
+
+@pytest.mark.skipif(not (ROOT / "build" / "plugin" / "stemd.vst3").is_dir(), reason="the plugin is not built (make plugin)")
+def test_install_plugin_from_this_checkouts_build(tmp_path):
+    out = install_plugin_cli(tmp_path)
+    assert out.returncode == 0, out.stderr
+    so = "stemd.vst3/Contents/x86_64-linux/stemd.so"
+    if sys.platform == "linux":
+        assert (tmp_path / ".vst3" / so).read_bytes() == (ROOT / "build" / "plugin" / so).read_bytes()
+        assert (tmp_path / ".lv2" / "stemd.lv2" / "manifest.ttl").is_file()
