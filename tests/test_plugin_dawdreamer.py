@@ -226,3 +226,26 @@ def test_a_refused_request_keeps_the_daemons_code_and_message(vst3, dawdreamer, 
     engine.render(7.0)
     assert np.abs(engine.get_audio()).max() == 0.0             # nothing to play, nothing invented
     assert not list(takes_dir.glob("*.wav"))
+
+
+def test_a_midi_note_fires_its_slot_at_the_next_bar_line_and_a_reserved_note_picks_the_next_variation(
+        vst3, dawdreamer, plugin_env, tmp_path):
+    daemon, takes_dir = plugin_env
+    engine, plugin = new_plugin(dawdreamer, vst3)
+    engine.render(0.1)
+    write_states(plugin, tmp_path / "state.bin", slots=json.dumps({"60": {"prompt": "slot clicks", "bars": 1}}))
+    set_plain(plugin, "Variations", 2, 1, 16)
+    plugin.add_midi_note(60, 100, 0.2, 0.1)        # while the host plays bar 1
+    engine.render(0.5)
+    wavs = wait_for(lambda: sorted(takes_dir.glob("*.wav")), 60, "the slot's take was not written")
+    # the next bar line after the note is the DAW's bar 2; two variations, one file each
+    assert [w.name for w in wavs] == ["slot-clicks_bar002_take01_v1.wav", "slot-clicks_bar002_take01_v2.wav"]
+    [take] = takes_state(plugin, tmp_path)
+    assert (take["prompt"], take["bars"], take["daw_bar"], take["chosen"]) == ("slot clicks", 1, 2, 1)
+    assert take["start_sample"] == GRID.bar_start_sample(1, RATE)
+
+    plugin.clear_midi()
+    plugin.add_midi_note(1, 100, 0.0, 0.1)          # reserved note 1: next variation
+    engine.render(0.3)
+    chosen = wait_for(lambda: takes_state(plugin, tmp_path)[0]["chosen"] == 2, 10, "variation 2 was not chosen")
+    assert chosen
