@@ -406,6 +406,7 @@ LinkSession::~LinkSession() = default;
 const std::string& LinkSession::why() const { return state_->why; }
 bool LinkSession::heard() const { return state_->heard; }
 size_t LinkSession::open_requests() const { return state_->open.size(); }
+size_t LinkSession::partial_bytes() const { return state_->reader.buffered(); }
 
 bool LinkSession::feed(const uint8_t* data, size_t size) {
     State& s = *state_;
@@ -641,9 +642,12 @@ struct DaemonLink::Impl {
         return Fd();
     }
 
-    // Runs one connection until it ends; returns why it ended ("" when stopped) and whether it heard
-    // a well-formed packet.
-    std::string serve(DaemonListener& listener, Fd& sock, bool& heard) {
+    // Runs one connection until it ends; returns why it ended ("" when stopped). A drop is reported
+    // (onConnection(Dropped), with the back-off that follows) before the open requests fail, so a
+    // listener that stops the link on a request's error has heard why. A daemon that spoke properly
+    // starts the back-off over.
+    std::string serve(DaemonListener& listener, Fd& sock, int& backoff_ms, int first_backoff_ms) {
+        bool heard = false;
         LinkSession session(listener);
         std::vector<uint8_t> out = LinkSession::greeting(token);
         size_t sent = 0;
@@ -669,7 +673,10 @@ struct DaemonLink::Impl {
                 for (int reads = 0; reads < 64 && why.empty(); ++reads) {  // then let writes and requests in
                     const ssize_t got = ::recv(sock.get(), in.data(), in.size(), 0);
                     if (got == 0) {
-                        why = "the daemon closed the connection";
+                        why = session.partial_bytes() == 0
+                                  ? "the daemon closed the connection"
+                                  : "the daemon closed the connection inside a packet (truncated after " +
+                                        std::to_string(session.partial_bytes()) + " bytes)";
                     } else if (got < 0) {
                         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) break;
                         why = std::string("receive: ") + std::strerror(errno);
@@ -698,6 +705,10 @@ struct DaemonLink::Impl {
             }
         }
         sock.reset();
+        if (heard) backoff_ms = first_backoff_ms;
+        if (!why.empty())
+            listener.onConnection(ConnectionState::Dropped,
+                                  why + "; retrying in " + std::to_string(backoff_ms) + " ms");
         session.close_all("connection_lost",
                           "the connection to the daemon at " + where() + " ended: " + (why.empty() ? "stopped" : why));
         return why;
@@ -719,11 +730,8 @@ struct DaemonLink::Impl {
                 continue;
             }
             listener.onConnection(ConnectionState::Connected, where());
-            bool heard = false;
-            why = serve(listener, sock, heard);
+            why = serve(listener, sock, backoff_ms, kFirstBackoffMs);
             if (stopping.load()) break;
-            if (heard) backoff_ms = kFirstBackoffMs;  // a daemon that spoke properly: back-off starts over
-            listener.onConnection(ConnectionState::Dropped, why + "; retrying in " + std::to_string(backoff_ms) + " ms");
             wait_disconnected(listener, Clock::now() + std::chrono::milliseconds(backoff_ms), why);
             backoff_ms = std::min(backoff_ms * 2, kLastBackoffMs);
         }

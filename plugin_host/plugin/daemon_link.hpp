@@ -114,6 +114,7 @@ public:
     bool feed(const uint8_t* data, size_t size);
     const std::string& why() const;
     bool heard() const;  // a well-formed packet has arrived on this connection
+    size_t partial_bytes() const;  // bytes of a packet that has not arrived whole yet
 
     // The framed packets sent on connect: `/stemd/hello <token>` (when token is not "") and `/stemd/models`.
     static std::vector<uint8_t> greeting(const std::string& token);

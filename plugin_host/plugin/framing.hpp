@@ -39,7 +39,7 @@ public:
     Error error() const { return error_; }
     int64_t bad_size() const { return bad_size_; }  // the size header that broke the stream
     size_t max_packet() const { return max_packet_; }
-    size_t buffered() const { return header_filled_ + filled_; }  // bytes of the packet under way
+    size_t buffered() const { return delivered_ ? 0 : header_filled_ + filled_; }  // bytes of a packet under way
     void reset();  // a new connection
 
 private:

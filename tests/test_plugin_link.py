@@ -1,0 +1,261 @@
+"""The stemd plugin's network side (plugin_host/plugin/daemon_link.cpp) against real peers.
+
+``build/plugin/stemd_link_probe_asan`` is the plugin's own DaemonLink (and its OSC codec and framing)
+on the command line, built with AddressSanitizer and UBSan: it connects, asks for one take, and prints
+every event as one JSON line. Here it talks to a real ``stemd serve --model click`` (a take at 97 BPM
+3/4 checked bar by bar against stemd.timing.Grid), to no daemon at all (it says so and retries), and to
+hostile peers (it drops the connection, says why, reconnects and does not crash). The codec's own
+checks run in ``build/plugin/link_test`` (plugin_host/plugin/link_test.cpp).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import socket
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import pytest
+
+from stemd import osc
+from stemd.framing import LengthPrefixDecoder, frame_length_prefixed
+from stemd.timing import Grid
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGIN_SRC = ROOT / "plugin_host" / "plugin"
+PROBE = ROOT / "build" / "plugin" / "stemd_link_probe_asan"
+LINK_TEST = ROOT / "build" / "plugin" / "link_test"
+ASAN_ENV = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0", "UBSAN_OPTIONS": "print_stacktrace=1"}
+
+pytestmark = pytest.mark.skipif(not (shutil.which("make") and shutil.which("c++")),
+                                reason="the link probe needs make and a C++ compiler (Debian: build-essential)")
+
+
+def _make(target: str) -> None:
+    proc = subprocess.run(["make", "-C", str(PLUGIN_SRC), "-f", "Makefile.link", target], capture_output=True,
+                          text=True, timeout=600)
+    if proc.returncode != 0 and "fsanitize" in proc.stderr and "cannot find" in proc.stderr:
+        pytest.skip("the compiler's AddressSanitizer runtime is missing (Debian: libasan8)")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def probe() -> Path:
+    _make("asan")
+    return PROBE
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Probe:
+    """The probe as a process; its JSON lines collected as they come."""
+
+    def __init__(self, binary: Path, *args: str):
+        self.proc = subprocess.Popen([str(binary), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=ASAN_ENV)
+        self.events: list[dict] = []
+        self.stderr = ""
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self._errors = threading.Thread(target=self._read_stderr, daemon=True)
+        self._errors.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.events.append(json.loads(line))
+
+    def _read_stderr(self) -> None:
+        self.stderr = self.proc.stderr.read()
+
+    def wait_for(self, match: Callable[[dict], bool], timeout: float = 30.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in list(self.events):
+                if match(event):
+                    return event
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"no such event; got {self.events}")
+
+    def finish(self, timeout: float = 60.0) -> int:
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"the probe did not exit; events {self.events}")
+        self._reader.join(10)
+        self._errors.join(10)
+        assert "AddressSanitizer" not in self.stderr and "runtime error" not in self.stderr, self.stderr[-4000:]
+        return self.proc.returncode
+
+    def of(self, kind: str) -> list[dict]:
+        return [e for e in self.events if e["event"] == kind]
+
+    def states(self) -> list[str]:
+        return [e["state"] for e in self.of("connection")]
+
+
+def test_codec_framing_and_event_checks_pass_their_unit_test():
+    _make("link_test")
+    proc = subprocess.run([str(LINK_TEST)], capture_output=True, text=True, timeout=120, env=ASAN_ENV)
+    assert proc.returncode == 0 and ", 0 failed" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_a_two_bar_take_at_bar_3_in_97_bpm_3_4_streams_every_bar_at_its_sample(probe, start_daemon):
+    daemon = start_daemon()
+    p = Probe(probe, "--port", str(daemon.port), "--generate", "t1", "--prompt", "click", "--bars", "2",
+              "--variations", "2", "--bpm", "97", "--meter", "3/4", "--start-bar", "2", "--sample-rate", "48000",
+              "--seed", "7", "--seconds", "60")
+    assert p.finish() == 0, (p.events, p.stderr[-2000:])
+    kinds = [e["event"] for e in p.events]
+    assert p.states()[:2] == ["connecting", "connected"] and p.states()[-1] == "stopped"
+    assert p.of("models")[0]["rows"][0][:3] == ["click", "click", 1]
+    assert kinds.index("accepted") < kinds.index("chunk")
+
+    grid = Grid(97, "3/4")
+    chunks = p.of("chunk")
+    assert sorted((c["variation"], c["bar_index"]) for c in chunks) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for c in chunks:
+        bar = 2 + c["bar_index"]  # bar 3 of the DAW is bar 2 from the origin
+        assert c["start_sample"] == grid.bar_start_sample(bar, 48000), c
+        assert c["frames"] == grid.bar_length_samples(bar, 48000), c
+        assert (c["sample_rate"], c["channels"]) == (48000, 2)
+        assert c["first_sound"] == 0 and c["peak"] > 0.1, c  # the click's downbeat is the bar's first sample
+    assert chunks[0]["start_sample"] == 178144
+
+    # per variation: its sidecar, exactly as the daemon wrote it beside the take, then the take
+    for v in (0, 1):
+        sidecar_at = next(i for i, e in enumerate(p.events) if e["event"] == "sidecar" and e["variation"] == v)
+        take_at = next(i for i, e in enumerate(p.events) if e["event"] == "take" and e["variation"] == v)
+        assert sidecar_at < take_at
+        text, path = p.events[sidecar_at]["json"], Path(p.events[take_at]["path"])
+        assert path.is_file() and path.with_suffix(".json").read_text() == text
+        card = json.loads(text)
+        assert (card["bars"], card["meter"], card["seed"], card["start_bar"]) == (2, "3/4", 7, 2), card
+    assert kinds[-3:] == ["done", "connection", "exit"]  # done, then the stop
+    assert not p.of("error")
+
+
+def test_an_absent_daemon_is_reported_and_retried_until_it_comes(probe, start_daemon):
+    port = _free_port()
+    p = Probe(probe, "--port", str(port), "--generate", "late", "--bars", "1", "--bpm", "137", "--meter", "7/8",
+              "--seconds", "90")
+    p.wait_for(lambda e: e.get("state") == "unreachable" and "retrying in 1000 ms" in e["message"])
+    first = p.of("connection")[1]
+    assert first["state"] == "unreachable" and "refused" in first["message"].lower(), first
+    assert "retrying in 500 ms" in first["message"]
+    start_daemon("--port", str(port))  # the daemon comes up on the port the link keeps trying
+    assert p.finish() == 0, (p.events, p.stderr[-2000:])
+    assert "connected" in p.states()
+    chunk = p.of("chunk")[0]
+    assert chunk["start_sample"] == 0 and chunk["frames"] == Grid(137, "7/8").bar_length_samples(0, 48000)
+    assert p.of("done")
+
+
+# --- hostile peers ---------------------------------------------------------------------------------
+
+def _models_reply() -> bytes:
+    return frame_length_prefixed(osc.encode_message(
+        "/stemd/models/reply", 1, "click", "click", 1, "cpu", "float32", 0, "MIT (stemd)", 1, ""))
+
+
+def _read_generate(conn: socket.socket) -> Optional[str]:
+    """The id of the first /stemd/generate the link sends on `conn` (None if it closes first)."""
+    decoder = LengthPrefixDecoder()
+    conn.settimeout(20)
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        for packet in decoder.feed(data):
+            message = osc.decode(packet)
+            if message.address == "/stemd/generate":
+                return message.args[0]
+
+
+def _lying_chunk(conn: socket.socket) -> None:
+    conn.sendall(_models_reply())
+    rid = _read_generate(conn)
+    conn.sendall(frame_length_prefixed(osc.encode_message("/stemd/accepted", rid)))
+    # 801 bytes of audio for a stereo float32 bar: not frames * channels * 4
+    conn.sendall(frame_length_prefixed(osc.encode_message("/stemd/chunk", rid, 0, 0, 0, 48000, 2, bytes(801))))
+
+
+def _blob_past_the_end(conn: socket.socket) -> None:
+    conn.sendall(_models_reply())
+    rid = _read_generate(conn)
+    packet = bytearray(osc.encode_message("/stemd/chunk", rid, 0, 0, 0, 48000, 2, bytes(800)))
+    packet[-804:-800] = struct.pack(">i", 1 << 20)  # the blob says 1 MiB; 800 bytes follow
+    conn.sendall(frame_length_prefixed(bytes(packet)))
+
+
+HOSTILE = {
+    # name: (what the peer sends, whether the probe asks for a take, what the drop says)
+    "oversized size header": (lambda c: c.sendall(struct.pack(">I", 0x7FFFFFFF) + b"\0" * 64), False,
+                              "over the limit"),
+    "negative size header": (lambda c: c.sendall(struct.pack(">i", -8)), False, "negative packet size"),
+    "truncated packet": (lambda c: (c.sendall(struct.pack(">I", 4096) + _models_reply()[4:]),
+                                    c.shutdown(socket.SHUT_WR)), False, "closed the connection inside a packet"),
+    "malformed packet": (lambda c: c.sendall(frame_length_prefixed(b"/stemd/chunk\0\0\0\0,sb\0xx\0\0")), False,
+                         "malformed packet"),
+    "chunk whose blob size lies": (_lying_chunk, True, "not a whole number of float32 frames"),
+    "blob past the end": (_blob_past_the_end, True, "blob size"),
+    "random bytes": (lambda c: c.sendall(struct.pack(">I", 2000) + random.Random(5).randbytes(2000)), False,
+                     "malformed packet"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_a_hostile_peer_drops_the_connection_not_the_probe(probe, name):
+    send, asks, reason = HOSTILE[name]
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    server.settimeout(30)
+    connections: list[socket.socket] = []
+
+    def serve() -> None:
+        try:
+            for _ in range(2):  # the hostile connection, then the reconnection (answered with nothing)
+                conn, _ = server.accept()
+                connections.append(conn)
+                if len(connections) == 1:
+                    send(conn)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    args = ["--port", str(server.getsockname()[1]), "--seconds", "20" if asks else "4"]
+    if asks:
+        args += ["--generate", "h1", "--bars", "2", "--bpm", "97", "--meter", "3/4", "--start-bar", "2"]
+    p = Probe(probe, *args)
+    try:
+        status = p.finish()
+    finally:
+        server.close()
+        for conn in connections:
+            conn.close()
+    dropped = next((e for e in p.of("connection") if e["state"] == "dropped"), None)
+    assert dropped, p.events
+    assert reason in dropped["message"] and "retrying in" in dropped["message"], dropped
+    if asks:  # the open request ends with connection_lost, and the probe exits normally
+        errors = p.of("error")
+        assert errors and errors[0]["id"] == "h1" and errors[0]["code"] == "connection_lost", p.events
+        assert status == 1
+    else:  # it reconnected to the same peer after its back-off, and stopped when asked
+        assert p.states().count("connected") == 2 and p.states()[-1] == "stopped", p.events
+        assert status == 0
