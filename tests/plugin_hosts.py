@@ -28,7 +28,9 @@ from stemd.timing import Meter
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
-PLUGIN_DIR = ROOT / "build" / "plugin"
+#: the build under test: build/plugin, or $STEMD_PLUGIN_BUILD (another build of the same source, e.g. with
+#: PLUGIN_OUT or another DPF_PATH)
+PLUGIN_DIR = Path(os.environ.get("STEMD_PLUGIN_BUILD") or ROOT / "build" / "plugin")
 VST3 = PLUGIN_DIR / "stemd.vst3"
 LV2 = PLUGIN_DIR / "stemd.lv2"
 JACK_APP = PLUGIN_DIR / "stemd"
@@ -176,9 +178,10 @@ class Ardour:
     def __init__(self, home: Path, plugin_dir: Path, env: Optional[dict] = None):
         self.home = home
         self.vst3 = home / ".vst3" / "stemd.vst3"
-        self.vst3.parent.mkdir(parents=True, exist_ok=True)
+        # a copy, not a link: Ardour drops a cached VST3 whose library is newer than its cache entry, so a
+        # rebuild of build/plugin during the test would leave the session with an "unknown" plugin
         if not self.vst3.exists():
-            self.vst3.symlink_to(plugin_dir / "stemd.vst3")
+            shutil.copytree(plugin_dir / "stemd.vst3", self.vst3, symlinks=True)
         base = {k: v for k, v in os.environ.items() if not k.startswith("XDG_")}
         self.env = {**base, **ARDOUR_ENV, "HOME": str(home), **(env or {})}
         self.scanned = False
@@ -188,16 +191,17 @@ class Ardour:
         return subprocess.run(["ardour7-lua", str(path)], capture_output=True, text=True, timeout=timeout,
                               env=self.env)
 
-    def make_session(self, folder: Path, bpm: int, meter: Meter, rate: int, name: str = "song",
+    def make_session(self, folder: Path, bpm: int, meter: Meter, rate: int, end_sample: int, name: str = "song",
                      track: str = "stemd") -> Path:
         """A session made by Ardour at ``rate`` with one stereo track, its tempo map set to ``bpm``
-        (quarter notes) and ``meter``; the first such run in a fresh HOME records the VST3 bundle, and the
-        scanner then caches it."""
+        (quarter notes) and ``meter``, its range 0 to ``end_sample``; the first such run in a fresh HOME
+        records the VST3 bundle, and the scanner then caches it."""
         script = MAKE_SESSION.format(folder=folder / name, name=name, rate=rate, track=track)
         out = self.lua(script, folder / "make_session.lua")
         session = folder / name / f"{name}.ardour"
         assert session.exists(), out.stdout + out.stderr
         set_tempo_map(session, bpm, meter)
+        set_session_range(session, end_sample, rate)
         if not self.scanned:
             self.scan()
         return session
@@ -236,8 +240,33 @@ class Ardour:
         out = subprocess.run(["ardour7-export", "-b", "float", "-o", str(wav), str(session.parent), session.stem],
                              capture_output=True, text=True, timeout=300, env=self.env)
         assert wav.exists(), out.stdout + out.stderr
+        assert "that is unknown" not in out.stdout + out.stderr, f"Ardour did not find stemd:\n{out.stderr[-2000:]}"
         data, rate = soundfile.read(wav, dtype="float32", always_2d=True)
         return data, rate
+
+
+def set_session_range(session: Path, end_sample: int, rate: int) -> None:
+    """The session's range (what ardour7-export renders) from 0 to ``end_sample``: a session with no
+    regions has none, and its export is empty."""
+    import xml.etree.ElementTree as ET
+
+    tree = ET.parse(session)
+    root = tree.getroot()
+    tempo_map = root.find("TempoMap")
+    per_second = int(tempo_map.get("superclocks-per-second", 282240000)) if tempo_map is not None else 282240000
+    assert end_sample * per_second % rate == 0, (end_sample, rate)
+    end = f"a{end_sample * per_second // rate}"
+    locations = root.find("Locations")
+    if locations is None:
+        locations = ET.SubElement(root, "Locations")
+    for location in list(locations):
+        if "IsSessionRange" in location.get("flags", ""):
+            locations.remove(location)
+    ids = [int(e.get("id")) for e in root.iter() if (e.get("id") or "").isdigit()]
+    locations.append(ET.Element("Location", {"id": str(max(ids, default=0) + 1000), "name": "session", "start": "a0",
+                                             "end": end, "flags": "IsSessionRange", "locked": "0", "timestamp": "0",
+                                             "cue": "0"}))
+    tree.write(session, encoding="UTF-8", xml_declaration=True)
 
 
 def set_tempo_map(session: Path, bpm: int, meter: Meter) -> None:
@@ -268,8 +297,8 @@ class Jalv:
                  controls: Optional[dict] = None):
         lv2_path = log.parent / "lv2"
         lv2_path.mkdir(exist_ok=True)
-        if not (lv2_path / "stemd.lv2").exists():
-            (lv2_path / "stemd.lv2").symlink_to(plugin_dir / "stemd.lv2")
+        if not (lv2_path / "stemd.lv2").exists():  # a copy: a rebuild during the test does not reach it
+            shutil.copytree(plugin_dir / "stemd.lv2", lv2_path / "stemd.lv2", symlinks=True)
         self.name = name
         self.log = log
         self.env = jack.env

@@ -46,7 +46,7 @@ def run_round_trip(tmp_path, start_daemon, build, bpm: int, meter: Meter, rate: 
     daemon = start_daemon()
     ardour = Ardour(tmp_path / "home", build, env={"STEMD_DAEMON": f"127.0.0.1:{daemon.port}",
                                                    "STEMD_TAKES_DIR": str(tmp_path / "plugin-takes")})
-    session = ardour.make_session(tmp_path, bpm, meter, rate)
+    session = ardour.make_session(tmp_path, bpm, meter, rate, end_sample=grid.bar_start_sample(5, rate))
     log, received = ardour.add_stemd_and_generate(session, {"bars": 2, "start_bar": 3}, wait_bars=2)
     assert received == 2, f"the plugin received {received} of 2 bars while Ardour ran:\n{log[-3000:]}"
     # the daemon was asked for what the session says, at the session's rate, for bar 3 (0-based 2)
