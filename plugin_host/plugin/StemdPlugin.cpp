@@ -240,8 +240,8 @@ protected:
             // fires once as the host's value rises to 0.5 or above: DPF 1.6 hands no host change of a
             // kParameterIsTrigger parameter to the plugin in VST3 and CLAP, so these are plain switches
             const bool high = value >= 0.5f;
-            if (high && !fTriggerHigh[index]) fTriggers[index].fetch_add(1, std::memory_order_release);
-            fTriggerHigh[index] = high;
+            if (high != fTriggerHigh[index].exchange(high) && high)
+                fTriggers[index].fetch_add(1, std::memory_order_release);
             fParams[index].store(0.0f, std::memory_order_relaxed);  // a trigger reads back 0
             return;
         }
@@ -585,7 +585,7 @@ private:
             take.errorCode = "too_large";
             take.errorMessage = "the take would need " + std::to_string(bytes >> 20) + " MiB in memory (at most 2048)";
         } else {
-            take.audio = std::make_shared<TakeAudio>(++fSerial, take.startSample, grid, startBar, bars, variations);
+            take.audio = std::make_shared<TakeAudio>(fSerial.fetch_add(1) + 1, take.startSample, grid, startBar, bars, variations);
         }
         const std::string error = stemd::validate_request(request);
         if (!error.empty() && take.errorCode.empty()) {
@@ -883,11 +883,7 @@ private:
         BarGrid grid;
         if (!stemd::recordGrid(take, grid)) return;
         grid = BarGrid(grid.tempo(), grid.meter(), take.sampleRate);
-        uint64_t serial;
-        {
-            const std::lock_guard<std::mutex> lock(fMutex);
-            serial = ++fSerial;
-        }
+        const uint64_t serial = fSerial.fetch_add(1) + 1;
         auto audio = std::make_shared<TakeAudio>(serial, take.startSample, grid, take.startBar, take.bars, take.variations);
         int32_t found = 0;
         for (int32_t v = 0; v < take.variations; ++v) {
@@ -1032,7 +1028,7 @@ private:
     // parameters: set by the host (any thread), read everywhere
     std::atomic<float> fParams[kParamCount] = {{4}, {1}, {0}, {0}, {1}, {0}, {0}, {0}, {0}};
     std::atomic<uint32_t> fTriggers[kParamCount] = {};
-    bool fTriggerHigh[kParamCount] = {};
+    std::atomic<bool> fTriggerHigh[kParamCount] = {};
 
     // run()'s own (audio thread only)
     HostFormat fFormat = HostFormat::Frames;
@@ -1054,6 +1050,7 @@ private:
     // others -> audio thread
     std::atomic<const TakeAudio*> fLive[kMaxLiveTakes];
     std::atomic<uint64_t> fSelected{0};
+    std::atomic<uint64_t> fSerial{0};  // TakeAudio serials: newer takes win where takes overlap
 
     // everything below under fMutex (never taken by run())
     mutable std::mutex fMutex;
@@ -1062,7 +1059,6 @@ private:
     std::vector<TakeRecord> fTakes;
     std::string fConnection, fModels, fLastError, fIdPrefix;
     bool fConnected = false, fLinkDirty = false, fQuit = false;
-    uint64_t fSerial = 0;
     uint64_t fRequestCount = 0;
 
     stemd::DaemonLink fLink;
