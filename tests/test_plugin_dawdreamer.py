@@ -180,6 +180,10 @@ def test_click_take_plays_from_the_exact_sample_of_bar_3(vst3, dawdreamer, plugi
     assert sidecar["delivery"]["start_sample"] == BAR3
     assert sidecar["delivery"]["file"] == wavs[0].name
     assert sidecar["start_bar"] == 2 and sidecar["bars"] == 2 and sidecar["tempo_exact"] == "150/1"
+    [daemon_json] = sorted(daemon.out.glob("*.json"))                   # what the daemon wrote and sent
+    daemon_text = daemon_json.read_text()
+    assert wavs[0].with_suffix(".json").read_text().startswith(daemon_text.rstrip()[:-1].rstrip())
+    assert {k: v for k, v in sidecar.items() if k != "delivery"} == json.loads(daemon_text)
     [take] = takes_state(plugin, tmp_path)
     assert (take["daw_bar"], take["start_sample"], take["state"], take["chosen"]) == (3, BAR3, "done", 1)
     assert take["variations"][0]["wav"] == str(wavs[0]) and take["variations"][0]["sidecar_missing"] is False
@@ -250,3 +254,10 @@ def test_a_midi_note_fires_its_slot_at_the_next_bar_line_and_a_reserved_note_pic
     engine.render(0.3)
     chosen = wait_for(lambda: takes_state(plugin, tmp_path)[0]["chosen"] == 2, 10, "variation 2 was not chosen")
     assert chosen
+
+    plugin.clear_midi()
+    plugin.add_midi_note(2, 100, 0.0, 0.1)          # reserved note 2: accept
+    engine.render(0.3)
+    wait_for(lambda: all(json.loads(w.with_suffix(".json").read_text())["delivery"]["accepted"] for w in wavs), 10,
+             "the sidecars do not say accepted")
+    assert takes_state(plugin, tmp_path)[0]["accepted"] is True
