@@ -443,7 +443,8 @@ bpm = 90
 meter = "3/4"
 sample_rate = 24000
 
-""" + MAP.replace('bars = 4', 'bars = 2\nstem = "drums"\nvariations = 2') + "".join(
+""" + MAP.replace('bars = 4', 'bars = 1\nstem = "drums"\nvariations = 2').replace(   # click takes no temperature
+    'param = "temperature"\nmin = 0.5\nmax = 1.5\ncurve = "exp"', 'param = "bars"\nmin = 1\nmax = 2') + "".join(
     f'\n[[bind]]\nnote = {n}\naction = "{action}"\n' for n, action in ((41, "extend"), (42, "next_variation"),
                                                                       (43, "accept")))
 
@@ -465,7 +466,7 @@ def test_stemd_serve_map_a_pad_makes_a_take_in_the_daemon_and_its_pad_lights(jac
     procs.append(d.proc)
     try:
         assert wait_until(lambda: any("90 24 00" in x for x in lines)), (lines, d.log)  # pads start dark
-        send(p, cc(70, 127), note(36))  # temperature to 1.5, then generate drums
+        send(p, cc(70, 127), note(36))  # bars to 2 (the slot says 1), then generate drums
         assert wait_until(lambda: any("90 24 05" in x for x in lines), 10), (lines, d.log)      # queued
         assert wait_until(lambda: any("90 24 06" in x for x in lines), 10), (lines, d.log)      # generating
         assert wait_until(lambda: any("90 24 01" in x for x in lines), 20), (lines, d.log)      # ready
@@ -473,7 +474,7 @@ def test_stemd_serve_map_a_pad_makes_a_take_in_the_daemon_and_its_pad_lights(jac
         assert first == ["drums_funk-drums_bar001_take01_v1.wav", "drums_funk-drums_bar001_take01_v2.wav"], d.log
         meta = read_sidecar(d.out / first[0])
         assert (meta["tempo"], meta["meter"], meta["bars"], meta["stem"]) == (90.0, "3/4", 2, "drums")
-        assert meta["request"]["temperature"] == 1.5 and meta["request"]["sample_rate"] == 24000
+        assert meta["request"]["sample_rate"] == 24000
 
         send(p, note(42))  # next variation: chosen, and its audition fails on an output that is not there
         d.wait_log("take midi-1: variation 2 of 2")
