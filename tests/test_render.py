@@ -334,3 +334,10 @@ def test_a_rendered_takes_sidecar_is_the_daemons_schema_plus_the_renders_own_key
     same = ("model", "model_name", "family", "license", "commercial_use", "engine", "prompt", "seed", "tempo",
             "tempo_exact", "meter", "bars", "start_bar", "frames", "sample_rate", "channels", "format")
     assert {k: rendered[k] for k in same} == {k: served[k] for k in same}
+
+
+def test_a_render_refuses_a_key_its_models_family_lacks_before_it_writes_a_take(tmp_path):
+    proc = stemd("--model", "click", "--bars", "1", "--bpm", "97", "--meter", "7/8", "--steps", "4",
+                 "--no-contact-sheet", "--out", tmp_path / "out")
+    assert proc.returncode == 2 and "unsupported_key: click (click) has no steps" in proc.stderr, proc.stderr
+    assert not list((tmp_path / "out").glob("*.wav"))

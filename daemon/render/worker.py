@@ -17,6 +17,7 @@ from stemd.daemon.render.job import Batch, RenderJob
 from stemd.models.base import Engine
 from stemd.models.pipeline import render_take
 from stemd.models.registry import load_engine
+from stemd.families import check_keys
 from stemd.sidecar import take_sidecar
 
 
@@ -47,6 +48,7 @@ class BatchRenderer:
     def render(self, batch: Batch) -> list[TakeFiles]:
         job, request = self.job, batch.request
         engine = self.engine(batch.model)
+        check_keys(request, engine.info().get("family", ""), batch.model_name)   # as the daemon's dispatch does
         started = time.perf_counter()
         audio = render_take(engine, spec_from_request(request, engine))  # (variations, channels, n)
         seconds = time.perf_counter() - started
