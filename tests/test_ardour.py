@@ -15,8 +15,10 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -31,6 +33,20 @@ HARDOUR = "/usr/lib/ardour7/hardour-7.3.0~ds0"
 ARDOUR_ENV = {"LD_LIBRARY_PATH": "/usr/lib/ardour7", "ARDOUR_DATA_PATH": "/usr/share/ardour7",
               "ARDOUR_CONFIG_PATH": "/etc/ardour7", "ARDOUR_DLL_PATH": "/usr/lib/ardour7"}
 ARDOUR_OSC_PORT = 3819
+
+EXPORT_TIMEOUT = 45  # seconds: an export of these sessions takes 5 to 10 on a loaded 2-core machine
+
+
+def ardour_env(tmp_path: Path, base: Optional[dict] = None) -> dict:
+    """The environment (``base``, default ours) with a HOME of the test's own, empty until the first
+    Ardour program of the test writes its ~/.config/ardour7 there: every run is Ardour's first run on a
+    machine, as on a fresh CI machine, whatever earlier runs or other tests' Ardour left in the user's."""
+    home = tmp_path / "ardour-home"
+    home.mkdir(exist_ok=True)
+    env = dict(os.environ if base is None else base)
+    env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), XDG_CACHE_HOME=str(home / ".cache"))
+    return env
+
 
 needs_ardour = pytest.mark.skipif(not (shutil.which("ardour7-lua") and shutil.which("ardour7-export")),
                                   reason="Ardour 7 (Debian ardour: ardour7-lua, ardour7-export) is not installed")
@@ -57,7 +73,8 @@ def make_session(tmp_path: Path, name: str = "song", tracks: tuple = ("takes",))
     folder = tmp_path / name
     script = tmp_path / "make_session.lua"
     script.write_text(MAKE_SESSION.format(folder=folder, name=name, tracks=", ".join(f'"{t}"' for t in tracks)))
-    out = subprocess.run(["ardour7-lua", str(script)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(["ardour7-lua", str(script)], capture_output=True, text=True, timeout=120,
+                         env=ardour_env(tmp_path))
     session = folder / f"{name}.ardour"
     assert session.exists(), out.stdout + out.stderr
     return session
@@ -76,32 +93,72 @@ def set_tempo_map(session: Path, bpm: int, meter: Meter) -> None:
     tree.write(session, encoding="UTF-8", xml_declaration=True)
 
 
-def export(session: Path, tmp_path: Path) -> tuple[np.ndarray, int]:
-    wav = tmp_path / "export.wav"
-    out = subprocess.run(["ardour7-export", "-b", "float", "-o", str(wav), str(session.parent), session.stem],
-                         capture_output=True, text=True, timeout=180)
-    assert wav.exists(), out.stdout + out.stderr
+def export(session: Path, tmp_path: Path, name: str = "export.wav") -> Optional[tuple[np.ndarray, int]]:
+    """The session rendered by ``ardour7-export`` (32-bit float), or None when it did not finish in
+    ``EXPORT_TIMEOUT`` seconds with a whole file. Seen here on a loaded machine: an export that wrote a
+    header and hung, and one that wrote its whole file and then did not exit (that file is used)."""
+    wav = tmp_path / name
+    try:
+        out = subprocess.run(["ardour7-export", "-b", "float", "-o", str(wav), str(session.parent), session.stem],
+                             capture_output=True, text=True, timeout=EXPORT_TIMEOUT, env=ardour_env(tmp_path))
+    except subprocess.TimeoutExpired:
+        if not wav.exists() or soundfile.info(wav).frames == 0:
+            return None
+    else:
+        assert wav.exists(), out.stdout + out.stderr
     data, rate = soundfile.read(wav, dtype="float32", always_2d=True)
     return data, rate
 
 
-def assert_renders_at(session: Path, tmp_path: Path, take: np.ndarray, at: int) -> None:
+def audible_samples(rendered: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(np.abs(rendered).max(axis=1) > 1e-6)  # -120 dBFS, on either channel
+
+
+def describe_audible(rendered: np.ndarray, before: int) -> str:
+    """Where a render is audible before sample ``before``, for a failure message: how many samples, the
+    first ones with their levels, and how many lie on multiples of 1024 (Ardour's export cycle)."""
+    early = audible_samples(rendered[:before])
+    if not early.size:
+        return "nothing audible before the bar"
+    levels = ", ".join(f"{i}: {rendered[i].max():+.3g}" for i in early[:12])
+    return (f"{early.size} audible samples before the bar ({np.count_nonzero(early % 1024 == 0)} on multiples "
+            f"of 1024, {np.count_nonzero(early % 2048 == 0)} of 2048), the first at {levels}")
+
+
+def assert_renders_at(session: Path, tmp_path: Path, take: np.ndarray, at: int, exports: int = 3) -> None:
     """The session renders ``take`` from sample ``at`` on, sample for sample, and nothing before it.
 
-    Seen once, with another full test run on the same 2 cores: an export whose audio differed inside the
-    take while its start was right. Ardour's export, not the session, so one export is repeated."""
-    for attempt in range(2):
-        rendered, rate = export(session, tmp_path)
+    ardour7-export is not stemd: an export that hangs, or that is audible where the session holds no
+    audio, is tried again (up to ``exports`` in all) and each such export is reported as a warning with
+    what it held; the same misplaced take fails every time. Seen here: an export that differed inside
+    the take while its start was right (with another full test run on the same 2 cores), sub -120 dBFS
+    residue before the bar, an export that hung (a loaded machine); on a fresh CI machine's first run,
+    an export audible on every multiple of 2048 samples."""
+    problems = []
+    for attempt in range(exports):
+        result = export(session, tmp_path, f"export{attempt or ''}.wav")
+        if result is None:
+            problems.append(f"export {attempt + 1} did not finish in {EXPORT_TIMEOUT} s")
+            continue
+        rendered, rate = result
         assert rate == 48000
-        audible = np.flatnonzero(np.abs(rendered).max(axis=1) > 1e-6)  # -120 dBFS, on either channel
-        assert audible.size and audible[0] == at, f"first audible sample {audible[:1]}, bar starts at {at}"
-        # nothing audible before the bar; a live hardour run has left sub -120 dBFS residue there once
+        audible = audible_samples(rendered)
+        assert audible.size, f"export {attempt + 1} is silent: the take is not in the session"
         before = np.abs(rendered[:at]).max() if at else 0.0
-        assert before <= 1e-6, f"level {before:.2e} before the bar, at sample {np.argmax(np.abs(rendered[:at]).max(axis=1))}"
+        if audible[0] < at or before > 1e-6:
+            problems.append(f"export {attempt + 1}: first audible sample {audible[0]}, bar starts at {at}; "
+                            f"level {before:.2e} before the bar: {describe_audible(rendered, at)}")
+            continue
+        assert audible[0] == at, f"first audible sample {audible[0]}, bar starts at {at}"
         diff = np.flatnonzero(np.abs(rendered[at:at + len(take)] - take).max(axis=1) > 1e-6)
-        if not diff.size:
-            return
-    raise AssertionError(f"{diff.size} samples of the render differ from the take, first at take sample {diff[0]}")
+        if diff.size:
+            problems.append(f"export {attempt + 1}: {diff.size} samples of the render differ from the take, first "
+                            f"at take sample {diff[0]}; {describe_audible(rendered, at)}")
+            continue
+        for problem in problems:
+            warnings.warn(f"ardour7-export, tried again: {problem}")
+        return
+    raise AssertionError("; ".join(problems))
 
 
 def port_free(port: int) -> bool:
@@ -138,7 +195,7 @@ def start_hardour(jack, session: Path, log_path: Path, attempts: int = 3) -> sub
 
     About one start in four here, jackd logs "Unknown request 0" at Ardour's connection and drops it
     ("JACK HALTED" in Ardour's log): its transport then never moves. That start is retried."""
-    env = dict(jack.env, **ARDOUR_ENV)
+    env = dict(ardour_env(log_path.parent, jack.env), **ARDOUR_ENV)
     for _ in range(attempts):
         log = open(log_path, "w")
         proc = jack.start([HARDOUR, str(session.parent), session.stem], env=env, stdout=log,
