@@ -208,7 +208,7 @@ def test_a_failed_export_leaves_no_entry(tmp_path):
         path.write_bytes(b"half")
         raise RuntimeError("exporter crashed")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="exporter crashed"):    # the exporter's own error, not another
         cached_export("thing", {"weights": "x"}, export, root=tmp_path)
     assert list((tmp_path / "onnx").iterdir()) == []
 
