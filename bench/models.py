@@ -69,7 +69,9 @@ def first_bar(pool, name: str, device: str, spec) -> float:
 def bench_arch(arch: str, args) -> None:
     from stemd.models.base import GenerationSpec
     from stemd.models.memory import gib
-    from stemd.models.pool import ModelEntry, ModelPool, UNLIMITED
+    from stemd.models.budgets import UNLIMITED
+    from stemd.models.entries import ModelEntry
+    from stemd.models.pool import ModelPool
     from stemd.timing import Grid
 
     source = ensure_checkpoint(arch)

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,104 +29,20 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from stemd.errors import StemdError
-from stemd.models.base import Engine, EngineError
+from stemd.models.backend_plan import planned_backend, planned_dtype
+from stemd.models.base import Engine
+from stemd.models.budgets import UNLIMITED
+from stemd.models.devices import device_type
+from stemd.models.entries import ModelEntry, ModelsFileError, derive_name, unique_entries
 from stemd.models.memory import Footprint, footprint, gib
-from stemd.protocol import MODEL_NAME, ProtocolError
+from stemd.protocol import ProtocolError
+
+# daemon/cmd_serve.py and daemon/render/ import these from here; they live in entries, budgets and devices
+from stemd.models.budgets import default_budget  # noqa: F401
+from stemd.models.devices import resolve_devices  # noqa: F401
+from stemd.models.entries import parse_model_arg, read_models_file  # noqa: F401
 
 log = logging.getLogger("stemd.models.pool")
-
-#: kept free on a device when no --memory-budget is given: max(1 GiB, this share of what is free)
-MARGIN_SHARE = {"cuda": 0.10, "mps": 0.25, "cpu": 0.20}
-MIN_MARGIN = 2 ** 30
-UNLIMITED = 2 ** 62
-
-
-class ModelsFileError(EngineError):
-    code = "bad_arguments"
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """One model a daemon serves: ``name`` (what requests say), ``source`` (``click``, a folder, a hub
-    id), and optionally the device it must run on, its dtype and MusicGen's decoding backend."""
-
-    name: str
-    source: str
-    device: Optional[str] = None
-    dtype: Optional[str] = None
-    backend: Optional[str] = None
-
-
-def derive_name(source: str) -> str:
-    """A model's name when none is given: ``click``; a folder's name; a hub id's repo part
-    (facebook/musicgen-small -> musicgen-small), made fit for the protocol."""
-    if source == "click":
-        return "click"
-    path = Path(source).expanduser()
-    base = path.resolve().name if path.exists() else source.rstrip("/").rsplit("/", 1)[-1]
-    name = re.sub(r"[^A-Za-z0-9_.\-]+", "-", base).strip("-._")[:64] or "model"
-    return name if name[0].isalnum() else "m" + name[:63]
-
-
-def parse_model_arg(text: str) -> ModelEntry:
-    """``--model SOURCE`` or ``--model NAME=SOURCE``."""
-    name, sep, source = text.partition("=")
-    if not sep or "/" in name or not name or Path(text).expanduser().exists():
-        return ModelEntry(derive_name(text), text)
-    return ModelEntry(check_name(name), source)
-
-
-def check_name(name: str) -> str:
-    if not MODEL_NAME.fullmatch(name):
-        raise ModelsFileError(f"model name {name!r}: 1-64 letters, digits, _ . - starting with a letter or digit")
-    return name
-
-
-def read_models_file(path: Path) -> list[ModelEntry]:
-    """``--models FILE``: a TOML table of models, in the order they are served (the first is the default)::
-
-        [models]
-        drums = "/models/musicgen-drums"                        # NAME = SOURCE
-        loops = { source = "stabilityai/stable-audio-3-small-music", device = "cuda:1", dtype = "bfloat16" }
-        click = "click"
-    """
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-
-    try:
-        data = tomllib.loads(Path(path).expanduser().read_text())
-    except OSError as e:
-        raise ModelsFileError(f"cannot read models file {path}: {e.strerror or e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ModelsFileError(f"{path}: {e}") from None
-    table = data.get("models")
-    if not isinstance(table, dict) or not table:
-        raise ModelsFileError(f"{path}: needs a [models] table of NAME = \"SOURCE\" (or NAME = {{ source = ... }})")
-    out = []
-    for name, value in table.items():
-        check_name(name)
-        if isinstance(value, str):
-            value = {"source": value}
-        if not isinstance(value, dict) or not isinstance(value.get("source"), str):
-            raise ModelsFileError(f"{path}: model {name!r} needs a source (a folder, a hub id or click)")
-        unknown = sorted(set(value) - {"source", "device", "dtype", "backend"})
-        if unknown:
-            raise ModelsFileError(f"{path}: model {name!r} has unknown keys {', '.join(unknown)} "
-                                  "(it takes source, device, dtype, backend)")
-        out.append(ModelEntry(name, value["source"], value.get("device"), value.get("dtype"), value.get("backend")))
-    return out
-
-
-def unique_entries(entries: list[ModelEntry]) -> list[ModelEntry]:
-    seen: dict[str, ModelEntry] = {}
-    for entry in entries:
-        if entry.name in seen:
-            raise ModelsFileError(f"two models are named {entry.name!r} ({seen[entry.name].source} and "
-                                  f"{entry.source}): name one of them, --model NAME=SOURCE")
-        seen[entry.name] = entry
-    return list(seen.values())
 
 
 def locate(source: str) -> tuple[str, Optional[Path]]:
@@ -144,97 +58,6 @@ def locate(source: str) -> tuple[str, Optional[Path]]:
     from stemd.models.musicgen.loading import resolve
 
     return "musicgen", resolve(source)
-
-
-def resolve_devices(requested: list[str], sources: list[str]) -> list[str]:
-    """The devices workers run on, by their canonical names (``cuda`` -> ``cuda``, ``cuda:1``); none
-    asked: the best one here (the CPU, without importing torch, when every model is ``click``)."""
-    if not requested and all(s == "click" for s in sources):
-        return ["cpu"]
-    import torch
-
-    from stemd.models.devices import pick_device
-
-    out = []
-    for name in requested or [None]:
-        try:
-            device = str(pick_device(name))
-        except RuntimeError as e:
-            raise ModelsFileError(f"--device {name}: {e}") from None
-        if device in out:
-            raise ModelsFileError(f"--device {device} is given twice (several CPU workers: cpu:0, cpu:1)")
-        if device_type(device) == "cuda":
-            index = torch.device(device).index or 0
-            if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-                raise ModelsFileError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices")
-        out.append(device)
-    return out
-
-
-def planned_backend(family: str, device: str, asked: Optional[str], dtype: Optional[str] = None) -> Optional[str]:
-    """MusicGen's decoding backend on ``device`` as the pool plans for it (None for other families):
-    the one asked for, else $STEMD_DECODE_BACKEND, else auto, which on a CPU is planned as ``onnx-int8``
-    (what it picks on CPUs with int8 dot products; the loaded engine's own bytes replace the estimate)."""
-    if family != "musicgen":
-        return None
-    import torch
-
-    from stemd.models.musicgen.decoding import auto_without_timing
-    from stemd.models.registry import chosen_backend
-
-    backend = chosen_backend(asked)[0]
-    if backend == "auto":
-        fixed = auto_without_timing(torch.device(device), dtype)
-        return fixed[0] if fixed is not None else "onnx-int8"
-    return backend
-
-
-def planned_dtype(family: str, device: str, asked: Optional[str], backend: Optional[str] = None) -> str:
-    """The dtype a model of ``family`` will run in on ``device`` (as its engine picks it), by name;
-    ``backend``: MusicGen's planned backend (``planned_backend``): its CPU paths load float32."""
-    if family == "click":
-        return "float32"
-    import torch
-
-    if family == "musicgen":
-        from stemd.models.musicgen.decoding import CPU_BACKENDS, pick_dtype
-
-        if backend in CPU_BACKENDS and asked in (None, "auto"):
-            return "float32"
-    else:
-        from stemd.models.diffusion.engine import pick_dtype
-    return str(pick_dtype(asked, torch.device(device))).replace("torch.", "")
-
-
-def device_type(device: str) -> str:
-    return device.split(":", 1)[0]
-
-
-def free_bytes(device: str) -> int:
-    """What ``device`` has free now (a CPU: the memory the kernel says is available)."""
-    kind = device_type(device)
-    if kind == "cuda":
-        import torch
-
-        return int(torch.cuda.mem_get_info(torch.device(device))[0])
-    if kind == "mps":
-        import torch
-
-        return int(torch.mps.recommended_max_memory() - torch.mps.current_allocated_memory())
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-
-
-def default_budget(device: str, sharing: int = 1) -> int:
-    """What is free on ``device`` less a margin (max(1 GiB, 10% on CUDA, 20% on a CPU)), shared by
-    ``sharing`` workers on the same memory (several CPU devices)."""
-    free = free_bytes(device) // max(1, sharing)
-    return max(0, free - max(MIN_MARGIN // max(1, sharing), int(free * MARGIN_SHARE.get(device_type(device), 0.2))))
 
 
 @dataclass(eq=False)
@@ -281,19 +104,13 @@ def locate_slot(entry: ModelEntry, device: str) -> Slot:
     """What is known of ``entry`` before it loads: found on disk (ModelNotFound otherwise), its family,
     licence card, whether it is a test model, the dtype it will run in on its device (``entry.device``,
     else ``device``) and its footprint. Nothing loads."""
+    from stemd.licenses import card_for_model, is_test_model
+
     family, folder = locate(entry.source)
     backend = planned_backend(family, entry.device or device, entry.backend, entry.dtype)
     dtype = planned_dtype(family, entry.device or device, entry.dtype, backend)
-    test_model = False
-    if family != "click":
-        from stemd.licenses import card_for_readme
-
-        test_model = is_test_model(folder)
-        card = card_for_readme(folder / "README.md", family, test_model=test_model)
-    else:
-        from stemd.licenses import card as family_card
-
-        card = family_card("click")
+    test_model = folder is not None and is_test_model(folder)
+    card = card_for_model(family, folder, test_model=test_model)
     return Slot(entry, family, folder, footprint(family, folder, dtype, backend), card, test_model, dtype)
 
 
@@ -442,7 +259,8 @@ class ModelPool:
     def _make_room(self, device: str, need: int, for_slot: Slot) -> None:
         budget = self.budgets[device]
         while self.held(device) + need > budget:
-            idle = [s for s in self.slots.values() if s.loaded and s.device == device and s is not for_slot]
+            idle = [s for s in self.slots.values()    # (a model holding 0 bytes would free nothing)
+                    if s.loaded and s.device == device and s is not for_slot and s.weights() > 0]
             if not idle:
                 return      # admission said it fits alone: what is left is the estimate's margin
             victim = min(idle, key=lambda s: s.last_used)
@@ -492,14 +310,3 @@ def release_memory(device: str) -> None:
 
         torch.cuda.empty_cache()
 
-
-def is_test_model(folder: Path) -> bool:
-    import json
-
-    for name in ("model_index.json", "config.json"):
-        try:
-            if json.loads((folder / name).read_text()).get("stemd_test_model"):
-                return True
-        except (OSError, ValueError, AttributeError):
-            continue
-    return False

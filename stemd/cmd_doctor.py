@@ -184,7 +184,8 @@ def check_served(model_args: list, models_file) -> list[Check]:
         return []
     try:
         from stemd.models.memory import gib
-        from stemd.models.pool import locate_slot, parse_model_arg, read_models_file
+        from stemd.models.entries import parse_model_arg, read_models_file
+        from stemd.models.pool import locate_slot
     except ImportError as e:   # the bridge-only install
         return [("fail", "served models", f"cannot check models without the daemon's packages ({e})")]
     from stemd.errors import StemdError

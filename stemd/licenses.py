@@ -90,3 +90,24 @@ def describe(license_card: dict) -> str:
     """One line: 'Stability AI Community License (commercial use: yes, ...)'."""
     verdict = "yes" if license_card.get("commercial") else "NO"
     return f"{license_card['name']} (commercial use: {verdict}; {license_card['link']})"
+
+
+def is_test_model(folder: Path) -> bool:
+    """A folder stemd wrote with random weights (``"stemd_test_model": true`` in its model_index.json or
+    config.json): it makes noise, not music."""
+    import json
+
+    for name in ("model_index.json", "config.json"):
+        try:
+            if json.loads((Path(folder) / name).read_text()).get("stemd_test_model"):
+                return True
+        except (OSError, ValueError, AttributeError):
+            continue
+    return False
+
+
+def card_for_model(family: str, folder: Optional[Path], *, test_model: bool = False) -> dict:
+    """The card of a model of ``family`` in ``folder`` (None for the click): its README's, else the family's."""
+    if folder is None:
+        return card(family, test_model=test_model)
+    return card_for_readme(Path(folder) / "README.md", family, test_model=test_model)

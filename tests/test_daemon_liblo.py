@@ -86,7 +86,7 @@ def test_oscsend_over_tcp_reaches_the_daemon(daemon, oscdump):
 
 
 def test_oscsend_asks_for_the_models_and_a_take_by_model_name(start_daemon, tiny, oscdump):
-    from stemd.models.pool import planned_dtype
+    from stemd.models.backend_plan import planned_dtype
 
     daemon = start_daemon("--model", f"tiny={tiny}", "--device", "cpu")
     dtype = planned_dtype("musicgen", "cpu", None)     # bfloat16 on CPUs that compute in it, else float32

@@ -12,7 +12,8 @@ import pytest
 
 from daemon_fixtures import STEMD, TcpClient
 from stemd.models.memory import footprint
-from stemd.models.pool import locate, planned_dtype
+from stemd.models.backend_plan import planned_dtype
+from stemd.models.pool import locate
 from stemd.timing import Grid, Meter
 
 pytest.importorskip("torch")

@@ -7,8 +7,8 @@ import pytest
 from stemd.daemon.scheduler import Job, Scheduler
 from stemd.models.base import Engine
 from stemd.models.memory import Footprint, footprint, weight_bytes
-from stemd.models.pool import (ModelEntry, ModelPool, ModelsFileError, Slot, derive_name, locate, parse_model_arg,
-                               read_models_file)
+from stemd.models.entries import ModelEntry, ModelsFileError, derive_name, parse_model_arg, read_models_file
+from stemd.models.pool import ModelPool, Slot, locate
 from stemd.protocol import GenerateRequest, ProtocolError
 
 MIB = 2 ** 20
@@ -48,7 +48,7 @@ def test_the_estimate_of_weights_is_what_a_loaded_model_holds(engine, tiny):
 
 def test_the_pool_plans_the_default_backend_and_the_memory_each_cpu_backend_holds(tiny, tmp_path, monkeypatch):
     from stemd.models.musicgen.engine import MusicGenEngine
-    from stemd.models.pool import planned_backend, planned_dtype
+    from stemd.models.backend_plan import planned_backend, planned_dtype
 
     monkeypatch.delenv("STEMD_DECODE_BACKEND")          # conftest's eager: plan the default
     assert planned_backend("musicgen", "cpu", None) == "onnx-int8"

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 
 from stemd.models.base import EngineError
-from stemd.models.devices import DTYPES, gpu_dtype, named_dtype
+from stemd.models.devices import DTYPE_NAMES, gpu_dtype, named_dtype
 from stemd.models.musicgen.generate import EagerStep
 from stemd.models.musicgen.loading import Checkpoint, load_checkpoint, resolve
 from stemd.models.registry import DECODE_BACKENDS
@@ -116,13 +116,13 @@ def _onnx_parts():
 
 def asks_float32(dtype: Optional[str]) -> bool:
     """``--dtype`` unset, auto or a name of float32 (the ONNX paths' and auto's CPU timing's dtype)."""
-    return dtype in (None, "auto") or DTYPES.get(dtype) == torch.float32
+    return dtype in (None, "auto") or DTYPE_NAMES.get(dtype) == "float32"
 
 
 def auto_without_timing(device: torch.device, dtype: Optional[str]) -> Optional[tuple[str, str]]:
     """What ``auto`` runs where it times nothing, and why: CUDA graphs on CUDA, eager on other
     accelerators and on a CPU asked for another dtype than float32; None on a CPU in float32, where it
-    times the CPU paths (the model pool plans for that case too: ``pool.planned_backend``)."""
+    times the CPU paths (the model pool plans for that case too: ``backend_plan.planned_backend``)."""
     if device.type == "cuda":
         return "cuda-graph", "auto: a CUDA device, so decoding steps replay as CUDA graphs"
     if device.type != "cpu":
