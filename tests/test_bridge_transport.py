@@ -73,8 +73,9 @@ def _java_int_add(a: int, b: int) -> int:
 
 
 def drivenbymoss_beat_text(beats: float, numerator: int, denominator: int, padded: bool = True) -> str:
-    """``/beat/str`` as DrivenByMoss makes it: a port of ``TransportImpl.formatAsBeats(1)``
-    (src/main/java/de/mossgrabers/bitwig/framework/daw/TransportImpl.java) and the ``formatMeasures`` it
+    """``/beat/str`` as DrivenByMoss (github.com/git-moss/DrivenByMoss) makes it: a port of
+    ``TransportImpl.formatAsBeats(1)`` (src/main/java/de/mossgrabers/bitwig/framework/daw/TransportImpl.java;
+    its ``getBeatText`` is what its ``OSCWriter`` sends as ``/beat/str``) and the ``formatMeasures`` it
     calls through ``StringUtils.formatMeasuresLong`` (src/main/java/de/mossgrabers/framework/utils/
     StringUtils.java), Java's int and double arithmetic kept: ``beats`` is Bitwig's position in quarters.
     ``padded``: the long format ``"%d.%02d.%02d:%02d"``; older versions use ``"%d.%d.%d:%02d"``."""
