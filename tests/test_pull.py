@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def pull(*args, env):
     return subprocess.run([sys.executable, "-m", "stemd", "pull", *args], capture_output=True, text=True,
@@ -29,3 +31,101 @@ def test_pull_finds_a_cached_model_offline_and_says_in_one_line_what_it_cannot_d
     out = pull("facebook/musicgen-medium", env=dict(env, HF_HUB_OFFLINE="0"))    # no hub from here
     assert out.returncode == 2 and "cannot fetch facebook/musicgen-medium" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_cached_release_in_its_makers_format_is_found_offline_with_the_line_that_converts_it(tmp_path):
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    env.pop("HF_HUB_CACHE", None)
+    repo = tmp_path / "hf" / "hub" / "models--ACE-Step--Ace-Step1.5"
+    snapshot = repo / "snapshots" / "abc123"
+    (snapshot / "acestep-v15-turbo").mkdir(parents=True)
+    (snapshot / "acestep-v15-turbo" / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    out = pull("ACE-Step/Ace-Step1.5", env=env)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == f"ACE-Step/Ace-Step1.5: {snapshot}"
+    assert f"convert_ace_step_to_diffusers.py --checkpoint_dir {snapshot}" in lines[1]
+
+
+OFFICIAL = {   # repo -> (a file it must fetch, a file it must leave on the hub, served as pulled)
+    "stabilityai/stable-audio-3-small-music": ("model.safetensors", "optimized/model.onnx", False),
+    "stabilityai/stable-audio-3-medium": ("model_config.json", "model.ckpt", False),
+    "ACE-Step/Ace-Step1.5": ("acestep-v15-turbo/model.safetensors", "acestep-5Hz-lm-1.7B/model.safetensors", False),
+    "ACE-Step/acestep-v15-xl-turbo-diffusers": ("transformer/diffusion_pytorch_model-00001-of-00002.safetensors",
+                                                "transformer/diffusion_pytorch_model.bin", True),
+}
+
+
+def test_each_official_release_reaches_the_hub_with_its_repo_id_and_only_the_files_stemd_runs(tmp_path, monkeypatch,
+                                                                                               capsys):
+    import argparse
+    import fnmatch
+
+    import huggingface_hub
+
+    from stemd.models import cmd_pull
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    calls = []
+
+    def snapshot_download(repo_id, revision=None, local_files_only=False, allow_patterns=None, **kw):
+        calls.append((repo_id, local_files_only, allow_patterns))
+        folder = tmp_path / repo_id.replace("/", "--")
+        folder.mkdir(exist_ok=True)
+        return str(folder)                       # as if it were in the cache
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    for repo, (fetched, left, served) in OFFICIAL.items():
+        calls.clear()
+        assert cmd_pull.run(argparse.Namespace(model=repo, revision=None)) == 0
+        (called, offline, patterns), = calls                 # one call, the cache's: nothing went to the network
+        assert called == repo and offline is True
+        assert any(fnmatch.fnmatch(fetched, p) for p in patterns), (repo, fetched)
+        assert not any(fnmatch.fnmatch(left, p) for p in patterns), (repo, left)
+        out = capsys.readouterr().out.splitlines()
+        assert out[0] == f"{repo}: {tmp_path / repo.replace('/', '--')}"
+        assert (len(out) == 1) if served else ("convert it once" in out[1] and "--output_dir DIR" in out[1])
+
+
+def test_an_official_release_not_in_the_cache_is_refused_offline_after_the_cache_was_asked(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from stemd.models import cmd_pull
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    calls = []
+
+    def snapshot_download(repo_id, revision=None, local_files_only=False, allow_patterns=None, **kw):
+        calls.append((repo_id, local_files_only, allow_patterns))
+        raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    with pytest.raises(cmd_pull.PullError, match="HF_HUB_OFFLINE is set"):
+        cmd_pull.pull("ACE-Step/Ace-Step1.5")
+    assert calls == [("ACE-Step/Ace-Step1.5", True, ["acestep-v15-turbo/*", "vae/*", "Qwen3-Embedding-0.6B/*",
+                                                     "*.md", "LICENSE*"])]
+    calls.clear()
+    with pytest.raises(cmd_pull.PullError):
+        cmd_pull.pull("facebook/musicgen-small")          # any other hub id: pulled whole
+    assert calls == [("facebook/musicgen-small", True, None)]
+
+
+def test_serving_a_pulled_release_that_is_not_converted_yet_says_how_to_convert_it(tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    from stemd.models.base import ModelNotFound
+    from stemd.models.diffusion.loading import find_pipeline
+
+    repo = tmp_path / "hub" / "models--stabilityai--stable-audio-3-small-music"
+    snapshot = repo / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model_config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ModelNotFound) as e:
+        find_pipeline("stabilityai/stable-audio-3-small-music")
+    assert "convert it once" in str(e.value)
+    assert f"--checkpoint_path {snapshot}/model.safetensors" in str(e.value)

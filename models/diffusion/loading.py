@@ -13,6 +13,7 @@ from typing import Optional
 
 from stemd.models.base import ModelNotFound
 from stemd.models.registry import HUB_ID
+from stemd.models.releases import release
 
 #: ``model_index.json`` ``_class_name`` -> stemd's family
 PIPELINE_FAMILIES = {
@@ -31,12 +32,13 @@ HUB_FAMILIES = (
 FETCH_HINTS = {
     "stable-audio-3": (
         "accept the licence on https://huggingface.co/{model} (a gated repo; the T5Gemma text encoder's Gemma "
-        "terms too), then `hf auth login` and `stemd pull {model}`. A checkpoint in stable-audio-tools' own "
-        "format converts with diffusers' scripts/convert_stable_audio_3_to_diffusers.py --checkpoint_path CKPT "
-        "--model_config_path model_config.json --output_dir DIR; then pass --model DIR"),
+        "terms too), then `hf auth login` and `stemd pull {model}`. Stability AI publishes stable-audio-tools "
+        "checkpoints (model.safetensors + model_config.json): pull prints the line of diffusers' "
+        "scripts/convert_stable_audio_3_to_diffusers.py that converts one; then pass --model DIR"),
     "ace-step": (
-        "`stemd pull {model}` (a diffusers-format repo); an ACE-Step 1.5 checkpoint in its own format converts "
-        "with diffusers' scripts/convert_ace_step_to_diffusers.py; then pass --model DIR"),
+        "`stemd pull {model}`: ACE-Step/acestep-v15-xl-turbo-diffusers is served as pulled; a checkpoint in "
+        "ACE-Step's own layout (ACE-Step/Ace-Step1.5) converts with diffusers' "
+        "scripts/convert_ace_step_to_diffusers.py, whose line pull prints; then pass --model DIR"),
 }
 
 
@@ -67,6 +69,9 @@ def find_pipeline(model: str) -> Optional[tuple[Path, str]]:
     path = Path(model).expanduser()
     folder = path if path.is_dir() else _hf_snapshot(model)
     if folder is None or not (folder / "model_index.json").exists():
+        known = release(model)
+        if folder is not None and known is not None and not known.diffusers:
+            raise ModelNotFound(f"model {model!r}: {known.conversion(folder)}")
         family = hub_family(model)
         if family and not path.exists():
             raise missing(model, family)
