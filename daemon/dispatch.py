@@ -109,8 +109,11 @@ def cancel(service: Service, client: Any, args: tuple) -> None:
     job = service.active.get((client.key, rid))
     if job is None:
         raise ProtocolError("unknown_request", f"no queued or running request {rid!r} from this client", rid)
+    again = bool(job.cancel_reason)
     if service.scheduler.cancel(job, "cancel"):  # still queued: gone now
         service.cancelled(job, "cancel", queued=True)
+    elif again:  # running and already told to stop: answered with its status (/stemd/cancelled follows once)
+        client.send(STATUS_REPLY, rid, job.state, job.bars_done, job.request.bars, -1)
     # running: the worker stops between steps and sends /stemd/cancelled itself
 
 

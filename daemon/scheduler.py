@@ -47,6 +47,7 @@ class Job:
     first_bar_at: Optional[float] = None
     finished_at: Optional[float] = None
     error: str = ""
+    ended: bool = False               # its end (done, cancelled or failed) was settled: it ends once
 
     @property
     def id(self) -> str:

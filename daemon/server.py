@@ -24,7 +24,7 @@ from collections import OrderedDict
 from typing import Any, Optional
 
 from stemd.daemon.dispatch import dispatch
-from stemd.daemon.outbox import Outbox, Pool
+from stemd.daemon.outbox import COALESCE, Outbox, Pool
 from stemd.daemon.service import Service
 from stemd.daemon.worker import Worker
 from stemd.framing import FramingError, StreamDecoder
@@ -44,7 +44,7 @@ MAX_UNAUTHED_PACKET = 64 * 1024       # the largest packet before a connection h
 HELLO_TIMEOUT = 5.0                   # seconds a new connection has to say something (and its token)
 MAX_PENDING = 256                     # connections at once that have not said anything yet
 SWEEP_SECONDS = 2.0
-REPLY_FACTOR, REPLY_FLOOR = 4, 1024   # a datagram's immediate replies: at most 4x its size (1 KiB at least)
+REPLY_FACTOR, REPLY_FLOOR = 4, 1024   # a packet's immediate replies: at most 4x its size on the wire (the first 1 KiB)
 TCP_PACKET_ERRORS = 16                # errors one TCP packet may draw (a bundle of bad messages), within 4x its size
 #: addresses stemd sends (replies): a message to one of them is never answered, so two daemons, or a
 #: daemon and its own reply port, cannot talk to each other forever
@@ -55,6 +55,10 @@ ENVELOPE_KEYS = ("token", "reply_port")
 UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
 CLOSE_GRACE = 5.0  # seconds a closing connection gets to take its last replies
 REFUSE_GRACE, MAX_REFUSALS = 0.3, 8  # an unauthorized connection: answered this long, this often, then closed  # the kernel caps it at net.core.rmem_max
+UDP_HEADERS = {4: 28, 6: 48}          # an IPv4 / IPv6 + UDP header: what a datagram costs on the wire besides its bytes
+IDLE_SECONDS = 5.0                    # a client that took none of its waiting replies this long is not reading
+WAIT_STEP = 0.02                      # how often a worker waiting for a client's room looks again
+REFUSAL_PERIOD = 10.0                 # refused messages are logged once per host and period, with a count
 
 
 class ErrorLimiter:
@@ -85,25 +89,75 @@ class ErrorLimiter:
         return True
 
 
+class RefusalLog:
+    """Messages refused for want of a valid token, logged once per host and period: the first refusal
+    of a period is one line, the others are counted and summed up in one line when the period is over
+    (``flush``, from the server's sweep). At most ``hosts`` hosts are remembered."""
+
+    def __init__(self, period: float = REFUSAL_PERIOD, hosts: int = 4096, clock=time.monotonic):
+        self.period, self.hosts, self.clock = period, hosts, clock
+        #: host -> [period start, {reason: refusals not logged}, reasons logged this period]
+        self._open: OrderedDict[str, list] = OrderedDict()
+
+    def refused(self, host: str, why: str) -> None:
+        """One refusal: logged when it is the first of its kind from ``host`` this period, else counted."""
+        now = self.clock()
+        entry = self._open.get(host)
+        if entry is not None and now - entry[0] >= self.period:
+            self._summary(host, entry)
+            entry = None
+        if entry is None:
+            entry = self._open[host] = [now, {}, set()]
+            while len(self._open) > self.hosts:
+                self._summary(*self._open.popitem(last=False))
+        if why not in entry[2]:
+            entry[2].add(why)
+            log.warning("turning away %s: %s (more of these from %s are counted, and logged every %g s)",
+                        host, why, host, self.period)
+            return
+        entry[1][why] = entry[1].get(why, 0) + 1
+
+    def flush(self) -> None:
+        now = self.clock()
+        for host, entry in list(self._open.items()):
+            if now - entry[0] >= self.period:
+                self._summary(host, entry)
+
+    def _summary(self, host: str, entry: list) -> None:
+        self._open.pop(host, None)
+        if entry[1]:
+            what = ", ".join(f"{n} {why}" for why, n in sorted(entry[1].items()))
+            log.warning("refused %d more messages from %s in %.0f s (%s)", sum(entry[1].values()), host,
+                        self.clock() - entry[0], what)
+
+
 class ReplyBudget:
-    """What one datagram may draw back at once: one error, and replies of at most ``factor`` times its
-    size (at least ``floor`` bytes). Replies after its dispatch (a take's progress and files) are not
-    counted: they answer work the request was accepted for."""
+    """What one packet may draw back at once: ``max_errors`` errors, and replies of at most ``factor``
+    times its size on the wire (``overhead``: the header bytes each datagram costs besides its own,
+    counted on both sides), except that its first reply may be up to ``floor`` bytes (a 16-byte
+    ``/stemd/models`` gets its answer). Replies after its dispatch (a take's progress and files) are
+    not counted: they answer work the request was accepted for."""
 
     def __init__(self, request_bytes: int, factor: int = REPLY_FACTOR, floor: int = REPLY_FLOOR,
-                 max_errors: int = 1):
-        self.limit = max(floor, factor * request_bytes)
+                 max_errors: int = 1, overhead: int = 0):
+        self.overhead, self.floor = overhead, floor
+        self.limit = factor * (request_bytes + overhead)
         self.bytes = 0
         self.errors = 0
         self.max_errors = max_errors
         self.open = True
+        self.cut = 0              # replies (not errors) left unsent
 
     def allow(self, data: bytes, is_error: bool) -> bool:
         if not self.open:
             return True
-        if (is_error and self.errors >= self.max_errors) or self.bytes + len(data) > self.limit:
+        cost = len(data) + self.overhead
+        within = self.bytes + cost <= self.limit
+        first = self.bytes == 0 and cost <= self.floor
+        if (is_error and self.errors >= self.max_errors) or not (within or first):
+            self.cut += not is_error
             return False
-        self.bytes += len(data)
+        self.bytes += cost
         self.errors += is_error
         return True
 
@@ -160,7 +214,8 @@ class TcpClient(asyncio.Protocol):
         self.host, self.name = "?", "tcp:?"
         self.transport: Optional[asyncio.Transport] = None
         self.outbox = Outbox(server.service.settings.max_client_buffer, self._write, self._close_transport,
-                             lambda fn: server.call_on_loop(fn), server.pool)
+                             lambda fn: server.call_on_loop(fn), server.pool, buffered=self._transport_holds)
+        self.reading = True       # False while its replies are over its limit: its input waits
         self.refusals = 0
         self.drop_reason = ""
         self.budget: Optional[ReplyBudget] = None   # the errors a packet may draw, while it is read
@@ -205,6 +260,7 @@ class TcpClient(asyncio.Protocol):
         self.admitted = True
         self.decoder.limit(MAX_TCP_PACKET)
         service.clients.add(self)
+        log.info("client %s connected (%s framing)", self.name, self.decoder.framing)
         return True
 
     def data_received(self, data: bytes) -> None:
@@ -217,17 +273,23 @@ class TcpClient(asyncio.Protocol):
             self.send(ERROR, "", e.code, f"{e}; closing the connection (its framing is lost)")
             self.close()
             return
-        if first:
-            log.info("client %s connected (%s framing)", self.name, self.decoder.framing)
         for packet in packets:
             if not self.outbox.accepting:
-                return
-            self.budget = ReplyBudget(len(packet), max_errors=TCP_PACKET_ERRORS)
+                break
+            budget = self.budget = ReplyBudget(len(packet), max_errors=TCP_PACKET_ERRORS)
             try:
                 self.server.handle_packet(self, packet)
+                if budget.cut:        # (within the budget too, when it has room for it)
+                    self.send(ERROR, "", "too_large", f"{budget.cut} replies to this packet were not sent: a "
+                              f"packet draws replies of at most {REPLY_FACTOR}x its size")
             finally:
                 self.budget = None
-            self.outbox.flush()       # this packet's replies meet the transport's flow control now
+            if self.outbox.bytes > COALESCE:
+                self.outbox.flush()   # a large packet's replies meet the transport's flow control now
+        self.outbox.flush()           # the rest together: few writes, few segments
+        if self.outbox.waiting() > self.outbox.limit and self.transport is not None and self.reading:
+            self.reading = False      # its replies are over its limit: read no more requests until they go
+            self.transport.pause_reading()
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.outbox.lost()
@@ -235,13 +297,26 @@ class TcpClient(asyncio.Protocol):
         self.server.pending.discard(self)
         self.server.service.clients.discard(self)
         self.server.service.drop_client(self, self.drop_reason or "disconnect")
-        log.info("client %s left%s", self.name, f" ({self.drop_reason})" if self.drop_reason else "")
+        if self.admitted:
+            log.info("client %s left%s", self.name, f" ({self.drop_reason})" if self.drop_reason else "")
 
     def pause_writing(self) -> None:
         self.outbox.pause()
 
     def resume_writing(self) -> None:
         self.outbox.resume()
+        self.read_again()
+
+    def read_again(self) -> None:
+        """Its replies are under its limit again: read its requests (loop)."""
+        if not self.reading and self.outbox.waiting() <= self.outbox.limit and self.transport is not None \
+                and not self.transport.is_closing():
+            self.reading = True
+            self.transport.resume_reading()
+
+    def _transport_holds(self) -> int:
+        transport = self.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
 
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -254,14 +329,50 @@ class TcpClient(asyncio.Protocol):
     # --- sending (any thread) -----------------------------------------------------------------
     def send(self, address: str, *args: Any) -> None:
         data = self.decoder.frame(encode_message(address, *args))
-        if address == ERROR and self.budget is not None and not self.budget.allow(data, True):
+        budget = self.budget
+        if budget is not None and not budget.allow(data, address == ERROR):
             return
-        if self.outbox.put(data) == "overflow":
-            self.server.call_on_loop(self._drop, f"too slow: over {self.outbox.limit} bytes of replies waiting")
+        self.outbox.put(data)
+
+    def wait_for_room(self, need: int, should_stop) -> None:
+        """The worker, before a bar of ``need`` bytes for this client: wait while its waiting replies are
+        at its limit, or all clients' together at the total limit (backpressure: a client that reads
+        slowly is waited for, never dropped). A client that took none of its replies for IDLE_SECONDS is
+        dropped when a limit is in the way (the total limit drops the idle client holding the most, this
+        one or another); the wait ends when ``should_stop()`` (a cancel, a preemption) and lasts at most
+        until the client has taken nothing for --stall-seconds."""
+        settings = self.server.service.settings
+        idle_limit = min(IDLE_SECONDS, settings.stall_seconds)
+        box = self.outbox
+        while not should_stop():
+            hit = box.over(need)
+            if not hit:
+                return
+            idle = box.idle()
+            if hit == "client" and idle >= idle_limit:
+                return self.drop_soon(f"too slow: {box.waiting()} bytes of replies waiting, at its limit "
+                                      f"(--max-client-buffer-mb {box.limit / 2 ** 20:g}), and it took none of "
+                                      f"them for {idle:.1f} s")
+            if hit == "total" and self.server.drop_idle(idle_limit):
+                continue
+            if idle >= settings.stall_seconds:
+                return self.drop_soon(f"too slow: took none of its {box.waiting()} waiting bytes for "
+                                      f"{idle:.1f} s (--stall-seconds {settings.stall_seconds:g})")
+            time.sleep(WAIT_STEP)
+
+    def drop_soon(self, reason: str) -> None:
+        """Drop this client (any thread): nothing more is queued for it from now; the loop cuts it."""
+        self.outbox.lost()
+        self.server.call_on_loop(self._drop, reason)
 
     def _drop(self, reason: str) -> None:
+        if self.drop_reason:
+            return                    # dropped already
         self.drop_reason = reason
-        log.warning("dropping client %s: %s", self.name, reason)
+        if self.admitted:
+            log.warning("dropping client %s: %s", self.name, reason)
+        else:
+            self.server.refusals.refused(self.host, f"connection dropped: {reason}")
         if self.transport is not None:
             self.transport.abort()
 
@@ -308,6 +419,7 @@ class Server:
         self.port = 0
         self.errors = ErrorLimiter()
         self.guesses = ErrorLimiter(rate=GUESS_RATE, burst=GUESS_BURST)   # wrong tokens per host
+        self.refusals = RefusalLog()
         self.pending: set = set()        # TCP connections that have not spoken (or shown their token) yet
         self.pool = Pool(service.settings.max_total_buffer)
         self._own_hosts: set = set()
@@ -336,9 +448,14 @@ class Server:
             if message.address in REPLY_ADDRESSES:
                 continue              # a reply sent back to us: answering it could loop
             if not client.authed:
-                if message.address == HELLO and len(message.args) == 1 and not client.refusals \
-                        and self._guess_ok(client.host, message.args[0]):
+                token = message.args[0] if message.address == HELLO and len(message.args) == 1 \
+                    and not client.refusals else None
+                verdict = self._check_token(client.host, token)
+                if verdict == "ok":
                     client.authed = True  # and /stemd/hello answers with /stemd/pong
+                elif verdict == "throttled":
+                    client._drop("too many wrong tokens from its host lately")
+                    return
                 else:
                     client.refuse()
                     continue
@@ -346,16 +463,21 @@ class Server:
                 return
             dispatch(self.service, client, message)
 
-    def _guess_ok(self, host: str, token: Any) -> bool:
-        """A token from ``host``: wrong guesses are throttled (a host that guessed wrong too often is
-        refused without a check for a while)."""
-        if not self.guesses.allow(host):
-            log.warning("refusing a token from %s: too many wrong tokens lately", host)
-            return False
+    def _check_token(self, host: str, token: Any) -> str:
+        """A message from ``host`` on a token daemon, with ``token`` (None: it has none): ``ok``, ``none``
+        (no token: not a guess, it counts against nothing), ``wrong`` or ``throttled`` (a wrong token from
+        a host that guessed wrong too often lately: it gets no answer). A right token is always checked
+        and accepted, whatever others on its host sent. Refusals are logged once per host and period."""
+        if token is None:
+            self.refusals.refused(host, "no token")
+            return "none"
         if self._token_ok(token):
-            self.guesses.refund(host)
-            return True
-        return False
+            return "ok"
+        if not self.guesses.allow(host):
+            self.refusals.refused(host, "too many wrong tokens")
+            return "throttled"
+        self.refusals.refused(host, "wrong token")
+        return "wrong"
 
     def handle_datagram(self, data: bytes, addr: tuple) -> None:
         """One datagram: never answered when it comes from this daemon's own address or is a reply; at
@@ -363,12 +485,13 @@ class Server:
         daemon nothing but ``unauthorized`` before a valid token."""
         if self.is_self(addr):
             return
-        budget = ReplyBudget(len(data))
+        budget = ReplyBudget(len(data), overhead=UDP_HEADERS[6 if ":" in addr[0] else 4])
         token = self.service.settings.token
         try:
             packet = decode(data)
         except OSCDecodeError as e:
             if token:
+                self.refusals.refused(addr[0], "no token (not an OSC packet)")
                 self._unauthorized(UdpClient(self, addr, budget))
             else:
                 UdpClient(self, addr, budget).send(ERROR, "", "bad_packet", str(e))
@@ -378,9 +501,12 @@ class Server:
                 if message.address in REPLY_ADDRESSES:
                     continue           # a reply (ours, or another stemd's): answering it could loop
                 args, envelope = split_envelope(message.args)
-                if token and not self._guess_ok(addr[0], envelope.get("token")):
-                    self._unauthorized(UdpClient(self, addr, budget))
-                    continue
+                if token:
+                    verdict = self._check_token(addr[0], envelope.get("token"))
+                    if verdict != "ok":
+                        if verdict != "throttled":
+                            self._unauthorized(UdpClient(self, addr, budget))
+                        continue
                 reply_to = addr
                 port = envelope.get("reply_port")
                 if port is not None:
@@ -397,13 +523,36 @@ class Server:
             budget.open = False
 
     def _sweep(self) -> None:
-        """Every few seconds: drop clients that have taken none of their waiting replies for a while."""
+        """Every few seconds: drop clients that have taken none of their waiting replies for
+        --stall-seconds, and idle ones while all clients' replies are over the total limit; read again
+        from clients whose replies went under their limit; sum up refused messages."""
+        stall = self.service.settings.stall_seconds
         for client in list(self.service.clients):
-            stall = self.service.settings.stall_seconds
             if client.outbox.stalled(stall):
-                client._drop(f"too slow: took none of its {client.outbox.bytes} waiting bytes for {stall:g} s")
+                client._drop(f"too slow: took none of its {client.outbox.waiting()} waiting bytes for "
+                             f"{client.outbox.idle():.1f} s (--stall-seconds {stall:g})")
+            else:
+                client.read_again()
+        while self.pool.bytes > self.pool.limit and self.drop_idle(min(IDLE_SECONDS, stall)):
+            pass
+        self.refusals.flush()
         if self.loop is not None and not self.loop.is_closed():
             self.loop.call_later(SWEEP_SECONDS, self._sweep)
+
+    def drop_idle(self, idle_seconds: float) -> bool:
+        """All clients' waiting replies are at the total limit: drop the client that holds the most of
+        them among those that took none for ``idle_seconds`` (any thread). False: every client holding
+        replies is reading (the worker waits for them)."""
+        idle = [(c.outbox.bytes, c) for c in list(self.service.clients)
+                if c.outbox.bytes and c.outbox.state == "open" and c.outbox.idle() >= idle_seconds]
+        if not idle:
+            return False
+        held, client = max(idle, key=lambda pair: pair[0])
+        reason = (f"not reading: took none of its {client.outbox.waiting()} waiting bytes for "
+                  f"{client.outbox.idle():.1f} s while all clients' waiting replies reached the total limit "
+                  f"(--max-total-buffer-mb {self.pool.limit / 2 ** 20:g})")
+        client.drop_soon(reason)
+        return True
 
     def _unauthorized(self, client: UdpClient) -> None:
         client.send(ERROR, "", "unauthorized", "this daemon requires a token: end UDP messages with 'token <token>'")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -58,10 +59,12 @@ class Service:
         self.pool, self.settings = pool, settings
         self.scheduler = Scheduler(settings.queue_size, devices=tuple(pool.devices), allows=self._allows)
         self.claims = TakeClaims(settings.out)      # take numbers, claimed atomically in --out
+        self.claims.index()             # listed once now: a take with a new prompt lists nothing
         self.active: dict[tuple, Job] = {}
         self.recent: OrderedDict[tuple, Job] = OrderedDict()
         self.clients: set = set()       # connected TCP clients
         self.stopping = False
+        self._ending = threading.Lock()
         self.started = time.monotonic()
         self.midi: Any = None           # the controller's MidiSession (stemd serve --map)
         #: run a function on the event loop's thread (the server sets it; registry changes happen there)
@@ -122,41 +125,58 @@ class Service:
             self.cancelled(job, "shutdown", queued=True)
 
     # --- how a job ends: the one place that decides what its client hears and the log says ----------
-    # (called on the event loop for queued jobs and on the worker thread for the running one)
+    # (called on the event loop for queued jobs and on the worker thread for the running one). A job ends
+    # once: its state, the scheduler and the service's tables are settled before its client hears the end
+    # (a /stemd/status right after /stemd/done sees it done), and whatever fails while its files are
+    # cleaned up, it still ends.
     def done(self, job: Job, paths: list, sidecars: list) -> None:
         """``sidecars``: each take's sidecar as written beside it, sent before its path."""
-        for v, (path, sidecar) in enumerate(zip(paths, sidecars)):
-            job.client.send(SIDECAR, job.id, v, sidecar)
-            job.client.send(TAKE, job.id, v, str(path))
-        job.client.send(DONE, job.id)
-        self._end(job, "done", f"done: {', '.join(p.name for p in paths)}")
+        client = job.client
+        if self._end(job, "done", f"done: {', '.join(p.name for p in paths)}"):
+            for v, (path, sidecar) in enumerate(zip(paths, sidecars)):
+                client.send(SIDECAR, job.id, v, sidecar)
+                client.send(TAKE, job.id, v, str(path))
+            client.send(DONE, job.id)
 
     def failed(self, job: Job, code: str, message: str) -> None:
-        job.error = f"{code}: {message}"
-        job.client.send(ERROR, job.id, code, message)
-        self._end(job, "failed", "failed")
+        client = job.client
+        if self._end(job, "failed", "failed", error=f"{code}: {message}"):
+            client.send(ERROR, job.id, code, message)
 
     def cancelled(self, job: Job, reason: str, queued: bool = False) -> None:
         """``reason``: ``cancel`` (the client asked: /stemd/cancelled), ``shutdown`` (/stemd/error
         shutting_down), or why the client went (it hears nothing: it is gone)."""
-        if reason == "cancel":
-            job.client.send(CANCELLED, job.id)
-        elif reason == "shutdown":
-            job.client.send(ERROR, job.id, "shutting_down", "the daemon is stopping; the request was cancelled")
+        client = job.client
         where = "cancelled while queued" if queued else "cancelled"
-        self._end(job, "cancelled", where if reason == "cancel" else f"{where} ({reason})", on_loop=queued)
+        if not self._end(job, "cancelled", where if reason == "cancel" else f"{where} ({reason})", on_loop=queued):
+            return
+        if reason == "cancel":
+            client.send(CANCELLED, job.id)
+        elif reason == "shutdown":
+            client.send(ERROR, job.id, "shutting_down", "the daemon is stopping; the request was cancelled")
 
-    def _end(self, job: Job, state: str, outcome: str, on_loop: bool = False) -> None:
-        """``on_loop``: called on the event loop (a queued job), so the service forgets it at once."""
+    def _end(self, job: Job, state: str, outcome: str, on_loop: bool = False, error: str = "") -> bool:
+        """Settle ``job`` as ``state`` (False: it had ended already, nothing more is said). ``on_loop``:
+        called on the event loop (a queued job), so the service forgets it at once."""
+        with self._ending:
+            if job.ended:
+                return False
+            job.ended, job.state = True, state
+            job.error = error or job.error
+        job.finished_at = time.monotonic()
         if job.takes is not None:     # cancelled or failed mid-take: nothing half-written stays
             takes, job.takes = job.takes, None
-            takes.abort()
-        job.state, job.finished_at = state, time.monotonic()
+            try:
+                takes.abort()
+            except Exception as e:    # (abort removes what it can and keeps the rest for later)
+                log.warning("request %s: cleaning up its files failed: %s: %s", job.id, type(e).__name__, e)
+        self.scheduler.finished(job)
         log_request(job, outcome)
         if on_loop:
             self.retire(job)
         else:
             self.call_on_loop(self.retire, job)
+        return True
 
 
 def log_request(job: Job, outcome: str) -> None:

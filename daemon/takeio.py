@@ -3,6 +3,7 @@ with a sidecar (the daemon's worker and render both use it)."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -93,6 +94,7 @@ class TakeStream:
         self.number, self.claim = claims.claim(self.prefix, names)
         self.paths = [folder / n for n in names(self.number) if n.endswith(".wav")]
         self.files: list[PartialFile] = []
+        self.published: list[Path] = []    # final names ``finish`` gave, until the whole take has them
         self.sidecars: list[str] = []      # each take's sidecar as written, once finished (/stemd/sidecar)
         try:
             for path in self.paths:
@@ -120,11 +122,52 @@ class TakeStream:
                          for v, path in enumerate(self.paths)]   # all made before any is published
         for f, path, text in zip(self.files, self.paths, self.sidecars):
             atomic_write(path.with_suffix(".json"), text, replace=False)
+            self.published.append(path.with_suffix(".json"))
             f.publish()
+            self.published.append(path)
+        self.published = []             # whole: the files are the take's now, abort leaves them
         self.claim.unlink(missing_ok=True)
         return self.paths
 
     def abort(self) -> None:
+        """Remove what this take wrote (its partial files, what a failed ``finish`` had published, its
+        claim), each whatever happens to the others; what cannot go now (a file system that needs room to
+        delete) is kept in ``LITTER`` and removed by a later ``LITTER.sweep``."""
         for f in self.files:
-            f.discard()
-        self.claim.unlink(missing_ok=True)
+            try:
+                f.discard()
+            except OSError:
+                LITTER.keep(f.partial)
+        for path in [*self.published, self.claim]:
+            LITTER.remove(path)
+        self.published = []
+
+
+class Litter:
+    """Files a take could not remove when it ended (a full disk), removed as soon as the disk allows:
+    the worker sweeps before and after every take (and ``stemd serve`` removes leftovers at start)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._paths: set[Path] = set()
+
+    def keep(self, path: Path) -> None:
+        with self._lock:
+            self._paths.add(path)
+
+    def remove(self, path: Path) -> bool:
+        try:
+            path.unlink(missing_ok=True)
+            return True
+        except OSError:
+            self.keep(path)
+            return False
+
+    def sweep(self) -> None:
+        with self._lock:
+            paths, self._paths = self._paths, set()
+        for path in paths:
+            self.remove(path)
+
+
+LITTER = Litter()

@@ -3,10 +3,11 @@
 It takes the jobs the scheduler lets it run, gets the job's model from the pool (loaded if need be,
 evicting the least recently used ones to make room) and runs each through ``models.pipeline.bar_chunks`` with a
 ``should_stop`` that reads the job's cancel and preempt flags, so a cancel or a waiting live request
-is noticed between decoding steps. Each bar leaves the moment it exists (``client.send`` never
-blocks: a client too slow to keep up is dropped by the server, not waited for). When the last bar is
-in, the take is written to disk first, then ``/stemd/sidecar`` and ``/stemd/take`` for each variation and
-``/stemd/done`` go out.
+is noticed between decoding steps. Each bar leaves the moment it exists, unless the client's replies
+(or all clients' together) are at their limit: then the worker waits between bars while the client
+reads (``wait_for_room``; a client that takes nothing for a while is dropped by the server, and a
+cancel or a preemption ends the wait). When the last bar is in, the take is written to disk first,
+then ``/stemd/sidecar`` and ``/stemd/take`` for each variation and ``/stemd/done`` go out.
 
 Out of memory: a job whose allocation fails anyway ends with ``engine_error`` naming it; the engine's
 caches are reset and the device's cached memory released, so the next request allocates afresh.
@@ -28,7 +29,7 @@ from typing import Iterator
 
 import numpy as np
 
-from stemd.daemon.takeio import TakeStream, check_limits, spec_from_request
+from stemd.daemon.takeio import LITTER, TakeStream, check_limits, spec_from_request
 from stemd.daemon.scheduler import Job
 from stemd.daemon.service import Service
 from stemd.errors import StemdError
@@ -61,10 +62,13 @@ class Worker(threading.Thread):
                 return
             try:
                 self.run_job(job)
-            except Exception:  # never let one request take the worker down
+            except Exception as e:  # never let one request take the worker down, nor stay unended
                 log.exception("worker failed on %s", job.id)
+                if job.state == "running":
+                    self.service.failed(job, "internal", f"{type(e).__name__}: {e}"[:300])
             finally:
                 scheduler.finished(job)
+                LITTER.sweep()      # what an earlier take could not remove on a full disk
 
     def run_job(self, job: Job) -> None:
         if job.cancel_reason:
@@ -89,6 +93,9 @@ class Worker(threading.Thread):
                     job.bars_done = chunk.index + 1
                     job.first_bar_at = job.first_bar_at or time.monotonic()
                     if client.stream and request.chunks:
+                        wait = getattr(client, "wait_for_room", None)
+                        if wait is not None:     # backpressure: a slow reader is waited for, not dropped
+                            wait(chunk.audio.nbytes, job.should_stop)
                         for v in range(chunk.variations):
                             bar = Chunk(job.id, v, chunk.index, chunk.start_sample, chunk.sample_rate, chunk.channels,
                                         chunk.audio[v])
@@ -134,8 +141,11 @@ class Worker(threading.Thread):
                             "or bars will fit")
 
     def _write(self, job: Job) -> list[Path]:
-        takes, job.takes = job.takes, None
-        return takes.finish()
+        """The take's files under their final names. Until they are, the job keeps its stream, so a
+        failure here (a full disk) ends the job with its partial files removed."""
+        paths = job.takes.finish()
+        job.takes = None
+        return paths
 
     def _stopped(self, job: Job) -> None:
         reason = job.cancel_reason

@@ -107,21 +107,22 @@ def test_the_outbox_writes_in_order_with_one_scheduled_flush_and_holds_while_pau
     box, t = outbox()
     assert [box.put(b"a"), box.put(b"bb")] == ["queued", "queued"] and len(t.pending) == 1
     t.run()
-    assert t.written == [b"a", b"bb"] and box.bytes == 0
+    assert t.written == [b"abb"] and box.bytes == 0          # small replies leave in one write
     box.pause()
     box.put(b"ccc")
     t.run()
-    assert t.written == [b"a", b"bb"] and box.bytes == 3
+    assert t.written == [b"abb"] and box.bytes == 3
     box.resume()
     assert t.written[-1] == b"ccc" and box.bytes == 0
 
 
-def test_a_peer_that_stops_reading_overflows_the_outbox_once_and_is_refused_after():
+def test_a_box_at_its_limit_asks_its_producer_to_wait_and_a_dropped_one_refuses():
     box, t = outbox(limit=10)
     box.pause()
     assert [box.put(b"x" * 6), box.put(b"x" * 6)] == ["queued", "queued"]     # 12 bytes wait
-    assert box.put(b"y") == "overflow" and box.state == "gone" and box.bytes == 0
-    assert box.put(b"z") == "refused"                                         # the drop is asked for once
+    assert box.over(1) == "client" and box.put(b"y") == "queued"              # the worker waits; put never drops
+    box.lost()                                                                # dropped: the server decides
+    assert box.put(b"z") == "refused" and box.bytes == 0 and box.over(1) == ""
     box.resume()
     t.run()
     assert t.written == [] and not t.closed
@@ -133,7 +134,7 @@ def test_close_when_flushed_sends_what_waits_then_closes_and_a_lost_connection_f
     box.close_when_flushed()
     assert not box.accepting and box.put(b"last words") == "queued"          # replies still go out
     t.run()
-    assert t.written == [b"bye", b"last words"] and t.closed and box.state == "closed"
+    assert b"".join(t.written) == b"byelast words" and t.closed and box.state == "closed"
     assert box.put(b"late") == "refused"
     other, t2 = outbox()
     other.put(b"a")
@@ -172,18 +173,24 @@ def test_each_ending_is_told_from_one_place(tmp_path):
                      "disconnect": []}
 
 
-def test_the_pool_bounds_what_all_non_reading_peers_hold_and_a_stall_is_seen():
+def test_the_pool_bounds_what_all_peers_hold_and_idle_counts_from_the_last_byte_taken():
     from stemd.daemon.outbox import Outbox, Pool
 
-    pool, now = Pool(16), [0.0]
-    a, b = (Outbox(100, lambda d: None, lambda: None, lambda fn: None, pool, clock=lambda: now[0]) for _ in "ab")
+    pool, now, held = Pool(16), [0.0], [0]
+    a, b = (Outbox(100, lambda d: None, lambda: None, lambda fn: None, pool, clock=lambda: now[0],
+                   buffered=lambda: held[0]) for _ in "ab")
     a.pause()
     b.pause()
     assert a.put(b"a" * 10) == "queued" and a.put(b"a" * 5) == "queued" and pool.bytes == 15
-    assert b.put(b"b" * 8) == "queued"                                  # an empty box takes one reply
-    assert b.put(b"b") == "overflow" and pool.bytes == 15               # the pool is full: b asked for more
+    assert a.over(2) == "total" and b.over(2) == "total" and not b.over(1)   # the pool is full: producers wait
+    assert a.idle() == 0
     now[0] = 31.0
     assert a.stalled(30) and not a.stalled(40)
+    a.resume()                                                          # the transport takes it all ...
+    held[0] = 15                                                        # ... and holds it: nothing was read
+    assert a.bytes == 0 and pool.bytes == 0 and a.waiting() == 15 and a.idle() == 31.0
+    now[0], held[0] = 32.0, 5                                           # the peer took 10 bytes
+    assert a.idle() == 0.0 and a.over(1) == ""
     a.lost()
     assert pool.bytes == 0
 
