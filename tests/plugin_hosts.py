@@ -6,7 +6,7 @@
   ardour7-lua run (it records the bundle under ~/.config/ardour7/plugin_metadata), Ardour's VST3
   scanner on the bundle (it caches it under ~/.cache/ardour7/vst), then the run that puts the plugin
   on a track. Sessions are made by ardour7-lua; ardour7-export renders them.
-- jalv hosting the LV2 on JACK, with its control outputs read from ``jalv -p``.
+- jalv hosting the LV2 on JACK, its control outputs read with jalv's ``monitors`` command.
 """
 
 from __future__ import annotations
@@ -290,8 +290,10 @@ def set_tempo_map(session: Path, bpm: int, meter: Meter) -> None:
 class Jalv:
     """The LV2 in jalv on a JACK server (``jack``: the tests' Processes on that server's env).
 
-    Its control outputs are read from ``jalv -p`` ("bars_received = 2.000000" lines) by a thread;
-    controls are set by writing "SYMBOL = VALUE" lines to its stdin (jalv's console)."""
+    Controls are set by writing "SYMBOL = VALUE" lines to jalv's console; control outputs (connected,
+    bars_received) are read with its "monitors" command, which prints the plugin's output ports as the
+    plugin last wrote them ("bars_received = 2.000000"). (``jalv -p`` prints output changes only to a
+    plugin window, and this plugin has none.)"""
 
     def __init__(self, jack, plugin_dir: Path, name: str, log: Path, env: Optional[dict] = None,
                  controls: Optional[dict] = None):
@@ -302,10 +304,9 @@ class Jalv:
         self.name = name
         self.log = log
         self.env = jack.env
-        self.values: dict[str, float] = {}
-        self.history: list[tuple[float, str, float]] = []
+        self.lines: list[tuple[str, float]] = []
         self._lock = threading.Lock()
-        args = ["stdbuf", "-oL", "jalv", "-p", "-x", "-n", name]  # line-buffered: -p lines arrive as printed
+        args = ["stdbuf", "-oL", "jalv", "-x", "-n", name]  # line-buffered: lines arrive as printed
         for k, v in (controls or {}).items():
             args += ["-c", f"{k}={v}"]
         self.proc = jack.start([*args, PLUGIN_URI], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -322,22 +323,35 @@ class Jalv:
                 m = re.match(r"(?:> )*(\w+) = (-?[\d.]+)", line.strip())
                 if m:
                     with self._lock:
-                        self.values[m.group(1)] = float(m.group(2))
-                        self.history.append((time.monotonic(), m.group(1), float(m.group(2))))
+                        self.lines.append((m.group(1), float(m.group(2))))
 
-    def set(self, symbol: str, value: float) -> None:
-        self.proc.stdin.write(f"{symbol} = {value}\n")
+    def _tell(self, command: str) -> None:
+        self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
 
-    def value(self, symbol: str) -> Optional[float]:
+    def set(self, symbol: str, value: float) -> None:
+        self._tell(f"{symbol} = {value}")
+
+    def value(self, symbol: str, timeout: float = 5.0) -> Optional[float]:
+        """The plugin's output ``symbol`` now (jalv's "monitors"), or None if jalv does not answer."""
         with self._lock:
-            return self.values.get(symbol)
+            seen = len(self.lines)
+        self._tell("monitors")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                for name, v in self.lines[seen:]:
+                    if name == symbol:
+                        return v
+            if self.proc.poll() is not None:
+                return None
+            time.sleep(0.02)
+        return None
 
     def wait_ports(self, timeout: float = 20) -> list[str]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            ports = jack_ports(self.env, f"{self.name}:")
-            outs = [p for p in ports if "audio_out" in p]
+            outs = [p for p in jack_ports(self.env, f"{self.name}:") if "audio_out" in p]
             if len(outs) >= 2:
                 return sorted(outs)
             if self.proc.poll() is not None:
@@ -346,15 +360,18 @@ class Jalv:
         raise AssertionError(f"jalv's stemd ports did not appear:\n{self.log.read_text()[-3000:]}")
 
     def wait_value(self, symbol: str, at_least: float, timeout: float) -> Optional[float]:
+        """Polls ``symbol`` until it is at least ``at_least`` (returns it) or ``timeout`` passes (returns
+        the last value read)."""
         deadline = time.monotonic() + timeout
+        v = None
         while time.monotonic() < deadline:
             v = self.value(symbol)
             if v is not None and v >= at_least:
                 return v
             if self.proc.poll() is not None:
                 break
-            time.sleep(0.05)
-        return self.value(symbol)
+            time.sleep(0.1)
+        return v
 
 
 def jack_ports(env: dict, prefix: str = "") -> list[str]:
@@ -425,3 +442,64 @@ def read_recording(wav: Path) -> tuple[np.ndarray, np.ndarray, int]:
     the plugin's outputs and the timebase master's ``frame`` port, in that order."""
     audio, rate = soundfile.read(wav, dtype="float64", always_2d=True)
     return audio[:, :2].astype(np.float32), transport_frames(audio[:, 2]), rate
+
+
+# ---------------------------------------------------------------------------------------------------
+# the JACK standalone (build/plugin/stemd) and MIDI notes to it
+
+#: A JACK MIDI client "NAME:out" (python-rtmidi) that sends a note-on/off for each note number read on stdin.
+NOTE_SENDER = r"""
+import sys, time
+import rtmidi
+out = rtmidi.MidiOut(rtapi=rtmidi.API_UNIX_JACK, name=sys.argv[1])
+out.open_virtual_port("out")
+print("ready", flush=True)
+for line in sys.stdin:
+    note = int(line)
+    out.send_message([0x90, note, 100])
+    time.sleep(0.05)
+    out.send_message([0x80, note, 0])
+    print("sent", note, flush=True)
+"""
+
+#: the plugin's reserved MIDI note that asks for a take with its current parameters (docs/plugin.md)
+NOTE_GENERATE = 6
+
+
+class JackApp:
+    """build/plugin/stemd (DPF's JACK standalone: it reads JACK's transport itself) on the test's server,
+    with a MIDI note sender connected to its input. The binary is copied first (a rebuild during the
+    test does not reach it)."""
+
+    def __init__(self, jack, plugin_dir: Path, folder: Path, env: Optional[dict] = None):
+        import sys
+
+        exe = folder / "stemd-jack"
+        shutil.copy2(plugin_dir / "stemd", exe)
+        self.env = jack.env
+        self.log = folder / "stemd-jack.log"
+        self.proc = jack.start([str(exe)], stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
+                               env={**jack.env, **(env or {})})
+        self.outs = self._wait_ports()
+        self.sender = jack.start([sys.executable, "-c", NOTE_SENDER, "stemd-notes"], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        assert read_line(self.sender, 15).strip() == "ready", "the MIDI note sender did not start"
+        out = subprocess.run(["jack_connect", "stemd-notes:out", "stemd:events-in"], capture_output=True, text=True,
+                             env=jack.env, timeout=20)
+        assert out.returncode == 0, out.stderr
+
+    def _wait_ports(self, timeout: float = 20) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            outs = [p for p in jack_ports(self.env, "stemd:") if "audio_out" in p]
+            if len(outs) >= 2:
+                return sorted(outs)
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"the JACK app's ports did not appear:\n{self.log.read_text()[-3000:]}")
+
+    def note(self, number: int) -> None:
+        self.sender.stdin.write(f"{number}\n")
+        self.sender.stdin.flush()
+        assert read_line(self.sender, 10).strip() == f"sent {number}"

@@ -1,14 +1,18 @@
-"""The stemd LV2 in jalv on JACK (a JACK dummy server at 48 kHz), following JACK's transport.
+"""The stemd plugin on JACK (a JACK dummy server at 48 kHz), following JACK's transport: the LV2 in jalv,
+and the JACK standalone (build/plugin/stemd, DPF's own JACK host).
 
 A timebase master of the tests' own (tests/jack_timebase.c) publishes 97 BPM 3/4 and writes each sample's
 transport frame on its ``frame`` port; jack_rec records the plugin's outputs beside it in the same
-cycles, so the recording says on which transport sample the plugin's take starts. The plugin
-reaches a real ``stemd serve`` through $STEMD_DAEMON.
+cycles, so the recording says on which transport sample the plugin's take starts. The plugin reaches a
+real ``stemd serve`` through $STEMD_DAEMON. jalv's plugin is driven through its parameters; the JACK app,
+which has no window, through its reserved MIDI note for "generate" (note 6: a take with the current
+parameters, 4 bars from the next bar line).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import re
 import time
 
 import numpy as np
@@ -16,8 +20,8 @@ import pytest
 import soundfile
 
 from daemon_fixtures import TcpClient
-from plugin_hosts import (Jalv, Timebase, build_jack_timebase, first_audible, needs_cc, needs_jalv, plugin_build,
-                          read_recording, record)  # noqa: F401 (fixture)
+from plugin_hosts import (NOTE_GENERATE, JackApp, Jalv, Timebase, build_jack_timebase, first_audible, needs_cc,
+                          needs_jalv, plugin_build, read_recording, record)  # noqa: F401 (fixture)
 from stemd.timing import Grid, Meter
 
 RATE = 48000
@@ -26,31 +30,58 @@ GRID = Grid(97, "3/4")
 pytestmark = [needs_jalv, needs_cc]
 
 
-def daemon_status(daemon) -> tuple:
-    """``/stemd/status`` without an id: ("*", state, queued, running id, clients, model)."""
+def daemon_status(daemon, request_id: str = None) -> tuple:
+    """``/stemd/status``: without an id ("*", state, queued, running id, clients, model); with one
+    (id, state, bars_done, bars, position)."""
     client = TcpClient(daemon.port)
     try:
-        client.send("/stemd/status")
+        client.send("/stemd/status", *([request_id] if request_id else []))
         return client.until("/stemd/status/reply", timeout=10)[-1].args
     finally:
         client.close()
 
 
-def start_rig(jack, tmp_path, plugin_build, daemon, controls: dict, env: dict = None):
-    timebase = Timebase(jack, build_jack_timebase(tmp_path), 97, Meter(3, 4))
-    jalv = Jalv(jack, plugin_build, "stemd-jalv", tmp_path / "jalv.log", controls=controls,
-                env={"STEMD_DAEMON": f"127.0.0.1:{daemon.port}", "STEMD_TAKES_DIR": str(tmp_path / "plugin-takes"),
-                     **(env or {})})
-    outs = jalv.wait_ports()
-    assert jalv.wait_value("connected", 1, timeout=20) == 1, \
-        f"the plugin did not connect to the daemon:\n{jalv.log.read_text()[-2000:]}"
-    return timebase, jalv, outs
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what} within {timeout} s")
+
+
+def plugin_env(tmp_path, daemon) -> dict:
+    return {"STEMD_DAEMON": f"127.0.0.1:{daemon.port}", "STEMD_TAKES_DIR": str(tmp_path / "plugin-takes")}
+
+
+def the_take(daemon) -> np.ndarray:
+    wavs = sorted(daemon.out.rglob("*.wav"))
+    assert len(wavs) == 1, f"one request, {len(wavs)} takes: {[w.name for w in wavs]}"
+    return soundfile.read(wavs[0], dtype="float32", always_2d=True)[0]
+
+
+def assert_plays_from(stemd: np.ndarray, frames: np.ndarray, take: np.ndarray, start: int) -> None:
+    """The recording is silent on every transport frame before ``start`` and is ``take`` from ``start`` on,
+    each recorded sample compared on its own transport frame."""
+    first = first_audible(stemd)
+    assert first >= 0, "the plugin played nothing"
+    assert frames[first] == start, f"the take starts on transport sample {frames[first]}, its bar at {start}"
+    rolled = frames >= 0
+    at = {f: i for i, f in zip(np.flatnonzero(rolled), frames[rolled])}
+    span = [at.get(start + k) for k in range(len(take))]
+    assert None not in span, "the recorder lost part of the take (a dropped cycle on a loaded machine?)"
+    assert np.abs(stemd[span] - take).max() < 1e-4      # (jack_rec writes 32-bit integers)
 
 
 def test_lv2_in_jalv_follows_jack_transport_at_97_bpm_3_4_and_its_take_starts_on_the_first_sample_of_bar_3(
         jack, tmp_path, start_daemon, plugin_build):
     daemon = start_daemon()
-    timebase, jalv, outs = start_rig(jack, tmp_path, plugin_build, daemon, {"bars": 2, "start_bar": 3})
+    timebase = Timebase(jack, build_jack_timebase(tmp_path), 97, Meter(3, 4))
+    jalv = Jalv(jack, plugin_build, "stemd-jalv", tmp_path / "jalv.log", controls={"bars": 2, "start_bar": 3},
+                env=plugin_env(tmp_path, daemon))
+    outs = jalv.wait_ports()
+    assert jalv.wait_value("connected", 1, timeout=20) == 1, jalv.log.read_text()[-2000:]
     timebase.tell("locate 0")
     timebase.tell("play")                      # the plugin reads tempo and meter from the rolling transport
     time.sleep(0.5)
@@ -66,64 +97,80 @@ def test_lv2_in_jalv_follows_jack_transport_at_97_bpm_3_4_and_its_take_starts_on
     rec.wait(30)
     timebase.tell("stop")
     stemd, frames, rate = read_recording(wav)
-    assert rate == RATE
-    assert frames[0] == -1 and frames.max() > GRID.bar_start_sample(4, RATE), "the recording missed the take"
-    first = first_audible(stemd)
-    assert first >= 0, "the plugin played nothing"
-    assert frames[first] == GRID.bar_start_sample(2, RATE) == 178144, \
-        f"the take starts on transport sample {frames[first]}, bar 3 is 178144"
-    # the take as the daemon made it, each sample on its transport frame (three clicks a bar)
-    wavs = sorted(daemon.out.rglob("*.wav"))
-    assert len(wavs) == 1, f"one generate, {len(wavs)} takes: {[w.name for w in wavs]}"
-    take, _ = soundfile.read(wavs[0], dtype="float32", always_2d=True)
-    rolled = frames >= 0
-    at = {f: i for i, f in zip(np.flatnonzero(rolled), frames[rolled])}
-    span = [at.get(178144 + k) for k in range(len(take))]
-    assert None not in span, "the recorder lost part of the take (a dropped cycle on a loaded machine?)"
-    assert np.abs(stemd[span] - take).max() < 1e-4      # (jack_rec writes 32-bit integers)
+    assert rate == RATE and frames[0] == -1 and frames.max() > GRID.bar_start_sample(4, RATE)
+    assert "2 bars 97 BPM 3/4 at bar 3" in daemon.log
+    assert_plays_from(stemd, frames, the_take(daemon), GRID.bar_start_sample(2, RATE))   # 178,144
+
+
+def test_jack_app_follows_jack_transport_at_97_bpm_3_4_and_a_take_from_a_midi_note_starts_on_its_bar(
+        jack, tmp_path, start_daemon, plugin_build):
+    daemon = start_daemon()
+    timebase = Timebase(jack, build_jack_timebase(tmp_path), 97, Meter(3, 4))
+    app = JackApp(jack, plugin_build, tmp_path, env=plugin_env(tmp_path, daemon))
+    wait_for(lambda: daemon_status(daemon)[4] >= 1, 20, "the JACK app did not connect to the daemon")
+    timebase.tell("locate 0")
+    timebase.tell("play")
+    time.sleep(0.6)                            # into bar 1: the next bar line is bar 2
+    app.note(NOTE_GENERATE)
+    done = wait_for(lambda: re.search(r"4 bars (\S+) BPM (\S+) at bar (\d+).*-> done", daemon.log), 30,
+                    "the daemon made no take for the note")
+    assert done.group(1, 2) == ("97", "3/4"), done.group(0)   # what JACK's timebase master says
+    bar = int(done.group(3))
+    assert bar >= 2, f"asked for bar {bar}, but the note came after bar 1 had started"
+    timebase.tell("stop")
+    timebase.tell("locate 0")
+    time.sleep(0.5)
+
+    wav = tmp_path / "jack.wav"
+    end = GRID.bar_start_sample(bar + 3, RATE)
+    rec = record(jack, [*app.outs, Timebase.PORT], end // RATE + 2, wav)
+    timebase.tell("play")
+    rec.wait(60)
+    timebase.tell("stop")
+    stemd, frames, rate = read_recording(wav)
+    assert rate == RATE and frames[0] == -1 and frames.max() > end
+    assert_plays_from(stemd, frames, the_take(daemon), GRID.bar_start_sample(bar - 1, RATE))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch (MusicGen test model) is not installed")
-def test_a_musicgen_take_streams_into_the_lv2_and_its_first_bar_plays_before_the_daemon_has_made_the_last(
+def test_a_musicgen_take_streams_into_the_jack_app_and_its_first_bar_plays_before_the_daemon_has_made_the_last(
         jack, tmp_path, start_daemon, plugin_build, tiny):
-    # a random-weight MusicGen test model, paced to 4 s a bar, asked for 4 bars: about 16 s of work
+    # a random-weight MusicGen test model, paced to at least 4 s a bar; the note asks for 4 bars (16 s or more)
     daemon = start_daemon("--device", "cpu", "--pace", "4", model=str(tiny))
-    timebase, jalv, outs = start_rig(jack, tmp_path, plugin_build, daemon, {"bars": 4, "start_bar": 2})
-    timebase.tell("locate 0")
-    timebase.tell("play")
+    timebase = Timebase(jack, build_jack_timebase(tmp_path), 97, Meter(3, 4))
+    app = JackApp(jack, plugin_build, tmp_path, env=plugin_env(tmp_path, daemon))
+    wait_for(lambda: daemon_status(daemon)[4] >= 1, 20, "the JACK app did not connect to the daemon")
+    timebase.tell("locate 0")                  # stopped on bar 1's first sample: the take starts there
     time.sleep(0.5)
-    jalv.set("generate", 1)
-    assert jalv.wait_value("bars_received", 1, timeout=90) >= 1, jalv.log.read_text()[-2000:]
-    status = daemon_status(daemon)
-    assert status[1] == "busy" and status[3], f"the daemon is not making the take any more: {status}"
-    received = jalv.value("bars_received")
-    assert received < 4, f"all {received} bars arrived at once"
+    app.note(NOTE_GENERATE)
+    request = wait_for(lambda: daemon_status(daemon)[3], 30, "the daemon is not making a take")
 
-    # the first bar plays now, while the rest is still being made
-    timebase.tell("stop")
-    timebase.tell("locate 0")
-    time.sleep(0.3)
-    wav = tmp_path / "stream.wav"
-    rec = record(jack, [*outs, Timebase.PORT], 4, wav)
-    timebase.tell("play")                      # bar 2 is 1.86 s to 3.71 s in
-    rec.wait(30)
-    timebase.tell("stop")
-    status_after = daemon_status(daemon)
-    assert status_after[1] == "busy" and status_after[3], \
-        f"the daemon finished before the first bar had played: {status_after}"
-    stemd, frames, _ = read_recording(wav)
-    start, end = GRID.bar_start_sample(1, RATE), GRID.bar_start_sample(2, RATE)
-    assert frames.max() >= end, "the recording stopped before the take's first bar ended"
-    assert np.abs(stemd[(frames >= 0) & (frames < start)]).max() <= 1e-6, "the plugin played before the take's bar"
-    in_bar = (frames >= start) & (frames < end)
-    bar2, bar2_frames = stemd[in_bar], frames[in_bar] - start
-    assert np.abs(bar2).max() > 1e-3, "the first bar of the take did not play"
+    # the host plays bar 1 again and again until the take's first bar sounds in it, then once more (the
+    # pass that first hears it may have begun before the bar arrived: bars not yet received are silent)
+    end = GRID.bar_start_sample(1, RATE)
+    deadline, passes, heard = time.monotonic() + 90, 0, 0
+    while True:
+        passes += 1
+        wav = tmp_path / f"pass{passes}.wav"
+        timebase.tell("locate 0")
+        rec = record(jack, [*app.outs, Timebase.PORT], 3, wav)
+        timebase.tell("play")                  # bar 1 is 0 to 1.86 s
+        rec.wait(30)
+        timebase.tell("stop")
+        status = daemon_status(daemon)
+        stemd, frames, _ = read_recording(wav)
+        assert frames.max() >= end, "the recording stopped before bar 1 ended"
+        in_bar = (frames >= 0) & (frames < end)
+        heard += np.abs(stemd[in_bar]).max() > 1e-3
+        if heard == 2 or time.monotonic() > deadline:
+            break
+    bar1, bar1_frames = stemd[in_bar], frames[in_bar]
+    assert heard == 2, f"the take's first bar never played ({passes} passes over bar 1)"
+    assert status[1] == "busy" and status[3] == request, \
+        f"the daemon had finished the take before its first bar played (pass {passes}): {status}"
 
     # what played was the daemon's first bar, sample for sample (its take file is written at the end)
-    deadline = time.monotonic() + 90
-    while daemon_status(daemon)[1] != "idle" and time.monotonic() < deadline:
-        time.sleep(0.5)
-    wavs = sorted(daemon.out.rglob("*.wav"))
-    assert wavs, f"the daemon wrote no take:\n{daemon.log[-2000:]}"
-    take, _ = soundfile.read(wavs[0], dtype="float32", always_2d=True)
-    assert np.abs(bar2 - take[bar2_frames]).max() < 1e-4
+    wait_for(lambda: daemon_status(daemon)[1] == "idle", 120, "the daemon did not finish the take")
+    take = the_take(daemon)
+    assert len(take) == GRID.span_samples(0, 4, RATE)
+    assert np.abs(bar1 - take[bar1_frames]).max() < 1e-4
