@@ -28,6 +28,8 @@ class BarChunk:
     start_sample: int
     sample_rate: int
     audio: np.ndarray
+    #: per variation, how conform placed it on the grid (its sidecar's ``conform``); empty: not conformed
+    conform: tuple = ()
 
     @property
     def variations(self) -> int:

@@ -5,7 +5,8 @@ This is the one path every take goes through, streamed (daemon) or offline (``st
 
 from __future__ import annotations
 
-from typing import Iterator
+from dataclasses import replace
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -24,8 +25,11 @@ def match_channels(block: np.ndarray, channels: int) -> np.ndarray:
     return mono if channels == 1 else np.repeat(mono, channels, axis=1)
 
 
-def conformed_blocks(stream: AudioStream, spec: GenerationSpec) -> Iterator[np.ndarray]:
-    """The engine's blocks at the spec's rate, tempo and channel count."""
+def conformed_blocks(stream: AudioStream, spec: GenerationSpec,
+                     decisions: Optional[list] = None) -> Iterator[np.ndarray]:
+    """The engine's blocks at the spec's rate, tempo and channel count. ``decisions``, when given, gets
+    how each variation was conformed (``conform.canvas.Decision``) as each block leaves (a streamed take's
+    tempo is read again after its first bars)."""
     if stream.on_grid and stream.sample_rate == spec.sample_rate:
         for block in stream.blocks:
             yield match_channels(block, spec.channels)
@@ -34,6 +38,8 @@ def conformed_blocks(stream: AudioStream, spec: GenerationSpec) -> Iterator[np.n
 
     conformer = StreamConformer(stream, spec)
     for block in conformer.blocks():
+        if decisions is not None:
+            decisions[:] = conformer.decisions
         yield match_channels(block, spec.channels)
 
 
@@ -52,11 +58,14 @@ def warm_conform() -> None:
 
 def bar_chunks(engine: Engine, spec: GenerationSpec, *, should_stop=never_stop,
                on_progress=no_progress) -> Iterator[BarChunk]:
-    """Generate ``spec`` and yield each bar the moment it exists; closing the iterator stops the engine."""
+    """Generate ``spec`` and yield each bar the moment it exists; closing the iterator stops the engine. Each
+    chunk of a conformed take carries how each variation was conformed (``BarChunk.conform``)."""
     stream = engine.stream(spec, should_stop=should_stop, on_progress=on_progress)
+    decisions: list = []
     try:
-        yield from chunk_blocks(conformed_blocks(stream, spec), spec.grid, spec.sample_rate,
-                                spec.start_bar, spec.bars)
+        for chunk in chunk_blocks(conformed_blocks(stream, spec, decisions), spec.grid, spec.sample_rate,
+                                  spec.start_bar, spec.bars):
+            yield replace(chunk, conform=tuple(d.sidecar() for d in decisions)) if decisions else chunk
     finally:
         stream.close()
 

@@ -101,3 +101,70 @@ def drum_track(bpm: float, sample_rate: int, bars: int, start: float = 0.0, pick
         audio, rate = soundfile.read(wav, dtype="float32", always_2d=True)
     assert rate == sample_rate, (rate, sample_rate)
     return np.ascontiguousarray(audio.T), times, downbeats
+
+
+def groove_midi(path: str, bpm: float, bars: int, beats_per_bar: int = 4, start: float = 0.0, band: bool = True):
+    """A band groove in ``beats_per_bar``/4: drums (kick on 1, and 3 in 4/4; snare on the other beats;
+    eighth hats; crash on the first downbeat), a bass note on every beat and a pad chord held through
+    each bar (``band``; else drums alone), the first downbeat at ``start`` seconds. Returns (beat times,
+    downbeat flags)."""
+    import mido
+
+    tpb, n = 480, beats_per_bar
+    midi = mido.MidiFile(ticks_per_beat=tpb)
+    track = mido.MidiTrack()
+    midi.tracks.append(track)
+    track.append(mido.MetaMessage("set_tempo", tempo=int(round(60_000_000 / bpm))))
+    track.append(mido.Message("program_change", channel=0, program=33))     # electric bass (finger)
+    track.append(mido.Message("program_change", channel=1, program=89))     # warm pad
+    lead = int(round(start * bpm / 60.0 * tpb))
+    roots = [40, 45, 38, 43]                     # E2 A2 D2 G2, one a bar
+    events = []  # (tick, channel, note, velocity, length)
+    for beat in range(bars * n):
+        tick, pos, bar = lead + beat * tpb, beat % n, beat // n
+        events += [(tick, 9, CLOSED_HAT, 80, tpb // 4), (tick + tpb // 2, 9, CLOSED_HAT, 55, tpb // 4)]
+        if pos == 0 or (n == 4 and pos == 2):
+            events.append((tick, 9, KICK, 120 if pos == 0 else 105, tpb // 4))
+        else:
+            events.append((tick, 9, SNARE, 100, tpb // 4))
+        if beat == 0:
+            events.append((tick, 9, CRASH, 100, tpb // 4))
+        if not band:
+            continue
+        root = roots[bar % len(roots)]
+        events.append((tick, 0, root + (7 if pos == n - 1 else 0), 100, tpb * 9 // 10))
+        if pos == 0:
+            for interval in (12, 16, 19):
+                events.append((tick, 1, root + 12 + interval, 60, n * tpb - tpb // 8))
+    messages = []
+    for tick, channel, note, velocity, length in events:
+        messages.append((tick, 1, mido.Message("note_on", channel=channel, note=note, velocity=velocity)))
+        messages.append((tick + length, 0, mido.Message("note_off", channel=channel, note=note, velocity=0)))
+    now = 0
+    for tick, _order, message in sorted(messages, key=lambda m: (m[0], m[1])):
+        track.append(message.copy(time=tick - now))
+        now = tick
+    track.append(mido.MetaMessage("end_of_track", time=tpb * 2))
+    midi.save(path)
+    period = 60.0 / bpm
+    times = lead / tpb * period + np.arange(bars * n) * period
+    return times, (np.arange(bars * n) % n) == 0
+
+
+def groove_track(bpm: float, sample_rate: int, bars: int, beats_per_bar: int = 4, start: float = 0.0,
+                 band: bool = True):
+    """(stereo audio, beat times, downbeat flags) of ``groove_midi`` rendered by fluidsynth."""
+    import soundfile
+
+    why = fluidsynth_missing()
+    if why:
+        raise RuntimeError(why)
+    with tempfile.TemporaryDirectory() as tmp:
+        mid, wav = os.path.join(tmp, "groove.mid"), os.path.join(tmp, "groove.wav")
+        times, downbeats = groove_midi(mid, bpm, bars, beats_per_bar, start, band)
+        subprocess.run(["fluidsynth", "-ni", "-q", "-g", "0.6", "-R", "0", "-C", "0", "-r", str(sample_rate),
+                        "-F", wav, "-T", "wav", "-O", "float", SOUNDFONT, mid],
+                       check=True, capture_output=True, timeout=60)
+        audio, rate = soundfile.read(wav, dtype="float32", always_2d=True)
+    assert rate == sample_rate, (rate, sample_rate)
+    return np.ascontiguousarray(audio.T), times, downbeats

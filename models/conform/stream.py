@@ -154,6 +154,8 @@ class StreamConformer:
         self.meter = section.meter
         self.expected_bpm = float(stream.tempo_hint or section.tempo.bpm)
         self.length = spec.grid.span_samples(spec.start_bar, spec.bars, spec.sample_rate)
+        #: how each variation was conformed (canvas.Decision), once known
+        self.decisions: list = []
 
     def _analysis_samples(self, bars: float, slack: float = 1.2, pad: float = 0.25) -> int:
         """``heard_seconds`` at the tempo expected, in the stream's samples."""
@@ -182,11 +184,15 @@ class StreamConformer:
             return
         head_audio = np.concatenate(head, axis=2)
         variations, channels = head_audio.shape[:2]
+        if not self.spec.loop and (self.timings is not None or self._is_canvas(have)):
+            yield from self._canvas(head_audio, source)
+            return
         if self.timings is None:
             self.timings = self._detect(head_audio)
         ratio_bar = self.spec.start_bar
         lanes = [_Lane(t, stretch_ratio(t, self.spec.grid, ratio_bar), self.stream.sample_rate,
                        self.spec.sample_rate, channels) for t in self.timings]
+        self._decide(head_audio.shape[2])
         if not self.spec.loop:
             # bar 1 leaves once every lane has put it out: tell the engine how much audio that takes,
             # so its next block ends there (a downbeat read late, a take slower than aimed for)
@@ -215,6 +221,45 @@ class StreamConformer:
         if out.shape[2]:
             yield out
 
+    def _is_canvas(self, have: int) -> bool:
+        """The first block holds the whole take and a bar more at the tempo expected: a finished canvas
+        (a diffusion model's), not the start of a stream."""
+        return have >= self._analysis_samples(self.spec.bars + 1, slack=1.0, pad=0.0)
+
+    def _canvas(self, head: np.ndarray, rest) -> Iterator[np.ndarray]:
+        """A finished canvas (or a take whose timing is given): timing read once, then bar by bar
+        (stemd.models.conform.canvas)."""
+        from stemd.models.conform import canvas as cv
+
+        sr, target = self.stream.sample_rate, self.spec.sample_rate
+        canvas = cv.Canvas(head, rest)
+        grid_bpm = float(self.spec.grid.section_at(self.spec.start_bar)[1].tempo.bpm)
+        take_seconds = float(self.spec.seconds)
+        unit_q = float(self.meter.unit_quarters)
+        grid_beat = 60.0 * unit_q / grid_bpm
+        if self.timings is None:
+            analysis = self._analysis_samples(self.first_bars, FIRST_SLACK, FIRST_PAD) / sr
+            read = [cv.read_timing(head[v], sr, self.meter, self.expected_bpm, analysis, take_seconds)
+                    for v in range(head.shape[0])]
+            self.timings = [t for t, _ in read]
+            told = self.expected_bpm
+            self.decisions = [cv.decide(t, told, grid_bpm, take_seconds, sure) for t, sure in read]
+        else:   # given (offline conform): taken as they are
+            self.decisions = [cv.decide(t, t.bpm, grid_bpm, take_seconds, 1.0) for t in self.timings]
+        lanes = []
+        for v, timing in enumerate(self.timings):
+            lane, self.decisions[v] = cv.lane_for(self.decisions[v], timing, canvas, v, grid_beat, sr, target)
+            lanes.append(lane)
+        emit = _Aligner(head.shape[0], head.shape[1])
+        for bar in range(1, self.spec.bars + 1):
+            upto = self.spec.grid.span_samples(self.spec.start_bar, bar, target)
+            out = emit.push([lane.advance(upto) for lane in lanes])
+            if out.shape[2]:
+                yield out
+        out = emit.push([lane.finish(self.length) for lane in lanes], final=True)
+        if out.shape[2]:
+            yield out
+
     def _refine(self, lanes: list, heard: np.ndarray) -> None:
         """The tempo estimated again on the first ``analysis_bars`` bars; later bars follow it."""
         bar_seconds = float(self.spec.grid.bar_seconds(self.spec.start_bar))
@@ -222,6 +267,13 @@ class StreamConformer:
         for lane, timing in zip(lanes, self.timings):
             if len(timing.beats) >= 3:
                 lane.retime(timing, bar_seconds)
+        self._decide(heard.shape[2])
+
+    def _decide(self, heard: int) -> None:
+        from stemd.models.conform.canvas import streamed
+
+        self.decisions[:] = [streamed(t, stretch_ratio(t, self.spec.grid, self.spec.start_bar),
+                                      heard / self.stream.sample_rate) for t in self.timings]
 
     def _loop(self, lanes, pieces, emit) -> Iterator[np.ndarray]:
         """Loop mode holds the take until it is whole (plus the crossfade), then loops it."""
