@@ -271,7 +271,9 @@ def test_ardour_follower_without_a_session_file_learns_meter_and_tempo_only_from
     from stemd.bridge.transport.daw_osc import ArdourFollower
 
     transport = Transport()
-    follower = ArdourFollower(transport, listen_port=0)
+    # registered with the discard port, not Ardour's 3819: a real Ardour there (another test's) would answer
+    # with its own feedback, read by the follower's thread beside these reports
+    follower = ArdourFollower(transport, daw_port=9, listen_port=0)
     try:
         assert not transport.grid_known.is_set()
         follower.handle(osc.Message("/transport_play", 1))
