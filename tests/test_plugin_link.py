@@ -89,7 +89,7 @@ class Probe:
             time.sleep(0.02)
         raise AssertionError(f"no such event; got {self.events}")
 
-    def finish(self, timeout: float = 60.0) -> int:
+    def finish(self, timeout: float = 120.0) -> int:
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -163,6 +163,21 @@ def test_an_absent_daemon_is_reported_and_retried_until_it_comes(probe, start_da
     chunk = p.of("chunk")[0]
     assert chunk["start_sample"] == 0 and chunk["frames"] == Grid(137, "7/8").bar_length_samples(0, 48000)
     assert p.of("done")
+
+
+def test_the_token_is_sent_as_hello_and_a_wrong_one_is_reported(probe, start_daemon):
+    token = "plugin-token-0123456789"
+    daemon = start_daemon(env={"STEMD_TOKEN": token})
+    good = Probe(probe, "--port", str(daemon.port), "--token", token, "--generate", "tok", "--bars", "1",
+                 "--bpm", "275/2", "--meter", "7/8", "--seconds", "60")
+    assert good.finish() == 0, (good.events, good.stderr[-2000:])
+    assert good.of("chunk")[0]["frames"] == Grid("275/2", "7/8").bar_length_samples(0, 48000)
+
+    wrong = Probe(probe, "--port", str(daemon.port), "--token", "not-the-token-at-all", "--seconds", "3")
+    assert wrong.finish() == 0, wrong.stderr[-2000:]
+    refused = wrong.of("error")
+    assert refused and refused[0]["id"] == "" and refused[0]["code"] == "unauthorized", wrong.events
+    assert "dropped" in wrong.states() and not wrong.of("models")
 
 
 # --- hostile peers ---------------------------------------------------------------------------------
