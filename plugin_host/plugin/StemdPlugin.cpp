@@ -67,6 +67,7 @@ enum ReservedNote : uint8_t {
 constexpr size_t kMaxLiveTakes = 64;                 // takes run() can play at once
 constexpr uint64_t kMaxTakeBytes = 2ull << 30;       // one take's audio, all variations
 constexpr size_t kMaxStateText = 4u << 20;           // a `takes` or `slots` state we accept
+constexpr int32_t kOriginBlocks = 4;                 // blocks that must agree before the timeline origin moves
 
 std::string envOr(const char* name, const std::string& fallback)
 {
@@ -403,10 +404,23 @@ private:
             if (pos.playing && fLastPlaying && ts - expected <= tolerance && expected - ts <= tolerance) ts = expected;
         } else {
             if (pos.bbt.valid && quarters >= 0) {
+                // a new origin is believed only after kOriginBlocks blocks agree on it: DPF 1.6's LV2
+                // wrapper, between the host's position events, moves its bar number one block early
+                // at every bar line, which would otherwise shift the timeline by a bar for one block
                 int64_t origin = static_cast<int64_t>(pos.frame) -
                                  static_cast<int64_t>(quarters * fGrid.samplesPerQuarter() + 0.5);
                 if (origin <= tolerance && origin >= -tolerance) origin = 0;
-                if (origin - fOrigin > tolerance || fOrigin - origin > tolerance) fOrigin = origin;
+                if (origin - fOrigin <= tolerance && fOrigin - origin <= tolerance) {
+                    fOriginVotes = 0;
+                } else if (fOriginVotes > 0 && origin - fNewOrigin <= tolerance && fNewOrigin - origin <= tolerance) {
+                    if (++fOriginVotes >= kOriginBlocks) {
+                        fOrigin = origin;
+                        fOriginVotes = 0;
+                    }
+                } else {
+                    fNewOrigin = origin;
+                    fOriginVotes = 1;
+                }
             }
             ts = static_cast<int64_t>(pos.frame) - fOrigin;
         }
@@ -1033,7 +1047,8 @@ private:
     // run()'s own (audio thread only)
     HostFormat fFormat = HostFormat::Frames;
     BarGrid fGrid;
-    int64_t fOrigin = 0, fLastTs = 0, fFreeClock = 0, fAuditionStart = 0;
+    int64_t fOrigin = 0, fNewOrigin = 0, fLastTs = 0, fFreeClock = 0, fAuditionStart = 0;
+    int32_t fOriginVotes = 0;
     uint32_t fLastFrames = 0, fAuditionSeen = 0;
     uint64_t fAuditionTake = 0;
     bool fLastPlaying = false;
