@@ -83,7 +83,7 @@ def test_14_a_full_disk_at_the_end_of_a_take_ends_the_request_once_and_leaves_no
     if pages < 17:
         assert end.args[1] == "io_error", end
     with capsys.disabled():
-        print(f"\n{pages:2d} pages free: {' '.join(str(a) for a in end.args[1:])[:100]}", end="")
+        print(f"\n{pages:2d} pages free: {end.address} {' '.join(str(a) for a in end.args[1:])[:100]}", end="")
     messages += until_pong(client)                        # nothing more for the request after its end
     assert len(ends_of(messages, rid)) == 1
     assert daemon.ping_udp().address == "/stemd/pong"     # the daemon goes on serving
@@ -335,6 +335,13 @@ READER_BARS, NON_READER_BARS, LIMITS = (114, 22, ()) if FULL else \
 BAR = ("bpm", 97, "meter", "7/8", "sample_rate", 96000)
 
 
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def read_take_slowly(port: int, rid: str, bars: int, rate: float, result: dict) -> None:
     """A client that asks for a take and reads it at ``rate`` bytes a second (sleeping between recv calls)."""
     from stemd.framing import StreamDecoder
@@ -399,6 +406,6 @@ def test_18_slow_readers_complete_long_takes_while_non_readers_holding_the_total
     with capsys.disabled():
         print("\nreaders: " + "; ".join(f"{rid} {r['bytes'] / 2 ** 20:.1f} MiB in {r['seconds']:.1f} s "
                                         f"({r['bytes'] / r['seconds'] / 1e6:.2f} MB/s)" for rid, r in result.items())
-              + f"; all done in {time.monotonic() - t0:.1f} s")
+              + f"; all done in {time.monotonic() - t0:.1f} s; daemon peak RSS {peak_rss_mib(daemon.proc.pid):.0f} MiB")
         for name, why in dropped:
             print(f"  dropped {name}: {why}")
