@@ -90,6 +90,7 @@ class Worker(threading.Thread):
                         job.takes = TakeStream(self.service.claims, request, engine, chunk.variations,
                                                chunk.channels, model_name=job.model)
                     job.takes.write(chunk.audio)
+                    job.takes.conform = chunk.conform or job.takes.conform
                     job.bars_done = chunk.index + 1
                     job.first_bar_at = job.first_bar_at or time.monotonic()
                     if client.stream and request.chunks:

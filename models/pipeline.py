@@ -70,7 +70,10 @@ def bar_chunks(engine: Engine, spec: GenerationSpec, *, should_stop=never_stop,
         stream.close()
 
 
-def render_take(engine: Engine, spec: GenerationSpec, **kwargs) -> np.ndarray:
-    """The whole take at once: ``(variations, channels, n)`` with n exactly ``spec.bars`` bars."""
-    chunks = [c.audio for c in bar_chunks(engine, spec, **kwargs)]
-    return np.concatenate(chunks, axis=2)
+def render_take(engine: Engine, spec: GenerationSpec, conform: Optional[list] = None, **kwargs) -> np.ndarray:
+    """The whole take at once: ``(variations, channels, n)`` with n exactly ``spec.bars`` bars. ``conform``, when
+    given, gets how each variation was conformed (``BarChunk.conform``; nothing for a take on the grid)."""
+    chunks = list(bar_chunks(engine, spec, **kwargs))
+    if conform is not None:
+        conform[:] = chunks[-1].conform if chunks else ()
+    return np.concatenate([c.audio for c in chunks], axis=2)

@@ -31,11 +31,13 @@ class SidecarTooLarge(StemdError):
 
 
 def take_sidecar(request: GenerateRequest, variation: int, engine_info: dict, model_name: str = "", *,
-                 file: str, sample_rate: int, channels: int, frames: int, format: str) -> dict:
+                 file: str, sample_rate: int, channels: int, frames: int, format: str,
+                 conform: Optional[dict] = None) -> dict:
     """One take's sidecar: when it was made; which model made it (the daemon's name for it, its family,
     its engine's info, licence card, whether its licence allows commercial use, its weights' hash); the
     music (prompt, stem, seed, variation, tempo, meter, bars, the start bar, every request parameter);
-    and the take's file (name, rate, channels, frames, format). ``engine_info``: ``Engine.info()``."""
+    and the take's file (name, rate, channels, frames, format). ``engine_info``: ``Engine.info()``. ``conform``:
+    how conform placed this variation on the grid (``BarChunk.conform``), for takes that were conformed."""
     model = engine_info.get("model", "")
     bpm = request.bpm.bpm
     meta = {
@@ -52,6 +54,8 @@ def take_sidecar(request: GenerateRequest, variation: int, engine_info: dict, mo
         meta["weights_sha256"] = engine_info["weights_sha256"]
     if engine_info.get("test_model"):
         meta["note"] = "made by a test model with random weights: noise, not music"
+    if conform:
+        meta["conform"] = dict(conform)
     return meta
 
 

@@ -232,3 +232,58 @@ def test_decide_takes_the_told_tempo_when_detection_agrees_or_is_unsure(detected
     taken = told if tempo_from == "told" else detected
     assert decision.tempo_bpm == pytest.approx(taken)
     assert decision.ratio == (None if stretch == "none" else pytest.approx(taken / grid))
+
+
+# --- the take's sidecar says how it was conformed ---------------------------------------------------
+
+needs_diffusers = pytest.mark.skipif(
+    __import__("importlib.util").util.find_spec("diffusers") is None, reason="diffusers is not installed")
+CONFORM_KEYS = {"detected_bpm", "confidence", "tempo_bpm", "tempo_from", "ratio", "stretch", "downbeat_seconds"}
+
+
+@pytest.fixture(scope="module")
+def sa3_tiny(tmp_path_factory):
+    from stemd.models.diffusion.testmodels import write_test_pipeline
+
+    folder = tmp_path_factory.mktemp("sa3-tiny")
+    write_test_pipeline(folder, "sa3-tiny")
+    return folder
+
+
+def check_conform(meta, bpm):
+    conform = meta["conform"]
+    assert set(conform) == CONFORM_KEYS, conform
+    assert conform["stretch"] in ("none", "splice", "rubberband")
+    assert (conform["ratio"] is None) == (conform["stretch"] == "none")
+    if conform["tempo_from"] == "told":      # a test model makes noise: its beats are rarely sure
+        assert conform["tempo_bpm"] == bpm
+
+
+@needs_diffusers
+def test_stemd_render_writes_the_conform_decision_in_each_sidecar(sa3_tiny, tmp_path):
+    import json
+
+    from stemd.cli import main
+
+    assert main(["render", "--model", str(sa3_tiny), "--bars", "2", "--bpm", "97", "--meter", "3/4", "--seed", "3",
+                 "--variations", "2", "--out", str(tmp_path), "--no-contact-sheet"]) == 0
+    takes = [m for m in (json.loads(p.read_text()) for p in tmp_path.glob("*.json")) if "variation" in m]
+    assert len(takes) == 2
+    for meta in takes:
+        check_conform(meta, 97)
+
+
+@needs_diffusers
+def test_the_daemon_sends_and_writes_the_conform_decision_in_the_sidecar(start_daemon, sa3_tiny):
+    import json
+
+    from daemon_fixtures import TcpClient
+
+    daemon = start_daemon("--device", "cpu", model=str(sa3_tiny))
+    client = TcpClient(daemon.port)
+    client.send("/stemd/generate", "c1", "bars", 2, "bpm", 120, "seed", 4, "sample_rate", 48000, "prompt", "test")
+    messages = client.until("/stemd/done", "c1", timeout=240)
+    client.close()
+    sidecars = [json.loads(m.args[2]) for m in messages if m.address == "/stemd/sidecar"]
+    assert len(sidecars) == 1
+    check_conform(sidecars[0], 120)

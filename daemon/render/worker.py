@@ -50,14 +50,16 @@ class BatchRenderer:
         engine = self.engine(batch.model)
         check_keys(request, engine.info().get("family", ""), batch.model_name)   # as the daemon's dispatch does
         started = time.perf_counter()
-        audio = render_take(engine, spec_from_request(request, engine))  # (variations, channels, n)
+        conform: list = []
+        audio = render_take(engine, spec_from_request(request, engine), conform=conform)  # (variations, channels, n)
         seconds = time.perf_counter() - started
         out = []
         for take in batch.takes:
             mix = audio[take.variation]
             meta = take_sidecar(request, take.variation, engine.info(), batch.model_name,
                                 file=f"{take.name}.{take.extension}", sample_rate=request.sample_rate,
-                                channels=int(mix.shape[0]), frames=int(mix.shape[1]), format=job.format)
+                                channels=int(mix.shape[0]), frames=int(mix.shape[1]), format=job.format,
+                                conform=conform[take.variation] if take.variation < len(conform) else None)
             # what only a render knows, under one key: the take's key in the job, where and how fast it was made
             render = meta["render"] = {"key": take.key, "name": take.name, "source": batch.entry.source,
                                        "seconds": round(seconds, 4), "batch_variations": request.variations,
