@@ -1,0 +1,57 @@
+"""Audition: the stemd plugin plays its selected take from the take's start while the host is stopped.
+
+The JACK standalone (build/plugin/stemd) on a JACK dummy server, with the tests' own timebase master at
+97 BPM 3/4: a take is made from a MIDI note while the transport rolls; then, with the transport stopped,
+the reserved note for audition (5) plays the whole take at the next bar line of the plugin's own clock.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+
+from plugin_hosts import (JackApp, Timebase, build_jack_timebase, first_audible, needs_cc, needs_jalv,  # noqa: F401
+                          plugin_build, read_recording, record)
+from stemd.timing import Grid, Meter
+from test_plugin_jack import daemon_status, plugin_env, the_take, wait_for
+
+RATE = 48000
+GRID = Grid(97, "3/4")
+NOTE_GENERATE, NOTE_AUDITION = 6, 5
+
+pytestmark = [needs_jalv, needs_cc]
+
+
+def test_audition_plays_the_take_from_its_start_while_the_transport_is_stopped(jack, tmp_path, start_daemon,
+                                                                               plugin_build):
+    daemon = start_daemon()
+    timebase = Timebase(jack, build_jack_timebase(tmp_path), 97, Meter(3, 4))
+    app = JackApp(jack, plugin_build, tmp_path, env=plugin_env(tmp_path, daemon))
+    wait_for(lambda: daemon_status(daemon)[4] >= 1, 20, "the JACK app did not connect to the daemon")
+    timebase.tell("locate 0")
+    timebase.tell("play")
+    time.sleep(0.6)
+    app.note(NOTE_GENERATE)                              # 4 bars from the next bar line
+    wait_for(lambda: re.search(r"4 bars 97 BPM 3/4 at bar \d+.*-> done", daemon.log), 30, "no take was made")
+    timebase.tell("stop")
+    time.sleep(1.0)                                      # the last bars reach the plugin
+    take = the_take(daemon)
+    assert np.abs(take).max() > 0.1
+
+    wav = tmp_path / "audition.wav"
+    seconds = (GRID.span_samples(0, 5, RATE)) // RATE + 2  # the take's 4 bars, a bar of waiting, slack
+    rec = record(jack, [*app.outs, Timebase.PORT], seconds, wav)
+    time.sleep(0.3)
+    app.note(NOTE_AUDITION)
+    rec.wait(60)
+    stemd, frames, rate = read_recording(wav)
+    assert rate == RATE and (frames == -1).all(), "the transport rolled during the audition"
+    first = first_audible(stemd)
+    assert first > 0, "the audition played nothing"
+    assert first <= int(0.3 * RATE) + GRID.bar_length_samples(0, RATE) + RATE, "the audition started late"
+    assert len(stemd) >= first + len(take), "the recording ends inside the take"
+    played = stemd[first:first + len(take)]
+    assert np.abs(played - take).max() < 1e-4           # the whole take, from its first sample (jack_rec: 32-bit ints)
+    assert np.abs(stemd[first + len(take):]).max() < 1e-6   # and then nothing
