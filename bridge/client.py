@@ -176,14 +176,6 @@ class DaemonClient:
     def model(self) -> str:
         return str(self.status.get("model", "unknown"))
 
-    def models(self, timeout: float = 5.0) -> dict:
-        """``/stemd/models``: name -> what the daemon says of that model (in its order; the first is the
-        default); {} from a daemon that has no /stemd/models or did not answer."""
-        reply = self.ask(protocol.MODELS, (), protocol.MODELS_REPLY, timeout)
-        if reply is None or reply.address != protocol.MODELS_REPLY:
-            return {}
-        return parse_models(reply.args)
-
     # --- sending -----------------------------------------------------------------------------
     def send(self, address: str, *args) -> None:
         if self._sock is None or self.closed.is_set():
@@ -287,19 +279,6 @@ def _is_sidecar(args: tuple) -> bool:
     """``<id:s> <variation:i> <json:s>``, the JSON at most ``MAX_SIDECAR_BYTES`` (docs/protocol.md)."""
     return (len(args) == 3 and isinstance(args[1], int) and not isinstance(args[1], bool) and 0 <= args[1]
             and isinstance(args[2], str) and len(args[2].encode("utf-8", "replace")) <= protocol.MAX_SIDECAR_BYTES)
-
-
-MODEL_FIELDS = ("name", "family", "loaded", "device", "dtype", "bytes", "license", "commercial", "weights_sha256")
-
-
-def parse_models(args: tuple) -> dict:
-    """``/stemd/models/reply <count> [<name> <family> <loaded> <device> <dtype> <bytes> <licence> <commercial>
-    <weights_sha256>]...`` (docs/protocol.md) as name -> fields."""
-    n = len(MODEL_FIELDS)
-    if not args or not isinstance(args[0], int) or len(args) != 1 + n * args[0]:
-        return {}
-    rows = [dict(zip(MODEL_FIELDS, args[1 + i * n: 1 + (i + 1) * n])) for i in range(args[0])]
-    return {str(row["name"]): row for row in rows}
 
 
 def _status(args: tuple) -> dict:

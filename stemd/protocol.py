@@ -3,7 +3,9 @@
 Requests are validated here, at the edge, when they are built: a :class:`GenerateRequest` that exists
 is a request the daemon can run. Everything wrong with one raises :class:`ProtocolError` with a
 stable ``code`` (sent back as ``/stemd/error <id> <code> <message>``) and a message a producer can act
-on. docs/protocol.md is the reference for users; the tables below are the reference for code.
+on. docs/protocol.md is the reference for users; the tables below are the reference for code. Beside the
+wire: the sampling defaults are ``stemd.sampling``, which keys each model family takes ``stemd.families``,
+a take's sidecar ``stemd.sidecar``.
 """
 
 from __future__ import annotations

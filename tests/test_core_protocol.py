@@ -3,7 +3,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from stemd.protocol import Chunk, GenerateRequest, ProtocolError, Sampling
+from stemd.protocol import Chunk, GenerateRequest, ProtocolError
+from stemd.sampling import Sampling
 
 
 def test_generate_args_become_a_validated_request():
