@@ -2,10 +2,10 @@
 
 TCP connections are framed by :class:`~stemd.framing.StreamDecoder` (OSC 1.0 length prefix or OSC 1.1
 SLIP, detected from the first byte) and answered in the framing they speak. Every connection has a
-bounded send queue: the worker hands replies over without ever waiting, and a client whose queue grows
-past ``max_client_buffer`` while its socket is full (it stopped reading) is dropped and its requests
-cancelled. The daemon goes
-on. Packets become :class:`~stemd.osc.Message` here and go to :func:`stemd.daemon.dispatch.dispatch`.
+bounded send queue (:class:`~stemd.daemon.outbox.Outbox`): at its limit (or all queues' together at
+theirs) the worker waits between bars while the client reads (``wait_for_room``), and a client that
+takes nothing for a while is dropped and its requests cancelled. The daemon goes on. Packets become
+:class:`~stemd.osc.Message` here and go to :func:`stemd.daemon.dispatch.dispatch`.
 
 UDP messages may end with ``token <token>`` and ``reply_port <port>``: the token when the daemon requires
 one, the reply port to send replies to the sender's host at that port instead of the sender's port
@@ -26,6 +26,7 @@ from typing import Any, Optional
 from stemd.daemon.dispatch import dispatch
 from stemd.daemon.outbox import COALESCE, Outbox, Pool
 from stemd.daemon.service import Service
+from stemd.daemon.takeio import LITTER
 from stemd.daemon.worker import Worker
 from stemd.framing import FramingError, StreamDecoder
 from stemd.osc import Message, OSCDecodeError, decode, encode_message, messages_in
@@ -266,7 +267,6 @@ class TcpClient(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self.outbox.accepting:
             return
-        first = self.decoder.framing is None
         try:
             packets = self.decoder.feed(data)
         except FramingError as e:
@@ -525,7 +525,8 @@ class Server:
     def _sweep(self) -> None:
         """Every few seconds: drop clients that have taken none of their waiting replies for
         --stall-seconds, and idle ones while all clients' replies are over the total limit; read again
-        from clients whose replies went under their limit; sum up refused messages."""
+        from clients whose replies went under their limit; sum up refused messages; remove what takes
+        left on a full disk."""
         stall = self.service.settings.stall_seconds
         for client in list(self.service.clients):
             if client.outbox.stalled(stall):
@@ -536,6 +537,7 @@ class Server:
         while self.pool.bytes > self.pool.limit and self.drop_idle(min(IDLE_SECONDS, stall)):
             pass
         self.refusals.flush()
+        LITTER.sweep()                # files a take could not remove on a full disk, once the disk allows
         if self.loop is not None and not self.loop.is_closed():
             self.loop.call_later(SWEEP_SECONDS, self._sweep)
 
