@@ -96,6 +96,7 @@ class TakeStream:
         self.files: list[PartialFile] = []
         self.published: list[Path] = []    # final names ``finish`` gave, until the whole take has them
         self.sidecars: list[str] = []      # each take's sidecar as written, once finished (/stemd/sidecar)
+        self.conform: tuple = ()           # per variation, how conform placed it (BarChunk.conform)
         try:
             for path in self.paths:
                 f = PartialFile(path, replace=False)
@@ -118,7 +119,8 @@ class TakeStream:
             f.write(header)
         self.sidecars = [encode(take_sidecar(self.request, v, self.engine.info(), self.model_name, file=path.name,
                                              sample_rate=self.request.sample_rate, channels=self.channels,
-                                             frames=self.frames, format="float32"))
+                                             frames=self.frames, format="float32",
+                                             conform=self.conform[v] if v < len(self.conform) else None))
                          for v, path in enumerate(self.paths)]   # all made before any is published
         for f, path, text in zip(self.files, self.paths, self.sidecars):
             atomic_write(path.with_suffix(".json"), text, replace=False)
