@@ -210,19 +210,28 @@ class StretchLane:
 
 
 def read_timing(canvas: np.ndarray, sample_rate: int, meter, expected_bpm: float, analysis_seconds: float,
-                take_seconds: float) -> tuple[Timing, float]:
+                take_seconds: float, more_seconds: Optional[float] = None) -> tuple[Timing, float]:
     """One variation's timing: detected on its first ``analysis_seconds``, the tempo fitted again through
-    the beats of the take's span; and the confidence in it."""
+    the beats of the take's span; and the confidence in it. Where that is unsure (:data:`SURE`) and
+    ``more_seconds`` is given, detected again on that much (a band's bass and pad blur one bar's attacks;
+    two bars hold them), and the surer of the two is taken."""
     head = canvas[:, : int(analysis_seconds * sample_rate)]
     timing = detect_timing(head, sample_rate, meter, expected_bpm)
     if len(timing.beats) < 3:
-        return timing, 0.0
-    span = min(timing.downbeat + take_seconds * timing.bpm / expected_bpm + timing.beat_seconds,
-               canvas.shape[1] / sample_rate)
-    refit = refit_tempo(canvas, sample_rate, timing, span)
-    if refit is timing:        # the take's span did not hold the tempo read on its head
-        return timing, confidence(timing, head.shape[1] / sample_rate)
-    return refit, confidence(refit, span)
+        sure = 0.0
+    else:
+        span = min(timing.downbeat + take_seconds * timing.bpm / expected_bpm + timing.beat_seconds,
+                   canvas.shape[1] / sample_rate)
+        refit = refit_tempo(canvas, sample_rate, timing, span)
+        if refit is timing:        # the take's span did not hold the tempo read on its head
+            sure = confidence(timing, head.shape[1] / sample_rate)
+        else:
+            timing, sure = refit, confidence(refit, span)
+    if sure < SURE and more_seconds and more_seconds > analysis_seconds:
+        again, more = read_timing(canvas, sample_rate, meter, expected_bpm, more_seconds, take_seconds)
+        if more > sure:
+            return again, more
+    return timing, sure
 
 
 def lane_for(decision: Decision, timing: Timing, canvas: Canvas, v: int, grid_beat: float, source_rate: int,

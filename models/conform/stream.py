@@ -239,7 +239,8 @@ class StreamConformer:
         grid_beat = 60.0 * unit_q / grid_bpm
         if self.timings is None:
             analysis = self._analysis_samples(self.first_bars, FIRST_SLACK, FIRST_PAD) / sr
-            read = [cv.read_timing(head[v], sr, self.meter, self.expected_bpm, analysis, take_seconds)
+            more = self._analysis_samples(self.analysis_bars) / sr
+            read = [cv.read_timing(head[v], sr, self.meter, self.expected_bpm, analysis, take_seconds, more)
                     for v in range(head.shape[0])]
             self.timings = [t for t, _ in read]
             told = self.expected_bpm
