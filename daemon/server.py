@@ -71,11 +71,6 @@ class ErrorLimiter:
         self.rate, self.burst, self.hosts, self.clock = rate, burst, hosts, clock
         self._buckets: OrderedDict[str, list] = OrderedDict()
 
-    def refund(self, host: str) -> None:
-        bucket = self._buckets.get(host)
-        if bucket is not None:
-            bucket[0] = min(self.burst, bucket[0] + 1)
-
     def allow(self, host: str) -> bool:
         now = self.clock()
         bucket = self._buckets.pop(host, None) or [self.burst, now]
