@@ -109,3 +109,32 @@ def test_host_tempo_becomes_an_exact_rational_once(transport_test, host, exact):
 def test_host_meter_is_checked(transport_test, n, d, text):
     proc = subprocess.run([str(transport_test), "meter", n, d], capture_output=True, text=True, timeout=30)
     assert proc.stdout.strip() == text
+
+
+@needs_toolchain
+@pytest.mark.parametrize("fmt", ["vst3", "clap", "lv2"])
+@pytest.mark.parametrize("bpm, n, d, rate, origin, block", [
+    ("97", 3, 4, 48000, 0, 256),
+    ("137", 7, 8, 44100, 12345, 512),        # bar 1 at frame 12345: the plugin finds it from bar/beat/tick
+    ("137.5", 7, 8, 48000, 0, 1024),
+])
+def test_the_plugin_reads_the_timeline_position_from_each_formats_bar_beat_tick(transport_test, fmt, bpm, n, d, rate,
+                                                                               origin, block):
+    # the host's bar/beat/tick as DPF 1.6 fills them per format (VST3: bars of int(n*4/d) quarters; CLAP:
+    # quarters as beats and a running clock for its frame; LV2: the meter's bars and beats)
+    proc = subprocess.run([str(transport_test), "follow", fmt, bpm, str(n), str(d), str(rate), str(origin),
+                           str(block), "3000"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = [tuple(map(int, line.split())) for line in proc.stdout.splitlines()]
+    assert len(rows) == 3000
+    settled = rows[3:] if origin and fmt != "clap" else rows      # 4 blocks must agree before the origin moves
+    wrong = [(i, got, want) for i, (got, want) in enumerate(settled) if got != want]
+    assert wrong == [], f"{len(wrong)} blocks off, first (block, plugin, exact): {wrong[:3]}"
+
+
+@needs_toolchain
+def test_lv2s_early_bar_number_at_each_bar_line_does_not_move_the_timeline(transport_test):
+    proc = subprocess.run([str(transport_test), "follow", "lv2", "97", "3", "4", "48000", "0", "256", "3000",
+                           "glitch"], capture_output=True, text=True, timeout=120)
+    rows = [tuple(map(int, line.split())) for line in proc.stdout.splitlines()]
+    assert len(rows) == 3000 and all(got == want for got, want in rows)

@@ -17,6 +17,7 @@
 #include "spsc.hpp"
 #include "take_store.hpp"
 #include "transport.hpp"
+#include "ui_api.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -52,11 +53,11 @@ enum Param : uint32_t {
 };
 
 enum StateKey : uint32_t {
-    kDaemon = 0, kToken, kPrompt, kModel, kTakesDir, kSlots, kTakes, kStatus, kStateCount
+    kDaemon = 0, kToken, kPrompt, kModel, kTakesDir, kSlots, kTakes, kStatus, kKey, kOptions, kStateCount
 };
 
 const char* const kStateKeys[kStateCount] = {
-    "daemon", "token", "prompt", "model", "takes_dir", "slots", "takes", "status"};
+    "daemon", "token", "prompt", "model", "takes_dir", "slots", "takes", "status", "key", "options"};
 
 // MIDI notes 0-11 (octave -1) are reserved for these; every other note may be a slot
 enum ReservedNote : uint8_t {
@@ -67,7 +68,6 @@ enum ReservedNote : uint8_t {
 constexpr size_t kMaxLiveTakes = 64;                 // takes run() can play at once
 constexpr uint64_t kMaxTakeBytes = 2ull << 30;       // one take's audio, all variations
 constexpr size_t kMaxStateText = 4u << 20;           // a `takes` or `slots` state we accept
-constexpr int32_t kOriginBlocks = 4;                 // blocks that must agree before the timeline origin moves
 
 std::string envOr(const char* name, const std::string& fallback)
 {
@@ -135,11 +135,9 @@ struct NoteCommand {
     uint8_t velocity;
 };
 
-enum class HostFormat { Frames, Vst3, Clap };
-
 }  // namespace
 
-class StemdPlugin : public Plugin, private stemd::DaemonListener
+class StemdPlugin : public Plugin, private stemd::DaemonListener, public stemd::UiApi
 {
 public:
     StemdPlugin()
@@ -153,8 +151,8 @@ public:
         for (auto& slot : fLive) slot.store(nullptr, std::memory_order_relaxed);
 
         const char* format = getPluginFormatName();
-        fFormat = std::strcmp(format, "VST3") == 0 ? HostFormat::Vst3
-                : std::strcmp(format, "CLAP") == 0 ? HostFormat::Clap : HostFormat::Frames;
+        fFormat = std::strcmp(format, "VST3") == 0 ? stemd::HostFormat::Vst3
+                : std::strcmp(format, "CLAP") == 0 ? stemd::HostFormat::Clap : stemd::HostFormat::Frames;
         fGrid = BarGrid(stemd::Tempo{}, stemd::Meter{}, hostRate());
 
         if (isDummyInstance()) return;  // DPF's instance for reading what the plugin is: no threads
@@ -393,40 +391,18 @@ private:
             rate != fGrid.sampleRate())
             fGrid = BarGrid(tempo, meter, rate);
 
-        const int64_t tolerance = static_cast<int64_t>(rate / 500);  // 2 ms
-        const double quarters = pos.bbt.valid ? hostQuarters(pos) : -1.0;
-        int64_t ts;
-        if (fFormat == HostFormat::Clap) {
-            // DPF's CLAP frame is a running clock, not the song position: read it from the beats
-            ts = quarters >= 0 ? static_cast<int64_t>(quarters * fGrid.samplesPerQuarter() + 0.5)
-                               : static_cast<int64_t>(pos.frame);
-            const int64_t expected = fLastTs + static_cast<int64_t>(fLastFrames);
-            if (pos.playing && fLastPlaying && ts - expected <= tolerance && expected - ts <= tolerance) ts = expected;
-        } else {
-            if (pos.bbt.valid && quarters >= 0) {
-                // a new origin is believed only after kOriginBlocks blocks agree on it: DPF 1.6's LV2
-                // wrapper, between the host's position events, moves its bar number one block early
-                // at every bar line, which would otherwise shift the timeline by a bar for one block
-                int64_t origin = static_cast<int64_t>(pos.frame) -
-                                 static_cast<int64_t>(quarters * fGrid.samplesPerQuarter() + 0.5);
-                if (origin <= tolerance && origin >= -tolerance) origin = 0;
-                if (origin - fOrigin <= tolerance && fOrigin - origin <= tolerance) {
-                    fOriginVotes = 0;
-                } else if (fOriginVotes > 0 && origin - fNewOrigin <= tolerance && fNewOrigin - origin <= tolerance) {
-                    if (++fOriginVotes >= kOriginBlocks) {
-                        fOrigin = origin;
-                        fOriginVotes = 0;
-                    }
-                } else {
-                    fNewOrigin = origin;
-                    fOriginVotes = 1;
-                }
-            }
-            ts = static_cast<int64_t>(pos.frame) - fOrigin;
-        }
-        fLastTs = ts;
-        fLastFrames = frames;
-        fLastPlaying = pos.playing;
+        stemd::HostPosition host;
+        host.playing = pos.playing;
+        host.frame = pos.frame;
+        host.bbtValid = pos.bbt.valid;
+        host.bar = pos.bbt.bar;
+        host.beat = pos.bbt.beat;
+        host.tick = pos.bbt.tick;
+        host.ticksPerBeat = pos.bbt.ticksPerBeat;
+        host.beatsPerBar = pos.bbt.beatsPerBar;
+        host.beatType = pos.bbt.beatType;
+        host.beatsPerMinute = pos.bbt.beatsPerMinute;
+        const int64_t ts = fTimeline.follow(fFormat, host, fGrid, frames);
 
         fSnapSeq.fetch_add(1, std::memory_order_acq_rel);
         fSnapTs.store(ts, std::memory_order_relaxed);
@@ -438,24 +414,6 @@ private:
         fSnapSeq.fetch_add(1, std::memory_order_acq_rel);
         fSnapValid.store(true, std::memory_order_release);
         return ts;
-    }
-
-    // [audio] The host's position in quarter notes from bar 1, undoing how DPF 1.6 fills bbt per format:
-    // VST3 divides quarters into bars of int(num x 4 / den) quarters, CLAP counts quarters as beats,
-    // LV2 and JACK give bars and beats of the meter.
-    double hostQuarters(const TimePosition& pos) const noexcept
-    {
-        const TimePosition::BarBeatTick& bbt = pos.bbt;
-        if (bbt.bar < 1 || bbt.beat < 1 || !(bbt.ticksPerBeat > 0) || !(bbt.beatsPerBar > 0) || !(bbt.beatType > 0))
-            return -1.0;
-        const double inBar = (bbt.beat - 1) + bbt.tick / bbt.ticksPerBeat;
-        if (fFormat == HostFormat::Vst3) {
-            const int perBar = static_cast<int>(bbt.beatsPerBar) * 4 / static_cast<int>(bbt.beatType);
-            if (perBar <= 0) return -1.0;
-            return (bbt.bar - 1) * static_cast<double>(perBar) + inBar / bbt.beatsPerBar * perBar;
-        }
-        if (fFormat == HostFormat::Clap) return (bbt.bar - 1) * static_cast<double>(bbt.beatsPerBar) + inBar;
-        return ((bbt.bar - 1) * static_cast<double>(bbt.beatsPerBar) + inBar) * 4.0 / bbt.beatType;
     }
 
     // ---- the worker thread ----------------------------------------------------------------------------------
@@ -526,6 +484,7 @@ private:
                 chooseVariation(static_cast<int32_t>(variation + 0.5f) - 1, false);
             }
             for (const uint8_t note : notes) onNote(note);
+            uiRunActions();
             writeFinishedTakes();
             lock.lock();
             publishOutputsLocked();
@@ -579,6 +538,10 @@ private:
         request.start_bar = startBar;
         request.sample_rate = static_cast<int32_t>(grid.sampleRate());
         request.channels = 2;
+        {
+            const std::lock_guard<std::mutex> lock(fMutex);
+            uiRequestKeys(request);  // key, steps, guidance, strength, temperature (ui_access.inc)
+        }
 
         TakeRecord take;
         take.id = request.id;
@@ -943,6 +906,7 @@ private:
         const std::lock_guard<std::mutex> lock(fMutex);
         fModels.clear();
         for (const auto& row : rows) fModels += (fModels.empty() ? "" : ", ") + row.name.substr(0, 64);
+        fUiModels = rows;
     }
 
     void setTakeState(const std::string& id, const char* state)
@@ -953,7 +917,11 @@ private:
     }
 
     void onAccepted(const std::string& id) override { setTakeState(id, "accepted"); }
-    void onQueued(const std::string& id, int32_t) override { setTakeState(id, "queued"); }
+    void onQueued(const std::string& id, int32_t ahead) override
+    {
+        setTakeState(id, "queued");
+        uiQueued(id, ahead);
+    }
     void onProgress(const std::string& id, float, int32_t) override { setTakeState(id, "streaming"); }
 
     void onChunk(const std::string& id, int32_t variation, int32_t bar, int64_t startSample, int32_t sampleRate,
@@ -1045,13 +1013,12 @@ private:
     std::atomic<bool> fTriggerHigh[kParamCount] = {};
 
     // run()'s own (audio thread only)
-    HostFormat fFormat = HostFormat::Frames;
+    stemd::HostFormat fFormat = stemd::HostFormat::Frames;
     BarGrid fGrid;
-    int64_t fOrigin = 0, fNewOrigin = 0, fLastTs = 0, fFreeClock = 0, fAuditionStart = 0;
-    int32_t fOriginVotes = 0;
-    uint32_t fLastFrames = 0, fAuditionSeen = 0;
+    stemd::TimelineFollower fTimeline;
+    int64_t fFreeClock = 0, fAuditionStart = 0;
+    uint32_t fAuditionSeen = 0;
     uint64_t fAuditionTake = 0;
-    bool fLastPlaying = false;
 
     // audio thread -> others
     std::atomic<uint64_t> fRunSeq{0};
@@ -1078,6 +1045,8 @@ private:
 
     stemd::DaemonLink fLink;
     std::thread fWorker;
+
+#include "ui_access.inc"  // the window's read-only view and its actions (ui_api.hpp)
 
     DISTRHO_DECLARE_NON_COPYABLE_WITH_LEAK_DETECTOR(StemdPlugin)
 };

@@ -117,4 +117,55 @@ double BarGrid::samplesPerQuarter() const noexcept
     return static_cast<double>(fRate) * 60.0 * static_cast<double>(fTempo.den) / static_cast<double>(fTempo.num);
 }
 
+double hostQuarters(HostFormat format, const HostPosition& pos) noexcept
+{
+    if (!pos.bbtValid || pos.bar < 1 || pos.beat < 1 || !(pos.ticksPerBeat > 0) || !(pos.beatsPerBar > 0) ||
+        !(pos.beatType > 0))
+        return -1.0;
+    const double inBar = (pos.beat - 1) + pos.tick / pos.ticksPerBeat;
+    if (format == HostFormat::Vst3) {
+        const int perBar = static_cast<int>(pos.beatsPerBar) * 4 / static_cast<int>(pos.beatType);
+        if (perBar <= 0) return -1.0;
+        return (pos.bar - 1) * static_cast<double>(perBar) + inBar / pos.beatsPerBar * perBar;
+    }
+    if (format == HostFormat::Clap) return (pos.bar - 1) * pos.beatsPerBar + inBar;
+    return ((pos.bar - 1) * pos.beatsPerBar + inBar) * 4.0 / pos.beatType;
+}
+
+int64_t TimelineFollower::follow(HostFormat format, const HostPosition& pos, const BarGrid& grid,
+                                 uint32_t frames) noexcept
+{
+    const int64_t tolerance = static_cast<int64_t>(grid.sampleRate() / 500);  // 2 ms
+    const double quarters = hostQuarters(format, pos);
+    int64_t ts;
+    if (format == HostFormat::Clap) {
+        ts = quarters >= 0 ? static_cast<int64_t>(quarters * grid.samplesPerQuarter() + 0.5)
+                           : static_cast<int64_t>(pos.frame);
+        const int64_t expected = fLastTs + static_cast<int64_t>(fLastFrames);
+        if (pos.playing && fLastPlaying && ts - expected <= tolerance && expected - ts <= tolerance) ts = expected;
+    } else {
+        if (quarters >= 0) {
+            int64_t origin = static_cast<int64_t>(pos.frame) -
+                             static_cast<int64_t>(quarters * grid.samplesPerQuarter() + 0.5);
+            if (origin <= tolerance && origin >= -tolerance) origin = 0;
+            if (origin - fOrigin <= tolerance && fOrigin - origin <= tolerance) {
+                fVotes = 0;
+            } else if (fVotes > 0 && origin - fNewOrigin <= tolerance && fNewOrigin - origin <= tolerance) {
+                if (++fVotes >= kOriginBlocks) {
+                    fOrigin = origin;
+                    fVotes = 0;
+                }
+            } else {
+                fNewOrigin = origin;
+                fVotes = 1;
+            }
+        }
+        ts = static_cast<int64_t>(pos.frame) - fOrigin;
+    }
+    fLastTs = ts;
+    fLastFrames = frames;
+    fLastPlaying = pos.playing;
+    return ts;
+}
+
 }  // namespace stemd

@@ -66,6 +66,43 @@ private:
     uint64_t fNum, fDen;
 };
 
+// Which DPF 1.6 wrapper fills the host's position, and how (see hostQuarters).
+enum class HostFormat { Frames, Vst3, Clap };
+
+// DPF's TimePosition, as plain values (transport.cpp does not include DPF).
+struct HostPosition {
+    bool playing = false;
+    uint64_t frame = 0;
+    bool bbtValid = false;
+    int32_t bar = 1, beat = 1;
+    double tick = 0, ticksPerBeat = 1920, beatsPerBar = 4, beatType = 4, beatsPerMinute = 120;
+};
+
+// The host's position in quarter notes from its bar 1, undoing how DPF 1.6 fills bar/beat/tick per
+// format: VST3 divides quarters into bars of int(num x 4 / den) quarters, CLAP counts quarters as beats,
+// LV2 and JACK give the meter's own bars and beats. Negative when the position is not known.
+double hostQuarters(HostFormat format, const HostPosition& pos) noexcept;
+
+// Where each block lies on the timeline (bar 1 = sample 0), from the host's frame and its bar/beat/tick.
+// The origin (the frame of bar 1) is 0 unless kOriginBlocks blocks in a row put it elsewhere by more than
+// 2 ms: DPF 1.6's LV2 wrapper moves its bar number one block early at every bar line between the host's
+// position events. In CLAP DPF's frame is a running clock, so the position comes from the beats, held to
+// the sample while the host plays on.
+class TimelineFollower {
+public:
+    static constexpr int32_t kOriginBlocks = 4;
+
+    // The timeline sample of this block's first frame ([audio]: no allocation, no lock).
+    int64_t follow(HostFormat format, const HostPosition& pos, const BarGrid& grid, uint32_t frames) noexcept;
+    int64_t origin() const noexcept { return fOrigin; }
+
+private:
+    int64_t fOrigin = 0, fNewOrigin = 0, fLastTs = 0;
+    int32_t fVotes = 0;
+    uint32_t fLastFrames = 0;
+    bool fLastPlaying = false;
+};
+
 }  // namespace stemd
 
 #endif
