@@ -149,6 +149,15 @@ def test_a_two_bar_take_at_bar_3_in_97_bpm_3_4_streams_every_bar_at_its_sample(p
     assert not p.of("error")
 
 
+def test_a_request_sent_while_connecting_goes_out_once_connected(probe, start_daemon):
+    daemon = start_daemon()
+    p = Probe(probe, "--port", str(daemon.port), "--generate", "early", "--early", "1", "--bars", "1",
+              "--bpm", "97", "--meter", "3/4", "--start-bar", "4", "--seconds", "60")
+    assert p.finish() == 0, (p.events, p.stderr[-2000:])
+    assert p.of("chunk")[0]["start_sample"] == Grid(97, "3/4").bar_start_sample(4, 48000)
+    assert p.of("done")
+
+
 def test_an_absent_daemon_is_reported_and_retried_until_it_comes(probe, start_daemon):
     port = _free_port()
     p = Probe(probe, "--port", str(port), "--generate", "late", "--bars", "1", "--bpm", "137", "--meter", "7/8",

@@ -662,12 +662,11 @@ struct DaemonLink::Impl {
                 why = std::string("poll: ") + std::strerror(errno);
                 break;
             }
-            if (p[1].revents & POLLIN) {
-                drain_wake();
-                for (Command& c : take_commands()) {
-                    const std::vector<uint8_t> packet = c.generate ? session.open(c.request) : session.cancel(c.id);
-                    out.insert(out.end(), packet.begin(), packet.end());
-                }
+            if (p[1].revents & POLLIN) drain_wake();
+            // every round, not only when woken: requests queued while connecting were woken for already
+            for (Command& c : take_commands()) {
+                const std::vector<uint8_t> packet = c.generate ? session.open(c.request) : session.cancel(c.id);
+                out.insert(out.end(), packet.begin(), packet.end());
             }
             if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) {
                 for (int reads = 0; reads < 64 && why.empty(); ++reads) {  // then let writes and requests in

@@ -2,6 +2,8 @@
 //
 //   stemd_link_probe --port 9130 --generate t1 --bars 2 --bpm 97 --meter 3/4 --start-bar 2 --variations 2
 //   stemd_link_probe --port 9130 --seconds 3          # just connect (and reconnect), printing the states
+//   --early 1: send the request while the first connection is being made (from the Connecting event),
+//   not after the models reply: the link must hold it and send it once connected.
 //
 // Exit status: 0 when the request ended with done (or, with no request, after --seconds), 1 when it
 // ended with an error or was cancelled, 2 on bad arguments, 3 when --seconds ran out first.
@@ -47,6 +49,8 @@ public:
     bool ready = false;     // connected and the models reply has arrived
     int finished = -1;      // 0 done, 1 error or cancelled
     std::string request_id;
+    stemd::DaemonLink* early = nullptr;  // --early: send `request` from the first Connecting event
+    stemd::Request request;
 
     void line(const std::string& text) {
         std::fputs((text + "\n").c_str(), stdout);
@@ -62,6 +66,10 @@ public:
     void onConnection(stemd::ConnectionState state, const std::string& message) override {
         line(std::string("{\"event\":\"connection\",\"state\":\"") + stemd::connection_state_name(state) +
              "\",\"message\":" + json_string(message) + "}");
+        if (state == stemd::ConnectionState::Connecting && early != nullptr) {
+            early->send_generate(request);
+            early = nullptr;
+        }
         if (state != stemd::ConnectionState::Connected) {
             std::lock_guard<std::mutex> lock(mutex);
             ready = false;
@@ -161,6 +169,7 @@ int main(int argc, char** argv) {
     std::string host = "127.0.0.1", token;
     long long port = -1, seconds = 30;
     bool generate = false;
+    bool early = false;
     stemd::Request request;
     for (int k = 1; k < argc; ++k) {
         const std::string flag = argv[k];
@@ -172,6 +181,7 @@ int main(int argc, char** argv) {
         else if (flag == "--port") { if (!parse_long(value, 1, 65535, port)) return usage("--port must be 1..65535"); }
         else if (flag == "--seconds") { if (!parse_long(value, 1, 3600, seconds)) return usage("--seconds must be 1..3600"); }
         else if (flag == "--generate") { generate = true; request.id = value; }
+        else if (flag == "--early") early = std::strcmp(value, "1") == 0;
         else if (flag == "--prompt") request.prompt = value;
         else if (flag == "--model") request.model = value;
         else if (flag == "--bpm") request.bpm = value;
@@ -192,6 +202,10 @@ int main(int argc, char** argv) {
     Printer printer;
     printer.request_id = request.id;
     stemd::DaemonLink link(printer);
+    if (generate && early) {
+        printer.early = &link;
+        printer.request = request;
+    }
     if (!link.start(host, uint16_t(port), token)) return usage("could not start the network thread");
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
     int status = generate ? 3 : 0;
@@ -201,7 +215,7 @@ int main(int argc, char** argv) {
             // from this (non-audio) thread, as the plugin does: once connected and the models are known
             if (printer.changed.wait_until(lock, deadline, [&] { return printer.ready; })) {
                 lock.unlock();
-                link.send_generate(request);
+                if (!early) link.send_generate(request);
                 lock.lock();
                 if (printer.changed.wait_until(lock, deadline, [&] { return printer.finished >= 0; }))
                     status = printer.finished;
