@@ -7,6 +7,7 @@ through build/plugin/transport_test) gives the same first sample for every bar a
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -138,3 +139,120 @@ def test_lv2s_early_bar_number_at_each_bar_line_does_not_move_the_timeline(trans
                            "glitch"], capture_output=True, text=True, timeout=120)
     rows = [tuple(map(int, line.split())) for line in proc.stdout.splitlines()]
     assert len(rows) == 3000 and all(got == want for got, want in rows)
+
+
+# --- the take store (plugin_host/plugin/take_store.cpp through build/plugin/take_store_test) -------------
+@pytest.fixture(scope="module")
+def take_store_test(transport_test) -> Path:      # `make check` builds both
+    return ROOT / "build" / "plugin" / "take_store_test"
+
+
+def run_tool(tool: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([str(tool), *args], input=stdin, capture_output=True, text=True, timeout=60)
+
+
+@needs_toolchain
+@pytest.mark.parametrize("prompt, bar, take, variation, named", [
+    ("Dusty lo-fi drums, 90 BPM!", 4, 3, 1, True), ("", 0, 1, 0, False), ("!!!", 9998, 12, 15, True),
+    ("Ünïcode wörds and MORE words than five here", 2, 7, 0, False),
+    ("a" * 60 + " b", 0, 100, 0, False),
+])
+def test_take_names_are_stemd_takes_names(take_store_test, prompt, bar, take, variation, named):
+    from stemd.takes import take_name
+
+    out = run_tool(take_store_test, "name", prompt, str(bar), str(take), str(variation), "1" if named else "0")
+    assert out.stdout.strip() == take_name(prompt, bar, take, variation if named else None)
+
+
+@needs_toolchain
+def test_wav_files_are_stemd_takes_float32_wavs(take_store_test, tmp_path):
+    import numpy as np
+
+    from stemd.takes import wav_bytes
+
+    path = tmp_path / "t.wav"
+    assert run_tool(take_store_test, "wav", str(path), "3000", "44100").returncode == 0
+    i = np.arange(3000)
+    audio = np.stack([(i % 1024) / 1024.0, -(i % 2048) / 2048.0]).astype(np.float32)
+    assert path.read_bytes() == wav_bytes(audio, 44100, "float32")
+    assert not list(tmp_path.glob("*.partial"))
+
+
+@needs_toolchain
+@pytest.mark.parametrize("subtype", ["float32", "pcm24", "pcm16"])
+def test_wav_files_are_read_back_as_stereo_float(take_store_test, tmp_path, subtype):
+    import numpy as np
+
+    from stemd.takes import wav_bytes
+
+    audio = np.stack([np.linspace(-0.5, 0.5, 500), np.linspace(0.25, -0.25, 500)]).astype(np.float32)
+    path = tmp_path / "t.wav"
+    path.write_bytes(wav_bytes(audio, 48000, subtype))
+    lines = run_tool(take_store_test, "readwav", str(path), "400").stdout.splitlines()
+    assert lines[0] == "400 48000"                                # at most MAXFRAMES frames
+    got = np.array([[float(x) for x in line.split()] for line in lines[1:]]).T
+    assert np.abs(got - audio[:, :400]).max() < (1e-7 if subtype == "float32" else 2 ** -14)
+
+
+@needs_toolchain
+def test_a_file_that_is_not_a_wav_is_refused(take_store_test, tmp_path):
+    path = tmp_path / "t.wav"
+    path.write_bytes(b"RIFF\xff\xff\xff\xffWAVEdata\xff\xff\xff\xff")
+    assert run_tool(take_store_test, "readwav", str(path), "100").stdout.startswith("error ")
+    path.write_text("not audio")
+    assert run_tool(take_store_test, "readwav", str(path), "100").stdout.startswith("error ")
+
+
+@needs_toolchain
+@pytest.mark.parametrize("text, result", [
+    ('{"a": [1, 2.5e3, -0.5, true, false, null, {"b": "x\\u00e9\\ud83c\\udfb5"}]}', "ok object"),
+    ('"tab\\tand \\"quote\\""', "ok string"),
+    ("[" * 33 + "]" * 33, "error JSON nested too deep"),
+    ("[" * 32 + "]" * 32, "ok array"),
+    ('{"a": 1,}', "error"), ('{"a" 1}', "error"), ("[1 2]", "error"), ('"open', "error unterminated string"),
+    ("1e999", "error bad number"), ("", "error JSON ends early"), ('{"a": 1} x', "error text after"),
+    ('"\x01"', "error control character"), ("nul", "error"), ("-", "error bad number"),
+])
+def test_the_json_parser_is_bounded_and_strict(take_store_test, text, result):
+    out = run_tool(take_store_test, "json", stdin=text).stdout
+    assert out.startswith(result), out
+
+
+@needs_toolchain
+def test_the_json_parser_decodes_strings_as_python_does(take_store_test):
+    text = '"caf\\u00e9 \\ud83c\\udfb5 \\n \\\\ \\/ \\b\\f\\r"'
+    out = run_tool(take_store_test, "json", stdin=text).stdout.splitlines()
+    assert out[0] == "ok string"
+    assert json.loads(out[1]) == json.loads(text)
+
+
+@needs_toolchain
+def test_a_sidecar_is_the_daemons_text_plus_delivery(take_store_test):
+    daemon = json.dumps({"model": "click", "prompt": "x \u00e9", "tempo_exact": "275/2"}, indent=2, sort_keys=True,
+                         ensure_ascii=False) + "\n"
+    delivery = '{"client": "stemd plugin", "accepted": false}'
+    out = run_tool(take_store_test, "sidecar", delivery, stdin=daemon).stdout
+    assert out.startswith(daemon.rstrip()[:-1].rstrip())              # the daemon's bytes, as they came
+    assert json.loads(out) == {**json.loads(daemon), "delivery": json.loads(delivery)}
+    assert json.loads(run_tool(take_store_test, "sidecar", delivery, stdin="{}").stdout) == \
+        {"delivery": json.loads(delivery)}
+    for refused in ['[1]', '{"delivery": {}}', '{"a": ', "not json"]:
+        assert run_tool(take_store_test, "sidecar", delivery, stdin=refused).stdout == ""
+
+
+@needs_toolchain
+def test_the_takes_state_round_trips_and_refuses_out_of_range_takes(take_store_test):
+    good = {"id": "plugin-1-1", "prompt": "dusty \"drums\"\n", "model": "", "bpm": "275/2", "meter": "7/8",
+            "start_bar": 2, "bars": 2, "sample_rate": 44100, "start_sample": 123, "take": 3, "chosen": 2,
+            "accepted": True, "state": "done", "error": {"code": "io_error", "message": "disk full"},
+            "variations": [{"variation": 1, "wav": "/t/a_v1.wav", "sidecar": "/t/a_v1.json", "sidecar_missing": False},
+                           {"variation": 2, "wav": "/t/a_v2.wav", "sidecar": None, "sidecar_missing": True}]}
+    bad = [{**good, "id": "bars0", "bars": 0}, {**good, "id": "bpm", "bpm": "1e9"}, {**good, "id": "meter", "meter": "7/7"},
+           {**good, "id": "rate", "sample_rate": 7}, {**good, "id": "novars", "variations": []}]
+    out = run_tool(take_store_test, "takes", stdin=json.dumps([good, *bad, 5, "x"]))
+    assert out.returncode == 0
+    [back] = json.loads(out.stdout)
+    assert back == {**good, "daw_bar": 3}
+    for take in bad:
+        assert f"take {take['id']}" in out.stderr
+    assert run_tool(take_store_test, "takes", stdin='{"not": "a list"}').returncode == 1

@@ -84,7 +84,7 @@ private:
 
     bool value(Json& out, int depth)
     {
-        if (depth > kMaxJsonDepth) return fail("JSON nested too deep");
+        if (depth >= kMaxJsonDepth) return fail("JSON nested too deep");
         skipSpace();
         if (fPos >= fText.size()) return fail("JSON ends early");
         const char c = fText[fPos];
