@@ -8,6 +8,43 @@ import sys
 import pytest
 
 
+def cached_snapshot(hub, repo_id, files):
+    """``repo_id`` as the Hugging Face cache under ``hub`` holds it: one snapshot of ``files``, main pointing at it."""
+    repo = hub / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / "abc123"
+    for name in files:
+        (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / name).write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    return snapshot
+
+
+@pytest.fixture
+def hub_calls(tmp_path, monkeypatch):
+    """huggingface_hub.snapshot_download, offline, recorded: ``(repo_id, local_files_only, allow_patterns)`` per call;
+    a repo is cached unless ``calls.cached`` is False."""
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    class Calls(list):
+        cached = True
+
+    calls = Calls()
+
+    def snapshot_download(repo_id, revision=None, local_files_only=False, allow_patterns=None, **kw):
+        calls.append((repo_id, local_files_only, allow_patterns))
+        if not calls.cached:
+            raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
+        folder = tmp_path / repo_id.replace("/", "--")
+        folder.mkdir(exist_ok=True)
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    return calls
+
+
 def pull(*args, env):
     return subprocess.run([sys.executable, "-m", "stemd", "pull", *args], capture_output=True, text=True,
                           timeout=60, env=env)
@@ -16,11 +53,7 @@ def pull(*args, env):
 def test_pull_finds_a_cached_model_offline_and_says_in_one_line_what_it_cannot_do(tmp_path):
     env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
     env.pop("HF_HUB_CACHE", None)
-    snapshot = tmp_path / "hf" / "hub" / "models--facebook--musicgen-small" / "snapshots" / "abc123"
-    snapshot.mkdir(parents=True)
-    (snapshot / "config.json").write_text("{}")
-    (snapshot.parent.parent / "refs").mkdir()
-    (snapshot.parent.parent / "refs" / "main").write_text("abc123")
+    snapshot = cached_snapshot(tmp_path / "hf" / "hub", "facebook/musicgen-small", ["config.json"])
     out = pull("facebook/musicgen-small", env=env)
     assert out.returncode == 0 and out.stdout.strip() == f"facebook/musicgen-small: {snapshot}", out.stderr
     for args, says in [(["facebook/musicgen-medium"], "HF_HUB_OFFLINE is set"),
@@ -36,12 +69,7 @@ def test_pull_finds_a_cached_model_offline_and_says_in_one_line_what_it_cannot_d
 def test_a_cached_release_in_its_makers_format_is_found_offline_with_the_line_that_converts_it(tmp_path):
     env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
     env.pop("HF_HUB_CACHE", None)
-    repo = tmp_path / "hf" / "hub" / "models--ACE-Step--Ace-Step1.5"
-    snapshot = repo / "snapshots" / "abc123"
-    (snapshot / "acestep-v15-turbo").mkdir(parents=True)
-    (snapshot / "acestep-v15-turbo" / "config.json").write_text("{}")
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("abc123")
+    snapshot = cached_snapshot(tmp_path / "hf" / "hub", "ACE-Step/Ace-Step1.5", ["acestep-v15-turbo/config.json"])
     out = pull("ACE-Step/Ace-Step1.5", env=env)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
@@ -58,25 +86,14 @@ OFFICIAL = {   # repo -> (a file it must fetch, a file it must leave on the hub,
 }
 
 
-def test_each_official_release_reaches_the_hub_with_its_repo_id_and_only_the_files_stemd_runs(tmp_path, monkeypatch,
+def test_each_official_release_reaches_the_hub_with_its_repo_id_and_only_the_files_stemd_runs(tmp_path, hub_calls,
                                                                                                capsys):
     import argparse
     import fnmatch
 
-    import huggingface_hub
-
     from stemd.models import cmd_pull
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    calls = []
-
-    def snapshot_download(repo_id, revision=None, local_files_only=False, allow_patterns=None, **kw):
-        calls.append((repo_id, local_files_only, allow_patterns))
-        folder = tmp_path / repo_id.replace("/", "--")
-        folder.mkdir(exist_ok=True)
-        return str(folder)                       # as if it were in the cache
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    calls = hub_calls
     for repo, (fetched, left, served) in OFFICIAL.items():
         calls.clear()
         assert cmd_pull.run(argparse.Namespace(model=repo, revision=None)) == 0
@@ -89,19 +106,11 @@ def test_each_official_release_reaches_the_hub_with_its_repo_id_and_only_the_fil
         assert (len(out) == 1) if served else ("convert it once" in out[1] and "--output_dir DIR" in out[1])
 
 
-def test_an_official_release_not_in_the_cache_is_refused_offline_after_the_cache_was_asked(tmp_path, monkeypatch):
-    import huggingface_hub
-
+def test_an_official_release_not_in_the_cache_is_refused_offline_after_the_cache_was_asked(hub_calls):
     from stemd.models import cmd_pull
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    calls = []
-
-    def snapshot_download(repo_id, revision=None, local_files_only=False, allow_patterns=None, **kw):
-        calls.append((repo_id, local_files_only, allow_patterns))
-        raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    calls = hub_calls
+    calls.cached = False
     with pytest.raises(cmd_pull.PullError, match="HF_HUB_OFFLINE is set"):
         cmd_pull.pull("ACE-Step/Ace-Step1.5")
     assert calls == [("ACE-Step/Ace-Step1.5", True, ["acestep-v15-turbo/*", "vae/*", "Qwen3-Embedding-0.6B/*",
@@ -118,12 +127,7 @@ def test_serving_a_pulled_release_that_is_not_converted_yet_says_how_to_convert_
     from stemd.models.base import ModelNotFound
     from stemd.models.diffusion.loading import find_pipeline
 
-    repo = tmp_path / "hub" / "models--stabilityai--stable-audio-3-small-music"
-    snapshot = repo / "snapshots" / "abc123"
-    snapshot.mkdir(parents=True)
-    (snapshot / "model_config.json").write_text("{}")
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("abc123")
+    snapshot = cached_snapshot(tmp_path / "hub", "stabilityai/stable-audio-3-small-music", ["model_config.json"])
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(ModelNotFound) as e:
         find_pipeline("stabilityai/stable-audio-3-small-music")
