@@ -31,9 +31,6 @@ TESTS = Path(__file__).resolve().parent
 #: the build under test: build/plugin, or $STEMD_PLUGIN_BUILD (another build of the same source, e.g. with
 #: PLUGIN_OUT or another DPF_PATH)
 PLUGIN_DIR = Path(os.environ.get("STEMD_PLUGIN_BUILD") or ROOT / "build" / "plugin")
-VST3 = PLUGIN_DIR / "stemd.vst3"
-LV2 = PLUGIN_DIR / "stemd.lv2"
-JACK_APP = PLUGIN_DIR / "stemd"
 PLUGIN_URI = "urn:stemd:plugin"
 
 ARDOUR_ENV = {"LD_LIBRARY_PATH": "/usr/lib/ardour7", "ARDOUR_DATA_PATH": "/usr/share/ardour7",
@@ -50,11 +47,19 @@ needs_cc = pytest.mark.skipif(not shutil.which("cc"), reason="no C compiler (cc)
 _build_lock = threading.Lock()
 
 
+def _build_files(folder: Path) -> list[Path]:
+    """What a complete build holds: each format's library (a bundle without one is a build in progress)."""
+    return [folder / "stemd.vst3" / "Contents" / "x86_64-linux" / "stemd.so", folder / "stemd.lv2" / "stemd.so",
+            folder / "stemd.lv2" / "manifest.ttl", folder / "stemd.lv2" / "stemd.ttl", folder / "stemd"]
+
+
 @pytest.fixture(scope="session")
-def plugin_build() -> Path:
-    """build/plugin/ with all four formats; ``make plugin`` builds it when it is absent (a clean clone)."""
+def plugin_build(tmp_path_factory) -> Path:
+    """A snapshot of build/plugin/ (all four formats) taken once per test session, so that a rebuild while
+    the tests run does not change the plugin under a host. ``make plugin`` builds it first when it is
+    absent or incomplete (a clean clone)."""
     with _build_lock:
-        if not all(p.exists() for p in (VST3, LV2, JACK_APP)):
+        if not all(p.exists() for p in _build_files(PLUGIN_DIR)):
             dpf = Path(os.environ.get("DPF_PATH", "/usr/share/dpf"))
             if not (dpf / "Makefile.plugins.mk").exists():
                 pytest.skip(f"DPF is not at {dpf} (Debian dpf-source, or set DPF_PATH): the plugin cannot be built")
@@ -62,9 +67,18 @@ def plugin_build() -> Path:
                 pytest.skip("no make or C++ compiler: the plugin cannot be built")
             out = subprocess.run(["make", "plugin"], cwd=ROOT, capture_output=True, text=True, timeout=900)
             assert out.returncode == 0, f"make plugin failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-        missing = [p.name for p in (VST3, LV2, JACK_APP) if not p.exists()]
+        missing = [str(p.relative_to(PLUGIN_DIR)) for p in _build_files(PLUGIN_DIR) if not p.exists()]
         assert not missing, f"make plugin did not build {missing} in {PLUGIN_DIR}"
-    return PLUGIN_DIR
+        snapshot = tmp_path_factory.mktemp("plugin-build")
+        for name in ("stemd.vst3", "stemd.lv2", "stemd.clap", "stemd"):
+            source = PLUGIN_DIR / name
+            if source.is_dir():
+                shutil.copytree(source, snapshot / name, symlinks=True)
+            elif source.exists():
+                shutil.copy2(source, snapshot / name)
+        missing = [str(p.relative_to(snapshot)) for p in _build_files(snapshot) if not p.exists()]
+        assert not missing, f"build/plugin changed while it was copied: {missing} missing"
+    return snapshot
 
 
 def compile_c(source: Path, out: Path, *flags: str) -> Path:

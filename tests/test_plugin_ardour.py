@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import soundfile
 
 from plugin_hosts import Ardour, first_audible, needs_ardour, plugin_build  # noqa: F401 (fixture)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import subprocess
 import time
 
-import pytest
 
 from plugin_hosts import (Jalv, Timebase, build_jack_timebase, build_rt_probe, compile_c, needs_cc, needs_jalv,
                           plugin_build, read_rt_probe)  # noqa: F401 (fixture)
