@@ -149,7 +149,7 @@ def test_15_tokenless_traffic_never_locks_out_a_client_with_the_token_and_is_log
         sender.join(10)
     seconds = time.monotonic() - t0
     lines = daemon.log.count("\n") - lines_before
-    assert sent[0] >= 50 * seconds                        # the neighbour kept sending throughout (about 100 a second)
+    assert sent[0] >= 25 * seconds                        # the neighbour kept sending throughout (about 100 a second)
     with capsys.disabled():
         print(f"\ntokenless neighbour: {sent[0]} datagrams in {seconds:.1f} s; the token client's 20 pings all "
               f"answered; {lines} log lines")
@@ -185,6 +185,7 @@ def test_16_bundles_of_1_to_8192_pings_draw_at_most_4x_their_bytes_on_the_wire(s
     daemon = start_daemon()
     worst = []
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:            # UDP: every bundle one datagram holds
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)          # room for thousands of pongs
         s.bind((HOST, 0))
         for count in (1, 2, 3, 5, 8, 11, 14, 15, 16, 64, 100, 1000, 2000, 3270):
             data = ping_bundle(count, tagless)
