@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 import threading
@@ -118,8 +117,8 @@ def test_15_tokenless_traffic_never_locks_out_a_client_with_the_token_and_is_log
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             while not stop.is_set():
                 s.sendto(bundle if sent[0] % 100 == 0 else osc.encode_message("/stemd/ping"), (HOST, daemon.port))
-                s.sendto(osc.encode_message("/stemd/ping", "token", "not-the-token-at-all"), (HOST, daemon.port)) \
-                    if sent[0] % 10 == 0 else None        # and a wrong guess now and then
+                if sent[0] % 10 == 0:                     # and a wrong guess now and then
+                    s.sendto(osc.encode_message("/stemd/ping", "token", "not-the-token-at-all"), (HOST, daemon.port))
                 sent[0] += 1
                 time.sleep(0.01)
 
