@@ -15,8 +15,8 @@ from stemd.sampling import DEFAULT_SAMPLING, Sampling
 FAMILY_KEYS = {
     "click": frozenset(),
     "musicgen": frozenset({"temperature", "top_k", "top_p", "guidance"}),
-    "stable-audio-3": frozenset({"steps", "guidance", "strength"}),
-    "ace-step": frozenset({"steps", "guidance", "track", "extract", "repaint"}),
+    "stable-audio-3": frozenset({"steps", "guidance", "strength", "guide", "chords"}),
+    "ace-step": frozenset({"steps", "guidance", "track", "extract", "repaint", "guide", "chords", "guide_strength"}),
 }
 #: the keys that only some families take
 FAMILY_ONLY = (*Sampling.TOKEN_KEYS, "guidance", *MODEL_KEYS)

@@ -77,6 +77,8 @@ LIMITS = {
     "guidance": (0.0, 20.0),
     "steps": (1, 200),
     "strength": (0.0, 1.0),
+    "guide_strength": (0.0, 1.0),
+    "chords_chars": (0, 4096),
     "prompt_chars": (0, 2000),
     "key_chars": (0, 64),
     "continuation_path_chars": (0, 4096),
@@ -94,7 +96,7 @@ _STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _\-]{0,31}", re.ASCII)
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}", re.ASCII)
 _REPAINT = re.compile(r"\d{1,4}-\d{1,4}", re.ASCII)
 #: keys that only some model families have (models refuse the ones they lack with ``unsupported_key``)
-MODEL_KEYS = ("steps", "strength", "track", "extract", "repaint")
+MODEL_KEYS = ("steps", "strength", "track", "extract", "repaint", "guide", "chords", "guide_strength")
 
 
 class ProtocolError(StemdError, ValueError):
@@ -188,6 +190,9 @@ class GenerateRequest:
     track: str = ""                            # ACE-Step: add this part (drums, bass...) over the given audio
     extract: str = ""                          # ACE-Step: this stem of the given audio
     repaint: str = ""                          # ACE-Step: "FIRST-LAST" bars of the given take made again
+    guide: Optional[bytes] = None              # a guide: Standard MIDI File bytes (stemd.guides)
+    chords: str = ""                           # a guide: chord symbols per bar, "Am7 | F | C/E | G7sus4"
+    guide_strength: Optional[float] = None     # ACE-Step: how much a cover follows its guide (0..1)
     priority: str = "live"
     model: str = ""                            # which of the daemon's models ("": its first)
     key: str = ""
@@ -212,6 +217,10 @@ class GenerateRequest:
                 object.__setattr__(self, f.name, checked)
         if self.continuation is not None and len(self.continuation) % (4 * self.continuation_channels):
             raise ProtocolError("bad_arguments", "continuation must be whole float32 frames")
+        if self.guide is not None or self.chords:
+            from stemd.guides import guide_notes
+
+            guide_notes(self)       # a guide that cannot be used is refused here, before any work
 
     @property
     def sampling(self) -> Sampling:
@@ -280,7 +289,7 @@ class GenerateRequest:
         d = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "continuation":
+            if f.name in ("continuation", "guide"):
                 value = None if value is None else f"<{len(value)} bytes>"
             elif isinstance(value, Tempo):
                 value = float(value.bpm)
@@ -355,6 +364,16 @@ def _blob(key: str, value: Any) -> bytes:
     return bytes(value)
 
 
+def _guide_blob(key: str, value: Any) -> bytes:
+    from stemd.guides import MAX_GUIDE_BYTES
+
+    if not isinstance(value, (bytes, bytearray)):
+        raise ProtocolError("wrong_type", f"{key} must be a blob (a Standard MIDI File), got {_osc_type(value)}")
+    if len(value) > MAX_GUIDE_BYTES:
+        raise ProtocolError("too_large", f"{key} is {len(value)} bytes; a guide SMF is at most {MAX_GUIDE_BYTES}")
+    return bytes(value)
+
+
 def _priority(key: str, value: Any) -> str:
     if _str(key, value) not in PRIORITIES:
         raise ProtocolError("out_of_range", f"{key} must be one of {', '.join(PRIORITIES)}, got {value[:40]!r}")
@@ -382,6 +401,9 @@ GENERATE_KEYS = {
     "track": _label,
     "extract": _label,
     "repaint": _repaint,
+    "guide": _guide_blob,
+    "chords": _str,
+    "guide_strength": _float,
     "priority": _priority,
     "model": _model,
     "key": _str,
@@ -396,7 +418,8 @@ GENERATE_KEYS = {
     "max_message": _int,
 }
 #: keys whose None means "not given" (the model's own, a random seed, the sender's port)
-OPTIONAL_KEYS = ("seed", "guidance", "steps", "strength", "continuation", "reply_port", "max_message")
+OPTIONAL_KEYS = ("seed", "guidance", "steps", "strength", "continuation", "reply_port", "max_message", "guide",
+                 "guide_strength")
 
 
 # --- chunks ----------------------------------------------------------------------------------
