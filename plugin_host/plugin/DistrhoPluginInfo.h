@@ -1,6 +1,6 @@
 // What the stemd plugin is, for DPF: an instrument (MIDI in, stereo out, no audio in) that reads the
-// host's transport, keeps state the host saves, and has no window yet (the window is a later issue:
-// set DISTRHO_PLUGIN_HAS_UI to 1 and add FILES_UI to the Makefile).
+// host's transport, keeps state the host saves, and has a window (StemdUI.cpp: DGL with NanoVG) that reads
+// the plugin through direct access (ui_api.hpp).
 #ifndef STEMD_DISTRHO_PLUGIN_INFO_H
 #define STEMD_DISTRHO_PLUGIN_INFO_H
 
@@ -9,7 +9,12 @@
 #define DISTRHO_PLUGIN_URI   "urn:stemd:plugin"
 #define DISTRHO_PLUGIN_CLAP_ID "org.stemd.plugin"
 
-#define DISTRHO_PLUGIN_HAS_UI        0
+#define DISTRHO_PLUGIN_HAS_UI        1
+#define DISTRHO_PLUGIN_WANT_DIRECT_ACCESS 1
+#define DISTRHO_UI_USE_NANOVG        1
+#define DISTRHO_UI_USER_RESIZABLE    1
+#define DISTRHO_UI_DEFAULT_WIDTH     980
+#define DISTRHO_UI_DEFAULT_HEIGHT    640
 #define DISTRHO_PLUGIN_IS_RT_SAFE    1
 #define DISTRHO_PLUGIN_IS_SYNTH      1
 #define DISTRHO_PLUGIN_NUM_INPUTS    0

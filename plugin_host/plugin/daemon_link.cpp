@@ -105,6 +105,11 @@ std::string validate_request(const Request& r) {
     if (slash == std::string::npos || slash > 3 || r.meter.size() - slash - 1 > 3 || !all_digits(r.meter, 0, slash) ||
         !all_digits(r.meter, slash + 1, r.meter.size()))
         return "meter must be \"n/d\" with 1-3 digits each side";
+    if (r.key.find('\0') != std::string::npos || utf8_length(r.key) > 64) return "key must be at most 64 characters, without NUL";
+    if (r.steps != 0 && (r.steps < 1 || r.steps > 200)) return range_error("steps", 1, 200, r.steps);
+    if (r.guidance > 20.0f) return "guidance must be 0..20";
+    if (r.strength > 1.0f) return "strength must be 0..1";
+    if (r.temperature != 0.0f && !(r.temperature >= 0.01f && r.temperature <= 5.0f)) return "temperature must be 0.01..5";
     return "";
 }
 
@@ -122,6 +127,11 @@ std::vector<uint8_t> encode_generate(const Request& r) {
     b.s("variations").i(r.variations);
     if (r.seed >= 0) b.s("seed").h(r.seed);
     if (!r.model.empty()) b.s("model").s(r.model);
+    if (!r.key.empty()) b.s("key").s(r.key);
+    if (r.steps > 0) b.s("steps").i(r.steps);
+    if (r.guidance >= 0.0f) b.s("guidance").f(r.guidance);
+    if (r.strength >= 0.0f) b.s("strength").f(r.strength);
+    if (r.temperature > 0.0f) b.s("temperature").f(r.temperature);
     return b.finish();
 }
 

@@ -33,6 +33,12 @@ struct Request {
     int32_t sample_rate = 48000;
     int32_t channels = 2;     // the plugin always asks for stereo
     int64_t seed = -1;        // 0..2^63-1; negative: not sent (the daemon picks one and writes it to the sidecar)
+    // the plugin window's keys; each is sent only when set (a family lacking one refuses it: unsupported_key)
+    std::string key;          // musical key, e.g. "A minor" (<= 64 characters); "" = not sent
+    int32_t steps = 0;        // 1..200 (diffusion families); 0 = not sent
+    float guidance = -1.0f;   // 0..20; < 0 = not sent
+    float strength = -1.0f;   // 0..1 (Stable Audio 3, with a continuation); < 0 = not sent
+    float temperature = 0.0f; // 0.01..5 (MusicGen); 0 = not sent
 };
 
 // One row of `/stemd/models/reply`: the nine values per model, in the daemon's order.

@@ -139,6 +139,7 @@ struct TakeRecord {
     std::string state = "requested";
     std::string errorCode;
     std::string errorMessage;
+    int32_t queueAhead = -1;   // requests ahead of it in the daemon's queue (/stemd/queued; not saved)
     std::vector<TakeFile> files;
     std::shared_ptr<TakeAudio> audio;
 };

@@ -1,0 +1,74 @@
+// What the plugin's window may read and ask of the plugin (DPF direct access: the window holds a pointer
+// to the plugin instance and calls these on its own thread, never the audio thread).
+//
+// The window keeps no take list of its own: each frame it asks for a UiSnapshot, a copy made under the
+// plugin's mutex (which run() never takes), so what it draws is one consistent moment of the plugin's
+// takes, connection and models. A take's audio is shared (TakeAudio is read-only to the window: bars are
+// published by flags, as run() reads them).
+#ifndef STEMD_UI_API_HPP
+#define STEMD_UI_API_HPP
+
+#include "take_store.hpp"
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace stemd {
+
+struct UiModel {
+    std::string name, family, license;
+    bool commercial = false;
+    bool loaded = false;
+};
+
+struct UiTake {
+    uint64_t serial = 0;        // 0 when it has no audio (refused before any)
+    std::string id, prompt, model, bpm, meter, state, errorCode, errorMessage, folder;
+    int32_t startBar = 0;       // 0-based
+    int32_t bars = 0, variations = 1, chosen = 0, queueAhead = -1, barsReceived = 0;
+    int64_t startSample = 0;
+    uint32_t sampleRate = 48000;
+    bool accepted = false;
+    std::vector<std::string> wavs;  // per variation ("" until written)
+    std::shared_ptr<const TakeAudio> audio;
+};
+
+struct UiSnapshot {
+    std::string connection;     // one line: stopped/connecting/connected/unreachable/dropped (host:port): why
+    bool connected = false;
+    std::string lastError;
+    std::vector<UiModel> models;
+    std::vector<UiTake> takes;  // newest first
+    uint64_t selected = 0;      // serial of the selected take
+    std::string daemon, token, prompt, model, key, options, takesDir;
+};
+
+struct UiPlayhead {
+    bool playing = false;       // the host's transport
+    int64_t timeline = 0;       // the host's timeline sample (bar 1 = 0) at the last block
+};
+
+enum class UiAction { Next, Previous, Accept, Reroll, Cancel, Audition, Delete, Reveal };
+
+class UiApi {
+public:
+    virtual ~UiApi() = default;
+    virtual void uiSnapshot(UiSnapshot& out) const = 0;
+    virtual UiPlayhead uiPlayhead() const noexcept = 0;
+    virtual void uiSelect(uint64_t serial) = 0;
+    // queued for the plugin's worker thread; acts on the take `serial` (0: the selected one)
+    virtual void uiAction(UiAction action, uint64_t serial) = 0;
+    // a request with these settings (also kept in the plugin's state); made on the plugin's worker thread.
+    // startBar: 0 = the next bar line, N = the DAW's bar N
+    virtual void uiGenerate(const std::string& prompt, const std::string& model, const std::string& key,
+                            const std::string& options, int32_t bars, int32_t variations, int32_t startBar) = 0;
+};
+
+// Opens `folder` in the file manager (xdg-open on Linux) from a detached thread; returns at once.
+void revealFolder(const std::string& folder);
+
+}  // namespace stemd
+
+#endif
