@@ -218,10 +218,10 @@ struct LinkSession::State final : osc::MessageVisitor {
                  std::to_string(n));
             return false;
         }
-        osc::ArgReader reader(m);
+        osc::ArgReader args_in(m);
         for (size_t k = 0; k < n; ++k) {
-            if (!reader.next(args[k])) {
-                fail(std::string(m.address) + ": " + osc::error_text(reader.error()));
+            if (!args_in.next(args[k])) {
+                fail(std::string(m.address) + ": " + osc::error_text(args_in.error()));
                 return false;
             }
         }
@@ -369,17 +369,17 @@ struct LinkSession::State final : osc::MessageVisitor {
     }
 
     void models(const osc::Message& m) {
-        osc::ArgReader reader(m);
+        osc::ArgReader args_in(m);
         osc::Arg arg;
         int32_t count = 0;
-        if (!reader.next(arg) || !as_int32(arg, count) || count < 0 || count > kMaxModels)
+        if (!args_in.next(arg) || !as_int32(arg, count) || count < 0 || count > kMaxModels)
             return (void)bad(m, "expects <count:i> first");
         if (m.count() < 1 + size_t(count) * 9) return (void)bad(m, "fewer than 9 values per model");
         rows.clear();
         for (int32_t k = 0; k < count; ++k) {
             osc::Arg v[9];
             for (auto& item : v)
-                if (!reader.next(item)) return (void)bad(m, osc::error_text(reader.error()));
+                if (!args_in.next(item)) return (void)bad(m, osc::error_text(args_in.error()));
             ModelRow row;
             std::string_view text[6];
             int32_t loaded = 0, commercial = 0;
