@@ -64,6 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pace", type=float, default=0.0,
                    help="spend at least this many seconds per bar (demos and tests: a fast engine that behaves "
                         "like a slow one)")
+    p.add_argument("--soundfont", default=None, metavar="SF2",
+                   help="the General MIDI soundfont guides are rendered with (default: $STEMD_SOUNDFONT, else Debian's "
+                        "/usr/share/sounds/sf2/FluidR3_GM.sf2); checked at start")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--map", default=None,
                    help="a MIDI controller map: a controller on this machine drives the daemon directly, takes go "
@@ -98,6 +101,13 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"listening on {args.host} (not this machine only) requires --token")
     if not 0 <= args.port <= 65535:
         raise CommandError(f"--port must be 0..65535, got {args.port}")
+    if args.soundfont:
+        from stemd.models.guide_audio import GuideAudioError, set_soundfont
+
+        try:
+            set_soundfont(Path(args.soundfont).expanduser())
+        except GuideAudioError as e:
+            raise CommandError(str(e)) from None
     if args.queue_size < 1:
         raise CommandError("--queue-size must be at least 1")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
