@@ -1,0 +1,202 @@
+"""The plugin's window, driven the way a person drives it: the JACK standalone (build/plugin/stemd) on a
+JACK dummy server, its window on Xvfb, a real ``stemd serve --model click`` reached through $STEMD_DAEMON.
+xdotool types the prompt and clicks; ImageMagick's ``import`` photographs each step (saved in the test's
+tmp folder, and copied to $STEMD_WINDOW_SHOTS when that is set).
+
+What the plugin holds is read two ways: the files it writes (each finished variation's WAV and sidecar,
+the sidecar rewritten with ``accepted: true``), and $STEMD_UI_LOG, where the window writes one line each
+time what it shows of the plugin changes (every take's id, state, bars received, chosen variation,
+accepted): the window's own read of the plugin's take list through direct access.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from plugin_hosts import jack_ports, plugin_build  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.skipif(
+    not all(shutil.which(p) for p in ("Xvfb", "xdotool", "import", "jackd")),
+    reason="needs Xvfb, xdotool, ImageMagick's import and jackd")
+
+# where the window's controls are, in its own pixels at scale 1 (StemdUI.cpp's layout at 980 x 640,
+# with the daemon's model known, so its licence lines are shown)
+PROMPT = (100, 105)
+BARS_DOWN = (115, 208)
+VARIATIONS_UP = (341, 238)
+GENERATE = (110, 337)
+NEXT = (539, 549)
+PREVIOUS = (389, 549)
+ACCEPT = (679, 549)
+EMPTY = (180, 500)       # the request panel below its buttons: nothing there
+
+
+class Xvfb:
+    def __init__(self, folder: Path):
+        for n in range(91, 131):
+            if not Path(f"/tmp/.X{n}-lock").exists() and not Path(f"/tmp/.X11-unix/X{n}").exists():
+                break
+        self.display = f":{n}"
+        self.proc = subprocess.Popen(["Xvfb", self.display, "-screen", "0", "1100x700x24", "-nolisten", "tcp"],
+                                     stdout=open(folder / "xvfb.log", "w"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.env = {**os.environ, "DISPLAY": self.display}
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if subprocess.run(["xdotool", "getmouselocation"], env=self.env, capture_output=True).returncode == 0:
+                return
+            time.sleep(0.2)
+        raise RuntimeError("Xvfb did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+class Window:
+    """The JACK app's window, found by its title (the JACK client's name)."""
+
+    def __init__(self, env: dict, shots: Path):
+        self.env, self.shots, self.count = env, shots, 0
+        out = subprocess.run(["xdotool", "search", "--sync", "--onlyvisible", "--name", "^stemd"], env=env,
+                             capture_output=True, text=True, timeout=60)
+        self.id = out.stdout.split()[0]
+        self.xdo("windowmove", self.id, "0", "0")
+
+    def xdo(self, *args: str) -> None:
+        subprocess.run(["xdotool", *args], env=self.env, check=True, timeout=30)
+
+    def click(self, at: tuple[int, int]) -> None:
+        self.xdo("mousemove", "--window", self.id, str(at[0]), str(at[1]))
+        time.sleep(0.1)
+        self.xdo("click", "1")
+        time.sleep(0.3)
+
+    def type(self, text: str) -> None:
+        self.xdo("type", "--delay", "40", text)
+        time.sleep(0.3)
+
+    def shot(self, name: str) -> Path:
+        self.xdo("mousemove", "--window", self.id, "970", "630")  # an event: the window's next frame is drawn
+        time.sleep(0.6)
+        self.count += 1
+        path = self.shots / f"{self.count:02d}-{name}.png"
+        subprocess.run(["import", "-window", "root", "-crop", "980x640+0+0", str(path)], env=self.env, check=True,
+                       timeout=60)
+        return path
+
+
+def wait_log(log: Path, test, what: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if log.exists():
+            lines = log.read_text(errors="replace").splitlines()
+            if lines:
+                last = lines[-1]
+                if test(last):
+                    return last
+        time.sleep(0.1)
+    raise AssertionError(f"the window never showed {what}; last line: {last!r}")
+
+
+def takes_of(line: str) -> list[str]:
+    return [part.strip() for part in line.split(" | ")[1:]]
+
+
+def test_window_types_a_prompt_generates_picks_and_accepts(plugin_build, jack, start_daemon, tmp_path):
+    daemon = start_daemon("--pace", "1.5")  # at least 1.5 s a bar: the window can be seen streaming
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    takes_dir = tmp_path / "plugin-takes"
+    log = tmp_path / "window.log"
+    xvfb = Xvfb(tmp_path)
+    exe = tmp_path / "stemd-jack"
+    shutil.copy2(plugin_build / "stemd", exe)
+    env = {**jack.env, "DISPLAY": xvfb.display, "STEMD_DAEMON": f"127.0.0.1:{daemon.port}",
+           "STEMD_TAKES_DIR": str(takes_dir), "STEMD_UI_LOG": str(log), "LIBGL_ALWAYS_SOFTWARE": "1"}
+    app = jack.start([str(exe)], stdout=open(tmp_path / "app.log", "w"), stderr=subprocess.STDOUT, env=env)
+    try:
+        win = Window({**xvfb.env}, shots)
+        # connected, the daemon's models known: the request panel has its licence lines
+        wait_log(log, lambda l: "connected=1" in l and "models=1" in l, "the daemon connected", 60)
+        win.shot("connected")
+
+        win.click(PROMPT)
+        win.type("dusty lo-fi drums")
+        wait_log(log, lambda l: "prompt=dusty lo-fi drums" in l.split(" | ")[0], "the typed prompt", 10)
+        for _ in range(2):
+            win.click(BARS_DOWN)       # 4 -> 2 bars
+        win.click(VARIATIONS_UP)       # 1 -> 2 variations
+        win.shot("typed")
+        win.click(GENERATE)
+        first = wait_log(log, lambda l: len(takes_of(l)) == 1, "a take in the list", 20)
+        assert "dusty lo-fi drums" in first and "v1/2" in first, first
+        win.shot("requested")
+        streaming = wait_log(log, lambda l: takes_of(l) and " streaming " in takes_of(l)[0]
+                             and " bars0 " not in takes_of(l)[0], "the take generating, bars arriving", 60)
+        assert " bars4 " not in streaming, streaming  # some bars in, not all: it is seen while it streams
+        win.shot("generating")
+        done = wait_log(log, lambda l: takes_of(l) and " done " in takes_of(l)[0], "the take ready", 90)
+        take = takes_of(done)[0]
+        assert " bars4 " in take, take  # 2 bars x 2 variations received
+        states = [takes_of(l)[0].split()[1] for l in log.read_text().splitlines() if takes_of(l)]
+        assert states[-1] == "done" and "streaming" in states, states  # it passed through the daemon's states
+        win.shot("ready")
+
+        # both variations written, with the daemon's sidecars
+        def written() -> list[Path]:
+            return sorted(p for p in takes_dir.glob("*.wav")) if takes_dir.exists() else []
+        deadline = time.monotonic() + 30
+        while len(written()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        wavs = written()
+        assert len(wavs) == 2, wavs
+        assert all(p.with_suffix(".json").exists() for p in wavs)
+
+        win.click(NEXT)
+        wait_log(log, lambda l: takes_of(l) and " v2/2" in takes_of(l)[0], "variation 2 chosen", 10)
+        win.shot("variation-2")
+        win.click(PREVIOUS)
+        wait_log(log, lambda l: takes_of(l) and " v1/2" in takes_of(l)[0], "variation 1 chosen again", 10)
+        win.click(NEXT)
+        wait_log(log, lambda l: takes_of(l) and " v2/2" in takes_of(l)[0], "variation 2 chosen again", 10)
+
+        win.click(ACCEPT)
+        wait_log(log, lambda l: takes_of(l) and " accepted" in takes_of(l)[0], "the take accepted", 10)
+        win.shot("accepted")
+        deadline = time.monotonic() + 20
+        sidecars = []
+        while time.monotonic() < deadline:
+            sidecars = [json.loads(p.with_suffix(".json").read_text()) for p in wavs]
+            if all(s["delivery"]["accepted"] for s in sidecars):
+                break
+            time.sleep(0.2)
+        assert all(s["delivery"]["accepted"] for s in sidecars), [s["delivery"] for s in sidecars]
+        assert all("token" not in json.dumps(s["delivery"]) for s in sidecars)
+        # keys: with no text box focused the window takes none (its handlers return false, for the host);
+        # in the prompt box a space is text (typed above: "dusty lo-fi drums")
+        win.click(EMPTY)
+        win.type("zz ")
+        time.sleep(0.5)
+        assert "prompt=dusty lo-fi drums " in log.read_text().splitlines()[-1] + " ", "keys reached the prompt box"
+        assert app.poll() is None, "the JACK app exited"
+    finally:
+        if os.environ.get("STEMD_WINDOW_SHOTS"):
+            dest = Path(os.environ["STEMD_WINDOW_SHOTS"])
+            dest.mkdir(parents=True, exist_ok=True)
+            for p in shots.glob("*.png"):
+                shutil.copy2(p, dest / p.name)
+        app.terminate()
+        try:
+            app.wait(10)
+        except subprocess.TimeoutExpired:
+            app.kill()
+        xvfb.stop()
