@@ -117,15 +117,24 @@ def tail_then_silence(selection, keep, canvas):
     (15 * 4096 + 1000, 15),       # 15 whole frames (15 x 4096 / 44100 s x 44100 / 4096 floors to 14 in floats)
     (2205, 0)])                   # not one whole frame: the prompt alone, the text-to-audio call
 def test_stable_audio_3_continuation_keeps_the_selections_last_whole_frames_and_inpaints_after_them(
-        engines, pipelines, samples, kept_frames):
+        engines, pipelines, samples, kept_frames, monkeypatch):
     import torch
     from diffusers import StableAudio3InpaintPipeline
     from stemd.models.stable_audio3.engine import describe
 
+    masks, build = [], StableAudio3InpaintPipeline._build_local_add_cond
+
+    def spy(self, latents, mask, length):        # the latent frames the call keeps (1) and makes anew (0)
+        masks.append(mask.flatten().tolist())
+        return build(self, latents, mask, length)
+
+    monkeypatch.setattr(StableAudio3InpaintPipeline, "_build_local_add_cond", spy)
     engine, frame, rate = engines[SA3], 4096, 44100
     selection = noise_take(samples / rate, rate, seed=4)          # at the model's rate: nothing resampled
     s = spec(continuation=selection, variations=1)
     ours = engine.raw(s)
+    # (the tiny model hears a frame's mask faintly: the mask itself is held here, the audio below)
+    assert masks == ([[1.0] * kept_frames + [0.0] * (len(masks[0]) - kept_frames)] if kept_frames else [])
     ref = reference(pipelines[SA3])
     frames = canvas_frames(frame, rate)
     common = dict(prompt=describe(s), generator=generators(5, 1), num_inference_steps=8, num_waveforms_per_prompt=1)
@@ -257,6 +266,16 @@ def test_each_family_refuses_the_keys_it_lacks_with_a_typed_error(engines):
     with pytest.raises(ProtocolError) as e:         # a task over given audio needs the audio
         engines[ACE].raw(spec(extra={"extract": "drums"}))
     assert e.value.code == "bad_arguments"
+
+
+def test_ace_step_repaint_bars_must_lie_in_the_take(engines):
+    from stemd.protocol import ProtocolError
+
+    given = noise_take(2.0, 48000)
+    for bars in ("0-2", "3-2", "2-4"):          # the protocol checked the form; the take has 3 bars
+        with pytest.raises(ProtocolError) as e:
+            engines[ACE].raw(spec(continuation=given, variations=1, extra={"repaint": bars}))
+        assert e.value.code == "out_of_range" and bars in e.value.message
 
 
 def test_cancel_stops_a_diffusion_take_between_denoising_steps(engines):
