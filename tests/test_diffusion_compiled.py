@@ -78,3 +78,15 @@ def test_an_unknown_backend_is_a_clear_error(engine):
 
     with pytest.raises(ValueError, match="eager, compiled"):
         use_backend(engine, "tensorrt")
+
+
+def test_a_models_backend_setting_compiles_its_dit_and_eager_is_the_default(engine):
+    from stemd.models.diffusion.compiled import backend_of
+    from stemd.models.registry import load_engine
+
+    folder = str(engine.folder)
+    assert backend_of(load_engine(folder, device="cpu")) == "eager"
+    assert backend_of(load_engine(folder, device="cpu", backend="auto")) == "eager"
+    compiled = load_engine(folder, device="cpu", backend="compiled")
+    assert isinstance(compiled.pipe.transformer.forward, __import__(
+        "stemd.models.diffusion.compiled", fromlist=["CompiledForward"]).CompiledForward)
