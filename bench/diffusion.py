@@ -5,15 +5,14 @@
 
 The weights are random (written once by `stemd make-test-model --arch ARCH` into bench/.cache/): speed and
 memory do not depend on them, sound does, so nothing here is about sound. Measured per architecture, in one
-run on one device, for one take of ``--bars`` bars of 4/4 at ``--bpm`` (one variation, 8 steps, the models'
-default sampler):
+run on one device, for one take of ``--bars`` bars of 4/4 at ``--bpm`` (``--variations`` in one batch, 8
+steps, the models' default sampler):
 
 * ours: the engine's ``raw()`` (prompt encoding, the denoising loop, the autoencoder's decode) for the
   take's canvas (the take x 1.1 + one bar, in whole latent frames, as every take is made)
 * theirs: diffusers' pipeline called directly with the same duration, seed and steps, loaded separately
   from the same folder; ``ratio`` = theirs / ours (>= 1.0: the engine adds nothing)
 * the pipeline call for exactly the take's length (no canvas margin), for scale
-* conform + bar chunking of the canvas to the DAW's grid at 48 kHz (what the engine path adds after)
 * peak RSS of this process after everything (both pipelines loaded)
 * request to bar 1 at the engine's client side: ``engine.stream`` through conform and the bar chunker (the
   daemon's ``bar_chunks``), timed to the first bar out; split into the canvas (the pipeline's call) and
@@ -23,8 +22,9 @@ default sampler):
 * ``--memory`` (CUDA): the pool's per-request estimate against ``torch.cuda.max_memory_allocated`` around
   one request, beyond the weights
 
-After one short warm-up call of each, rounds alternate ours and theirs; medians are printed. The last line per architecture is
-`seconds_per_take ARCH ours=A theirs=B ratio=R`.
+After one short warm-up call of each, rounds alternate ours and theirs; medians are printed, and one line per
+figure for grep: `seconds_per_take ARCH ours=A theirs=B ratio=R`, `conform_share`, `compiled_over_eager`,
+`request_memory`.
 """
 
 from __future__ import annotations
