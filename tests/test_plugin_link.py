@@ -263,7 +263,7 @@ def test_a_hostile_peer_drops_the_connection_not_the_probe(probe, name):
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    args = ["--port", str(server.getsockname()[1]), "--seconds", "20" if asks else "4"]
+    args = ["--port", str(server.getsockname()[1]), "--seconds", "20" if asks else "6"]
     if asks:
         args += ["--generate", "h1", "--bars", "2", "--bpm", "97", "--meter", "3/4", "--start-bar", "2"]
     p = Probe(probe, *args)

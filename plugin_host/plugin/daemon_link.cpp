@@ -362,8 +362,11 @@ struct LinkSession::State final : osc::MessageVisitor {
         if (!args_of(m, args, 3)) return;
         if (!as_string(args[0], id) || !as_string(args[1], code) || !as_string(args[2], text))
             return (void)bad(m, "expects <id:s> <code:s> <message:s>");
-        // An error may name a request that is not open (a cancel for a finished one): passed on as it is.
+        // A request ends with exactly one of done, cancelled or error. An error naming a request that has
+        // ended already answers a message about it (`unknown_request` for a cancel that crossed its done):
+        // not passed on, so a finished take is never marked failed. "" (no request) always is.
         auto it = open.find(id);
+        if (it == open.end() && !id.empty()) return;
         if (it != open.end()) open.erase(it);
         listener.onError(std::string(id), std::string(code), std::string(text));
     }

@@ -86,7 +86,9 @@ public:
     virtual void onDone(const std::string& id) = 0;
     virtual void onCancelled(const std::string& id) = 0;
     // The daemon's error codes (docs/protocol.md), plus the link's own for requests it could not
-    // deliver or whose connection went away: "not_connected", "connection_lost", "bad_request".
+    // deliver or whose connection went away: "not_connected", "connection_lost", "bad_request",
+    // "duplicate_id". Each request ends with exactly one of onDone, onCancelled or onError; a daemon error
+    // naming a request that has already ended is not passed on.
     virtual void onError(const std::string& id, const std::string& code, const std::string& message) = 0;
 };
 

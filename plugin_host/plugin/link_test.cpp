@@ -313,6 +313,11 @@ void test_session_good_traffic() {
     Events e2;
     CHECK(feed(e2, {framed(osc::Builder("/stemd/error").s("").s("unauthorized").s("no").finish())}));
     CHECK(e2.log == std::vector<std::string>{"error  unauthorized"});
+    // an error for a request that has ended (a cancel that crossed its done) is not passed on
+    Events e3;
+    CHECK(feed(e3, {framed(osc::Builder("/stemd/done").s("t1").finish()),
+                    framed(osc::Builder("/stemd/error").s("t1").s("unknown_request").s("no").finish())}));
+    CHECK(e3.log == std::vector<std::string>{"done t1"});
 }
 
 void test_session_drops_bad_events() {
