@@ -158,6 +158,16 @@ def test_a_request_sent_while_connecting_goes_out_once_connected(probe, start_da
     assert p.of("done")
 
 
+def test_a_cancel_ends_the_take_with_cancelled_and_no_take(probe, start_daemon):
+    daemon = start_daemon("--pace", "0.5")  # half a second a bar: the cancel arrives mid-take
+    p = Probe(probe, "--port", str(daemon.port), "--generate", "c1", "--bars", "8", "--bpm", "97", "--meter",
+              "3/4", "--cancel-after", "1", "--seconds", "60")
+    assert p.finish() == 1, (p.events, p.stderr[-2000:])
+    kinds = [e["event"] for e in p.events]
+    assert "cancel_sent" in kinds and kinds.index("cancel_sent") < kinds.index("cancelled"), kinds
+    assert len(p.of("chunk")) < 8 and not p.of("take") and not p.of("done") and not p.of("error"), kinds
+
+
 def test_an_absent_daemon_is_reported_and_retried_until_it_comes(probe, start_daemon):
     port = _free_port()
     p = Probe(probe, "--port", str(port), "--generate", "late", "--bars", "1", "--bpm", "137", "--meter", "7/8",

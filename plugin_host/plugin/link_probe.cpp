@@ -2,6 +2,7 @@
 //
 //   stemd_link_probe --port 9130 --generate t1 --bars 2 --bpm 97 --meter 3/4 --start-bar 2 --variations 2
 //   stemd_link_probe --port 9130 --seconds 3          # just connect (and reconnect), printing the states
+//   --cancel-after N: cancel the request (from the main thread) once N chunks have arrived.
 //   --early 1: send the request while the first connection is being made (from the Connecting event),
 //   not after the models reply: the link must hold it and send it once connected.
 //
@@ -48,6 +49,7 @@ public:
     std::condition_variable changed;
     bool ready = false;     // connected and the models reply has arrived
     int finished = -1;      // 0 done, 1 error or cancelled
+    long long chunks = 0;
     std::string request_id;
     stemd::DaemonLink* early = nullptr;  // --early: send `request` from the first Connecting event
     stemd::Request request;
@@ -115,6 +117,11 @@ public:
         }
         char number[32];
         std::snprintf(number, sizeof number, "%.6g", double(peak));
+        {
+            std::lock_guard<std::mutex> lock(mutex);
+            ++chunks;
+            changed.notify_all();
+        }
         line("{\"event\":\"chunk\",\"id\":" + json_string(id) + ",\"variation\":" + std::to_string(variation) +
              ",\"bar_index\":" + std::to_string(bar_index) + ",\"start_sample\":" + std::to_string(start_sample) +
              ",\"sample_rate\":" + std::to_string(sample_rate) + ",\"channels\":" + std::to_string(channels) +
@@ -167,7 +174,7 @@ int usage(const char* problem) {
 
 int main(int argc, char** argv) {
     std::string host = "127.0.0.1", token;
-    long long port = -1, seconds = 30;
+    long long port = -1, seconds = 30, cancel_after = -1;
     bool generate = false;
     bool early = false;
     stemd::Request request;
@@ -181,6 +188,7 @@ int main(int argc, char** argv) {
         else if (flag == "--port") { if (!parse_long(value, 1, 65535, port)) return usage("--port must be 1..65535"); }
         else if (flag == "--seconds") { if (!parse_long(value, 1, 3600, seconds)) return usage("--seconds must be 1..3600"); }
         else if (flag == "--generate") { generate = true; request.id = value; }
+        else if (flag == "--cancel-after") { if (!parse_long(value, 0, 100000, cancel_after)) return usage("bad --cancel-after"); }
         else if (flag == "--early") early = std::strcmp(value, "1") == 0;
         else if (flag == "--prompt") request.prompt = value;
         else if (flag == "--model") request.model = value;
@@ -217,6 +225,15 @@ int main(int argc, char** argv) {
                 lock.unlock();
                 if (!early) link.send_generate(request);
                 lock.lock();
+                if (cancel_after >= 0 &&
+                    printer.changed.wait_until(lock, deadline, [&] {
+                        return printer.chunks >= cancel_after || printer.finished >= 0;
+                    })) {
+                    lock.unlock();
+                    link.cancel(request.id);
+                    printer.line("{\"event\":\"cancel_sent\"}");
+                    lock.lock();
+                }
                 if (printer.changed.wait_until(lock, deadline, [&] { return printer.finished >= 0; }))
                     status = printer.finished;
             }
