@@ -168,6 +168,17 @@ def test_a_cancel_ends_the_take_with_cancelled_and_no_take(probe, start_daemon):
     assert len(p.of("chunk")) < 8 and not p.of("take") and not p.of("done") and not p.of("error"), kinds
 
 
+def test_a_bar_of_18_mib_arrives_whole(probe, start_daemon):
+    # 20 BPM 8/4 at 96 kHz: one bar is 24 s, 2,304,000 stereo frames, an 18 MiB /stemd/chunk
+    daemon = start_daemon()
+    p = Probe(probe, "--port", str(daemon.port), "--generate", "big", "--bars", "1", "--bpm", "20", "--meter",
+              "8/4", "--sample-rate", "96000", "--seconds", "120")
+    assert p.finish(timeout=180) == 0, (p.events, p.stderr[-2000:])
+    chunk = p.of("chunk")[0]
+    assert chunk["frames"] == Grid(20, "8/4").bar_length_samples(0, 96000) == 2_304_000
+    assert chunk["peak"] > 0.1 and p.of("done")
+
+
 def test_an_absent_daemon_is_reported_and_retried_until_it_comes(probe, start_daemon):
     port = _free_port()
     p = Probe(probe, "--port", str(port), "--generate", "late", "--bars", "1", "--bpm", "137", "--meter", "7/8",
