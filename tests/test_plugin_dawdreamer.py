@@ -173,6 +173,10 @@ def test_click_take_plays_from_the_exact_sample_of_bar_3(vst3, dawdreamer, plugi
         assert np.abs(audio[:, onset]).max() > 0.1, f"no click at beat {k} (sample {onset})"
         assert np.abs(audio[:, onset - 1]).max() < np.abs(audio[:, onset]).max() / 4
     assert np.abs(audio[:, END:]).max() < 1e-4                 # nothing after the take's 2 bars
+    import soundfile
+
+    take, _ = soundfile.read(sorted(daemon.out.rglob("*.wav"))[0], dtype="float32", always_2d=True)
+    assert np.abs(audio[:, BAR3:BAR3 + len(take)].T - take).max() <= 1e-6    # the daemon's take, sample for sample
 
     # the take on disk: the daemon's sidecar as it came, plus the plugin's delivery
     sidecar = json.loads(wavs[0].with_suffix(".json").read_text())
