@@ -67,6 +67,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--soundfont", default=None, metavar="SF2",
                    help="the General MIDI soundfont guides are rendered with (default: $STEMD_SOUNDFONT, else Debian's "
                         "/usr/share/sounds/sf2/FluidR3_GM.sf2); checked at start")
+    p.add_argument("--ray", default=None, metavar="ADDRESS|auto",
+                   help="run the work on a Ray cluster (its head's host:port, or auto): this process keeps the OSC "
+                        "server and the queue, a Ray Serve deployment holds one worker replica per GPU (see "
+                        "docs/cluster.md; needs pip install 'stemd[cluster]')")
+    p.add_argument("--ray-replicas", type=int, default=None, metavar="N",
+                   help="--ray: worker replicas (default: one per GPU of the cluster, or 1 without GPUs)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--map", default=None,
                    help="a MIDI controller map: a controller on this machine drives the daemon directly, takes go "
@@ -141,8 +147,12 @@ def run(args: argparse.Namespace) -> int:
                         input_root=Path(args.input_root).resolve() if args.input_root else None, pace=args.pace,
                         max_clients=args.max_clients, stall_seconds=args.stall_seconds,
                         max_total_buffer=int(args.max_total_buffer_mb * 2 ** 20))
-    warm(pool)
-    server = Server(Service(pool, settings))
+    if args.ray:
+        service, cluster = cluster_service(args, pool, settings)   # the models load on the replicas
+    else:
+        warm(pool)
+        service, cluster = Service(pool, settings), None
+    server = Server(service)
 
     async def main() -> None:
         try:
@@ -171,8 +181,38 @@ def run(args: argparse.Namespace) -> int:
             if session is not None:
                 session.close()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        if cluster is not None:
+            cluster.close()
     return 0
+
+
+def cluster_service(args: argparse.Namespace, pool, settings):
+    """``--ray``: the service whose scheduler dispatches to the cluster's replicas (Ray imported here only)."""
+    from stemd.cli import CommandError
+    from stemd.daemon.service import Service
+
+    if args.ray_replicas is not None and args.ray_replicas < 1:
+        raise CommandError("--ray-replicas must be at least 1")
+    if args.map:
+        raise CommandError("--map is not served with --ray yet: run the controller with stemd bridge")
+    try:
+        from stemd.daemon.cluster.frontdoor import Cluster, ClusterError, cluster_scheduler, start_workers
+    except ImportError as e:
+        raise CommandError(f"--ray needs Ray Serve: pip install 'stemd[cluster]' ({e})") from None
+    try:
+        cluster = Cluster(args.ray, model_entries(args), replicas=args.ray_replicas,
+                          memory_budget=args.memory_budget, pace=args.pace)
+    except ClusterError as e:
+        raise CommandError(str(e)) from None
+    except Exception as e:   # JobError from the reachability check, Serve's own failures
+        raise CommandError(f"cannot start the workers on the Ray cluster at {args.ray}: {e}") from None
+    service = Service(pool, settings)
+    service.scheduler = cluster_scheduler(service, cluster.replicas)
+    service.make_workers = lambda: start_workers(service, cluster)
+    return service, cluster
 
 
 def model_entries(args: argparse.Namespace) -> list:

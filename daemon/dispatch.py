@@ -130,7 +130,8 @@ def status(service: Service, client: Any, args: tuple) -> None:
     job = service.lookup(client, rid)
     if job is None:
         raise ProtocolError("unknown_request", f"no request {rid!r} from this client", rid)
-    client.send(STATUS_REPLY, rid, job.state, job.bars_done, job.request.bars, service.scheduler.position(job))
+    where = (job.where,) if job.where else ()    # stemd serve --ray: the replica and node
+    client.send(STATUS_REPLY, rid, job.state, job.bars_done, job.request.bars, service.scheduler.position(job), *where)
 
 
 def models(service: Service, client: Any, args: tuple) -> None:

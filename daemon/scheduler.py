@@ -47,6 +47,7 @@ class Job:
     first_bar_at: Optional[float] = None
     finished_at: Optional[float] = None
     error: str = ""
+    where: str = ""                   # stemd serve --ray: the replica and node that runs (or ran) it
     ended: bool = False               # its end (done, cancelled or failed) was settled: it ends once
 
     @property
@@ -114,10 +115,13 @@ class Scheduler:
                 running.preempt = True
                 return
 
-    def requeue(self, job: Job) -> None:
-        """Put a preempted job back at the head of its client's queue (it does not count against capacity)."""
+    def requeue(self, job: Job, first: bool = False) -> None:
+        """Put a preempted job back at the head of its client's queue (it does not count against capacity);
+        ``first``: at the head of its priority too (a job whose cluster replica was lost)."""
         with self._cond:
             job.preempt, job.state = False, "queued"
+            if first:
+                self._served[job.client.key] = min(-1, *self._served.values()) - 1   # (never served: -1)
             queue = self._queues[job.priority].setdefault(job.client.key, deque())
             queue.appendleft(job)
             self._cond.notify_all()

@@ -590,7 +590,8 @@ class Server:
         self._own_hosts = {host, "0.0.0.0", "::"}
         self.service.call_on_loop = self.call_on_loop
         self.loop.call_later(SWEEP_SECONDS, self._sweep)
-        self.workers = [Worker(self.service, device) for device in self.service.pool.devices]
+        make = self.service.make_workers
+        self.workers = make() if make else [Worker(self.service, device) for device in self.service.pool.devices]
         for worker in self.workers:
             worker.start()
 

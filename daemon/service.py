@@ -69,6 +69,9 @@ class Service:
         self.midi: Any = None           # the controller's MidiSession (stemd serve --map)
         #: run a function on the event loop's thread (the server sets it; registry changes happen there)
         self.call_on_loop: Callable[..., None] = lambda fn, *args: fn(*args)
+        #: the worker threads the server starts (None: one daemon.worker.Worker per device of the pool;
+        #: stemd serve --ray: one daemon.cluster.frontdoor.RemoteWorker per replica slot)
+        self.make_workers: Optional[Callable[[], list]] = None
 
     def _allows(self, device: str, job: Job, claim: bool) -> bool:
         return self.pool.claim(device, job.model) if claim else self.pool.allows(device, job.model)

@@ -1,0 +1,180 @@
+"""stemd serve --ray: the front door (OSC server, scheduler) here, the takes made by a Ray Serve deployment
+on a local two-node cluster (``ray.cluster_utils.Cluster``, each node declaring one logical GPU), click
+model. A client cannot tell it from a local daemon: the same bars, sample for sample; only
+``/stemd/status`` and the log name the replica and node. Plus: stemd serve without --ray imports no Ray."""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stemd.protocol import Chunk
+from stemd.timing import Grid, Meter, Tempo
+
+sys.path.insert(0, str(Path(__file__).parent))
+from daemon_fixtures import STEMD, Daemon, TcpClient  # noqa: E402
+
+PACE = 0.5   # seconds per bar on the replicas: a take lasts long enough to cancel it, or lose its node
+
+
+class SlowStart(Daemon):
+    def _wait_for_port(self, timeout: float) -> int:   # connecting and deploying the replicas takes a while
+        return super()._wait_for_port(timeout=max(timeout, 180))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 'stemd[cluster]')")
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False})
+    nodes = [c.add_node(num_cpus=2, num_gpus=1) for _ in range(2)]   # logical GPUs: no GPU needed
+    try:
+        c.wait_for_nodes()
+        yield c, nodes
+    finally:
+        c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def front(cluster, tmp_path_factory):
+    c, _ = cluster
+    d = SlowStart(tmp_path_factory.mktemp("front"), "--ray", c.address, "--pace", str(PACE))
+    try:
+        d.wait_log("2 replicas of stemd-worker ready", timeout=5)
+        yield d
+    finally:
+        d.stop()
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    d = Daemon(tmp_path_factory.mktemp("local"))
+    yield d
+    d.stop()
+
+
+def request(rid: str, meter: str, bars: int, seed: int) -> tuple:
+    return ("/stemd/generate", rid, "bars", bars, "bpm", 97, "meter", meter, "start_bar", 2, "sample_rate", 22050,
+            "channels", 1, "seed", seed)
+
+
+def take(daemon: Daemon, rid: str, meter: str, bars: int, seed: int) -> tuple[list, np.ndarray]:
+    client = TcpClient(daemon.port, timeout=60)
+    client.send(*request(rid, meter, bars, seed))
+    messages = client.until("/stemd/done", rid, timeout=120)
+    client.close()
+    return messages, wav(messages)
+
+
+def wav(messages: list) -> np.ndarray:
+    import soundfile
+
+    paths = [m.args[2] for m in messages if m.address == "/stemd/take"]
+    assert len(paths) == 1, messages[-3:]
+    return soundfile.read(paths[0], dtype="float32", always_2d=True)[0]
+
+
+def chunks(messages: list) -> list[Chunk]:
+    return [Chunk.from_args(m.args) for m in messages if m.address == "/stemd/chunk"]
+
+
+def assert_bar_exact(bars: list[Chunk], meter: str, count: int) -> None:
+    beats, unit = (int(x) for x in meter.split("/"))
+    grid = Grid(Tempo(97), Meter(beats, unit))
+    assert [c.bar_index for c in bars] == list(range(count))        # every bar once, in order
+    for c in bars:
+        assert c.start_sample == grid.bar_start_sample(2 + c.bar_index, 22050)
+        assert c.audio.shape == (1, grid.bar_length_samples(2 + c.bar_index, 22050))
+
+
+def status(client: TcpClient, rid: str):
+    client.send("/stemd/status", rid)
+    return next(m for m in client.until("/stemd/status/reply", rid) if m.address == "/stemd/status/reply")
+
+
+def test_two_clients_get_takes_made_on_both_replicas_equal_to_a_local_daemon(front, local):
+    results = {}
+
+    def run(rid: str, meter: str, seed: int) -> None:
+        client = TcpClient(front.port, timeout=60)
+        client.send(*request(rid, meter, 4, seed))
+        seen = client.until("/stemd/chunk", rid, timeout=120)
+        where = status(client, rid)
+        seen += client.until("/stemd/done", rid, timeout=120)
+        client.close()
+        results[rid] = (seen, where)
+
+    threads = [threading.Thread(target=run, args=a) for a in (("waltz", "3/4", 3), ("odd", "7/8", 5))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(240)
+    assert set(results) == {"waltz", "odd"}
+    wheres = {rid: r[1].args[5] for rid, r in results.items()}   # status names the replica and node
+    assert all(w.startswith("replica ") and " on node " for w in wheres.values()), wheres
+    assert wheres["waltz"] != wheres["odd"]
+    nodes = {re.search(r"on node (\w+)", w).group(1) for w in wheres.values()}
+    assert len(nodes) == 2, wheres                                  # made on both nodes
+    for rid, meter, seed in (("waltz", "3/4", 3), ("odd", "7/8", 5)):
+        seen = results[rid][0]
+        assert_bar_exact(chunks(seen), meter, 4)
+        reference, audio = take(local, rid, meter, 4, seed)
+        assert [c.audio.tobytes() for c in chunks(seen)] == [c.audio.tobytes() for c in chunks(reference)]
+        assert np.array_equal(wav(seen), audio)
+    log = front.wait_log("runs on replica", count=2)
+    assert "request waltz from" in log and "request odd from" in log
+
+
+def test_a_cancel_stops_the_replica_within_one_bar(front):
+    client = TcpClient(front.port, timeout=60)
+    client.send(*request("stop-me", "7/8", 6, 11))
+    seen = client.until("/stemd/chunk", "stop-me", timeout=120)
+    seen += client.until("/stemd/chunk", "stop-me")                  # two bars in: the third is being made
+    assert len(chunks(seen)) == 2
+    client.send("/stemd/cancel", "stop-me")
+    seen += client.until("/stemd/cancelled", "stop-me")
+    client.close()
+    log = front.wait_log("request stop-me stopped after", timeout=30)
+    made = int(re.search(r"request stop-me stopped after (\d+) bars of 6", log).group(1))
+    assert 2 <= made <= 3       # the replica stopped inside the bar it was making: at most that bar more
+
+
+def test_a_node_lost_mid_take_the_take_completes_elsewhere_every_bar_once(front, local, cluster):
+    c, nodes = cluster
+    client = TcpClient(front.port, timeout=60)
+    client.send(*request("survivor", "3/4", 6, 21))
+    seen = client.until("/stemd/chunk", "survivor", timeout=120)
+    seen += client.until("/stemd/chunk", "survivor")
+    where = status(client, "survivor").args[5]
+    node_id = re.search(r"on node (\w+)", where).group(1)
+    victim = next(n for n in nodes if n.node_id.startswith(node_id))
+    c.remove_node(victim, allow_graceful=False)                      # mid-take: bar 2 of 6 is being made
+    seen += client.until("/stemd/done", "survivor", timeout=150)
+    client.close()
+    bars = chunks(seen)
+    assert_bar_exact(bars, "3/4", 6)                                 # every bar exactly once, in order
+    log = front.wait_log("request survivor from")
+    assert re.search(r"request survivor from .*: lost replica .* after \d of 6 bars", log), log[-3000:]
+    after = status_where = re.findall(r"request survivor from .*: runs on (replica .*)", log)
+    assert len(after) == 2 and node_id not in after[1], status_where   # the second run is on the other node
+    reference, audio = take(local, "survivor", "3/4", 6, 21)
+    assert np.array_equal(wav(seen), audio)
+    assert [c.audio.tobytes() for c in bars] == [c.audio.tobytes() for c in chunks(reference)]
+
+
+def test_stemd_serve_without_ray_never_imports_ray(tmp_path):
+    d = Daemon(tmp_path, command=[sys.executable, "-X", "importtime", *STEMD[1:]])
+    try:
+        messages, _ = take(d, "plain", "7/8", 2, 1)
+        assert len(chunks(messages)) == 2
+        log = d.log
+    finally:
+        d.stop()
+    assert "import time:" in log and "stemd.daemon.server" in log         # the import log is there
+    assert not re.search(r"\|\s+ray(\.|\s*$)", log, re.M), [l for l in log.splitlines() if "ray" in l][:5]
