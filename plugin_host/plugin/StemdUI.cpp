@@ -14,6 +14,7 @@
 #include "ui_api.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -141,6 +142,7 @@ public:
         fDaemon.limit = 300;
         fToken.limit = 256;
         if (const char* log = std::getenv("STEMD_UI_LOG")) fLogPath = log;
+        if (const char* frames = std::getenv("STEMD_UI_FRAMES")) fFramesPath = frames;
         if (fApi) {
             fApi->uiSnapshot(fSnap);
             fPrompt.text = fSnap.prompt;
@@ -177,11 +179,24 @@ protected:
         repaint();
     }
 
-    void uiIdle() override { repaint(); }
+    void uiIdle() override
+    {
+        if (fFrameStart.time_since_epoch().count() != 0 && !fFramesPath.empty()) {
+            // a frame was drawn since the last idle: from its start to here it was built, flushed and swapped
+            const double frame = std::chrono::duration<double, std::milli>(Clock::now() - fFrameStart).count();
+            if (FILE* f = std::fopen(fFramesPath.c_str(), "a")) {
+                std::fprintf(f, "%.3f %.3f %zu %.0f\n", frame, fBuildMs, fSnap.takes.size(), static_cast<double>(fScroll));
+                std::fclose(f);
+            }
+        }
+        fFrameStart = Clock::time_point();
+        repaint();
+    }
 
     // ---- drawing -----------------------------------------------------------------------------------------
     void onNanoDisplay() override
     {
+        const Clock::time_point start = Clock::now();
         if (fApi) fApi->uiSnapshot(fSnap);  // this frame's view of the plugin
         fHits.clear();
         const float k = static_cast<float>(getScaleFactor());
@@ -203,6 +218,8 @@ protected:
         drawSelected(left + 6, 72 + listH + 8, W - left - 18, H - 84 - listH - 8);
         if (fMenuOpen) drawModelMenu(12 + 70, 160, left - 18 - 70);
         writeLog();
+        fFrameStart = start;
+        fBuildMs = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
     }
 
     void drawStatus(float W)
@@ -215,7 +232,8 @@ protected:
         fontSize(14);
         textAlign(ALIGN_LEFT | ALIGN_MIDDLE);
         fillColor(220, 220, 220);
-        std::string line = fSnap.connection;
+        std::string line = "connected to " + fSnap.daemon + " · " + std::to_string(fSnap.models.size()) +
+                           (fSnap.models.size() == 1 ? " model" : " models");
         if (!ok) line = "No daemon at " + fSnap.daemon + " (" + fSnap.connection + "). Start one: stemd serve --model <name>";
         label(28, 16, line, W - 40);
         if (!fSnap.lastError.empty()) {
@@ -818,6 +836,12 @@ private:
     std::vector<std::pair<std::string, float>> fOptions;
     int fBars = 4, fVariations = 1, fStartBar = 0;
     std::string fLogPath, fLastLog;
+    // STEMD_UI_FRAMES=<file>: one line per frame: ms from the frame's start to the next idle (snapshot, drawing,
+    // NanoVG's flush and the buffer swap), ms to build it (snapshot and drawing calls), takes, scroll
+    using Clock = std::chrono::steady_clock;
+    std::string fFramesPath;
+    Clock::time_point fFrameStart;
+    double fBuildMs = 0;
 
     DISTRHO_DECLARE_NON_COPYABLE_WITH_LEAK_DETECTOR(StemdUI)
 };
