@@ -9,8 +9,8 @@
  * (jack_rec: all ports are read in the same cycle) says on which transport sample each recorded sample
  * was played, even if the recorder lost a cycle on a loaded machine.
  *
- * Reads "play", "stop", "locate FRAME" lines on stdin and answers each with "ok ..."; prints "ready"
- * once it is the timebase master. Built by the tests: cc -O1 -o jack_timebase jack_timebase.c -ljack
+ * Reads "play", "stop", "locate FRAME" and "where" lines on stdin and answers each with "ok ..." ("ok where
+ * rolling FRAME" for where); prints "ready" once it is the timebase master. Built by the tests: cc -O1 -o jack_timebase jack_timebase.c -ljack
  */
 #include <jack/jack.h>
 #include <jack/transport.h>
@@ -110,6 +110,14 @@ int main(int argc, char **argv)
         else if (sscanf(line, "locate %lu", &frame) == 1)
             jack_transport_locate(client, (jack_nframes_t)frame);
         line[strcspn(line, "\n")] = 0;
+        if (!strcmp(line, "where")) {  /* "ok where rolling|stopped|starting FRAME" */
+            jack_position_t pos;
+            jack_transport_state_t state = jack_transport_query(client, &pos);
+            printf("ok where %s %lu\n", state == JackTransportRolling ? "rolling" :
+                   state == JackTransportStopped ? "stopped" : "starting", (unsigned long)pos.frame);
+            fflush(stdout);
+            continue;
+        }
         printf("ok %s\n", line);
         fflush(stdout);
     }

@@ -42,6 +42,8 @@ needs_ardour = pytest.mark.skipif(
     reason="Ardour 7 (Debian ardour: ardour7-lua, ardour7-export, ardour-vst3-scanner) is not installed")
 needs_jalv = pytest.mark.skipif(not (shutil.which("jalv") and shutil.which("jack_rec")),
                                 reason="jalv (Debian jalv) or jack_rec (Debian jackd2) is not installed")
+needs_jack_rec = pytest.mark.skipif(not (shutil.which("jack_rec") and shutil.which("jack_connect")),
+                                    reason="jack_rec, jack_connect (Debian jackd2) are not installed")
 needs_cc = pytest.mark.skipif(not shutil.which("cc"), reason="no C compiler (cc) for the tests' C helpers")
 
 _build_lock = threading.Lock()
@@ -424,6 +426,24 @@ class Timebase:
         line = read_line(self.proc, 10)
         assert line.strip() == f"ok {command}", f"the timebase master answered {line!r} to {command!r}"
 
+    def where(self) -> tuple[str, int]:
+        """JACK's transport now: ("rolling" | "stopped" | "starting", frame)."""
+        self.proc.stdin.write("where\n")
+        self.proc.stdin.flush()
+        line = read_line(self.proc, 10).split()
+        assert line[:2] == ["ok", "where"], f"the timebase master answered {line!r} to where"
+        return line[2], int(line[3])
+
+    def roll_to(self, frame: int, timeout: float = 20) -> None:
+        """Until the transport rolls past ``frame``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state, now = self.where()
+            if state == "rolling" and now >= frame:
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"JACK's transport did not roll to frame {frame}: {self.where()}")
+
 
 def wait_connected(env: dict, port: str, timeout: float = 15) -> None:
     """Until ``jack_lsp -c`` lists a connection of ``port``."""
@@ -437,8 +457,11 @@ def wait_connected(env: dict, port: str, timeout: float = 15) -> None:
 
 
 def record(jack, ports: list[str], seconds: int, wav: Path, before_play=None) -> subprocess.Popen:
-    """jack_rec recording ``ports`` (32-bit) for ``seconds``; returns once it is connected to all of them."""
-    rec = jack.start(["jack_rec", "-f", str(wav), "-b", "32", "-d", str(seconds), *ports],
+    """jack_rec recording ``ports`` (32-bit) for ``seconds``; returns once it is connected to all of them.
+
+    Its ring buffer holds 2^20 frames (22 s at 48 kHz): with jack_rec's default (16,384 frames, a third of
+    a second) its disk thread, starved on a loaded machine, lost cycles of a recording here."""
+    rec = jack.start(["jack_rec", "-f", str(wav), "-b", "32", "-B", str(1 << 20), "-d", str(seconds), *ports],
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for port in ports:
         wait_connected(jack.env, port)
