@@ -190,7 +190,29 @@ protected:
             }
         }
         fFrameStart = Clock::time_point();
-        repaint();
+        // redraw only when what the window shows has changed (software GL makes every frame count)
+        if (fApi && changed()) repaint();
+    }
+
+    // what the window shows of the plugin, in a few bytes: takes, their states and bars, the connection,
+    // the playhead while the host plays
+    bool changed()
+    {
+        fApi->uiSnapshot(fProbe);
+        std::string& sig = fSignature[1];
+        sig.clear();
+        sig += fProbe.connection + '\n' + fProbe.lastError + '\n' + std::to_string(fProbe.models.size()) + ' ' +
+               std::to_string(fProbe.selected);
+        for (const auto& t : fProbe.takes) {
+            sig += '|';
+            sig += std::to_string(t.serial) + t.state + std::to_string(t.barsReceived) + '.' + std::to_string(t.chosen) +
+                   (t.accepted ? "a" : "") + std::to_string(t.queueAhead) + t.errorCode;
+        }
+        const stemd::UiPlayhead p = fApi->uiPlayhead();
+        if (p.playing) sig += "|play" + std::to_string(p.timeline / 1600);  // about 30 positions a second
+        if (sig == fSignature[0]) return false;
+        std::swap(fSignature[0], fSignature[1]);
+        return true;
     }
 
     // ---- drawing -----------------------------------------------------------------------------------------
@@ -511,6 +533,7 @@ protected:
 
     void label(float x, float y, const std::string& s, float maxW)
     {
+        if (s.empty()) return;
         textAlign(ALIGN_LEFT | ALIGN_MIDDLE);
         scissor(x, y - 20, std::max(0.0f, maxW), 40);
         text(x, y, s.c_str(), nullptr);
@@ -552,7 +575,7 @@ protected:
         scissor(x + 2, y, w - 4, h);
         fillColor(235, 235, 235);
         textAlign(ALIGN_LEFT | ALIGN_MIDDLE);
-        text(x + 6 - shift, y + h / 2, shown.c_str(), nullptr);
+        if (!shown.empty()) text(x + 6 - shift, y + h / 2, shown.c_str(), nullptr);
         if (focused) {
             beginPath();
             rect(x + 6 - shift + caretX, y + 5, 1.5f, h - 10);
@@ -836,6 +859,8 @@ private:
     std::vector<std::pair<std::string, float>> fOptions;
     int fBars = 4, fVariations = 1, fStartBar = 0;
     std::string fLogPath, fLastLog;
+    stemd::UiSnapshot fProbe;       // uiIdle's read, to see whether anything changed
+    std::string fSignature[2];
     // STEMD_UI_FRAMES=<file>: one line per frame: ms from the frame's start to the next idle (snapshot, drawing,
     // NanoVG's flush and the buffer swap), ms to build it (snapshot and drawing calls), takes, scroll
     using Clock = std::chrono::steady_clock;
