@@ -128,7 +128,12 @@ struct RtProbe {  // the real-time probe hook (tests/rt_probe.c); absent in a no
     RtProbe& operator=(const RtProbe&) = delete;
 };
 
-// What run() hands the worker: a MIDI note-on and where the host was when it came.
+// run() reads and writes these without a lock: they must never fall back to one
+static_assert(std::atomic<float>::is_always_lock_free && std::atomic<int64_t>::is_always_lock_free &&
+                  std::atomic<uint64_t>::is_always_lock_free && std::atomic<const void*>::is_always_lock_free,
+              "the audio thread's atomics must be lock-free");
+
+// What run() hands the worker: a MIDI note-on.
 struct NoteCommand {
     uint8_t note;
     uint8_t velocity;
