@@ -149,3 +149,28 @@ def render_guide(notes: list[Note], grid: Grid, start_bar: int, bars: int, sampl
         piece = rendered[key][:, :max(0, n - at)]
         out[:, at:at + piece.shape[1]] += piece
     return out
+
+
+def spec_notes(spec) -> Optional[list[Note]]:
+    """The notes of an engine spec's guide (``extra["chords"]`` or ``extra["guide"]``, checked again against the
+    take), None when it has none."""
+    from stemd.guides.chords import chord_notes
+    from stemd.guides.notes import check_notes, take_quarters
+    from stemd.guides.smf import read_smf
+
+    chords, smf = spec.extra.get("chords"), spec.extra.get("guide")
+    if not chords and smf is None:
+        return None
+    take = take_quarters(spec.grid, spec.start_bar, spec.bars)
+    notes = chord_notes(chords, spec.grid, spec.start_bar, spec.bars) if chords else read_smf(smf)
+    return check_notes(notes, take, "chords" if chords else "guide SMF")
+
+
+def spec_guide_audio(spec, sample_rate: int, seconds: float) -> Optional[np.ndarray]:
+    """The spec's guide rendered at ``sample_rate``, sample 0 the take's first bar line, padded with silence to
+    ``seconds`` (the engine's canvas): float32 ``(2, n)``; None when the spec has no guide."""
+    notes = spec_notes(spec)
+    if notes is None:
+        return None
+    return render_guide(notes, spec.grid, spec.start_bar, spec.bars, sample_rate,
+                        length=int(round(seconds * sample_rate)))

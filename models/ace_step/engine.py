@@ -10,6 +10,11 @@ here (no lyrics). Its tasks map onto request keys, each over the request's audio
 - ``track NAME``: "lego", a NAME part (drums, bass, ...) made to play over the given audio;
 - ``extract NAME``: the NAME stem of the given audio.
 
+With a guide (``chords`` or a ``guide`` SMF, rendered on the take's grid by models/guide_audio.py) the guide's
+audio is the source: alone, a ``cover`` of it (``guide_strength``: ACE-Step's ``audio_cover_strength``, 1 by
+default); with ``track NAME``, the lego task over it, a NAME part that fits the guide (the guide's own audio is
+not in the take).
+
 The turbo checkpoints have guidance distilled in (8 steps, guidance off); ``guidance`` applies to base
 checkpoints, as ACE-Step's adaptive projected guidance.
 """
@@ -36,7 +41,7 @@ def repaint_bars(value: str, bars: int) -> tuple[int, int]:
 
 class AceStepEngine(DiffusionEngine):
     family = "ace-step"
-    accepts = frozenset({"steps", "guidance", "track", "extract", "repaint"})
+    accepts = frozenset({"steps", "guidance", "track", "extract", "repaint", "guide", "chords", "guide_strength"})
 
     def latent_frames(self, pipe) -> LatentFrames:
         return LatentFrames(round(self.sample_rate / pipe.latents_per_second), self.sample_rate, LONGEST_CANVAS)
@@ -72,6 +77,12 @@ class AceStepEngine(DiffusionEngine):
         import torch
 
         canvas = self.canvas_seconds(spec)
+        guide = self.guide_audio(spec, canvas)
+        if guide is not None:
+            return self.follow(spec, guide, canvas, callback)
+        if spec.extra.get("guide_strength") is not None:
+            raise ProtocolError("bad_arguments", "guide_strength is how closely a cover follows its guide: give "
+                                "chords or a guide")
         task, track = self.task(spec)
         args = self.kwargs(spec, callback)
         if task == "text2music":
@@ -95,3 +106,28 @@ class AceStepEngine(DiffusionEngine):
         out = self.pipe(task_type="repaint", src_audio=tail.audio, repainting_start=tail.mask_start, repainting_end=-1,
                         audio_duration=tail.seconds, **args).audios
         return tail.trim(out)
+
+    def follow(self, spec: GenerationSpec, guide, canvas: float, callback):
+        """A take that follows its guide: ``cover`` of the guide's audio, or with ``track NAME`` the lego task over
+        it."""
+        import torch
+
+        asked = [k for k in ("extract", "repaint") if spec.extra.get(k)]
+        if asked:
+            raise ProtocolError("bad_arguments", f"{asked[0]} works on given audio, not on a guide: ask for a cover "
+                                "(no task key) or track NAME with a guide")
+        args = self.kwargs(spec, callback)
+        torch.manual_seed(args["generator"][0].initial_seed())   # the autoencoder samples its latent: seed it too
+        track = spec.extra.get("track")
+        if track:
+            if spec.extra.get("guide_strength") is not None:
+                raise ProtocolError("bad_arguments", "guide_strength is a cover's: track NAME with a guide is the lego "
+                                    "task, which has none")
+            return self.pipe(task_type="lego", track_name=track, src_audio=guide, audio_duration=canvas,
+                             **args).audios
+        if self.pipe.audio_tokenizer is None or self.pipe.audio_token_detokenizer is None:
+            raise ProtocolError("unsupported_key", f"{self.name} has no audio tokenizer, which ACE-Step's cover of a "
+                                "guide needs: give track NAME with the guide (the lego task) instead")
+        strength = spec.extra.get("guide_strength")
+        return self.pipe(task_type="cover", src_audio=guide, audio_duration=canvas,
+                         audio_cover_strength=1.0 if strength is None else float(strength), **args).audios

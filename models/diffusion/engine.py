@@ -155,6 +155,24 @@ class DiffusionEngine(Engine):
             samples = samples[:, :n] if samples.shape[1] >= n else np.pad(samples, ((0, 0), (0, n - samples.shape[1])))
         return torch.from_numpy(np.ascontiguousarray(samples)).to(self.device, self.pipe.vae.dtype)
 
+    def guide_audio(self, spec: GenerationSpec, seconds: float):
+        """The spec's guide (``chords`` or a ``guide`` SMF) rendered on the take's grid at the model's rate
+        (models/guide_audio.py), ``seconds`` long, as the pipeline takes audio: a ``(2, n)`` tensor; None without
+        a guide. A guide is its own source audio: with ``continuation`` too it is refused."""
+        import torch
+
+        from stemd.models.guide_audio import spec_guide_audio
+
+        audio = spec_guide_audio(spec, self.sample_rate, seconds)
+        if audio is None:
+            return None
+        if spec.continuation is not None:
+            from stemd.protocol import ProtocolError
+
+            raise ProtocolError("bad_arguments", "a guide is the audio the take is made from: send it without "
+                                "continuation or continuation_path")
+        return torch.from_numpy(audio).to(self.device, self.pipe.vae.dtype)
+
     def check_keys(self, spec: GenerationSpec) -> None:
         """Refuse what this family does not have (the protocol's typed ``unsupported_key``)."""
         from stemd.protocol import MODEL_KEYS, ProtocolError

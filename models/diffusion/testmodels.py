@@ -62,6 +62,10 @@ ACESTEP_ARCHS = {
                  decoder_channels=4, decoder_input_channels=8, audio_channels=2, sampling_rate=48000),
         text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=8, max_position_embeddings=4096),
+        # the 5 Hz audio tokenizer and its detokenizer: what the cover task hears of its source audio
+        audio_tokens=dict(hidden_size=32, intermediate_size=64, audio_acoustic_hidden_dim=8, pool_window_size=5,
+                          num_attention_pooler_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                          head_dim=8, sliding_window=16),
     ),
     # the released turbo size (the classes' defaults: DiT about 1575M; 48 kHz Oobleck VAE, 1920x)
     "acestep-turbo": dict(
@@ -152,6 +156,12 @@ def build_test_pipeline(arch: str, seed: int = 0):
                     param.normal_(0.0, 0.05)
         if arch in ACESTEP_ARCHS:   # a released checkpoint ships a learned silence latent, not zeros
             pipe.condition_encoder.silence_latent.normal_(0.0, 0.5)
+    if "audio_tokens" in spec:      # made last: the other components' weights stay what they were without them
+        from diffusers.pipelines.ace_step.modeling_ace_step import AceStepAudioTokenDetokenizer, AceStepAudioTokenizer
+
+        tokens = spec["audio_tokens"]
+        pipe.register_modules(audio_tokenizer=AceStepAudioTokenizer(fsq_dim=tokens["hidden_size"], **tokens),
+                              audio_token_detokenizer=AceStepAudioTokenDetokenizer(**tokens))
     return pipe
 
 

@@ -8,6 +8,9 @@ One loaded folder serves three calls, sharing its components:
 - a variation of a take (``StableAudio3AudioToAudioPipeline``): the request's audio noised to
   ``strength`` (0: keep it, 1: ignore it) and denoised again.
 
+With a guide (``chords`` or a ``guide`` SMF, rendered on the take's grid by models/guide_audio.py) the take is
+audio-to-audio from the guide's audio: noised to ``strength`` (0.7 when not given) and denoised with the prompt.
+
 The distilled checkpoints run 8 ping-pong steps with guidance 1 (off); ``steps`` and ``guidance`` are
 passed through for the base checkpoints. Stable Audio 3 has no tempo input: the tempo is in the prompt
 ("97 BPM", as its training captions write it) and the conform room makes it exact.
@@ -32,7 +35,9 @@ def describe(spec: GenerationSpec) -> str:
 
 class StableAudio3Engine(DiffusionEngine):
     family = "stable-audio-3"
-    accepts = frozenset({"steps", "guidance", "strength"})
+    accepts = frozenset({"steps", "guidance", "strength", "guide", "chords"})
+    #: how far a guide is noised when the request gives no strength
+    GUIDE_STRENGTH = 0.7
 
     def __init__(self, pipe, *args, **kwargs):
         super().__init__(pipe, *args, **kwargs)
@@ -66,6 +71,11 @@ class StableAudio3Engine(DiffusionEngine):
     def make(self, spec: GenerationSpec, callback):
         canvas = self.canvas_seconds(spec)
         strength = spec.extra.get("strength")
+        guide = self.guide_audio(spec, canvas)
+        if guide is not None:
+            level = self.GUIDE_STRENGTH if strength is None else float(strength)
+            return self.call("a2a")(duration=canvas, audio=guide[None], init_noise_level=level,
+                                    **self.kwargs(spec, callback)).audios
         if strength is not None:
             if spec.continuation is None:
                 from stemd.protocol import ProtocolError
