@@ -17,6 +17,7 @@
 #include "spsc.hpp"
 #include "take_store.hpp"
 #include "transport.hpp"
+#include "ui_api.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -52,11 +53,11 @@ enum Param : uint32_t {
 };
 
 enum StateKey : uint32_t {
-    kDaemon = 0, kToken, kPrompt, kModel, kTakesDir, kSlots, kTakes, kStatus, kStateCount
+    kDaemon = 0, kToken, kPrompt, kModel, kTakesDir, kSlots, kTakes, kStatus, kKey, kOptions, kStateCount
 };
 
 const char* const kStateKeys[kStateCount] = {
-    "daemon", "token", "prompt", "model", "takes_dir", "slots", "takes", "status"};
+    "daemon", "token", "prompt", "model", "takes_dir", "slots", "takes", "status", "key", "options"};
 
 // MIDI notes 0-11 (octave -1) are reserved for these; every other note may be a slot
 enum ReservedNote : uint8_t {
@@ -141,7 +142,7 @@ struct NoteCommand {
 
 }  // namespace
 
-class StemdPlugin : public Plugin, private stemd::DaemonListener
+class StemdPlugin : public Plugin, private stemd::DaemonListener, public stemd::UiApi
 {
 public:
     StemdPlugin()
@@ -488,6 +489,7 @@ private:
                 chooseVariation(static_cast<int32_t>(variation + 0.5f) - 1, false);
             }
             for (const uint8_t note : notes) onNote(note);
+            uiRunActions();
             writeFinishedTakes();
             lock.lock();
             publishOutputsLocked();
@@ -541,6 +543,10 @@ private:
         request.start_bar = startBar;
         request.sample_rate = static_cast<int32_t>(grid.sampleRate());
         request.channels = 2;
+        {
+            const std::lock_guard<std::mutex> lock(fMutex);
+            uiRequestKeys(request);  // key, steps, guidance, strength, temperature (ui_access.inc)
+        }
 
         TakeRecord take;
         take.id = request.id;
@@ -905,6 +911,7 @@ private:
         const std::lock_guard<std::mutex> lock(fMutex);
         fModels.clear();
         for (const auto& row : rows) fModels += (fModels.empty() ? "" : ", ") + row.name.substr(0, 64);
+        fUiModels = rows;
     }
 
     void setTakeState(const std::string& id, const char* state)
@@ -915,7 +922,11 @@ private:
     }
 
     void onAccepted(const std::string& id) override { setTakeState(id, "accepted"); }
-    void onQueued(const std::string& id, int32_t) override { setTakeState(id, "queued"); }
+    void onQueued(const std::string& id, int32_t ahead) override
+    {
+        setTakeState(id, "queued");
+        uiQueued(id, ahead);
+    }
     void onProgress(const std::string& id, float, int32_t) override { setTakeState(id, "streaming"); }
 
     void onChunk(const std::string& id, int32_t variation, int32_t bar, int64_t startSample, int32_t sampleRate,
@@ -1039,6 +1050,8 @@ private:
 
     stemd::DaemonLink fLink;
     std::thread fWorker;
+
+#include "ui_access.inc"  // the window's read-only view and its actions (ui_api.hpp)
 
     DISTRHO_DECLARE_NON_COPYABLE_WITH_LEAK_DETECTOR(StemdPlugin)
 };
