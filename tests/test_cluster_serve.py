@@ -145,6 +145,28 @@ def test_a_cancel_stops_the_replica_within_one_bar(front):
     assert 2 <= made <= 3       # the replica stopped inside the bar it was making: at most that bar more
 
 
+def test_a_live_request_queued_behind_offline_work_runs_first(front):
+    offline = TcpClient(front.port, timeout=60)
+    for rid in ("off-a", "off-b", "off-c"):      # two replicas busy, one more waiting
+        offline.send(*request(rid, "3/4", 4, 31), "priority", "offline")
+    seen = offline.until("/stemd/chunk", timeout=120)
+    live = TcpClient(front.port, timeout=60)
+    live.send(*request("now", "7/8", 2, 32))
+    got = live.until("/stemd/done", "now", timeout=120)
+    assert [c.bar_index for c in chunks(got)] == [0, 1]
+    for rid in ("off-a", "off-b", "off-c"):
+        if not any(m.address == "/stemd/done" and m.args[:1] == (rid,) for m in seen):
+            seen += offline.until("/stemd/done", rid, timeout=120)
+    live.close()
+    offline.close()
+    log = front.log
+    starts = {rid: log.index(f"request {rid} from tcp") for rid in ("now", "off-c")}   # its first "runs on" line
+    assert starts["now"] < starts["off-c"]            # the live request went ahead of the offline one queued
+    assert re.search(r"request off-[ab] from .*: preempted by a live request after \d bars", log)
+    for rid in ("off-a", "off-b", "off-c"):             # the preempted take resumed: every bar once, in order
+        assert [c.bar_index for c in chunks(seen) if c.request_id == rid] == [0, 1, 2, 3], rid
+
+
 def test_a_node_lost_mid_take_the_take_completes_elsewhere_every_bar_once(front, local, cluster):
     c, nodes = cluster
     client = TcpClient(front.port, timeout=60)

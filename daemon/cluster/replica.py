@@ -34,7 +34,16 @@ def say(line: str) -> None:
 
 class StemdReplica:
     def __init__(self, entries: list, memory_budget: Optional[float], pace: float):
+        import logging
+
         import ray
+
+        # the pool's own lines (loaded, evicted) on stderr, which Ray forwards to the front door's log
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("stemd replica: %(levelname)s %(message)s"))
+        for name in ("stemd.models", "stemd.daemon"):
+            logging.getLogger(name).addHandler(handler)
+            logging.getLogger(name).setLevel(logging.INFO)
 
         from stemd.models.pool import ModelPool, default_budget, device_type, resolve_devices
 
