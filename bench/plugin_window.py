@@ -144,7 +144,9 @@ def main() -> int:
 
         gl = subprocess.run(["sh", "-c", "glxinfo -B 2>/dev/null | grep -i 'renderer string'"], env=env,
                             capture_output=True, text=True).stdout.strip()
-        print(f"renderer: {gl or 'unknown (glxinfo missing)'}; window 980x640 at scale 1")
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"renderer: {gl or 'unknown (glxinfo missing)'}; window 980x640 at scale 1; "
+              f"{os.cpu_count()} CPUs, load average {load}")
         print(f"idle with {args.takes} takes: median frame {statistics.median(r[0] for r in idle):.2f} ms")
         print(f"scrolling {args.takes} takes ({len(rows)} frames, {len(scrolled)} scroll positions, "
               f"max scroll {max(scrolled):.0f} px):")
