@@ -11,16 +11,19 @@ accepted): the window's own read of the plugin's take list through direct access
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from plugin_hosts import jack_ports, plugin_build  # noqa: F401 (fixture)
+from plugin_hosts import ROOT, plugin_build  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(p) for p in ("Xvfb", "xdotool", "import", "jackd")),
@@ -36,6 +39,17 @@ NEXT = (539, 549)
 PREVIOUS = (389, 549)
 ACCEPT = (679, 549)
 EMPTY = (180, 500)       # the request panel below its buttons: nothing there
+
+CLIPBOARD_OWNER = """
+import sys, tkinter
+root = tkinter.Tk()
+root.withdraw()
+root.clipboard_clear()
+root.clipboard_append(sys.argv[1])
+root.update()
+print("ready", flush=True)
+root.mainloop()
+"""
 
 
 class Xvfb:
@@ -187,6 +201,20 @@ def test_window_types_a_prompt_generates_picks_and_accepts(plugin_build, jack, s
         win.type("zz ")
         time.sleep(0.5)
         assert "prompt=dusty lo-fi drums " in log.read_text().splitlines()[-1] + " ", "keys reached the prompt box"
+        # paste: Ctrl+V in the prompt box takes the X11 clipboard (held here by a Tk window of the test's)
+        if importlib.util.find_spec("tkinter") is None:
+            pytest.skip("no tkinter to hold the X11 clipboard: everything before the paste passed")
+        clip = subprocess.Popen([sys.executable, "-c", CLIPBOARD_OWNER, " with brushes"], env=xvfb.env,
+                                stdout=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            assert clip.stdout.readline().strip() == "ready"
+            win.click(PROMPT)
+            win.xdo("key", "End")
+            win.xdo("key", "ctrl+v")
+            wait_log(log, lambda l: "prompt=dusty lo-fi drums with brushes" in l.split(" | ")[0], "the pasted text", 10)
+        finally:
+            clip.kill()
+            clip.wait(10)
         assert app.poll() is None, "the JACK app exited"
     finally:
         if os.environ.get("STEMD_WINDOW_SHOTS"):
@@ -200,3 +228,43 @@ def test_window_types_a_prompt_generates_picks_and_accepts(plugin_build, jack, s
         except subprocess.TimeoutExpired:
             app.kill()
         xvfb.stop()
+
+
+ASAN_FLAGS = "-fsanitize=address -fno-omit-frame-pointer -g -O1"
+
+
+def build_asan_lv2() -> Path:
+    """The LV2 (plugin and window in one binary) with AddressSanitizer, DGL included, into build/plugin-asan."""
+    out = ROOT / "build" / "plugin-asan"
+    env = {**os.environ, "CXXFLAGS": ASAN_FLAGS, "CFLAGS": ASAN_FLAGS, "LDFLAGS": "-fsanitize=address"}
+    done = subprocess.run(["make", "-C", str(ROOT / "plugin_host" / "plugin"), f"PLUGIN_OUT={out}", "lv2", "-j2"],
+                          env=env, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out / "stemd.lv2"
+
+
+@pytest.mark.skipif(not (Path("/usr/include/lv2/ui/ui.h").exists() and Path("/usr/include/X11/Xlib.h").exists()
+                         and shutil.which("c++") and Path("/usr/share/dpf/Makefile.plugins.mk").exists()),
+                    reason="needs the LV2 and X11 headers, a C++ compiler and DPF")
+def test_window_opened_and_closed_50_times_in_a_running_host_under_asan(tmp_path):
+    bundle = build_asan_lv2()
+    host = tmp_path / "plugin_window_cycle"
+    built = subprocess.run(["c++", "-std=c++17", *ASAN_FLAGS.split(), str(ROOT / "tests" / "plugin_window_cycle.cpp"),
+                            "-o", str(host), "-ldl", "-lpthread", "-lX11"], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    xvfb = Xvfb(tmp_path)
+    try:
+        # a small quarantine, so that freed memory is given back and the host's growth is what stays
+        env = {**xvfb.env, "STEMD_DAEMON": "127.0.0.1:9", "STEMD_TAKES_DIR": str(tmp_path / "takes"),
+               "ASAN_OPTIONS": "detect_leaks=0:quarantine_size_mb=16:abort_on_error=0", "LIBGL_ALWAYS_SOFTWARE": "1"}
+        run = subprocess.run([str(host), str(bundle), "50"], env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        xvfb.stop()
+    report = run.stdout + run.stderr
+    assert "AddressSanitizer" not in report, report[-4000:]
+    assert run.returncode == 0, report[-4000:]
+    rss = {int(m[0]): int(m[1]) for m in re.findall(r"cycle (\d+) rss_kib (\d+)", run.stdout)}
+    assert sorted(rss) == list(range(1, 51)), run.stdout
+    growth = rss[50] - rss[5]
+    print(f"host RSS after cycle 5: {rss[5]} KiB, after cycle 50: {rss[50]} KiB (+{growth} KiB)")
+    assert growth < 16 * 1024, f"the host grew by {growth} KiB over 45 openings of the window"
