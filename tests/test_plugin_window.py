@@ -81,6 +81,7 @@ class Window:
         self.env, self.shots, self.count = env, shots, 0
         out = subprocess.run(["xdotool", "search", "--sync", "--onlyvisible", "--name", "^stemd"], env=env,
                              capture_output=True, text=True, timeout=60)
+        assert out.stdout.split(), "no stemd window appeared (is build/plugin/stemd a build with the window?)"
         self.id = out.stdout.split()[0]
         self.xdo("windowmove", self.id, "0", "0")
 
