@@ -126,8 +126,20 @@ def takes_of(line: str) -> list[str]:
     return [part.strip() for part in line.split(" | ")[1:]]
 
 
-def test_window_types_a_prompt_generates_picks_and_accepts(plugin_build, jack, start_daemon, tmp_path):
-    daemon = start_daemon("--pace", "1.5")  # at least 1.5 s a bar: the window can be seen streaming
+@pytest.fixture(params=["click", "musicgen-test-model"])
+def window_daemon(request, start_daemon):
+    """``stemd serve`` paced to at least 1.5 s a bar (the window can be seen streaming): the click engine, or
+    a random-weight MusicGen test model (the family's own keys, temperature and guidance, then show)."""
+    if request.param == "click":
+        return start_daemon("--pace", "1.5"), "click"
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed: no MusicGen test model")
+    tiny = request.getfixturevalue("tiny")
+    return start_daemon("--device", "cpu", "--pace", "1.5", model=str(tiny)), "musicgen"
+
+
+def test_window_types_a_prompt_generates_picks_and_accepts(plugin_build, jack, window_daemon, tmp_path):
+    daemon, family = window_daemon
     shots = tmp_path / "shots"
     shots.mkdir()
     takes_dir = tmp_path / "plugin-takes"
@@ -151,7 +163,12 @@ def test_window_types_a_prompt_generates_picks_and_accepts(plugin_build, jack, s
             win.click(BARS_DOWN)       # 4 -> 2 bars
         win.click(VARIATIONS_UP)       # 1 -> 2 variations
         win.shot("typed")
-        win.click(GENERATE)
+        if family == "click":
+            win.click(GENERATE)
+        else:  # the family's own keys move the Generate button down: Enter in the prompt box generates too
+            wait_log(log, lambda l: True, "a frame", 5)
+            win.click(PROMPT)
+            win.xdo("key", "Return")
         first = wait_log(log, lambda l: len(takes_of(l)) == 1, "a take in the list", 20)
         assert "dusty lo-fi drums" in first and "v1/2" in first, first
         win.shot("requested")
