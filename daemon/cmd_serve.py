@@ -73,6 +73,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "docs/cluster.md; needs pip install 'stemd[cluster]')")
     p.add_argument("--ray-replicas", type=int, default=None, metavar="N",
                    help="--ray: worker replicas (default: one per GPU of the cluster, or 1 without GPUs)")
+    p.add_argument("--ray-app", default="stemd", metavar="NAME",
+                   help="--ray: the Serve application that holds the replicas (default stemd; a front door that "
+                        "starts replaces its application's replicas: give each front door of one cluster its own)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--map", default=None,
                    help="a MIDI controller map: a controller on this machine drives the daemon directly, takes go "
@@ -203,7 +206,7 @@ def cluster_service(args: argparse.Namespace, pool, settings):
     except ImportError as e:
         raise CommandError(f"--ray needs Ray Serve: pip install 'stemd[cluster]' ({e})") from None
     try:
-        cluster = Cluster(args.ray, model_entries(args), replicas=args.ray_replicas,
+        cluster = Cluster(args.ray, model_entries(args), replicas=args.ray_replicas, app=args.ray_app,
                           memory_budget=args.memory_budget, pace=args.pace)
     except ClusterError as e:
         raise CommandError(str(e)) from None

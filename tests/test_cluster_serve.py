@@ -46,7 +46,7 @@ def front(cluster, tmp_path_factory):
     c, _ = cluster
     d = SlowStart(tmp_path_factory.mktemp("front"), "--ray", c.address, "--pace", str(PACE))
     try:
-        d.wait_log("2 replicas of stemd-worker ready", timeout=5)
+        d.wait_log("2 replicas of stemd-worker (application stemd) ready", timeout=5)
         yield d
     finally:
         d.stop()
@@ -165,6 +165,35 @@ def test_a_live_request_queued_behind_offline_work_runs_first(front):
     assert re.search(r"request off-[ab] from .*: preempted by a live request after \d bars", log)
     for rid in ("off-a", "off-b", "off-c"):             # the preempted take resumed: every bar once, in order
         assert [c.bar_index for c in chunks(seen) if c.request_id == rid] == [0, 1, 2, 3], rid
+
+
+def test_two_models_on_a_replica_whose_budget_holds_one_the_second_evicts_the_first(cluster, front, tiny,
+                                                                                     tiny_stereo, tmp_path):
+    from stemd.models.backend_plan import planned_dtype
+    from stemd.models.memory import footprint
+    from stemd.models.pool import locate
+
+    c, _ = cluster
+    c.add_node(num_cpus=2, num_gpus=1)             # a third box for this front door's own replica
+    c.wait_for_nodes()
+    # the budget: either model with a 1-bar request fits, both together do not (as in test_daemon_models.py)
+    prints = [footprint(*locate(str(m)), planned_dtype("musicgen", "cpu", None)) for m in (tiny, tiny_stereo)]
+    need = max(int(fp.weights * 1.1) + fp.request(float(Grid(Tempo(97)).bar_seconds(0)), 1) for fp in prints)
+    budget = need + min(fp.weights for fp in prints) // 2
+    d = SlowStart(tmp_path, "--ray", c.address, "--ray-app", "stemd-evict", "--ray-replicas", "1",
+                  "--model", f"stereo={tiny_stereo}", "--memory-budget", f"{budget / 2 ** 30:.9f}", "--backend",
+                  "eager", model=f"mono={tiny}")
+    try:
+        client = TcpClient(d.port, timeout=60)
+        for rid, model in (("m0", "mono"), ("s0", "stereo")):
+            client.send("/stemd/generate", rid, "bars", 1, "bpm", 97, "meter", "3/4", "model", model, "seed", 1)
+            assert any(m.address == "/stemd/chunk" for m in client.until("/stemd/done", rid, timeout=120))
+        client.close()
+        log = d.wait_log("evicted model mono from cpu", timeout=30)
+    finally:
+        d.stop()
+    assert "stemd replica: INFO loaded model stereo" in log and "(least recently used" in log
+    assert log.count("runs on replica") == 2 and len(set(re.findall(r"runs on (replica \w+)", log))) == 1
 
 
 def test_a_node_lost_mid_take_the_take_completes_elsewhere_every_bar_once(front, local, cluster):

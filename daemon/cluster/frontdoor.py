@@ -56,7 +56,7 @@ class Cluster:
     """The connection to the cluster and the deployment's handle."""
 
     def __init__(self, address: str, entries: list, *, replicas: Optional[int], memory_budget: Optional[float],
-                 pace: float):
+                 pace: float, app: str = APP):
         import ray
         from ray import serve
 
@@ -75,21 +75,23 @@ class Cluster:
         if gpus and self.replicas > gpus:
             raise ClusterError(f"--ray-replicas {self.replicas}: the cluster has {gpus} GPUs (one per replica)")
         serve.start(proxy_location="Disabled")
-        app = deployment(self.replicas, bool(gpus)).bind(entries, memory_budget, pace)
+        deployed, name = deployment(self.replicas, bool(gpus)).bind(entries, memory_budget, pace), app
         started = time.monotonic()
-        self.handle = serve.run(app, name=APP, route_prefix=None)
+        self.app = name
+        self.handle = serve.run(deployed, name=name, route_prefix=None)
         self.stream = self.handle.options(method_name="generate", stream=True)
         nodes = [n for n in ray.nodes() if n.get("Alive")]
-        log.info("Ray cluster at %s: %d nodes (%s), %d GPUs; %d replicas of stemd-worker ready in %.1f s (%s)",
+        log.info("Ray cluster at %s: %d nodes (%s), %d GPUs; %d replicas of stemd-worker (application %s) ready "
+                 "in %.1f s (%s)",
                  address, len(nodes), ", ".join(f"{n['NodeManagerAddress']} {n['NodeID'][:12]}" for n in nodes),
-                 gpus, self.replicas, time.monotonic() - started,
+                 gpus, self.replicas, name, time.monotonic() - started,
                  "a whole GPU each" if gpus else "no GPUs: one CPU each")
 
     def close(self) -> None:
         from ray import serve
 
         try:
-            serve.delete(APP)
+            serve.delete(self.app)
         except Exception as e:
             log.warning("removing the stemd-worker deployment failed: %s", e)
 
