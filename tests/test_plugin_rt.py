@@ -7,18 +7,23 @@ system call made through libc, and writes the counts when the process exits. Whi
 from a real ``stemd serve`` (paced, so bars keep arriving while the transport rolls over them) and
 plays, the counts must be zero, over thousands of run() calls.
 
+The same runs for the JACK standalone (DPF's own JACK host), a take asked for by MIDI note 6.
+
 The first test shows the probe sees such calls: a small program that allocates, locks and writes
 between the two calls is counted, call by call.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import time
 
+import pytest
 
-from plugin_hosts import (Jalv, Timebase, build_jack_timebase, build_rt_probe, compile_c, needs_cc, needs_jalv,
-                          plugin_build, read_rt_probe)  # noqa: F401 (fixture)
+
+from plugin_hosts import (NOTE_GENERATE, JackApp, Jalv, Timebase, build_jack_timebase, build_rt_probe, compile_c,
+                          needs_cc, needs_jalv, plugin_build, read_rt_probe)  # noqa: F401 (fixture)
 from stemd.timing import Meter
 
 pytestmark = needs_cc
@@ -105,5 +110,36 @@ def test_the_lv2_run_makes_no_allocation_lock_or_system_call_while_a_take_stream
     assert len(lines) == 1, f"the probe reported {read_rt_probe(report)}: did run() call stemd_rt_probe?"
     counts = lines[0]
     assert counts["entries"] > 1000, counts    # run() calls of 256 frames over ~13 s at 48 kHz: ~2400
+    assert {k: counts[k] for k in ("alloc", "free", "lock", "syscall", "futex")} == \
+        dict(alloc=0, free=0, lock=0, syscall=0, futex=0), counts
+
+
+@pytest.mark.skipif(importlib.util.find_spec("rtmidi") is None,
+                    reason="python-rtmidi (MIDI to the JACK app) is not installed")
+def test_the_jack_app_run_makes_no_allocation_lock_or_system_call_while_a_take_streams_in_and_plays(
+        jack, tmp_path, start_daemon, plugin_build):
+    probe = build_rt_probe(tmp_path)
+    report = tmp_path / "rt.jsonl"
+    daemon = start_daemon("--pace", "1")       # 4 bars from note 6, one a second, while the transport plays
+    timebase = Timebase(jack, build_jack_timebase(tmp_path), 97, Meter(3, 4))
+    app = JackApp(jack, plugin_build, tmp_path, env={"STEMD_DAEMON": f"127.0.0.1:{daemon.port}",
+                                                     "STEMD_TAKES_DIR": str(tmp_path / "plugin-takes"),
+                                                     "LD_PRELOAD": str(probe), "STEMD_RT_PROBE_OUT": str(report)})
+    deadline = time.monotonic() + 20
+    while "connected (osc1.0" not in daemon.log and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "connected (osc1.0" in daemon.log, f"the JACK app did not connect:\n{app.log.read_text()[-2000:]}"
+    timebase.tell("locate 0")
+    timebase.tell("play")
+    timebase.roll_to(48000 // 4)
+    app.note(NOTE_GENERATE)                    # 4 bars from bar 2
+    daemon.wait_log("-> done", timeout=30)
+    time.sleep(2.0)                            # the last bars play (bar 6 ends 9.3 s in)
+    timebase.tell("stop")
+    jack.stop(app.proc)                        # SIGTERM: the app closes and exits, the probe reports
+    lines = [line for line in read_rt_probe(report) if line["entries"]]
+    assert len(lines) == 1, f"the probe reported {read_rt_probe(report)}: did run() call stemd_rt_probe?"
+    counts = lines[0]
+    assert counts["entries"] > 1000, counts
     assert {k: counts[k] for k in ("alloc", "free", "lock", "syscall", "futex")} == \
         dict(alloc=0, free=0, lock=0, syscall=0, futex=0), counts
