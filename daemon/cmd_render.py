@@ -40,6 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "Stable Audio 3 and ACE-Step turbo); <= 1 turns it off")
     p.add_argument("--steps", type=int, default=None, help="denoising steps of a diffusion model (default: its own, 8)")
     p.add_argument("--key", default=None, help="musical key for the prompt, e.g. 'A minor'")
+    p.add_argument("--chords", default=None, help='a guide: chord symbols per bar, "Am7 | F | C/E . G | G7sus4" '
+                   "(docs/guides.md)")
+    p.add_argument("--guide", default=None, metavar="MID", help="a guide: a Standard MIDI File, read in beats from the "
+                   "take's first bar line; kept beside each take")
+    p.add_argument("--guide-strength", type=float, default=None,
+                   help="ACE-Step: how closely a cover follows its guide, 0..1 (default 1)")
     p.add_argument("--loop", action="store_true", default=None, help="make the take loop seamlessly")
     p.add_argument("--format", default=None,
                    help="float32, pcm24, pcm16, flac or flac16: WAV float32 (default), 24- or 16-bit WAV, FLAC 24-bit (flac) or 16-bit")
@@ -73,6 +79,7 @@ def job_from_args(args: argparse.Namespace):
              "meter": args.meter, "start_bar": args.start_bar, "sample_rate": args.sample_rate,
              "channels": args.channels, "temperature": args.temperature, "top_k": args.top_k,
              "top_p": args.top_p, "guidance": args.guidance, "steps": args.steps, "key": args.key, "loop": args.loop,
+             "chords": args.chords, "guide": args.guide, "guide_strength": args.guide_strength,
              "format": args.format, "lufs": args.lufs, "stems_model": args.stems_model, "device": args.device,
              "dtype": args.dtype, "backend": args.backend, "out": args.out}
     if args.bars is not None:

@@ -289,8 +289,12 @@ class GenerateRequest:
         d = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("continuation", "guide"):
+            if f.name == "continuation":
                 value = None if value is None else f"<{len(value)} bytes>"
+            elif f.name == "guide" and value is not None:
+                import hashlib
+
+                value = f"<SMF of {len(value)} bytes, sha256 {hashlib.sha256(value).hexdigest()}>"
             elif isinstance(value, Tempo):
                 value = float(value.bpm)
             elif isinstance(value, Meter):

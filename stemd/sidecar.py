@@ -36,7 +36,8 @@ def take_sidecar(request: GenerateRequest, variation: int, engine_info: dict, mo
     """One take's sidecar: when it was made; which model made it (the daemon's name for it, its family,
     its engine's info, licence card, whether its licence allows commercial use, its weights' hash); the
     music (prompt, stem, seed, variation, tempo, meter, bars, the start bar, every request parameter);
-    and the take's file (name, rate, channels, frames, format). ``engine_info``: ``Engine.info()``. ``conform``:
+    and the take's file (name, rate, channels, frames, format); its guide, when it had one (``guide``: the
+    chords text, or the SMF's SHA-256, and a writer that keeps the SMF beside the take adds its ``file``). ``engine_info``: ``Engine.info()``. ``conform``:
     how conform placed this variation on the grid (``BarChunk.conform``), for takes that were conformed."""
     model = engine_info.get("model", "")
     bpm = request.bpm.bpm
@@ -56,6 +57,14 @@ def take_sidecar(request: GenerateRequest, variation: int, engine_info: dict, mo
         meta["note"] = "made by a test model with random weights: noise, not music"
     if conform:
         meta["conform"] = dict(conform)
+    if request.chords:
+        meta["guide"] = {"chords": request.chords}
+    elif request.guide is not None:
+        import hashlib
+
+        meta["guide"] = {"smf_sha256": hashlib.sha256(request.guide).hexdigest(), "smf_bytes": len(request.guide)}
+    if request.guide_strength is not None:
+        meta.setdefault("guide", {})["guide_strength"] = request.guide_strength
     return meta
 
 

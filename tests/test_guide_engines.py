@@ -155,3 +155,51 @@ def test_a_guide_with_given_audio_or_another_task_is_refused(engines):
         engines[SA3].raw(s)
     with pytest.raises(ProtocolError, match="extract works on given audio"):
         engines[ACE].raw(spec(chords=CHORDS, extract="drums"))
+
+
+# --- stemd render with a guide ---------------------------------------------------------------------------
+
+def render(folder, out, *extra):
+    done = subprocess.run(STEMD + ["render", "--model", str(folder), "--bars", "4", "--bpm", "97", "--meter", "3/4",
+                                   "--variations", "2", "--seed", "3", "--out", str(out), "--no-contact-sheet",
+                                   *extra], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return sorted(out.glob("*.wav"))
+
+
+@pytest.mark.timeout(1200)
+def test_render_with_chords_makes_exact_bars_with_the_chords_in_each_sidecar_reproducibly(pipelines, tmp_path):
+    import json
+
+    import soundfile
+
+    first = render(pipelines[ACE], tmp_path / "a", "--chords", "Am | F | C | G")
+    again = render(pipelines[ACE], tmp_path / "b", "--chords", "Am | F | C | G")
+    assert len(first) == 2
+    for a, b in zip(first, again):
+        audio, rate = soundfile.read(a, dtype="float32", always_2d=True)
+        assert rate == 48000 and audio.shape == (Grid(97, "3/4").span_samples(0, 4, 48000), 2)   # exact 4 bars
+        meta = json.loads(a.with_suffix(".json").read_text())
+        assert meta["guide"] == {"chords": "Am | F | C | G"} and meta["request"]["chords"] == "Am | F | C | G"
+        assert a.read_bytes() == b.read_bytes()                 # the same seed twice: the same files
+
+
+@pytest.mark.timeout(1200)
+def test_render_with_a_midi_guide_keeps_it_beside_each_take_and_refuses_a_bad_one(pipelines, tmp_path):
+    import hashlib
+    import json
+
+    from stemd.guides import Note
+    from stemd.guides.smf import write_smf
+
+    smf = tmp_path / "part.mid"
+    smf.write_bytes(write_smf([Note(q, 1, 40 + q) for q in range(12)]))
+    takes = render(pipelines[ACE], tmp_path / "out", "--guide", str(smf), "--variations", "1")
+    meta = json.loads(takes[0].with_suffix(".json").read_text())
+    kept = takes[0].with_suffix(".mid")
+    assert meta["guide"]["file"] == kept.name and kept.read_bytes() == smf.read_bytes()
+    assert meta["guide"]["smf_sha256"] == hashlib.sha256(smf.read_bytes()).hexdigest()
+    done = subprocess.run(STEMD + ["render", "--model", str(pipelines[ACE]), "--bars", "4", "--meter", "3/4",
+                                   "--chords", "Am | Hm | C", "--out", str(tmp_path / "bad")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "unknown chord symbol 'Hm' in bar 2" in done.stderr

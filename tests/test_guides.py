@@ -131,7 +131,7 @@ def test_guide_keys_come_over_osc_and_only_the_families_that_follow_guides_take_
     r = GenerateRequest.from_args(("g2", "chords", "Am | F", "guide_strength", 0.5, "bars", 2))
     assert r.chords == "Am | F" and r.guide_strength == 0.5
     g = GenerateRequest.from_args(("g3", "guide", smf_bytes([(0, 10, 60)])))
-    assert g.describe()["guide"].endswith("bytes>")
+    assert g.describe()["guide"].startswith("<SMF of ")
     for family in ("ace-step", "stable-audio-3"):
         check_keys(r if family == "ace-step" else GenerateRequest("g4", chords="Am"), family, "m")
         check_keys(g, family, "m")
@@ -142,3 +142,20 @@ def test_guide_keys_come_over_osc_and_only_the_families_that_follow_guides_take_
     with pytest.raises(ProtocolError) as e:
         check_keys(r, "stable-audio-3", "m")           # guide_strength is ACE-Step's cover strength
     assert e.value.code == "unsupported_key" and "guide_strength" in e.value.message
+
+
+def test_a_takes_sidecar_holds_its_guide_so_it_can_be_made_again():
+    import hashlib
+
+    from stemd.sidecar import encode, take_sidecar
+
+    info = {"model": "m", "family": "ace-step"}
+    kw = dict(file="t.wav", sample_rate=48000, channels=2, frames=10, format="float32")
+    meta = take_sidecar(request(chords="Am | F", guide_strength=0.4), 0, info, **kw)
+    assert meta["guide"] == {"chords": "Am | F", "guide_strength": 0.4}
+    data = smf_bytes([(0, 100, 60)])
+    meta = take_sidecar(request(guide=data), 0, info, **kw)
+    assert meta["guide"] == {"smf_sha256": hashlib.sha256(data).hexdigest(), "smf_bytes": len(data)}
+    assert hashlib.sha256(data).hexdigest() in meta["request"]["guide"]
+    encode(meta)                                  # JSON-ready, within the sidecar's size
+    assert "guide" not in take_sidecar(request(), 0, info, **kw)

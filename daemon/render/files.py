@@ -17,10 +17,11 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
-from stemd.takes import remove_leftovers, wav_bytes, write_take_file
+from stemd.takes import atomic_write, inside, remove_leftovers, wav_bytes, write_take_file
 
 
 def audio_bytes(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes:
@@ -45,6 +46,7 @@ class TakeFiles:
     audio: bytes
     sidecar: dict
     stems: dict = field(default_factory=dict)  # stem name -> file bytes
+    guide: Optional[bytes] = None              # the guide SMF, kept beside the take as NAME.mid
 
     @property
     def file(self) -> str:
@@ -57,6 +59,8 @@ class TakeFiles:
 def write_take_files(folder: Path, take: TakeFiles) -> Path:
     """Stems, then sidecar, then audio (the audio's final name is what makes the take finished)."""
     stems = {stem: (take.stem_file(stem), data) for stem, data in take.stems.items()}
+    if take.guide is not None:
+        atomic_write(inside(Path(folder), f"{take.name}.mid"), take.guide)
     return write_take_file(folder, take.file, take.audio, take.sidecar, stems or None)
 
 

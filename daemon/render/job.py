@@ -62,6 +62,9 @@ class RenderJob:
     guidance: Optional[float] = None     # None: the model's own (MusicGen 3; distilled diffusion models 1)
     steps: Optional[int] = None          # diffusion models' denoising steps (None: the model's own)
     key: str = ""
+    chords: str = ""                     # a guide: chord symbols per bar (stemd.guides.chords)
+    guide: str = ""                      # a guide: a Standard MIDI File's path
+    guide_strength: Optional[float] = None
     loop: bool = False
     format: str = "float32"
     lufs: Optional[float] = None
@@ -94,16 +97,30 @@ class RenderJob:
         except (TimingError, ProtocolError) as e:
             raise JobError(str(e)) from None
         prompt_labels = _prompt_labels(self.prompts)
+        guide = {}
+        if self.chords:
+            guide["chords"] = self.chords
+        if self.guide:
+            try:
+                guide["guide"] = Path(self.guide).expanduser().read_bytes()
+            except OSError as e:
+                raise JobError(f"guide {self.guide}: {e.strerror or e}") from None
+        if self.guide_strength is not None:
+            guide["guide_strength"] = self.guide_strength
         sampling = {k: v for k in ("temperature", "top_k", "top_p", "guidance") if (v := getattr(self, k)) is not None}
         out = []
         for model in self.models:
             for prompt in self.prompts:
                 for bars in self.bars:
                     for seed in self.seeds:
-                        request = GenerateRequest(
-                            "render", prompt=prompt, bars=bars, bpm=bpm, meter=meter, start_bar=self.start_bar,
-                            sample_rate=self.sample_rate, channels=self.channels, variations=self.variations,
-                            seed=seed, steps=self.steps, key=self.key, loop=self.loop, priority="offline", **sampling)
+                        try:
+                            request = GenerateRequest(
+                                "render", prompt=prompt, bars=bars, bpm=bpm, meter=meter, start_bar=self.start_bar,
+                                sample_rate=self.sample_rate, channels=self.channels, variations=self.variations,
+                                seed=seed, steps=self.steps, key=self.key, loop=self.loop, priority="offline",
+                                **sampling, **guide)
+                        except ProtocolError as e:
+                            raise JobError(f"{e.code}: {e.message}") from None
                         out.append(Batch(model, prompt_labels[prompt], request, self))
         names = [t.name for b in out for t in b.takes]
         if len(set(names)) != len(names):

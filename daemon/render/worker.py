@@ -73,7 +73,9 @@ class BatchRenderer:
                 separated = self.separator().separate(mix, request.sample_rate)
                 stems = {name: audio_bytes(separated[name], request.sample_rate, job.format) for name in job.stems}
                 render["stems_model"] = job.stems_model
+            if request.guide is not None:       # the guide SMF is kept beside the take
+                meta["guide"]["file"] = f"{take.name}.mid"
             out.append(TakeFiles(take.name, take.extension, audio_bytes(mix, request.sample_rate, job.format),
-                                 meta, stems))
+                                 meta, stems, guide=request.guide))
         return out
 
