@@ -34,6 +34,7 @@ pytestmark = pytest.mark.skipif(
 PROMPT = (100, 105)
 BARS_DOWN = (115, 208)
 VARIATIONS_UP = (341, 238)
+KEY = (220, 298)
 GENERATE = (110, 337)
 NEXT = (539, 549)
 PREVIOUS = (389, 549)
@@ -162,6 +163,8 @@ def test_window_types_a_prompt_generates_picks_and_accepts(plugin_build, jack, w
         for _ in range(2):
             win.click(BARS_DOWN)       # 4 -> 2 bars
         win.click(VARIATIONS_UP)       # 1 -> 2 variations
+        win.click(KEY)
+        win.type("A minor")
         win.shot("typed")
         if family == "click":
             win.click(GENERATE)
@@ -192,6 +195,8 @@ def test_window_types_a_prompt_generates_picks_and_accepts(plugin_build, jack, w
         wavs = written()
         assert len(wavs) == 2, wavs
         assert all(p.with_suffix(".json").exists() for p in wavs)
+        made = json.loads(wavs[0].with_suffix(".json").read_text())
+        assert made["request"]["key"] == "A minor", made["request"]  # the key box reached the daemon
 
         win.click(NEXT)
         wait_log(log, lambda l: takes_of(l) and " v2/2" in takes_of(l)[0], "variation 2 chosen", 10)
