@@ -35,6 +35,7 @@ PROMPT = (100, 105)
 BARS_DOWN = (115, 208)
 VARIATIONS_UP = (341, 238)
 KEY = (220, 298)
+FIRST_OPTION_UP = (341, 328)  # the "+" of the chosen family's first own key (MusicGen: temperature)
 GENERATE = (110, 337)
 NEXT = (539, 549)
 PREVIOUS = (389, 549)
@@ -165,6 +166,9 @@ def test_window_types_a_prompt_generates_picks_and_accepts(plugin_build, jack, w
         win.click(VARIATIONS_UP)       # 1 -> 2 variations
         win.click(KEY)
         win.type("A minor")
+        if family == "musicgen":
+            for _ in range(2):
+                win.click(FIRST_OPTION_UP)  # MusicGen's temperature: set (1.00), then 1.05
         win.shot("typed")
         if family == "click":
             win.click(GENERATE)
@@ -197,6 +201,8 @@ def test_window_types_a_prompt_generates_picks_and_accepts(plugin_build, jack, w
         assert all(p.with_suffix(".json").exists() for p in wavs)
         made = json.loads(wavs[0].with_suffix(".json").read_text())
         assert made["request"]["key"] == "A minor", made["request"]  # the key box reached the daemon
+        if family == "musicgen":
+            assert abs(made["request"]["temperature"] - 1.05) < 1e-3, made["request"]
 
         win.click(NEXT)
         wait_log(log, lambda l: takes_of(l) and " v2/2" in takes_of(l)[0], "variation 2 chosen", 10)
