@@ -139,7 +139,8 @@ def main() -> int:
     ms = lambda s: f"{s * 1000:.1f} ms"  # noqa: E731
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     print()
-    print("| model | first bar, 1-bar takes (median): cluster / local | per bar: cluster / local | cluster adds per bar |")
+    print("| model | first bar, 1-bar takes (median): cluster / local | per bar: cluster / local "
+          "| cluster adds per bar |")
     print("|---|---|---|---|")
     for r in results:
         print(f"| {r['label']} | {ms(r['first_cluster'])} / {ms(r['first_local'])} ({r['runs']} runs each) | "

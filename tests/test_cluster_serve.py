@@ -44,7 +44,8 @@ def cluster():
 @pytest.fixture(scope="module")
 def front(cluster, tmp_path_factory):
     c, _ = cluster
-    d = SlowStart(tmp_path_factory.mktemp("front"), "--ray", c.address, "--pace", str(PACE))
+    d = SlowStart(tmp_path_factory.mktemp("front"), "--ray", c.address, "--pace", str(PACE),
+                  "--model", "metronome=click")   # the click under a second name, for the multiplexing test
     try:
         d.wait_log("2 replicas of stemd-worker (application stemd) ready", timeout=5)
         yield d
@@ -129,6 +130,17 @@ def test_two_clients_get_takes_made_on_both_replicas_equal_to_a_local_daemon(fro
         assert np.array_equal(wav(seen), audio)
     log = front.wait_log("runs on replica", count=2)
     assert "request waltz from" in log and "request odd from" in log
+
+
+def test_a_model_goes_to_the_replica_that_holds_it(front):
+    client = TcpClient(front.port, timeout=60)
+    wheres = []
+    for i in range(4):              # one at a time: both replicas are free each time (random: 1 in 8 alike)
+        client.send(*request(f"warm-{i}", "3/4", 1, i), "model", "metronome")   # asked of no replica before
+        client.until("/stemd/done", f"warm-{i}", timeout=120)
+        wheres.append(status(client, f"warm-{i}").args[5])
+    client.close()
+    assert len(set(wheres)) == 1, wheres   # Serve's multiplexing by model name: the replica that served it
 
 
 def test_a_cancel_stops_the_replica_within_one_bar(front):

@@ -32,6 +32,7 @@ log = logging.getLogger("stemd.daemon")
 APP = "stemd"
 #: how often one job may lose its replica before it fails (engine_error)
 MAX_LOSSES = 4
+MODEL_WAIT = 0.1   # seconds a request waits for the replica that holds its model (Serve's multiplexing)
 LOST_PAUSE = 1.0   # seconds before a job whose replica was lost is offered again (the router learns of it)
 
 
@@ -57,6 +58,11 @@ class Cluster:
 
     def __init__(self, address: str, entries: list, *, replicas: Optional[int], memory_budget: Optional[float],
                  pace: float, app: str = APP):
+        import os
+
+        # a request waits this long for a free replica that holds its model before taking any free one
+        # (Serve's default is 1 s: the front door dispatches only when a replica is free)
+        os.environ.setdefault("RAY_SERVE_MULTIPLEXED_MODEL_ID_MATCHING_TIMEOUT_S", str(MODEL_WAIT))
         import ray
         from ray import serve
 
@@ -130,7 +136,8 @@ class RemoteWorker(Worker):
             return self.service.failed(job, "bad_arguments", "stemd serve --ray takes continuations as a blob, "
                                        "not continuation_path")
         progress = _Progress(job)
-        call = self.cluster.stream.remote(job.id, job.model, request, job.spec, job.bars_done)
+        call = self.cluster.stream.options(multiplexed_model_id=job.model).remote(job.id, job.model, request, job.spec,
+                                                                                 job.bars_done)
         try:
             try:
                 for kind, value in call:

@@ -66,10 +66,18 @@ class StemdReplica:
         say(f"replica {self.replica} on node {self.node} ({self.host}) ready: device {device}, models "
             f"{', '.join(self.pool.slots)}")
 
+    @serve.multiplexed(max_num_models_per_replica=64)
+    async def _serves(self, model: str) -> str:
+        """Serve's model multiplexing learns which models this replica holds, so a request goes first to a
+        replica that holds its model warm; the pool itself loads and evicts."""
+        return model
+
     def where(self) -> dict:
         return {"replica": self.replica, "node": self.node, "host": self.host, "device": self.device}
 
     async def generate(self, request_id: str, model: str, request: Any, spec: Any, bars_done: int):
+        if serve.get_multiplexed_model_id():
+            await self._serves(serve.get_multiplexed_model_id())
         loop = asyncio.get_running_loop()
         items: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()
