@@ -52,6 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--key", default=None, help="musical key for the prompt")
+    p.add_argument("--chords", default=None, help='a guide every take follows: chord symbols per bar, "Am | F | C | G" '
+                   "(docs/guides.md)")
+    p.add_argument("--guide", default=None, metavar="MID", help="a guide every take follows: a Standard MIDI File, "
+                   "read in beats from the take's first bar line")
     p.add_argument("--stem", default=None, help="what part the take is (drums, bass, keys): names its files and "
                                                  "picks the DAW track of that name")
     p.add_argument("--reroll", metavar="TAKE_ID", default=None, help="the same take again with a new seed")

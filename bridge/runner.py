@@ -51,7 +51,13 @@ def build_deliveries(args: argparse.Namespace, transport) -> list:
 
 def request_params(args: argparse.Namespace) -> dict:
     keys = {"seed": args.seed, "variations": args.variations, "temperature": args.temperature,
-            "guidance": args.guidance, "key": args.key, "stem": args.stem, "model": args.model}
+            "guidance": args.guidance, "key": args.key, "stem": args.stem, "model": args.model,
+            "chords": getattr(args, "chords", None)}
+    if getattr(args, "guide", None):
+        try:
+            keys["guide"] = Path(args.guide).expanduser().read_bytes()
+        except OSError as e:
+            raise StemdError(f"--guide {args.guide}: {e.strerror or e}", "bad_arguments") from None
     return {k: v for k, v in keys.items() if v is not None}
 
 

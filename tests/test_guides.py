@@ -159,3 +159,23 @@ def test_a_takes_sidecar_holds_its_guide_so_it_can_be_made_again():
     assert hashlib.sha256(data).hexdigest() in meta["request"]["guide"]
     encode(meta)                                  # JSON-ready, within the sidecar's size
     assert "guide" not in take_sidecar(request(), 0, info, **kw)
+
+
+def test_the_bridge_sends_chords_or_a_midi_guide_with_every_take(tmp_path):
+    import argparse
+
+    from stemd.bridge.cmd_bridge import add_arguments
+    from stemd.bridge.runner import request_params
+    from stemd.errors import StemdError
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    smf = tmp_path / "part.mid"
+    smf.write_bytes(smf_bytes([(0, 100, 60)]))
+    params = request_params(parser.parse_args(["--chords", "Am | F"]))
+    assert params["chords"] == "Am | F" and "guide" not in params
+    params = request_params(parser.parse_args(["--guide", str(smf)]))
+    assert params["guide"] == smf.read_bytes()
+    assert guide_notes(request(**params))[0].pitch == 60       # what the daemon reads of it
+    with pytest.raises(StemdError, match="none.mid"):
+        request_params(parser.parse_args(["--guide", str(tmp_path / "none.mid")]))
