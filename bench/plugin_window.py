@@ -29,13 +29,6 @@ PROMPT = (100, 105)
 LIST = (660, 200)
 
 
-def free_display() -> str:
-    for n in range(131, 171):
-        if not Path(f"/tmp/.X{n}-lock").exists() and not Path(f"/tmp/.X11-unix/X{n}").exists():
-            return f":{n}"
-    raise RuntimeError("no free X display number")
-
-
 def wait(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -68,7 +61,7 @@ def main() -> int:
             return 2
     tmp = Path(tempfile.mkdtemp(prefix="stemd-window-bench-"))
     procs: list[subprocess.Popen] = []
-    display = free_display()
+    display = ""
     server = f"stemd-bench-ui-{os.getpid()}"
     env = {**os.environ, "DISPLAY": display, "JACK_DEFAULT_SERVER": server, "JACK_NO_AUDIO_RESERVATION": "1"}
 
@@ -78,8 +71,13 @@ def main() -> int:
         return p
 
     try:
-        start(["Xvfb", display, "-screen", "0", "1100x700x24", "-nolisten", "tcp"], stdout=subprocess.DEVNULL,
-              stderr=subprocess.DEVNULL)
+        read, write = os.pipe()  # Xvfb picks a free display number itself
+        start(["Xvfb", "-displayfd", str(write), "-screen", "0", "1100x700x24", "-nolisten", "tcp"],
+              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(write,))
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            display = ":" + pipe.readline().strip()
+        env["DISPLAY"] = display
         start(["jackd", "-n", server, "-d", "dummy", "-r", "48000", "-p", "256"], stdout=subprocess.DEVNULL,
               stderr=subprocess.DEVNULL, env=env)
         subprocess.run(["jack_wait", "-w", "-t", "20"], env=env, check=True, capture_output=True)

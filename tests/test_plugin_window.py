@@ -56,13 +56,17 @@ root.mainloop()
 
 class Xvfb:
     def __init__(self, folder: Path):
-        for n in range(91, 131):
-            if not Path(f"/tmp/.X{n}-lock").exists() and not Path(f"/tmp/.X11-unix/X{n}").exists():
-                break
-        self.display = f":{n}"
-        self.proc = subprocess.Popen(["Xvfb", self.display, "-screen", "0", "1100x700x24", "-nolisten", "tcp"],
-                                     stdout=open(folder / "xvfb.log", "w"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        # Xvfb picks a free display number itself and writes it to the pipe (no race with other servers)
+        read, write = os.pipe()
+        self.proc = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1100x700x24", "-nolisten",
+                                      "tcp"], stdout=open(folder / "xvfb.log", "w"), stderr=subprocess.STDOUT,
+                                     start_new_session=True, pass_fds=(write,))
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            number = pipe.readline().strip()
+        if not number:
+            raise RuntimeError("Xvfb did not start: " + (folder / "xvfb.log").read_text()[-2000:])
+        self.display = f":{number}"
         self.env = {**os.environ, "DISPLAY": self.display}
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
