@@ -320,10 +320,12 @@ def test_the_kept_verdict_is_keyed_by_the_cpu_so_another_kind_of_machine_measure
 
     key = choose.decision_key(tiny, torch.bfloat16)
     assert choose.decision_key(tiny, torch.bfloat16) == key
-    monkeypatch.setattr(choose, "cpu_name", lambda: "AMD EPYC 7B13")
+    # another CPU's name, and another vector ISA, than this machine's (the test runs on AVX2 and AVX512 hosts)
+    monkeypatch.setattr(choose, "cpu_name", lambda: "a CPU no machine is called")
     assert choose.decision_key(tiny, torch.bfloat16) != key
     monkeypatch.undo()
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    other_isa = "AVX512" if torch.backends.cpu.get_cpu_capability() != "AVX512" else "AVX2"
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: other_isa)
     assert choose.decision_key(tiny, torch.bfloat16) != key
 
 
