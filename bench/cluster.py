@@ -25,35 +25,21 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from daemon import STEMD, Client, per_chunk  # noqa: E402  (bench/daemon.py)
+from daemon import STEMD, Client, per_chunk, serve  # noqa: E402  (bench/daemon.py)
 
 
 def start(args: list, out: Path, name: str, timeout: float = 300) -> tuple[subprocess.Popen, int]:
-    log = out / f"{name}.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(STEMD + ["serve", "--port", "0", "--out", str(out / name), *args], env=env,
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"stemd serve exited: {log.read_text()[-3000:]}")
-        m = re.search(r"osc\.tcp://[^:]+:(\d+)", log.read_text(errors="replace"))
-        if m:
-            return proc, int(m.group(1))
-        time.sleep(0.1)
-    raise RuntimeError(f"stemd serve did not start: {log.read_text()[-3000:]}")
+    return serve(args, out / name, out / f"{name}.log", env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=timeout)
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -72,20 +72,26 @@ class Client:
                 raise RuntimeError(msg.args)
 
 
-def start_daemon(model: str, out: Path, device: str = "cpu", backend: str | None = None) -> tuple[subprocess.Popen, int]:
-    log = out / "daemon.log"
-    proc = subprocess.Popen(STEMD + ["serve", "--model", model, "--port", "0", "--out", str(out / "takes"),
-                                     "--device", device] + (["--backend", backend] if backend else []),
+def serve(args: list, out: Path, log: Path, env: dict | None = None,
+          timeout: float = 300) -> tuple[subprocess.Popen, int]:
+    """``stemd serve --port 0 --out OUT ARGS`` in a session of its own, its output in ``log``: the process and
+    the TCP port it says it listens on."""
+    proc = subprocess.Popen(STEMD + ["serve", "--port", "0", "--out", str(out), *args], env=env,
                             stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"stemd serve exited: {log.read_text()}")
+            raise RuntimeError(f"stemd serve exited: {log.read_text()[-3000:]}")
         m = re.search(r"osc\.tcp://[^:]+:(\d+)", log.read_text(errors="replace"))
         if m:
             return proc, int(m.group(1))
         time.sleep(0.05)
-    raise RuntimeError("stemd serve did not start")
+    raise RuntimeError(f"stemd serve did not start: {log.read_text()[-3000:]}")
+
+
+def start_daemon(model: str, out: Path, device: str = "cpu", backend: str | None = None) -> tuple[subprocess.Popen, int]:
+    return serve(["--model", model, "--device", device] + (["--backend", backend] if backend else []), out / "takes",
+                 out / "daemon.log")
 
 
 class InProcess:
