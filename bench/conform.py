@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from signals import fluidsynth_missing, groove_track  # noqa: E402  (test signals: tests/signals.py)
+from signals import attack_errors_ms, fluidsynth_missing, groove_track  # noqa: E402  (test signals: tests/signals.py)
 
 from stemd.models.base import AudioStream, GenerationSpec  # noqa: E402
 from stemd.models.chunker import chunk_blocks  # noqa: E402
@@ -52,16 +52,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def attack_errors_ms(audio: np.ndarray, rate: int, grid_times) -> np.ndarray:
-    x = np.abs(audio).reshape(-1, audio.shape[-1]).mean(axis=0)
-    errs = []
-    for t in grid_times:
-        lo, hi = max(0, int((t - 0.04) * rate)), min(len(x), int((t + 0.04) * rate))
-        win = x[lo:hi]
-        errs.append(((lo + np.flatnonzero(win >= 0.3 * win.max())[0]) / rate - t) * 1000)
-    return np.abs(np.array(errs))
 
 
 def canvas_for(meter: str, bpm: float, bars: int, off: float, rate: int, band: bool) -> np.ndarray:

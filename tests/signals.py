@@ -168,3 +168,15 @@ def groove_track(bpm: float, sample_rate: int, bars: int, beats_per_bar: int = 4
         audio, rate = soundfile.read(wav, dtype="float32", always_2d=True)
     assert rate == sample_rate, (rate, sample_rate)
     return np.ascontiguousarray(audio.T), times, downbeats
+
+
+def attack_errors_ms(audio, rate: int, grid_times) -> np.ndarray:
+    """Distance (ms) of the attack nearest each grid beat from that beat: the first sample within
+    +-40 ms whose level reaches 30 % of the window's peak (channels and any leading axes averaged)."""
+    x = np.abs(np.asarray(audio)).reshape(-1, np.asarray(audio).shape[-1]).mean(axis=0)
+    errs = []
+    for t in grid_times:
+        lo, hi = max(0, int((t - 0.04) * rate)), min(len(x), int((t + 0.04) * rate))
+        win = x[lo:hi]
+        errs.append(((lo + np.flatnonzero(win >= 0.3 * win.max())[0]) / rate - t) * 1000)
+    return np.abs(np.array(errs))

@@ -13,24 +13,12 @@ import pytest
 from stemd.models.base import AudioStream, GenerationSpec
 from stemd.models.conform import (StreamConformer, conform, detect_timing, make_loop, resample, Resampler,
                                   time_stretch)
-from signals import click_track, drum_track, fluidsynth_missing
+from signals import attack_errors_ms, click_track, drum_track, fluidsynth_missing
 from stemd.models.conform.stretch import fit_length
 from stemd.models.pipeline import render_take
 from stemd.timing import Grid, Meter
 
 MODEL_RATE = 32000
-
-
-def attack_errors_ms(audio, rate, grid_times):
-    """Distance (ms) of the attack nearest each grid beat from that beat: the first sample within
-    +-40 ms whose level reaches 30 % of the window's peak."""
-    x = np.abs(np.asarray(audio)).reshape(-1, np.asarray(audio).shape[-1]).mean(axis=0)
-    errs = []
-    for t in grid_times:
-        lo, hi = max(0, int((t - 0.04) * rate)), min(len(x), int((t + 0.04) * rate))
-        win = x[lo:hi]
-        errs.append(((lo + np.flatnonzero(win >= 0.3 * win.max())[0]) / rate - t) * 1000)
-    return np.abs(np.array(errs))
 
 
 def grid_beats(grid, bars):

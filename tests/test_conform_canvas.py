@@ -7,7 +7,7 @@ off the asked tempo as a model that was told the tempo makes them, or exactly at
 import numpy as np
 import pytest
 
-from signals import click_track, fluidsynth_missing, groove_track
+from signals import attack_errors_ms, click_track, fluidsynth_missing, groove_track
 from stemd.models.base import AudioStream, GenerationSpec
 from stemd.models.conform import StreamConformer, resample
 from stemd.models.conform import canvas as cv
@@ -20,17 +20,6 @@ from stemd.timing import Grid, Meter
 RATE = 44100          # Stable Audio's
 OUT = 48000
 needs_fluidsynth = pytest.mark.skipif(fluidsynth_missing() is not None, reason=str(fluidsynth_missing()))
-
-
-def attack_errors_ms(audio, rate, grid_times):
-    """As tests/test_conform.py: the first sample within +-40 ms of each grid beat at 30 % of the peak."""
-    x = np.abs(np.asarray(audio)).reshape(-1, np.asarray(audio).shape[-1]).mean(axis=0)
-    errs = []
-    for t in grid_times:
-        lo, hi = max(0, int((t - 0.04) * rate)), min(len(x), int((t + 0.04) * rate))
-        win = x[lo:hi]
-        errs.append(((lo + np.flatnonzero(win >= 0.3 * win.max())[0]) / rate - t) * 1000)
-    return np.abs(np.array(errs))
 
 
 def canvas_seconds(grid, bars):
