@@ -87,20 +87,7 @@ def drum_midi(path: str, bpm: float, bars: int, start: float = 0.0, pickup: int 
 
 def drum_track(bpm: float, sample_rate: int, bars: int, start: float = 0.0, pickup: int = 0):
     """(stereo audio, beat times, downbeat flags) of ``drum_midi`` rendered by fluidsynth."""
-    import soundfile
-
-    why = fluidsynth_missing()
-    if why:
-        raise RuntimeError(why)
-    with tempfile.TemporaryDirectory() as tmp:
-        mid, wav = os.path.join(tmp, "beat.mid"), os.path.join(tmp, "beat.wav")
-        times, downbeats = drum_midi(mid, bpm, bars, start, pickup)
-        subprocess.run(["fluidsynth", "-ni", "-q", "-g", "0.8", "-R", "0", "-C", "0", "-r", str(sample_rate),
-                        "-F", wav, "-T", "wav", "-O", "float", SOUNDFONT, mid],
-                       check=True, capture_output=True, timeout=60)
-        audio, rate = soundfile.read(wav, dtype="float32", always_2d=True)
-    assert rate == sample_rate, (rate, sample_rate)
-    return np.ascontiguousarray(audio.T), times, downbeats
+    return render_midi(lambda mid: drum_midi(mid, bpm, bars, start, pickup), sample_rate, gain=0.8)
 
 
 def groove_midi(path: str, bpm: float, bars: int, beats_per_bar: int = 4, start: float = 0.0, band: bool = True):
@@ -154,15 +141,21 @@ def groove_midi(path: str, bpm: float, bars: int, beats_per_bar: int = 4, start:
 def groove_track(bpm: float, sample_rate: int, bars: int, beats_per_bar: int = 4, start: float = 0.0,
                  band: bool = True):
     """(stereo audio, beat times, downbeat flags) of ``groove_midi`` rendered by fluidsynth."""
+    return render_midi(lambda mid: groove_midi(mid, bpm, bars, beats_per_bar, start, band), sample_rate, gain=0.6)
+
+
+def render_midi(write_midi, sample_rate: int, gain: float):
+    """(stereo audio, beat times, downbeat flags): ``write_midi(path)`` writes a MIDI file and returns its
+    (beat times, downbeat flags); fluidsynth renders the file with FluidR3_GM at ``gain``."""
     import soundfile
 
     why = fluidsynth_missing()
     if why:
         raise RuntimeError(why)
     with tempfile.TemporaryDirectory() as tmp:
-        mid, wav = os.path.join(tmp, "groove.mid"), os.path.join(tmp, "groove.wav")
-        times, downbeats = groove_midi(mid, bpm, bars, beats_per_bar, start, band)
-        subprocess.run(["fluidsynth", "-ni", "-q", "-g", "0.6", "-R", "0", "-C", "0", "-r", str(sample_rate),
+        mid, wav = os.path.join(tmp, "part.mid"), os.path.join(tmp, "part.wav")
+        times, downbeats = write_midi(mid)
+        subprocess.run(["fluidsynth", "-ni", "-q", "-g", str(gain), "-R", "0", "-C", "0", "-r", str(sample_rate),
                         "-F", wav, "-T", "wav", "-O", "float", SOUNDFONT, mid],
                        check=True, capture_output=True, timeout=60)
         audio, rate = soundfile.read(wav, dtype="float32", always_2d=True)
