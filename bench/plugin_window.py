@@ -25,18 +25,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = Path(os.environ.get("STEMD_PLUGIN_BUILD") or ROOT / "build" / "plugin")
+
+sys.path.insert(0, str(ROOT / "tests"))
+from plugin_hosts import wait_for  # noqa: E402  (tests/plugin_hosts.py)
+
 PROMPT = (100, 105)
 LIST = (660, 200)
-
-
-def wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise RuntimeError(f"timed out waiting for {what}")
 
 
 def frames(path: Path) -> list[tuple[float, float, int, float]]:
@@ -84,8 +78,8 @@ def main() -> int:
         log = open(tmp / "daemon.log", "w")
         start([sys.executable, "-m", "stemd", "serve", "--model", "click", "--port", "0", "--out", str(tmp / "out")],
               stdout=log, stderr=subprocess.STDOUT)
-        port = wait(lambda: (re.search(r"osc\.tcp://[^:]+:(\d+)", (tmp / "daemon.log").read_text()) or [None, None])[1],
-                    60, "the daemon")
+        port = wait_for(lambda: (re.search(r"osc\.tcp://[^:]+:(\d+)", (tmp / "daemon.log").read_text())
+                                 or [None, None])[1], 60, "the daemon wrote no port", every=0.2)
         frame_log = tmp / "frames.txt"
         exe = tmp / "stemd-jack"
         shutil.copy2(BUILD / "stemd", exe)
@@ -111,7 +105,8 @@ def main() -> int:
         xdo("click", "1")
         made = time.monotonic()
         xdo("key", "--delay", "40", "--repeat", str(args.takes), "Return")
-        wait(lambda: any(r[2] >= args.takes for r in frames(frame_log)[-5:]), 600, f"{args.takes} takes in the list")
+        wait_for(lambda: any(r[2] >= args.takes for r in frames(frame_log)[-5:]), 600,
+                 f"the list did not reach {args.takes} takes", every=0.2)
         # the daemon may refuse some (its queue per client is bounded): those stay in the list as failed
         last, still = -1, time.monotonic()
         while time.monotonic() - still < 5 and time.monotonic() - made < 300:

@@ -110,6 +110,18 @@ def build_jack_timebase(folder: Path) -> Path:
     return compile_c(TESTS / "jack_timebase.c", folder / "jack_timebase", "-ljack", "-lm")
 
 
+def wait_for(condition, timeout: float, what: str, every: float = 0.1):
+    """``condition()``'s first true value, asked every ``every`` s; AssertionError "``what`` within
+    ``timeout`` s" when none comes in time (``what`` says what did not happen: "the plugin wrote no take")."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"{what} within {timeout} s")
+
+
 def first_audible(audio: np.ndarray, threshold: float = 1e-6) -> int:
     """Index of the first frame above ``threshold`` (-120 dBFS) on any channel, or -1."""
     hits = np.flatnonzero(np.abs(audio).max(axis=1) > threshold)

@@ -13,12 +13,12 @@ import json
 import os
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from plugin_hosts import wait_for
 from stemd.timing import Grid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,16 +103,6 @@ def load_state(plugin, path: Path) -> None:
     except RuntimeError as e:
         if "editor UI" not in str(e):
             raise
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"{what} within {timeout} s")
 
 
 GRID = Grid("150", "4/4")

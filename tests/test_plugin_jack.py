@@ -21,7 +21,8 @@ import soundfile
 
 from daemon_fixtures import TcpClient
 from plugin_hosts import (NOTE_GENERATE, JackApp, Jalv, Timebase, build_jack_timebase, first_audible, needs_cc,
-                          needs_jack_rec, needs_jalv, plugin_build, read_recording, record)  # noqa: F401 (fixture)
+                          needs_jack_rec, needs_jalv, plugin_build, read_recording, record,  # noqa: F401 (fixture)
+                          wait_for)
 from stemd.timing import Grid, Meter
 
 RATE = 48000
@@ -39,16 +40,6 @@ def daemon_status(daemon, request_id: str = None) -> tuple:
         return client.until("/stemd/status/reply", timeout=10)[-1].args
     finally:
         client.close()
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} within {timeout} s")
 
 
 def plugin_env(tmp_path, daemon) -> dict:
