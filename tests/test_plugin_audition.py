@@ -12,10 +12,10 @@ import time
 
 import numpy as np
 
-from plugin_hosts import (JackApp, Timebase, build_jack_timebase, first_audible, needs_cc, needs_jalv,  # noqa: F401
-                          plugin_build, read_recording, record)
-from stemd.timing import Grid, Meter
-from test_plugin_jack import daemon_status, plugin_env, the_take, wait_for
+from plugin_hosts import (Timebase, first_audible, needs_cc, needs_jalv, plugin_build,  # noqa: F401 (fixture)
+                          read_recording, record, wait_for)
+from stemd.timing import Grid
+from test_plugin_jack import jack_app_with, the_take
 
 RATE = 48000
 GRID = Grid(97, "3/4")
@@ -27,9 +27,7 @@ pytestmark = [needs_jalv, needs_cc]
 def test_audition_plays_the_take_from_its_start_while_the_transport_is_stopped(jack, tmp_path, start_daemon,
                                                                                plugin_build):
     daemon = start_daemon()
-    timebase = Timebase(jack, build_jack_timebase(tmp_path), 97, Meter(3, 4))
-    app = JackApp(jack, plugin_build, tmp_path, env=plugin_env(tmp_path, daemon))
-    wait_for(lambda: daemon_status(daemon)[4] >= 1, 20, "the JACK app did not connect to the daemon")
+    timebase, app = jack_app_with(jack, tmp_path, plugin_build, daemon)
     timebase.tell("locate 0")
     timebase.tell("play")
     time.sleep(0.6)

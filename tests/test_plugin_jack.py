@@ -46,6 +46,14 @@ def plugin_env(tmp_path, daemon) -> dict:
     return {"STEMD_DAEMON": f"127.0.0.1:{daemon.port}", "STEMD_TAKES_DIR": str(tmp_path / "plugin-takes")}
 
 
+def jack_app_with(jack, tmp_path, plugin_build, daemon) -> tuple[Timebase, JackApp]:
+    """The tests' timebase master at 97 BPM 3/4 (stopped) and the JACK app, once it has reached ``daemon``."""
+    timebase = Timebase(jack, build_jack_timebase(tmp_path), 97, Meter(3, 4))
+    app = JackApp(jack, plugin_build, tmp_path, env=plugin_env(tmp_path, daemon))
+    wait_for(lambda: daemon_status(daemon)[4] >= 1, 20, "the JACK app did not connect to the daemon")
+    return timebase, app
+
+
 def the_take(daemon) -> np.ndarray:
     wavs = sorted(daemon.out.rglob("*.wav"))
     assert len(wavs) == 1, f"one request, {len(wavs)} takes: {[w.name for w in wavs]}"
@@ -124,9 +132,7 @@ def test_lv2_in_jalv_follows_jack_transport_at_97_bpm_3_4_and_its_take_starts_on
 def test_jack_app_follows_jack_transport_at_97_bpm_3_4_and_a_take_from_a_midi_note_starts_on_its_bar(
         jack, tmp_path, start_daemon, plugin_build):
     daemon = start_daemon()
-    timebase = Timebase(jack, build_jack_timebase(tmp_path), 97, Meter(3, 4))
-    app = JackApp(jack, plugin_build, tmp_path, env=plugin_env(tmp_path, daemon))
-    wait_for(lambda: daemon_status(daemon)[4] >= 1, 20, "the JACK app did not connect to the daemon")
+    timebase, app = jack_app_with(jack, tmp_path, plugin_build, daemon)
     timebase.tell("locate 0")
     timebase.tell("play")
     timebase.roll_to(RATE // 4)                # into bar 1 (to 1.86 s): the next bar line is bar 2
@@ -149,9 +155,7 @@ def test_a_musicgen_take_streams_into_the_jack_app_and_its_first_bar_plays_befor
         jack, tmp_path, start_daemon, plugin_build, tiny):
     # a random-weight MusicGen test model, paced to at least 4 s a bar; the note asks for 4 bars (16 s or more)
     daemon = start_daemon("--device", "cpu", "--pace", "4", model=str(tiny))
-    timebase = Timebase(jack, build_jack_timebase(tmp_path), 97, Meter(3, 4))
-    app = JackApp(jack, plugin_build, tmp_path, env=plugin_env(tmp_path, daemon))
-    wait_for(lambda: daemon_status(daemon)[4] >= 1, 20, "the JACK app did not connect to the daemon")
+    timebase, app = jack_app_with(jack, tmp_path, plugin_build, daemon)
     timebase.tell("locate 0")                  # stopped on bar 1's first sample: the take starts there
     time.sleep(0.5)
     app.note(NOTE_GENERATE)
