@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 import warnings
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Optional
 
@@ -27,6 +26,7 @@ import soundfile
 from stemd import osc
 from stemd.bridge.delivery.ardour import ArdourSession
 from stemd.timing import Grid, Meter
+from plugin_hosts import set_tempo_map  # noqa: F401 (test_ardour_gui.py takes it from here too)
 from test_bridge_support import json_lines
 
 HARDOUR = "/usr/lib/ardour7/hardour-7.3.0~ds0"
@@ -78,19 +78,6 @@ def make_session(tmp_path: Path, name: str = "song", tracks: tuple = ("takes",))
     session = folder / f"{name}.ardour"
     assert session.exists(), out.stdout + out.stderr
     return session
-
-
-def set_tempo_map(session: Path, bpm: int, meter: Meter) -> None:
-    """The session's (first) tempo and meter, as Ardour writes them."""
-    tree = ET.parse(session)
-    tempo = tree.find("TempoMap/Tempos/Tempo")
-    tempo.set("npm", str(bpm))
-    tempo.set("enpm", str(bpm))
-    tempo.set("note-type", "4")
-    m = tree.find("TempoMap/Meters/Meter")
-    m.set("divisions-per-bar", str(meter.numerator))
-    m.set("note-value", str(meter.denominator))
-    tree.write(session, encoding="UTF-8", xml_declaration=True)
 
 
 def export(session: Path, tmp_path: Path, name: str = "export.wav") -> Optional[tuple[np.ndarray, int]]:
