@@ -32,6 +32,9 @@ OUTLIER_FLOOR_S = 0.002   # ... nor nearer than this (a clean clock's ticks sit 
 GAP_TICKS = 4             # intervals without a tick that say the clock stopped (or the transport located)
 LOST_TICK = 1.6           # intervals since the last tick that say one was lost (or a cycle came late)
 BUNCHED = 0.4             # ... and that say this tick came in the same late cycle as the one before
+STEP_TICKS = 8            # the last ticks whose earliest arrival shows a step in the cycles' schedule
+STEP_BAND = 96            # ... and at most this many ticks before them, whose band of offsets they left
+STEP_S = 0.0012           # a step in the ticks' schedule larger than this ends the run
 
 
 class ClockTempo:
@@ -91,6 +94,65 @@ class ClockTempo:
         slope = slopes[len(slopes) // 2]
         return 60.0 / (slope * TICKS_PER_QUARTER) if slope > 0 else None
 
+    @staticmethod
+    def _step(run, interval: Optional[float]) -> int:
+        """Where the process cycles' schedule slipped in ``run``: the index of the first tick after the
+        step, 0 when none.
+
+        JACK's dummy driver on a busy machine lets a late cycle move its schedule for good (by a cycle, or
+        by a millisecond or two) while its frames, and the clock's ticks counted in them, go on: the
+        ticks arrive that much later from then on, and a line through ticks on both sides of the step
+        reads slow (a 6.4 ms step 40 ticks before the end of the window: 123.79 BPM for 124). Offsets of
+        the ticks from the line fitted through the :data:`STEP_BAND` ticks before the last
+        :data:`STEP_TICKS`: the bottom of their band is the schedule (no tick comes before its cycle;
+        quantization and late cycles only lift ticks). When the last ticks' bottom lies more than
+        :data:`STEP_S` above or below it and :meth:`_slipped` says it is no wrap of the ticks' phase, the
+        step is at the longest (or shortest) interval among the last ticks."""
+        if not interval or len(run) < STEP_TICKS + STEP_BAND // 2:
+            return 0
+        ticks = run[-(STEP_TICKS + STEP_BAND):]
+        interval = ClockTempo._slope([list(enumerate(ticks[:-STEP_TICKS]))]) or interval  # the band's own
+        offsets = [t - i * interval for i, t in enumerate(ticks)]
+        band, recent = sorted(offsets[:-STEP_TICKS]), offsets[-STEP_TICKS:]
+        bottom = min(recent) - band[len(band) // 50]    # no tick comes early: the bottom is the schedule
+        if abs(bottom) <= STEP_S:
+            return 0
+        sign = 1 if bottom > 0 else -1
+        first = len(run) - STEP_TICKS
+        gaps = [(run[i] - run[i - 1]) * sign for i in range(first, len(run))]
+        step = first + gaps.index(max(gaps))
+        slipped = ClockTempo._slipped(run[step] - run[step - 1], abs(bottom), ticks[:-STEP_TICKS])
+        return step if slipped else 0
+
+    @staticmethod
+    def _slipped(gap: float, shift: float, times) -> bool:
+        """Whether a step in phase by an interval of ``gap`` seconds is a slip of the cycles' schedule and
+        not the slow drift of ticks through the cycle wrapping round, given ``times``, the ticks before it.
+
+        Ticks delivered at cycle starts come whole cycles apart: at two lengths of interval (3 and 4
+        cycles of 5.3 ms at 124 BPM). Where both lengths are common the ticks' phase in the cycle goes
+        round within a few ticks, and the band of offsets they fill stays put: a step is a slip, even
+        one of a whole cycle (a cycle the server skipped). Where one length is rare (a tempo near a whole
+        number of cycles per tick) the phase drifts slowly and wraps round with a gap one cycle longer
+        (or shorter): only a gap no whole number of cycles off the others is a slip then, and with one
+        length seen so far the cycle is unknown and no gap is called a slip."""
+        intervals = sorted(b - a for a, b in zip(times, times[1:]))
+        clusters = [[intervals[0]]]
+        for d in intervals[1:]:
+            if d - clusters[-1][-1] > STEP_S / 2:
+                clusters.append([d])
+            else:
+                clusters[-1].append(d)
+        if len(clusters) < 2:
+            return False
+        sizes = sorted(map(len, clusters), reverse=True)
+        centres = [c[len(c) // 2] for c in clusters]
+        cycle = min(b - a for a, b in zip(centres, centres[1:]))
+        if sizes[1] >= 0.1 * len(intervals) and shift >= 0.75 * cycle:
+            return True
+        cycles = (gap - centres[0]) / cycle
+        return abs(cycles - round(cycles)) * cycle > STEP_S / 2
+
     def new_run(self) -> None:
         """The clock's phase may jump here (Start, Stop, Continue, Song Position): the next tick starts a run."""
         if self.runs and self.runs[-1]:
@@ -107,6 +169,9 @@ class ClockTempo:
             self.runs.append([t])     # a tick lost, or one bunched behind a late cycle: a new run
         else:
             last.append(t)
+            step = self._step(last, interval)
+            if step:                            # the schedule slipped: the ticks since start a run
+                self.runs[-1:] = [last[:step], last[step:]]
         while sum(len(r) for r in self.runs) > self.window:
             self.runs[0].pop(0)
             if not self.runs[0]:
