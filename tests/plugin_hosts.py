@@ -377,15 +377,7 @@ class Jalv:
         return None
 
     def wait_ports(self, timeout: float = 20) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            outs = [p for p in jack_ports(self.env, f"{self.name}:") if "audio_out" in p]
-            if len(outs) >= 2:
-                return sorted(outs)
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise AssertionError(f"jalv's stemd ports did not appear:\n{self.log.read_text()[-3000:]}")
+        return wait_audio_outs(self.env, f"{self.name}:", self.proc, self.log, "jalv", timeout)
 
     def wait_value(self, symbol: str, at_least: float, timeout: float) -> Optional[float]:
         """Polls ``symbol`` until it is at least ``at_least`` (returns it) or ``timeout`` passes (returns
@@ -405,6 +397,21 @@ class Jalv:
 def jack_ports(env: dict, prefix: str = "") -> list[str]:
     out = subprocess.run(["jack_lsp"], capture_output=True, text=True, env=env, timeout=20).stdout
     return [p for p in out.splitlines() if p.startswith(prefix)]
+
+
+def wait_audio_outs(env: dict, prefix: str, proc: subprocess.Popen, log: Path, host: str,
+                    timeout: float = 20) -> list[str]:
+    """The audio outputs (two or more) whose JACK names start with ``prefix``, sorted, once JACK lists them;
+    AssertionError with the end of ``host``'s ``log`` when ``proc`` exits or ``timeout`` passes first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        outs = [p for p in jack_ports(env, prefix) if "audio_out" in p]
+        if len(outs) >= 2:
+            return sorted(outs)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    raise AssertionError(f"{host}'s stemd ports did not appear:\n{log.read_text()[-3000:]}")
 
 
 def read_line(proc: subprocess.Popen, timeout: float) -> str:
@@ -538,15 +545,7 @@ class JackApp:
         assert out.returncode == 0, out.stderr
 
     def _wait_ports(self, timeout: float = 20) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            outs = [p for p in jack_ports(self.env, "stemd:") if "audio_out" in p]
-            if len(outs) >= 2:
-                return sorted(outs)
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise AssertionError(f"the JACK app's ports did not appear:\n{self.log.read_text()[-3000:]}")
+        return wait_audio_outs(self.env, "stemd:", self.proc, self.log, "the JACK app", timeout)
 
     def note(self, number: int) -> None:
         self.sender.stdin.write(f"{number}\n")
