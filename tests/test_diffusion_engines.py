@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from daemon_fixtures import STEMD, TcpClient  # noqa: E402
+from diffusion_fixtures import ACE, SA3, engines, pipelines, reference  # noqa: E402,F401 (fixtures)
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("diffusers") is None
                                 or importlib.util.find_spec("torch") is None,
@@ -21,38 +22,6 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("diffusers") is None
 
 from stemd.timing import Grid  # noqa: E402
 from stemd.protocol import Sampling  # noqa: E402
-
-SA3, ACE = "sa3-tiny", "acestep-tiny"
-
-
-@pytest.fixture(scope="module")
-def pipelines(tmp_path_factory):
-    """``{arch: folder}`` written with the real command line."""
-    out = {}
-    for arch in (SA3, ACE):
-        folder = tmp_path_factory.mktemp(arch)
-        done = subprocess.run(STEMD + ["make-test-model", str(folder), "--arch", arch], capture_output=True,
-                              text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
-        assert "noise, not music" in done.stdout
-        out[arch] = folder
-    return out
-
-
-@pytest.fixture(scope="module")
-def engines(pipelines):
-    from stemd.models.registry import load_engine
-
-    return {arch: load_engine(str(folder), device="cpu") for arch, folder in pipelines.items()}
-
-
-def reference(folder):
-    """diffusers' own pipeline, loaded on its own from the same folder."""
-    from diffusers import DiffusionPipeline
-
-    pipe = DiffusionPipeline.from_pretrained(str(folder))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def generators(seed, n):
