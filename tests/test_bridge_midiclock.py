@@ -207,7 +207,10 @@ def test_jack_midi_clock_at_124_bpm_is_followed_at_124_and_to_the_right_bar_afte
     located = json_lines(bridge, 3.0)
     tell("stop")
     after = [(l["bar"], l["beat"]) for l in located if l["playing"]]
-    assert after[:4] == [(9, 1), (9, 2), (9, 3), (9, 4)], located
+    # a line per beat, and another within a beat where the tempo moves by 0.1 BPM (BeatPrinter): the beats
+    # are the positions in order, each once
+    beats = [p for i, p in enumerate(after) if i == 0 or p != after[i - 1]]
+    assert beats[:4] == [(9, 1), (9, 2), (9, 3), (9, 4)], located
     assert abs(located[-1]["bpm"] - 124.0) <= 0.1
 
 
