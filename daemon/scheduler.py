@@ -184,11 +184,13 @@ class Scheduler:
         with self._cond:
             self._served.pop(client_key, None)
 
-    def finished(self, job: Job) -> None:
+    def finished(self, job: Job, device: Optional[str] = None) -> None:
+        """``device``'s worker is done with ``job`` (None: the device the job last ran on). Only that
+        device's entry goes: a job re-queued and taken at once by another worker keeps its new one."""
+        device = job.device if device is None else device
         with self._cond:
-            for device, running in list(self.running_on.items()):
-                if running is job:
-                    del self.running_on[device]
+            if self.running_on.get(device) is job:
+                del self.running_on[device]
             self._cond.notify_all()
 
     def _pop(self, device: Optional[str]) -> Optional[Job]:

@@ -67,7 +67,7 @@ class Worker(threading.Thread):
                 if job.state == "running":
                     self.service.failed(job, "internal", f"{type(e).__name__}: {e}"[:300])
             finally:
-                scheduler.finished(job)
+                scheduler.finished(job, self.device)
                 LITTER.sweep()      # what an earlier take could not remove on a full disk
 
     def run_job(self, job: Job) -> None:

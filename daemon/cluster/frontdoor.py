@@ -123,7 +123,7 @@ class RemoteWorker(Worker):
                 if job.state == "running":
                     self.service.failed(job, "internal", f"{type(e).__name__}: {e}"[:300])
             finally:
-                scheduler.finished(job)
+                scheduler.finished(job, self.device)
                 LITTER.sweep()
 
     def run_job(self, job: Job) -> None:
