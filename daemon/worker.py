@@ -86,31 +86,12 @@ class Worker(threading.Thread):
                 for chunk in chunks:
                     if chunk.index < job.bars_done:
                         continue  # delivered before this job was preempted
-                    if job.takes is None:
-                        job.takes = TakeStream(self.service.claims, request, engine, chunk.variations,
-                                               chunk.channels, model_name=job.model)
-                    job.takes.write(chunk.audio)
-                    job.takes.conform = chunk.conform or job.takes.conform
-                    job.bars_done = chunk.index + 1
-                    job.first_bar_at = job.first_bar_at or time.monotonic()
-                    if client.stream and request.chunks:
-                        wait = getattr(client, "wait_for_room", None)
-                        if wait is not None:     # backpressure: a slow reader is waited for, not dropped
-                            wait(chunk.audio.nbytes, job.should_stop)
-                        for v in range(chunk.variations):
-                            bar = Chunk(job.id, v, chunk.index, chunk.start_sample, chunk.sample_rate, chunk.channels,
-                                        chunk.audio[v])
-                            for address, args in bar.messages(request.max_message):
-                                client.send(address, *args)
-                    progress.bar_done()
+                    self.deliver(job, engine, chunk, progress)
                     if job.cancel_reason and job.bars_done < request.bars:
                         raise Cancelled()  # (a take whose last bar exists is written even if its client left)
             finally:
                 chunks.close()
-            if job.bars_done < request.bars:
-                raise Cancelled()
-            takes = job.takes
-            paths = self._write(job)
+            paths, sidecars = self._write(job)
         except Cancelled:
             return self._stopped(job)
         except StemdError as e:
@@ -122,7 +103,29 @@ class Worker(threading.Thread):
                 return self._out_of_memory(job, e)
             log.exception("engine failed on %s", job.id)
             return self.service.failed(job, "internal", f"{type(e).__name__}: {e}"[:300])
-        self.service.done(job, paths, takes.sidecars)
+        self.service.done(job, paths, sidecars)
+
+    def deliver(self, job: Job, engine: Engine, chunk, progress: "_Progress") -> None:
+        """One new bar (a ``models.chunker.BarChunk``): onto the take's files, then to the client as
+        ``/stemd/chunk`` (waiting while its replies are at their limit), then its progress."""
+        client, request = job.client, job.request
+        if job.takes is None:
+            job.takes = TakeStream(self.service.claims, request, engine, chunk.variations, chunk.channels,
+                                   model_name=job.model)
+        job.takes.write(chunk.audio)
+        job.takes.conform = chunk.conform or job.takes.conform
+        job.bars_done = chunk.index + 1
+        job.first_bar_at = job.first_bar_at or time.monotonic()
+        if client.stream and request.chunks:
+            wait = getattr(client, "wait_for_room", None)
+            if wait is not None:     # backpressure: a slow reader is waited for, not dropped
+                wait(chunk.audio.nbytes, job.should_stop)
+            for v in range(chunk.variations):
+                bar = Chunk(job.id, v, chunk.index, chunk.start_sample, chunk.sample_rate, chunk.channels,
+                            chunk.audio[v])
+                for address, args in bar.messages(request.max_message):
+                    client.send(address, *args)
+        progress.bar_done()
 
     def _out_of_memory(self, job: Job, error: BaseException) -> None:
         pool, request = self.service.pool, job.request
@@ -141,12 +144,16 @@ class Worker(threading.Thread):
                             f"{gib(pool.budgets[self.device])}): the model's caches were reset; fewer variations "
                             "or bars will fit")
 
-    def _write(self, job: Job) -> list[Path]:
-        """The take's files under their final names. Until they are, the job keeps its stream, so a
-        failure here (a full disk) ends the job with its partial files removed."""
-        paths = job.takes.finish()
+    def _write(self, job: Job) -> tuple[list[Path], list]:
+        """The take's files under their final names, and its sidecars; Cancelled when not all its bars
+        came. Until they are written, the job keeps its stream, so a failure here (a full disk) ends the
+        job with its partial files removed."""
+        if job.bars_done < job.request.bars:
+            raise Cancelled()
+        takes = job.takes
+        paths = takes.finish()
         job.takes = None
-        return paths
+        return paths, takes.sidecars
 
     def _stopped(self, job: Job) -> None:
         reason = job.cancel_reason

@@ -21,11 +21,9 @@ from typing import Any, Optional
 
 from stemd.daemon.scheduler import Job, Scheduler
 from stemd.daemon.service import Service
-from stemd.daemon.takeio import LITTER, TakeStream
 from stemd.daemon.worker import Worker, _Progress
 from stemd.errors import StemdError
 from stemd.models.base import Cancelled
-from stemd.protocol import Chunk
 
 log = logging.getLogger("stemd.daemon")
 
@@ -110,28 +108,12 @@ class RemoteWorker(Worker):
         self.name = f"stemd-remote-{slot}"
         self.cluster = cluster
 
-    def run(self) -> None:
-        scheduler = self.service.scheduler
-        while True:
-            job = scheduler.next_job(device=self.device)
-            if job is None:
-                return
-            try:
-                self.run_job(job)
-            except Exception as e:
-                log.exception("remote worker failed on %s", job.id)
-                if job.state == "running":
-                    self.service.failed(job, "internal", f"{type(e).__name__}: {e}"[:300])
-            finally:
-                scheduler.finished(job, self.device)
-                LITTER.sweep()
-
     def run_job(self, job: Job) -> None:
         import ray
 
         if job.cancel_reason:
             return self._stopped(job)
-        client, request = job.client, job.request
+        request = job.request
         if request.continuation_path:
             return self.service.failed(job, "bad_arguments", "stemd serve --ray takes continuations as a blob, "
                                        "not continuation_path")
@@ -149,38 +131,19 @@ class RemoteWorker(Worker):
                     chunk = value
                     if chunk.index < job.bars_done:
                         continue  # (the replica skips them too)
-                    if job.takes is None:
-                        job.takes = TakeStream(self.service.claims, request, job.engine, chunk.variations,
-                                               chunk.channels, model_name=job.model)
-                    job.takes.write(chunk.audio)
-                    job.takes.conform = chunk.conform or job.takes.conform
-                    job.bars_done = chunk.index + 1
-                    job.first_bar_at = job.first_bar_at or time.monotonic()
-                    if client.stream and request.chunks:
-                        wait = getattr(client, "wait_for_room", None)
-                        if wait is not None:
-                            wait(chunk.audio.nbytes, job.should_stop)
-                        for v in range(chunk.variations):
-                            bar = Chunk(job.id, v, chunk.index, chunk.start_sample, chunk.sample_rate,
-                                        chunk.channels, chunk.audio[v])
-                            for address, args in bar.messages(request.max_message):
-                                client.send(address, *args)
-                    progress.bar_done()
+                    self.deliver(job, job.engine, chunk, progress)   # as a local worker does
                     if job.should_stop() and job.bars_done < request.bars:
                         raise Cancelled()
             finally:
                 call.cancel()   # a no-op once the replica has finished; else it stops between steps
-            if job.bars_done < request.bars:
-                raise Cancelled()
-            takes = job.takes
-            paths = self._write(job)
+            paths, sidecars = self._write(job)
         except Cancelled:
             return self._stopped(job)
         except OSError as e:
             return self.service.failed(job, "io_error", f"{type(e).__name__}: {e}")
         except (ray.exceptions.RayError, RuntimeError) as e:
             return self._lost(job, e)
-        self.service.done(job, paths, takes.sidecars)
+        self.service.done(job, paths, sidecars)
 
     def _placed(self, job: Job, where: dict) -> None:
         job.engine = RemoteEngine(where.pop("name"), where.pop("info"))
