@@ -113,7 +113,7 @@ def test_host_meter_is_checked(transport_test, n, d, text):
 
 
 @needs_toolchain
-@pytest.mark.parametrize("fmt", ["vst3", "clap", "lv2"])
+@pytest.mark.parametrize("fmt", ["vst3", "clap", "lv2", "jack"])
 @pytest.mark.parametrize("bpm, n, d, rate, origin, block", [
     ("97", 3, 4, 48000, 0, 256),
     ("137", 7, 8, 44100, 12345, 512),        # bar 1 at frame 12345: the plugin finds it from bar/beat/tick
@@ -139,6 +139,52 @@ def test_lv2s_early_bar_number_at_each_bar_line_does_not_move_the_timeline(trans
                            "glitch"], capture_output=True, text=True, timeout=120)
     rows = [tuple(map(int, line.split())) for line in proc.stdout.splitlines()]
     assert len(rows) == 3000 and all(got == want for got, want in rows)
+
+
+def jack_cycles(origin: int, blocks: int, late: int | None = None, back: bool = False, stopped: int = 0) -> str:
+    """JACK's cycles for transport_test lv2host: "frame bbt_frame rolling" a line, 256 frames each, the
+    master's bar 1 at frame `origin`. `stopped` cycles at `origin` before it rolls. At cycle `late` the
+    frame is one cycle ahead while the master's bar/beat/tick is still the previous cycle's: JACK's dummy
+    driver under load; with `back` the frame returns to its place the cycle after, else it stays ahead."""
+    lines, frame = [], origin
+    for k in range(stopped):
+        lines.append(f"{origin} 0 0")
+    for k in range(blocks):
+        bbt = frame - origin
+        if k == late:
+            frame += 256
+        elif back and late is not None and k == late + 1:
+            frame -= 256
+            bbt = frame - origin
+        lines.append(f"{frame} {bbt} 1")
+        frame += 256
+    return "\n".join(lines) + "\n"
+
+
+@needs_toolchain
+@pytest.mark.parametrize("origin, late, back, stopped", [
+    (0, 300, False, 0),          # a late cycle: the frame jumps a cycle, the bar/beat lags it; jalv says no more
+    (0, 300, True, 0),           # one cycle's frame 256 off, then back
+    (12345, 300, False, 8),      # the master's bar 1 at frame 12,345: learnt while stopped, kept through it
+    (12345, 500, False, 0),      # ... learnt from the first event while rolling
+    (0, None, False, 0),
+])
+def test_lv2_places_a_take_on_its_bar_whatever_one_glitched_jack_cycle_said(transport_test, origin, late, back,
+                                                                             stopped):
+    # 97 BPM 3/4 at 48 kHz: bar 3 (start_bar 2) starts at sample 178,144 of the timeline
+    proc = subprocess.run([str(transport_test), "lv2host", "97", "3", "4", "48000", "256"],
+                          input=jack_cycles(origin, 1000, late, back, stopped), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    rows = [tuple(map(int, line.split())) for line in proc.stdout.splitlines()]
+    assert len(rows) == 1000 + stopped
+    bar3 = Grid(97, "3/4").bar_start_sample(2, 48000)
+    assert bar3 == 178144
+    # the JACK frame where the take's first sample plays: in the block whose timeline covers bar 3
+    heard = [frame + bar3 - ts for ts, frame in rows[stopped:] if ts <= bar3 < ts + 256]
+    assert heard == [origin + bar3]
+    wrong = [(i, ts, frame) for i, (ts, frame) in enumerate(rows) if ts != frame - origin]
+    assert wrong == [], f"{len(wrong)} blocks off, first (block, plugin, JACK frame): {wrong[:3]}"
 
 
 # --- the take store (plugin_host/plugin/take_store.cpp through build/plugin/take_store_test) -------------

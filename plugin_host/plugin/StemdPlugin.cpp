@@ -157,7 +157,8 @@ public:
 
         const char* format = getPluginFormatName();
         fFormat = std::strcmp(format, "VST3") == 0 ? stemd::HostFormat::Vst3
-                : std::strcmp(format, "CLAP") == 0 ? stemd::HostFormat::Clap : stemd::HostFormat::Frames;
+                : std::strcmp(format, "CLAP") == 0 ? stemd::HostFormat::Clap
+                : std::strcmp(format, "LV2") == 0 ? stemd::HostFormat::Lv2 : stemd::HostFormat::Frames;
         fGrid = BarGrid(stemd::Tempo{}, stemd::Meter{}, hostRate());
 
         if (isDummyInstance()) return;  // DPF's instance for reading what the plugin is: no threads

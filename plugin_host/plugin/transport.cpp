@@ -148,7 +148,13 @@ int64_t TimelineFollower::follow(HostFormat format, const HostPosition& pos, con
             int64_t origin = static_cast<int64_t>(pos.frame) -
                              static_cast<int64_t>(quarters * grid.samplesPerQuarter() + 0.5);
             if (origin <= tolerance && origin >= -tolerance) origin = 0;
-            if (origin - fOrigin <= tolerance && fOrigin - origin <= tolerance) {
+            const bool steady = pos.playing && fLastPlaying && pos.frame == fLastFrame + fLastFrames;
+            if (format == HostFormat::Lv2 && !fSeenBbt) {
+                fOrigin = origin;
+                fVotes = 0;
+            } else if (format == HostFormat::Lv2 && steady) {
+                // the frame advanced as it should: what disagrees is the last event's, not news
+            } else if (origin - fOrigin <= tolerance && fOrigin - origin <= tolerance) {
                 fVotes = 0;
             } else if (fVotes > 0 && origin - fNewOrigin <= tolerance && fNewOrigin - origin <= tolerance) {
                 if (++fVotes >= kOriginBlocks) {
@@ -159,10 +165,12 @@ int64_t TimelineFollower::follow(HostFormat format, const HostPosition& pos, con
                 fNewOrigin = origin;
                 fVotes = 1;
             }
+            fSeenBbt = true;
         }
         ts = static_cast<int64_t>(pos.frame) - fOrigin;
     }
     fLastTs = ts;
+    fLastFrame = pos.frame;
     fLastFrames = frames;
     fLastPlaying = pos.playing;
     return ts;

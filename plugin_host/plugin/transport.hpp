@@ -66,8 +66,10 @@ private:
     uint64_t fNum, fDen;
 };
 
-// Which DPF 1.6 wrapper fills the host's position, and how (see hostQuarters).
-enum class HostFormat { Frames, Vst3, Clap };
+// Which DPF 1.6 wrapper fills the host's position, and how (see hostQuarters). Frames: the JACK app (the
+// host's frame and bar/beat/tick fresh every block); Lv2: the same values, but only in blocks where the
+// host sent a time:Position event, DPF's own sums in the blocks between.
+enum class HostFormat { Frames, Lv2, Vst3, Clap };
 
 // DPF's TimePosition, as plain values (transport.cpp does not include DPF).
 struct HostPosition {
@@ -85,9 +87,15 @@ double hostQuarters(HostFormat format, const HostPosition& pos) noexcept;
 
 // Where each block lies on the timeline (bar 1 = sample 0), from the host's frame and its bar/beat/tick.
 // The origin (the frame of bar 1) is 0 unless kOriginBlocks blocks in a row put it elsewhere by more than
-// 2 ms: DPF 1.6's LV2 wrapper moves its bar number one block early at every bar line between the host's
-// position events. In CLAP DPF's frame is a running clock, so the position comes from the beats, held to
-// the sample while the host plays on.
+// 2 ms. In LV2 only blocks that may carry a host event vote: the first, those while stopped or starting,
+// and those whose frame did not advance by the previous block's length (a locate, a late JACK cycle).
+// Where the frame advanced as it should, a bar/beat that disagrees is not news: it is DPF 1.6's sum from
+// the last event, which moves its bar number one block early at every bar line and carries on whatever
+// that event said (jalv sends one only when the frame jumps, and JACK's dummy driver under load can give
+// a cycle whose frame and bar/beat are one cycle apart). The frame, the host's sample position, wins.
+// An LV2 host's first event sets the origin at once (it may come while the host plays on).
+// In CLAP DPF's frame is a running clock, so the position comes from the beats, held to the sample while
+// the host plays on.
 class TimelineFollower {
 public:
     static constexpr int32_t kOriginBlocks = 4;
@@ -98,9 +106,10 @@ public:
 
 private:
     int64_t fOrigin = 0, fNewOrigin = 0, fLastTs = 0;
+    uint64_t fLastFrame = 0;
     int32_t fVotes = 0;
     uint32_t fLastFrames = 0;
-    bool fLastPlaying = false;
+    bool fLastPlaying = false, fSeenBbt = false;
 };
 
 }  // namespace stemd

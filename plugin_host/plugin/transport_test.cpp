@@ -9,6 +9,12 @@
 //       its bar/beat/tick are filled as DPF 1.6's wrapper for that format fills them (with "glitch": LV2's
 //       bar number one block early at each bar line); prints each block's timeline sample as the plugin
 //       reads it and the exact one ("ts expected" a line)
+//   transport_test lv2host BPM N D RATE BLOCK
+//       jalv and DPF 1.6's LV2 wrapper between a JACK transport and the plugin, one block per stdin line
+//       "FRAME BBT_FRAME ROLLING": JACK's frame that cycle, the frame the timebase master (tests/
+//       jack_timebase.c) computed its bar/beat/tick from, 1 or 0. jalv sends a time:Position (float
+//       barBeat from the master's whole ticks) only when the frame or rolling is not what it expected; DPF
+//       keeps the event's values and adds each block to them itself. Prints "ts frame" for each block
 #include "transport.hpp"
 
 #include <cmath>
@@ -22,6 +28,85 @@ static int fail(const char* what, long long bar)
 {
     std::fprintf(stderr, "transport_test: %s at bar %lld\n", what, bar);
     return 1;
+}
+
+// The master's bar/beat/tick for `frame` as tests/jack_timebase.c computes them, as jalv sends them.
+struct Lv2Event {
+    int64_t frame;
+    float speed, barBeat, beatsPerBar, beatsPerMinute;
+    int64_t bar;
+    int32_t beatUnit;
+};
+
+static Lv2Event masterEvent(const BarGrid& grid, double bpm, int64_t frame, int64_t bbtFrame, bool rolling)
+{
+    const int64_t bar = grid.barAt(bbtFrame);
+    const double n = grid.meter().numerator, beatLen = static_cast<double>(grid.barLength(bar)) / n;
+    const double inBar = static_cast<double>(bbtFrame - grid.barStart(bar)) / beatLen;
+    const double beat = std::floor(inBar), tick = std::floor((inBar - beat) * 1920.0);
+    const double jackBpm = bpm * grid.meter().denominator / 4.0;   // JACK counts beats of beat_type
+    return Lv2Event{frame, rolling ? 1.0f : 0.0f, static_cast<float>(beat + tick / 1920.0), static_cast<float>(n),
+                    static_cast<float>(jackBpm), bar, grid.meter().denominator};
+}
+
+static int lv2Host(char** argv)
+{
+    Tempo tempo;
+    Meter meter;
+    const double bpm = std::strtod(argv[2], nullptr);
+    if (!tempoFromHost(bpm, tempo) || !meterFromHost(std::strtod(argv[3], nullptr), std::strtod(argv[4], nullptr), meter))
+        return fail("tempo or meter refused", -1);
+    const double rate = std::strtod(argv[5], nullptr);
+    const BarGrid grid(tempo, meter, static_cast<uint32_t>(rate));
+    const uint32_t block = static_cast<uint32_t>(std::strtoul(argv[6], nullptr, 10));
+    // DPF 1.6 DistrhoPluginLV2.cpp: fLastPositionData (its types) and the TimePosition it fills
+    int64_t lastBar = -1, lastFrame = -1;
+    float lastBarBeat = -1.0f, lastBeatsPerBar = 0.0f, lastBpm = 0.0f;
+    double speed = 0.0;
+    HostPosition pos;
+    pos.bbtValid = false;
+    // jalv's expectation for the next cycle
+    int64_t expected = 0;
+    bool wasRolling = false;
+    TimelineFollower follower;
+    long long frame = 0, bbtFrame = 0;
+    int rolling = 0;
+    while (std::scanf("%lld %lld %d", &frame, &bbtFrame, &rolling) == 3) {
+        if (frame != expected || (rolling != 0) != wasRolling) {  // jalv: the transport is not as expected
+            const Lv2Event ev = masterEvent(grid, bpm, frame, bbtFrame, rolling != 0);
+            speed = ev.speed;
+            pos.playing = speed != 0.0;
+            lastBar = ev.bar;
+            pos.bar = static_cast<int32_t>(lastBar + 1);
+            lastBarBeat = ev.barBeat;
+            const double rest = std::fmod(lastBarBeat, 1.0f);
+            pos.beat = static_cast<int32_t>(std::round(lastBarBeat - rest + 1.0));
+            pos.tick = rest * pos.ticksPerBeat;
+            pos.beatType = ev.beatUnit;
+            lastBeatsPerBar = ev.beatsPerBar;
+            pos.beatsPerBar = lastBeatsPerBar;
+            lastBpm = ev.beatsPerMinute;
+            pos.beatsPerMinute = lastBpm * (speed != 0.0 ? std::fabs(speed) : 1.0);
+            lastFrame = ev.frame;
+            pos.frame = static_cast<uint64_t>(lastFrame);
+            pos.bbtValid = true;
+        }
+        expected = rolling ? frame + block : frame;
+        wasRolling = rolling != 0;
+        std::printf("%lld %lld\n", static_cast<long long>(follower.follow(HostFormat::Lv2, pos, grid, block)), frame);
+        if (speed != 0.0) {  // DPF's sums for the next block
+            lastFrame += block;
+            pos.frame = static_cast<uint64_t>(lastFrame);
+            const double added = static_cast<double>(block) / (60.0 * rate / (lastBpm * speed));
+            lastBarBeat = static_cast<float>(std::fmod(lastBarBeat + added, static_cast<double>(lastBeatsPerBar)));
+            const double rest = std::fmod(lastBarBeat, 1.0f);
+            pos.beat = static_cast<int32_t>(std::round(lastBarBeat - rest + 1.0));
+            pos.tick = rest * pos.ticksPerBeat;
+            lastBar += static_cast<int64_t>(std::floor((lastBarBeat + added) / lastBeatsPerBar));
+            pos.bar = static_cast<int32_t>(lastBar + 1);
+        }
+    }
+    return 0;
 }
 
 int main(int argc, char** argv)
@@ -51,7 +136,8 @@ int main(int argc, char** argv)
         const long long origin = std::atoll(argv[7]), block = std::atoll(argv[8]), blocks = std::atoll(argv[9]);
         const bool glitch = argc == 11 && std::strcmp(argv[10], "glitch") == 0;
         const HostFormat format = std::strcmp(argv[2], "vst3") == 0 ? HostFormat::Vst3
-                                : std::strcmp(argv[2], "clap") == 0 ? HostFormat::Clap : HostFormat::Frames;
+                                : std::strcmp(argv[2], "clap") == 0 ? HostFormat::Clap
+                                : std::strcmp(argv[2], "lv2") == 0 ? HostFormat::Lv2 : HostFormat::Frames;
         const double n = meter.numerator, d = meter.denominator, spq = grid.samplesPerQuarter();
         TimelineFollower follower;
         for (long long b = 0; b < blocks; ++b) {
@@ -88,6 +174,7 @@ int main(int argc, char** argv)
         }
         return 0;
     }
+    if (argc == 7 && std::strcmp(argv[1], "lv2host") == 0) return lv2Host(argv);
     if (argc != 8 || std::strcmp(argv[1], "grid") != 0) {
         std::fprintf(stderr, "usage: transport_test grid BPM N D RATE FIRST LAST | tempo BPM | meter N D\n");
         return 2;
