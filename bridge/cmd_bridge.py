@@ -12,7 +12,7 @@ import argparse
 import sys
 
 DEFAULT_COMMAND_PORT = 9131
-FOLLOWERS = "fixed:BPM[:METER], midi-clock, reaper, ableton, ardour, bitwig"
+FOLLOWERS = "fixed:BPM[:METER], jack[:BPM[:METER]], midi-clock, reaper, ableton, ardour, bitwig"
 
 
 def track_arg(text: str):
@@ -56,6 +56,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(docs/guides.md)")
     p.add_argument("--guide", default=None, metavar="MID", help="a guide every take follows: a Standard MIDI File, "
                    "read in beats from the take's first bar line")
+    p.add_argument("--guide-in", default=None, metavar="PORT",
+                   help="play the guide: record --guide-bars bars from this JACK MIDI output (its name or a part of "
+                        "it) from the next bar line, as played (not quantised); every following take follows it")
+    p.add_argument("--guide-bars", type=int, default=4, help="--guide-in: how many bars to record (default 4)")
     p.add_argument("--stem", default=None, help="what part the take is (drums, bass, keys): names its files and "
                                                  "picks the DAW track of that name")
     p.add_argument("--reroll", metavar="TAKE_ID", default=None, help="the same take again with a new seed")

@@ -1,12 +1,13 @@
 """Take history: every take the bridge asked for, by take id, persisted in the output folder.
 
 A take's record (``stemd.lifecycle.TakeRecord``) keeps the request parameters (the generate keys,
-without any continuation audio), so a take can be re-rolled (same parameters, new seed) or extended
+without any continuation audio; a guide SMF as base64), so a take can be re-rolled (same parameters, new seed) or extended
 (continue from its end) in a later session. The file is ``<out>/.stemd-history.json``, rewritten atomically on every change.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
 import json
 import re
@@ -35,6 +36,7 @@ class TakeHistory:
         if self.path.exists():
             try:
                 for raw in json.loads(self.path.read_text()).get("takes", []):
+                    raw["params"] = {k: _unblob(v) for k, v in raw.get("params", {}).items()}
                     self.takes[raw["id"]] = TakeRecord(**raw)
             except (ValueError, KeyError, TypeError) as e:
                 raise StemdError(f"{self.path} is not a stemd take history ({e}); move it away to start afresh",
@@ -80,4 +82,18 @@ class TakeHistory:
     def save(self) -> None:
         with self._lock:
             self.folder.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.path, json.dumps({"takes": [asdict(t) for t in self.takes.values()]}, indent=1) + "\n")
+            atomic_write(self.path, json.dumps({"takes": [asdict(t) for t in self.takes.values()]}, indent=1,
+                                               default=_blob) + "\n")
+
+
+def _blob(value):
+    """A blob parameter (a guide SMF) in the history file: ``{"base64": ...}``."""
+    if isinstance(value, (bytes, bytearray)):
+        return {"base64": base64.b64encode(bytes(value)).decode("ascii")}
+    raise TypeError(f"{type(value).__name__} is not a generate value")
+
+
+def _unblob(value):
+    if isinstance(value, dict) and list(value) == ["base64"]:
+        return base64.b64decode(value["base64"])
+    return value

@@ -85,8 +85,11 @@ def run_bridge(args: argparse.Namespace, out: TextIO) -> int:
     client = None
     try:
         if args.daemon.lower() == "none":
-            if args.once or args.generate or args.reroll or args.extend:
-                raise BridgeError("--daemon none only follows the transport; requests need a daemon")
+            if (args.once and not args.guide_in) or args.generate or args.reroll or args.extend:
+                raise BridgeError("--daemon none only follows the transport (and records --guide-in); requests "
+                                  "need a daemon")
+            if record_guide_in(args, transport, follower, out_dir, lambda line: _say(out, lock, line)) and args.once:
+                return 0
             _wait_forever(args, out, lock, None)
             return 0
         host, port = parse_address(args.daemon)
@@ -106,7 +109,14 @@ def run_bridge(args: argparse.Namespace, out: TextIO) -> int:
             from stemd.bridge import midi
 
             bridge.midi_session = midi.attach(bridge, args, midimap)  # /stemd/midi/learn on the command port
+        guide = record_guide_in(args, transport, follower, out_dir, lambda line: _say(out, lock, line))
+        if guide is not None:          # the guide of every take from now on
+            bridge.defaults["guide"] = guide.smf
+            bridge.defaults.setdefault("bars", guide.bars)
+            args.bars = args.bars or guide.bars
         if args.once:
+            if guide is not None and not _initial_actions(args, bridge):
+                return 0
             return _once(args, bridge, out, lock)
         for action in _initial_actions(args, bridge):
             action()
@@ -118,6 +128,30 @@ def run_bridge(args: argparse.Namespace, out: TextIO) -> int:
         follower.stop()
         if client is not None:
             client.close()
+
+
+def record_guide_in(args, transport, follower, out_dir: Path, say):
+    """``--guide-in PORT``: the guide played there, recorded and saved in ``out_dir`` (its path said); None
+    without ``--guide-in``. The follower's own JACK client reads the port with ``--follow jack``; with
+    another follower a JACK client of its own does, placing events on the followed transport."""
+    if not getattr(args, "guide_in", None):
+        return None
+    if args.guide or args.chords:
+        raise BridgeError("--guide-in records the guide: give no --guide or --chords with it")
+    from stemd.bridge import guide_in
+    from stemd.bridge.transport.jack import JackClient
+
+    client = follower if isinstance(follower, JackClient) else JackClient(transport, follow=False)
+    try:
+        guide = guide_in.record(client, args.guide_in, args.guide_bars, args.timeout, say)
+    except TimeoutError as e:
+        raise BridgeError(str(e)) from None
+    finally:
+        if client is not follower:
+            client.stop()
+    path = guide_in.save(guide, out_dir)
+    say(f"guide: {path} ({guide.describe()})")
+    return guide
 
 
 def _initial_actions(args, bridge) -> list:

@@ -1,6 +1,6 @@
 """Following a DAW's transport: one shared :class:`Transport` state, one module per source.
 
-A follower (``fixed``, ``midi-clock``, ``ardour``, ``reaper``, ``ableton``, ``bitwig``) turns what its
+A follower (``fixed``, ``jack``, ``midi-clock``, ``ardour``, ``reaper``, ``ableton``, ``bitwig``) turns what its
 source sends into :meth:`Transport.update` calls; everyone else reads :meth:`Transport.now`, which
 extrapolates the last known position with the tempo while the transport plays. Positions are exact
 quarter notes from the DAW's bar 1 (our bar 0) as ``Fraction``; the tempo is quarter notes per minute.
@@ -180,6 +180,10 @@ def make_follower(spec: str, transport: Transport, args=None):
         from stemd.bridge.transport.fixed import FixedFollower
 
         return FixedFollower.parse(rest, transport)
+    if name == "jack":
+        from stemd.bridge.transport.jack import JackFollower
+
+        return JackFollower.parse(rest, transport)
     if name == "midi-clock":
         from stemd.bridge.transport.midiclock import MidiClockFollower
 
@@ -188,4 +192,5 @@ def make_follower(spec: str, transport: Transport, args=None):
         from stemd.bridge.transport import daw_osc
 
         return daw_osc.follower(name, transport, args)
-    raise FollowError(f"unknown --follow {spec!r}: use fixed:BPM[:METER], midi-clock, reaper, ableton, ardour or bitwig")
+    raise FollowError(f"unknown --follow {spec!r}: use fixed:BPM[:METER], jack[:BPM[:METER]], midi-clock, reaper, "
+                      "ableton, ardour or bitwig")
