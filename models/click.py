@@ -11,6 +11,7 @@ from typing import Iterator
 
 import numpy as np
 
+from stemd.families import check_spec
 from stemd.models.base import AudioStream, Cancelled, Engine, GenerationSpec, never_stop, no_progress
 from stemd.timing import samples_at
 
@@ -34,6 +35,7 @@ class ClickEngine(Engine):
     max_variations = 16
 
     def stream(self, spec: GenerationSpec, *, should_stop=never_stop, on_progress=no_progress) -> AudioStream:
+        check_spec(spec, "click", self.name)     # none of the family-only keys: stemd/families.py's table
         return AudioStream(sample_rate=spec.sample_rate, channels=spec.channels,
                            blocks=self._bars(spec, should_stop, on_progress), on_grid=True,
                            tempo_hint=float(spec.grid.tempo.bpm))

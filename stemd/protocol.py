@@ -217,6 +217,11 @@ class GenerateRequest:
                 object.__setattr__(self, f.name, checked)
         if self.continuation is not None and len(self.continuation) % (4 * self.continuation_channels):
             raise ProtocolError("bad_arguments", "continuation must be whole float32 frames")
+        if self.repaint:
+            first, last = repaint_range(self.repaint)
+            if not 1 <= first <= last <= self.bars:
+                raise ProtocolError("out_of_range", f"repaint {self.repaint!r}: FIRST and LAST must be bars of the take, "
+                                    f"1..{self.bars}, with FIRST <= LAST")
         if self.guide is not None or self.chords:
             from stemd.guides import guide_notes
 
@@ -339,6 +344,12 @@ _model = _matching(MODEL_NAME, "out_of_range", "a model name: 1-64 letters, digi
 _repaint = _matching(_REPAINT, "bad_arguments", "'FIRST-LAST' bars of the take, like \"2-3\"")
 
 
+def repaint_range(value: str) -> tuple[int, int]:
+    """A checked ``repaint`` value, ``"2-3"``, as (2, 3): the first and last bar of the take made again, from 1."""
+    first, last = value.split("-")
+    return int(first), int(last)
+
+
 def _tempo(key: str, value: Any) -> Tempo:
     return value if isinstance(value, Tempo) else parse_tempo(value)
 
@@ -360,22 +371,23 @@ def _bool(key: str, value: Any) -> bool:
     raise ProtocolError("wrong_type", f"{key} must be T/F or 0/1, got {_osc_type(value)}")
 
 
-def _blob(key: str, value: Any) -> bytes:
+def _bytes(key: str, value: Any, what: str, limit: int) -> bytes:
+    """A blob key's bytes: ``what`` the blob must be (for the message), at most ``limit`` bytes."""
     if not isinstance(value, (bytes, bytearray)):
-        raise ProtocolError("wrong_type", f"{key} must be a blob (float32 LE interleaved), got {_osc_type(value)}")
-    if len(value) > MAX_CONTINUATION_BYTES:
-        raise ProtocolError("too_large", f"{key} is over {MAX_CONTINUATION_BYTES} bytes")
+        raise ProtocolError("wrong_type", f"{key} must be a blob ({what}), got {_osc_type(value)}")
+    if len(value) > limit:
+        raise ProtocolError("too_large", f"{key} is {len(value)} bytes, over the {limit} it may be")
     return bytes(value)
+
+
+def _blob(key: str, value: Any) -> bytes:
+    return _bytes(key, value, "float32 LE interleaved", MAX_CONTINUATION_BYTES)
 
 
 def _guide_blob(key: str, value: Any) -> bytes:
     from stemd.guides import MAX_GUIDE_BYTES
 
-    if not isinstance(value, (bytes, bytearray)):
-        raise ProtocolError("wrong_type", f"{key} must be a blob (a Standard MIDI File), got {_osc_type(value)}")
-    if len(value) > MAX_GUIDE_BYTES:
-        raise ProtocolError("too_large", f"{key} is {len(value)} bytes; a guide SMF is at most {MAX_GUIDE_BYTES}")
-    return bytes(value)
+    return _bytes(key, value, "a Standard MIDI File", MAX_GUIDE_BYTES)
 
 
 def _priority(key: str, value: Any) -> str:

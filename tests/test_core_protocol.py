@@ -103,6 +103,9 @@ def test_model_keys_are_checked_however_the_request_is_built():
     ({"stem": "../etc"}, "out_of_range", "stem"),
     ({"track": 3}, "wrong_type", "track"),
     ({"repaint": "3"}, "bad_arguments", "repaint"),
+    ({"repaint": "2-5"}, "out_of_range", "repaint"),       # the take has 4 bars
+    ({"repaint": "3-2"}, "out_of_range", "repaint"),
+    ({"repaint": "0-1"}, "out_of_range", "repaint"),
     ({"continuation": "not bytes"}, "wrong_type", "continuation"),
     ({"continuation": b"\0" * 8, "continuation_channels": 0}, "out_of_range", "continuation_channels"),
     ({"continuation_rate": 100}, "out_of_range", "continuation_rate"),

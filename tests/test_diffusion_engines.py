@@ -237,16 +237,6 @@ def test_each_family_refuses_the_keys_it_lacks_with_a_typed_error(engines):
     assert e.value.code == "bad_arguments"
 
 
-def test_ace_step_repaint_bars_must_lie_in_the_take(engines):
-    from stemd.protocol import ProtocolError
-
-    given = noise_take(2.0, 48000)
-    for bars in ("0-2", "3-2", "2-4"):          # the protocol checked the form; the take has 3 bars
-        with pytest.raises(ProtocolError) as e:
-            engines[ACE].raw(spec(continuation=given, variations=1, extra={"repaint": bars}))
-        assert e.value.code == "out_of_range" and bars in e.value.message
-
-
 def test_cancel_stops_a_diffusion_take_between_denoising_steps(engines):
     from stemd.models.base import Cancelled
 

@@ -26,22 +26,13 @@ from typing import Optional
 from stemd.models.base import GenerationSpec
 from stemd.models.diffusion.canvas import LatentFrames
 from stemd.models.diffusion.engine import DiffusionEngine
-from stemd.protocol import ProtocolError
+from stemd.protocol import ProtocolError, repaint_range
 
 LONGEST_CANVAS = 600.0    # ACE-Step 1.5 makes up to ten minutes
 
 
-def repaint_bars(value: str, bars: int) -> tuple[int, int]:
-    """``"2-3"`` (the protocol checked its form) -> (2, 3): bars of the take, from 1, inclusive."""
-    first, last = (int(n) for n in value.split("-"))
-    if not 1 <= first <= last <= bars:
-        raise ProtocolError("out_of_range", f"repaint bars must lie within 1..{bars} with FIRST <= LAST, got {value!r}")
-    return first, last
-
-
 class AceStepEngine(DiffusionEngine):
     family = "ace-step"
-    accepts = frozenset({"steps", "guidance", "track", "extract", "repaint", "guide", "chords", "guide_strength"})
 
     def latent_frames(self, pipe) -> LatentFrames:
         return LatentFrames(round(self.sample_rate / pipe.latents_per_second), self.sample_rate, LONGEST_CANVAS)
@@ -93,7 +84,7 @@ class AceStepEngine(DiffusionEngine):
             return self.pipe(task_type=task, track_name=track, src_audio=self.source_audio(spec.continuation, canvas),
                              audio_duration=canvas, **args).audios
         if spec.extra.get("repaint"):
-            first, last = repaint_bars(spec.extra["repaint"], spec.bars)
+            first, last = repaint_range(spec.extra["repaint"])   # bars of the take: the request checked them
             origin = spec.grid.bar_start_seconds(spec.start_bar)
             start = float(spec.grid.bar_start_seconds(spec.start_bar + first - 1) - origin)
             end = float(spec.grid.bar_start_seconds(spec.start_bar + last) - origin)

@@ -47,8 +47,6 @@ class DiffusionEngine(Engine):
     """One diffusers pipeline, held warm. Subclasses say which pipeline calls make a take."""
 
     family = ""
-    #: request keys this family has beyond the common ones (protocol names)
-    accepts: frozenset = frozenset({"steps", "guidance"})
 
     def __init__(self, pipe, folder: Path, name: str, device, dtype, *, test_model: bool = False):
         self.pipe, self.folder, self.name = pipe, Path(folder), name
@@ -173,21 +171,12 @@ class DiffusionEngine(Engine):
                                 "continuation or continuation_path")
         return torch.from_numpy(audio).to(self.device, self.pipe.vae.dtype)
 
-    def check_keys(self, spec: GenerationSpec) -> None:
-        """Refuse what this family does not have (the protocol's typed ``unsupported_key``)."""
-        from stemd.protocol import MODEL_KEYS, ProtocolError
-
-        used = {k for k in MODEL_KEYS if spec.extra.get(k) not in (None, "")}
-        used.update(spec.sampling.token_keys_given())
-        lacking = sorted(used - self.accepts)
-        if lacking:
-            raise ProtocolError("unsupported_key", f"{self.name} ({self.family}) has no {', '.join(lacking)}; it "
-                                f"takes {', '.join(sorted(self.accepts))}")
-
     # -- one request -------------------------------------------------------------------------------
 
     def stream(self, spec: GenerationSpec, *, should_stop=never_stop, on_progress=no_progress) -> AudioStream:
-        self.check_keys(spec)
+        from stemd.families import check_spec
+
+        check_spec(spec, self.family, self.name)     # the keys this family takes: stemd/families.py's table
         return AudioStream(sample_rate=self.sample_rate, channels=2, blocks=self._blocks(spec, should_stop, on_progress),
                            on_grid=False, tempo_hint=float(spec.grid.tempo.bpm))
 

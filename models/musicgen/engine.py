@@ -112,12 +112,9 @@ class MusicGenEngine(Engine):
     # -- one request --------------------------------------------------------------------------------
 
     def stream(self, spec: GenerationSpec, *, should_stop=never_stop, on_progress=no_progress) -> AudioStream:
-        from stemd.protocol import MODEL_KEYS, ProtocolError
+        from stemd.families import check_spec
 
-        lacking = [k for k in MODEL_KEYS if spec.extra.get(k) not in (None, "")]
-        if lacking:
-            raise ProtocolError("unsupported_key", f"MusicGen has no {', '.join(lacking)} (a diffusion model's keys); "
-                                "it takes temperature, top_k, top_p, guidance")
+        check_spec(spec, "musicgen", self.name)     # the keys this family takes: stemd/families.py's table
         asked = [0]      # samples the consumer asked for (AudioStream.need), read between steps
         return AudioStream(sample_rate=self.sample_rate, channels=self.channels,
                            blocks=self._blocks(spec, should_stop, on_progress, asked), on_grid=False,

@@ -35,7 +35,6 @@ def describe(spec: GenerationSpec) -> str:
 
 class StableAudio3Engine(DiffusionEngine):
     family = "stable-audio-3"
-    accepts = frozenset({"steps", "guidance", "strength", "guide", "chords"})
     #: how far a guide is noised when the request gives no strength
     GUIDE_STRENGTH = 0.7
 
