@@ -41,6 +41,27 @@ def test_bbt_of_a_timebase_master_is_read_in_quarters_with_the_tempo_in_quarters
     assert plain.quarters == Fraction(3 * 97, 60) and str(plain.meter) == "3/4"
 
 
+def test_with_another_follower_a_cycle_is_placed_on_the_followed_transport_at_its_first_frame():
+    # --follow midi-clock (or a DAW's OSC) with --guide-in: the client only reads MIDI; a cycle that began
+    # 0.1 s before the transport was asked sits 0.1 s of 97 BPM earlier than "now"
+    from types import SimpleNamespace
+
+    from stemd.bridge.transport import Transport
+    from stemd.bridge.transport.jack import JackClient
+
+    now = [50.0]
+    transport = Transport(clock=lambda: now[0])
+    transport.update(bpm=97, meter="7/8", quarters=Fraction(10), playing=True, at=50.0)
+    now[0] = 51.0
+    client = JackClient.__new__(JackClient)
+    client.transport, client.follow, client.client = transport, False, SimpleNamespace(samplerate=RATE)
+    cycle = client._cycle(started=50.9)
+    assert cycle.playing and str(cycle.meter) == "7/8"
+    assert abs(cycle.quarters - (10 + Fraction(9, 10) * Fraction(97, 60))) < Fraction(1, 10**9)
+    transport.positioned.clear()                    # a clock joined mid-song: no position yet, no recording
+    assert not client._cycle(started=50.9).playing
+
+
 def cycle_at(quarters, meter="3/4", playing=True) -> Cycle:
     return Cycle(Fraction(quarters), Fraction(97), Meter.parse(meter), playing, RATE)
 
