@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/diffusion.py [--arch sa3-small acestep-turbo] [--device cpu] [--dtype float32]
         [--rounds 1] [--bars 4] [--bpm 120] [--variations 1] [--backend eager|compiled] [--memory]
+        [--backends-only]
 
 The weights are random (written once by `stemd make-test-model --arch ARCH` into bench/.cache/): speed and
 memory do not depend on them, sound does, so nothing here is about sound. Measured per architecture, in one
@@ -19,6 +20,8 @@ steps, the models' default sampler):
   conform of bar 1 (after the canvas exists), conform's share on its own line
 * ``--backend compiled``: the DiT forward compiled (models/diffusion/compiled.py), timed in rounds
   alternating with eager on the same engine; `compiled_over_eager ARCH ratio=R` (> 1: compiled is faster)
+* ``--backends-only`` (with ``--backend compiled``): only that comparison, without diffusers' pipeline
+  (not loaded) and the rounds above: what a 2-core CPU has time for at the released sizes
 * ``--memory`` (CUDA): the pool's per-request estimate against ``torch.cuda.max_memory_allocated`` around
   one request, beyond the weights
 
@@ -132,27 +135,10 @@ def peak_beside_weights(engine, spec) -> tuple[int, int]:
     return peak, estimate
 
 
-def bench_arch(arch: str, args) -> None:
-    from diffusers import DiffusionPipeline
-
+def against_theirs(arch: str, engine, pipe, spec, canvas: float, args) -> None:
+    """Our engine against diffusers' own call, rounds alternating, and request -> bar 1."""
     from stemd.models.base import GenerationSpec
-    from stemd.models.diffusion.compiled import backend_of, use_backend
-    from stemd.models.registry import load_engine
-    from stemd.timing import Grid
 
-    folder = ensure_pipeline(arch)
-    t0 = time.perf_counter()
-    engine = load_engine(str(folder), device=args.device, dtype=args.dtype)
-    load_s = time.perf_counter() - t0
-    pipe = DiffusionPipeline.from_pretrained(str(folder), dtype=engine.dtype).to(engine.device)
-    pipe.set_progress_bar_config(disable=True)
-    params = sum(p.numel() for p in engine.pipe.transformer.parameters()) / 1e6
-    spec = GenerationSpec(grid=Grid(args.bpm, "4/4"), bars=args.bars, prompt="driving techno", seed=0,
-                          sample_rate=48000, variations=args.variations)
-    canvas = engine.canvas_seconds(spec)
-    print(f"{arch}: DiT {params:.0f}M parameters (random weights), {engine.info()['dtype']} on "
-          f"{device_name(str(engine.device))}; engine load {load_s:.1f} s; take {float(spec.seconds):.2f} s, "
-          f"canvas {canvas:.2f} s, {spec.variations} variation(s)", flush=True)
     warm = GenerationSpec(grid=spec.grid, bars=1, prompt=spec.prompt, seed=0, sample_rate=48000,
                           variations=args.variations)
     engine.raw(warm)                                   # first calls pay one-time costs: not what we compare
@@ -184,6 +170,34 @@ def bench_arch(arch: str, args) -> None:
           f"ms + conform of bar 1 {med(conform) * 1000:.1f} ms)", flush=True)
     print(f"conform_share {arch} bar1_ms={med(conform) * 1000:.1f} share={med(conform) / med(bar1):.3f}", flush=True)
     print(f"seconds_per_take {arch} ours={a:.3f} theirs={b:.3f} ratio={b / a:.3f}", flush=True)
+
+
+def bench_arch(arch: str, args) -> None:
+    from diffusers import DiffusionPipeline
+
+    from stemd.models.base import GenerationSpec
+    from stemd.models.diffusion.compiled import backend_of, use_backend
+    from stemd.models.registry import load_engine
+    from stemd.timing import Grid
+
+    folder = ensure_pipeline(arch)
+    t0 = time.perf_counter()
+    engine = load_engine(str(folder), device=args.device, dtype=args.dtype)
+    load_s = time.perf_counter() - t0
+    pipe = None if args.backends_only else DiffusionPipeline.from_pretrained(str(folder), dtype=engine.dtype)
+    params = sum(p.numel() for p in engine.pipe.transformer.parameters()) / 1e6
+    spec = GenerationSpec(grid=Grid(args.bpm, "4/4"), bars=args.bars, prompt="driving techno", seed=0,
+                          sample_rate=48000, variations=args.variations)
+    canvas = engine.canvas_seconds(spec)
+    print(f"{arch}: DiT {params:.0f}M parameters (random weights), {engine.info()['dtype']} on "
+          f"{device_name(str(engine.device))}; engine load {load_s:.1f} s; take {float(spec.seconds):.2f} s, "
+          f"canvas {canvas:.2f} s, {spec.variations} variation(s)", flush=True)
+    if pipe is not None:
+        pipe = pipe.to(engine.device)
+        pipe.set_progress_bar_config(disable=True)
+        against_theirs(arch, engine, pipe, spec, canvas, args)
+    else:
+        engine.raw(spec)                               # eager's one-time costs, before the rounds
     if args.backend == "compiled":
         t0 = time.perf_counter()
         use_backend(engine, "compiled")
@@ -230,11 +244,15 @@ def main() -> None:
     parser.add_argument("--variations", type=int, default=1)
     parser.add_argument("--backend", choices=["eager", "compiled"], default="eager",
                         help="compiled: also time the compiled DiT forward against eager, alternating")
+    parser.add_argument("--backends-only", action="store_true",
+                        help="with --backend compiled: only compiled against eager, without diffusers' pipeline")
     parser.add_argument("--memory", action="store_true",
                         help="CUDA: the pool's per-request estimate against the allocator's peak")
     args = parser.parse_args()
     if args.variations < 1 or args.bars < 1 or args.rounds < 1:
         parser.error("--variations, --bars and --rounds must be at least 1")
+    if args.backends_only and args.backend != "compiled":
+        parser.error("--backends-only compares the backends: it needs --backend compiled")
     print(f"bench/diffusion.py on {time.strftime('%Y-%m-%d %H:%M %Z')}: {', '.join(args.arch)}, {args.bars} bars of "
           f"4/4 at {args.bpm:g} BPM, {args.variations} variation(s), 8 steps, backend {args.backend}", flush=True)
     for arch in args.arch:
