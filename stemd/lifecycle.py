@@ -20,7 +20,8 @@ from typing import Optional
 
 from stemd.errors import StemdError
 from stemd.protocol import GenerateRequest, random_seed
-from stemd.takes import mark_sidecar, step_variation
+from stemd.sidecar import mark_delivery
+from stemd.takes import step_variation
 
 FINISHED = ("ready", "playing", "accepted")
 
@@ -103,7 +104,7 @@ def extend(take: TakeRecord, bars: Optional[int] = None, seed: Optional[int] = N
 def accept(take: TakeRecord) -> None:
     if take.state not in FINISHED:
         raise StemdError(f"take {take.id} is {take.state}: only a finished take can be accepted", "bad_arguments")
-    mark_sidecar(Path(take.finished_file("accept")), accepted=True)
+    mark_delivery(Path(take.finished_file("accept")), accepted=True)
     take.state = "accepted"
 
 

@@ -4,7 +4,8 @@ The daemon builds a take's sidecar (:func:`take_sidecar`) when the take is finis
 take (:func:`encode`: the text) and sends that same text to its client (``/stemd/sidecar <id> <variation>
 <json>``, before ``/stemd/take``); ``stemd render`` builds its takes' sidecars here too. A client that
 writes the take itself (the bridge, the stemd plugin) writes the daemon's JSON unchanged, adding only its
-own fields under one key, ``"delivery"`` (:func:`delivered`). docs/protocol.md documents the schema.
+own fields under one key, ``"delivery"`` (:func:`delivered`); a producer's later word on a take (``accepted``)
+goes there too (:func:`mark_delivery`). docs/protocol.md documents the schema.
 Core: stdlib only (the bridge runs without torch).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+from pathlib import Path
 from typing import Optional
 
 from stemd.errors import StemdError
@@ -96,3 +98,19 @@ def delivered(received: Optional[str], delivery: dict) -> dict:
             meta = {}
             delivery["missing"] = "the daemon's sidecar for this take was not a stemd sidecar: what made it is not known"
     return {**meta, DELIVERY: delivery}
+
+
+def mark_delivery(wav: Path, **fields) -> dict:
+    """Add ``fields`` under ``delivery`` in the sidecar of the take ``wav`` (``accepted=True`` when a producer
+    accepts it), rewritten atomically; returns the new sidecar. A take the daemon wrote in its own ``--out``
+    (accepted through its MIDI surface) gets a ``delivery`` holding only these fields. A take with no sidecar
+    gets none (nothing to mark)."""
+    from stemd.takes import atomic_write
+
+    path = Path(wav).with_suffix(".json")
+    if not path.exists():
+        return {}
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    meta[DELIVERY] = {**(meta.get(DELIVERY) or {}), **fields}
+    atomic_write(path, encode(meta))
+    return meta

@@ -334,14 +334,3 @@ def _with_facts(sidecar: dict, facts: dict, under: str) -> dict:
 
 def read_sidecar(wav: Path) -> dict:
     return json.loads(Path(wav).with_suffix(".json").read_text())
-
-
-def mark_sidecar(wav: Path, **fields) -> dict:
-    """Add ``fields`` to a take's sidecar (rewritten atomically); returns the new sidecar. A take with
-    no sidecar gets none (nothing to mark)."""
-    path = Path(wav).with_suffix(".json")
-    if not path.exists():
-        return {}
-    meta = {**json.loads(path.read_text()), **fields}
-    write_json(path, meta)
-    return meta

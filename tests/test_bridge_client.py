@@ -158,7 +158,9 @@ def test_next_and_previous_variation_choose_audition_and_accept_one_variation(pe
     assert said.startswith(f"{take}: variation 3 of 3") and player.played[-1][1:3] == (2, record.files[2])
     assert [e[2] for e in events if e[0] == take][-2:] == [0, 2]
     bridge.accept(take)
-    assert read_sidecar(record.files[2]).get("accepted") is True and "accepted" not in read_sidecar(record.files[0])
+    chosen, other = read_sidecar(record.files[2]), read_sidecar(record.files[0])
+    assert chosen["delivery"]["accepted"] is True and "accepted" not in chosen      # a delivery field
+    assert "accepted" not in other["delivery"] and chosen["delivery"]["take_id"] == other["delivery"]["take_id"]
     with pytest.raises(StemdError, match="accepted as variation 3"):
         bridge.next_variation(take)
     client.close()

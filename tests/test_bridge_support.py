@@ -44,10 +44,13 @@ class ProtocolPeer:
             t.start()
 
     def _serve(self, conn):
+        from dataclasses import replace
+
         from stemd.daemon.takeio import spec_from_request
         from stemd.licenses import card as card_of
         from stemd.models.click import ClickEngine
         from stemd.models.pipeline import bar_chunks
+        from stemd.sampling import DEFAULT_SAMPLING
         from stemd.sidecar import encode, take_sidecar
 
         decoder, engine = StreamDecoder(), ClickEngine()
@@ -77,7 +80,10 @@ class ProtocolPeer:
                             continue
                         send(protocol.ACCEPTED, req.request_id)
                         frames = 0
-                        for c in bar_chunks(engine, spec_from_request(req, engine)):
+                        # the peer stands in for any model (a bridge may send temperature, steps ...): the click
+                        # engine makes its audio from the request's grid alone, without the family-only keys
+                        spec = replace(spec_from_request(req, engine), sampling=DEFAULT_SAMPLING, extra={})
+                        for c in bar_chunks(engine, spec):
                             frames += c.audio.shape[-1]
                             for v in range(c.variations):
                                 send(protocol.CHUNK, *protocol.Chunk(req.request_id, v, c.index, c.start_sample,

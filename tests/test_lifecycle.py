@@ -65,6 +65,8 @@ def test_accept_marks_the_chosen_file_and_only_a_finished_take(tmp_path):
     take.state = "ready"
     assert lifecycle.choose(take, -1) == 1                      # wraps around
     lifecycle.accept(take)
-    assert read_sidecar(take.files[1]).get("accepted") is True and "accepted" not in read_sidecar(take.files[0])
+    # a producer's word, under delivery (these sidecars had none: it holds only that); the other file untouched
+    assert read_sidecar(take.files[1]) == {"prompt": "x", "delivery": {"accepted": True}}
+    assert read_sidecar(take.files[0]) == {"prompt": "x"}
     with pytest.raises(StemdError, match="accepted as variation 2"):
         lifecycle.choose(take, +1)

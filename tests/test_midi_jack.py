@@ -481,8 +481,8 @@ def test_stemd_serve_map_a_pad_makes_a_take_in_the_daemon_and_its_pad_lights(jac
         d.wait_log("no-such-output")
         send(p, note(43))  # accept: the chosen variation's sidecar says so
         d.wait_log("take midi-1 accepted")
-        assert read_sidecar(d.out / first[1]).get("accepted") is True
-        assert "accepted" not in read_sidecar(d.out / first[0])
+        assert read_sidecar(d.out / first[1])["delivery"] == {"accepted": True}   # the daemon's file: only that
+        assert "delivery" not in read_sidecar(d.out / first[0])
 
         send(p, note(41))  # extend: a new take from bar 3, continuing the chosen file
         d.wait_log("take midi-2 ready", timeout=20)
