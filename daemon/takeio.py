@@ -89,7 +89,8 @@ class TakeStream:
         def names(number: int) -> list:
             stems = [take_name(prompt, request.start_bar, number, v if variations > 1 else None, request.stem)
                      for v in range(variations)]
-            return [n + ext for n in stems for ext in (".json", ".wav")]
+            kept = (".json", ".wav", ".mid") if request.guide is not None else (".json", ".wav")  # the guide SMF
+            return [n + ext for n in stems for ext in kept]
 
         self.number, self.claim = claims.claim(self.prefix, names)
         self.paths = [folder / n for n in names(self.number) if n.endswith(".wav")]
@@ -117,12 +118,19 @@ class TakeStream:
         for f in self.files:
             f.file.seek(0)
             f.write(header)
-        self.sidecars = [encode(take_sidecar(self.request, v, self.engine.info(), self.model_name, file=path.name,
-                                             sample_rate=self.request.sample_rate, channels=self.channels,
-                                             frames=self.frames, format="float32",
-                                             conform=self.conform[v] if v < len(self.conform) else None))
-                         for v, path in enumerate(self.paths)]   # all made before any is published
+        metas = [take_sidecar(self.request, v, self.engine.info(), self.model_name, file=path.name,
+                              sample_rate=self.request.sample_rate, channels=self.channels, frames=self.frames,
+                              format="float32", conform=self.conform[v] if v < len(self.conform) else None)
+                 for v, path in enumerate(self.paths)]
+        guide = self.request.guide
+        for meta, path in zip(metas, self.paths):
+            if guide is not None:               # the guide SMF is kept beside the take, so it can be made again
+                meta["guide"]["file"] = path.with_suffix(".mid").name
+        self.sidecars = [encode(meta) for meta in metas]   # all made before any is published
         for f, path, text in zip(self.files, self.paths, self.sidecars):
+            if guide is not None:
+                atomic_write(path.with_suffix(".mid"), guide, replace=False)
+                self.published.append(path.with_suffix(".mid"))
             atomic_write(path.with_suffix(".json"), text, replace=False)
             self.published.append(path.with_suffix(".json"))
             f.publish()

@@ -31,7 +31,7 @@ from typing import Optional
 import numpy as np
 
 from stemd.chromium import find_chromium
-from stemd.daemon.render.manifest import read_manifest
+from stemd.daemon.render.manifest import guide_text, read_manifest
 
 WAVE_SIZE, SPEC_SIZE = (360, 70), (360, 110)
 MIN_CARD_WIDTH, GAP, PADDING = 320, 16, 16   # the grid: as many columns of at least 320 px as fit
@@ -130,6 +130,8 @@ def _card(index: int, take: dict, folder: Path) -> str:
         params.append(("loudness", f'{take["lufs"]:.1f} LUFS'))
     if take.get("stems"):
         params.append(("stems", ", ".join(take["stems"])))
+    if take.get("guide"):
+        params.append(("chords" if take["guide"].get("chords") else "guide", guide_text(take["guide"])))
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in params)
     prompt = take["prompt"] or "(no prompt)"
     name = html.escape(take["name"])

@@ -12,18 +12,19 @@ import io
 import json
 from pathlib import Path
 
+from stemd.daemon.render.files import render_facts
 from stemd.daemon.render.job import RenderJob, Take
 from stemd.takes import atomic_write
 
 COLUMNS = ("name", "file", "model", "model_name", "prompt", "musical_key", "seed", "variation", "bars", "tempo",
            "meter", "start_bar", "sample_rate", "channels", "frames", "seconds", "format", "lufs", "stems", "take_key",
-           "sha256", "license", "commercial_use", "test_model")
+           "sha256", "license", "commercial_use", "test_model", "guide")
 MANIFEST_JSON, MANIFEST_CSV = "manifest.json", "manifest.csv"
 
 
 def entry(take: Take, sidecar: dict) -> dict:
     """A take's manifest row from its sidecar."""
-    loud = (sidecar.get("render") or {}).get("loudness") or {}
+    loud = render_facts(sidecar).get("loudness") or {}
     return {
         "name": take.name, "file": sidecar["file"], "model": take.batch.entry.source,
         "model_name": take.batch.model_name, "prompt": sidecar["prompt"],
@@ -36,7 +37,25 @@ def entry(take: Take, sidecar: dict) -> dict:
         "take_key": take.key, "sha256": sidecar["sha256"],
         "license": (sidecar.get("license") or {}).get("name", ""), "commercial_use": bool(sidecar.get("commercial_use")),
         "test_model": bool((sidecar.get("engine") or {}).get("test_model")),
+        "guide": guide_entry(sidecar.get("guide")),
     }
+
+
+def guide_entry(guide) -> dict | None:
+    """What the take followed, from its sidecar's ``guide``: ``{"chords": text}``, or the kept SMF as
+    ``{"file": NAME.mid, "smf_sha256": hex}``; None without a guide."""
+    if not guide or not (guide.get("chords") or guide.get("smf_sha256")):
+        return None
+    if guide.get("chords"):
+        return {"chords": guide["chords"]}
+    return {"file": guide.get("file", ""), "smf_sha256": guide["smf_sha256"]}
+
+
+def guide_text(guide: dict | None) -> str:
+    """A guide entry in one line: the chords, or ``NAME.mid sha256:HEX``."""
+    if not guide:
+        return ""
+    return guide.get("chords") or f'{guide["file"]} sha256:{guide["smf_sha256"]}'.strip()
 
 
 def write_manifest(folder: Path, job: RenderJob, takes: list[Take], rows: dict) -> Path:
@@ -51,7 +70,7 @@ def write_manifest(folder: Path, job: RenderJob, takes: list[Take], rows: dict) 
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in ordered:
-        writer.writerow({**row, "stems": ";".join(row["stems"].values())})
+        writer.writerow({**row, "stems": ";".join(row["stems"].values()), "guide": guide_text(row.get("guide"))})
     atomic_write(folder / MANIFEST_CSV, buf.getvalue().encode())
     return folder / MANIFEST_JSON
 
