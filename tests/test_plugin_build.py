@@ -287,12 +287,32 @@ def test_a_sidecar_is_the_daemons_text_plus_delivery(take_store_test):
 
 
 @needs_toolchain
+def test_a_sidecar_written_before_is_rewritten_from_the_daemons_part_with_a_new_delivery(take_store_test):
+    # a take reloaded from a project, then accepted: the plugin holds no daemon JSON, only the file it wrote
+    daemon = json.dumps({"model": "click", "seed": 7, "prompt": "x \u00e9", "bars": 2}, indent=2,
+                        ensure_ascii=False) + "\n"
+    first = '{"client": "stemd plugin", "accepted": false, "received": "2026-12-01T10:00:00+00:00"}'
+    written = run_tool(take_store_test, "sidecar", first, stdin=daemon).stdout
+    accepted = '{"client": "stemd plugin", "accepted": true}'
+    out = run_tool(take_store_test, "residecar", accepted, stdin=written).stdout
+    text, received = out.rsplit("received: ", 1)
+    assert received.strip() == "2026-12-01T10:00:00+00:00"
+    assert text.startswith(daemon.rstrip()[:-1].rstrip())              # the daemon's bytes, as they came
+    assert json.loads(text) == {**json.loads(daemon), "delivery": json.loads(accepted)}
+    # a sidecar written with no daemon JSON (delivery only), or not one of ours: nothing to rewrite from
+    missing = '{\n  "delivery": {"client": "stemd plugin", "missing": "the daemon sent no sidecar"}\n}\n'
+    for text in [missing, daemon, "{", "[]"]:
+        assert run_tool(take_store_test, "residecar", accepted, stdin=text).stdout.startswith("received: ")
+
+
+@needs_toolchain
 def test_the_takes_state_round_trips_and_refuses_out_of_range_takes(take_store_test):
     good = {"id": "plugin-1-1", "prompt": "dusty \"drums\"\n", "model": "", "bpm": "275/2", "meter": "7/8",
             "start_bar": 2, "bars": 2, "sample_rate": 44100, "start_sample": 123, "take": 3, "chosen": 2,
             "accepted": True, "state": "done", "error": {"code": "io_error", "message": "disk full"},
             "variations": [{"variation": 1, "wav": "/t/a_v1.wav", "sidecar": "/t/a_v1.json", "sidecar_missing": False},
-                           {"variation": 2, "wav": "/t/a_v2.wav", "sidecar": None, "sidecar_missing": True}]}
+                           {"variation": 2, "wav": "/t/a_v2.wav", "sidecar": None, "sidecar_missing": True,
+                            "partial": True, "bars_kept": 1}]}       # cut off after its first bar
     bad = [{**good, "id": "bars0", "bars": 0}, {**good, "id": "bpm", "bpm": "1e9"}, {**good, "id": "meter", "meter": "7/7"},
            {**good, "id": "rate", "sample_rate": 7}, {**good, "id": "novars", "variations": []}]
     out = run_tool(take_store_test, "takes", stdin=json.dumps([good, *bad, 5, "x"]))

@@ -18,30 +18,11 @@
 #include <string>
 
 #include "daemon_link.hpp"
+#include "json_escape.hpp"
 
 namespace {
 
-std::string json_string(const std::string& text) {
-    std::string out = "\"";
-    for (unsigned char c : text) {
-        switch (c) {
-            case '"': out += "\\\""; break;
-            case '\\': out += "\\\\"; break;
-            case '\n': out += "\\n"; break;
-            case '\r': out += "\\r"; break;
-            case '\t': out += "\\t"; break;
-            default:
-                if (c < 0x20) {
-                    char code[8];
-                    std::snprintf(code, sizeof code, "\\u%04x", c);
-                    out += code;
-                } else {
-                    out += char(c);
-                }
-        }
-    }
-    return out + "\"";
-}
+std::string json_string(const std::string& text) { return stemd::json_escape(text); }
 
 class Printer final : public stemd::DaemonListener {
 public:

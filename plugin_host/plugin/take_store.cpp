@@ -1,5 +1,7 @@
 #include "take_store.hpp"
 
+#include "json_escape.hpp"
+
 #include <cctype>
 #include <cerrno>
 #include <cmath>
@@ -211,42 +213,46 @@ private:
         return fail("unterminated string");
     }
 
-    bool array(Json& out, int depth)
+    // The items of an array or the members of an object, from the opening bracket to `close`, each
+    // read by `item`.
+    template <typename Item>
+    bool items(char close, const char* unterminated, const char* expected, Item item)
     {
         ++fPos;
-        out.type = Json::Type::Array;
         skipSpace();
-        if (fPos < fText.size() && fText[fPos] == ']') {
+        if (fPos < fText.size() && fText[fPos] == close) {
             ++fPos;
             return true;
         }
         for (;;) {
-            out.items.emplace_back();
-            if (!value(out.items.back(), depth + 1)) return false;
+            if (!item()) return false;
             skipSpace();
-            if (fPos >= fText.size()) return fail("unterminated array");
+            if (fPos >= fText.size()) return fail(unterminated);
             if (fText[fPos] == ',') {
                 ++fPos;
                 continue;
             }
-            if (fText[fPos] == ']') {
+            if (fText[fPos] == close) {
                 ++fPos;
                 return true;
             }
-            return fail("expected , or ]");
+            return fail(expected);
         }
+    }
+
+    bool array(Json& out, int depth)
+    {
+        out.type = Json::Type::Array;
+        return items(']', "unterminated array", "expected , or ]", [&] {
+            out.items.emplace_back();
+            return value(out.items.back(), depth + 1);
+        });
     }
 
     bool object(Json& out, int depth)
     {
-        ++fPos;
         out.type = Json::Type::Object;
-        skipSpace();
-        if (fPos < fText.size() && fText[fPos] == '}') {
-            ++fPos;
-            return true;
-        }
-        for (;;) {
+        return items('}', "unterminated object", "expected , or }", [&] {
             skipSpace();
             if (fPos >= fText.size() || fText[fPos] != '"') return fail("expected a key");
             out.members.emplace_back();
@@ -254,19 +260,8 @@ private:
             skipSpace();
             if (fPos >= fText.size() || fText[fPos] != ':') return fail("expected :");
             ++fPos;
-            if (!value(out.members.back().second, depth + 1)) return false;
-            skipSpace();
-            if (fPos >= fText.size()) return fail("unterminated object");
-            if (fText[fPos] == ',') {
-                ++fPos;
-                continue;
-            }
-            if (fText[fPos] == '}') {
-                ++fPos;
-                return true;
-            }
-            return fail("expected , or }");
-        }
+            return value(out.members.back().second, depth + 1);
+        });
     }
 
     const std::string& fText;
@@ -286,26 +281,7 @@ bool parseJson(const std::string& text, Json& out, std::string& error)
 
 std::string jsonString(const std::string& value)
 {
-    std::string out = "\"";
-    for (const char c : value) {
-        const unsigned char u = static_cast<unsigned char>(c);
-        switch (c) {
-        case '"': out += "\\\""; break;
-        case '\\': out += "\\\\"; break;
-        case '\n': out += "\\n"; break;
-        case '\r': out += "\\r"; break;
-        case '\t': out += "\\t"; break;
-        default:
-            if (u < 0x20) {
-                char buf[8];
-                std::snprintf(buf, sizeof buf, "\\u%04x", u);
-                out += buf;
-            } else {
-                out += c;
-            }
-        }
-    }
-    return out + "\"";
+    return json_escape(value);
 }
 
 // ---- names and files ------------------------------------------------------------------------------------
@@ -540,6 +516,27 @@ std::string sidecarWithDelivery(const std::string& daemonJson, const std::string
     return head + (empty ? "\n" : ",\n") + "  \"delivery\": " + delivery + "\n}\n";
 }
 
+std::string daemonSidecarOf(const std::string& sidecar, std::string& received)
+{
+    received.clear();
+    Json parsed;
+    std::string error;
+    if (!parseJson(sidecar, parsed, error) || parsed.type != Json::Type::Object) return "";
+    const Json* delivery = parsed.get("delivery");
+    if (!delivery || delivery->type != Json::Type::Object) return "";
+    received = delivery->str("received");
+    const size_t key = sidecar.rfind("\n  \"delivery\": ");
+    if (key == std::string::npos) return "";
+    std::string head = sidecar.substr(0, key);
+    if (!head.empty() && head.back() == ',') head.pop_back();
+    head += "\n}";
+    Json daemon;
+    if (!parseJson(head, daemon, error) || daemon.type != Json::Type::Object || daemon.members.empty() ||
+        daemon.get("delivery"))
+        return "";
+    return head;
+}
+
 // ---- TakeAudio --------------------------------------------------------------------------------------------
 TakeAudio::TakeAudio(uint64_t serial, int64_t startSample, const BarGrid& grid, int32_t startBar, int32_t bars,
                      int32_t variations)
@@ -658,7 +655,8 @@ std::string takesToJson(const std::vector<TakeRecord>& takes)
             out += v ? ", " : "";
             out += "{\"variation\": " + std::to_string(v + 1) + ", \"wav\": " + jsonString(f.wav) +
                    ", \"sidecar\": " + (f.sidecarMissing ? std::string("null") : jsonString(f.sidecar)) +
-                   ", \"sidecar_missing\": " + (f.sidecarMissing ? "true" : "false") + "}";
+                   ", \"sidecar_missing\": " + (f.sidecarMissing ? "true" : "false") +
+                   (f.barsKept > 0 ? ", \"partial\": true, \"bars_kept\": " + std::to_string(f.barsKept) : "") + "}";
         }
         out += "]}";
     }
@@ -715,6 +713,8 @@ bool takesFromJson(const std::string& text, std::vector<TakeRecord>& out, std::s
             f.wav = v.str("wav");
             f.sidecar = v.str("sidecar");
             f.sidecarMissing = v.flag("sidecar_missing", f.sidecar.empty());
+            const double kept = v.num("bars_kept", 0);
+            f.barsKept = v.flag("partial") && kept >= 1 && kept < t.bars ? static_cast<int32_t>(kept) : 0;
             f.written = !f.wav.empty();
             t.files.push_back(f);
         }

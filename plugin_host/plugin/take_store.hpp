@@ -69,6 +69,10 @@ bool readWav(const std::string& path, int64_t maxFrames, std::vector<float>& out
 // The daemon's sidecar text with `delivery` (a JSON object's text) added under the key "delivery", the
 // daemon's bytes kept as they came; "" when `daemonJson` is not a JSON object (or already has one).
 std::string sidecarWithDelivery(const std::string& daemonJson, const std::string& delivery);
+// The daemon's part of a sidecar sidecarWithDelivery wrote (its text up to the delivery key, closed
+// again), and that delivery's "received" in `received` ("" if none); "" when the text is not such a
+// sidecar or the daemon's part is empty (a sidecar written with no daemon sidecar).
+std::string daemonSidecarOf(const std::string& sidecar, std::string& received);
 
 // ---- what run() reads ----------------------------------------------------------------------------------
 class TakeAudio {
@@ -116,6 +120,7 @@ struct TakeFile {
     std::string sidecar;        // absolute path of its JSON
     std::string daemonSidecar;  // the daemon's JSON for this variation, as it came ("" if none came)
     bool sidecarMissing = true;
+    int32_t barsKept = 0;       // a take cut off mid-stream: the bars its WAV holds (0: the whole take)
     bool written = false;       // on disk (or being written)
     bool rewrite = false;       // its sidecar is to be written again (the take was accepted)
 };

@@ -5,6 +5,8 @@
 //   take_store_test json < TEXT                            "ok <type>" or "error <why>"
 //   take_store_test sidecar DELIVERY < DAEMON_JSON         the sidecar with DELIVERY added ("" if refused)
 //   take_store_test takes < STATE                          the takes state read and written again
+//   take_store_test residecar DELIVERY < SIDECAR           a written sidecar's daemon part with DELIVERY instead,
+//                                                          then "received: <its old delivery's received>"
 #include "take_store.hpp"
 
 #include <cstdio>
@@ -70,6 +72,13 @@ int main(int argc, char** argv)
         std::fputs(sidecarWithDelivery(readStdin(), argv[2]).c_str(), stdout);
         return 0;
     }
+    if (mode == "residecar" && argc == 3) {
+        std::string received;
+        const std::string daemon = daemonSidecarOf(readStdin(), received);
+        std::fputs(daemon.empty() ? "" : sidecarWithDelivery(daemon, argv[2]).c_str(), stdout);
+        std::printf("received: %s\n", received.c_str());
+        return 0;
+    }
     if (mode == "takes" && argc == 2) {
         std::vector<TakeRecord> takes;
         std::string error;
@@ -79,6 +88,6 @@ int main(int argc, char** argv)
         std::puts(takesToJson(takes).c_str());
         return 0;
     }
-    std::fprintf(stderr, "usage: take_store_test name|wav|readwav|json|sidecar|takes ...\n");
+    std::fprintf(stderr, "usage: take_store_test name|wav|readwav|json|sidecar|residecar|takes ...\n");
     return 2;
 }

@@ -1,0 +1,36 @@
+// A string as a JSON string literal, quotes included: the plugin's state and sidecars (take_store.cpp) and
+// the link probe's event lines (link_probe.cpp) write strings this one way.
+#ifndef STEMD_JSON_ESCAPE_HPP
+#define STEMD_JSON_ESCAPE_HPP
+
+#include <cstdio>
+#include <string>
+
+namespace stemd {
+
+inline std::string json_escape(const std::string& text)
+{
+    std::string out = "\"";
+    for (const unsigned char c : text) {
+        switch (c) {
+        case '"': out += "\\\""; break;
+        case '\\': out += "\\\\"; break;
+        case '\n': out += "\\n"; break;
+        case '\r': out += "\\r"; break;
+        case '\t': out += "\\t"; break;
+        default:
+            if (c < 0x20) {
+                char code[8];
+                std::snprintf(code, sizeof code, "\\u%04x", c);
+                out += code;
+            } else {
+                out += static_cast<char>(c);
+            }
+        }
+    }
+    return out + "\"";
+}
+
+}  // namespace stemd
+
+#endif
