@@ -192,38 +192,21 @@ static mode_t mode_arg(int flags, va_list ap)
     return (flags & (O_CREAT | O_TMPFILE)) ? (mode_t)va_arg(ap, int) : 0;
 }
 
-int open(const char *path, int flags, ...)
-{
-    va_list ap;
-    va_start(ap, flags);
-    mode_t mode = mode_arg(flags, ap);
-    va_end(ap);
-    COUNT(K_SYSCALL, "open");
-    if (!real_open) RESOLVE(open);
-    return real_open(path, flags, mode);
-}
-
-int open64(const char *path, int flags, ...)
-{
-    va_list ap;
-    va_start(ap, flags);
-    mode_t mode = mode_arg(flags, ap);
-    va_end(ap);
-    COUNT(K_SYSCALL, "open64");
-    if (!real_open64) RESOLVE(open64);
-    return real_open64(path, flags, mode);
-}
-
-int openat(int dir, const char *path, int flags, ...)
-{
-    va_list ap;
-    va_start(ap, flags);
-    mode_t mode = mode_arg(flags, ap);
-    va_end(ap);
-    COUNT(K_SYSCALL, "openat");
-    if (!real_openat) RESOLVE(openat);
-    return real_openat(dir, path, flags, mode);
-}
+/* open, open64 and openat: a mode follows the flags only with O_CREAT or O_TMPFILE */
+#define OPEN(name, params, args) \
+    int name params \
+    { \
+        va_list ap; \
+        va_start(ap, flags); \
+        mode_t mode = mode_arg(flags, ap); \
+        va_end(ap); \
+        COUNT(K_SYSCALL, #name); \
+        if (!real_##name) RESOLVE(name); \
+        return real_##name args; \
+    }
+OPEN(open, (const char *path, int flags, ...), (path, flags, mode))
+OPEN(open64, (const char *path, int flags, ...), (path, flags, mode))
+OPEN(openat, (int dir, const char *path, int flags, ...), (dir, path, flags, mode))
 
 long syscall(long number, ...)
 {
