@@ -7,7 +7,8 @@ and renamed into place.
 
 **The rule for "finished"** (:func:`is_finished`): a take is finished when its audio file exists
 under its final name, its sidecar exists and records the same ``render.key`` (the hash of the parameters
-that shaped it), and every stem the sidecar lists exists. A ``.partial`` file is never a take;
+that shaped it; the first render folders record it at the sidecar's top level, :func:`render_facts`), and
+every stem the sidecar lists exists. A ``.partial`` file is never a take;
 a file left by a job with other parameters is redone.
 """
 
@@ -71,14 +72,21 @@ def read_sidecar(folder: Path, name: str) -> dict | None:
         return None
 
 
-def is_finished(folder: Path, name: str, extension: str, key: str) -> bool:
-    """True when ``name.extension`` exists under its final name with a sidecar of the same ``key``
-    and all its stems (see the module docstring)."""
+def render_facts(meta: dict) -> dict:
+    """What only a render knows of a take (its ``key`` in the job, ``loudness`` ...): the sidecar's ``render``;
+    a sidecar of the first render folders holds these at its top level."""
+    return meta["render"] if isinstance(meta.get("render"), dict) else meta
+
+
+def is_finished(folder: Path, name: str, extension: str, keys: str | tuple[str, ...]) -> bool:
+    """True when ``name.extension`` exists under its final name with a sidecar that records ``keys`` (one key,
+    or any of ``Take.keys``) and all its stems (see the module docstring)."""
+    keys = (keys,) if isinstance(keys, str) else tuple(keys)
     folder = Path(folder)
     if not (folder / f"{name}.{extension}").is_file():
         return False
     meta = read_sidecar(folder, name)
-    if not meta or (meta.get("render") or {}).get("key") != key:
+    if not meta or render_facts(meta).get("key") not in keys:
         return False
     return all((folder / s["file"]).is_file() for s in meta.get("stems", {}).values())
 

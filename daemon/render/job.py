@@ -34,6 +34,8 @@ except ImportError:  # Python 3.10
 #: output formats: WAV float / 24-bit / 16-bit, FLAC 24- or 16-bit
 FORMATS = {"float32": "wav", "pcm24": "wav", "pcm16": "wav", "flac": "flac", "flac16": "flac"}
 STEM_NAMES = ("drums", "bass", "other", "vocals")
+#: generate keys newer than stemd render's first sidecars (:attr:`Batch.earlier_keys`)
+NEWER_KEYS = ("guide", "chords", "guide_strength")
 
 
 class JobError(StemdError):
@@ -149,6 +151,12 @@ class Take:
         return self.batch.key + f":v{self.variation}"
 
     @property
+    def keys(self) -> tuple[str, ...]:
+        """Every key a finished file of this take may record: :attr:`key`, then its earlier ones
+        (:attr:`Batch.earlier_keys`)."""
+        return (self.key, *(k + f":v{self.variation}" for k in self.batch.earlier_keys))
+
+    @property
     def extension(self) -> str:
         return FORMATS[self.batch.job.format]
 
@@ -180,8 +188,21 @@ class Batch:
     @property
     def key(self) -> str:
         """A hash of everything that shapes this batch's files."""
+        return self._hash(self.request.describe())
+
+    @property
+    def earlier_keys(self) -> tuple[str, ...]:
+        """The key stemd gave this batch before the generate keys :data:`NEWER_KEYS` existed (the first render
+        folders, whose sidecars record it at their top level), when the request leaves those at their defaults:
+        a rerun over such a folder keeps its takes."""
+        described, defaults = self.request.describe(), GenerateRequest("_").describe()
+        if any(described[k] != defaults[k] for k in NEWER_KEYS):
+            return ()
+        return (self._hash({k: v for k, v in described.items() if k not in NEWER_KEYS}),)
+
+    def _hash(self, request: dict) -> str:
         j = self.job
-        shape = {"model": self.model, "request": self.request.describe(), "format": j.format, "lufs": j.lufs,
+        shape = {"model": self.model, "request": dict(request), "format": j.format, "lufs": j.lufs,
                  "stems": list(j.stems), "stems_model": j.stems_model}
         shape["request"].pop("request_id")
         return hashlib.sha256(json.dumps(shape, sort_keys=True, default=str).encode()).hexdigest()[:16]

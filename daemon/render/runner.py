@@ -61,7 +61,7 @@ def _run_locked(job, out, batches, ray_address, ray_workers, progress, on_take) 
     plan = [t for b in batches for t in b.takes]
     rows = {}
     for t in plan:
-        if is_finished(out, t.name, t.extension, t.key):
+        if is_finished(out, t.name, t.extension, t.keys):
             rows[t.name] = entry(t, read_sidecar(out, t.name))
     todo = [b for b in batches if any(t.name not in rows for t in b.takes)]
     result = RenderResult(out / "manifest.json", len(plan), len(rows))
