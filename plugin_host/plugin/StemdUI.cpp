@@ -601,7 +601,7 @@ protected:
             repaint();
             return true;
         }
-        fFocus = (hit == kPromptBox || hit == kKeyBox || hit == kDaemonBox || hit == kTokenBox) ? hit : kNone;
+        focus((hit == kPromptBox || hit == kKeyBox || hit == kDaemonBox || hit == kTokenBox) ? hit : kNone);
         if (hit != kDeleteButton) fConfirmDelete = 0;
         if (hit == kNone) return false;
         press(hit);
@@ -616,6 +616,15 @@ protected:
         fScroll -= static_cast<float>(ev.delta.getY()) * kRow;
         repaint();
         return true;
+    }
+
+    // a text box takes the keyboard from the host while it is focused, and gives it back when it lets go
+    void focus(int box)
+    {
+        const uintptr_t native = getWindow().getNativeWindowHandle();
+        if (box != kNone && fFocus == kNone) fKeyboardBefore = stemd::takeKeyboard(native);
+        else if (box == kNone && fFocus != kNone) stemd::giveBackKeyboard(native, fKeyboardBefore);
+        fFocus = box;
     }
 
     TextBox* focusedBox()
@@ -642,12 +651,12 @@ protected:
         case kKeyRight: box->right(); break;
         case kKeyHome: box->caret = 0; break;
         case kKeyEnd: box->caret = box->text.size(); break;
-        case kKeyEscape: fFocus = kNone; break;
+        case kKeyEscape: focus(kNone); break;
         case '\r':
         case '\n':
             if (fFocus == kPromptBox) requestTake();
             else if (fFocus == kDaemonBox || fFocus == kTokenBox) applyDaemon();
-            else fFocus = kNone;
+            else focus(kNone);
             break;
         default:
             if (ctrl && (ev.key == 'v' || ev.key == 'V')) paste(*box);
@@ -747,7 +756,7 @@ protected:
     {
         setState("daemon", fDaemon.text.c_str());
         setState("token", fToken.text.c_str());
-        fFocus = kNone;
+        focus(kNone);
     }
 
     void requestTake()
@@ -852,6 +861,7 @@ private:
     Rect fListRect{0, 0, 0, 0};
     float fK = 1.0f, fScroll = 0.0f;
     int fFocus = kNone;
+    uintptr_t fKeyboardBefore = 0;  // who had the keyboard before a text box took it (X11)
     bool fMenuOpen = false;
     uint64_t fConfirmDelete = 0;
     TextBox fPrompt, fKey, fDaemon, fToken;

@@ -69,6 +69,12 @@ public:
 // Opens `folder` in the file manager (xdg-open on Linux) from a detached thread; returns at once.
 void revealFolder(const std::string& folder);
 
+// The native window `window` takes the keyboard (X11's input focus) while a text box in it is focused;
+// returns who held it before (to give it back to), 0 when nothing changed. No-ops where there is no X11.
+uintptr_t takeKeyboard(uintptr_t window);
+// Gives the keyboard back to `previous` if `window` still holds it.
+void giveBackKeyboard(uintptr_t window, uintptr_t previous);
+
 }  // namespace stemd
 
 #endif
