@@ -182,7 +182,7 @@ class StreamConformer:
                 break
         if not head:
             return
-        head_audio = np.concatenate(head, axis=2)
+        head_audio = head[0] if len(head) == 1 else np.concatenate(head, axis=2)   # a canvas: one block, no copy
         variations, channels = head_audio.shape[:2]
         if not self.spec.loop and (self.timings is not None or self._is_canvas(have)):
             yield from self._canvas(head_audio, source)
