@@ -297,6 +297,7 @@ protected:
     {
         const RtProbe probe;
         fRunSeq.fetch_add(1, std::memory_order_acq_rel);  // odd: run() is reading published takes
+        std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with waitForRun's: see there
 
         float* left = outputs[0];
         float* right = outputs[1];
@@ -447,7 +448,8 @@ private:
             s.meter.numerator = m / 64;
             s.meter.denominator = m % 64;
             s.rate = fSnapRate.load(std::memory_order_relaxed);
-            if (fSnapSeq.load(std::memory_order_acquire) == before) {
+            std::atomic_thread_fence(std::memory_order_acquire);  // the reads above before the check below
+            if (fSnapSeq.load(std::memory_order_relaxed) == before) {
                 s.valid = true;
                 break;
             }
@@ -613,9 +615,13 @@ private:
         waitForRun();
     }
 
-    // After a take leaves fLive: returns once run() cannot still be reading it.
+    // After a take leaves fLive: returns once run() cannot still be reading it. The two fences (here after
+    // the slots were cleared, in run() after it marked itself running) make one side see the other: run()
+    // then reads the cleared slot, or this sees run() running and waits. Without them a store still in
+    // this core's buffer could let both miss, and a take's memory go while run() reads it.
     void waitForRun() const
     {
+        std::atomic_thread_fence(std::memory_order_seq_cst);
         const uint64_t seq = fRunSeq.load(std::memory_order_acquire);
         if (seq % 2 == 0) return;
         for (int i = 0; i < 2000 && fRunSeq.load(std::memory_order_acquire) == seq; ++i)
