@@ -122,6 +122,19 @@ def wait_for(condition, timeout: float, what: str, every: float = 0.1):
     raise AssertionError(f"{what} within {timeout} s")
 
 
+def daemon_status(daemon, request_id: str = None) -> tuple:
+    """``/stemd/status``: without an id ("*", state, queued, running id, clients, model); with one
+    (id, state, bars_done, bars, position)."""
+    from daemon_fixtures import TcpClient
+
+    client = TcpClient(daemon.port)
+    try:
+        client.send("/stemd/status", *([request_id] if request_id else []))
+        return client.until("/stemd/status/reply", timeout=10)[-1].args
+    finally:
+        client.close()
+
+
 def first_audible(audio: np.ndarray, threshold: float = 1e-6) -> int:
     """Index of the first frame above ``threshold`` (-120 dBFS) on any channel, or -1."""
     hits = np.flatnonzero(np.abs(audio).max(axis=1) > threshold)

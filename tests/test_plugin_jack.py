@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from daemon_fixtures import TcpClient
-from plugin_hosts import (NOTE_GENERATE, JackApp, Jalv, Timebase, build_jack_timebase, first_audible, needs_cc,
+from plugin_hosts import (NOTE_GENERATE, JackApp, Jalv, Timebase, build_jack_timebase, daemon_status, first_audible,
+                          needs_cc,
                           needs_jack_rec, needs_jalv, plugin_build, read_recording, record,  # noqa: F401 (fixture)
                           wait_for)
 from stemd.timing import Grid, Meter
@@ -29,17 +29,6 @@ RATE = 48000
 GRID = Grid(97, "3/4")
 
 pytestmark = [needs_jack_rec, needs_cc]
-
-
-def daemon_status(daemon, request_id: str = None) -> tuple:
-    """``/stemd/status``: without an id ("*", state, queued, running id, clients, model); with one
-    (id, state, bars_done, bars, position)."""
-    client = TcpClient(daemon.port)
-    try:
-        client.send("/stemd/status", *([request_id] if request_id else []))
-        return client.until("/stemd/status/reply", timeout=10)[-1].args
-    finally:
-        client.close()
 
 
 def plugin_env(tmp_path, daemon) -> dict:
@@ -125,6 +114,28 @@ def test_lv2_in_jalv_follows_jack_transport_at_97_bpm_3_4_and_its_take_starts_on
     assert frames.max() > GRID.bar_start_sample(4, RATE)
     assert "2 bars 97 BPM 3/4 at bar 3" in daemon.log
     assert_plays_from(stemd, frames, the_take(daemon), GRID.bar_start_sample(2, RATE))   # 178,144
+
+
+@needs_jalv
+def test_lv2_restored_with_generate_high_asks_nothing_until_generate_rises_again(jack, tmp_path, start_daemon,
+                                                                                 plugin_build):
+    # an LV2 host keeps the port's value in the project: one saved with generate at 1 hands 1 over before
+    # the first block when the project opens (jalv -c does what its state restore does: the port's value)
+    daemon = start_daemon()
+    timebase = Timebase(jack, build_jack_timebase(tmp_path), 97, Meter(3, 4))
+    jalv = Jalv(jack, plugin_build, "stemd-jalv", tmp_path / "jalv.log", controls={"bars": 1, "generate": 1},
+                env=plugin_env(tmp_path, daemon))
+    jalv.wait_ports()
+    assert jalv.wait_value("connected", 1, timeout=20) == 1, jalv.log.read_text()[-2000:]
+    timebase.tell("play")
+    time.sleep(3)                              # the worker acts on a press within milliseconds
+    assert not re.findall(r"bars \S+ BPM", daemon.log), "the project's saved generate value asked for a take"
+    assert jalv.value("bars_received") == 0
+    jalv.set("generate", 0)
+    time.sleep(0.3)
+    jalv.set("generate", 1)                    # the producer's press
+    assert jalv.wait_value("bars_received", 1, timeout=30) == 1, jalv.log.read_text()[-2000:]
+    assert re.findall(r"\d+ bars \S+ BPM \S+", daemon.log) == ["1 bars 97 BPM 3/4"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("rtmidi") is None,

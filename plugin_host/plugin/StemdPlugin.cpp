@@ -28,6 +28,7 @@
 #include <ctime>
 #include <deque>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -243,9 +244,12 @@ protected:
         if (index >= kParamCount || index >= kConnected) return;
         if (index == kGenerate || index == kAudition || index == kCancel) {
             // fires once as the host's value rises to 0.5 or above: DPF 1.6 hands no host change of a
-            // kParameterIsTrigger parameter to the plugin in VST3 and CLAP, so these are plain switches
+            // kParameterIsTrigger parameter to the plugin in VST3 and CLAP, so these are plain switches.
+            // An LV2 host keeps the port's value and restores it with the project: DPF hands it over
+            // before the first run(), and a switch saved high is where it was left, not a press
             const bool high = value >= 0.5f;
-            if (high != fTriggerHigh[index].exchange(high) && high)
+            const bool restored = fFormat == stemd::HostFormat::Lv2 && !fRan.load(std::memory_order_acquire);
+            if (high != fTriggerHigh[index].exchange(high) && high && !restored)
                 fTriggers[index].fetch_add(1, std::memory_order_release);
             fParams[index].store(0.0f, std::memory_order_relaxed);  // a trigger reads back 0
             return;
@@ -360,6 +364,7 @@ protected:
             right[i] = r;
         }
         fFreeClock += frames;
+        fRan.store(true, std::memory_order_release);
         fRunSeq.fetch_add(1, std::memory_order_acq_rel);  // even: done reading
     }
 
@@ -734,8 +739,9 @@ private:
     }
 
     // ---- takes to disk (worker) -------------------------------------------------------------------------------
-    // Writes every variation that has all its bars and is not on disk yet, and rewrites the sidecars of
-    // takes accepted since; one file at a time, the lock released while writing.
+    // Writes every variation that has all its bars, or was cut off (failed, cancelled) after some, and is
+    // not on disk yet, and rewrites the sidecars of takes accepted since; one file at a time, the lock
+    // released while writing.
     void writeFinishedTakes()
     {
         for (;;) {
@@ -749,8 +755,10 @@ private:
                     if (!take.audio) continue;
                     for (size_t v = 0; v < take.files.size(); ++v) {
                         stemd::TakeFile& file = take.files[v];
-                        const bool finished = !file.written && !inFlight(take) && take.state != "cancelled" &&
-                                              allBars(*take.audio, static_cast<int32_t>(v));
+                        const int32_t kept = keptBars(*take.audio, static_cast<int32_t>(v));
+                        const bool cutOff = take.state == "failed" || take.state == "cancelled";
+                        const bool finished = !file.written && !inFlight(take) &&
+                                              (kept == take.audio->bars() || (cutOff && kept > 0));
                         if (!finished && !file.rewrite) continue;
                         rewrite = file.written;
                         file.written = true;  // claimed
@@ -771,11 +779,22 @@ private:
         }
     }
 
-    static bool allBars(const TakeAudio& audio, int32_t variation)
+    // The bars a variation's file holds: up to its last bar received (those before it not received are
+    // silence); audio.bars() when every bar came.
+    static int32_t keptBars(const TakeAudio& audio, int32_t variation)
     {
-        for (int32_t b = 0; b < audio.bars(); ++b)
-            if (!audio.barReady(variation, b)) return false;
-        return true;
+        for (int32_t b = audio.bars(); b > 0; --b)
+            if (audio.barReady(variation, b - 1)) return b;
+        return 0;
+    }
+
+    static std::string readSidecar(const std::string& path)
+    {
+        std::ifstream f(path, std::ios::binary);
+        std::string text(1u << 20, '\0');   // the daemon's part is at most 64 KiB
+        f.read(&text[0], static_cast<std::streamsize>(text.size()));
+        text.resize(static_cast<size_t>(f.gcount()));
+        return text;
     }
 
     void writeVariation(TakeRecord take, int32_t variation, const std::string& folder, const std::string& daemon,
@@ -789,7 +808,21 @@ private:
         const std::string name = stemd::takeName(take.prompt, take.startBar, take.takeNumber, variation, take.variations > 1);
         const std::string wavPath = rewrite ? file.wav : (fs::absolute(fs::path(folder) / (name + ".wav"), ec)).string();
         const std::string jsonPath = wavPath.substr(0, wavPath.size() - 4) + ".json";
-        const int64_t frames = take.audio->frames();
+        const int32_t kept = keptBars(*take.audio, variation);
+        const int64_t frames = take.audio->barOffset(kept);
+        // a rewrite (accepted since) keeps the daemon's part and the time it came: a take reloaded from a
+        // project has only its file to say what made it
+        std::string received, daemonJson = file.daemonSidecar;
+        if (rewrite) {
+            const std::string before = stemd::daemonSidecarOf(readSidecar(jsonPath), received);
+            if (daemonJson.empty()) daemonJson = before;
+        }
+        if (received.empty()) received = utcNow();
+        std::string partial;
+        if (kept < take.bars)
+            partial = ", \"partial\": {\"bars_kept\": " + std::to_string(kept) + ", \"bars\": " +
+                      std::to_string(take.bars) + ", \"cut_off_by\": " +
+                      stemd::jsonString(take.errorCode.empty() ? take.state : take.errorCode) + "}";
         std::string delivery = "{\"client\": \"stemd plugin\", \"daemon\": " + stemd::jsonString(daemon) +
                                ", \"take_id\": " + stemd::jsonString(take.id) +
                                ", \"file\": " + stemd::jsonString(fs::path(wavPath).filename().string()) +
@@ -798,13 +831,14 @@ private:
                                ", \"sample_rate\": " + std::to_string(take.sampleRate) +
                                ", \"channels\": 2, \"frames\": " + std::to_string(frames) +
                                ", \"format\": \"float32\", \"accepted\": " + (take.accepted ? "true" : "false") +
-                               ", \"received\": " + stemd::jsonString(utcNow());
-        std::string sidecar = file.daemonSidecar.empty() ? "" : stemd::sidecarWithDelivery(file.daemonSidecar, delivery + "}");
+                               ", \"received\": " + stemd::jsonString(received) + partial;
+        std::string sidecar = daemonJson.empty() ? "" : stemd::sidecarWithDelivery(daemonJson, delivery + "}");
         const bool missing = sidecar.empty();
         if (missing)
             sidecar = "{\n  \"delivery\": " + delivery + ", \"missing\": " +
-                      stemd::jsonString(file.daemonSidecar.empty()
-                                            ? "the daemon sent no sidecar for this take: what made it is not known"
+                      stemd::jsonString(daemonJson.empty()
+                                            ? (partial.empty() ? "the daemon sent no sidecar for this take: what made it is not known"
+                                                               : "the take was cut off before the daemon sent its sidecar: what made it is not known")
                                             : "the daemon's sidecar for this take was not a stemd sidecar: what made it is not known") +
                       "}\n}\n";
         std::string error;
@@ -815,17 +849,18 @@ private:
         TakeRecord* t = findLocked(take.id);
         if (!t) return;
         t->takeNumber = take.takeNumber;
-        stemd::TakeFile& kept = t->files[static_cast<size_t>(variation)];
+        stemd::TakeFile& onDisk = t->files[static_cast<size_t>(variation)];
         if (!ok) {
-            kept.written = false;
+            onDisk.written = false;
             t->errorCode = "io_error";
             t->errorMessage = error;
             fLastError = "take " + t->id + ": io_error: " + error;
             return;
         }
-        kept.wav = wavPath;
-        kept.sidecar = jsonPath;
-        kept.sidecarMissing = missing;
+        onDisk.wav = wavPath;
+        onDisk.sidecar = jsonPath;
+        onDisk.sidecarMissing = missing;
+        onDisk.barsKept = partial.empty() ? 0 : kept;
     }
 
     // ---- takes from a saved project (host thread) ---------------------------------------------------------------
@@ -895,6 +930,7 @@ private:
             }
         }
         if (inFlight(take)) take.state = "interrupted";  // saved while it streamed: no request is open now
+        if (take.state == "cancelled") audio->enabled.store(false, std::memory_order_relaxed);  // as before the save
         if (found == 0) {
             take.state = "missing";
             return;
@@ -1001,11 +1037,24 @@ private:
     {
         std::string s = fConnection.empty() ? std::string("starting") : fConnection;
         if (!fModels.empty()) s += "; models: " + fModels;
-        size_t playable = 0;
-        for (const auto& take : fTakes)
-            if (take.audio && take.audio->barsReceived() > 0) ++playable;
+        // run() plays a take only at the host's rate: one made at another (a project moved) is silent
+        const uint32_t hostRate = fSnapValid.load(std::memory_order_acquire) ? fSnapRate.load(std::memory_order_relaxed) : 0;
+        size_t playable = 0, otherRate = 0;
+        uint32_t takeRate = 0;
+        for (const auto& take : fTakes) {
+            if (!take.audio || take.audio->barsReceived() == 0) continue;
+            if (hostRate && take.audio->sampleRate() != hostRate) {
+                ++otherRate;
+                takeRate = take.audio->sampleRate();
+            } else {
+                ++playable;
+            }
+        }
         s += "; " + std::to_string(fTakes.size()) + " takes (" + std::to_string(playable) + " playable)";
         if (!fConnected && playable) s += ", playing what it has";
+        if (otherRate)
+            s += "; " + std::to_string(otherRate) + " silent: made at " + std::to_string(takeRate) +
+                 " Hz, the host runs at " + std::to_string(hostRate) + " Hz (takes are not resampled)";
         if (!fLastError.empty()) s += "; last error: " + fLastError;
         return s;
     }
@@ -1023,6 +1072,7 @@ private:
     std::atomic<float> fParams[kParamCount] = {{4}, {1}, {0}, {0}, {1}, {0}, {0}, {0}, {0}};
     std::atomic<uint32_t> fTriggers[kParamCount] = {};
     std::atomic<bool> fTriggerHigh[kParamCount] = {};
+    std::atomic<bool> fRan{false};  // run() has returned once: a switch's value since is the host's press
 
     // run()'s own (audio thread only)
     stemd::HostFormat fFormat = stemd::HostFormat::Frames;
