@@ -100,8 +100,9 @@ class GuideRecording:
                 f"did not reach the end of bar {self.start_bar + self.bars}"
             raise TimeoutError(f"--guide-in: the transport {where} within {timeout:g} s")
         if self.overflow:
-            raise GuideError("too_large", f"more than {MAX_NOTES} notes were played on {self.source} in "
-                             f"{self.bars} bars; a guide holds at most {MAX_NOTES}: nothing was recorded")
+            raise GuideError("too_large", f"more than {MAX_NOTES} notes were played on {self.source} in bars "
+                             f"{self.start_bar + 1}-{self.start_bar + self.bars}; a guide holds at most {MAX_NOTES}: "
+                             "no guide was made")
         notes = self.notes()
         if not notes:
             raise GuideError("bad_arguments", f"no note was played on {self.source} in bars {self.start_bar + 1}-"

@@ -16,6 +16,7 @@
 #include <jack/jack.h>
 #include <jack/midiport.h>
 #include <jack/transport.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,6 +70,16 @@ static int process(jack_nframes_t nframes, void *arg)
     return 0;
 }
 
+static void reply(const char *format, ...)  /* one line on stdout, flushed */
+{
+    va_list args;
+    va_start(args, format);
+    vprintf(format, args);
+    va_end(args);
+    putchar('\n');
+    fflush(stdout);
+}
+
 int main(void)
 {
     client = jack_client_open("stemd-notes", JackNoStartServer, NULL);
@@ -81,8 +92,7 @@ int main(void)
         fprintf(stderr, "jack_notes: cannot start its JACK client\n");
         return 1;
     }
-    printf("ready\n");
-    fflush(stdout);
+    reply("ready");
     char line[256];
     while (fgets(line, sizeof line, stdin)) {
         unsigned long on, off;
@@ -91,26 +101,20 @@ int main(void)
         if (sscanf(line, "note %lu %lu %d %d", &on, &off, &pitch, &velocity) == 4) {
             if (atomic_load(&armed) || count + 2 > MAX_EVENTS || pitch < 0 || pitch > 127 || velocity < 1 ||
                 velocity > 127 || off <= on) {
-                printf("error %s\n", line);
-                fflush(stdout);
-                continue;
+                reply("error %s", line);
+            } else {
+                events[count++] = (struct event){on, {0x90, (unsigned char)pitch, (unsigned char)velocity}};
+                events[count++] = (struct event){off, {0x80, (unsigned char)pitch, 0}};
             }
-            events[count++] = (struct event){on, {0x90, (unsigned char)pitch, (unsigned char)velocity}};
-            events[count++] = (struct event){off, {0x80, (unsigned char)pitch, 0}};
-            continue;
         } else if (!strcmp(line, "arm")) {
             qsort(events, (size_t)count, sizeof events[0], by_frame);
             atomic_store(&armed, 1);
-            printf("ok arm %d\n", count);
-            fflush(stdout);
-            continue;
+            reply("ok arm %d", count);
         } else if (!strcmp(line, "sent")) {
-            printf("ok sent %d %d\n", atomic_load(&next_event), atomic_load(&late_events));
-            fflush(stdout);
-            continue;
+            reply("ok sent %d %d", atomic_load(&next_event), atomic_load(&late_events));
+        } else {
+            reply("error unknown command: %s", line);
         }
-        printf("ok %s\n", line);
-        fflush(stdout);
     }
     jack_client_close(client);
     return 0;

@@ -222,28 +222,28 @@ def test_no_such_port_names_the_ports_there_are(jack, helpers, tmp_path):
         "stemd bridge: no JACK MIDI port 'keyboard'; the JACK MIDI outputs here: stemd-notes:out"], err
 
 
-def test_bars_with_no_note_played_are_an_error_and_write_no_guide(jack, helpers, tmp_path):
+def refused_recording(jack, helpers, tmp_path, played: list) -> str:
+    """A one-bar recording at 97 BPM 3/4 of ``played`` notes that the bridge refuses: its stderr, once it has
+    exited 2 and written no guide."""
     timebase_exe, notes_exe = helpers
     timebase, notes = Timebase(jack, timebase_exe, 97, Meter.parse("3/4")), Notes(jack, notes_exe)
-    notes.play([])
+    notes.play(played)
     bridge = bridge_recording(jack, tmp_path, "--daemon", "none", "--guide-bars", "1")
     wait_connected(jack.env, Notes.PORT)
     timebase.tell("play")
     _, err = bridge.communicate(timeout=60)
-    assert bridge.returncode == 2
-    assert "no note was played on stemd-notes:out in bars 1-1: no guide was made" in err, err
+    assert bridge.returncode == 2, err
     assert not list(tmp_path.glob("*.mid"))
+    return err
+
+
+def test_bars_with_no_note_played_are_an_error_and_write_no_guide(jack, helpers, tmp_path):
+    err = refused_recording(jack, helpers, tmp_path, [])
+    assert "no note was played on stemd-notes:out in bars 1-1: no guide was made" in err, err
 
 
 def test_more_than_4096_notes_played_are_refused(jack, helpers, tmp_path):
-    timebase_exe, notes_exe = helpers
-    timebase, notes = Timebase(jack, timebase_exe, 97, Meter.parse("3/4")), Notes(jack, notes_exe)
     span = frame_of(Fraction(3), 97)                     # bar 1 of 3/4
-    notes.play([(span * i // 4200, span * i // 4200 + 10, 30 + i % 60) for i in range(4200)])
-    bridge = bridge_recording(jack, tmp_path, "--daemon", "none", "--guide-bars", "1")
-    wait_connected(jack.env, Notes.PORT)
-    timebase.tell("play")
-    _, err = bridge.communicate(timeout=60)
-    assert bridge.returncode == 2
-    assert "more than 4096 notes were played on stemd-notes:out in 1 bars" in err, err
-    assert not list(tmp_path.glob("*.mid"))
+    err = refused_recording(jack, helpers, tmp_path,
+                            [(span * i // 4200, span * i // 4200 + 10, 30 + i % 60) for i in range(4200)])
+    assert "too_large: more than 4096 notes were played on stemd-notes:out in bars 1-1" in err, err
