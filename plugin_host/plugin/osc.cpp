@@ -14,6 +14,7 @@ const char* error_text(Error error) {
         case Error::NotOsc: return "an OSC message starts with '/' and a bundle with '#bundle'";
         case Error::Unterminated: return "string is not NUL-terminated inside the packet";
         case Error::PaddingPastEnd: return "padding runs past the end of the packet";
+        case Error::BadPadding: return "padding holds bytes other than NUL";
         case Error::BadUtf8: return "string is not valid UTF-8";
         case Error::BadTypeTags: return "the type tag string must start with ','";
         case Error::UnsupportedTag: return "unsupported OSC type tag";
@@ -68,6 +69,29 @@ bool valid_utf8(const uint8_t* p, size_t n) {
     return true;
 }
 
+// OSC 1.0 pads strings and blobs with NUL bytes only (the daemon's decoder refuses anything else too).
+bool nul_padding(const uint8_t* p, size_t n) {
+    for (size_t k = 0; k < n; ++k)
+        if (p[k] != 0) return false;
+    return true;
+}
+
+// A big-endian word of `bytes` (4 or 8) at data[pos], if `left` bytes hold it.
+bool read_word(const uint8_t* data, size_t left, size_t& pos, size_t bytes, uint64_t& out) {
+    if (left < bytes) return false;
+    out = bytes == 4 ? uint64_t(read_be32(data + pos)) : read_be64(data + pos);
+    pos += bytes;
+    return true;
+}
+
+template <typename Float, typename Bits>
+double float_of(uint64_t word) {
+    const Bits bits = Bits(word);
+    Float value;
+    std::memcpy(&value, &bits, sizeof value);
+    return double(value);
+}
+
 // A NUL-terminated, 4-byte padded string at data[pos], inside [0, size).
 Error read_string(const uint8_t* data, size_t size, size_t& pos, std::string_view& out) {
     if (pos >= size) return Error::Truncated;
@@ -76,6 +100,7 @@ Error read_string(const uint8_t* data, size_t size, size_t& pos, std::string_vie
     const size_t length = size_t(static_cast<const uint8_t*>(nul) - (data + pos));
     const size_t span = padded(length + 1);
     if (span > size - pos) return Error::PaddingPastEnd;
+    if (!nul_padding(data + pos + length + 1, span - length - 1)) return Error::BadPadding;
     if (!valid_utf8(data + pos, length)) return Error::BadUtf8;
     out = std::string_view(reinterpret_cast<const char*>(data + pos), length);
     pos += span;
@@ -86,13 +111,26 @@ Error read_arg(char tag, const uint8_t* data, size_t size, size_t& pos, Arg& out
     out = Arg{};
     out.tag = tag;
     const size_t left = size - pos;  // callers keep pos <= size
+    uint64_t word = 0;
     switch (tag) {
         case 'i':
         case 'c':
         case 'r':
-            if (left < 4) return Error::Truncated;
-            out.i = tag == 'r' ? int64_t(read_be32(data + pos)) : int64_t(int32_t(read_be32(data + pos)));
-            pos += 4;
+            if (!read_word(data, left, pos, 4, word)) return Error::Truncated;
+            out.i = tag == 'r' ? int64_t(word) : int64_t(int32_t(uint32_t(word)));
+            return Error::None;
+        case 'h':
+        case 't':
+            if (!read_word(data, left, pos, 8, word)) return Error::Truncated;
+            out.i = int64_t(word);
+            return Error::None;
+        case 'f':
+            if (!read_word(data, left, pos, 4, word)) return Error::Truncated;
+            out.f = float_of<float, uint32_t>(word);
+            return Error::None;
+        case 'd':
+            if (!read_word(data, left, pos, 8, word)) return Error::Truncated;
+            out.f = float_of<double, uint64_t>(word);
             return Error::None;
         case 'm':
             if (left < 4) return Error::Truncated;
@@ -100,30 +138,6 @@ Error read_arg(char tag, const uint8_t* data, size_t size, size_t& pos, Arg& out
             out.size = 4;
             pos += 4;
             return Error::None;
-        case 'f': {
-            if (left < 4) return Error::Truncated;
-            const uint32_t bits = read_be32(data + pos);
-            float value;
-            std::memcpy(&value, &bits, sizeof value);
-            out.f = double(value);
-            pos += 4;
-            return Error::None;
-        }
-        case 'h':
-        case 't':
-            if (left < 8) return Error::Truncated;
-            out.i = int64_t(read_be64(data + pos));
-            pos += 8;
-            return Error::None;
-        case 'd': {
-            if (left < 8) return Error::Truncated;
-            const uint64_t bits = read_be64(data + pos);
-            double value;
-            std::memcpy(&value, &bits, sizeof value);
-            out.f = value;
-            pos += 8;
-            return Error::None;
-        }
         case 's':
         case 'S':
             return read_string(data, size, pos, out.s);
@@ -132,6 +146,7 @@ Error read_arg(char tag, const uint8_t* data, size_t size, size_t& pos, Arg& out
             const int32_t blob = int32_t(read_be32(data + pos));
             if (blob < 0 || size_t(blob) > left - 4) return Error::BadBlobSize;
             if (padded(size_t(blob)) > left - 4) return Error::PaddingPastEnd;
+            if (!nul_padding(data + pos + 4 + size_t(blob), padded(size_t(blob)) - size_t(blob))) return Error::BadPadding;
             out.data = data + pos + 4;
             out.size = size_t(blob);
             pos += 4 + padded(size_t(blob));
@@ -271,33 +286,28 @@ Builder& Builder::s(std::string_view text) {
     return *this;
 }
 
-Builder& Builder::i(int32_t value) {
-    tags_ += 'i';
-    append_be32(payload_, uint32_t(value));
+Builder& Builder::word(char tag, uint64_t bits, size_t bytes) {
+    tags_ += tag;
+    if (bytes == 4)
+        append_be32(payload_, uint32_t(bits));
+    else
+        append_be64(payload_, bits);
     return *this;
 }
 
-Builder& Builder::h(int64_t value) {
-    tags_ += 'h';
-    append_be64(payload_, uint64_t(value));
-    return *this;
-}
-
-Builder& Builder::f(float value) {
-    uint32_t bits;
+namespace {
+template <typename Bits, typename Float>
+Bits bits_of(Float value) {
+    Bits bits;
     std::memcpy(&bits, &value, sizeof bits);
-    tags_ += 'f';
-    append_be32(payload_, bits);
-    return *this;
+    return bits;
 }
+}  // namespace
 
-Builder& Builder::d(double value) {
-    uint64_t bits;
-    std::memcpy(&bits, &value, sizeof bits);
-    tags_ += 'd';
-    append_be64(payload_, bits);
-    return *this;
-}
+Builder& Builder::i(int32_t value) { return word('i', uint32_t(value), 4); }
+Builder& Builder::h(int64_t value) { return word('h', uint64_t(value), 8); }
+Builder& Builder::f(float value) { return word('f', bits_of<uint32_t>(value), 4); }
+Builder& Builder::d(double value) { return word('d', bits_of<uint64_t>(value), 8); }
 
 Builder& Builder::b(const uint8_t* data, size_t size) {
     if (size > size_t(std::numeric_limits<int32_t>::max())) error_ = Error::BlobTooLarge;

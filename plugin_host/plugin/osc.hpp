@@ -2,7 +2,8 @@
 //
 // Decoding checks every length before it reads (padding, type tags, NUL-terminated strings inside the
 // packet, blob sizes inside the packet, at most kMaxElements arguments and bundle elements, bundles
-// nested at most kMaxBundleDepth deep) and returns a typed Error, never undefined behaviour. It does
+// nested at most kMaxBundleDepth deep), that padding is NUL as OSC 1.0 says (the daemon refuses
+// anything else too), and returns a typed Error, never undefined behaviour. It does
 // not allocate: a Message is views into the caller's packet buffer, valid while that buffer is.
 #pragma once
 
@@ -25,6 +26,7 @@ enum class Error : uint8_t {
     NotOsc,             // starts with neither '/' nor "#bundle"
     Unterminated,       // a string without its NUL inside the packet
     PaddingPastEnd,     // a string's or blob's padding runs past the end
+    BadPadding,         // a string's or blob's padding holds a byte that is not NUL
     BadUtf8,            // a string argument or address that is not UTF-8
     BadTypeTags,        // the type tag string does not start with ','
     UnsupportedTag,     // a type tag this reader does not know (arrays included)
@@ -109,6 +111,8 @@ public:
     std::vector<uint8_t> finish() const;
 
 private:
+    Builder& word(char tag, uint64_t bits, size_t bytes);  // a 4- or 8-byte big-endian argument
+
     std::string address_;
     std::string tags_{","};
     std::vector<uint8_t> payload_;
