@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_SRC = ROOT / "plugin_host" / "plugin"
 PROBE = ROOT / "build" / "plugin" / "stemd_link_probe_asan"
 LINK_TEST = ROOT / "build" / "plugin" / "link_test"
+SLOW_RESOLVER = ROOT / "build" / "plugin" / "libstemd_slow_resolver.so"
 ASAN_ENV = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0", "UBSAN_OPTIONS": "print_stacktrace=1"}
 
 pytestmark = pytest.mark.skipif(not (shutil.which("make") and shutil.which("c++")),
@@ -61,9 +62,9 @@ def _free_port() -> int:
 class Probe:
     """The probe as a process; its JSON lines collected as they come."""
 
-    def __init__(self, binary: Path, *args: str):
+    def __init__(self, binary: Path, *args: str, env: Optional[dict] = None):
         self.proc = subprocess.Popen([str(binary), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=ASAN_ENV)
+                                     text=True, env={**ASAN_ENV, **(env or {})})
         self.events: list[dict] = []
         self.stderr = ""
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -100,6 +101,11 @@ class Probe:
         self._errors.join(10)
         assert "AddressSanitizer" not in self.stderr and "runtime error" not in self.stderr, self.stderr[-4000:]
         return self.proc.returncode
+
+    def peak_rss_kib(self) -> int:
+        """The process's peak resident memory so far (VmHWM), while it runs."""
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 
     def of(self, kind: str) -> list[dict]:
         return [e for e in self.events if e["event"] == kind]
@@ -247,6 +253,16 @@ def _blob_past_the_end(conn: socket.socket) -> None:
     conn.sendall(frame_length_prefixed(bytes(packet)))
 
 
+# /stemd/pong padded with "!" after its address's NUL: OSC 1.0 pads with NUL only
+NON_NUL_PADDING = b"/stemd/pong\0,\0!!"
+
+
+def test_the_daemon_refuses_the_padding_the_plugin_refuses():
+    with pytest.raises(osc.OSCDecodeError, match="padded with bytes other than NUL"):
+        osc.decode(NON_NUL_PADDING)
+    assert osc.decode(NON_NUL_PADDING.replace(b"!", b"\0")).address == "/stemd/pong"
+
+
 HOSTILE = {
     # name: (what the peer sends, whether the probe asks for a take, what the drop says)
     "oversized size header": (lambda c: c.sendall(struct.pack(">I", 0x7FFFFFFF) + b"\0" * 64), False,
@@ -260,6 +276,8 @@ HOSTILE = {
     "blob past the end": (_blob_past_the_end, True, "blob size"),
     "random bytes": (lambda c: c.sendall(struct.pack(">I", 2000) + random.Random(5).randbytes(2000)), False,
                      "malformed packet"),
+    "padding that is not NUL": (lambda c: c.sendall(_models_reply() + frame_length_prefixed(NON_NUL_PADDING)), False,
+                                "padding holds bytes other than NUL"),
 }
 
 
@@ -304,3 +322,76 @@ def test_a_hostile_peer_drops_the_connection_not_the_probe(probe, name):
     else:  # it reconnected to the same peer after its back-off, and stopped when asked
         assert p.states().count("connected") == 2 and p.states()[-1] == "stopped", p.events
         assert status == 0
+
+
+# --- memory and stop() --------------------------------------------------------------------------------
+
+def test_a_peer_that_announces_64_mib_and_hangs_up_costs_the_link_no_memory(probe):
+    # Each connection: a size header at the cap (64 MiB + 64 KiB), 10 bytes of it, then the peer hangs up.
+    # The link's buffer follows the bytes that came; before, each connection made a 64 MiB buffer
+    # (301 MiB peak RSS over 5 connections under ASan, whose quarantine keeps freed blocks).
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(30)
+    accepted: list[int] = []
+
+    def serve() -> None:
+        try:
+            while True:
+                conn, _ = server.accept()
+                with conn:
+                    conn.sendall(struct.pack(">I", 64 * 1024 * 1024 + 64 * 1024) + b"x" * 10)
+                    accepted.append(1)
+                    time.sleep(0.1)
+        except OSError:
+            pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    p = Probe(probe, "--port", str(server.getsockname()[1]), "--seconds", "30")
+    try:
+        p.wait_for(lambda e: len([d for d in p.of("connection") if d["state"] == "dropped"]) >= 4)
+        peak_kib = p.peak_rss_kib()
+        p.proc.terminate()
+        p.proc.wait(30)
+    finally:
+        server.close()
+    assert len(accepted) >= 4
+    assert peak_kib < 48 * 1024, f"peak RSS {peak_kib} KiB after {len(accepted)} connections"
+
+
+def _slow_resolver() -> dict:
+    _make("slow_resolver")
+    # plugin_host/plugin/slow_resolver.c in front of the C library's resolver; ASan accepts a library
+    # loaded before its runtime only when told to
+    return {"LD_PRELOAD": str(SLOW_RESOLVER),
+            "ASAN_OPTIONS": ASAN_ENV["ASAN_OPTIONS"] + ":verify_asan_link_order=0"}
+
+
+def test_stop_returns_while_the_resolver_hangs(probe, tmp_path):
+    # hang.stemd.test: the resolver answers after 60 s. The link gives up waiting after its connect timeout
+    # (3 s), retries on the same lookup, and stop() at 6 s returns at once instead of after the resolver.
+    lookups = tmp_path / "lookups.txt"
+    started = time.monotonic()
+    p = Probe(probe, "--host", "hang.stemd.test", "--port", "9", "--seconds", "6",
+              env={**_slow_resolver(), "STEMD_RESOLVER_LOG": str(lookups)})
+    assert p.finish(timeout=40) == 0, (p.events, p.stderr[-2000:])
+    assert time.monotonic() - started < 40
+    assert p.of("exit")[0]["stop_ms"] < 2000, p.events
+    unreachable = next(e for e in p.of("connection") if e["state"] == "unreachable")
+    assert "looking up hang.stemd.test took over 3000 ms" in unreachable["message"], p.events
+    assert p.states().count("connecting") == 2 and p.states()[-1] == "stopped", p.events
+    assert lookups.read_text().split() == ["hang.stemd.test"]  # one lookup, waited on twice
+
+
+def test_a_host_name_is_looked_up_and_the_take_streams(probe, start_daemon, tmp_path):
+    # slow.stemd.test: 1.5 s to answer 127.0.0.1; the take at 137 BPM 7/8 then streams as from an address
+    daemon = start_daemon()
+    lookups = tmp_path / "lookups.txt"
+    p = Probe(probe, "--host", "slow.stemd.test", "--port", str(daemon.port), "--generate", "named", "--bars", "1",
+              "--bpm", "137", "--meter", "7/8", "--start-bar", "3", "--seconds", "60",
+              env={**_slow_resolver(), "STEMD_RESOLVER_LOG": str(lookups)})
+    assert p.finish() == 0, (p.events, p.stderr[-2000:])
+    assert p.states()[:2] == ["connecting", "connected"], p.events
+    assert p.of("chunk")[0]["start_sample"] == Grid(137, "7/8").bar_start_sample(3, 48000)
+    assert lookups.read_text().split() == ["slow.stemd.test"]

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <limits>
@@ -19,6 +20,7 @@
 #include "osc.hpp"
 
 #ifndef _WIN32
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -49,6 +51,9 @@ const char* connection_state_name(ConnectionState state) {
 namespace {
 
 constexpr size_t kMaxSidecar = 64 * 1024;
+// A chunk's audio buffer kept between chunks up to this size (a 48 kHz stereo bar of 4/4 at 60 BPM is
+// 1.5 MiB); a larger one is let go after its chunk, as the framing reader does with its packet buffer.
+constexpr size_t kKeepAudioBytes = 2u << 20;
 constexpr int32_t kMaxModels = 1024;
 
 bool id_char(char c) {
@@ -335,6 +340,7 @@ struct LinkSession::State final : osc::MessageVisitor {
         }
 #endif
         listener.onChunk(std::string(id), variation, bar, start, rate, channels, audio.data(), frames);
+        if (audio.capacity() * sizeof(float) > kKeepAudioBytes) std::vector<float>().swap(audio);
     }
 
     void sidecar_or_take(const osc::Message& m) {
@@ -420,6 +426,9 @@ const std::string& LinkSession::why() const { return state_->why; }
 bool LinkSession::heard() const { return state_->heard; }
 size_t LinkSession::open_requests() const { return state_->open.size(); }
 size_t LinkSession::partial_bytes() const { return state_->reader.buffered(); }
+size_t LinkSession::held_bytes() const {
+    return state_->reader.capacity() + state_->audio.capacity() * sizeof(float);
+}
 
 bool LinkSession::feed(const uint8_t* data, size_t size) {
     State& s = *state_;
@@ -543,6 +552,69 @@ int ms_until(Clock::time_point deadline) {
     return int(std::max<long long>(0, std::min<long long>(left, 60000)));
 }
 
+using AddrList = std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)>;
+
+addrinfo address_hints(int flags) {
+    addrinfo h{};
+    h.ai_family = AF_UNSPEC;
+    h.ai_socktype = SOCK_STREAM;
+    h.ai_flags = AI_NUMERICSERV | flags;
+    return h;
+}
+
+// Keeps this library mapped until the process ends. A lookup's helper thread may outlive the link (and
+// the plugin: a resolver can hang for minutes); a host that unloads the plugin meanwhile would pull its
+// code from under that thread. Done once, before the first helper starts.
+void keep_module_loaded() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        Dl_info info{};
+        if (::dladdr(reinterpret_cast<void*>(&keep_module_loaded), &info) != 0 && info.dli_fname != nullptr)
+            ::dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);  // never closed, by design
+    });
+}
+
+// One getaddrinfo on a detached helper thread. The helper and the link share this state; whichever lets
+// go last frees it (and the addresses, if nobody took them).
+struct Lookup {
+    std::mutex mutex;
+    std::condition_variable finished;
+    bool done = false;
+    int rc = 0;
+    addrinfo* found = nullptr;  // owned here until taken
+
+    ~Lookup() {
+        if (found != nullptr) ::freeaddrinfo(found);
+    }
+
+    // The lookup under way, or nullptr when its thread cannot be started.
+    static std::shared_ptr<Lookup> start(const std::string& host, const std::string& service) {
+        auto lookup = std::make_shared<Lookup>();
+        keep_module_loaded();
+#if defined(__cpp_exceptions)
+        try {
+            std::thread(run, lookup, host, service).detach();
+        } catch (const std::system_error&) {
+            return nullptr;
+        }
+#else
+        std::thread(run, lookup, host, service).detach();
+#endif
+        return lookup;
+    }
+
+    static void run(std::shared_ptr<Lookup> lookup, std::string host, std::string service) {
+        addrinfo* found = nullptr;
+        const addrinfo hints = address_hints(0);
+        const int rc = ::getaddrinfo(host.c_str(), service.c_str(), &hints, &found);
+        std::lock_guard<std::mutex> lock(lookup->mutex);
+        lookup->rc = rc;
+        lookup->found = rc == 0 ? found : nullptr;
+        lookup->done = true;
+        lookup->finished.notify_all();
+    }
+};
+
 }  // namespace
 
 struct DaemonLink::Impl {
@@ -556,6 +628,7 @@ struct DaemonLink::Impl {
     std::atomic<bool> stopping{false};
     std::mutex mutex;
     std::deque<Command> commands;  // guarded by mutex
+    std::shared_ptr<Lookup> pending;  // the network thread's name lookup under way, if any
 
     void wake() {
         const uint8_t byte = 1;
@@ -567,6 +640,15 @@ struct DaemonLink::Impl {
         uint8_t buffer[64];
         while (::read(wake_read.get(), buffer, sizeof buffer) > 0) {
         }
+    }
+
+    // From the plugin's threads: queues `command` and wakes the network thread.
+    void push(Command command) {
+        {
+            std::lock_guard<std::mutex> lock(mutex);
+            commands.push_back(std::move(command));
+        }
+        wake();
     }
 
     std::deque<Command> take_commands() {
@@ -593,20 +675,46 @@ struct DaemonLink::Impl {
         }
     }
 
+    // `host`'s addresses, or none and `why`. An address is read at once; a name is looked up on a
+    // helper thread (lookup()) while this one waits at most connect_timeout_ms and wakes for stop(), so
+    // a resolver that hangs never holds stop(). A lookup still under way when the wait ends is picked up
+    // by the next attempt instead of starting another.
+    AddrList resolve(std::string& why) {
+        const std::string service = std::to_string(port);
+        addrinfo* found = nullptr;
+        const addrinfo hints = address_hints(AI_NUMERICHOST);
+        const int rc = ::getaddrinfo(host.c_str(), service.c_str(), &hints, &found);
+        if (rc == 0) return AddrList(found, &::freeaddrinfo);
+        if (rc != EAI_NONAME) {
+            why = "cannot resolve " + host + ": " + ::gai_strerror(rc);
+            return AddrList(nullptr, &::freeaddrinfo);
+        }
+        if (!pending) pending = Lookup::start(host, service);
+        if (!pending) {
+            why = "cannot start a thread to look up " + host;
+            return AddrList(nullptr, &::freeaddrinfo);
+        }
+        const Clock::time_point deadline = Clock::now() + std::chrono::milliseconds(connect_timeout_ms);
+        std::unique_lock<std::mutex> lock(pending->mutex);
+        while (!pending->done && !stopping.load() && Clock::now() < deadline)
+            pending->finished.wait_for(lock, std::chrono::milliseconds(20));  // stop() is seen within 20 ms
+        if (!pending->done) {
+            why = stopping.load() ? "stopped" : "looking up " + host + " took over " +
+                                                     std::to_string(connect_timeout_ms) + " ms";
+            return AddrList(nullptr, &::freeaddrinfo);
+        }
+        const int result = pending->rc;
+        AddrList list(std::exchange(pending->found, nullptr), &::freeaddrinfo);
+        lock.unlock();
+        pending.reset();
+        if (result != 0) why = "cannot resolve " + host + ": " + ::gai_strerror(result);
+        return list;
+    }
+
     // A connected, non-blocking socket, or an invalid Fd and `why`.
     Fd connect_socket(std::string& why) {
-        addrinfo hints{};
-        hints.ai_family = AF_UNSPEC;
-        hints.ai_socktype = SOCK_STREAM;
-        hints.ai_flags = AI_NUMERICSERV;
-        addrinfo* found = nullptr;
-        // A numeric host returns at once; a name may wait on the resolver (stop() then waits with it).
-        const int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found);
-        if (rc != 0) {
-            why = "cannot resolve " + host + ": " + ::gai_strerror(rc);
-            return Fd();
-        }
-        std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> list(found, &::freeaddrinfo);
+        AddrList list = resolve(why);
+        if (!list) return Fd();
         why = "no address for " + host;
         for (addrinfo* ai = list.get(); ai != nullptr && !stopping.load(); ai = ai->ai_next) {
             Fd fd(::socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol));
@@ -798,27 +906,13 @@ void DaemonLink::stop() {
 SendResult DaemonLink::send_generate(const Request& request) {
     if (!validate_request(request).empty()) return SendResult::Invalid;
     if (!impl_ || !running_.load()) return SendResult::NotStarted;
-    {
-        std::lock_guard<std::mutex> lock(impl_->mutex);
-        Command c;
-        c.generate = true;
-        c.request = request;
-        impl_->commands.push_back(std::move(c));
-    }
-    impl_->wake();
+    impl_->push(Command{true, request, {}});
     return SendResult::Queued;
 }
 
 SendResult DaemonLink::cancel(const std::string& id) {
     if (!impl_ || !running_.load()) return SendResult::NotStarted;
-    {
-        std::lock_guard<std::mutex> lock(impl_->mutex);
-        Command c;
-        c.generate = false;
-        c.id = id;
-        impl_->commands.push_back(std::move(c));
-    }
-    impl_->wake();
+    impl_->push(Command{false, {}, id});
     return SendResult::Queued;
 }
 

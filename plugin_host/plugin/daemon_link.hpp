@@ -123,6 +123,9 @@ public:
     const std::string& why() const;
     bool heard() const;  // a well-formed packet has arrived on this connection
     size_t partial_bytes() const;  // bytes of a packet that has not arrived whole yet
+    // Memory the session keeps between feeds for packets and audio: it follows the bytes that came (a
+    // header announcing 64 MiB costs nothing until they arrive) and is back under 4 MiB after any packet.
+    size_t held_bytes() const;
 
     // The framed packets sent on connect: `/stemd/hello <token>` (when token is not "") and `/stemd/models`.
     static std::vector<uint8_t> greeting(const std::string& token);

@@ -22,6 +22,26 @@ const char* error_text(Error error) {
 namespace {
 // A buffer kept between packets up to this size; a larger one is let go once its packet is read.
 constexpr size_t kKeep = 1u << 20;
+// The first room made for a packet's bytes (or the packet's size, when smaller).
+constexpr size_t kFirstCapacity = 4096;
+
+// Makes room in `body` for `more` bytes of a packet of `expected` bytes, growing by doubling but never
+// past `expected`: what a packet's buffer holds follows the bytes that came, not what its header claims.
+bool grow(std::vector<uint8_t>& body, size_t more, size_t expected) {
+    const size_t needed = body.size() + more;
+    if (needed <= body.capacity()) return true;
+    const size_t wanted = std::min(expected, std::max(needed, std::max(body.capacity() * 2, kFirstCapacity)));
+#if defined(__cpp_exceptions)
+    try {
+        body.reserve(wanted);
+    } catch (const std::bad_alloc&) {
+        return false;
+    }
+#else
+    body.reserve(wanted);
+#endif
+    return true;
+}
 }  // namespace
 
 void Reader::reset() {
@@ -29,7 +49,7 @@ void Reader::reset() {
     in_body_ = false;
     delivered_ = false;
     std::vector<uint8_t>().swap(body_);
-    filled_ = 0;
+    expected_ = 0;
     error_ = Error::None;
     bad_size_ = 0;
 }
@@ -40,7 +60,6 @@ Reader::Status Reader::consume(const uint8_t*& data, size_t& size) {
         delivered_ = false;
         if (body_.capacity() > kKeep) std::vector<uint8_t>().swap(body_);
         body_.clear();
-        filled_ = 0;
     }
     while (true) {
         if (!in_body_) {
@@ -62,27 +81,23 @@ Reader::Status Reader::consume(const uint8_t*& data, size_t& size) {
                 bad_size_ = announced;
                 return Status::Failed;
             }
-            // The size is checked: now, and only now, its buffer.
-#if defined(__cpp_exceptions)
-            try {
-                body_.resize(size_t(announced));
-            } catch (const std::bad_alloc&) {
-                error_ = Error::OutOfMemory;
-                bad_size_ = announced;
-                return Status::Failed;
-            }
-#else
-            body_.resize(size_t(announced));
-#endif
-            filled_ = 0;
+            // The size is checked; its buffer grows as the packet's bytes arrive (a header alone costs nothing).
+            expected_ = size_t(announced);
+            body_.clear();
             in_body_ = true;
         }
-        const size_t take = std::min(size, body_.size() - filled_);
-        if (take > 0) std::memcpy(body_.data() + filled_, data, take);
-        filled_ += take;
+        const size_t take = std::min(size, expected_ - body_.size());
+        if (take > 0) {
+            if (!grow(body_, take, expected_)) {
+                error_ = Error::OutOfMemory;
+                bad_size_ = int64_t(expected_);
+                return Status::Failed;
+            }
+            body_.insert(body_.end(), data, data + take);
+        }
         data += take;
         size -= take;
-        if (filled_ < body_.size()) return Status::NeedMore;
+        if (body_.size() < expected_) return Status::NeedMore;
         in_body_ = false;
         delivered_ = true;
         return Status::Packet;

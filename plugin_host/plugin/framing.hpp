@@ -3,7 +3,9 @@
 //
 // The size is checked before anything is allocated for the packet: negative, or over the cap
 // (64 MiB + 64 KiB, the daemon's own limit), is an error and the connection must be dropped; its
-// framing is lost. Only a checked size allocates the packet's buffer.
+// framing is lost. A checked size allocates nothing by itself: the packet's buffer grows as its bytes
+// arrive (doubling, never past the size), and one over 1 MiB is let go once its packet has been read, so
+// a peer that announces 64 MiB and sends 10 bytes costs 4 KiB, not 64 MiB.
 #pragma once
 
 #include <cstddef>
@@ -39,7 +41,8 @@ public:
     Error error() const { return error_; }
     int64_t bad_size() const { return bad_size_; }  // the size header that broke the stream
     size_t max_packet() const { return max_packet_; }
-    size_t buffered() const { return delivered_ ? 0 : header_filled_ + filled_; }  // bytes of a packet under way
+    size_t buffered() const { return delivered_ ? 0 : header_filled_ + body_.size(); }  // bytes of a packet under way
+    size_t capacity() const { return body_.capacity(); }  // the packet buffer's room: follows the bytes that came
     void reset();  // a new connection
 
 private:
@@ -48,8 +51,8 @@ private:
     size_t header_filled_ = 0;
     bool in_body_ = false;
     bool delivered_ = false;
-    std::vector<uint8_t> body_;
-    size_t filled_ = 0;
+    std::vector<uint8_t> body_;  // the packet's bytes so far
+    size_t expected_ = 0;        // the packet's size, from its header
     Error error_ = Error::None;
     int64_t bad_size_ = 0;
 };

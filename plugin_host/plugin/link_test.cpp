@@ -1,6 +1,7 @@
 // Unit test of the plugin's network side without a network: the OSC codec, the framing reader and the
 // link's event checks (LinkSession). Built with ASan + UBSan by `make -C plugin_host/plugin link_test`
 // (run by tests/test_plugin_link.py); prints one line per failed check and exits 1 if any failed.
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -96,6 +97,22 @@ void test_malformed_messages() {
     CHECK(decode(bytes("/a\0\0,b\0\0\0\0\0\x09zzzz", 16)) == osc::Error::BadBlobSize);  // 9 > 4 left
     CHECK(decode(bytes("/a\0\0,b\0\0\xff\xff\xff\xfczzzz", 16)) == osc::Error::BadBlobSize);  // -4
     CHECK(decode(bytes("/a\0\0,b\0\0\0\0\0\x03zzz", 15)) == osc::Error::Unaligned);
+    // padding that is not NUL (OSC 1.0 pads with NUL only; the daemon's decoder refuses it too): after the
+    // address, the type tags, a string argument and a blob; and through ArgReader as well
+    CHECK(decode(bytes("/a\0x,\0\0\0", 8)) == osc::Error::BadPadding);
+    CHECK(decode(bytes("/a\0\0,i\0 \0\0\0\1", 12)) == osc::Error::BadPadding);
+    CHECK(decode(bytes("/a\0\0,s\0\0ab\0x", 12)) == osc::Error::BadPadding);
+    CHECK(decode(bytes("/a\0\0,b\0\0\0\0\0\x03zzz\x01", 16)) == osc::Error::BadPadding);
+    CHECK(decode(bytes("/a\0\0,s\0\0ab\0\0", 12)) == osc::Error::None);  // the same, NUL-padded
+    CHECK(decode(bytes("/a\0\0,b\0\0\0\0\0\x03zzz\0", 16)) == osc::Error::None);
+    {
+        const std::vector<uint8_t> p = bytes("/a\0\0,ib\0\0\0\0\x07\0\0\0\x01z\xff\xff\xff", 20);
+        osc::Message m{"/a", "ib", p.data() + 8, 12};  // a Message built by hand skips decode_message
+        osc::ArgReader r(m);
+        osc::Arg a;
+        CHECK(r.next(a) && a.i == 7);
+        CHECK(!r.next(a) && r.error() == osc::Error::BadPadding);
+    }
     // the blob's 3 bytes fit but its padding does not: only possible with trailing bytes cut off
     {
         std::vector<uint8_t> p = bytes("/a\0\0,bi\0\0\0\0\x03zzz\0", 16);
@@ -203,6 +220,36 @@ void test_framing() {
         size_t n = h.size();
         CHECK(r.consume(p, n) == framing::Reader::Status::NeedMore);
         CHECK(r.error() == framing::Error::None);
+    }
+    {  // the cap announced and 10 bytes sent: the buffer holds what came, not what the header claims
+        framing::Reader r;
+        auto h = header(uint32_t(framing::kMaxPacket));
+        h.insert(h.end(), 10, uint8_t('x'));
+        const uint8_t* p = h.data();
+        size_t n = h.size();
+        CHECK(r.consume(p, n) == framing::Reader::Status::NeedMore && n == 0);
+        CHECK(r.buffered() == 10);
+        CHECK(r.capacity() <= 4096);
+    }
+    {  // a 3 MiB packet in 64 KiB pieces: whole, its buffer grown to no more than it, and let go after it
+        const std::vector<uint8_t> blob(3u << 20, 7);
+        std::vector<uint8_t> stream;
+        framing::append_framed(stream, osc::Builder("/big").b(blob.data(), blob.size()).finish());
+        framing::append_framed(stream, a);
+        framing::Reader r;
+        size_t packets = 0, largest = 0, at = 0;
+        while (at < stream.size()) {
+            const uint8_t* p = stream.data() + at;
+            size_t n = std::min(stream.size() - at, size_t(64) << 10);
+            at += n;
+            while (r.consume(p, n) == framing::Reader::Status::Packet) {
+                ++packets;
+                largest = std::max(largest, r.packet_size());
+                CHECK(r.capacity() == r.packet_size() || r.packet_size() == a.size());
+            }
+        }
+        CHECK(packets == 2 && largest == blob.size() + 16);
+        CHECK(r.capacity() <= (size_t(1) << 20));  // the 3 MiB buffer went with its packet
     }
 }
 
@@ -355,6 +402,7 @@ void test_session_drops_bad_events() {
                                                   .s("").i(0).s("").i(0).s("").finish())}},
         {"bye", {framed(osc::Builder("/stemd/bye").s("stopping").finish())}},
         {"malformed packet", {framed(bytes("/a\0\0,b\0\0\0\0\0\x09zzzz", 16))}},
+        {"padding not NUL", {framed(bytes("/stemd/done\0,s\0\0t1\0!", 20))}},
         {"oversized header", {bytes("\x7f\xff\xff\xff", 4)}},
         {"negative header", {bytes("\xff\xff\xff\xfe", 4)}},
     };
@@ -368,6 +416,30 @@ void test_session_drops_bad_events() {
     // a good chunk then the next bar where the last one ended: kept
     Events e;
     CHECK(feed(e, {ok0, chunk("t1", 0, 1, 1100, 48000, 2, 100), chunk("t1", 1, 0, 1000, 48000, 2, 100)}));
+}
+
+void test_session_memory() {
+    {  // a header announcing the cap, 10 bytes, then nothing: the session holds what came, not 64 MiB
+        Events e;
+        LinkSession s(e);
+        s.open(request());
+        std::vector<uint8_t> h;
+        osc::append_be32(h, uint32_t(framing::kMaxPacket));
+        h.insert(h.end(), 10, uint8_t('x'));
+        CHECK(s.feed(h.data(), h.size()));
+        CHECK(s.partial_bytes() == 10 && s.held_bytes() <= 4096);
+    }
+    {  // a 6.4 MB one-bar chunk in 64 KiB pieces: delivered whole, then its packet and audio buffers let go
+        Events e;
+        LinkSession s(e);
+        s.open(request());
+        const auto big = chunk("t1", 0, 0, 0, 48000, 2, 800000);
+        bool alive = true;
+        for (size_t at = 0; at < big.size() && alive; at += size_t(64) << 10)
+            alive = s.feed(big.data() + at, std::min(big.size() - at, size_t(64) << 10));
+        CHECK(alive && e.frames == 800000 && e.first == 0.25f);
+        CHECK(s.held_bytes() <= (size_t(1) << 20));
+    }
 }
 
 void test_session_requests() {
@@ -417,6 +489,7 @@ int main() {
     test_framing();
     test_session_good_traffic();
     test_session_drops_bad_events();
+    test_session_memory();
     test_session_requests();
     std::printf("%d checks, %d failed\n", g_checks, g_failures);
     return g_failures == 0 ? 0 : 1;
