@@ -120,7 +120,11 @@ def assert_renders_at(session: Path, tmp_path: Path, take: np.ndarray, at: int, 
     what it held; the same misplaced take fails every time. Seen here: an export that differed inside
     the take while its start was right (with another full test run on the same 2 cores), sub -120 dBFS
     residue before the bar, an export that hung (a loaded machine); on a fresh CI machine's first run,
-    an export audible on every multiple of 2048 samples."""
+    an export audible on 8,767 samples, the first at 2048, 4096, 6144: exactly what the right take (8,600
+    audible samples here) gives with one more audible sample on every multiple of 2048 through the whole
+    export (173, 6 of them inside the take's clicks), that is on the first sample of every other
+    1024-sample cycle of ardour7-export's engine. Its cause in Ardour was not found (not reproduced in
+    30+ first-run exports, each with a HOME of its own)."""
     problems = []
     for attempt in range(exports):
         result = export(session, tmp_path, f"export{attempt or ''}.wav")
