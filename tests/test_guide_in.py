@@ -22,7 +22,7 @@ from stemd.guides import GuideError
 from stemd.guides.smf import read_smf
 from stemd.timing import Meter
 from plugin_hosts import TESTS, Timebase, build_jack_timebase, compile_c, read_line, wait_connected
-from test_bridge_support import jack, peer  # noqa: F401  (fixtures)
+from test_bridge_support import jack, json_lines, peer  # noqa: F401  (fixtures)
 
 RATE = 48000
 SLACK = Fraction(1, 96)   # quarters
@@ -220,6 +220,23 @@ def test_no_such_port_names_the_ports_there_are(jack, helpers, tmp_path):
     assert out.returncode == 2
     assert err.strip().splitlines() == [
         "stemd bridge: no JACK MIDI port 'keyboard'; the JACK MIDI outputs here: stemd-notes:out"], err
+
+
+def test_the_jack_follower_reads_tempo_meter_and_bars_from_the_timebase_master(jack, helpers):
+    # 7/8 at 97 quarters per minute: JACK's master says 194 eighths per minute; the bridge says 97
+    timebase = Timebase(jack, helpers[0], 97, Meter.parse("7/8"))
+    timebase.tell(f"locate {frame_of(Fraction(7, 2) * 2, 97)}")      # bar 3
+    bridge = jack.start([sys.executable, "-m", "stemd", "bridge", "--daemon", "none", "--follow", "jack",
+                         "--print-transport", "--no-stdin", "--command-port", "0"], stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True)
+    stopped = json_lines(bridge, 4.0)
+    timebase.tell("play")
+    rolling = [line for line in json_lines(bridge, 4.0) if line["playing"]]
+    timebase.tell("stop")
+    assert stopped and (stopped[-1]["bar"], stopped[-1]["beat"], stopped[-1]["playing"]) == (3, 1, False), stopped
+    beats = [(line["bar"], line["beat"]) for line in rolling]
+    assert beats[:8] == [(3, 1), (3, 2), (3, 3), (3, 4), (3, 5), (3, 6), (3, 7), (4, 1)], rolling
+    assert all(line["bpm"] == 97.0 and line["meter"] == "7/8" for line in rolling), rolling
 
 
 def refused_recording(jack, helpers, tmp_path, played: list) -> str:
