@@ -220,8 +220,8 @@ class GenerateRequest:
         if self.repaint:
             first, last = repaint_range(self.repaint)
             if not 1 <= first <= last <= self.bars:
-                raise ProtocolError("out_of_range", f"repaint {self.repaint!r}: FIRST and LAST must be bars of the take, "
-                                    f"1..{self.bars}, with FIRST <= LAST")
+                raise ProtocolError("out_of_range", f"repaint {self.repaint!r}: FIRST and LAST must be bars of the "
+                                    f"take, 1..{self.bars}, with FIRST <= LAST")
         if self.guide is not None or self.chords:
             from stemd.guides import guide_notes
 

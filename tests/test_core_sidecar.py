@@ -49,7 +49,7 @@ def test_the_largest_request_stemd_accepts_makes_a_sidecar_under_its_bound():
         request = GenerateRequest("r" * LIMITS["id_chars"][1], prompt=ch * LIMITS["prompt_chars"][1],
                                   key=ch * LIMITS["key_chars"][1],
                                   continuation_path=ch * LIMITS["continuation_path_chars"][1],
-                                  stem="s" * 32, track="t" * 32, extract="e" * 32, repaint="1000-2000",
+                                  stem="s" * 32, track="t" * 32, extract="e" * 32, bars=256, repaint="100-256",
                                   model="m" * 64, seed=2 ** 63 - 1, bpm="997/3", meter="63/32")
         text = encode(sidecar_of(request))
         longest[ch] = len(text.encode())
