@@ -71,8 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run the work on a Ray cluster (its head's host:port, or auto): this process keeps the OSC "
                         "server and the queue, a Ray Serve deployment holds one worker replica per GPU (see "
                         "docs/cluster.md; needs pip install 'stemd[cluster]')")
-    p.add_argument("--ray-replicas", type=int, default=None, metavar="N",
-                   help="--ray: worker replicas (default: one per GPU of the cluster, or 1 without GPUs)")
+    p.add_argument("--ray-replicas", default=None, metavar="N|MIN:MAX",
+                   help="--ray: worker replicas (default: one per GPU of the cluster, or 1 without GPUs); MIN:MAX: "
+                        "Serve adds replicas while requests wait, up to MAX, and keeps MIN warm")
     p.add_argument("--ray-app", default="stemd", metavar="NAME",
                    help="--ray: the Serve application that holds the replicas (default stemd; a front door that "
                         "starts replaces its application's replicas: give each front door of one cluster its own)")
@@ -197,24 +198,21 @@ def cluster_service(args: argparse.Namespace, pool, settings):
     from stemd.cli import CommandError
     from stemd.daemon.service import Service
 
-    if args.ray_replicas is not None and args.ray_replicas < 1:
-        raise CommandError("--ray-replicas must be at least 1")
     if args.map:
         raise CommandError("--map is not served with --ray yet: run the controller with stemd bridge")
     try:
-        from stemd.daemon.cluster.frontdoor import Cluster, ClusterError, cluster_scheduler, start_workers
+        from stemd.daemon.cluster.frontdoor import Cluster, ClusterError, attach, parse_replicas
     except ImportError as e:
         raise CommandError(f"--ray needs Ray Serve: pip install 'stemd[cluster]' ({e})") from None
     try:
-        cluster = Cluster(args.ray, model_entries(args), replicas=args.ray_replicas, app=args.ray_app,
-                          memory_budget=args.memory_budget, pace=args.pace)
+        cluster = Cluster(args.ray, model_entries(args), replicas=parse_replicas(args.ray_replicas),
+                          app=args.ray_app, memory_budget=args.memory_budget, pace=args.pace)
     except ClusterError as e:
         raise CommandError(str(e)) from None
     except Exception as e:   # JobError from the reachability check, Serve's own failures
         raise CommandError(f"cannot start the workers on the Ray cluster at {args.ray}: {e}") from None
     service = Service(pool, settings)
-    service.scheduler = cluster_scheduler(service, cluster.replicas)
-    service.make_workers = lambda: start_workers(service, cluster)
+    attach(service, cluster)
     return service, cluster
 
 

@@ -179,6 +179,11 @@ class Scheduler:
                     return None
                 self._cond.wait(wait)
 
+    def wake(self) -> None:
+        """What a worker may run changed outside the queue (``allows`` says otherwise now): look again."""
+        with self._cond:
+            self._cond.notify_all()
+
     def forget(self, client_key: Any) -> None:
         """A client left: its turn in the fairness order is forgotten."""
         with self._cond:

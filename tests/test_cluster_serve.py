@@ -179,33 +179,110 @@ def test_a_live_request_queued_behind_offline_work_runs_first(front):
         assert [c.bar_index for c in chunks(seen) if c.request_id == rid] == [0, 1, 2, 3], rid
 
 
-def test_two_models_on_a_replica_whose_budget_holds_one_the_second_evicts_the_first(cluster, front, tiny,
-                                                                                     tiny_stereo, tmp_path):
+def budget_for_one(*models) -> int:
+    """A memory budget that holds either model with a 1-bar request, never both (as in test_daemon_models.py)."""
     from stemd.models.backend_plan import planned_dtype
     from stemd.models.memory import footprint
     from stemd.models.pool import locate
 
-    c, _ = cluster
-    c.add_node(num_cpus=2, num_gpus=1)             # a third box for this front door's own replica
-    c.wait_for_nodes()
-    # the budget: either model with a 1-bar request fits, both together do not (as in test_daemon_models.py)
-    prints = [footprint(*locate(str(m)), planned_dtype("musicgen", "cpu", None)) for m in (tiny, tiny_stereo)]
+    prints = [footprint(*locate(str(m)), planned_dtype("musicgen", "cpu", None)) for m in models]
     need = max(int(fp.weights * 1.1) + fp.request(float(Grid(Tempo(97)).bar_seconds(0)), 1) for fp in prints)
-    budget = need + min(fp.weights for fp in prints) // 2
-    d = SlowStart(tmp_path, "--ray", c.address, "--ray-app", "stemd-evict", "--ray-replicas", "1",
-                  "--model", f"stereo={tiny_stereo}", "--memory-budget", f"{budget / 2 ** 30:.9f}", "--backend",
-                  "eager", model=f"mono={tiny}")
+    return need + min(fp.weights for fp in prints) // 2
+
+
+def hub_cache_with(folder: Path, hub_id: str, cache: Path) -> Path:
+    """A Hugging Face cache holding ``folder`` as the snapshot of ``hub_id``: a model this machine's front
+    door finds (HF_HUB_CACHE) and the cluster's nodes, which keep the default cache, do not."""
+    import shutil
+
+    repo = cache / f"models--{hub_id.replace('/', '--')}"
+    revision = "0" * 40
+    shutil.copytree(folder, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    return cache
+
+
+@pytest.fixture(scope="module")
+def tight(cluster, front, tiny, tiny_stereo, tmp_path_factory):
+    """A second front door (application stemd-tight) with one replica on a third box, whose memory budget
+    holds one test model at a time; it also serves a model that only this machine's cache has."""
+    c, _ = cluster
+    box = c.add_node(num_cpus=2, num_gpus=1)        # a third box for this front door's own replica
+    c.wait_for_nodes()
+    tmp = tmp_path_factory.mktemp("tight")
+    cache = hub_cache_with(tiny, "stemd-test/only-here", tmp / "hub")
+    budget = budget_for_one(tiny, tiny_stereo)
+    d = SlowStart(tmp, "--ray", c.address, "--ray-app", "stemd-tight", "--ray-replicas", "1",
+                  "--model", f"stereo={tiny_stereo}", "--model", "only-here=stemd-test/only-here",
+                  "--memory-budget", f"{budget / 2 ** 30:.9f}", "--backend", "eager", model=f"mono={tiny}",
+                  env={"HF_HUB_CACHE": str(cache)})
     try:
-        client = TcpClient(d.port, timeout=60)
-        for rid, model in (("m0", "mono"), ("s0", "stereo")):
-            client.send("/stemd/generate", rid, "bars", 1, "bpm", 97, "meter", "3/4", "model", model, "seed", 1)
-            assert any(m.address == "/stemd/chunk" for m in client.until("/stemd/done", rid, timeout=120))
-        client.close()
-        log = d.wait_log("evicted model mono from cpu", timeout=30)
+        yield d, box, budget
     finally:
         d.stop()
+
+
+def test_two_models_on_a_replica_whose_budget_holds_one_the_second_evicts_the_first(tight):
+    d, _, _ = tight
+    client = TcpClient(d.port, timeout=60)
+    for rid, model in (("m0", "mono"), ("s0", "stereo")):
+        client.send("/stemd/generate", rid, "bars", 1, "bpm", 97, "meter", "3/4", "model", model, "seed", 1)
+        assert any(m.address == "/stemd/chunk" for m in client.until("/stemd/done", rid, timeout=120))
+    client.close()
+    log = d.wait_log("evicted model mono from cpu", timeout=30)
     assert "stemd replica: INFO loaded model stereo" in log and "(least recently used" in log
     assert log.count("runs on replica") == 2 and len(set(re.findall(r"runs on (replica \w+)", log))) == 1
+
+
+def test_a_model_no_replica_can_hold_is_refused_naming_the_nodes(tight, tiny):
+    from stemd.models.memory import footprint
+    from stemd.models.pool import locate
+
+    d, box, budget = tight
+    node = box.node_id[:12]         # the one node that runs this front door's replica (front's hold the others)
+    assert re.search(rf"stemd replica: replica \w+ on node {node}\w* \(.*\) ready", d.log), d.log[-2000:]
+    client = TcpClient(d.port, timeout=60)
+    client.send("/stemd/generate", "nowhere", "bars", 1, "bpm", 97, "meter", "7/8", "model", "only-here")
+    error = client.until("/stemd/error", "nowhere")[-1]
+    assert error.args[1] == "model_not_found", error.args
+    assert f"node {node}" in error.args[2] and "stemd-test/only-here" in error.args[2], error.args
+    # more variations than the replica's budget holds beside the weights (its own footprint, as it reports it)
+    fp = footprint(*locate(str(tiny)), "float32")
+    seconds = float(Grid(Tempo(97), Meter(3, 4)).bar_seconds(0)) * 8
+    variations = next(v for v in range(1, 17) if fp.weights + fp.request(seconds, v) > budget)
+    client.send("/stemd/generate", "huge", "bars", 8, "bpm", 97, "meter", "3/4", "model", "mono", "variations",
+                variations, "sample_rate", 22050, "channels", 1)
+    error = client.until("/stemd/error", "huge")[-1]
+    client.close()
+    assert error.args[1] == "too_large", error.args
+    assert f"node {node}" in error.args[2] and "memory budget" in error.args[2], error.args
+    assert "replica" in d.wait_log("cannot find model only-here", timeout=5)   # said when the front door starts
+
+
+def test_a_render_beside_live_serving_runs_only_on_the_free_gpu(cluster, front, tight, tmp_path):
+    import subprocess
+
+    c, _ = cluster
+    free = c.add_node(num_cpus=2, num_gpus=1)       # the one GPU no live replica holds (both front doors: 3)
+    c.wait_for_nodes()
+    render = subprocess.Popen([sys.executable, "-m", "stemd", "render", "--model", "click", "--prompt", "drums",
+                               "--seeds", "1,2,3", "--bars", "2", "--bpm", "97", "--meter", "7/8", "--sample-rate",
+                               "22050", "--variations", "2", "--no-contact-sheet", "--out", str(tmp_path / "render"),
+                               "--ray", c.address], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        live = TcpClient(front.port, timeout=60)     # a live take on a replica while the render runs
+        live.send(*request("beside", "3/4", 4, 41))
+        got = live.until("/stemd/done", "beside", timeout=120)
+        live.close()
+        _, errors = render.communicate(timeout=240)
+    finally:
+        render.kill()
+    assert render.returncode == 0, errors[-2000:]
+    assert_bar_exact(chunks(got), "3/4", 4)
+    assert "1 workers on the cluster's 4 GPUs, 3 of them held" in errors, errors[-2000:]
+    made_on = re.search(r"batches made on (.*)", errors).group(1)
+    assert re.findall(r"node (\w+)", made_on) == [free.node_id[:12]], made_on   # never a replica's GPU
 
 
 def test_a_node_lost_mid_take_the_take_completes_elsewhere_every_bar_once(front, local, cluster):

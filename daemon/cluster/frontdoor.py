@@ -16,6 +16,7 @@ are skipped there, so the client sees a delay and never a bar twice.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any, Optional
 
@@ -24,6 +25,8 @@ from stemd.daemon.service import Service
 from stemd.daemon.worker import Worker, _Progress
 from stemd.errors import StemdError
 from stemd.models.base import Cancelled
+from stemd.models.memory import gib
+from stemd.protocol import ProtocolError
 
 log = logging.getLogger("stemd.daemon")
 
@@ -31,6 +34,7 @@ APP = "stemd"
 #: how often one job may lose its replica before it fails (engine_error)
 MAX_LOSSES = 4
 MODEL_WAIT = 0.1   # seconds a request waits for the replica that holds its model (Serve's multiplexing)
+VIEWS_TTL = 2.0    # seconds the replicas' views and Serve's replica count are reused
 LOST_PAUSE = 1.0   # seconds before a job whose replica was lost is offered again (the router learns of it)
 
 
@@ -51,11 +55,27 @@ class RemoteEngine:
         return self._info
 
 
-class Cluster:
-    """The connection to the cluster and the deployment's handle."""
+def parse_replicas(text: Optional[str]) -> Optional[tuple[int, int]]:
+    """``--ray-replicas N`` (that many) or ``MIN:MAX`` (Serve scales between them); None: not given."""
+    if text is None:
+        return None
+    parts = str(text).split(":")
+    try:
+        low, high = int(parts[0]), int(parts[-1])
+        if len(parts) > 2:
+            raise ValueError(text)
+    except ValueError:
+        raise ClusterError(f"--ray-replicas wants N or MIN:MAX (whole numbers), got {text!r}") from None
+    if low < 1 or high < low:
+        raise ClusterError(f"--ray-replicas {text}: at least 1, and MIN no more than MAX")
+    return low, high
 
-    def __init__(self, address: str, entries: list, *, replicas: Optional[int], memory_budget: Optional[float],
-                 pace: float, app: str = APP):
+
+class Cluster:
+    """The connection to the cluster, the deployment's handle, and what each replica can serve."""
+
+    def __init__(self, address: str, entries: list, *, replicas: Optional[tuple[int, int]],
+                 memory_budget: Optional[float], pace: float, app: str = APP):
         import os
 
         # a request waits this long for a free replica that holds its model before taking any free one
@@ -64,7 +84,7 @@ class Cluster:
         import ray
         from ray import serve
 
-        from stemd.daemon.cluster.replica import deployment
+        from stemd.daemon.cluster.replica import Views, deployment
         from stemd.daemon.render.cluster import _check_reachable
 
         _check_reachable(address)
@@ -75,23 +95,110 @@ class Cluster:
             raise ClusterError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
-        self.replicas = replicas or gpus or 1
+        self.least, self.replicas = replicas or (gpus or 1, gpus or 1)   # (replicas: the front door's slots)
         if gpus and self.replicas > gpus:
             raise ClusterError(f"--ray-replicas {self.replicas}: the cluster has {gpus} GPUs (one per replica)")
+        self.app = app
+        # each replica tells this actor what it can serve (its node, budget, models found and not)
+        self._views_actor = ray.remote(num_cpus=0)(Views).options(name=f"{app}-views", namespace="stemd",
+                                                                  get_if_exists=True).remote()
+        self._views: list = []
+        self._views_at = self._running_at = -VIEWS_TTL
+        self._running = self.least
+        self._closed = threading.Event()
         serve.start(proxy_location="Disabled")
-        deployed, name = deployment(self.replicas, bool(gpus)).bind(entries, memory_budget, pace), app
+        deployed = deployment(self.least, self.replicas, bool(gpus)).bind(entries, memory_budget, pace, f"{app}-views")
         started = time.monotonic()
-        self.app = name
-        self.handle = serve.run(deployed, name=name, route_prefix=None)
+        self.handle = serve.run(deployed, name=app, route_prefix=None)
         self.stream = self.handle.options(method_name="generate", stream=True)
         nodes = [n for n in ray.nodes() if n.get("Alive")]
-        log.info("Ray cluster at %s: %d nodes (%s), %d GPUs; %d replicas of stemd-worker (application %s) ready "
+        scale = (f"{self.least} to {self.replicas} replicas (Serve scales them by the requests waiting)"
+                 if self.least < self.replicas else f"{self.replicas} replicas")
+        log.info("Ray cluster at %s: %d nodes (%s), %d GPUs; %s of stemd-worker (application %s) ready "
                  "in %.1f s (%s)",
                  address, len(nodes), ", ".join(f"{n['NodeManagerAddress']} {n['NodeID'][:12]}" for n in nodes),
-                 gpus, self.replicas, name, time.monotonic() - started,
-                 "a whole GPU each" if gpus else "no GPUs: one CPU each")
+                 gpus, scale, app, time.monotonic() - started, "a whole GPU each" if gpus else "no GPUs: one CPU each")
+        for view in self.views():
+            if view["missing"]:
+                log.warning("replica %s on node %s (%s) cannot find model%s %s", view["replica"], view["node"][:12],
+                            view["host"], "s" if len(view["missing"]) > 1 else "", ", ".join(view["missing"]))
+
+    # --- what the replicas can serve (the event loop, at admission) --------------------------------
+    def views(self) -> list:
+        """What each replica on a live node can serve (``replica.StemdReplica.view``), at most VIEWS_TTL old."""
+        import ray
+
+        if time.monotonic() - self._views_at >= VIEWS_TTL:
+            try:
+                views = ray.get(self._views_actor.all.remote(), timeout=5)
+                alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+            except (ray.exceptions.RayError, RuntimeError) as e:
+                log.warning("asking the replicas what they serve failed: %s", str(e).splitlines()[0][:200])
+                return self._views
+            self._views, self._views_at = [v for v in views.values() if v["node"] in alive], time.monotonic()
+        return self._views
+
+    def check(self, pool, name: str, seconds: float, variations: int, request_id: str = ""):
+        """The model's slot if some replica can hold the request; else ``model_not_found`` (no replica's
+        node has the model) or ``too_large`` (no replica's memory budget holds it), naming the nodes."""
+        slot = pool.slot(name, request_id)
+        views = self.views()
+        if not views:                   # (not heard from the replicas: the one that runs it will say)
+            return slot
+        holding = [v for v in views if slot.name in v["models"]]
+        if not holding:
+            why = {v["node"]: f"node {v['node'][:12]} ({v['host']}): {v['missing'].get(slot.name, 'not served')}"
+                   for v in views}
+            raise ProtocolError("model_not_found", f"model {slot.name} is on no node that runs a replica: "
+                                + "; ".join(why.values()), request_id)
+        needs = {}
+        for v in holding:
+            model = v["models"][slot.name]
+            needs[v["node"], v["device"]] = (model["weights"] + model["footprint"].request(seconds, variations), v)
+        if all(need > v["budget"] for need, v in needs.values()):
+            budgets = "; ".join(f"node {v['node'][:12]} ({v['host']}, {v['device']}) {gib(v['budget'])}"
+                                for _, v in needs.values())
+            plural = "s" if variations != 1 else ""
+            raise ProtocolError("too_large", f"model {slot.name} needs about {gib(min(n for n, _ in needs.values()))} "
+                                f"for {variations} variation{plural} of {seconds:.1f} s, more than the memory budget "
+                                f"of any replica: {budgets} (fewer variations or bars)", request_id)
+        return slot
+
+    # --- how many calls may be out (RemoteWorker) --------------------------------------------------
+    def running(self) -> int:
+        """Replicas running now (Serve's status, at most VIEWS_TTL old); the fixed count without autoscaling."""
+        if self.least == self.replicas:
+            return self.replicas
+        if time.monotonic() - self._running_at >= VIEWS_TTL:
+            from ray import serve
+
+            try:
+                app = serve.status().applications[self.app]
+                states = app.deployments["stemd-worker"].replica_states
+                self._running = max(1, int(states.get("RUNNING", 0)))
+            except Exception as e:   # (Serve's controller busy: the last count stands)
+                log.debug("serve.status failed: %s", e)
+            self._running_at = time.monotonic()
+        return self._running
+
+    def watch(self, wake) -> None:
+        """With autoscaling: call ``wake`` (the scheduler's) whenever Serve's replica count changes, so a
+        slot that opens takes work at once."""
+        if self.least == self.replicas:
+            return
+
+        def loop() -> None:
+            seen = self.running()
+            while not self._closed.wait(VIEWS_TTL):
+                if self.running() != seen:
+                    seen = self._running
+                    log.info("stemd-worker runs %d replicas now (%d to %d)", seen, self.least, self.replicas)
+                    wake()
+
+        threading.Thread(target=loop, name="stemd-cluster-watch", daemon=True).start()
 
     def close(self) -> None:
+        self._closed.set()
         from ray import serve
 
         try:
@@ -167,14 +274,17 @@ class RemoteWorker(Worker):
         self.service.scheduler.requeue(job, first=True)
 
 
-def start_workers(service: Service, cluster: Cluster) -> list:
-    return [RemoteWorker(service, f"replica-slot-{i}", cluster) for i in range(cluster.replicas)]
-
-
-def cluster_scheduler(service: Service, replicas: int) -> Scheduler:
-    """The service's scheduler with one device per replica slot; any slot may run any model (each
-    replica holds the whole pool)."""
-    return Scheduler(service.settings.queue_size, devices=tuple(f"replica-slot-{i}" for i in range(replicas)))
+def attach(service: Service, cluster: Cluster) -> None:
+    """The service's scheduler with one device per replica slot (any slot may run any model: each replica
+    holds the whole pool), its workers the slots, its admission the replicas' views."""
+    slots = tuple(f"replica-slot-{i}" for i in range(cluster.replicas))
+    service.scheduler = Scheduler(service.settings.queue_size, devices=slots,
+                                  allows=lambda device, job, claim: slots.index(device) <= cluster.running())
+    service.make_workers = lambda: [RemoteWorker(service, slot, cluster) for slot in slots]
+    pool = service.pool
+    service.pool.check = lambda name, seconds, variations, request_id="": cluster.check(pool, name, seconds,
+                                                                                         variations, request_id)
+    cluster.watch(service.scheduler.wake)
 
 
 def stop_cluster(cluster: Any) -> None:

@@ -27,13 +27,46 @@ from stemd.errors import StemdError
 from stemd.models.base import Cancelled
 
 
+UPSCALE_DELAY = 2.0     # seconds a request waits before Serve adds a replica (autoscaling)
+DOWNSCALE_DELAY = 120.0  # seconds a replica idles before Serve removes it (its models go cold)
+
+
 def say(line: str) -> None:
     """A replica's log line: on its stderr, which Ray forwards to the front door's log."""
     print(f"stemd replica: {line}", file=sys.stderr, flush=True)
 
 
+class Views:
+    """A Ray actor that holds what each replica can serve (:meth:`StemdReplica.view`), by replica id: the
+    front door reads it to refuse, naming the nodes, a request that no replica can hold."""
+
+    def __init__(self):
+        self.views: dict = {}
+
+    def put(self, replica: str, view: dict) -> None:
+        self.views[replica] = view
+
+    def all(self) -> dict:
+        return dict(self.views)
+
+
+def located(entries: list) -> tuple[list, dict]:
+    """The entries this node has on disk, and for each other one why not (ModelNotFound's message)."""
+    from stemd.models.base import ModelNotFound
+    from stemd.models.pool import locate
+
+    found, missing = [], {}
+    for entry in entries:
+        try:
+            locate(entry.source)
+            found.append(entry)
+        except ModelNotFound as e:
+            missing[entry.name] = str(getattr(e, "message", e))
+    return found, missing
+
+
 class StemdReplica:
-    def __init__(self, entries: list, memory_budget: Optional[float], pace: float):
+    def __init__(self, entries: list, memory_budget: Optional[float], pace: float, views: str = ""):
         import logging
 
         import ray
@@ -47,10 +80,11 @@ class StemdReplica:
 
         from stemd.models.pool import ModelPool, default_budget, device_type, resolve_devices
 
-        devices = resolve_devices([], [e.source for e in entries])[:1]
+        found, self.missing = located(entries)      # a node may lack some models: said per request
+        devices = resolve_devices([], [e.source for e in found])[:1]
         device = devices[0]
-        budget = int(memory_budget * 2 ** 30) if memory_budget else default_budget(device, 1)
-        self.pool = ModelPool(entries, devices, {device: budget})
+        self.budget = int(memory_budget * 2 ** 30) if memory_budget else default_budget(device, 1)
+        self.pool = ModelPool(found, devices, {device: self.budget}) if found else None
         self.device, self.pace = device, pace
         try:
             self.replica = serve.get_replica_context().replica_id.unique_id
@@ -58,13 +92,24 @@ class StemdReplica:
             self.replica = "local"
         self.node = ray.get_runtime_context().get_node_id()
         self.host = socket.gethostname()
-        self.pool.preload()
-        if device_type(device) != "cpu" or any(s.family != "click" for s in self.pool.slots.values()):
-            from stemd.models.pipeline import warm_conform
+        if self.pool is not None:
+            self.pool.preload()
+            if device_type(device) != "cpu" or any(s.family != "click" for s in self.pool.slots.values()):
+                from stemd.models.pipeline import warm_conform
 
-            warm_conform()
+                warm_conform()
+        if views:
+            ray.get(ray.get_actor(views, namespace="stemd").put.remote(self.replica, self.view()))
         say(f"replica {self.replica} on node {self.node} ({self.host}) ready: device {device}, models "
-            f"{', '.join(self.pool.slots)}")
+            f"{', '.join(self.pool.slots) if self.pool else '(none)'}"
+            + "".join(f"; not on this node: {name}" for name in self.missing))
+
+    def view(self) -> dict:
+        """What this replica can serve: where it is, its device's budget, each model it holds or can load
+        (its footprint) and each it cannot find on its node (why)."""
+        slots = self.pool.slots.values() if self.pool else ()
+        return {**self.where(), "budget": self.budget, "missing": dict(self.missing),
+                "models": {s.name: {"weights": s.weights(), "footprint": s.footprint} for s in slots}}
 
     @serve.multiplexed(max_num_models_per_replica=64)
     async def _serves(self, model: str) -> str:
@@ -113,6 +158,11 @@ class StemdReplica:
         from stemd.models.pipeline import bar_chunks
 
         try:
+            if self.pool is None or model not in self.pool.slots:
+                from stemd.models.base import ModelNotFound
+
+                raise ModelNotFound(f"model {model} is not on node {self.node} ({self.host}): "
+                                    f"{self.missing.get(model, 'not served here')}")
             engine = self.pool.acquire(model, self.device, float(request.seconds), request.variations)
             check_limits(request, engine)
             put(("where", {**self.where(), "info": engine.info(), "name": engine.name}))
@@ -139,8 +189,14 @@ class StemdReplica:
             put(("error", ("internal", f"{type(e).__name__}: {e}"[:300])))
 
 
-def deployment(replicas: int, gpus: bool):
-    """The deployment, one replica per GPU (a whole GPU each) or, on a cluster without GPUs, per slot."""
+def deployment(least: int, most: int, gpus: bool):
+    """The deployment, one replica per GPU (a whole GPU each) or, on a cluster without GPUs, per slot:
+    ``least`` of them, or between ``least`` and ``most`` scaled by Serve on the requests waiting for one."""
     options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
-    return serve.deployment(StemdReplica, name="stemd-worker", num_replicas=replicas, max_ongoing_requests=1,
-                            ray_actor_options=options, health_check_period_s=2, health_check_timeout_s=10)
+    count = {"num_replicas": least} if least == most else {"autoscaling_config": {
+        "min_replicas": least, "initial_replicas": least, "max_replicas": most,
+        "target_ongoing_requests": 1,       # one take per replica: a request waiting asks for another
+        "upscale_delay_s": UPSCALE_DELAY, "downscale_delay_s": DOWNSCALE_DELAY,
+        "look_back_period_s": 2, "metrics_interval_s": 1}}
+    return serve.deployment(StemdReplica, name="stemd-worker", max_ongoing_requests=1, ray_actor_options=options,
+                            health_check_period_s=2, health_check_timeout_s=10, **count)
