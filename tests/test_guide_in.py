@@ -111,6 +111,22 @@ def test_more_notes_than_a_guide_holds_is_too_large():
     assert e.value.code == "too_large"
 
 
+def test_a_take_with_a_guide_is_kept_in_the_history_and_its_reroll_follows_the_same_guide(tmp_path):
+    from stemd.bridge.history import TakeHistory
+    from stemd.guides import Note
+    from stemd.guides.smf import write_smf
+    from stemd.lifecycle import TakeRecord, reroll
+
+    smf = write_smf([Note(Fraction(1, 3), Fraction(1), 60)], Fraction(97), (7, 8))
+    TakeHistory(tmp_path).add(TakeRecord("t1", {"prompt": "keys", "bars": 2, "bpm": 97, "meter": "7/8",
+                                                 "seed": 4, "guide": smf}))
+    again = TakeHistory(tmp_path).get("t1")              # read back from the folder's history file
+    request = again.request()
+    assert request.guide == smf and request.meter.denominator == 8
+    ask = reroll(again)
+    assert ask.params["guide"] == smf and ask.params["seed"] != 4
+
+
 # --- real JACK ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def helpers(tmp_path_factory):
