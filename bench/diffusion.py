@@ -215,6 +215,8 @@ def bench_arch(arch: str, args) -> None:
                 times.append(time.perf_counter() - t0)
         use_backend(engine, "compiled")
         running = backend_of(engine)
+        if running == "compiled":
+            running = f"compiled: {engine.pipe.transformer._stemd_compiled.scope}"
         total, canvas_s, conform_s = first_bar(engine, spec)
         print(f"  compiled DiT forward ({running}; first take with compiling {compile_s:.1f} s): "
               f"{med(compiled):.3f} s a take against eager {med(eager):.3f} s; request -> bar 1 {total * 1000:.1f} ms "

@@ -7,8 +7,10 @@
 # (default 470 s: it is sized for 8 minutes on an H100, checkpoints written on the way): each step runs
 # under `timeout` with its own cap or what is left of the budget, whichever is less, and a step that
 # no longer fits is logged as not run. Steps go in order of what is most wanted: the Stable Audio 3
-# small targets (eager and compiled, bfloat16), the pool's per-request estimate against the allocator's
-# peak, MusicGen's CUDA correctness and targets, then the larger models. Every command line, its exit
+# small targets (eager and compiled: the whole DiT forward under CUDA graphs, mode="reduce-overhead";
+# bfloat16), the pool's per-request estimate against the allocator's peak, the CUDA correctness tests
+# (MusicGen's CUDA graphs, the compiled DiT within 1e-4 of eager in float32), MusicGen's targets, then
+# the larger models. Every command line, its exit
 # status, its time and its output go to the log (default $OUT/gpu.log where $OUT is set, else
 # bench/gpu-DATE.log); `grep -E '^(seconds_per_take|compiled_over_eager|conform_share|request_memory)|x real
 # time|time to first bar' LOG` pulls the figures.
@@ -46,6 +48,7 @@ STEPS=(
 "sa3-small 8-bar take, eager and compiled, bfloat16, with its memory|150|$PY bench/diffusion.py --device cuda --dtype bfloat16 --arch sa3-small --bars 8 --rounds 5 --backend compiled --memory"
 "sa3-small 8 variations of 8 bars, eager and compiled|90|$PY bench/diffusion.py --device cuda --dtype bfloat16 --arch sa3-small --bars 8 --variations 8 --rounds 3 --backend compiled --memory"
 "CUDA graphs against eager (MusicGen correctness)|60|$PY -m pytest -q -x tests/test_fast_decode.py tests/test_fast_decode_onnx.py"
+"the compiled DiT (whole forward, reduce-overhead) within 1e-4 of eager, float32|60|$PY -m pytest -q -x tests/test_diffusion_compiled.py -k cuda"
 "MusicGen steps/s per backend, float32|45|$PY bench/fast_decode.py --device cuda --steps 50 --rounds 3"
 "MusicGen steps/s per backend, bfloat16|45|$PY bench/fast_decode.py --device cuda --dtype bfloat16 --steps 50 --rounds 3"
 "musicgen-small 30x real time, 8 variations 150x|70|$PY bench/decode.py --device cuda --backend cuda-graph --variations 8 --steps 100 --rounds 3"

@@ -15,14 +15,37 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("diffusers") is None
                                 reason="diffusers and torch are not installed")
 
 
+def cuda_missing():
+    import torch
+
+    return None if torch.cuda.is_available() else "no CUDA device"
+
+
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
+def folder(tmp_path_factory):
     from stemd.models.diffusion.testmodels import write_test_pipeline
+
+    path = tmp_path_factory.mktemp("sa3-tiny")
+    write_test_pipeline(path, "sa3-tiny")
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine(folder):
     from stemd.models.registry import load_engine
 
-    folder = tmp_path_factory.mktemp("sa3-tiny")
-    write_test_pipeline(folder, "sa3-tiny")
     return load_engine(str(folder), device="cpu")
+
+
+@pytest.fixture(scope="module", params=["cpu", "cuda"])
+def device_engine(request, folder):
+    """The test model on the CPU (blocks compiled by Inductor) and, where a GPU is, on CUDA (the whole
+    forward with CUDA graphs, ``reduce-overhead``), float32 on both."""
+    from stemd.models.registry import load_engine
+
+    if request.param == "cuda" and cuda_missing():
+        pytest.skip(cuda_missing())
+    return load_engine(str(folder), device=request.param, dtype="float32")
 
 
 def spec(bars=1, variations=1):
@@ -35,15 +58,22 @@ def spec(bars=1, variations=1):
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("clang++") is None,
                     reason="Inductor needs a C++ compiler on the CPU")
-def test_the_compiled_forward_makes_the_eager_take_within_1e_4(engine):
+def test_the_compiled_forward_makes_the_eager_take_within_1e_4(device_engine):
+    from torch._dynamo.utils import counters
+
     from stemd.models.diffusion.compiled import backend_of, use_backend
 
+    engine = device_engine
     assert backend_of(engine) == "eager"
     eager = engine.raw(spec(variations=2))
     use_backend(engine, "compiled")
+    held = engine.pipe.transformer._stemd_compiled
+    assert held.scope == ("forward, reduce-overhead" if engine.device.type == "cuda" else "2 blocks")
+    graphs = counters["stats"]["unique_graphs"]
     try:
         compiled = engine.raw(spec(variations=2))
         assert backend_of(engine) == "compiled"         # it ran compiled, not the eager fallback
+        assert counters["stats"]["unique_graphs"] > graphs     # and Dynamo compiled a graph for it
         assert compiled.shape == eager.shape
         assert np.max(np.abs(compiled - eager)) <= 1e-4
         assert np.max(np.abs(eager)) > 1e-3             # a take, not silence on both sides

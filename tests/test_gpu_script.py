@@ -15,7 +15,7 @@ def test_the_dry_run_prints_every_gpu_measurement_and_each_ones_arguments_parse(
     assert len(commands) == done.stdout.count("  arguments parse") >= 10
     text = "\n".join(commands)
     for needed in ("bench/diffusion.py --device cuda --dtype bfloat16 --arch sa3-small --bars 8",
-                   "--variations 8", "--backend compiled", "--memory", "tests/test_fast_decode.py",
+                   "--variations 8", "--backend compiled", "--memory", "tests/test_fast_decode.py", "tests/test_diffusion_compiled.py -k cuda",
                    "bench/fast_decode.py --device cuda", "bench/decode.py --device cuda --backend cuda-graph",
                    "--arch musicgen-large", "bench/daemon.py", "--backend auto", "bench/models.py --device cuda",
                    "sa3-medium acestep-turbo"):

@@ -60,6 +60,9 @@ class CompiledForward:
         self.failed: Optional[str] = None
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, CACHE_LIMIT)
         self.blocks = [] if on_cuda(device) else repeated_blocks(transformer)
+        #: what is compiled, for the log and the bench: "N blocks" or "forward[, mode]"
+        self.scope = f"{len(self.blocks)} blocks" if self.blocks else ", ".join(
+            ["forward"] + ([compile_mode(device)] if compile_mode(device) else []))
         if self.blocks:
             # torch.compile of each block's call, as nn.Module.compile does: the code is one for all blocks
             # (Dynamo inlines nn.Modules: their parameters are inputs), so it is compiled once
