@@ -38,7 +38,11 @@ def test_bbt_of_a_timebase_master_is_read_in_quarters_with_the_tempo_in_quarters
     assert cycle.at_offset(240) == cycle.quarters + Fraction(240 * 97, 60 * RATE)
     # no timebase master: the frame at the spec's tempo
     plain = bbt_cycle({"frame_rate": RATE, "frame": RATE * 3}, True, Fraction(97), Meter.parse("3/4"))
-    assert plain.quarters == Fraction(3 * 97, 60) and str(plain.meter) == "3/4"
+    assert plain.quarters == Fraction(3 * 97, 60) and str(plain.meter) == "3/4" and not plain.bbt
+    # a master whose meter or tempo makes no sense is not read (and raises nothing in JACK's process thread)
+    for nonsense in ({"beats_per_bar": 0.0}, {"ticks_per_beat": 0.0}, {"beats_per_minute": float("inf")}):
+        odd = bbt_cycle({**pos, **nonsense}, True, Fraction(97), Meter.parse("3/4"))
+        assert not odd.bbt and odd.quarters == Fraction(123 * 97, 60 * RATE), nonsense
 
 
 def test_with_another_follower_a_cycle_is_placed_on_the_followed_transport_at_its_first_frame():

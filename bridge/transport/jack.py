@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Callable, Optional
 
@@ -38,6 +38,7 @@ class Cycle:
     meter: Meter
     playing: bool
     frame_rate: int
+    bbt: bool = False         # placed by a timebase master's bar/beat/tick (else by the frame)
 
     def at_offset(self, offset: int) -> Fraction:
         """The position ``offset`` frames into the cycle (the transport moves only while it plays)."""
@@ -50,14 +51,19 @@ def bbt_cycle(position: dict, rolling: bool, fallback_bpm: Fraction, fallback_me
     """A :class:`Cycle` from JACK-Client's ``transport_query`` dict: its bar/beat/tick when a timebase master
     gives them, else its frame at the fallback tempo and meter."""
     rate = int(position["frame_rate"])
+    meter = None
     if "bar" in position:
         per_bar, unit = int(round(position["beats_per_bar"])), int(round(position["beat_type"]))
-        meter = Meter.parse(f"{per_bar}/{unit}")
+        try:
+            meter = Meter.parse(f"{per_bar}/{unit}")
+        except TimingError:          # a master's nonsense meter: its BBT is not read, the frame is
+            meter = None
+    if meter is not None and position["ticks_per_beat"] >= 1 and 0 < position["beats_per_minute"] < 10_000:
         beats = ((position["bar"] - 1) * per_bar + (position["beat"] - 1)
                  + Fraction(int(position["tick"]), int(round(position["ticks_per_beat"]))))
         quarters = beats * Fraction(4, unit)
         bpm = Fraction(position["beats_per_minute"]).limit_denominator(10_000) * Fraction(4, unit)
-        return Cycle(quarters, bpm, meter, rolling, rate)
+        return Cycle(quarters, bpm, meter, rolling, rate, bbt=True)
     quarters = Fraction(int(position["frame"]), rate) * fallback_bpm / 60
     return Cycle(quarters, fallback_bpm, fallback_meter, rolling, rate)
 
@@ -83,7 +89,7 @@ class BbtLine:
             self._key, self._offset = key, offset
         else:
             self._offset = max(self._offset, offset)
-        return Cycle(self._offset + frame * per_frame, cycle.bpm, cycle.meter, cycle.playing, cycle.frame_rate)
+        return replace(cycle, quarters=self._offset + frame * per_frame)
 
 
 def _jack_module():
@@ -152,7 +158,10 @@ class JackClient:
         port = self.client.midi_inports.register(port_name)
         with self._lock:
             self._inputs = [*self._inputs, (port, handler)]
-        self.client.connect(full, port)
+        try:
+            self.client.connect(full, port)
+        except self._jack.JackError as e:
+            raise JackError(f"--guide-in: cannot connect {full} to the bridge ({e})") from None
         return full
 
     def remove_midi_input(self, handler: MidiHandler) -> None:
@@ -188,7 +197,7 @@ class JackClient:
         if self.follow:
             state, position = self.client.transport_query()
             cycle = bbt_cycle(position, state == self._jack.ROLLING, self.fallback_bpm, self.fallback_meter)
-            if "bar" not in position:
+            if not cycle.bbt:            # no (usable) BBT: the frame placed it
                 return cycle
             tick = cycle.meter.unit_quarters / Fraction(position["ticks_per_beat"]).limit_denominator(10_000)
             return self._line.place(cycle, int(position["frame"]), tick)
