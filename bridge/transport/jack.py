@@ -161,6 +161,7 @@ class JackClient:
         try:
             self.client.connect(full, port)
         except self._jack.JackError as e:
+            self.remove_midi_input(handler)
             raise JackError(f"--guide-in: cannot connect {full} to the bridge ({e})") from None
         return full
 
