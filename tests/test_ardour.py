@@ -108,8 +108,11 @@ def describe_audible(rendered: np.ndarray, before: int) -> str:
     if not early.size:
         return "nothing audible before the bar"
     levels = ", ".join(f"{i}: {rendered[i].max():+.3g}" for i in early[:12])
+    grid = np.arange(2048, len(rendered), 2048)        # the first-run failure's pattern, over the whole export
+    on_grid = np.count_nonzero(np.abs(rendered[grid]).max(axis=1) > 1e-6)
     return (f"{early.size} audible samples before the bar ({np.count_nonzero(early % 1024 == 0)} on multiples "
-            f"of 1024, {np.count_nonzero(early % 2048 == 0)} of 2048), the first at {levels}")
+            f"of 1024, {np.count_nonzero(early % 2048 == 0)} of 2048), the first at {levels}; in the whole export "
+            f"{on_grid} of the {grid.size} multiples of 2048 are audible")
 
 
 def assert_renders_at(session: Path, tmp_path: Path, take: np.ndarray, at: int, exports: int = 3) -> None:
