@@ -282,17 +282,39 @@ def test_a_take_cut_off_mid_stream_is_kept_on_disk_marked_partial_and_plays_what
     assert takes_state(plugin, tmp_path)[0]["variations"][0]["bars_kept"] == kept
 
 
-def test_a_project_reopened_at_another_sample_rate_says_why_its_take_is_silent(vst3, dawdreamer, plugin_env,
-                                                                               tmp_path, monkeypatch):
+def test_a_project_reopened_at_another_sample_rate_plays_its_take_resampled_on_its_bar(vst3, dawdreamer, plugin_env,
+                                                                                      tmp_path, monkeypatch):
+    import soundfile
+    from scipy.signal import resample_poly
+
     daemon, takes_dir = plugin_env
     engine, plugin = new_plugin(dawdreamer, vst3)
-    ask_for_take(engine, plugin)
-    wait_for(lambda: sorted(takes_dir.glob("*.wav")), 60, "the plugin wrote no take")
+    ask_for_take(engine, plugin)                    # at 48 kHz
+    [wav] = wait_for(lambda: sorted(takes_dir.glob("*.wav")), 60, "the plugin wrote no take")
     engine, plugin = reopen_with_no_daemon(dawdreamer, vst3, plugin, daemon, tmp_path, monkeypatch, rate=44100)
+    engine.render(0.1)                              # run() sees the host's rate
+    status = lambda: read_states(plugin, tmp_path / "state.bin")[0]["status"]  # noqa: E731
+    wait_for(lambda: "(1 playable)" in status(), 30, "the take was not resampled to the host's rate")
+    assert "silent" not in status()
     engine.render(7.0)
-    assert np.abs(engine.get_audio()).max() == 0.0
-    status = read_states(plugin, tmp_path / "state.bin")[0]["status"]
-    assert "1 silent: made at 48000 Hz, the host runs at 44100 Hz" in status, status
+    audio = engine.get_audio()
+
+    bar3 = GRID.bar_start_sample(2, 44100)
+    assert bar3 == 141120
+    take, rate = soundfile.read(wav, dtype="float32", always_2d=True)
+    assert rate == RATE                             # the file keeps the rate it was made at
+    want = resample_poly(take, 147, 160, axis=0)    # 48000 -> 44100
+    assert np.abs(audio[:, :bar3]).max() < 1e-6     # nothing before its bar
+    got = audio[:, bar3:bar3 + len(want)].T
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99
+    beat = GRID.bar_length_samples(2, 44100) // 4
+    for k in range(8):                              # every click on its sample at 44.1 kHz
+        onset = bar3 + k * beat
+        peak = onset - 32 + int(np.argmax(np.abs(audio[:, onset - 32:onset + 32]).max(axis=0)))
+        assert abs(peak - onset) <= 1, f"click {k} at {peak}, its beat at {onset}"
+    assert np.abs(audio[:, bar3 + len(want) + 64:]).max() < 1e-4     # nothing after its 2 bars
+    [saved] = takes_state(plugin, tmp_path)
+    assert saved["sample_rate"] == RATE and saved["variations"][0]["wav"] == str(wav)
 
 
 def test_a_refused_request_keeps_the_daemons_code_and_message(vst3, dawdreamer, plugin_env, tmp_path):

@@ -499,6 +499,7 @@ private:
             for (const uint8_t note : notes) onNote(note);
             uiRunActions();
             writeFinishedTakes();
+            conformRates();
             lock.lock();
             publishOutputsLocked();
         }
@@ -809,7 +810,10 @@ private:
         const std::string wavPath = rewrite ? file.wav : (fs::absolute(fs::path(folder) / (name + ".wav"), ec)).string();
         const std::string jsonPath = wavPath.substr(0, wavPath.size() - 4) + ".json";
         const int32_t kept = keptBars(*take.audio, variation);
-        const int64_t frames = take.audio->barOffset(kept);
+        BarGrid fileGrid;  // the file's rate (the audio in memory may be resampled to the host's since)
+        const int64_t frames = stemd::recordGrid(take, fileGrid)
+                                   ? fileGrid.barStart(take.startBar + kept) - fileGrid.barStart(take.startBar)
+                                   : take.audio->barOffset(kept);
         // a rewrite (accepted since) keeps the daemon's part and the time it came: a take reloaded from a
         // project has only its file to say what made it
         std::string received, daemonJson = file.daemonSidecar;
@@ -861,6 +865,60 @@ private:
         onDisk.sidecar = jsonPath;
         onDisk.sidecarMissing = missing;
         onDisk.barsKept = partial.empty() ? 0 : kept;
+    }
+
+    // ---- takes at another rate than the host's (worker) ---------------------------------------------------------
+    // run() plays a take only at the host's rate. One made at another (a project moved to another rate, or
+    // the host's rate changed) is resampled here, once its files are written, into a TakeAudio at the
+    // host's rate that takes its place in run()'s table. The record and its files keep their own rate.
+    void conformRates()
+    {
+        const Snapshot snap = snapshot();
+        if (!snap.valid) return;
+        std::vector<std::string> tried;
+        for (;;) {
+            TakeRecord copy;
+            {
+                const std::lock_guard<std::mutex> lock(fMutex);
+                const TakeRecord* found = nullptr;
+                for (const auto& take : fTakes) {
+                    if (!take.audio || inFlight(take) || take.audio->sampleRate() == snap.rate ||
+                        take.audio->barsReceived() == 0 || std::find(tried.begin(), tried.end(), take.id) != tried.end())
+                        continue;
+                    bool written = true;
+                    for (size_t v = 0; v < take.files.size(); ++v)
+                        written = written && (take.files[v].written || keptBars(*take.audio, static_cast<int32_t>(v)) == 0);
+                    if (written) {
+                        found = &take;
+                        break;
+                    }
+                }
+                if (!found) return;
+                copy = *found;
+            }
+            tried.push_back(copy.id);
+            BarGrid grid;
+            if (!stemd::recordGrid(copy, grid)) continue;
+            grid = BarGrid(grid.tempo(), grid.meter(), snap.rate);
+            const TakeAudio& old = *copy.audio;
+            auto audio = std::make_shared<TakeAudio>(old.serial(), grid.barStart(copy.startBar), grid, copy.startBar,
+                                                     copy.bars, copy.variations);
+            for (int32_t v = 0; v < copy.variations; ++v) {
+                const std::vector<float> samples =
+                    stemd::resampleStereo(old.variationData(v), old.frames(), old.sampleRate(), snap.rate, audio->frames());
+                for (int32_t b = 0; b < copy.bars; ++b)
+                    if (old.barReady(v, b)) audio->fillBar(v, b, samples.data() + audio->barOffset(b) * 2, audio->barFrames(b));
+            }
+            audio->chosen.store(old.chosen.load(std::memory_order_relaxed), std::memory_order_relaxed);
+            audio->enabled.store(old.enabled.load(std::memory_order_relaxed), std::memory_order_relaxed);
+            const std::lock_guard<std::mutex> lock(fMutex);
+            TakeRecord* take = findLocked(copy.id);
+            if (!take || take->audio != copy.audio) continue;  // changed meanwhile: the next pass sees it
+            for (auto& slot : fLive)
+                if (slot.load(std::memory_order_relaxed) == copy.audio.get()) slot.store(audio.get(), std::memory_order_release);
+            waitForRun();
+            take->audio = std::move(audio);
+        }
     }
 
     // ---- takes from a saved project (host thread) ---------------------------------------------------------------
@@ -1037,7 +1095,7 @@ private:
     {
         std::string s = fConnection.empty() ? std::string("starting") : fConnection;
         if (!fModels.empty()) s += "; models: " + fModels;
-        // run() plays a take only at the host's rate: one made at another (a project moved) is silent
+        // run() plays a take only at the host's rate: one at another is silent until conformRates() is done
         const uint32_t hostRate = fSnapValid.load(std::memory_order_acquire) ? fSnapRate.load(std::memory_order_relaxed) : 0;
         size_t playable = 0, otherRate = 0;
         uint32_t takeRate = 0;
@@ -1054,7 +1112,7 @@ private:
         if (!fConnected && playable) s += ", playing what it has";
         if (otherRate)
             s += "; " + std::to_string(otherRate) + " silent: made at " + std::to_string(takeRate) +
-                 " Hz, the host runs at " + std::to_string(hostRate) + " Hz (takes are not resampled)";
+                 " Hz, the host runs at " + std::to_string(hostRate) + " Hz (being resampled)";
         if (!fLastError.empty()) s += "; last error: " + fLastError;
         return s;
     }

@@ -537,6 +537,31 @@ std::string daemonSidecarOf(const std::string& sidecar, std::string& received)
     return head;
 }
 
+std::vector<float> resampleStereo(const float* in, int64_t frames, uint32_t rateIn, uint32_t rateOut, int64_t outFrames)
+{
+    constexpr double kPi = 3.14159265358979323846;
+    constexpr int kZeros = 32;
+    std::vector<float> out(static_cast<size_t>(outFrames > 0 ? outFrames : 0) * 2, 0.0f);
+    const double step = static_cast<double>(rateIn) / rateOut;
+    const double cutoff = rateOut < rateIn ? static_cast<double>(rateOut) / rateIn : 1.0;
+    const double half = kZeros / cutoff;  // the window's half width, in input frames
+    for (int64_t j = 0; j < outFrames; ++j) {
+        const double t = static_cast<double>(j) * step;
+        const int64_t first = static_cast<int64_t>(std::ceil(t - half)), last = static_cast<int64_t>(std::floor(t + half));
+        double left = 0, right = 0;
+        for (int64_t k = first < 0 ? 0 : first; k <= last && k < frames; ++k) {
+            const double x = t - static_cast<double>(k), u = x / half;
+            const double sinc = x == 0 ? 1.0 : std::sin(kPi * cutoff * x) / (kPi * cutoff * x);
+            const double w = cutoff * sinc * (0.42 + 0.5 * std::cos(kPi * u) + 0.08 * std::cos(2 * kPi * u));
+            left += w * in[k * 2];
+            right += w * in[k * 2 + 1];
+        }
+        out[static_cast<size_t>(j) * 2] = static_cast<float>(left);
+        out[static_cast<size_t>(j) * 2 + 1] = static_cast<float>(right);
+    }
+    return out;
+}
+
 // ---- TakeAudio --------------------------------------------------------------------------------------------
 TakeAudio::TakeAudio(uint64_t serial, int64_t startSample, const BarGrid& grid, int32_t startBar, int32_t bars,
                      int32_t variations)

@@ -74,6 +74,11 @@ std::string sidecarWithDelivery(const std::string& daemonJson, const std::string
 // sidecar or the daemon's part is empty (a sidecar written with no daemon sidecar).
 std::string daemonSidecarOf(const std::string& sidecar, std::string& received);
 
+// `in` (frames x 2 interleaved, at rateIn) at rateOut, `outFrames` frames long (frame j is the input's
+// time j / rateOut): a windowed-sinc interpolator (Blackman window, 32 zero crossings a side, cut off at the
+// lower rate's Nyquist). Off the audio thread: a take made at another rate than the host's.
+std::vector<float> resampleStereo(const float* in, int64_t frames, uint32_t rateIn, uint32_t rateOut, int64_t outFrames);
+
 // ---- what run() reads ----------------------------------------------------------------------------------
 class TakeAudio {
 public:
