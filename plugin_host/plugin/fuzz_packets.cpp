@@ -15,6 +15,7 @@
 
 #include "daemon_link.hpp"
 #include "framing.hpp"
+#include "link_fixtures.hpp"
 #include "osc.hpp"
 
 namespace {
@@ -93,25 +94,13 @@ public:
     }
 };
 
-// The request the seed traffic answers (tests/test_plugin_fuzz.py asks the daemon for exactly this).
+// The request the seed traffic answers (tests/test_plugin_fuzz.py asks the daemon for exactly this:
+// 999 BPM 1/32 at 8 kHz is 60 frames a bar, which keeps the seed inputs small).
 stemd::Request seed_request() {
-    stemd::Request r;
-    r.id = "fuzz";
+    stemd::Request r = stemd::two_bar_request("fuzz", "999", "1/32", 8000, 1);
     r.prompt = "click";
-    r.bars = 2;
-    r.variations = 2;
-    r.bpm = "97";
-    r.meter = "3/4";
-    r.start_bar = 2;
-    r.sample_rate = 8000;
-    r.channels = 2;
-    r.seed = 1;
     return r;
 }
-
-// Packets over 1 MiB are refused here (the plugin's cap is 64 MiB + 64 KiB): the same code path, and
-// a mutated size header costs a fast run instead of a 64 MiB buffer.
-constexpr size_t kFuzzMaxPacket = 1u << 20;
 
 // STEMD_FUZZ_TRACE=1: print what the link made of each input (fuzz_packets FILE... runs just those files),
 // so a test can check that the seed traffic is read as good traffic and not dropped at its first byte.
@@ -126,7 +115,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     stemd::osc::for_each_message(data, size, visitor);
 
     // 2. the bytes as a framed stream, every packet decoded
-    stemd::framing::Reader reader(kFuzzMaxPacket);
+    stemd::framing::Reader reader;  // the plugin's own cap, 64 MiB + 64 KiB
     const uint8_t* p = data;
     size_t left = size;
     while (reader.consume(p, left) == stemd::framing::Reader::Status::Packet)
@@ -136,7 +125,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const stemd::Request request = seed_request();
     for (size_t piece : {size_t(0), size_t(7), size_t(4096)}) {
         Listener listener;
-        stemd::LinkSession session(listener, kFuzzMaxPacket);
+        stemd::LinkSession session(listener);
         session.open(request);
         size_t at = 0;
         bool alive = true;

@@ -9,6 +9,7 @@
 
 #include "daemon_link.hpp"
 #include "framing.hpp"
+#include "link_fixtures.hpp"
 #include "osc.hpp"
 
 using namespace stemd;
@@ -289,18 +290,7 @@ struct Events final : DaemonListener {
     }
 };
 
-Request request() {
-    Request r;
-    r.id = "t1";
-    r.bars = 2;
-    r.variations = 2;
-    r.bpm = "97";
-    r.meter = "3/4";
-    r.start_bar = 2;
-    r.sample_rate = 48000;
-    r.seed = 5;
-    return r;
-}
+Request request() { return two_bar_request("t1", "97", "3/4", 48000, 5); }
 
 std::vector<uint8_t> framed(const std::vector<uint8_t>& packet) {
     std::vector<uint8_t> out;
