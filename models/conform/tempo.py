@@ -4,7 +4,8 @@
 2. The beat period: autocorrelation of the envelope within a window around the tempo we expect
    (the tempo the engine aimed for, or the DAW's), then a comb fit of period and phase.
 3. Exact beat times: each beat's attack located in the waveform (0.25 ms resolution) and a weighted
-   straight-line fit ``t = first + k x period`` through them, so the tempo comes from the whole span.
+   straight-line fit ``t = first + k x period`` through them, so the tempo comes from the whole span;
+   where held sounds blur the attacks, they are read again above 4 kHz (the drums' transients).
 4. The downbeat: the beat of the bar (``meter.numerator`` beats) with the strongest accent, counting
    the low band (kick) and the broadband onset (click accent, crash), earliest on a near tie.
 5. For a file's own tempo (:func:`file_timing`), the metrical level: a beat whose off-beats are
