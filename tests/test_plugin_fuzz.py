@@ -9,12 +9,14 @@ takes, done) and for ``/stemd/models``; libFuzzer then runs 100,000 mutated inpu
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import shutil
 import socket
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -79,8 +81,39 @@ def _run_fuzzer(command: list[str], **kwargs) -> subprocess.CompletedProcess:
     parent holding 2.6 GB, the fuzzer run directly stops with "out-of-memory (used: 2614Mb; limit:
     2048Mb)" at once; through the shell it starts at 46 MB.
     """
-    return subprocess.run(["sh", "-c", '"$@"; exit $?', "sh", *command], capture_output=True, text=True,
-                          **kwargs)
+    return subprocess.run([*FORKED_BY_A_SHELL, *command], capture_output=True, text=True, **kwargs)
+
+
+# `sh -c 'CMD; exit $?'` forks CMD (its last command is the exit), so CMD's peak RSS is its own
+FORKED_BY_A_SHELL = ["sh", "-c", '"$@"; exit $?', "sh"]
+
+# A parent that holds 600 MB, then runs the command in argv[2:] after the prefix in argv[1] (JSON).
+_BIG_PARENT = """
+import json, subprocess, sys
+held = b"\\1" * (600 << 20)
+proc = subprocess.run(json.loads(sys.argv[1]) + sys.argv[2:], capture_output=True, text=True)
+sys.stdout.write(proc.stdout + proc.stderr)
+sys.exit(proc.returncode)
+"""
+
+
+def test_the_fuzzers_rss_limit_counts_its_own_memory_not_its_parents(fuzzer, tmp_path):
+    # Under a 400 MB limit, from a parent that has held 600 MB: run straight from it, the fuzzer stops at
+    # libFuzzer's first RSS check; forked by a shell, it runs its 3 s (its own peak is far below 400 MB
+    # with ASan's quarantine at 16 MB).
+    command = [str(fuzzer), "-max_total_time=3", "-runs=100000000", "-max_len=256", "-rss_limit_mb=400",
+               "-malloc_limit_mb=400", str(tmp_path)]
+    env = {**os.environ, "ASAN_OPTIONS": "quarantine_size_mb=16"}
+
+    def from_big_parent(prefix: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", _BIG_PARENT, json.dumps(prefix), *command],
+                              capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+
+    direct = from_big_parent([])
+    assert direct.returncode != 0 and "libFuzzer: out-of-memory" in direct.stdout, direct.stdout[-3000:]
+    forked = from_big_parent(FORKED_BY_A_SHELL)
+    assert forked.returncode == 0 and "out-of-memory" not in forked.stdout, forked.stdout[-3000:]
+    assert "Done" in forked.stdout, forked.stdout[-3000:]
 
 
 def test_fuzzer_runs_100000_inputs_from_real_daemon_traffic_without_a_crash(fuzzer, start_daemon, tmp_path):
