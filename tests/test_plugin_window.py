@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from plugin_hosts import ROOT, plugin_build  # noqa: F401 (fixture)
+from plugin_hosts import ROOT, Timebase, build_jack_timebase, needs_cc, plugin_build, wait_for  # noqa: F401 (fixture)
+from stemd.timing import Meter
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(p) for p in ("Xvfb", "xdotool", "import", "jackd")),
@@ -40,6 +41,9 @@ GENERATE = (110, 337)
 NEXT = (539, 549)
 PREVIOUS = (389, 549)
 ACCEPT = (679, 549)
+REROLL = (759, 549)
+SECOND_ROW = (500, 138)  # the take list's second row
+BARS_UP = (341, 208)
 EMPTY = (180, 500)       # the request panel below its buttons: nothing there
 
 CLIPBOARD_OWNER = """
@@ -144,20 +148,51 @@ def window_daemon(request, start_daemon):
     return start_daemon("--device", "cpu", "--pace", "1.5", model=str(tiny)), "musicgen"
 
 
+class App:
+    """The JACK app (a copy of build/plugin/stemd) with its window on Xvfb, reaching ``daemon``: its
+    window (``win``), the window's log (``log``), its takes folder (``takes_dir``), the process (``proc``)."""
+
+    def __init__(self, plugin_build: Path, jack, daemon, tmp_path: Path):
+        self.shots = tmp_path / "shots"
+        self.shots.mkdir()
+        self.takes_dir = tmp_path / "plugin-takes"
+        self.log = tmp_path / "window.log"
+        self.xvfb = Xvfb(tmp_path)
+        exe = tmp_path / "stemd-jack"
+        shutil.copy2(plugin_build / "stemd", exe)
+        env = {**jack.env, "DISPLAY": self.xvfb.display, "STEMD_DAEMON": f"127.0.0.1:{daemon.port}",
+               "STEMD_TAKES_DIR": str(self.takes_dir), "STEMD_UI_LOG": str(self.log), "LIBGL_ALWAYS_SOFTWARE": "1"}
+        self.proc = jack.start([str(exe)], stdout=open(tmp_path / "app.log", "w"), stderr=subprocess.STDOUT,
+                               env=env)
+        try:
+            self.win = Window({**self.xvfb.env}, self.shots)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if os.environ.get("STEMD_WINDOW_SHOTS"):
+            dest = Path(os.environ["STEMD_WINDOW_SHOTS"])
+            dest.mkdir(parents=True, exist_ok=True)
+            for p in self.shots.glob("*.png"):
+                shutil.copy2(p, dest / p.name)
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.xvfb.stop()
+
+    def written(self) -> list[Path]:
+        """The WAVs the plugin has written, by name."""
+        return sorted(self.takes_dir.glob("*.wav")) if self.takes_dir.exists() else []
+
+
 def test_window_types_a_prompt_generates_picks_and_accepts(plugin_build, jack, window_daemon, tmp_path):
     daemon, family = window_daemon
-    shots = tmp_path / "shots"
-    shots.mkdir()
-    takes_dir = tmp_path / "plugin-takes"
-    log = tmp_path / "window.log"
-    xvfb = Xvfb(tmp_path)
-    exe = tmp_path / "stemd-jack"
-    shutil.copy2(plugin_build / "stemd", exe)
-    env = {**jack.env, "DISPLAY": xvfb.display, "STEMD_DAEMON": f"127.0.0.1:{daemon.port}",
-           "STEMD_TAKES_DIR": str(takes_dir), "STEMD_UI_LOG": str(log), "LIBGL_ALWAYS_SOFTWARE": "1"}
-    app = jack.start([str(exe)], stdout=open(tmp_path / "app.log", "w"), stderr=subprocess.STDOUT, env=env)
+    app = App(plugin_build, jack, daemon, tmp_path)
+    win, log, takes_dir, xvfb = app.win, app.log, app.takes_dir, app.xvfb
     try:
-        win = Window({**xvfb.env}, shots)
         # connected, the daemon's models known: the request panel has its licence lines
         wait_log(log, lambda l: "connected=1" in l and "models=1" in l, "the daemon connected", 60)
         win.shot("connected")
@@ -195,12 +230,7 @@ def test_window_types_a_prompt_generates_picks_and_accepts(plugin_build, jack, w
         win.shot("ready")
 
         # both variations written, with the daemon's sidecars
-        def written() -> list[Path]:
-            return sorted(p for p in takes_dir.glob("*.wav")) if takes_dir.exists() else []
-        deadline = time.monotonic() + 30
-        while len(written()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        wavs = written()
+        wavs = wait_for(lambda: len(app.written()) >= 2 and app.written(), 30, "the plugin writing both variations")
         assert len(wavs) == 2, wavs
         assert all(p.with_suffix(".json").exists() for p in wavs)
         made = json.loads(wavs[0].with_suffix(".json").read_text())
@@ -248,19 +278,55 @@ def test_window_types_a_prompt_generates_picks_and_accepts(plugin_build, jack, w
         finally:
             clip.kill()
             clip.wait(10)
-        assert app.poll() is None, "the JACK app exited"
+        assert app.proc.poll() is None, "the JACK app exited"
     finally:
-        if os.environ.get("STEMD_WINDOW_SHOTS"):
-            dest = Path(os.environ["STEMD_WINDOW_SHOTS"])
-            dest.mkdir(parents=True, exist_ok=True)
-            for p in shots.glob("*.png"):
-                shutil.copy2(p, dest / p.name)
-        app.terminate()
-        try:
-            app.wait(10)
-        except subprocess.TimeoutExpired:
-            app.kill()
-        xvfb.stop()
+        app.close()
+
+
+@needs_cc
+def test_reroll_repeats_the_takes_own_prompt_key_and_bars_with_a_new_seed(plugin_build, jack, start_daemon, tmp_path):
+    daemon = start_daemon("--pace", "0.3")
+    Timebase(jack, build_jack_timebase(tmp_path), 97, Meter(3, 4))  # JACK's transport at 97 BPM 3/4
+    app = App(plugin_build, jack, daemon, tmp_path)
+    win = app.win
+    try:
+        wait_log(app.log, lambda l: "connected=1" in l and "models=1" in l, "the daemon connected", 60)
+        win.click(PROMPT)
+        win.type("brushed snare")
+        for _ in range(2):
+            win.click(BARS_DOWN)       # 4 -> 2 bars
+        win.click(KEY)
+        win.type("A minor")
+        win.click(GENERATE)
+        wait_log(app.log, lambda l: len(takes_of(l)) == 1 and " done " in takes_of(l)[0], "the first take ready", 60)
+        first = wait_for(lambda: app.written(), 30, "the plugin writing the first take")
+        # a second take with other settings: another prompt, key and length
+        win.click(PROMPT)
+        win.xdo("key", "ctrl+u")
+        win.type("tambourine")
+        win.click(KEY)
+        win.xdo("key", "ctrl+u")
+        win.type("C major")
+        win.click(BARS_UP)             # 2 -> 3 bars
+        win.click(GENERATE)
+        wait_log(app.log, lambda l: len(takes_of(l)) == 2 and " done " in takes_of(l)[0], "the second take ready", 60)
+        second = wait_for(lambda: len(app.written()) == 2 and app.written(), 30, "the plugin writing the second take")
+        # the first take selected in the list (newest first: the second row), and re-rolled
+        win.click(SECOND_ROW)
+        wait_log(app.log, lambda l: len(takes_of(l)) == 2 and " selected" in takes_of(l)[1], "the first take selected", 10)
+        win.click(REROLL)
+        wait_log(app.log, lambda l: len(takes_of(l)) == 3 and " done " in takes_of(l)[0], "the re-rolled take ready", 60)
+        wavs = wait_for(lambda: len(app.written()) == 3 and app.written(), 30, "the plugin writing the re-roll")
+        win.shot("rerolled")
+        again = next(p for p in wavs if p not in second)
+        made = [json.loads(p.with_suffix(".json").read_text()) for p in (first[0], again)]
+        for sidecar in made:
+            assert (sidecar["prompt"], sidecar["request"]["key"], sidecar["bars"], sidecar["tempo"], sidecar["meter"]) == \
+                ("brushed snare", "A minor", 2, 97.0, "3/4"), sidecar["request"]
+        assert made[0]["seed"] != made[1]["seed"], "the re-roll asked for the same seed"
+        assert app.proc.poll() is None, "the JACK app exited"
+    finally:
+        app.close()
 
 
 ASAN_FLAGS = "-fsanitize=address -fno-omit-frame-pointer -g -O1"

@@ -533,9 +533,10 @@ private:
     }
 
     // A request for `bars` bars from `startBar` (0-based; < 0: the next bar line), at the host's tempo,
-    // meter and rate as run() last saw them.
+    // meter and rate as run() last saw them. `like`: a re-roll's take, whose key and family keys the
+    // request repeats (else the window's current ones).
     void generate(const std::string& prompt, const std::string& model, int32_t bars, int32_t variations,
-                  int32_t startBar)
+                  int32_t startBar, const TakeRecord* like = nullptr)
     {
         const Snapshot snap = snapshot();
         const BarGrid grid(snap.tempo, snap.meter, snap.rate);
@@ -552,9 +553,10 @@ private:
         request.start_bar = startBar;
         request.sample_rate = static_cast<int32_t>(grid.sampleRate());
         request.channels = 2;
+        std::string options;
         {
             const std::lock_guard<std::mutex> lock(fMutex);
-            uiRequestKeys(request);  // key, steps, guidance, strength, temperature (ui_access.inc)
+            options = uiRequestKeys(request, like);  // key, steps, guidance, strength, temperature (ui_access.inc)
         }
 
         TakeRecord take;
@@ -563,6 +565,8 @@ private:
         take.model = model;
         take.bpm = request.bpm;
         take.meter = request.meter;
+        take.key = request.key;
+        take.options = options;
         take.startBar = startBar;
         take.bars = bars;
         take.variations = variations;
@@ -727,7 +731,8 @@ private:
             if (!take) return;
             copy = *take;
         }
-        generate(copy.prompt, copy.model, copy.bars, copy.variations, copy.startBar);
+        // the take's own settings; no seed is sent, so the daemon picks a new one
+        generate(copy.prompt, copy.model, copy.bars, copy.variations, copy.startBar, &copy);
     }
 
     void acceptSelected()

@@ -664,7 +664,8 @@ std::string takesToJson(const std::vector<TakeRecord>& takes)
         const TakeRecord& t = takes[i];
         out += i ? ",\n {" : "\n {";
         out += "\"id\": " + jsonString(t.id) + ", \"prompt\": " + jsonString(t.prompt) +
-               ", \"model\": " + jsonString(t.model) + ", \"bpm\": " + jsonString(t.bpm) +
+               ", \"model\": " + jsonString(t.model) + ", \"key\": " + jsonString(t.key) +
+               ", \"options\": " + jsonString(t.options) + ", \"bpm\": " + jsonString(t.bpm) +
                ", \"meter\": " + jsonString(t.meter) + ", \"start_bar\": " + std::to_string(t.startBar) +
                ", \"daw_bar\": " + std::to_string(t.startBar + 1) + ", \"bars\": " + std::to_string(t.bars) +
                ", \"sample_rate\": " + std::to_string(t.sampleRate) +
@@ -703,6 +704,8 @@ bool takesFromJson(const std::string& text, std::vector<TakeRecord>& out, std::s
         t.id = item.str("id");
         t.prompt = item.str("prompt");
         t.model = item.str("model");
+        t.key = item.str("key").substr(0, 64);
+        t.options = item.str("options").substr(0, 4096);
         t.bpm = item.str("bpm", "120");
         t.meter = item.str("meter", "4/4");
         const double startBar = item.num("start_bar", -1), bars = item.num("bars", 0),

@@ -134,6 +134,8 @@ struct TakeRecord {
     std::string id;
     std::string prompt;
     std::string model;
+    std::string key;           // the request's key, and its family keys (a JSON object): what a re-roll repeats
+    std::string options;
     std::string bpm = "120";   // exact, as sent: "num/den" or "num"
     std::string meter = "4/4";
     int32_t startBar = 0;      // 0-based (DAW bar 1 = 0)
