@@ -109,6 +109,8 @@ def run_bridge(args: argparse.Namespace, out: TextIO) -> int:
             from stemd.bridge import midi
 
             bridge.midi_session = midi.attach(bridge, args, midimap)  # /stemd/midi/learn on the command port
+        given = request_params(args)       # --chords or --guide: the guide of every take, asked in any way
+        bridge.defaults.update({k: given[k] for k in ("chords", "guide") if k in given})
         guide = record_guide_in(args, transport, follower, out_dir, lambda line: _say(out, lock, line))
         if guide is not None:          # the guide of every take from now on
             bridge.defaults["guide"] = guide.smf

@@ -21,7 +21,7 @@ from stemd.bridge.transport.jack import Cycle, bbt_cycle
 from stemd.guides import GuideError
 from stemd.guides.smf import read_smf
 from stemd.timing import Meter
-from plugin_hosts import TESTS, Timebase, build_jack_timebase, compile_c, read_line, wait_connected
+from plugin_hosts import TESTS, Timebase, build_jack_timebase, compile_c, read_line, wait_connected, wait_for
 from test_bridge_support import jack, json_lines, peer  # noqa: F401  (fixtures)
 
 RATE = 48000
@@ -129,6 +129,24 @@ def test_a_take_with_a_guide_is_kept_in_the_history_and_its_reroll_follows_the_s
     assert request.guide == smf and request.meter.denominator == 8
     ask = reroll(again)
     assert ask.params["guide"] == smf and ask.params["seed"] != 4
+
+
+def test_a_guide_given_to_the_bridge_goes_with_takes_asked_by_command_too(peer, tmp_path):
+    # not only the --generate take: one asked on stdin (or OSC, or a pad) follows the guide as well; the peer
+    # keeps each request and refuses it ("fail please"), as a daemon whose model follows no guide would
+    from stemd.guides import Note
+    from stemd.guides.smf import write_smf
+
+    part = tmp_path / "part.mid"
+    part.write_bytes(write_smf([Note(Fraction(1, 2), Fraction(1), 64)], Fraction(97), (7, 8)))
+    bridge = subprocess.Popen([sys.executable, "-m", "stemd", "bridge", "--daemon", f"127.0.0.1:{peer.port}",
+                               "--follow", "fixed:97:7/8", "--guide", str(part), "--out", str(tmp_path),
+                               "--command-port", "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    out, err = bridge.communicate('generate "fail please" 2\nquit\n', timeout=60)
+    assert bridge.returncode == 0, err
+    wait_for(lambda: peer.requests, 10, "the peer got no request")     # (read on the peer's own thread)
+    assert len(peer.requests) == 1 and peer.requests[0].guide == part.read_bytes(), out
 
 
 # --- real JACK ---------------------------------------------------------------------------------------
