@@ -307,7 +307,8 @@ def test_a_sidecar_written_before_is_rewritten_from_the_daemons_part_with_a_new_
 
 @needs_toolchain
 def test_the_takes_state_round_trips_and_refuses_out_of_range_takes(take_store_test):
-    good = {"id": "plugin-1-1", "prompt": "dusty \"drums\"\n", "model": "", "bpm": "275/2", "meter": "7/8",
+    good = {"id": "plugin-1-1", "prompt": "dusty \"drums\"\n", "model": "", "key": "A minor",
+            "options": '{"steps": 8, "guidance": 4.5}', "bpm": "275/2", "meter": "7/8",
             "start_bar": 2, "bars": 2, "sample_rate": 44100, "start_sample": 123, "take": 3, "chosen": 2,
             "accepted": True, "state": "done", "error": {"code": "io_error", "message": "disk full"},
             "variations": [{"variation": 1, "wav": "/t/a_v1.wav", "sidecar": "/t/a_v1.json", "sidecar_missing": False},
