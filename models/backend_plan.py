@@ -13,6 +13,8 @@ def planned_backend(family: str, device: str, asked: Optional[str], dtype: Optio
     """MusicGen's decoding backend on ``device`` as the pool plans for it (None for other families):
     the one asked for, else $STEMD_DECODE_BACKEND, else auto, which on a CPU is planned as ``onnx-int8``
     (what it picks on CPUs with int8 dot products; the loaded engine's own bytes replace the estimate)."""
+    if family == "musicgen-melody":
+        return "eager"                  # what a melody checkpoint decodes with (musicgen/decoding.py)
     if family != "musicgen":
         return None
     import torch
@@ -34,7 +36,7 @@ def planned_dtype(family: str, device: str, asked: Optional[str], backend: Optio
         return "float32"
     import torch
 
-    if family == "musicgen":
+    if family in ("musicgen", "musicgen-melody"):
         from stemd.models.musicgen.decoding import CPU_BACKENDS, pick_dtype
 
         if backend in CPU_BACKENDS and asked in (None, "auto"):

@@ -140,7 +140,7 @@ def _diffusion(arch: dict, seconds: float, variations: int, b: int) -> int:
     return int(dit + latents + decode)
 
 
-_REQUEST = {"click": lambda arch, seconds, variations, b: 0, "musicgen": _musicgen,
+_REQUEST = {"click": lambda arch, seconds, variations, b: 0, "musicgen": _musicgen, "musicgen-melody": _musicgen,
             "stable-audio-3": _diffusion, "ace-step": _diffusion}
 
 
@@ -198,7 +198,7 @@ def footprint(family: str, folder: Optional[Path], dtype: str = "float32", backe
     dtype_bytes = DTYPE_BYTES.get(dtype, 4)
     if family == "click" or folder is None:
         return Footprint("click", 0, dtype_bytes)
-    if family == "musicgen":
+    if family in ("musicgen", "musicgen-melody"):
         # as stemd's loader casts: the LM to the dtype; T5 too in bfloat16, else float32 (it is fragile in
         # float16); EnCodec as stored; plus the LM's sinusoid table (float32)
         arch = musicgen_arch(folder)

@@ -55,9 +55,9 @@ def locate(source: str) -> tuple[str, Optional[Path]]:
     if found is not None:
         folder, family = found
         return family, folder
-    from stemd.models.musicgen.loading import resolve
+    from stemd.models.musicgen.loading import is_melody, resolve
 
-    return "musicgen", resolve(source)
+    return "musicgen-melody" if is_melody(source) else "musicgen", resolve(source)
 
 
 @dataclass(eq=False)

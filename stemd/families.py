@@ -18,6 +18,7 @@ from stemd.sampling import DEFAULT_SAMPLING, Sampling
 FAMILY_KEYS = {
     "click": frozenset(),
     "musicgen": frozenset({"temperature", "top_k", "top_p", "guidance"}),
+    "musicgen-melody": frozenset({"temperature", "top_k", "top_p", "guidance", "guide", "chords"}),
     "stable-audio-3": frozenset({"steps", "guidance", "strength", "guide", "chords"}),
     "ace-step": frozenset({"steps", "guidance", "track", "extract", "repaint", "guide", "chords", "guide_strength"}),
 }

@@ -41,6 +41,7 @@ CARDS = {
         "terms": "a metronome synthesised by stemd itself; no model weights are involved.",
     },
 }
+CARDS["musicgen-melody"] = CARDS["musicgen"]     # the melody checkpoints are released on MusicGen's terms
 
 #: Hugging Face ``license:`` identifiers that a fine-tune's README may declare
 _README_LICENSES = {

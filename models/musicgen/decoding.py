@@ -22,7 +22,7 @@ import torch
 from stemd.models.base import EngineError
 from stemd.models.devices import DTYPE_NAMES, gpu_dtype, named_dtype
 from stemd.models.musicgen.generate import EagerStep
-from stemd.models.musicgen.loading import Checkpoint, load_checkpoint, resolve
+from stemd.models.musicgen.loading import Checkpoint, is_melody, load_checkpoint, resolve
 from stemd.models.registry import DECODE_BACKENDS
 
 log = logging.getLogger("stemd.models.musicgen")
@@ -138,6 +138,11 @@ def load(model: str, device: torch.device, dtype: Optional[str], backend: str,
     load float32 unless another dtype is asked for."""
     check(backend, device)
     dt = pick_dtype(dtype, device)
+    if is_melody(model):
+        if backend not in ("auto", "eager"):
+            raise EngineError(f"a MusicGen melody checkpoint decodes with the eager backend, not {backend}")
+        return _load(model, device, dt), Decoding("eager", EagerStep(), "melody checkpoints decode eagerly (their "
+                                                  "conditioning is a prefix the faster steps do not run)")
     if backend in ONNX_BACKENDS and not asks_float32(dtype):
         raise EngineError(f"the {backend} decoding backend runs float32, not {dtype}")
     if backend == "int8":

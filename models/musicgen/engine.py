@@ -47,6 +47,7 @@ def describe(spec: GenerationSpec) -> tuple[str, str]:
 
 class MusicGenEngine(Engine):
     name = "musicgen"
+    family = "musicgen"          # melody checkpoints: MelodyEngine (melody.py)
     max_seconds = 600.0
 
     def __init__(self, checkpoint: Checkpoint, decoding: Optional[Decoding] = None):
@@ -71,6 +72,10 @@ class MusicGenEngine(Engine):
 
         backend, reason = chosen_backend(backend)
         ck, chosen = decoding.load(model, pick_device(device), dtype, backend, reason)
+        if ck.melody is not None and cls is MusicGenEngine:
+            from stemd.models.musicgen.melody import MelodyEngine
+
+            cls = MelodyEngine
         engine = cls(ck, chosen)
         log.info("decoding backend %s (%s); EnCodec chunks decoded by %s", engine.backend, chosen.reason,
                  chosen.info()["codec_decode"])
@@ -103,7 +108,7 @@ class MusicGenEngine(Engine):
             from stemd.models.weights import weights_sha256
 
             folder = resolve(self.ck.name)
-            self._provenance = {"family": "musicgen",
+            self._provenance = {"family": self.family,
                                 "license": card_for_readme(folder / "README.md", "musicgen",
                                                            test_model=self.ck.test_model),
                                 "weights_sha256": weights_sha256(folder)}
@@ -114,7 +119,7 @@ class MusicGenEngine(Engine):
     def stream(self, spec: GenerationSpec, *, should_stop=never_stop, on_progress=no_progress) -> AudioStream:
         from stemd.families import check_spec
 
-        check_spec(spec, "musicgen", self.name)     # the keys this family takes: stemd/families.py's table
+        check_spec(spec, self.family, self.name)     # the keys this family takes: stemd/families.py's table
         asked = [0]      # samples the consumer asked for (AudioStream.need), read between steps
         return AudioStream(sample_rate=self.sample_rate, channels=self.channels,
                            blocks=self._blocks(spec, should_stop, on_progress, asked), on_grid=False,
@@ -137,6 +142,22 @@ class MusicGenEngine(Engine):
         return StreamingDecoder(self.ck.codec, self.channels, self.ck.hop, skip_frames=skip_frames, first=first,
                                 run=codec.run if codec is not None else None)
 
+    def window(self, total: int, max_delay: int, positions: int) -> int:
+        """The token window (``max_seq``) of a request of ``total`` frames: the model's 30 s, at most ``positions``."""
+        window = min(self.frames_for(WINDOW_SECONDS) + max_delay + 2, positions)
+        return min(window, 64 * math.ceil((total + max_delay + 2) / 64))
+
+    def condition(self, spec: GenerationSpec, params: Sampling, total: int, max_delay: int) -> int:
+        """Set up the caches and the request's conditioning (the words and the grid through T5, every layer's
+        text K/V); returns the token window."""
+        lm = self.ck.lm
+        max_seq = self.window(total, max_delay, lm.args.max_positions)
+        words, grid = describe(spec)
+        text, mask = self.ck.encode_text(words, spec.variations, params.guided, grid=grid)
+        lm.setup_caches(text.shape[0], max_seq, 64 * math.ceil(text.shape[1] / 64))
+        lm.set_conditioning(text, mask)
+        return max_seq
+
     def _blocks(self, spec: GenerationSpec, should_stop, on_progress, asked) -> Iterator[np.ndarray]:
         with torch.no_grad():
             yield from self._generate(spec, should_stop, on_progress, asked)
@@ -152,15 +173,8 @@ class MusicGenEngine(Engine):
         new_frames = self.frames_for(float(spec.seconds) * MARGIN) + 1
         total = p + new_frames
         max_delay = max(1, args.num_codebooks // args.audio_channels) - 1
-        window = min(self.frames_for(WINDOW_SECONDS) + max_delay + 2, args.max_positions)
-        max_seq = min(window, 64 * math.ceil((total + max_delay + 2) / 64))
-        variations = spec.variations
-        words, grid = describe(spec)
-        text, mask = self.ck.encode_text(words, variations, params.guided, grid=grid)
-        max_text = 64 * math.ceil(text.shape[1] / 64)
-        lm.setup_caches(text.shape[0], max_seq, max_text)
-        lm.set_conditioning(text, mask)
-        gen = self.generation(variations, params, max_seq, prompt=prompt, seed=spec.seed)
+        max_seq = self.condition(spec, params, total, max_delay)
+        gen = self.generation(spec.variations, params, max_seq, prompt=prompt, seed=spec.seed)
         # the first piece is what conform waits for before bar 1 can leave, decoded once it exists
         decoder = self.streaming_decoder(skip_frames=p, first=self.frames_for(first_heard_seconds(spec)))
 

@@ -46,6 +46,7 @@ class Checkpoint:
     audio_channels: int
     test_model: bool
     generation: dict
+    melody: Optional[object] = None      # a melody checkpoint's melody.ChromaSettings; None for plain MusicGen
 
     @property
     def device(self) -> torch.device:
@@ -208,7 +209,7 @@ def split_components(tensors: Iterator[tuple[str, torch.Tensor]], lm_dtype: torc
             parts["lm"][key[len("decoder.model.decoder."):]] = t.to(lm_dtype)
         elif m := re.fullmatch(r"decoder\.lm_heads\.(\d+)\.weight", key):
             heads[int(m.group(1))] = t.to(lm_dtype)
-        elif key.startswith("enc_to_dec_proj."):
+        elif key.startswith(("enc_to_dec_proj.", "audio_enc_to_dec_proj.")):
             parts["lm"][key] = t.to(lm_dtype)
         elif key.startswith("text_encoder."):
             parts["text"][key[len("text_encoder."):]] = t.to(text_dtype)
@@ -245,9 +246,12 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str
 # -- building the modules ---------------------------------------------------------------------------
 
 def build_lm(args: LMArgs, state: dict[str, torch.Tensor], dtype: torch.dtype, device) -> MusicGenLM:
-    """Our decoder, created without allocating float32 weights first (meta device, then assigned)."""
+    """Our decoder (a melody one for ``MelodyArgs``), created without allocating float32 weights first (meta
+    device, then assigned)."""
+    from stemd.models.musicgen.melody import MelodyArgs, MelodyLM
+
     with torch.device("meta"):
-        lm = MusicGenLM(args)
+        lm = MelodyLM(args) if isinstance(args, MelodyArgs) else MusicGenLM(args)
     names = {k for k, _ in lm.named_parameters()}
     missing = names - state.keys()
     if missing:
@@ -297,6 +301,12 @@ def load_tokenizer(folder: Path, fallback: Optional[str] = None):
     raise ModelNotFound(f"model folder {folder} has no tokenizer (tokenizer.json or spiece.model)")
 
 
+def is_melody(model: str) -> bool:
+    """Whether ``model`` is a melody checkpoint (``musicgen_melody`` in its config.json)."""
+    config = resolve(model) / "config.json"
+    return config.exists() and json.loads(config.read_text()).get("model_type") == "musicgen_melody"
+
+
 def load_checkpoint(model: str, device: torch.device, dtype: torch.dtype) -> Checkpoint:
     folder = resolve(model)
     if not (folder / "config.json").exists():
@@ -304,14 +314,22 @@ def load_checkpoint(model: str, device: torch.device, dtype: torch.dtype) -> Che
 
         return load_audiocraft(model, folder, device, dtype)
     config = json.loads((folder / "config.json").read_text())
-    if config.get("model_type") != "musicgen":
+    if config.get("model_type") not in ("musicgen", "musicgen_melody"):
         raise ModelNotFound(f"model {model!r}: {folder}/config.json is a {config.get('model_type')!r} model, "
-                            f"not musicgen (musicgen_melody is not supported yet)")
+                            f"not musicgen or musicgen_melody")
     # T5 is numerically fragile in float16: keep it in float32 unless asked for bfloat16
     text_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
     parts = split_components(iter_hf_tensors(folder), dtype, text_dtype)
     text_cfg, audio_cfg, dec_cfg = config["text_encoder"], config["audio_encoder"], config["decoder"]
     args = LMArgs.from_hf(dec_cfg, text_cfg["d_model"])
+    melody = None
+    if config["model_type"] == "musicgen_melody":
+        from stemd.models.musicgen.melody import ChromaSettings, MelodyArgs
+
+        args = MelodyArgs(**vars(args), num_chroma=config.get("num_chroma", 12),
+                          chroma_length=config.get("chroma_length", 235))
+        pre = folder / "preprocessor_config.json"
+        melody = ChromaSettings.from_preprocessor(json.loads(pre.read_text()) if pre.exists() else {})
     text_encoder = build_text_encoder(text_cfg, parts.pop("text"), text_dtype, device)
     codec = build_codec(audio_cfg, parts.pop("codec"), device)
     lm = build_lm(args, parts.pop("lm"), dtype, device)
@@ -321,7 +339,7 @@ def load_checkpoint(model: str, device: torch.device, dtype: torch.dtype) -> Che
     return Checkpoint(name=model, lm=lm, text_encoder=text_encoder, tokenizer=load_tokenizer(folder, "t5-base"),
                       codec=codec, sample_rate=audio_cfg.get("sampling_rate", 32000),
                       frame_rate=frame_rate(audio_cfg), audio_channels=args.audio_channels,
-                      test_model=bool(config.get(TEST_MODEL_KEY)), generation=generation)
+                      test_model=bool(config.get(TEST_MODEL_KEY)), generation=generation, melody=melody)
 
 
 def frame_rate(audio_cfg: dict) -> int:

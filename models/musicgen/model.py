@@ -148,14 +148,20 @@ class DecoderLayer(nn.Module):
 
 
 class MusicGenLM(nn.Module):
-    """Tokens ``(batch, codebooks, t)`` at positions ``input_pos`` -> logits ``(batch, codebooks, t, vocab)``."""
+    """Tokens ``(batch, codebooks, t)`` at positions ``input_pos`` -> logits ``(batch, codebooks, t, vocab)``.
+
+    ``prefix_len``: positions before the tokens' own (0 here; a melody model's conditioning, ``melody.py``):
+    token position ``p`` sits at cache and embedding position ``prefix_len + p``."""
+
+    layer_class = DecoderLayer
+    prefix_len = 0
 
     def __init__(self, args: LMArgs):
         super().__init__()
         self.args = args
         d, k = args.hidden_size, args.num_codebooks
         self.embed_tokens = nn.ModuleList([nn.Embedding(args.vocab_size + 1, d) for _ in range(k)])
-        self.layers = nn.ModuleList([DecoderLayer(args) for _ in range(args.num_layers)])
+        self.layers = nn.ModuleList([self.layer_class(args) for _ in range(args.num_layers)])
         self.layer_norm = nn.LayerNorm(d)
         # the K heads stacked: row c * vocab + i is codebook c's logit for code i
         self.lm_head = nn.Linear(d, k * args.vocab_size, bias=False)
@@ -187,7 +193,8 @@ class MusicGenLM(nn.Module):
         """Free the KV cache and text K/V; the next ``setup_caches`` allocates them again."""
         for layer in self.layers:
             layer.self_attn._modules.pop("kv_cache", None)
-            layer.encoder_attn._modules.pop("cross_kv", None)
+            if hasattr(layer, "encoder_attn"):          # a melody layer has none (melody.py)
+                layer.encoder_attn._modules.pop("cross_kv", None)
         for name in ("causal_mask", "text_mask"):
             self._buffers.pop(name, None)
         self.max_batch = self.max_seq = self.max_text = -1
@@ -230,9 +237,10 @@ class MusicGenLM(nn.Module):
         x = sum(self.embed_tokens[c](tokens[:, c]) for c in range(k))
         if self.args.scale_embedding:
             x = x * math.sqrt(self.args.hidden_size)
-        x = x + self.positions[input_pos].to(x.dtype)
-        mask = self.causal_mask[None, None, input_pos, :span]
+        at = input_pos + self.prefix_len if self.prefix_len else input_pos
+        x = x + self.positions[at].to(x.dtype)
+        mask = self.causal_mask[None, None, at, :span if span is None else span + self.prefix_len]
         for layer in self.layers:
-            x = layer(x, mask, self.text_mask, input_pos)
+            x = layer(x, mask, self.text_mask, at)
         logits = self.lm_head(self.layer_norm(x))                      # (b, t, k * vocab)
         return logits.view(b, t, k, self.args.vocab_size).transpose(1, 2)

@@ -49,6 +49,9 @@ ARCHS = {
                         decoder=dict(DECODER_SMALL, hidden_size=48, ffn_dim=96, num_hidden_layers=2,
                                      num_attention_heads=4, vocab_size=64, num_codebooks=8, audio_channels=2)),
 }
+# melody checkpoints (MusicgenMelodyForConditionalGeneration): the chroma of a melody, prepended with the text
+ARCHS["musicgen-melody"] = dict(ARCHS["musicgen-medium"], melody=True)
+ARCHS["musicgen-melody-tiny"] = dict(ARCHS["tiny"], melody=True)
 
 SENTENCES = [
     "lofi hip hop beat with dusty drums and warm rhodes, 90 bpm, 4/4, key of A minor",
@@ -83,11 +86,19 @@ def train_tokenizer(vocab_size: int = 300):
                                    model_max_length=512)
 
 
+def model_classes(melody: bool) -> tuple:
+    """transformers' (config, decoder config, model) classes of a MusicGen checkpoint, or of a melody one."""
+    import transformers as t
+
+    if melody:
+        return t.MusicgenMelodyConfig, t.MusicgenMelodyDecoderConfig, t.MusicgenMelodyForConditionalGeneration
+    return t.MusicgenConfig, t.MusicgenDecoderConfig, t.MusicgenForConditionalGeneration
+
+
 def write_test_model(directory, arch: str = "tiny", seed: int = 0) -> Path:
     """Write a random-init MusicGen checkpoint (HF format) to ``directory``; returns the folder."""
     import torch
-    from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, MusicgenForConditionalGeneration
-    from transformers import T5Config
+    from transformers import EncodecConfig, T5Config
 
     if arch not in ARCHS:
         raise ValueError(f"unknown test architecture {arch!r}; choose one of {', '.join(ARCHS)}")
@@ -97,11 +108,12 @@ def write_test_model(directory, arch: str = "tiny", seed: int = 0) -> Path:
     tokenizer = train_tokenizer()
     text = T5Config(**spec["text"])
     audio = EncodecConfig(**spec["audio"])
-    decoder = MusicgenDecoderConfig(**spec["decoder"], pad_token_id=spec["decoder"]["vocab_size"],
-                                    bos_token_id=spec["decoder"]["vocab_size"])
-    config = MusicgenConfig(text_encoder=text.to_dict(), audio_encoder=audio.to_dict(), decoder=decoder.to_dict())
+    config_class, decoder_class, model_class = model_classes(spec.get("melody", False))
+    decoder = decoder_class(**spec["decoder"], pad_token_id=spec["decoder"]["vocab_size"],
+                            bos_token_id=spec["decoder"]["vocab_size"])
+    config = config_class(text_encoder=text.to_dict(), audio_encoder=audio.to_dict(), decoder=decoder.to_dict())
     torch.manual_seed(seed)
-    model = MusicgenForConditionalGeneration(config).eval()
+    model = model_class(config).eval()
     # transformers initialises EnCodec's codebooks to zeros (they are learned by k-means), which would
     # make every code sound the same: give them random vectors so different tokens make different audio
     with torch.no_grad():
@@ -120,6 +132,7 @@ def write_test_model(directory, arch: str = "tiny", seed: int = 0) -> Path:
     cfg["stemd_note"] = "random weights written by `stemd make-test-model`: this model makes noise, not music"
     cfg_path.write_text(json.dumps(cfg, indent=2))
     (out / "README.md").write_text(
-        f"# stemd test model ({arch})\n\nRandom weights (seed {seed}) in the Hugging Face MusicGen format, written "
+        f"# stemd test model ({arch})\n\nRandom weights (seed {seed}) in the Hugging Face "
+        f"{'MusicGen melody' if spec.get('melody') else 'MusicGen'} format, written "
         "by `stemd make-test-model`.\nIt exercises the real architecture; it makes noise, not music.\n")
     return out
