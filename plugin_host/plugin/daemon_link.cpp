@@ -906,13 +906,18 @@ void DaemonLink::stop() {
 SendResult DaemonLink::send_generate(const Request& request) {
     if (!validate_request(request).empty()) return SendResult::Invalid;
     if (!impl_ || !running_.load()) return SendResult::NotStarted;
-    impl_->push(Command{true, request, {}});
+    Command c;
+    c.request = request;
+    impl_->push(std::move(c));
     return SendResult::Queued;
 }
 
 SendResult DaemonLink::cancel(const std::string& id) {
     if (!impl_ || !running_.load()) return SendResult::NotStarted;
-    impl_->push(Command{false, {}, id});
+    Command c;
+    c.generate = false;
+    c.id = id;
+    impl_->push(std::move(c));
     return SendResult::Queued;
 }
 
