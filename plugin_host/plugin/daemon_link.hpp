@@ -153,7 +153,8 @@ public:
     // Starts the network thread (stopping a running one first). `token` "" sends no hello.
     // false (and nothing started) when the thread cannot be created or the self-pipe cannot be made.
     bool start(const std::string& host, uint16_t port, const std::string& token);
-    // Wakes the thread and joins it (within one poll round, < 100 ms); onConnection(Stopped) is the
+    // Wakes the thread and joins it (within one poll round, < 100 ms, whatever the resolver does: a host
+    // name is looked up on a helper thread that stop() does not wait for); onConnection(Stopped) is the
     // last event. Requests still open get no further events. Safe to call twice.
     void stop();
 
