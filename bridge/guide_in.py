@@ -76,6 +76,8 @@ class GuideRecording:
             self.started.set()
         elif cycle.quarters >= self.end:
             self.done.set()
+        else:
+            self.bpm = cycle.bpm    # the SMF's tempo: the last heard (a MIDI clock's fit settles as it plays)
 
     def event(self, quarters: Fraction, data: bytes) -> None:
         if self.start is None or self.done.is_set() or not data:

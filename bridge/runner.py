@@ -79,7 +79,10 @@ def run_bridge(args: argparse.Namespace, out: TextIO) -> int:
         from stemd import midi
 
         midimap = midi.load_map(args)
-    transport = Transport()
+    try:        # --meter: what a source that does not say its meter (a MIDI clock) is taken to be
+        transport = Transport(meter=getattr(args, "meter", None) or "4/4")
+    except ValueError as e:
+        raise BridgeError(f"--meter {args.meter}: {e}") from None
     follower = make_follower(args.follow, transport, args)
     printer = BeatPrinter(transport, lambda line: _say(out, lock, line)).start() if args.print_transport else None
     client = None

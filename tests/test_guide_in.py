@@ -9,8 +9,10 @@ SMF it writes must hold each note within 1/96 of a quarter of where it was playe
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import subprocess
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -275,6 +277,40 @@ def test_the_jack_follower_reads_tempo_meter_and_bars_from_the_timebase_master(j
     beats = [(line["bar"], line["beat"]) for line in rolling]
     assert beats[:8] == [(3, 1), (3, 2), (3, 3), (3, 4), (3, 5), (3, 6), (3, 7), (4, 1)], rolling
     assert all(line["bpm"] == 97.0 and line["meter"] == "7/8" for line in rolling), rolling
+
+
+@pytest.mark.skipif(not shutil.which("jack_midi_clock"), reason="jack_midi_clock (Debian jack-midi-clock) is not installed")
+def test_with_a_midi_clock_the_guide_is_recorded_in_the_bars_of_the_given_meter(jack, helpers, tmp_path):
+    # --follow midi-clock --meter 3/4: a MIDI clock says no meter; the bars and the SMF are 3/4 and the tempo is
+    # the clock's. Positions are only as exact as the clock follower (it trails the clock by its ticks'
+    # delivery: a note on the first bar line may read as before it), so they are not held to 1/96 here.
+    meter, bpm = Meter.parse("3/4"), 97
+    bar = meter.bar_quarters
+    timebase, notes = Timebase(jack, helpers[0], bpm, meter), Notes(jack, helpers[1])
+    jack.start(["jack_midi_clock", "-d", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    timebase.tell(f"locate {frame_of(bar * 3 + bar / 2, bpm)}")
+    played = played_positions(meter)
+    notes.play([(frame_of(4 * bar + q, bpm), frame_of(4 * bar + q + Fraction(1, 8), bpm), 60 + i)
+                for i, q in enumerate(played)])
+    bridge = jack.start([sys.executable, "-m", "stemd", "bridge", "--follow", "midi-clock", "--midi-in",
+                         "jack_midi_clock", "--meter", "3/4", "--guide-in", "stemd-notes", "--guide-bars", "2",
+                         "--daemon", "none", "--once", "--out", str(tmp_path), "--no-stdin", "--command-port", "0",
+                         "--timeout", "90"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_connected(jack.env, Notes.PORT)
+    time.sleep(1.0)                                  # the clock follower hears jack_midi_clock's Song Position
+    timebase.tell("play")
+    out, err = bridge.communicate(timeout=120)
+    assert bridge.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "guide: recording bars 5-6 from stemd-notes:out", out
+    mid = Path(lines[1].split()[1])
+    import mido
+
+    metas = {m.type: m for m in mido.MidiFile(mid).tracks[0] if m.is_meta}
+    assert (metas["time_signature"].numerator, metas["time_signature"].denominator) == (3, 4)
+    assert abs(mido.tempo2bpm(metas["set_tempo"].tempo) - bpm) < 0.5
+    pitches = {n.pitch for n in read_smf(mid.read_bytes())}
+    assert set(range(61, 60 + len(played))) <= pitches <= set(range(60, 60 + len(played))), pitches
 
 
 def refused_recording(jack, helpers, tmp_path, played: list) -> str:
