@@ -16,8 +16,18 @@ alternates takes between them ``--rounds`` times:
 - per bar: (last bar - first bar) / (bars - 1) of a --bars take on each side (best of the rounds: a shared
   machine); the cluster's per-bar overhead is the difference.
 
-Both daemons run with OMP_NUM_THREADS=1, because Ray gives a one-CPU replica one thread: the same engine work on
-each side. Chunks are 2 s bars (120 BPM 4/4) of 48 kHz stereo float32 = 768 KiB, as in bench/daemon.py.
+Both daemons run the engine the same way: one torch thread (the local daemon under OMP_NUM_THREADS=1, the replica
+under the OMP_NUM_THREADS=1 Ray gives a one-CPU actor; its ready line says ``torch threads N``, printed here) and
+the same MusicGen decoding backend (``--backend``, default eager: left to itself, each daemon measures the
+backends when it loads the model and, on a loaded machine, two processes choose differently: ONNX Runtime's int8
+step, with a thread pool of its own, in one and torch in the other ran 4x apart here). Chunks are
+2 s bars (120 BPM 4/4) of 48 kHz stereo float32 = 768 KiB, as in bench/daemon.py.
+
+The same engine can still run at different speeds in the two processes on a loaded machine, so each side's own
+engine time is read from its log too (the replica's ``made bars 1..N of N in T s (the first after F s)``, the
+local daemon's ``first bar F ms, total T ms``: per bar (T - F) / (N - 1), as the client's figure) and the cluster's
+overhead is given both ways: the client's per-bar difference, and what each side adds to its own engine's per-bar
+time (client per bar minus the daemon's own), which does not move with the engine's speed.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -51,11 +62,13 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def bench(model: str, label: str, address: str, runs: int, bars: int, rounds: int, device: str = "cpu") -> dict:
+def bench(model: str, label: str, address: str, runs: int, bars: int, rounds: int, device: str = "cpu",
+          backend: str = "eager") -> dict:
+    engine = ["--model", model] + (["--backend", backend] if model != "click" else [])
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        front, fport = start(["--model", model, "--ray", address, "--ray-replicas", "1"], out, "cluster")
-        local, lport = start(["--model", model, "--device", device], out, "local")
+        front, fport = start([*engine, "--ray", address, "--ray-replicas", "1"], out, "cluster")
+        local, lport = start([*engine, "--device", device], out, "local")
         try:
             sides = {"cluster": Client(fport), "local": Client(lport)}
             for client in sides.values():   # warm-up: the model's first takes are slow, the replica's too
@@ -74,9 +87,28 @@ def bench(model: str, label: str, address: str, runs: int, bars: int, rounds: in
         finally:
             stop(front)
             stop(local)
+        logs = {k: (out / f"{k}.log").read_text(errors="replace") for k in ("cluster", "local")}
+    own = engine_per_bar(logs, rounds, bars)
+    threads = re.search(r"ready: device \S+, torch threads (\d+)", logs["cluster"])
+    added = {k: min(c - o for c, o in zip(chunk[k], own[k])) for k in sides}
     return {"label": label, "runs": runs, "bars": bars, "rounds": rounds,
             "first_cluster": statistics.median(firsts["cluster"]), "first_local": statistics.median(firsts["local"]),
-            "chunk_cluster": min(chunk["cluster"]), "chunk_local": min(chunk["local"])}
+            "chunk_cluster": min(chunk["cluster"]), "chunk_local": min(chunk["local"]),
+            "own_cluster": min(own["cluster"]), "own_local": min(own["local"]),
+            "added_cluster": added["cluster"], "added_local": added["local"],
+            "threads": threads.group(1) if threads else "- (no torch)"}
+
+
+def engine_per_bar(logs: dict, rounds: int, bars: int) -> dict:
+    """Each side's own seconds per bar after the first, for each --bars take (round order), from its log."""
+    replica = {int(r): (float(t) - float(f)) / (bars - 1) for r, t, f in re.findall(
+        r"request long(\d+) made bars 1\.\.\d+ of \d+ in ([\d.]+) s \(the first after ([\d.]+) s\)", logs["cluster"])}
+    local = {int(r): (int(t) - int(f)) / 1000 / (bars - 1) for r, f, t in re.findall(
+        r"request long(\d+) from .*first bar (\d+) ms, total (\d+) ms", logs["local"])}
+    missing = [k for k, d in (("cluster", replica), ("local", local)) if sorted(d) != list(range(rounds))]
+    if missing:
+        raise SystemExit(f"bench/cluster.py: no engine time in the {' and '.join(missing)} log for every take")
+    return {"cluster": [replica[r] for r in range(rounds)], "local": [local[r] for r in range(rounds)]}
 
 
 def main() -> int:
@@ -88,6 +120,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3, help="alternating cluster / local takes; the best is kept")
     p.add_argument("--device", default="cpu", help="the local daemon's device (cuda on a GPU node; the replica's is "
                                                      "its own GPU where the cluster has GPUs)")
+    p.add_argument("--backend", default="eager", help="MusicGen's decoding backend on both sides (default eager)")
     args = p.parse_args()
     cluster = None
     address = args.ray
@@ -114,24 +147,28 @@ def main() -> int:
                 if r.returncode:
                     print(f"tiny: skipped (make-test-model failed: {r.stderr.strip()[:200]})")
                     continue
-                results.append(bench(str(folder), f"MusicGen tiny test model (random weights), {args.device}",
-                                     address, max(3, args.runs // 2), args.bars, args.rounds, args.device))
+                results.append(bench(str(folder), f"MusicGen tiny test model (random weights), {args.device}, "
+                                     f"{args.backend}", address, max(3, args.runs // 2), args.bars, args.rounds,
+                                     args.device, args.backend))
                 shutil.rmtree(folder, ignore_errors=True)
             else:
-                results.append(bench(name, name, address, args.runs, args.bars, args.rounds, args.device))
+                results.append(bench(name, name, address, args.runs, args.bars, args.rounds, args.device,
+                                     args.backend))
     finally:
         if cluster is not None:
             cluster.shutdown()
     ms = lambda s: f"{s * 1000:.1f} ms"  # noqa: E731
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     print()
-    print("| model | first bar, 1-bar takes (median): cluster / local | per bar: cluster / local "
-          "| cluster adds per bar |")
-    print("|---|---|---|---|")
+    print("| model | first bar, 1-bar takes (median): cluster / local | per bar at the client: cluster / local "
+          "| the engine's own per bar: replica / local daemon | each side adds to its engine: cluster / local "
+          "| cluster adds per bar | torch threads: replica / local |")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['label']} | {ms(r['first_cluster'])} / {ms(r['first_local'])} ({r['runs']} runs each) | "
               f"{ms(r['chunk_cluster'])} / {ms(r['chunk_local'])} ({r['bars']} bars, best of {r['rounds']}) | "
-              f"{ms(r['chunk_cluster'] - r['chunk_local'])} |")
+              f"{ms(r['own_cluster'])} / {ms(r['own_local'])} | {ms(r['added_cluster'])} / {ms(r['added_local'])} | "
+              f"{ms(r['added_cluster'] - r['added_local'])} | {r['threads']} / 1 |")
     return 0
 
 

@@ -81,6 +81,8 @@ class Cluster:
         # a request waits this long for a free replica that holds its model before taking any free one
         # (Serve's default is 1 s: the front door dispatches only when a replica is free)
         os.environ.setdefault("RAY_SERVE_MULTIPLEXED_MODEL_ID_MATCHING_TIMEOUT_S", str(MODEL_WAIT))
+        # every replica line in this log as it was said (Ray folds lines alike but for numbers by default)
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
         import ray
         from ray import serve
 
@@ -103,11 +105,12 @@ class Cluster:
         self._views_actor = ray.remote(num_cpus=0)(Views).options(name=f"{app}-views", namespace="stemd",
                                                                   get_if_exists=True).remote()
         self._views: list = []
-        self._views_at = self._running_at = -VIEWS_TTL
+        self._views_at = -VIEWS_TTL
         self._running = self.least
         self._closed = threading.Event()
         serve.start(proxy_location="Disabled")
-        deployed = deployment(self.least, self.replicas, bool(gpus)).bind(entries, memory_budget, pace, f"{app}-views")
+        deployed = deployment(self.least, self.replicas, bool(gpus)).bind(entries, memory_budget, pace,
+                                                                           f"{app}-views")
         started = time.monotonic()
         self.handle = serve.run(deployed, name=app, route_prefix=None)
         self.stream = self.handle.options(method_name="generate", stream=True)
@@ -166,33 +169,32 @@ class Cluster:
 
     # --- how many calls may be out (RemoteWorker) --------------------------------------------------
     def running(self) -> int:
-        """Replicas running now (Serve's status, at most VIEWS_TTL old); the fixed count without autoscaling."""
-        if self.least == self.replicas:
-            return self.replicas
-        if time.monotonic() - self._running_at >= VIEWS_TTL:
-            from ray import serve
+        """Replicas running now, as the watcher last read Serve's status (the scheduler asks under its lock:
+        no call to Serve here); the fixed count without autoscaling."""
+        return self.replicas if self.least == self.replicas else self._running
 
-            try:
-                app = serve.status().applications[self.app]
-                states = app.deployments["stemd-worker"].replica_states
-                self._running = max(1, int(states.get("RUNNING", 0)))
-            except Exception as e:   # (Serve's controller busy: the last count stands)
-                log.debug("serve.status failed: %s", e)
-            self._running_at = time.monotonic()
-        return self._running
+    def _read_running(self) -> int:
+        from ray import serve
+
+        try:
+            states = serve.status().applications[self.app].deployments["stemd-worker"].replica_states
+            return max(1, int(states.get("RUNNING", 0)))
+        except Exception as e:   # (Serve's controller busy: the last count stands)
+            log.debug("serve.status failed: %s", e)
+            return self._running
 
     def watch(self, wake) -> None:
-        """With autoscaling: call ``wake`` (the scheduler's) whenever Serve's replica count changes, so a
-        slot that opens takes work at once."""
+        """With autoscaling: read Serve's replica count every VIEWS_TTL seconds and call ``wake`` (the
+        scheduler's) when it changes, so a slot that opens takes work at once."""
         if self.least == self.replicas:
             return
 
         def loop() -> None:
-            seen = self.running()
             while not self._closed.wait(VIEWS_TTL):
-                if self.running() != seen:
-                    seen = self._running
-                    log.info("stemd-worker runs %d replicas now (%d to %d)", seen, self.least, self.replicas)
+                count = self._read_running()
+                if count != self._running:
+                    self._running = count
+                    log.info("stemd-worker runs %d replicas now (%d to %d)", count, self.least, self.replicas)
                     wake()
 
         threading.Thread(target=loop, name="stemd-cluster-watch", daemon=True).start()

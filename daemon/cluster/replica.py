@@ -100,7 +100,8 @@ class StemdReplica:
                 warm_conform()
         if views:
             ray.get(ray.get_actor(views, namespace="stemd").put.remote(self.replica, self.view()))
-        say(f"replica {self.replica} on node {self.node} ({self.host}) ready: device {device}, models "
+        threads = f", torch threads {sys.modules['torch'].get_num_threads()}" if "torch" in sys.modules else ""
+        say(f"replica {self.replica} on node {self.node} ({self.host}) ready: device {device}{threads}, models "
             f"{', '.join(self.pool.slots) if self.pool else '(none)'}"
             + "".join(f"; not on this node: {name}" for name in self.missing))
 
@@ -131,11 +132,14 @@ class StemdReplica:
         thread = threading.Thread(target=self._make, args=(model, request, spec, bars_done, stop, put, made),
                                   name=f"stemd-replica-{request_id}", daemon=True)
         started = time.monotonic()
+        first = None   # seconds to the first bar made here
         thread.start()
         ended = False
         try:
             while True:
                 kind, value = await items.get()
+                if kind == "bar" and first is None:
+                    first = time.monotonic() - started
                 if kind == "end":
                     ended = True
                     return
@@ -151,7 +155,8 @@ class StemdReplica:
                     f"{made[0]} bars of {request.bars} ({time.monotonic() - started:.2f} s)")
             else:
                 say(f"replica {self.replica} on node {self.node}: request {request_id} made bars "
-                    f"{bars_done + 1}..{made[0]} of {request.bars} in {time.monotonic() - started:.2f} s")
+                    f"{bars_done + 1}..{made[0]} of {request.bars} in {time.monotonic() - started:.3f} s"
+                    + (f" (the first after {first:.3f} s)" if first is not None else ""))
 
     def _make(self, model, request, spec, bars_done, stop, put, made) -> None:
         from stemd.daemon.worker import PacedEngine
