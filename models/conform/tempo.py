@@ -145,14 +145,16 @@ def _attack_time(x: np.ndarray, sample_rate: int, around: float, reach: float) -
     win = max(1, int(0.00025 * sample_rate))
     # energy over the ``win`` samples that start at each sample: it rises when an attack enters
     seg = x[lo:hi + win].astype(np.float64) ** 2
-    energy = np.convolve(seg, np.ones(win) / win, mode="full")[win - 1: win - 1 + (hi - lo)]
-    db = 10 * np.log10(energy + 1e-10)
-    peak = int(np.argmax(db))
-    floor = float(db[: peak + 1].min())
-    climb = float(db[peak]) - floor
+    energy = np.convolve(seg, np.ones(win) / win, mode="full")[win - 1: win - 1 + (hi - lo)] + 1e-10
+    # in dB, but compared as energies (a quarter of the climb in dB is the fourth root of the ratio):
+    # the logarithm of every sample was half this function's time
+    peak = int(np.argmax(energy))
+    floor = float(energy[: peak + 1].min())
+    ratio = float(energy[peak]) / floor
+    climb = 10 * float(np.log10(ratio))
     # walk back from the peak to where the level was last below a quarter of the climb: a sound
     # still decaying at the window's start does not count as this attack
-    below = np.flatnonzero(db[: peak + 1] < floor + 0.25 * climb)
+    below = np.flatnonzero(energy[: peak + 1] < floor * ratio ** 0.25)
     at = int(below[-1]) + 1 if len(below) else 0
     # the window reaches an attack half a window before its centre does
     return (lo + at + win / 2) / sample_rate, climb
