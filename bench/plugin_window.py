@@ -56,7 +56,9 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="stemd-window-bench-"))
     procs: list[subprocess.Popen] = []
     display = ""
-    server = f"stemd-bench-ui-{os.getpid()}"
+    # one fixed name: JACK keeps a server that was killed in its registry (8 slots) until a server of the same
+    # name starts again, so a name per run would fill it
+    server = "stemd-bench-ui"
     env = {**os.environ, "DISPLAY": display, "JACK_DEFAULT_SERVER": server, "JACK_NO_AUDIO_RESERVATION": "1"}
 
     def start(cmd, **kw) -> subprocess.Popen:

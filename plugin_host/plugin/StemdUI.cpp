@@ -10,6 +10,7 @@
 // every key handler returns false, so the host keeps its transport and shortcut keys.
 #include "DistrhoPlugin.hpp"
 #include "DistrhoUI.hpp"
+#include "OpenGL-include.hpp"
 
 #include "ui_api.hpp"
 
@@ -227,11 +228,7 @@ protected:
         scale(fK, fK);
         fontFace(NANOVG_DEJAVU_SANS_TTF);
 
-        beginPath();
-        rect(0, 0, W, H);
-        fillColor(30, 32, 36);
-        fill();
-
+        solid(0, 0, W, H, 30, 32, 36);
         drawStatus(W);
         const float left = std::min(360.0f, W * 0.42f);
         drawRequest(12, 72, left - 18, H - 84);
@@ -443,10 +440,7 @@ protected:
 
     void drawWave(const stemd::UiTake& t, float x, float y, float w, float h)
     {
-        beginPath();
-        rect(x, y, w, h);
-        fillColor(20, 22, 26);
-        fill();
+        solid(x, y, w, h, 20, 22, 26);
         if (!t.audio || t.audio->frames() <= 0) return;
         const stemd::TakeAudio& a = *t.audio;
         const int32_t v = std::clamp(t.chosen, 0, a.variations() - 1);
@@ -525,10 +519,22 @@ protected:
     // ---- small drawing helpers ---------------------------------------------------------------------------
     void panel(float x, float y, float w, float h)
     {
-        beginPath();
-        roundedRect(x, y, w, h, 4);
-        fillColor(38, 40, 46);
-        fill();
+        solid(x, y, w, h, 38, 40, 46);
+    }
+
+    // A flat rectangle under everything NanoVG draws this frame: a scissored glClear, which a software
+    // renderer fills at memset speed, where a NanoVG fill runs its fragment shader on every pixel (the large
+    // flat areas were most of a frame's cost on Mesa's llvmpipe). NanoVG draws at its endFrame, after these.
+    void solid(float x, float y, float w, float h, int r, int g, int b)
+    {
+        const int left = static_cast<int>(std::lround(x * fK)), top = static_cast<int>(std::lround(y * fK));
+        const int right = static_cast<int>(std::lround((x + w) * fK)), bottom = static_cast<int>(std::lround((y + h) * fK));
+        if (right <= left || bottom <= top) return;
+        glEnable(GL_SCISSOR_TEST);
+        glScissor(left, static_cast<int>(getHeight()) - bottom, right - left, bottom - top);
+        glClearColor(r / 255.0f, g / 255.0f, b / 255.0f, 1.0f);
+        glClear(GL_COLOR_BUFFER_BIT);
+        glDisable(GL_SCISSOR_TEST);
     }
 
     void label(float x, float y, const std::string& s, float maxW)
