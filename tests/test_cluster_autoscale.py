@@ -81,8 +81,8 @@ def test_waiting_requests_add_a_replica_up_to_max_and_a_live_one_goes_first(clus
     try:
         d.wait_log("1 to 2 replicas (Serve scales them by the requests waiting)", timeout=5)
         offline = TcpClient(d.port, timeout=60)
-        for i in range(4):                            # 8 s each: one runs, one waits in Serve's router
-            offline.send(*request(f"off-{i}", "7/8", 8, i), "priority", "offline")
+        for i in range(4):                            # 12 s each: one runs, one waits in Serve's router
+            offline.send(*request(f"off-{i}", "7/8", 12, i), "priority", "offline")
         d.wait_log("stemd-worker runs 2 replicas now", timeout=120)
         live = TcpClient(d.port, timeout=60)
         live.send(*request("now", "3/4", 2, 9))
@@ -97,7 +97,7 @@ def test_waiting_requests_add_a_replica_up_to_max_and_a_live_one_goes_first(clus
         d.stop()
     assert [c.bar_index for c in chunks(got)] == [0, 1]
     for i in range(4):                                # preempted or not, every bar once, in order
-        assert [c.bar_index for c in chunks(seen) if c.request_id == f"off-{i}"] == list(range(8)), i
+        assert [c.bar_index for c in chunks(seen) if c.request_id == f"off-{i}"] == list(range(12)), i
     replicas = set(re.findall(r"runs on replica (\w+)", log))
     assert len(replicas) == 2, log[-3000:]             # the takes ran on the replica Serve added too
     first_runs = {rid: log.index(f"request {rid} from tcp") for rid in ("now", "off-3")}
