@@ -234,6 +234,8 @@ class RemoteWorker(Worker):
                 for kind, value in call:
                     if kind == "where":
                         self._placed(job, value)
+                        if job.should_stop():     # preempted or cancelled while it waited for a replica
+                            raise Cancelled()
                         continue
                     if kind == "error":
                         return self.service.failed(job, *value)
