@@ -198,6 +198,7 @@ def bench_arch(arch: str, args) -> None:
         against_theirs(arch, engine, pipe, spec, canvas, args)
     else:
         engine.raw(spec)                               # eager's one-time costs, before the rounds
+    med = statistics.median
     if args.backend == "compiled":
         t0 = time.perf_counter()
         use_backend(engine, "compiled")
