@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -42,6 +43,8 @@ NEXT = (539, 549)
 PREVIOUS = (389, 549)
 ACCEPT = (679, 549)
 REROLL = (759, 549)
+AUDITION = (600, 549)
+WAVE = (376, 390, 956, 524)  # inside the selected take's waveform (left, top, right, bottom)
 SECOND_ROW = (500, 138)  # the take list's second row
 BARS_UP = (341, 208)
 EMPTY = (180, 500)       # the request panel below its buttons: nothing there
@@ -59,10 +62,10 @@ root.mainloop()
 
 
 class Xvfb:
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, size: str = "1100x700"):
         # Xvfb picks a free display number itself and writes it to the pipe (no race with other servers)
         read, write = os.pipe()
-        self.proc = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1100x700x24", "-nolisten",
+        self.proc = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", f"{size}x24", "-nolisten",
                                       "tcp"], stdout=open(folder / "xvfb.log", "w"), stderr=subprocess.STDOUT,
                                      start_new_session=True, pass_fds=(write,))
         os.close(write)
@@ -97,6 +100,10 @@ class Window:
 
     def xdo(self, *args: str) -> None:
         subprocess.run(["xdotool", *args], env=self.env, check=True, timeout=30)
+
+    def xdo_output(self, *args: str) -> str:
+        return subprocess.run(["xdotool", *args], env=self.env, check=True, timeout=30, capture_output=True,
+                              text=True).stdout
 
     def click(self, at: tuple[int, int]) -> None:
         self.xdo("mousemove", "--window", self.id, str(at[0]), str(at[1]))
@@ -152,16 +159,18 @@ class App:
     """The JACK app (a copy of build/plugin/stemd) with its window on Xvfb, reaching ``daemon``: its
     window (``win``), the window's log (``log``), its takes folder (``takes_dir``), the process (``proc``)."""
 
-    def __init__(self, plugin_build: Path, jack, daemon, tmp_path: Path):
+    def __init__(self, plugin_build: Path, jack, daemon, tmp_path: Path, env: Optional[dict] = None,
+                 screen: str = "1100x700"):
         self.shots = tmp_path / "shots"
         self.shots.mkdir()
         self.takes_dir = tmp_path / "plugin-takes"
         self.log = tmp_path / "window.log"
-        self.xvfb = Xvfb(tmp_path)
+        self.xvfb = Xvfb(tmp_path, screen)
         exe = tmp_path / "stemd-jack"
         shutil.copy2(plugin_build / "stemd", exe)
-        env = {**jack.env, "DISPLAY": self.xvfb.display, "STEMD_DAEMON": f"127.0.0.1:{daemon.port}",
-               "STEMD_TAKES_DIR": str(self.takes_dir), "STEMD_UI_LOG": str(self.log), "LIBGL_ALWAYS_SOFTWARE": "1"}
+        env = {**jack.env, "DISPLAY": self.xvfb.display, "STEMD_DAEMON": f"127.0.0.1:{daemon.port}" if daemon else
+               "127.0.0.1:9", "STEMD_TAKES_DIR": str(self.takes_dir), "STEMD_UI_LOG": str(self.log),
+               "LIBGL_ALWAYS_SOFTWARE": "1", **(env or {})}
         self.proc = jack.start([str(exe)], stdout=open(tmp_path / "app.log", "w"), stderr=subprocess.STDOUT,
                                env=env)
         try:
@@ -327,6 +336,85 @@ def test_reroll_repeats_the_takes_own_prompt_key_and_bars_with_a_new_seed(plugin
         assert app.proc.poll() is None, "the JACK app exited"
     finally:
         app.close()
+
+
+def playhead_x(shot: Path) -> Optional[int]:
+    """The column of the waveform's playhead (its yellow line) in a screenshot of the window, or None."""
+    from PIL import Image
+
+    image = Image.open(shot).convert("RGB").crop(WAVE)
+    width, height = image.size
+    data = image.tobytes()
+    hits = [x for x in range(width) for y in (height // 4, height // 2 + 20, 3 * height // 4)
+            if data[(y * width + x) * 3] > 220 and data[(y * width + x) * 3 + 1] > 190 and data[(y * width + x) * 3 + 2] < 130]
+    return WAVE[0] + min(hits) if hits else None
+
+
+def test_the_playhead_moves_over_the_waveform_while_a_take_auditions_with_the_host_stopped(plugin_build, jack,
+                                                                                           start_daemon, tmp_path):
+    daemon = start_daemon("--pace", "0.2")
+    app = App(plugin_build, jack, daemon, tmp_path)  # no timebase master: JACK's transport stays stopped
+    win = app.win
+    try:
+        wait_log(app.log, lambda l: "connected=1" in l, "the daemon connected", 60)
+        win.click(PROMPT)
+        win.type("shaker")
+        win.click(BARS_DOWN)       # 4 -> 3 bars: 6 s at 120 BPM
+        win.click(GENERATE)
+        wait_log(app.log, lambda l: len(takes_of(l)) == 1 and " done " in takes_of(l)[0], "the take ready", 60)
+        before = win.shot("before-audition")
+        assert playhead_x(before) is None, "a playhead while nothing plays"
+        win.click(AUDITION)
+        seen = []
+        deadline = time.monotonic() + 12
+        while time.monotonic() < deadline and len(set(seen)) < 4:
+            x = playhead_x(win.shot("auditioning"))
+            if x is not None:
+                seen.append(x)
+        assert len(set(seen)) >= 3, f"playhead columns seen while auditioning: {seen}"
+        assert seen == sorted(seen), f"the playhead went back: {seen}"
+    finally:
+        app.close()
+
+
+def text_extent(image, box: tuple[int, int, int, int]) -> tuple[int, int]:
+    """(width, height) of the light (text) pixels inside ``box`` (left, top, right, bottom) of a screenshot."""
+    crop = image.convert("L").crop(box)
+    width, height = crop.size
+    data = crop.tobytes()
+    rows = [y for y in range(height) if sum(1 for v in data[y * width:(y + 1) * width] if v > 150) >= 2]
+    cols = [x for x in range(width) if sum(1 for y in range(height) if data[y * width + x] > 150) >= 1]
+    return (cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1) if rows and cols else (0, 0)
+
+
+def test_window_at_200_percent_opens_twice_the_size_with_its_text_twice_as_tall(plugin_build, jack, tmp_path):
+    """DGL's DPF_SCALE_FACTOR=2 (what a 200% desktop gives the window): 1960 x 1280, and the status line
+    ("No daemon at ...", drawn at 14 px) twice as wide and tall as at scale 1."""
+    from PIL import Image
+
+    extent = {}
+    for scale in (1, 2):
+        folder = tmp_path / f"scale{scale}"
+        folder.mkdir()
+        app = App(plugin_build, jack, None, folder, env={"DPF_SCALE_FACTOR": str(scale)}, screen="2100x1400")
+        try:
+            wait_log(app.log, lambda l: "connected=0" in l, "the window drawn", 30)
+            geometry = app.win.xdo_output("getwindowgeometry", app.win.id)
+            size = re.search(r"Geometry: (\d+)x(\d+)", geometry)
+            assert size and (int(size[1]), int(size[2])) == (980 * scale, 640 * scale), geometry
+            app.win.xdo("mousemove", "--window", app.win.id, str(500 * scale), str(600 * scale))
+            time.sleep(1.0)
+            shot = folder / "window.png"
+            subprocess.run(["import", "-window", "root", "-crop", f"{980 * scale}x{640 * scale}+0+0", str(shot)],
+                           env=app.xvfb.env, check=True, timeout=60)
+            # the status line: at scale 1 its text is centred on y = 16, from x = 28
+            extent[scale] = text_extent(Image.open(shot), (20 * scale, 6 * scale, 975 * scale, 26 * scale))
+            assert extent[scale][0] > 100, f"no status line at scale {scale} ({shot})"
+        finally:
+            app.close()
+    print(f"status line text (width, height) at 100%: {extent[1]}, at 200%: {extent[2]}")
+    for i in (0, 1):
+        assert 1.7 <= extent[2][i] / extent[1][i] <= 2.3, f"status line (width, height) {extent[1]} at 100%, {extent[2]} at 200%"
 
 
 ASAN_FLAGS = "-fsanitize=address -fno-omit-frame-pointer -g -O1"

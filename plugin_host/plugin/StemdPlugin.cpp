@@ -364,6 +364,8 @@ protected:
             right[i] = r;
         }
         fFreeClock += frames;
+        fShownAudition.store(fAuditionTake, std::memory_order_relaxed);  // the window's playhead (ui_access.inc)
+        fShownAuditionAt.store(fFreeClock - fAuditionStart, std::memory_order_relaxed);
         fRan.store(true, std::memory_order_release);
         fRunSeq.fetch_add(1, std::memory_order_acq_rel);  // even: done reading
     }
@@ -1144,6 +1146,8 @@ private:
     int64_t fFreeClock = 0, fAuditionStart = 0;
     uint32_t fAuditionSeen = 0;
     uint64_t fAuditionTake = 0;
+    std::atomic<uint64_t> fShownAudition{0};  // run() to the window: the take auditioning, frames into it
+    std::atomic<int64_t> fShownAuditionAt{0};
 
     // audio thread -> others
     std::atomic<uint64_t> fRunSeq{0};

@@ -211,6 +211,7 @@ protected:
         }
         const stemd::UiPlayhead p = fApi->uiPlayhead();
         if (p.playing) sig += "|play" + std::to_string(p.timeline / 1600);  // about 30 positions a second
+        if (p.audition != 0) sig += "|audition" + std::to_string(p.auditionAt / 1600);
         if (sig == fSignature[0]) return false;
         std::swap(fSignature[0], fSignature[1]);
         return true;
@@ -473,11 +474,12 @@ protected:
         strokeColor(90, 90, 100);
         strokeWidth(1);
         stroke();
-        // the playhead while the host plays over it
+        // the playhead while the host plays over it, or while it auditions with the host stopped
         if (fApi) {
             const stemd::UiPlayhead p = fApi->uiPlayhead();
-            const int64_t off = p.timeline - t.startSample;
-            if (p.playing && off >= 0 && off < frames) {
+            const bool auditioning = !p.playing && p.audition != 0 && p.audition == t.serial;
+            const int64_t off = p.playing ? p.timeline - t.startSample : auditioning ? p.auditionAt : -1;
+            if (off >= 0 && off < frames) {
                 const float px = x + w * static_cast<float>(off) / static_cast<float>(frames);
                 beginPath();
                 moveTo(px, y);

@@ -48,6 +48,8 @@ struct UiSnapshot {
 struct UiPlayhead {
     bool playing = false;       // the host's transport
     int64_t timeline = 0;       // the host's timeline sample (bar 1 = 0) at the last block
+    uint64_t audition = 0;      // the take auditioning while the host is stopped (serial; 0: none)
+    int64_t auditionAt = 0;     // and how far into it, in frames
 };
 
 enum class UiAction { Next, Previous, Accept, Reroll, Cancel, Audition, Delete, Reveal };
