@@ -202,19 +202,26 @@ def engine_audio(melody, spec):
 
 @fluidsynth
 @pytest.mark.parametrize("meter, bpm", [("3/4", 97), ("7/8", 141)])
-def test_the_engine_follows_a_chords_guide_as_transformers_does(melody, ref, meter, bpm):
+def test_the_engine_follows_a_chords_guide_as_transformers_does(melody, ref, meter, bpm, monkeypatch):
     """The take's chords rendered at 32 kHz on its grid, their chroma and the prompt with the grid: the engine's
     raw audio is transformers' generate() given that chroma and text (greedy, guidance 3)."""
     from stemd.models.guide_audio import spec_guide_audio
     from stemd.models.musicgen.engine import MARGIN, describe
-    from stemd.models.musicgen.melody import chroma
+    from stemd.models.musicgen.melody import chroma, melody_prefix
 
     spec = guide_spec(meter=meter, bpm=bpm)
+    lm, prefixes = melody.ck.lm, []
+    condition = lm.set_conditioning
+    monkeypatch.setattr(lm, "set_conditioning", lambda prefix: (prefixes.append(prefix), condition(prefix)))
     ours = engine_audio(melody, spec)
     features = chroma(spec_guide_audio(spec, 32000, float(spec.seconds)))
     assert features.shape[0] == int(float(spec.seconds) * 32000) // 4096 + 1
+    words, grid = describe(spec)
+    hidden, mask = melody.ck.encode_text(words, 1, True, grid=grid)
+    expected = melody_prefix(lm, hidden, mask, features, 1, guided=True)
+    assert (prefixes[0] - expected).abs().max() < 1e-6, (prefixes[0] - expected).abs().max(-1).values   # its chroma
     frames = melody.frames_for(float(spec.seconds) * MARGIN) + 1
-    theirs = reference_audio(ref, melody.ck.text_ids(*describe(spec)), frames, features)
+    theirs = reference_audio(ref, melody.ck.text_ids(words, grid), frames, features)
     assert ours.shape[-1] >= float(spec.seconds) * 32000
     n = min(ours.shape[-1], theirs.shape[-1])
     assert n >= float(spec.seconds) * 32000

@@ -120,6 +120,10 @@ def write_test_model(directory, arch: str = "tiny", seed: int = 0) -> Path:
         for layer in model.audio_encoder.quantizer.layers:
             layer.codebook.embed.normal_()
             layer.codebook.embed_avg.copy_(layer.codebook.embed)
+        # a melody model's chroma projection starts at 0.02-scale weights, so the chroma would be lost beside
+        # the prefix's positional embeddings: unit-scale weights let a guide steer the test model audibly
+        if spec.get("melody"):
+            model.audio_enc_to_dec_proj.weight.normal_()
     gen = model.generation_config
     gen.pad_token_id = gen.decoder_start_token_id = decoder.pad_token_id
     gen.do_sample, gen.guidance_scale, gen.top_k, gen.max_length = True, 3.0, 250, 1500
