@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 ARCH_CHOICES = ("tiny", "tiny-stereo", "musicgen-small", "musicgen-stereo-small", "musicgen-medium", "musicgen-large",
-                "musicgen-melody-tiny", "musicgen-melody",
+                "musicgen-melody-tiny", "musicgen-melody-tiny-stereo", "musicgen-melody",
                 "sa3-tiny", "sa3-small", "sa3-medium", "acestep-tiny", "acestep-turbo")
 
 

@@ -182,6 +182,25 @@ def test_greedy_codes_with_a_guide_are_transformers_own(melody, ref, guided):
     assert torch.equal(ours, expected)
 
 
+def test_a_stereo_melody_model_gives_transformers_codes(tmp_path):
+    """musicgen-stereo-melody's layout: 8 codebooks, left and right interleaved, the same prefix."""
+    from transformers import MusicgenMelodyForConditionalGeneration
+
+    from stemd.models.musicgen.engine import MusicGenEngine
+    from stemd.models.musicgen.melody import chroma
+    from stemd.models.musicgen.testmodel import write_test_model
+
+    folder = write_test_model(tmp_path, "musicgen-melody-tiny-stereo")
+    stereo = MusicGenEngine.load(str(folder), device="cpu", dtype="float32")
+    features = chroma(np.concatenate([tone(1.0, 440.0), tone(1.0, 349.23)]))
+    tok = stereo.ck.tokenizer([PROMPT], return_tensors="pt")
+    expected = reference_codes(MusicgenMelodyForConditionalGeneration.from_pretrained(str(folder)).eval(), tok, 30,
+                               3.0, features)
+    ours = ours_greedy(stereo, PROMPT, features, 30)
+    assert ours.shape == expected.shape == (1, 8, 30) and stereo.channels == 2
+    assert torch.equal(ours, expected)
+
+
 def test_a_guide_changes_the_codes_and_text_only_is_transformers_without_input_features(melody, ref):
     from stemd.models.musicgen.melody import chroma
 

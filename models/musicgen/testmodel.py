@@ -52,6 +52,7 @@ ARCHS = {
 # melody checkpoints (MusicgenMelodyForConditionalGeneration): the chroma of a melody, prepended with the text
 ARCHS["musicgen-melody"] = dict(ARCHS["musicgen-medium"], melody=True)
 ARCHS["musicgen-melody-tiny"] = dict(ARCHS["tiny"], melody=True)
+ARCHS["musicgen-melody-tiny-stereo"] = dict(ARCHS["tiny-stereo"], melody=True)
 
 SENTENCES = [
     "lofi hip hop beat with dusty drums and warm rhodes, 90 bpm, 4/4, key of A minor",
