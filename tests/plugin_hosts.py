@@ -158,10 +158,8 @@ s:save_state("", false, false, false, false, false)
 close_session()
 """
 
-#: Loads the session, puts stemd (VST3) first on the track, sets its parameters by name (the plugin's
-#: parameters come after DPF's hidden MIDI CC ones), rolls the transport from bar 1 while it waits for
-#: the plugin's ``bars_received`` output to reach {wait_bars}, then saves the session with the plugin.
-ADD_AND_GENERATE = """
+#: Loads the session and puts stemd (VST3) first on the track (``p``: its insert).
+ADD_STEMD = """
 local s = load_session("{folder}", "{name}")
 assert(s, "load_session failed")
 local route = s:route_by_name("{track}")
@@ -169,7 +167,12 @@ assert(not route:isnil(), "no track {track}")
 local p = ARDOUR.LuaAPI.new_plugin(s, "stemd", ARDOUR.PluginType.VST3, "")
 assert(not p:isnil(), "Ardour found no VST3 named stemd")
 assert(route:add_processor_by_index(p, 0, nil, true) == 0, "the plugin did not go on the track")
-local plug = p:to_insert():plugin(0)
+"""
+
+#: ADD_STEMD, then sets its parameters by name (the plugin's parameters come after DPF's hidden MIDI CC
+#: ones), rolls the transport from bar 1 while it waits for the plugin's ``bars_received`` output to reach
+#: {wait_bars}, then saves the session with the plugin.
+ADD_AND_GENERATE = ADD_STEMD + """local plug = p:to_insert():plugin(0)
 local index = {{}}
 for j = 0, plug:parameter_count() - 1 do
   local name = plug:parameter_label(j):lower():gsub(" %(.*", ""):gsub(" ", "_")

@@ -30,11 +30,12 @@ from typing import Optional
 
 import pytest
 
-from plugin_hosts import Ardour, needs_ardour, plugin_build, wait_for  # noqa: F401 (fixture)
+from plugin_hosts import ADD_STEMD, Ardour, needs_ardour, plugin_build, wait_for  # noqa: F401 (fixture)
 from stemd import osc
 from stemd.bridge.delivery.ardour import ArdourSession
 from stemd.timing import Grid, Meter
 from test_ardour import ARDOUR_OSC_PORT, port_free
+from test_ardour_gui import ENGINE_CONFIG
 
 ARDOUR_GUI = shutil.which("ardour")
 pytestmark = [
@@ -50,36 +51,11 @@ PROMPT = (100, 105)
 #: a point of Ardour's editor (its track canvas) left in view beside the plugin's window
 EDITOR = (300, 250)
 
-#: puts stemd (VST3) first on the track and saves the session
-ADD_STEMD = """
-local s = load_session("{folder}", "{name}")
-assert(s, "load_session failed")
-local route = s:route_by_name("{track}")
-assert(not route:isnil(), "no track {track}")
-local p = ARDOUR.LuaAPI.new_plugin(s, "stemd", ARDOUR.PluginType.VST3, "")
-assert(not p:isnil(), "Ardour found no VST3 named stemd")
-assert(route:add_processor_by_index(p, 0, nil, true) == 0, "the plugin did not go on the track")
+#: stemd (VST3) put first on the track, and the session saved
+ADD_AND_SAVE = ADD_STEMD + """
 s:save_state("", false, false, false, false, false)
 print("STEMD added")
 close_session()
-"""
-
-#: Ardour's user config: past the first-run wizard, on JACK without the engine dialog
-ENGINE_CONFIG = """<?xml version="1.0" encoding="UTF-8"?>
-<Ardour>
-  <Config>
-    <Option name="try-autostart-engine" value="1"/>
-  </Config>
-  <Extra>
-    <AudioMIDISetup>
-      <EngineStates>
-        <State backend="JACK" driver="" device="" input-device="" output-device="" sample-rate="48000"
-               buffer-size="1024" n-periods="0" input-latency="0" output-latency="0" lm-input="" lm-output=""
-               active="1" use-buffered-io="0" midi-option="" lru="1"><MIDIDevices/></State>
-      </EngineStates>
-    </AudioMIDISetup>
-  </Extra>
-</Ardour>
 """
 
 
@@ -226,7 +202,7 @@ def test_space_typed_in_the_prompt_box_does_not_start_ardours_transport(tmp_path
                                                           "STEMD_TAKES_DIR": str(tmp_path / "plugin-takes"),
                                                           "STEMD_UI_LOG": str(ui_log)})
     session = ardour.make_session(tmp_path, 97, Meter(3, 4), 48000, end_sample=grid.bar_start_sample(8, 48000))
-    out = ardour.lua(ADD_STEMD.format(folder=session.parent, name=session.stem, track="stemd"),
+    out = ardour.lua(ADD_AND_SAVE.format(folder=session.parent, name=session.stem, track="stemd"),
                      tmp_path / "add_stemd.lua")
     assert "STEMD added" in out.stdout, out.stdout + out.stderr
     doc = ArdourSession(session)

@@ -322,16 +322,18 @@ def test_reroll_repeats_the_takes_own_prompt_key_and_bars_with_a_new_seed(plugin
         second = wait_for(lambda: len(app.written()) == 2 and app.written(), 30, "the plugin writing the second take")
         # the first take selected in the list (newest first: the second row), and re-rolled
         win.click(SECOND_ROW)
-        wait_log(app.log, lambda l: len(takes_of(l)) == 2 and " selected" in takes_of(l)[1], "the first take selected", 10)
+        wait_log(app.log, lambda l: len(takes_of(l)) == 2 and " selected" in takes_of(l)[1], "the first take selected",
+                 10)
         win.click(REROLL)
-        wait_log(app.log, lambda l: len(takes_of(l)) == 3 and " done " in takes_of(l)[0], "the re-rolled take ready", 60)
+        wait_log(app.log, lambda l: len(takes_of(l)) == 3 and " done " in takes_of(l)[0], "the re-rolled take ready",
+                 60)
         wavs = wait_for(lambda: len(app.written()) == 3 and app.written(), 30, "the plugin writing the re-roll")
         win.shot("rerolled")
         again = next(p for p in wavs if p not in second)
         made = [json.loads(p.with_suffix(".json").read_text()) for p in (first[0], again)]
         for sidecar in made:
-            assert (sidecar["prompt"], sidecar["request"]["key"], sidecar["bars"], sidecar["tempo"], sidecar["meter"]) == \
-                ("brushed snare", "A minor", 2, 97.0, "3/4"), sidecar["request"]
+            asked = (sidecar["prompt"], sidecar["request"]["key"], sidecar["bars"], sidecar["tempo"], sidecar["meter"])
+            assert asked == ("brushed snare", "A minor", 2, 97.0, "3/4"), sidecar["request"]
         assert made[0]["seed"] != made[1]["seed"], "the re-roll asked for the same seed"
         assert app.proc.poll() is None, "the JACK app exited"
     finally:
@@ -345,8 +347,11 @@ def playhead_x(shot: Path) -> Optional[int]:
     image = Image.open(shot).convert("RGB").crop(WAVE)
     width, height = image.size
     data = image.tobytes()
-    hits = [x for x in range(width) for y in (height // 4, height // 2 + 20, 3 * height // 4)
-            if data[(y * width + x) * 3] > 220 and data[(y * width + x) * 3 + 1] > 190 and data[(y * width + x) * 3 + 2] < 130]
+    def yellow(x: int, y: int) -> bool:
+        r, g, b = data[(y * width + x) * 3:(y * width + x) * 3 + 3]
+        return r > 220 and g > 190 and b < 130
+
+    hits = [x for x in range(width) for y in (height // 4, height // 2 + 20, 3 * height // 4) if yellow(x, y)]
     return WAVE[0] + min(hits) if hits else None
 
 
@@ -414,7 +419,8 @@ def test_window_at_200_percent_opens_twice_the_size_with_its_text_twice_as_tall(
             app.close()
     print(f"status line text (width, height) at 100%: {extent[1]}, at 200%: {extent[2]}")
     for i in (0, 1):
-        assert 1.7 <= extent[2][i] / extent[1][i] <= 2.3, f"status line (width, height) {extent[1]} at 100%, {extent[2]} at 200%"
+        assert 1.7 <= extent[2][i] / extent[1][i] <= 2.3, \
+            f"status line (width, height) {extent[1]} at 100%, {extent[2]} at 200%"
 
 
 ASAN_FLAGS = "-fsanitize=address -fno-omit-frame-pointer -g -O1"
