@@ -264,6 +264,31 @@ def test_the_same_guide_and_seed_make_the_same_take(melody):
     assert np.array_equal(a, b) and np.abs(a).max() > 1e-3
 
 
+@fluidsynth
+def test_a_long_take_slides_on_with_the_part_of_the_guide_under_each_window(melody, monkeypatch):
+    import stemd.models.musicgen.engine as eng
+    from stemd.models.guide_audio import spec_guide_audio
+    from stemd.models.musicgen.melody import chroma, melody_prefix
+
+    monkeypatch.setattr(eng, "WINDOW_SECONDS", 2.0)
+    monkeypatch.setattr(eng, "KEEP_SECONDS", 0.6)
+    spec = guide_spec("Am | F | C | G", meter="7/8", bpm=97)        # 4 bars of 7/8: 8.7 s, windows of 2 s
+    lm, prefixes, starts = melody.ck.lm, [], []
+    condition, follow = lm.set_conditioning, melody.follow_window
+    monkeypatch.setattr(lm, "set_conditioning", lambda prefix: (prefixes.append(prefix), condition(prefix)))
+    monkeypatch.setattr(melody, "follow_window", lambda frame: (starts.append(frame), follow(frame)))
+    audio = engine_audio(melody, spec)
+    assert audio.shape[-1] >= float(spec.seconds) * 32000
+    assert len(starts) >= 4 and len(prefixes) == len(starts) + 1
+    guide = spec_guide_audio(spec, 32000, float(spec.seconds))
+    words, grid = eng.describe(spec)
+    hidden, mask = melody.ck.encode_text(words, 1, True, grid=grid)
+    for frame, prefix in zip(starts, prefixes[1:]):
+        expected = melody_prefix(lm, hidden, mask, chroma(guide[:, frame * melody.ck.hop:]), 1, guided=True)
+        assert (prefix - expected).abs().max() < 1e-6, frame
+    assert (prefixes[1] - prefixes[0]).abs().max() > 0.1        # a later part of the guide, not its start again
+
+
 def test_without_a_guide_the_engine_is_text_only(melody, ref):
     from stemd.models.musicgen.engine import MARGIN, describe
 

@@ -255,6 +255,9 @@ class Generation:
                 self.step(self, attention_span(self.pos, self.max_seq))
             self.pos += 1
 
+    #: called with the new window's first frame (request-absolute) when the window slides, before its prefill
+    on_slide: Optional[Callable[[int], None]] = None
+
     def _slide(self) -> None:
         """The window is full: keep the last ``keep_frames`` complete frames as the prompt and prefill."""
         ready = self.frames_ready
@@ -262,6 +265,8 @@ class Generation:
         start = ready - keep
         prompt = self.frames(start, ready)
         self.offset = start
+        if self.on_slide is not None:
+            self.on_slide(start)
         self._start(prompt)
 
 

@@ -12,7 +12,8 @@ as transformers' ``MusicgenMelodyForConditionalGeneration`` and audiocraft's ``p
 
 The prefix goes through the decoder causally at positions ``0 .. C-1``; the tokens follow at ``C + p``
 (``MusicGenLM.prefix_len``). Classifier-free guidance's null condition, as transformers builds it: text states
-zero, and a chroma whose every frame is pitch class 0. Without a melody both halves get that null chroma.
+zero, and a chroma whose every frame is pitch class 0. Without a melody both halves get that null chroma. A take
+longer than the model's window slides on with the prefix made again from the guide under the new window.
 """
 
 from __future__ import annotations
@@ -173,28 +174,44 @@ class MelodyEngine(MusicGenEngine):
 
     family = "musicgen-melody"
 
-    def guide_chroma(self, spec) -> Optional[Tensor]:
-        """The chroma of the spec's guide rendered over the take (its first bar line at sample 0); None without one.
-        A guide stands for the melody: with a continuation too it is refused."""
+    def guide_audio(self, spec) -> Optional[np.ndarray]:
+        """The spec's guide rendered over the take (its first bar line at sample 0); None without one. A guide
+        stands for the melody: with a continuation too it is refused."""
         from stemd.models.guide_audio import spec_guide_audio
 
         audio = spec_guide_audio(spec, self.sample_rate, float(spec.seconds))
-        if audio is None:
-            return None
-        if spec.continuation is not None:
+        if audio is not None and spec.continuation is not None:
             from stemd.protocol import ProtocolError
 
             raise ProtocolError("bad_arguments", "a melody model follows a guide from the take's first bar: send the "
                                 "guide without continuation or continuation_path")
-        return chroma(audio, self.ck.melody)
+        return audio
 
     def condition(self, spec, params, total: int, max_delay: int) -> int:
         lm = self.ck.lm
-        melody = self.guide_chroma(spec)
+        audio = self.guide_audio(spec)
         words, grid = describe(spec)
         text, mask = self.ck.encode_text(words, spec.variations, params.guided, grid=grid)
-        prefix = melody_prefix(lm, text, mask, melody, spec.variations, params.guided)
+        conditioning = (text, mask, spec.variations, params.guided)
+        prefix = melody_prefix(lm, *conditioning[:2], None if audio is None else chroma(audio, self.ck.melody),
+                               *conditioning[2:])
         max_seq = self.window(total, max_delay, lm.args.max_positions - prefix.shape[1])
         lm.setup_caches(prefix.shape[0], max_seq, 64 * math.ceil(prefix.shape[1] / 64))
         lm.set_conditioning(prefix)
+        self._request = (audio, conditioning)
         return max_seq
+
+    def generation(self, *args, **kwargs):
+        gen = super().generation(*args, **kwargs)
+        gen.on_slide = self.follow_window
+        return gen
+
+    def follow_window(self, frame: int) -> None:
+        """A long take's window slid to start at ``frame``: the prefix is made again from the guide's audio from
+        that frame on (as the first window's is from the take's start), so each window follows its own part."""
+        audio, (text, mask, variations, guided) = self._request
+        if audio is None:
+            return
+        part = audio[:, min(frame * self.ck.hop, audio.shape[-1] - 1):]
+        self.ck.lm.set_conditioning(melody_prefix(self.ck.lm, text, mask, chroma(part, self.ck.melody), variations,
+                                                  guided))
