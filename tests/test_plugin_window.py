@@ -270,6 +270,9 @@ def test_window_types_a_prompt_generates_picks_and_accepts(plugin_build, jack, w
         # keys: with no text box focused the window takes none (its handlers return false, for the host);
         # in the prompt box a space is text (typed above: "dusty lo-fi drums")
         win.click(EMPTY)
+        # the prompt box held X's keyboard focus while focused (tests/test_plugin_ardour_window.py); it gave it back
+        focus = subprocess.run(["xdotool", "getwindowfocus"], env=win.env, capture_output=True, text=True, timeout=30)
+        assert focus.stdout.split() != [win.id], "the window kept the keyboard after its text box let go"
         win.type("zz ")
         time.sleep(0.5)
         assert "prompt=dusty lo-fi drums " in log.read_text().splitlines()[-1] + " ", "keys reached the prompt box"
