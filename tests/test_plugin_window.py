@@ -41,10 +41,12 @@ FIRST_OPTION_UP = (341, 328)  # the "+" of the chosen family's first own key (Mu
 GENERATE = (110, 337)
 NEXT = (539, 549)
 PREVIOUS = (389, 549)
-ACCEPT = (679, 549)
-REROLL = (759, 549)
-AUDITION = (600, 549)
+ACCEPT = (660, 549)
+REROLL = (727, 549)
+EXTEND = (793, 549)
+AUDITION = (593, 549)
 WAVE = (376, 390, 956, 524)  # inside the selected take's waveform (left, top, right, bottom)
+FIRST_ROW = (500, 94)    # the take list's first row (the newest take)
 SECOND_ROW = (500, 138)  # the take list's second row
 BARS_UP = (341, 208)
 EMPTY = (180, 500)       # the request panel below its buttons: nothing there
@@ -338,6 +340,57 @@ def test_reroll_repeats_the_takes_own_prompt_key_and_bars_with_a_new_seed(plugin
             asked = (sidecar["prompt"], sidecar["request"]["key"], sidecar["bars"], sidecar["tempo"], sidecar["meter"])
             assert asked == ("brushed snare", "A minor", 2, 97.0, "3/4"), sidecar["request"]
         assert made[0]["seed"] != made[1]["seed"], "the re-roll asked for the same seed"
+        assert app.proc.poll() is None, "the JACK app exited"
+    finally:
+        app.close()
+
+
+@needs_cc
+def test_extend_continues_the_chosen_variation_from_the_bar_after_its_end(plugin_build, jack, start_daemon, tmp_path,
+                                                                         request):
+    """A 2-bar MusicGen take at 97 BPM 3/4, selected and extended with the window's bars set to 3: the new take
+    starts on the bar after the first one's end, with its prompt and key, and its request carried the first
+    take's chosen variation (under 30 s: all of it) as the continuation."""
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed: no MusicGen test model")
+    import soundfile
+
+    daemon = start_daemon("--device", "cpu", "--pace", "0.3", model=str(request.getfixturevalue("tiny")))
+    Timebase(jack, build_jack_timebase(tmp_path), 97, Meter(3, 4))  # JACK's transport at 97 BPM 3/4
+    app = App(plugin_build, jack, daemon, tmp_path)
+    win = app.win
+    try:
+        wait_log(app.log, lambda l: "connected=1" in l and "models=1" in l, "the daemon connected", 60)
+        win.click(PROMPT)
+        win.type("upright bass walk")
+        for _ in range(2):
+            win.click(BARS_DOWN)       # 4 -> 2 bars
+        win.click(KEY)
+        win.type("D dorian")
+        wait_log(app.log, lambda l: True, "a frame", 5)
+        win.click(PROMPT)
+        win.xdo("key", "Return")       # Enter generates (MusicGen's own keys move the Generate button down)
+        wait_log(app.log, lambda l: len(takes_of(l)) == 1 and " done " in takes_of(l)[0], "the first take ready", 120)
+        first = wait_for(lambda: app.written(), 30, "the plugin writing the first take")[0]
+        win.click(BARS_UP)             # the window's bars: 2 -> 3, what the extension asks for
+        win.click(FIRST_ROW)
+        wait_log(app.log, lambda l: len(takes_of(l)) == 1 and " selected" in takes_of(l)[0], "the take selected", 10)
+        win.shot("before-extend")
+        win.click(EXTEND)
+        wait_log(app.log, lambda l: len(takes_of(l)) == 2 and " done " in takes_of(l)[0], "the extension ready", 120)
+        wavs = wait_for(lambda: len(app.written()) == 2 and app.written(), 30, "the plugin writing the extension")
+        win.shot("extended")
+        second = next(p for p in wavs if p != first)
+        made = [json.loads(p.with_suffix(".json").read_text()) for p in (first, second)]
+        assert made[1]["start_bar"] == made[0]["start_bar"] + 2, (made[0]["start_bar"], made[1]["start_bar"])
+        assert (made[1]["prompt"], made[1]["request"]["key"], made[1]["bars"], made[1]["tempo"], made[1]["meter"]) == \
+            ("upright bass walk", "D dorian", 3, 97.0, "3/4"), made[1]["request"]
+        frames = soundfile.info(str(first)).frames
+        assert 0 < frames < 30 * 48000, frames  # under 30 s: the whole variation goes
+        assert made[1]["request"].get("continuation") == f"<{frames * 2 * 4} bytes>", made[1]["request"]
+        assert made[1]["request"].get("continuation_rate") == 48000, made[1]["request"]
+        assert made[0]["request"]["continuation"] is None, made[0]["request"]
+        assert made[0]["seed"] != made[1]["seed"], "the extension asked for the same seed"
         assert app.proc.poll() is None, "the JACK app exited"
     finally:
         app.close()

@@ -68,6 +68,7 @@ enum ReservedNote : uint8_t {
 
 constexpr size_t kMaxLiveTakes = 64;                 // takes run() can play at once
 constexpr uint64_t kMaxTakeBytes = 2ull << 30;       // one take's audio, all variations
+constexpr int32_t kContinuationSeconds = 30;         // an extend sends at most this much of the take's end
 constexpr size_t kMaxStateText = 4u << 20;           // a `takes` or `slots` state we accept
 
 std::string envOr(const char* name, const std::string& fallback)
@@ -536,9 +537,11 @@ private:
 
     // A request for `bars` bars from `startBar` (0-based; < 0: the next bar line), at the host's tempo,
     // meter and rate as run() last saw them. `like`: a re-roll's take, whose key and family keys the
-    // request repeats (else the window's current ones).
+    // request repeats (else the window's current ones). `continuation`: audio at `continuationRate` (stereo
+    // interleaved) the take continues from (extend).
     void generate(const std::string& prompt, const std::string& model, int32_t bars, int32_t variations,
-                  int32_t startBar, const TakeRecord* like = nullptr)
+                  int32_t startBar, const TakeRecord* like = nullptr,
+                  std::shared_ptr<const std::vector<float>> continuation = nullptr, uint32_t continuationRate = 0)
     {
         const Snapshot snap = snapshot();
         const BarGrid grid(snap.tempo, snap.meter, snap.rate);
@@ -555,6 +558,11 @@ private:
         request.start_bar = startBar;
         request.sample_rate = static_cast<int32_t>(grid.sampleRate());
         request.channels = 2;
+        if (continuation) {
+            request.continuation = std::move(continuation);
+            request.continuation_rate = static_cast<int32_t>(continuationRate);
+            request.continuation_channels = 2;
+        }
         std::string options;
         {
             const std::lock_guard<std::mutex> lock(fMutex);
@@ -735,6 +743,33 @@ private:
         }
         // the take's own settings; no seed is sent, so the daemon picks a new one
         generate(copy.prompt, copy.model, copy.bars, copy.variations, copy.startBar, &copy);
+    }
+
+    // Continues the selected take's chosen variation from its end: the bar after it, with the take's prompt,
+    // model, key and family keys, `bars` and `variations` (the window's settings) and a new seed. The
+    // variation's last kContinuationSeconds go as the continuation, copied here (the worker), never on the
+    // audio thread. A take whose chosen variation has not all arrived is not extended.
+    void extendSelected(int32_t bars, int32_t variations)
+    {
+        TakeRecord copy;
+        {
+            const std::lock_guard<std::mutex> lock(fMutex);
+            const TakeRecord* take = selectedLocked();
+            if (!take) return;
+            copy = *take;
+        }
+        if (!copy.audio || !copy.audio->complete(copy.chosen)) {
+            const std::lock_guard<std::mutex> lock(fMutex);
+            fLastError = "take " + copy.id + " cannot be extended before its variation " +
+                         std::to_string(copy.chosen + 1) + " has every bar";
+            return;
+        }
+        const TakeAudio& audio = *copy.audio;
+        const int64_t frames = std::min<int64_t>(audio.frames(), int64_t(kContinuationSeconds) * audio.sampleRate());
+        const float* tail = audio.variationData(copy.chosen) + (audio.frames() - frames) * 2;
+        auto continuation = std::make_shared<const std::vector<float>>(tail, tail + frames * 2);
+        generate(copy.prompt, copy.model, bars, variations, copy.startBar + copy.bars, &copy, std::move(continuation),
+                 audio.sampleRate());
     }
 
     void acceptSelected()

@@ -35,7 +35,7 @@ enum Param : uint32_t { kBars = 0, kVariations, kStartBar, kGenerate, kVariation
 enum Hit : int {
     kNone = 0, kPromptBox, kKeyBox, kDaemonBox, kTokenBox, kApplyDaemon, kModelMenu, kBarsDown, kBarsUp,
     kVarsDown, kVarsUp, kStartDown, kStartUp, kGenerateButton, kCancelButton, kPrev, kNext, kAuditionButton,
-    kAcceptButton, kRerollButton, kDeleteButton, kRevealButton, kOptionDown, kOptionUp, kModelRow = 1000,
+    kAcceptButton, kRerollButton, kExtendButton, kDeleteButton, kRevealButton, kOptionDown, kOptionUp, kModelRow = 1000,
     kTakeRow = 100000
 };
 
@@ -418,10 +418,12 @@ protected:
         textAlign(ALIGN_LEFT | ALIGN_MIDDLE);
         button(kNext, x + 8 + 150, by, 30, 26, ">", t->variations > 1);
         float bx = x + 196;
-        const float bw = (w - 196 - 8) / 5 - 4;
+        const float bw = (w - 196 - 8) / 6 - 4;
         button(kAuditionButton, bx, by, bw, 26, "Audition", t->audio != nullptr);
         button(kAcceptButton, bx += bw + 4, by, bw, 26, t->accepted ? "Accepted" : "Accept", !t->accepted);
         button(kRerollButton, bx += bw + 4, by, bw, 26, "Re-roll", true);
+        // extend: once the chosen variation has every bar (it is what the new take continues)
+        button(kExtendButton, bx += bw + 4, by, bw, 26, "Extend", t->audio && t->audio->complete(t->chosen));
         const bool confirm = fConfirmDelete == t->serial && t->serial != 0;
         button(kDeleteButton, bx += bw + 4, by, bw, 26, confirm ? "Sure?" : "Delete", t->serial != 0);
         button(kRevealButton, bx += bw + 4, by, bw, 26, "Reveal", true);
@@ -737,6 +739,7 @@ protected:
         case kAuditionButton: act(stemd::UiAction::Audition, serial); break;
         case kAcceptButton: act(stemd::UiAction::Accept, serial); break;
         case kRerollButton: act(stemd::UiAction::Reroll, serial); break;
+        case kExtendButton: act(stemd::UiAction::Extend, serial); break;
         case kRevealButton: act(stemd::UiAction::Reveal, serial); break;
         case kDeleteButton:
             if (fConfirmDelete == serial && serial != 0) {

@@ -51,6 +51,7 @@ const char* connection_state_name(ConnectionState state) {
 namespace {
 
 constexpr size_t kMaxSidecar = 64 * 1024;
+constexpr size_t kMaxContinuationBytes = 64u << 20;  // the daemon's limit on a continuation
 // A chunk's audio buffer kept between chunks up to this size (a 48 kHz stereo bar of 4/4 at 60 BPM is
 // 1.5 MiB); a larger one is let go after its chunk, as the framing reader does with its packet buffer.
 constexpr size_t kKeepAudioBytes = 2u << 20;
@@ -115,6 +116,16 @@ std::string validate_request(const Request& r) {
     if (r.guidance > 20.0f) return "guidance must be 0..20";
     if (r.strength > 1.0f) return "strength must be 0..1";
     if (r.temperature != 0.0f && !(r.temperature >= 0.01f && r.temperature <= 5.0f)) return "temperature must be 0.01..5";
+    if (r.continuation) {
+        if (r.continuation_channels < 1 || r.continuation_channels > 2)
+            return range_error("continuation_channels", 1, 2, r.continuation_channels);
+        if (r.continuation_rate < 8000 || r.continuation_rate > 192000)
+            return range_error("continuation_rate", 8000, 192000, r.continuation_rate);
+        const size_t floats = r.continuation->size();
+        if (floats == 0 || floats % size_t(r.continuation_channels) != 0)
+            return "continuation must be whole frames of continuation_channels floats";
+        if (floats > kMaxContinuationBytes / sizeof(float)) return "continuation must be at most 64 MiB";
+    }
     return "";
 }
 
@@ -137,6 +148,22 @@ std::vector<uint8_t> encode_generate(const Request& r) {
     if (r.guidance >= 0.0f) b.s("guidance").f(r.guidance);
     if (r.strength >= 0.0f) b.s("strength").f(r.strength);
     if (r.temperature > 0.0f) b.s("temperature").f(r.temperature);
+    if (r.continuation) {
+        const std::vector<float>& audio = *r.continuation;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        std::vector<uint8_t> le(audio.size() * sizeof(float));  // the protocol's float32 is little-endian
+        for (size_t i = 0; i < audio.size(); ++i) {
+            uint32_t bits;
+            std::memcpy(&bits, &audio[i], 4);
+            for (int k = 0; k < 4; ++k) le[i * 4 + size_t(k)] = uint8_t(bits >> (8 * k));
+        }
+        b.s("continuation").b(le.data(), le.size());
+#else
+        b.s("continuation").b(reinterpret_cast<const uint8_t*>(audio.data()), audio.size() * sizeof(float));
+#endif
+        b.s("continuation_rate").i(r.continuation_rate);
+        b.s("continuation_channels").i(r.continuation_channels);
+    }
     return b.finish();
 }
 

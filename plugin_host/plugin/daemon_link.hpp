@@ -39,6 +39,11 @@ struct Request {
     float guidance = -1.0f;   // 0..20; < 0 = not sent
     float strength = -1.0f;   // 0..1 (Stable Audio 3, with a continuation); < 0 = not sent
     float temperature = 0.0f; // 0.01..5 (MusicGen); 0 = not sent
+    // audio to continue from (extend): interleaved float32 frames at continuation_rate, <= 64 MiB; shared so
+    // the network thread encodes it without another copy. null = not sent
+    std::shared_ptr<const std::vector<float>> continuation;
+    int32_t continuation_rate = 48000;
+    int32_t continuation_channels = 2;
 };
 
 // One row of `/stemd/models/reply`: the nine values per model, in the daemon's order.

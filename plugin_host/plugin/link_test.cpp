@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <iterator>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -470,6 +472,63 @@ void test_session_requests() {
     CHECK(validate_request(request()).empty());
 }
 
+// extend: the continuation goes as a little-endian float32 blob with its rate and channels, and only when set
+void test_continuation() {
+    Request r = request();
+    r.continuation = std::make_shared<const std::vector<float>>(std::vector<float>{0.5f, -0.25f, 1.0f, 0.0f, -1.0f, 0.125f});
+    r.continuation_rate = 44100;
+    r.continuation_channels = 2;
+    CHECK(validate_request(r).empty());
+    const std::vector<uint8_t> packet = encode_generate(r);
+    osc::Message m;
+    CHECK(!packet.empty() && osc::decode_message(packet.data(), packet.size(), m) == osc::Error::None);
+    osc::ArgReader reader(m);
+    osc::Arg a, value;
+    int seen = 0;
+    while (reader.next(a)) {
+        if (!a.is_string() || (a.s != "continuation" && a.s != "continuation_rate" && a.s != "continuation_channels"))
+            continue;
+        const std::string key(a.s);
+        CHECK(reader.next(value));
+        ++seen;
+        if (key == "continuation_rate") CHECK(value.tag == 'i' && value.i == 44100);
+        if (key == "continuation_channels") CHECK(value.tag == 'i' && value.i == 2);
+        if (key == "continuation") {
+            CHECK(value.tag == 'b' && value.size == 24);
+            // 0.5f is 0x3f000000: little-endian, its first byte is the low one
+            CHECK(value.size == 24 && value.data[0] == 0x00 && value.data[3] == 0x3f);
+            for (size_t i = 0; value.size == 24 && i < 6; ++i) {
+                const uint32_t bits = uint32_t(value.data[i * 4]) | uint32_t(value.data[i * 4 + 1]) << 8 |
+                                      uint32_t(value.data[i * 4 + 2]) << 16 | uint32_t(value.data[i * 4 + 3]) << 24;
+                float f;
+                std::memcpy(&f, &bits, 4);
+                CHECK(f == (*r.continuation)[i]);
+            }
+        }
+    }
+    CHECK(seen == 3);
+    // not set: none of the three keys
+    const std::vector<uint8_t> plain = encode_generate(request());
+    CHECK(std::search(plain.begin(), plain.end(), std::begin("continuation"), std::end("continuation") - 1) == plain.end());
+
+    Request bad = r;
+    bad.continuation = std::make_shared<const std::vector<float>>(std::vector<float>{0.5f, 0.5f, 0.5f});
+    CHECK(validate_request(bad) == "continuation must be whole frames of continuation_channels floats");
+    bad.continuation = std::make_shared<const std::vector<float>>();
+    CHECK(!validate_request(bad).empty() && encode_generate(bad).empty());
+    bad = r;
+    bad.continuation_rate = 7999;
+    CHECK(validate_request(bad) == "continuation_rate must be 8000..192000, got 7999");
+    bad = r;
+    bad.continuation_channels = 3;
+    CHECK(!validate_request(bad).empty());
+    bad = r;
+    bad.continuation = std::make_shared<const std::vector<float>>(size_t(16) << 20, 0.0f);  // 64 MiB: the most
+    CHECK(validate_request(bad).empty());
+    bad.continuation = std::make_shared<const std::vector<float>>((size_t(16) << 20) + 2, 0.0f);
+    CHECK(validate_request(bad) == "continuation must be at most 64 MiB");
+}
+
 }  // namespace
 
 int main() {
@@ -481,6 +540,7 @@ int main() {
     test_session_drops_bad_events();
     test_session_memory();
     test_session_requests();
+    test_continuation();
     std::printf("%d checks, %d failed\n", g_checks, g_failures);
     return g_failures == 0 ? 0 : 1;
 }

@@ -608,6 +608,14 @@ bool TakeAudio::barReady(int32_t variation, int32_t bar) const noexcept
                std::memory_order_acquire) != 0;
 }
 
+bool TakeAudio::complete(int32_t variation) const noexcept
+{
+    if (variation < 0 || variation >= variations()) return false;
+    for (int32_t bar = 0; bar < bars(); ++bar)
+        if (!barReady(variation, bar)) return false;
+    return true;
+}
+
 void TakeAudio::fillBar(int32_t variation, int32_t bar, const float* interleaved, int64_t frames) noexcept
 {
     if (variation < 0 || variation >= variations() || bar < 0 || bar >= bars()) return;

@@ -103,6 +103,7 @@ public:
     // network / loader thread: one bar of one variation (frames x 2 interleaved), then published
     void fillBar(int32_t variation, int32_t bar, const float* interleaved, int64_t frames) noexcept;
     bool barReady(int32_t variation, int32_t bar) const noexcept;
+    bool complete(int32_t variation) const noexcept;  // every bar of `variation` has arrived
     const float* variationData(int32_t variation) const noexcept { return fAudio[static_cast<size_t>(variation)].get(); }
     int32_t barsReceived() const noexcept { return fReceived.load(std::memory_order_relaxed); }
 

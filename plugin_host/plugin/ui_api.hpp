@@ -52,7 +52,7 @@ struct UiPlayhead {
     int64_t auditionAt = 0;     // and how far into it, in frames
 };
 
-enum class UiAction { Next, Previous, Accept, Reroll, Cancel, Audition, Delete, Reveal };
+enum class UiAction { Next, Previous, Accept, Reroll, Extend, Cancel, Audition, Delete, Reveal };
 
 class UiApi {
 public:
