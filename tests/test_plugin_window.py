@@ -297,6 +297,28 @@ def test_window_types_a_prompt_generates_picks_and_accepts(plugin_build, jack, w
         app.close()
 
 
+def two_bar_take(app: App, prompt: str, key: str, enter: bool = False) -> list[Path]:
+    """Once the daemon is connected: types ``prompt`` and ``key``, sets 2 bars and generates (by Enter in the
+    prompt box when ``enter``: a family's own keys move the Generate button down); the take's WAVs once
+    written."""
+    win = app.win
+    wait_log(app.log, lambda l: "connected=1" in l and "models=1" in l, "the daemon connected", 60)
+    win.click(PROMPT)
+    win.type(prompt)
+    for _ in range(2):
+        win.click(BARS_DOWN)       # 4 -> 2 bars
+    win.click(KEY)
+    win.type(key)
+    if enter:
+        wait_log(app.log, lambda l: True, "a frame", 5)
+        win.click(PROMPT)
+        win.xdo("key", "Return")
+    else:
+        win.click(GENERATE)
+    wait_log(app.log, lambda l: len(takes_of(l)) == 1 and " done " in takes_of(l)[0], "the first take ready", 120)
+    return wait_for(lambda: app.written(), 30, "the plugin writing the first take")
+
+
 @needs_cc
 def test_reroll_repeats_the_takes_own_prompt_key_and_bars_with_a_new_seed(plugin_build, jack, start_daemon, tmp_path):
     daemon = start_daemon("--pace", "0.3")
@@ -304,16 +326,7 @@ def test_reroll_repeats_the_takes_own_prompt_key_and_bars_with_a_new_seed(plugin
     app = App(plugin_build, jack, daemon, tmp_path)
     win = app.win
     try:
-        wait_log(app.log, lambda l: "connected=1" in l and "models=1" in l, "the daemon connected", 60)
-        win.click(PROMPT)
-        win.type("brushed snare")
-        for _ in range(2):
-            win.click(BARS_DOWN)       # 4 -> 2 bars
-        win.click(KEY)
-        win.type("A minor")
-        win.click(GENERATE)
-        wait_log(app.log, lambda l: len(takes_of(l)) == 1 and " done " in takes_of(l)[0], "the first take ready", 60)
-        first = wait_for(lambda: app.written(), 30, "the plugin writing the first take")
+        first = two_bar_take(app, "brushed snare", "A minor")
         # a second take with other settings: another prompt, key and length
         win.click(PROMPT)
         win.xdo("key", "ctrl+u")
@@ -360,18 +373,7 @@ def test_extend_continues_the_chosen_variation_from_the_bar_after_its_end(plugin
     app = App(plugin_build, jack, daemon, tmp_path)
     win = app.win
     try:
-        wait_log(app.log, lambda l: "connected=1" in l and "models=1" in l, "the daemon connected", 60)
-        win.click(PROMPT)
-        win.type("upright bass walk")
-        for _ in range(2):
-            win.click(BARS_DOWN)       # 4 -> 2 bars
-        win.click(KEY)
-        win.type("D dorian")
-        wait_log(app.log, lambda l: True, "a frame", 5)
-        win.click(PROMPT)
-        win.xdo("key", "Return")       # Enter generates (MusicGen's own keys move the Generate button down)
-        wait_log(app.log, lambda l: len(takes_of(l)) == 1 and " done " in takes_of(l)[0], "the first take ready", 120)
-        first = wait_for(lambda: app.written(), 30, "the plugin writing the first take")[0]
+        first = two_bar_take(app, "upright bass walk", "D dorian", enter=True)[0]
         win.click(BARS_UP)             # the window's bars: 2 -> 3, what the extension asks for
         win.click(FIRST_ROW)
         wait_log(app.log, lambda l: len(takes_of(l)) == 1 and " selected" in takes_of(l)[0], "the take selected", 10)
