@@ -398,6 +398,35 @@ def test_extend_continues_the_chosen_variation_from_the_bar_after_its_end(plugin
         app.close()
 
 
+@needs_cc
+def test_extend_sends_only_the_last_30_s_of_a_longer_take(plugin_build, jack, start_daemon, tmp_path):
+    """18 bars at 97 BPM 3/4 (33.4 s) from the click model, extended: the continuation is 30 s of it."""
+    import soundfile
+
+    daemon = start_daemon()
+    Timebase(jack, build_jack_timebase(tmp_path), 97, Meter(3, 4))
+    app = App(plugin_build, jack, daemon, tmp_path)
+    win = app.win
+    try:
+        wait_log(app.log, lambda l: "connected=1" in l and "models=1" in l, "the daemon connected", 60)
+        win.click(PROMPT)
+        win.type("shaker")
+        for _ in range(14):
+            win.click(BARS_UP)         # 4 -> 18 bars
+        win.click(GENERATE)
+        wait_log(app.log, lambda l: len(takes_of(l)) == 1 and " done " in takes_of(l)[0], "the long take ready", 120)
+        first = wait_for(lambda: app.written(), 30, "the plugin writing the long take")[0]
+        assert soundfile.info(str(first)).frames > 30 * 48000, soundfile.info(str(first))
+        win.click(EXTEND)
+        wait_log(app.log, lambda l: len(takes_of(l)) == 2 and " done " in takes_of(l)[0], "the extension ready", 120)
+        wavs = wait_for(lambda: len(app.written()) == 2 and app.written(), 30, "the plugin writing the extension")
+        made = [json.loads(p.with_suffix(".json").read_text()) for p in wavs if p != first][0]
+        assert made["request"]["continuation"] == f"<{30 * 48000 * 2 * 4} bytes>", made["request"]
+        assert made["start_bar"] == json.loads(first.with_suffix(".json").read_text())["start_bar"] + 18
+    finally:
+        app.close()
+
+
 def playhead_x(shot: Path) -> Optional[int]:
     """The column of the waveform's playhead (its yellow line) in a screenshot of the window, or None."""
     from PIL import Image
