@@ -400,10 +400,11 @@ def test_extend_continues_the_chosen_variation_from_the_bar_after_its_end(plugin
 
 @needs_cc
 def test_extend_sends_only_the_last_30_s_of_a_longer_take(plugin_build, jack, start_daemon, tmp_path):
-    """18 bars at 97 BPM 3/4 (33.4 s) from the click model, extended: the continuation is 30 s of it."""
+    """18 bars at 97 BPM 3/4 (33.4 s) from the click model, extended: the continuation is 30 s of it. Extend
+    pressed while the take still streams does nothing."""
     import soundfile
 
-    daemon = start_daemon()
+    daemon = start_daemon("--pace", "0.3")
     Timebase(jack, build_jack_timebase(tmp_path), 97, Meter(3, 4))
     app = App(plugin_build, jack, daemon, tmp_path)
     win = app.win
@@ -414,7 +415,12 @@ def test_extend_sends_only_the_last_30_s_of_a_longer_take(plugin_build, jack, st
         for _ in range(14):
             win.click(BARS_UP)         # 4 -> 18 bars
         win.click(GENERATE)
-        wait_log(app.log, lambda l: len(takes_of(l)) == 1 and " done " in takes_of(l)[0], "the long take ready", 120)
+        wait_log(app.log, lambda l: takes_of(l) and " streaming " in takes_of(l)[0] and " bars0 " not in takes_of(l)[0],
+                 "the long take streaming", 60)
+        win.click(EXTEND)              # not yet: its bars are still arriving
+        wait_log(app.log, lambda l: " done " in takes_of(l)[0], "the long take ready", 120)
+        time.sleep(1)
+        assert len(takes_of(app.log.read_text().splitlines()[-1])) == 1, "a take was extended before it was ready"
         first = wait_for(lambda: app.written(), 30, "the plugin writing the long take")[0]
         assert soundfile.info(str(first)).frames > 30 * 48000, soundfile.info(str(first))
         win.click(EXTEND)
