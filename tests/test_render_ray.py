@@ -29,16 +29,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ray_head():
-    """A one-node Ray cluster with 2 CPUs; the whole process group is stopped afterwards."""
+class Head:
+    def __init__(self, address: str, env: dict):
+        self.address, self.env = address, env
+
+
+@pytest.fixture(scope="module", params=["no token", "a token"])
+def ray_head(request):
+    """A one-node Ray cluster with 2 CPUs, started with a HOME of its own (as the renders are), where
+    ``a token`` puts a token in ~/.ray/auth_token: Ray then starts the head with token authentication (its
+    default whenever a token exists, e.g. after any local ``ray.init()``), and a driver that joins by address
+    must send it. The whole process group is stopped afterwards."""
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env["HOME"] = str(Path(temp) / "home")
+    os.makedirs(env["HOME"])
+    if request.param == "a token":
+        subprocess.run([str(RAY), "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+        assert (Path(env["HOME"]) / ".ray" / "auth_token").is_file()
     port = free_port()
     cmd = [str(RAY), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
            "--num-cpus=2", "--num-gpus=0", f"--temp-dir={temp}", "--include-dashboard=false",
            "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}"]
     log = open(Path(temp) / "head.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -49,7 +63,7 @@ def ray_head():
             time.sleep(0.2)
         else:
             pytest.fail("the Ray head did not start in 60 s")
-        yield f"127.0.0.1:{port}"
+        yield Head(f"127.0.0.1:{port}", env)
     finally:
         proc.terminate()  # `ray start --block` stops its processes on SIGTERM
         try:
@@ -65,15 +79,15 @@ def ray_head():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def render(out: Path, *extra) -> subprocess.CompletedProcess:
+def render(out: Path, *extra, env: dict = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "stemd", "render", *JOB, "--out", str(out), *extra],
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=240, env=env)
 
 
 def test_a_job_on_a_ray_cluster_gives_the_same_manifest_as_a_local_run(ray_head, tmp_path):
     local = render(tmp_path / "local")
     assert local.returncode == 0, local.stderr
-    cluster = render(tmp_path / "ray", "--ray", ray_head)
+    cluster = render(tmp_path / "ray", "--ray", ray_head.address, env=ray_head.env)
     assert cluster.returncode == 0, cluster.stderr
     a = json.loads((tmp_path / "local" / "manifest.json").read_text())
     b = json.loads((tmp_path / "ray" / "manifest.json").read_text())
@@ -85,8 +99,8 @@ def test_a_job_on_a_ray_cluster_gives_the_same_manifest_as_a_local_run(ray_head,
 
 
 def test_a_ray_rerun_skips_what_is_finished(ray_head, tmp_path):
-    assert render(tmp_path, "--ray", ray_head).returncode == 0
-    again = render(tmp_path, "--ray", ray_head)
+    assert render(tmp_path, "--ray", ray_head.address, env=ray_head.env).returncode == 0
+    again = render(tmp_path, "--ray", ray_head.address, env=ray_head.env)
     assert again.returncode == 0 and again.stdout == "" and "24 already finished" in again.stderr
 
 
