@@ -36,10 +36,11 @@ class Head:
 
 @pytest.fixture(scope="module", params=["no token", "a token"])
 def ray_head(request):
-    """A one-node Ray cluster with 2 CPUs, started with a HOME of its own (as the renders are), where
-    ``a token`` puts a token in ~/.ray/auth_token: Ray then starts the head with token authentication (its
-    default whenever a token exists, e.g. after any local ``ray.init()``), and a driver that joins by address
-    must send it. The whole process group is stopped afterwards."""
+    """A one-node Ray cluster with 2 CPUs, started with a HOME of its own (as the renders are), so a token
+    in this machine's ~/.ray (which any local ``ray.init()`` writes) decides nothing. ``a token`` puts one in
+    that HOME: Ray then starts the head with token authentication (its default whenever a token exists), and
+    the renders join it as docs/cluster.md says, with ``RAY_AUTH_MODE=token`` (without it Ray refuses them:
+    InvalidAuthToken). The whole process group is stopped afterwards."""
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env["HOME"] = str(Path(temp) / "home")
@@ -47,6 +48,7 @@ def ray_head(request):
     if request.param == "a token":
         subprocess.run([str(RAY), "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
         assert (Path(env["HOME"]) / ".ray" / "auth_token").is_file()
+        env["RAY_AUTH_MODE"] = "token"
     port = free_port()
     cmd = [str(RAY), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
            "--num-cpus=2", "--num-gpus=0", f"--temp-dir={temp}", "--include-dashboard=false",

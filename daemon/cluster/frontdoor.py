@@ -87,10 +87,9 @@ class Cluster:
         from ray import serve
 
         from stemd.daemon.cluster.replica import Views, deployment
-        from stemd.daemon.render.cluster import _check_reachable, token_auth_if_a_token_exists
+        from stemd.daemon.render.cluster import _check_reachable
 
         _check_reachable(address)
-        token_auth_if_a_token_exists()
         try:
             ray.init(address=address, namespace="stemd", log_to_driver=True, logging_level="WARNING",
                      configure_logging=False)

@@ -57,7 +57,6 @@ def render_on_ray(job: RenderJob, batches: list[Batch], address: str, gather: Ca
     if not batches:
         return
     _check_reachable(address)
-    token_auth_if_a_token_exists()
     try:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR", configure_logging=False)
     except (ConnectionError, ValueError, RuntimeError) as e:
@@ -85,24 +84,6 @@ def render_on_ray(job: RenderJob, batches: list[Batch], address: str, gather: Ca
 
 def say(line: str) -> None:
     print(f"stemd render: {line}", file=sys.stderr, flush=True)
-
-
-def token_auth_if_a_token_exists() -> None:
-    """Speak Ray's token authentication where this machine has a token, as ``ray start`` does.
-
-    Ray (2.5x on) starts a head with token authentication when it finds a token (``RAY_AUTH_TOKEN``,
-    ``RAY_AUTH_TOKEN_PATH`` or ~/.ray/auth_token, which ``ray get-auth-token --generate`` and any local
-    ``ray.init()`` write), but a driver joining it by address sends none unless ``RAY_AUTH_MODE=token``:
-    the head refuses it (InvalidAuthToken) and ``ray.init`` ends in "Failed to connect". A token sent to a
-    head without authentication is ignored, so it is sent wherever one exists. ``RAY_AUTH_MODE`` set by
-    the user is left as it is."""
-    try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available,
-        )
-    except ImportError:         # a Ray without token authentication
-        return
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
