@@ -31,8 +31,26 @@ struct UiTake {
     int64_t startSample = 0;
     uint32_t sampleRate = 48000;
     bool accepted = false;
+    std::string guide;          // the guide it was made with, in a few words ("chords Am | F", "MIDI guide,
+                                // 12 notes"); "" for none
     std::vector<std::string> wavs;  // per variation ("" until written)
     std::shared_ptr<const TakeAudio> audio;
+};
+
+// The guide every request goes with (the `guide` state: a part recorded from the plugin's MIDI input), and
+// the recorder. A recorded guide wins over the `chords` state; without either, requests have no guide.
+struct UiGuide {
+    enum class Recorder { Idle, Armed, Recording };
+    int32_t bars = 0;           // the recorded guide: 0 when none
+    int32_t notes = 0;
+    int32_t fromBar = 0;        // where it was played (0-based bar), at tempo/meter
+    std::string tempo, meter;
+    std::string file;           // its SMF in the takes folder ("" until written)
+    Recorder recorder = Recorder::Idle;
+    int32_t recordBars = 4;     // the guide_bars parameter: what the next recording takes
+    int32_t recordFromBar = 0;  // while recording: its first bar (0-based) and the bars done
+    int32_t recordDone = 0;
+    std::string message;        // the last recording's outcome, one line ("" before any)
 };
 
 struct UiSnapshot {
@@ -43,6 +61,8 @@ struct UiSnapshot {
     std::vector<UiTake> takes;  // newest first
     uint64_t selected = 0;      // serial of the selected take
     std::string daemon, token, prompt, model, key, options, takesDir;
+    std::string chords;         // the `chords` state
+    UiGuide guide;
 };
 
 struct UiPlayhead {
@@ -52,7 +72,9 @@ struct UiPlayhead {
     int64_t auditionAt = 0;     // and how far into it, in frames
 };
 
-enum class UiAction { Next, Previous, Accept, Reroll, Extend, Cancel, Audition, Delete, Reveal };
+// RecordGuide arms the recorder (guide_bars bars from the next bar line while the host plays); while it
+// is armed or recording, it stops it. ClearGuide forgets the recorded guide.
+enum class UiAction { Next, Previous, Accept, Reroll, Extend, Cancel, Audition, Delete, Reveal, RecordGuide, ClearGuide };
 
 class UiApi {
 public:
