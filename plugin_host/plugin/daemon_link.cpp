@@ -52,6 +52,7 @@ namespace {
 
 constexpr size_t kMaxSidecar = 64 * 1024;
 constexpr size_t kMaxContinuationBytes = 64u << 20;  // the daemon's limit on a continuation
+constexpr size_t kMaxGuideBytes = 1u << 20;           // the daemon's limit on a guide SMF
 // A chunk's audio buffer kept between chunks up to this size (a 48 kHz stereo bar of 4/4 at 60 BPM is
 // 1.5 MiB); a larger one is let go after its chunk, as the framing reader does with its packet buffer.
 constexpr size_t kKeepAudioBytes = 2u << 20;
@@ -126,6 +127,11 @@ std::string validate_request(const Request& r) {
             return "continuation must be whole frames of continuation_channels floats";
         if (floats > kMaxContinuationBytes / sizeof(float)) return "continuation must be at most 64 MiB";
     }
+    if (r.guide && (r.guide->empty() || r.guide->size() > kMaxGuideBytes)) return "guide must be 1 byte to 1 MiB";
+    if (r.chords.size() > 4096 || r.chords.find('\0') != std::string::npos)
+        return "chords must be at most 4096 bytes, without NUL";
+    if (r.guide && !r.chords.empty()) return "a request goes with a guide or chords, not both";
+    if (r.guide_strength > 1.0f) return "guide_strength must be 0..1";
     return "";
 }
 
@@ -164,6 +170,9 @@ std::vector<uint8_t> encode_generate(const Request& r) {
         b.s("continuation_rate").i(r.continuation_rate);
         b.s("continuation_channels").i(r.continuation_channels);
     }
+    if (r.guide) b.s("guide").b(r.guide->data(), r.guide->size());
+    if (!r.chords.empty()) b.s("chords").s(r.chords);
+    if (r.guide_strength >= 0.0f) b.s("guide_strength").f(r.guide_strength);
     return b.finish();
 }
 

@@ -44,6 +44,11 @@ struct Request {
     std::shared_ptr<const std::vector<float>> continuation;
     int32_t continuation_rate = 48000;
     int32_t continuation_channels = 2;
+    // a guide the take follows (docs/guides.md): a Standard MIDI File (<= 1 MiB; null = not sent), or chord
+    // symbols per bar (<= 4096 bytes; "" = not sent); never both
+    std::shared_ptr<const std::vector<uint8_t>> guide;
+    std::string chords;
+    float guide_strength = -1.0f;  // 0..1 (ACE-Step); < 0 = not sent
 };
 
 // One row of `/stemd/models/reply`: the nine values per model, in the daemon's order.
