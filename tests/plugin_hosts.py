@@ -540,10 +540,12 @@ NOTE_GENERATE = 6
 
 class JackApp:
     """build/plugin/stemd (DPF's JACK standalone: it reads JACK's transport itself) on the test's server,
-    with a MIDI note sender connected to its input. The binary is copied first (a rebuild during the
-    test does not reach it)."""
+    with a MIDI note sender connected to its input (``sender=False``: none; the test connects its own to
+    ``MIDI_IN``). The binary is copied first (a rebuild during the test does not reach it)."""
 
-    def __init__(self, jack, plugin_dir: Path, folder: Path, env: Optional[dict] = None):
+    MIDI_IN = "stemd:events-in"
+
+    def __init__(self, jack, plugin_dir: Path, folder: Path, env: Optional[dict] = None, sender: bool = True):
         import sys
 
         exe = folder / "stemd-jack"
@@ -553,10 +555,12 @@ class JackApp:
         self.proc = jack.start([str(exe)], stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
                                env={**jack.env, **(env or {})})
         self.outs = self._wait_ports()
+        if not sender:
+            return
         self.sender = jack.start([sys.executable, "-c", NOTE_SENDER, "stemd-notes"], stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         assert read_line(self.sender, 15).strip() == "ready", "the MIDI note sender did not start"
-        out = subprocess.run(["jack_connect", "stemd-notes:out", "stemd:events-in"], capture_output=True, text=True,
+        out = subprocess.run(["jack_connect", "stemd-notes:out", self.MIDI_IN], capture_output=True, text=True,
                              env=jack.env, timeout=20)
         assert out.returncode == 0, out.stderr
 
