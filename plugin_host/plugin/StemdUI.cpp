@@ -6,7 +6,7 @@
 // What it does goes back the same way: the request's settings into the plugin's state and parameters
 // (so the host saves them), and every action to the plugin's worker thread.
 //
-// Keys: only a text box with the focus takes keys (the prompt, key, daemon and token boxes); otherwise
+// Keys: only a text box with the focus takes keys (the prompt, key, chords, daemon and token boxes); otherwise
 // every key handler returns false, so the host keeps its transport and shortcut keys.
 #include "DistrhoPlugin.hpp"
 #include "DistrhoUI.hpp"
@@ -30,12 +30,13 @@ namespace {
 constexpr uint kWidth = 980, kHeight = 640;  // logical pixels at scale 1
 constexpr float kRow = 44.0f;                // one take in the list
 
-enum Param : uint32_t { kBars = 0, kVariations, kStartBar, kGenerate, kVariation, kAudition, kCancel };
+enum Param : uint32_t { kBars = 0, kVariations, kStartBar, kGenerate, kVariation, kAudition, kCancel, kGuideBars = 10 };
 
 enum Hit : int {
     kNone = 0, kPromptBox, kKeyBox, kDaemonBox, kTokenBox, kApplyDaemon, kModelMenu, kBarsDown, kBarsUp,
     kVarsDown, kVarsUp, kStartDown, kStartUp, kGenerateButton, kCancelButton, kPrev, kNext, kAuditionButton,
-    kAcceptButton, kRerollButton, kExtendButton, kDeleteButton, kRevealButton, kOptionDown, kOptionUp, kModelRow = 1000,
+    kAcceptButton, kRerollButton, kExtendButton, kDeleteButton, kRevealButton, kOptionDown, kOptionUp, kChordsBox,
+    kGuideBarsDown, kGuideBarsUp, kRecordButton, kClearButton, kModelRow = 1000,
     kTakeRow = 100000
 };
 
@@ -54,14 +55,34 @@ const Option kSteps{"steps", 8, 1, 1, 200, true};
 const Option kGuidance{"guidance", 3, 0.5f, 0, 20, false};
 const Option kStrength{"strength", 0.5f, 0.05f, 0, 1, false};
 const Option kTemperature{"temperature", 1, 0.05f, 0.05f, 5, false};
+const Option kGuideStrength{"guide_strength", 0.5f, 0.05f, 0, 1, false};
 
 // the keys only some families take (docs/protocol.md, stemd/families.py)
 std::vector<const Option*> familyOptions(const std::string& family)
 {
-    if (family == "musicgen") return {&kTemperature, &kGuidance};
+    if (family == "musicgen" || family == "musicgen-melody") return {&kTemperature, &kGuidance};
     if (family == "stable-audio-3") return {&kSteps, &kGuidance, &kStrength};
-    if (family == "ace-step") return {&kSteps, &kGuidance};
+    if (family == "ace-step") return {&kSteps, &kGuidance, &kGuideStrength};
     return {};
+}
+
+// the families that follow a guide (stemd/families.py: those that take `guide` and `chords`); the daemon
+// refuses a guide for any other
+bool followsGuide(const std::string& family)
+{
+    return family == "musicgen-melody" || family == "stable-audio-3" || family == "ace-step";
+}
+
+// how many bars chord text spans: a bar per '|', up to its last bar with a chord (stemd/guides/chords.py)
+int chordBars(const std::string& text)
+{
+    int bar = 0, last = 0;
+    bool chord = false;
+    for (const char c : text) {
+        if (c == '|') ++bar, chord = false;
+        else if (!chord && c != ' ' && c != '\t') chord = true, last = bar + 1;
+    }
+    return last;
 }
 
 struct TextBox {
@@ -142,6 +163,7 @@ public:
         fKey.limit = 64;
         fDaemon.limit = 300;
         fToken.limit = 256;
+        fChords.limit = 1024;  // characters, up to 4 bytes each: the plugin sends at most 4096 bytes
         if (const char* log = std::getenv("STEMD_UI_LOG")) fLogPath = log;
         if (const char* frames = std::getenv("STEMD_UI_FRAMES")) fFramesPath = frames;
         if (fApi) {
@@ -152,6 +174,8 @@ public:
             fKey.caret = fKey.text.size();
             fDaemon.text = fSnap.daemon;
             fToken.text = fSnap.token;
+            fChords.text = fSnap.chords;
+            fChords.caret = fChords.text.size();
             fModel = fSnap.model;
             readOptions(fSnap.options);
         }
@@ -165,6 +189,7 @@ protected:
         if (index == kBars) fBars = std::clamp(v, 1, 64);
         else if (index == kVariations) fVariations = std::clamp(v, 1, 16);
         else if (index == kStartBar) fStartBar = std::clamp(v, 0, 9999);
+        else if (index == kGuideBars) fGuideBars = std::clamp(v, 1, 64);
         repaint();
     }
 
@@ -177,6 +202,7 @@ protected:
         else if (std::strcmp(key, "daemon") == 0 && fFocus != kDaemonBox) fDaemon.text = text, fDaemon.caret = text.size();
         else if (std::strcmp(key, "token") == 0 && fFocus != kTokenBox) fToken.text = text, fToken.caret = text.size();
         else if (std::strcmp(key, "options") == 0) readOptions(text);
+        else if (std::strcmp(key, "chords") == 0 && fFocus != kChordsBox) fChords.text = text, fChords.caret = text.size();
         repaint();
     }
 
@@ -196,7 +222,7 @@ protected:
     }
 
     // what the window shows of the plugin, in a few bytes: takes, their states and bars, the connection,
-    // the playhead while the host plays
+    // the recorded guide and the recorder, the playhead while the host plays
     bool changed()
     {
         fApi->uiSnapshot(fProbe);
@@ -204,6 +230,11 @@ protected:
         sig.clear();
         sig += fProbe.connection + '\n' + fProbe.lastError + '\n' + std::to_string(fProbe.models.size()) + ' ' +
                std::to_string(fProbe.selected);
+        const stemd::UiGuide& g = fProbe.guide;
+        sig += "|guide" + std::to_string(g.bars) + ' ' + std::to_string(g.notes) + ' ' + std::to_string(g.fromBar) + ' ' +
+               g.tempo + ' ' + g.meter + ' ' + g.file + ' ' + std::to_string(static_cast<int>(g.recorder)) + ' ' +
+               std::to_string(g.recordBars) + ' ' + std::to_string(g.recordFromBar) + ' ' +
+               std::to_string(g.recordDone) + ' ' + g.message + '\n' + fProbe.chords;
         for (const auto& t : fProbe.takes) {
             sig += '|';
             sig += std::to_string(t.serial) + t.state + std::to_string(t.barsReceived) + '.' + std::to_string(t.chosen) +
@@ -236,7 +267,7 @@ protected:
         const float listH = std::max(120.0f, (H - 84) * 0.5f);
         drawTakes(left + 6, 72, W - left - 18, listH);
         drawSelected(left + 6, 72 + listH + 8, W - left - 18, H - 84 - listH - 8);
-        if (fMenuOpen) drawModelMenu(12 + 70, 160, left - 18 - 70);
+        if (fMenuOpen) drawModelMenu(12 + 70, fMenuY, left - 18 - 70);
         writeLog();
         fFrameStart = start;
         fBuildMs = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
@@ -271,66 +302,197 @@ protected:
         button(kApplyDaemon, 500, 44, 90, 24, "Connect", true);
     }
 
-    void drawRequest(float x, float y, float w, float)
+    // The request panel, top to bottom: prompt, model, bars, variations, start, key, the family's own keys, the
+    // guide (chords, the recorded part, the recorder), Generate. Rows are 30 px apart where they fit; a short
+    // window packs them closer (down to 20) so that every control stays inside it.
+    void drawRequest(float x, float y, float w, float h)
     {
+        const stemd::UiModel* model = currentModel();
+        const auto options = familyOptions(model ? model->family : "");
+        const std::string warning = fWarning = guideWarning(model);
+        const float rows = 9.0f + static_cast<float>(options.size());  // prompt box .. Generate, in row pitches
+        const float lines = (warning.empty() ? 2.0f : 3.0f);              // guide, recorder, warning
+        fRowH = 30, fCtlH = 24;
+        float gap = 12, line = 16, licence = model ? 34.0f : 6.0f;
+        if (18 + gap + rows * fRowH + licence + lines * line + 6 > h) {  // short: pack everything closer
+            gap = 4, line = 14, licence = model ? 16.0f : 4.0f;
+            fRowH = std::clamp(std::floor((h - 18 - gap - licence - lines * line - 4) / rows), 20.0f, 30.0f);
+            fCtlH = fRowH - 4;
+        }
         fontSize(13);
         fillColor(170, 170, 170);
         label(x, y + 8, "Prompt (Enter generates)", w);
-        textField(kPromptBox, fPrompt, x, y + 18, w, 30, false);
-        float cy = y + 60;
+        textField(kPromptBox, fPrompt, x, y + 18, w, fRowH, false);
+        float cy = y + 18 + fRowH + gap;
 
-        const stemd::UiModel* model = currentModel();
         fillColor(170, 170, 170);
-        label(x, cy + 12, "Model", 60);
-        button(kModelMenu, x + 70, cy, w - 70, 24, (fModel.empty() ? std::string("daemon's default") : fModel) + "  v", true);
-        cy += 30;
+        label(x, cy + fCtlH / 2, "Model", 60);
+        button(kModelMenu, x + 70, cy, w - 70, fCtlH, (fModel.empty() ? std::string("daemon's default") : fModel) + "  v",
+               true);
+        fMenuY = cy + fCtlH + 4;
+        cy += fRowH;
         if (model) {
             fontSize(12);
             fillColor(170, 170, 170);
-            label(x + 70, cy + 8, model->family + " · licence: " + model->license, w - 70);
-            if (!model->commercial) {
-                fillColor(240, 110, 90);
-                label(x + 70, cy + 24, "NON-COMMERCIAL: takes may not be released commercially", w - 70);
+            const std::string about = model->family + " · licence: " + model->license;
+            if (licence < 20) {  // packed: one line, from the panel's edge
+                float ax = x;
+                if (!model->commercial) {
+                    fillColor(240, 110, 90);
+                    label(x, cy + 8, "NON-COMMERCIAL", w);
+                    Rectangle<float> bounds;
+                    ax += textBounds(0, 0, "NON-COMMERCIAL · ", nullptr, bounds);
+                }
+                fillColor(170, 170, 170);
+                label(ax, cy + 8, about + (model->commercial ? " · commercial use allowed" : ""), x + w - ax);
             } else {
-                fillColor(120, 200, 140);
-                label(x + 70, cy + 24, "commercial use allowed", w - 70);
+                label(x + 70, cy + 8, about, w - 70);
+                fillColor(model->commercial ? Color(120, 200, 140) : Color(240, 110, 90));
+                label(x + 70, cy + 24, model->commercial ? "commercial use allowed"
+                                                         : "NON-COMMERCIAL: takes may not be released commercially", w - 70);
             }
-            cy += 34;
-        } else {
-            cy += 6;
         }
+        cy += licence;
         fontSize(13);
         cy = stepper(x, cy, w, "Bars", std::to_string(fBars), kBarsDown, kBarsUp);
         cy = stepper(x, cy, w, "Variations", std::to_string(fVariations), kVarsDown, kVarsUp);
         cy = stepper(x, cy, w, "Start", fStartBar == 0 ? std::string("next bar") : "bar " + std::to_string(fStartBar),
                      kStartDown, kStartUp);
         fillColor(170, 170, 170);
-        label(x, cy + 12, "Key", 60);
-        textField(kKeyBox, fKey, x + 90, cy, w - 90, 24, false);
-        cy += 30;
-        const auto options = familyOptions(model ? model->family : "");
+        label(x, cy + fCtlH / 2, "Key", 60);
+        textField(kKeyBox, fKey, x + 90, cy, w - 90, fCtlH, false);
+        cy += fRowH;
         for (size_t i = 0; i < options.size(); ++i) {
             const Option& o = *options[i];
             const float v = optionValue(o.key);
             cy = stepper(x, cy, w, o.key, v < 0 ? std::string("model's") : fmt(v, o.integer),
                          kOptionDown + static_cast<int>(i) * 2 + 100, kOptionUp + static_cast<int>(i) * 2 + 100);
         }
-        cy += 6;
-        button(kGenerateButton, x, cy, w * 0.6f - 4, 30, "Generate", fApi != nullptr);
-        button(kCancelButton, x + w * 0.6f, cy, w * 0.4f, 30, "Cancel", true);
+        cy = drawGuide(x, cy, w, line, warning);
+        cy += gap > 10 ? 6 : 2;
+        button(kGenerateButton, x, cy, w * 0.6f - 4, fRowH, "Generate", fApi != nullptr);
+        button(kCancelButton, x + w * 0.6f, cy, w * 0.4f, fRowH, "Cancel", true);
+        fGenerateAt = Rect{x, cy, w * 0.6f - 4, fRowH};
+    }
+
+    // The guide the next request goes with: the chords box, a line saying what is sent, the recorder's row
+    // (bars to record, Record/Stop, Clear) and its state, and a warning when the model cannot follow a guide.
+    float drawGuide(float x, float cy, float w, float line, const std::string& warning)
+    {
+        const stemd::UiGuide& g = fSnap.guide;
+        const bool recorded = g.bars > 0;
+        fontSize(13);
+        fillColor(170, 170, 170);
+        label(x, cy + fCtlH / 2, "Chords", 88);
+        textField(kChordsBox, fChords, x + 90, cy, w - 90, fCtlH, false,
+                  recorded ? "(a recorded guide wins)" : "Am7 | F | C/E . G | G7sus4", recorded);
+        cy += fRowH;
+
+        fontSize(12);
+        fGuideLine = guideLine(w);
+        fillColor(recorded ? Color(120, 200, 140) : Color(170, 170, 170));
+        label(x, cy + line / 2, fGuideLine, w);
+        cy += line;
+
+        fillColor(170, 170, 170);
+        fontSize(13);
+        const float lw = std::min(90.0f, w * 0.29f), cw = w - lw;
+        label(x, cy + fCtlH / 2, "Guide bars", lw - 2);
+        const float sw = cw * 0.45f, rw = cw * 0.3f - 4, clw = cw - sw - rw - 8;
+        button(kGuideBarsDown, x + lw, cy, 26, fCtlH, "-", true);
+        fillColor(230, 230, 230);
+        textAlign(ALIGN_CENTER | ALIGN_MIDDLE);
+        text(x + lw + sw / 2, cy + fCtlH / 2, std::to_string(fGuideBars).c_str(), nullptr);
+        textAlign(ALIGN_LEFT | ALIGN_MIDDLE);
+        button(kGuideBarsUp, x + lw + sw - 26, cy, 26, fCtlH, "+", true);
+        const bool idle = g.recorder == stemd::UiGuide::Recorder::Idle;
+        fRecordLabel = idle ? "Record" : "Stop";
+        fRecordAt = Rect{x + lw + sw + 4, cy, rw, fCtlH};
+        button(kRecordButton, fRecordAt.x, cy, rw, fCtlH, fRecordLabel, fApi != nullptr);
+        button(kClearButton, x + w - clw, cy, clw, fCtlH, "Clear", recorded && fApi != nullptr);
+        cy += fRowH;
+
+        fontSize(11);
+        fRecorderLine = recorderLine(w);
+        fillColor(g.recorder == stemd::UiGuide::Recorder::Recording ? Color(240, 110, 90)
+                  : idle                                            ? Color(150, 150, 160)
+                                                                    : Color(250, 220, 80));
+        label(x, cy + line / 2, fRecorderLine, w);
+        cy += line;
+        if (!warning.empty()) {
+            fillColor(240, 160, 60);
+            label(x, cy + line / 2, fit({warning, warning.substr(0, warning.find(':'))}, w), w);
+            cy += line;
+        }
+        return cy;
+    }
+
+    // what the requests go with now, in one line
+    std::string guideLine(float w)
+    {
+        const stemd::UiGuide& g = fSnap.guide;
+        if (g.bars > 0) {
+            const std::string head = "MIDI guide: " + std::to_string(g.notes) + " notes, " + std::to_string(g.bars) + " bars";
+            const std::string at = " at bar " + std::to_string(g.fromBar + 1);
+            return fit({head + " played" + at + " (" + g.tempo + " BPM " + g.meter + ")", head + at, head}, w);
+        }
+        const int bars = chordBars(fChords.text);
+        if (bars > 0) return "guide: the chords, " + std::to_string(bars) + (bars == 1 ? " bar" : " bars");
+        return "no guide";
+    }
+
+    // the recorder: armed, recording, or the last recording's outcome
+    std::string recorderLine(float w)
+    {
+        const stemd::UiGuide& g = fSnap.guide;
+        switch (g.recorder) {
+        case stemd::UiGuide::Recorder::Armed:
+            return fit({"armed (" + std::to_string(g.recordBars) + " bars): starts at the next bar line while the host plays",
+                        "armed: starts at the next bar line while the host plays", "armed: starts at the next bar line",
+                        "armed"}, w);
+        case stemd::UiGuide::Recorder::Recording:
+            return fit({"recording bar " + std::to_string(std::min(g.recordDone + 1, g.recordBars)) + " of " +
+                        std::to_string(g.recordBars) + " (from bar " + std::to_string(g.recordFromBar + 1) + ")",
+                        "recording bar " + std::to_string(std::min(g.recordDone + 1, g.recordBars)) + " of " +
+                        std::to_string(g.recordBars)}, w);
+        case stemd::UiGuide::Recorder::Idle: break;
+        }
+        return g.message;
+    }
+
+    // why the daemon will refuse this guide, told before it does ("" when it will not)
+    std::string guideWarning(const stemd::UiModel* model) const
+    {
+        const bool recorded = fSnap.guide.bars > 0;
+        const int chords = recorded ? 0 : chordBars(fChords.text);
+        if (!recorded && chords == 0) return "";
+        if (model && !followsGuide(model->family)) return model->family + " cannot follow a guide: the daemon will refuse it";
+        if (chords > fBars)
+            return "the chords have " + std::to_string(chords) + " bars, the take " + std::to_string(fBars) +
+                   ": the daemon will refuse them";
+        return "";
+    }
+
+    // the first of `candidates` that fits in `w` at the current font (the last one, cut, when none does)
+    std::string fit(const std::vector<std::string>& candidates, float w)
+    {
+        Rectangle<float> bounds;
+        for (const auto& c : candidates)
+            if (textBounds(0, 0, c.c_str(), nullptr, bounds) <= w) return c;
+        return candidates.back();
     }
 
     float stepper(float x, float y, float w, const std::string& name, const std::string& value, int down, int up)
     {
         fillColor(170, 170, 170);
-        label(x, y + 12, name, 88);
-        button(down, x + 90, y, 26, 24, "-", true);
+        label(x, y + fCtlH / 2, name, 88);
+        button(down, x + 90, y, 26, fCtlH, "-", true);
         fillColor(230, 230, 230);
         textAlign(ALIGN_CENTER | ALIGN_MIDDLE);
-        text(x + 90 + 26 + (w - 90 - 52) / 2, y + 12, value.c_str(), nullptr);
+        text(x + 90 + 26 + (w - 90 - 52) / 2, y + fCtlH / 2, value.c_str(), nullptr);
         textAlign(ALIGN_LEFT | ALIGN_MIDDLE);
-        button(up, x + w - 26, y, 26, 24, "+", true);
-        return y + 30;
+        button(up, x + w - 26, y, 26, fCtlH, "+", true);
+        return y + fRowH;
     }
 
     void drawTakes(float x, float y, float w, float h)
@@ -360,7 +522,7 @@ protected:
             fillColor(170, 170, 170);
             std::string sub = "bar " + std::to_string(t.startBar + 1) + " · " + (t.model.empty() ? "default model" : t.model) +
                               " · " + std::to_string(t.bars) + " bars · v" + std::to_string(t.chosen + 1) + "/" +
-                              std::to_string(t.variations);
+                              std::to_string(t.variations) + (t.guide.empty() ? "" : " · " + t.guide);
             if (t.state == "failed") sub = t.errorCode + ": " + t.errorMessage;
             if (t.state == "failed") fillColor(240, 120, 100);
             label(x + 8, ry + 31, sub, w - 190);
@@ -404,8 +566,8 @@ protected:
         if (!t) return;
         fontSize(13);
         fillColor(235, 235, 235);
-        label(x + 8, y + 14, t->prompt + "  (" + t->bpm + " BPM " + t->meter + ", bar " + std::to_string(t->startBar + 1) + ")",
-              w - 16);
+        label(x + 8, y + 14, t->prompt + "  (" + t->bpm + " BPM " + t->meter + ", bar " + std::to_string(t->startBar + 1) + ")" +
+              (t->guide.empty() ? "" : "  · " + t->guide), w - 16);
         const float wy = y + 28, wh = std::max(40.0f, h - 28 - 100);
         drawWave(*t, x + 8, wy, w - 16, wh);
         float by = wy + wh + 8;
@@ -564,12 +726,15 @@ protected:
         if (enabled) fHits.push_back({Rect{x, y, w, h}, id});
     }
 
-    void textField(int id, const TextBox& box, float x, float y, float w, float h, bool secret)
+    // `hint`: grey text shown while the box is empty and not focused; `dim`: the box's text does not count now
+    // (drawn grey after the hint, unless the box is focused)
+    void textField(int id, const TextBox& box, float x, float y, float w, float h, bool secret,
+                   const std::string& hint = "", bool dim = false)
     {
         const bool focused = fFocus == id;
         beginPath();
         roundedRect(x, y, w, h, 3);
-        fillColor(18, 19, 22);
+        fillColor(dim ? Color(34, 35, 40) : Color(18, 19, 22));
         fill();
         strokeColor(focused ? Color(110, 160, 240) : Color(80, 80, 90));
         strokeWidth(focused ? 2 : 1);
@@ -578,6 +743,15 @@ protected:
         const std::string shown = secret ? std::string(box.text.size(), '*') : box.text;
         const size_t caret = secret ? box.caret : box.caret;
         fontSize(14);
+        if (!focused && (dim || box.text.empty()) && !hint.empty()) {
+            scissor(x + 2, y, w - 4, h);
+            fillColor(120, 120, 128);
+            textAlign(ALIGN_LEFT | ALIGN_MIDDLE);
+            const std::string shownDim = box.text.empty() ? hint : hint + " " + box.text;
+            text(x + 6, y + h / 2, shownDim.c_str(), nullptr);
+            resetScissor();
+            return;
+        }
         // keep the caret in view: text scrolls left when it is past the box's width
         Rectangle<float> bounds;
         const float caretX = shown.empty() ? 0 : textBounds(0, 0, shown.c_str(), shown.c_str() + caret, bounds);
@@ -611,7 +785,8 @@ protected:
             repaint();
             return true;
         }
-        focus((hit == kPromptBox || hit == kKeyBox || hit == kDaemonBox || hit == kTokenBox) ? hit : kNone);
+        focus((hit == kPromptBox || hit == kKeyBox || hit == kChordsBox || hit == kDaemonBox || hit == kTokenBox) ? hit
+                                                                                                               : kNone);
         if (hit != kDeleteButton) fConfirmDelete = 0;
         if (hit == kNone) return false;
         press(hit);
@@ -634,6 +809,8 @@ protected:
         const uintptr_t native = getWindow().getNativeWindowHandle();
         if (box != kNone && fFocus == kNone) fKeyboardBefore = stemd::takeKeyboard(native);
         else if (box == kNone && fFocus != kNone) stemd::giveBackKeyboard(native, fKeyboardBefore);
+        if (fFocus == kChordsBox && box != kChordsBox && fChords.text != fSnap.chords)
+            setState("chords", fChords.text.c_str());  // kept for the host's project, and for MIDI-note requests
         fFocus = box;
     }
 
@@ -642,6 +819,7 @@ protected:
         switch (fFocus) {
         case kPromptBox: return &fPrompt;
         case kKeyBox: return &fKey;
+        case kChordsBox: return &fChords;
         case kDaemonBox: return &fDaemon;
         case kTokenBox: return &fToken;
         default: return nullptr;
@@ -664,7 +842,7 @@ protected:
         case kKeyEscape: focus(kNone); break;
         case '\r':
         case '\n':
-            if (fFocus == kPromptBox) requestTake();
+            if (fFocus == kPromptBox || fFocus == kChordsBox) requestTake();
             else if (fFocus == kDaemonBox || fFocus == kTokenBox) applyDaemon();
             else focus(kNone);
             break;
@@ -732,6 +910,10 @@ protected:
         case kVarsUp: setParam(kVariations, fVariations = std::min(16, fVariations + 1)); break;
         case kStartDown: setParam(kStartBar, fStartBar = std::max(0, fStartBar - 1)); break;
         case kStartUp: setParam(kStartBar, fStartBar = std::min(9999, fStartBar + 1)); break;
+        case kGuideBarsDown: setParam(kGuideBars, fGuideBars = std::max(1, fGuideBars - 1)); break;
+        case kGuideBarsUp: setParam(kGuideBars, fGuideBars = std::min(64, fGuideBars + 1)); break;
+        case kRecordButton: act(stemd::UiAction::RecordGuide, 0); break;
+        case kClearButton: act(stemd::UiAction::ClearGuide, 0); break;
         case kGenerateButton: requestTake(); break;
         case kCancelButton: act(stemd::UiAction::Cancel, serial); break;
         case kPrev: act(stemd::UiAction::Previous, serial); break;
@@ -776,6 +958,7 @@ protected:
         const std::string options = optionsJson();
         setState("prompt", fPrompt.text.c_str());
         setState("key", fKey.text.c_str());
+        setState("chords", fChords.text.c_str());  // the plugin sends it unless a recorded guide wins
         setState("options", options.c_str());
         fApi->uiGenerate(fPrompt.text, fModel, fKey.text, options, fBars, fVariations, fStartBar);
     }
@@ -844,25 +1027,44 @@ protected:
         return fSnap.takes.empty() ? nullptr : &fSnap.takes.front();
     }
 
-    // STEMD_UI_LOG=<file>: one line per change of what the window shows of the takes (for tests and
-    // bug reports): id, state, bars received, chosen variation, accepted.
+    // STEMD_UI_LOG=<file>: one line per change of what the window shows (for tests and bug reports): the
+    // connection, the guide panel (guide bars, the Record button's label, Clear enabled, where Generate and
+    // Record are, in logical pixels, the guide, recorder and warning lines, the chords box: its text with '|'
+    // written as '¦', "dim" while a recorded guide wins), the prompt, then " | " and each take: id, state, bars
+    // received, chosen variation, accepted, its guide.
     void writeLog()
     {
         if (fLogPath.empty()) return;
+        const auto at = [](const Rect& r) {
+            return std::to_string(std::lround(r.x + r.w / 2)) + "," + std::to_string(std::lround(r.y + r.h / 2));
+        };
         std::string line = "connected=" + std::to_string(fSnap.connected ? 1 : 0) + " models=" +
                            std::to_string(fSnap.models.size()) + " focus=" + std::to_string(fFocus) +
-                           " prompt=" + fPrompt.text;
+                           " guide_bars=" + std::to_string(fGuideBars) + " record=" + fRecordLabel +
+                           " clear=" + (fSnap.guide.bars > 0 ? "1" : "0") + " generate@" + at(fGenerateAt) +
+                           " record@" + at(fRecordAt) + " guide=" + bars(fGuideLine) + " recorder=" +
+                           bars(fRecorderLine) + " warning=" + bars(fWarning) + " chords" +
+                           (fSnap.guide.bars > 0 ? "(dim)=" : "=") + bars(fChords.text) + " prompt=" + fPrompt.text;
         for (const auto& t : fSnap.takes)
             line += " | " + t.id + " " + t.state + " q" + std::to_string(t.queueAhead) + " bars" +
                     std::to_string(t.barsReceived) + " v" + std::to_string(t.chosen + 1) + "/" +
                     std::to_string(t.variations) + (t.accepted ? " accepted" : "") +
-                    (t.serial == fSnap.selected ? " selected" : "") + " prompt=" + t.prompt;
+                    (t.serial == fSnap.selected ? " selected" : "") + (t.guide.empty() ? "" : " guide=" + bars(t.guide)) +
+                    " prompt=" + t.prompt;
         if (line == fLastLog) return;
         fLastLog = line;
         if (FILE* f = std::fopen(fLogPath.c_str(), "a")) {
             std::fprintf(f, "%s\n", line.c_str());
             std::fclose(f);
         }
+    }
+
+    // free text in the log with its '|' as '¦' (" | " separates the takes)
+    static std::string bars(const std::string& text)
+    {
+        std::string out;
+        for (const char c : text) out += c == '|' ? std::string("\u00a6") : std::string(1, c);
+        return out;
     }
 
 private:
@@ -875,10 +1077,13 @@ private:
     uintptr_t fKeyboardBefore = 0;  // who had the keyboard before a text box took it (X11)
     bool fMenuOpen = false;
     uint64_t fConfirmDelete = 0;
-    TextBox fPrompt, fKey, fDaemon, fToken;
+    TextBox fPrompt, fKey, fDaemon, fToken, fChords;
     std::string fModel;
     std::vector<std::pair<std::string, float>> fOptions;
-    int fBars = 4, fVariations = 1, fStartBar = 0;
+    int fBars = 4, fVariations = 1, fStartBar = 0, fGuideBars = 4;
+    float fRowH = 30, fCtlH = 24, fMenuY = 160;  // the request panel's row pitch and control height (it packs)
+    std::string fGuideLine, fRecorderLine, fRecordLabel, fWarning;  // as drawn this frame (for the log)
+    Rect fGenerateAt{0, 0, 0, 0}, fRecordAt{0, 0, 0, 0};
     std::string fLogPath, fLastLog;
     stemd::UiSnapshot fProbe;       // uiIdle's read, to see whether anything changed
     std::string fSignature[2];
