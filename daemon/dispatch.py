@@ -61,7 +61,7 @@ def generate(service: Service, client: Any, args: tuple) -> None:
                             "or a shorter meter)", rid)
     # the model, and whether the request fits its device's memory with it (too_large before any work)
     slot = service.pool.check(request.model, float(request.seconds), request.variations, rid)
-    check_keys(request, slot.family, slot.name)      # unsupported_key before any work, loaded or not
+    check_keys(request, slot.family, slot.name, slot.holds)     # unsupported_key before any work, loaded or not
     if request.seed is None:  # fixed now, so a preempted take resumes with the same bars (and the sidecar says it)
         request = dataclasses.replace(request, seed=random_seed())
     if request.continuation_path:

@@ -71,6 +71,7 @@ class Slot:
     license: dict = field(default_factory=dict)
     test_model: bool = False
     dtype: str = ""                     # what it runs in (before it loads: what it will)
+    holds: Optional[frozenset] = None   # the checkpoint's components (a diffusers pipeline's); None: not one
     engine: Optional[Engine] = None
     device: Optional[str] = None        # where it is loaded (or being loaded)
     held: int = 0                       # bytes its tensors hold on the device once loaded
@@ -103,15 +104,17 @@ class Slot:
 def locate_slot(entry: ModelEntry, device: str) -> Slot:
     """What is known of ``entry`` before it loads: found on disk (ModelNotFound otherwise), its family,
     licence card, whether it is a test model, the dtype it will run in on its device (``entry.device``,
-    else ``device``) and its footprint. Nothing loads."""
+    else ``device``), its footprint and the components it holds. Nothing loads."""
     from stemd.licenses import card_for_model, is_test_model
+    from stemd.models.diffusion.loading import pipeline_parts
 
     family, folder = locate(entry.source)
     backend = planned_backend(family, entry.device or device, entry.backend, entry.dtype)
     dtype = planned_dtype(family, entry.device or device, entry.dtype, backend)
     test_model = folder is not None and is_test_model(folder)
     card = card_for_model(family, folder, test_model=test_model)
-    return Slot(entry, family, folder, footprint(family, folder, dtype, backend), card, test_model, dtype)
+    return Slot(entry, family, folder, footprint(family, folder, dtype, backend), card, test_model, dtype,
+                pipeline_parts(folder))
 
 
 Loader = Callable[[ModelEntry, str], Engine]
@@ -152,8 +155,8 @@ class ModelPool:
         except (StemdError, OSError, ValueError, KeyError):
             pass                       # an engine of no checkpoint stemd can read: no estimate
         slot = Slot(ModelEntry(name or derive_name(engine.name), engine.name), family, folder, fp,
-                    dict(info.get("license") or {}), bool(info.get("test_model")), engine=engine, device=device,
-                    held=device_bytes(engine))
+                    dict(info.get("license") or {}), bool(info.get("test_model")), holds=getattr(engine, "holds", None),
+                    engine=engine, device=device, held=device_bytes(engine))
         return cls([], [device], {device: UNLIMITED if budget is None else budget}, slots=[slot])
 
     def preload(self, name: str = "") -> Engine:

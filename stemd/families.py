@@ -4,12 +4,19 @@ Most generate keys (prompt, bars, bpm, meter, seed ...) are every model's. The k
 families' only; a request that sets one its model's family lacks is refused with ``unsupported_key``
 when it arrives, before ``/stemd/accepted``, whether the model is loaded or not (the daemon knows every
 model's family from the start). The engines read the same table when a take starts (:func:`check_spec`), so
-an engine used on its own refuses the same keys. docs/protocol.md lists it. Core: no torch.
+an engine used on its own refuses the same keys. docs/protocol.md lists it.
+
+Some tasks need a part that only some checkpoints of a family hold (ACE-Step's cover of a guide needs its audio
+tokenizer and detokenizer, which a checkpoint may leave out): :data:`NEEDS`. The daemon reads what each
+checkpoint holds when it locates the model (``model_index.json``: models/diffusion/loading.py, no weights loaded)
+and refuses such a request the same way, before ``/stemd/accepted``; the engine checks the parts it loaded.
+Core: no torch.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from dataclasses import dataclass
+from typing import Callable, Collection, Mapping, Optional
 
 from stemd.protocol import MODEL_KEYS, GenerateRequest, ProtocolError
 from stemd.sampling import DEFAULT_SAMPLING, Sampling
@@ -24,6 +31,25 @@ FAMILY_KEYS = {
 }
 #: the keys that only some families take
 FAMILY_ONLY = (*Sampling.TOKEN_KEYS, "guidance", *MODEL_KEYS)
+
+
+@dataclass(frozen=True)
+class Need:
+    """A task of ``family`` that needs ``parts`` (a checkpoint's components) beyond what every checkpoint of
+    the family holds: asked for when ``asks(keys set)``; ``instead``: what a producer can ask for without them."""
+
+    family: str
+    task: str
+    asks: Callable[[frozenset], bool]
+    parts: tuple[str, ...]
+    instead: str
+
+
+#: the tasks some checkpoints of a family cannot do
+NEEDS = (
+    Need("ace-step", "a cover of a guide", lambda keys: bool(keys & {"guide", "chords"}) and "track" not in keys,
+         ("audio_tokenizer", "audio_token_detokenizer"), "give track NAME with the guide (the lego task) instead"),
+)
 
 
 def keys_given(sampling: Sampling, values: Mapping) -> list[str]:
@@ -52,13 +78,33 @@ def refuse_lacking(keys: list[str], family: str, model: str, request_id: str = "
                                f"none of {', '.join(FAMILY_ONLY)}"), request_id)
 
 
-def check_keys(request: GenerateRequest, family: str, model: str) -> None:
-    """What the daemon's dispatch and ``stemd render`` ask before any work: :func:`refuse_lacking` for the keys
-    ``request`` sets."""
-    refuse_lacking(keys_set(request), family, model, request.request_id)
+def refuse_missing(keys: list[str], family: str, model: str, holds: Optional[Collection[str]],
+                   request_id: str = "") -> None:
+    """Refuse (``unsupported_key``) a task of :data:`NEEDS` that ``keys`` ask for and the checkpoint lacks a part
+    of; ``holds``: the parts the checkpoint holds (None: whatever its family may need)."""
+    if holds is None:
+        return
+    asked = frozenset(keys)
+    for need in NEEDS:
+        missing = [part for part in need.parts if part not in holds]
+        if need.family == family and missing and need.asks(asked):
+            raise ProtocolError("unsupported_key", f"{model} ({family}) has no {', '.join(missing)}, which "
+                                f"{need.task} needs: {need.instead}", request_id)
 
 
-def check_spec(spec, family: str, model: str) -> None:
+def check_keys(request: GenerateRequest, family: str, model: str,
+               holds: Optional[Collection[str]] = None) -> None:
+    """What the daemon's dispatch and ``stemd render`` ask before any work: :func:`refuse_lacking` and
+    :func:`refuse_missing` for the keys ``request`` sets."""
+    keys = keys_set(request)
+    refuse_lacking(keys, family, model, request.request_id)
+    refuse_missing(keys, family, model, holds, request.request_id)
+
+
+def check_spec(spec, family: str, model: str, holds: Optional[Collection[str]] = None) -> None:
     """What an engine asks when it starts a take (``spec``: a ``stemd.models.base.GenerationSpec``, whose
-    ``extra`` holds the model keys): the same table, so an engine used without the daemon refuses the same keys."""
-    refuse_lacking(keys_given(spec.sampling, spec.extra), family, model)
+    ``extra`` holds the model keys): the same tables, so an engine used without the daemon refuses the same keys;
+    ``holds``: the parts the engine loaded."""
+    keys = keys_given(spec.sampling, spec.extra)
+    refuse_lacking(keys, family, model)
+    refuse_missing(keys, family, model, holds)

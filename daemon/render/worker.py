@@ -48,7 +48,8 @@ class BatchRenderer:
     def render(self, batch: Batch) -> list[TakeFiles]:
         job, request = self.job, batch.request
         engine = self.engine(batch.model)
-        check_keys(request, engine.info().get("family", ""), batch.model_name)   # as the daemon's dispatch does
+        check_keys(request, engine.info().get("family", ""), batch.model_name,   # as the daemon's dispatch does
+                   getattr(engine, "holds", None))
         started = time.perf_counter()
         conform: list = []
         audio = render_take(engine, spec_from_request(request, engine), conform=conform)  # (variations, channels, n)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from stemd.families import check_spec
 from stemd.models.base import GenerationSpec
 from stemd.models.diffusion.canvas import LatentFrames
 from stemd.models.diffusion.engine import DiffusionEngine
@@ -116,9 +117,9 @@ class AceStepEngine(DiffusionEngine):
                                     "task, which has none")
             return self.pipe(task_type="lego", track_name=track, src_audio=guide, audio_duration=canvas,
                              **args).audios
-        if self.pipe.audio_tokenizer is None or self.pipe.audio_token_detokenizer is None:
-            raise ProtocolError("unsupported_key", f"{self.name} has no audio tokenizer, which ACE-Step's cover of a "
-                                "guide needs: give track NAME with the guide (the lego task) instead")
+        # a cover needs the audio tokenizer and detokenizer, which a checkpoint may leave out: the daemon refused it
+        # before accepting (stemd/families.py's NEEDS, from the parts it located); this holds for raw() called alone
+        check_spec(spec, self.family, self.name, self.holds)
         strength = spec.extra.get("guide_strength")
         return self.pipe(task_type="cover", src_audio=guide, audio_duration=canvas,
                          audio_cover_strength=1.0 if strength is None else float(strength), **args).audios

@@ -95,6 +95,12 @@ class DiffusionEngine(Engine):
             self._weights_sha256 = weights_sha256(self.folder)
         return self._weights_sha256
 
+    @property
+    def holds(self) -> frozenset:
+        """The pipeline's components this checkpoint has (an optional one may be left out): what stemd/families.py's
+        NEEDS are checked against."""
+        return frozenset(name for name, part in self.pipe.components.items() if part is not None)
+
     def latent_frames(self, pipe) -> LatentFrames:
         """The model's latent frames and its longest canvas."""
         raise NotImplementedError
@@ -176,7 +182,7 @@ class DiffusionEngine(Engine):
     def stream(self, spec: GenerationSpec, *, should_stop=never_stop, on_progress=no_progress) -> AudioStream:
         from stemd.families import check_spec
 
-        check_spec(spec, self.family, self.name)     # the keys this family takes: stemd/families.py's table
+        check_spec(spec, self.family, self.name, self.holds)   # the keys this family and checkpoint take: stemd/families.py
         return AudioStream(sample_rate=self.sample_rate, channels=2, blocks=self._blocks(spec, should_stop, on_progress),
                            on_grid=False, tempo_hint=float(spec.grid.tempo.bpm))
 

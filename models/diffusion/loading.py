@@ -90,3 +90,15 @@ def missing(model: str, family: str) -> ModelNotFound:
     hint = FETCH_HINTS[family].format(model=model)
     return ModelNotFound(f"model {model!r} not found: no folder {Path(model).expanduser().resolve()} and no "
                          f"snapshot in the Hugging Face cache {constants.HF_HUB_CACHE}; to fetch it: {hint}")
+
+
+def pipeline_parts(folder: Optional[Path]) -> Optional[frozenset]:
+    """The components a pipeline folder holds, read from its ``model_index.json`` without loading anything: those
+    named with a library and class (diffusers writes ``[null, null]`` for an optional one left out) whose sub-folder
+    exists. None for a folder that is not a diffusers pipeline (MusicGen, click)."""
+    if folder is None or not (Path(folder) / "model_index.json").is_file():
+        return None
+    index = json.loads((Path(folder) / "model_index.json").read_text())
+    return frozenset(name for name, value in index.items()
+                     if not name.startswith("_") and isinstance(value, list) and len(value) == 2 and all(value)
+                     and (Path(folder) / name).is_dir())

@@ -165,9 +165,13 @@ def build_test_pipeline(arch: str, seed: int = 0):
     return pipe
 
 
-def write_test_pipeline(directory, arch: str, seed: int = 0) -> Path:
-    """Write a random-init pipeline of ``arch`` in diffusers' layout to ``directory``; returns the folder."""
+def write_test_pipeline(directory, arch: str, seed: int = 0, without: tuple = ()) -> Path:
+    """Write a random-init pipeline of ``arch`` in diffusers' layout to ``directory``; returns the folder.
+    ``without``: optional components left out, as a checkpoint converted without them (``model_index.json``
+    names them ``[null, null]``), e.g. ACE-Step's ``audio_tokenizer`` and ``audio_token_detokenizer``."""
     pipe = build_test_pipeline(arch, seed)
+    if without:
+        pipe.register_modules(**{name: None for name in without})
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out, safe_serialization=True)

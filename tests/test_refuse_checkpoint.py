@@ -1,0 +1,98 @@
+"""A task the checkpoint cannot do is refused when the request arrives, before ``/stemd/accepted``, whether the
+model is loaded or not: the daemon reads which components each checkpoint holds when it locates it
+(``model_index.json``, no weights loaded). Here ACE-Step's cover of a guide, which needs the audio tokenizer and
+detokenizer, on an ACE-Step test model (the real architecture with random weights, built here) saved without them,
+at 97 BPM 3/4 and 7/8."""
+
+from __future__ import annotations
+
+import pytest
+
+from daemon_fixtures import TcpClient
+from stemd.families import refuse_missing
+from stemd.protocol import ProtocolError
+
+TOKENIZER = ("audio_tokenizer", "audio_token_detokenizer")
+COVER = ("chords", "Am | F | C")
+
+
+@pytest.fixture(scope="module")
+def no_tokenizer(tmp_path_factory):
+    pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    from stemd.models.diffusion.testmodels import write_test_pipeline
+
+    return write_test_pipeline(tmp_path_factory.mktemp("acestep-tiny-no-tokenizer"), "acestep-tiny", without=TOKENIZER)
+
+
+def replies_to(client: TcpClient, rid: str, meter: str, *keys) -> list:
+    """Every reply to a 3-bar generate at 97 BPM up to what a ping sent after it gets."""
+    client.send("/stemd/generate", rid, "bars", 3, "bpm", 97, "meter", meter, *keys)
+    client.send("/stemd/ping")
+    return [m for m in client.until("/stemd/pong") if m.address != "/stemd/pong"]
+
+
+def assert_refused_cover(got: list, rid: str, model: str) -> None:
+    assert [(m.address, m.args[:2]) for m in got] == [("/stemd/error", (rid, "unsupported_key"))], got
+    assert got[0].args[2].startswith(f"{model} (ace-step) has no audio_tokenizer, audio_token_detokenizer, which a "
+                                     "cover of a guide needs"), got[0].args[2]
+
+
+def test_the_checkpoint_folder_says_which_components_it_holds(no_tokenizer):
+    from stemd.models.diffusion.loading import pipeline_parts
+
+    held = pipeline_parts(no_tokenizer)
+    assert {"transformer", "vae", "text_encoder", "condition_encoder"} <= held
+    assert not held & set(TOKENIZER)
+    assert pipeline_parts(None) is None and pipeline_parts(no_tokenizer / "vae") is None    # not a pipeline
+
+
+def test_a_cover_is_refused_only_where_a_part_it_needs_is_missing():
+    with pytest.raises(ProtocolError, match="m \\(ace-step\\) has no audio_token_detokenizer, which") as e:
+        refuse_missing(["guide"], "ace-step", "m", {"audio_tokenizer", "vae"}, "r1")
+    assert (e.value.code, e.value.request_id) == ("unsupported_key", "r1")
+    refuse_missing(["chords", "track"], "ace-step", "m", {"vae"})      # lego over the guide needs no tokenizer
+    refuse_missing(["chords"], "ace-step", "m", set(TOKENIZER))         # a checkpoint that has them
+    refuse_missing(["chords"], "ace-step", "m", None)                   # parts unknown: the engine checks
+    refuse_missing(["chords"], "stable-audio-3", "m", {"vae"})          # another family's task
+
+
+def test_a_loaded_checkpoint_without_its_audio_tokenizer_refuses_a_cover_before_accepting(start_daemon, no_tokenizer):
+    daemon = start_daemon("--device", "cpu", model=str(no_tokenizer))     # the first model loads before it listens
+    client = TcpClient(daemon.port)
+    client.send("/stemd/models")
+    model = client.until("/stemd/models/reply")[-1].args
+    assert model[2:4] == ("ace-step", 1)                                  # loaded
+    for rid, meter in (("c1", "3/4"), ("c2", "7/8")):
+        assert_refused_cover(replies_to(client, rid, meter, *COVER), rid, model[1])
+    # the lego task over the same guide needs no tokenizer: accepted (then cancelled)
+    got = replies_to(client, "l1", "7/8", *COVER, "track", "bass")
+    assert got[0].address == "/stemd/accepted", got
+    client.send("/stemd/cancel", "l1")
+    client.close()
+
+
+def test_a_checkpoint_not_loaded_yet_refuses_a_cover_before_accepting_and_stays_unloaded(start_daemon, no_tokenizer):
+    daemon = start_daemon("--model", f"ace={no_tokenizer}", "--device", "cpu", model="click")
+    client = TcpClient(daemon.port)
+    for rid, meter in (("c1", "3/4"), ("c2", "7/8")):
+        assert_refused_cover(replies_to(client, rid, meter, "model", "ace", *COVER), rid, "ace")
+    client.send("/stemd/models")
+    assert client.until("/stemd/models/reply")[-1].args[10:13] == ("ace", "ace-step", 0)    # never loaded
+    client.close()
+
+
+def test_the_engine_refuses_the_same_cover_with_the_same_words(no_tokenizer):
+    from stemd.models.base import GenerationSpec
+    from stemd.models.registry import load_engine
+    from stemd.protocol import GenerateRequest
+    from stemd.daemon.takeio import spec_from_request
+
+    engine = load_engine(str(no_tokenizer), device="cpu")
+    spec: GenerationSpec = spec_from_request(GenerateRequest("e1", bars=2, bpm=97, meter="3/4", chords="Am | F"), engine)
+    for run in (engine.stream, engine.raw):                   # raw() alone too: the cover's own backstop
+        with pytest.raises(ProtocolError) as e:
+            run(spec)
+        assert e.value.code == "unsupported_key"
+        assert e.value.message.startswith(f"{engine.name} (ace-step) has no audio_tokenizer, audio_token_detokenizer, "
+                                          "which a cover of a guide needs"), e.value.message
