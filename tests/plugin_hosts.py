@@ -536,6 +536,8 @@ for line in sys.stdin:
 
 #: the plugin's reserved MIDI note that asks for a take with its current parameters (docs/plugin.md)
 NOTE_GENERATE = 6
+#: the reserved note that arms the guide recorder (guide_bars bars from the next bar line; docs/plugin.md)
+NOTE_RECORD_GUIDE = 7
 
 
 class JackApp:

@@ -7,7 +7,8 @@ system call made through libc, and writes the counts when the process exits. Whi
 from a real ``stemd serve`` (paced, so bars keep arriving while the transport rolls over them) and
 plays, the counts must be zero, over thousands of run() calls.
 
-The same runs for the JACK standalone (DPF's own JACK host), a take asked for by MIDI note 6.
+The same runs for the JACK standalone (DPF's own JACK host), a take asked for by MIDI note 6 while a guide
+is recorded from its MIDI input (note 7 arms the recorder; run() keeps each note it plays).
 
 The first test shows the probe sees such calls: a small program that allocates, locks and writes
 between the two calls is counted, call by call.
@@ -22,9 +23,10 @@ import time
 import pytest
 
 
-from plugin_hosts import (NOTE_GENERATE, JackApp, Jalv, Timebase, build_jack_timebase, build_rt_probe, compile_c,
+from plugin_hosts import (NOTE_GENERATE, NOTE_RECORD_GUIDE, JackApp, Jalv, Timebase, build_jack_timebase, build_rt_probe, compile_c,
                           needs_cc, needs_jalv, plugin_build, read_rt_probe)  # noqa: F401 (fixture)
-from stemd.timing import Meter
+from stemd.guides.smf import read_smf
+from stemd.timing import Grid, Meter
 
 pytestmark = needs_cc
 
@@ -132,9 +134,16 @@ def test_the_jack_app_run_makes_no_allocation_lock_or_system_call_while_a_take_s
     timebase.tell("locate 0")
     timebase.tell("play")
     timebase.roll_to(48000 // 4)
+    app.note(NOTE_RECORD_GUIDE)                # a guide recorded too: bars 2-5, run() keeping every event
     app.note(NOTE_GENERATE)                    # 4 bars from bar 2
+    timebase.roll_to(Grid(97, "3/4").bar_start_sample(1, 48000) + 4800)
+    for pitch in (60, 64, 67, 72):             # inside bar 2: the guide's
+        app.note(pitch)
     daemon.wait_log("-> done", timeout=30)
-    time.sleep(2.0)                            # the last bars play (bar 6 ends 9.3 s in)
+    deadline = time.monotonic() + 20           # the recording ends at bar 6 (9.3 s in)
+    while not list((tmp_path / "plugin-takes").glob("guide-*.mid")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
     timebase.tell("stop")
     jack.stop(app.proc)                        # SIGTERM: the app closes and exits, the probe reports
     lines = [line for line in read_rt_probe(report) if line["entries"]]
@@ -143,3 +152,6 @@ def test_the_jack_app_run_makes_no_allocation_lock_or_system_call_while_a_take_s
     assert counts["entries"] > 1000, counts
     assert {k: counts[k] for k in ("alloc", "free", "lock", "syscall", "futex")} == \
         dict(alloc=0, free=0, lock=0, syscall=0, futex=0), counts
+    guides = list((tmp_path / "plugin-takes").glob("guide-*.mid"))
+    assert len(guides) == 1, f"no guide was recorded: {app.log.read_text()[-2000:]}"
+    assert [n.pitch for n in read_smf(guides[0].read_bytes())] == [60, 64, 67, 72]

@@ -14,6 +14,7 @@
 #include "DistrhoPluginUtils.hpp"
 
 #include "daemon_link.hpp"
+#include "guide_recorder.hpp"
 #include "spsc.hpp"
 #include "take_store.hpp"
 #include "transport.hpp"
@@ -50,26 +51,28 @@ namespace {
 
 enum Param : uint32_t {
     kBars = 0, kVariations, kStartBar, kGenerate, kVariation, kAudition, kCancel,
-    kConnected, kBarsReceived, kParamCount
+    kConnected, kBarsReceived, kRecordGuide, kGuideBars, kParamCount
 };
 
 enum StateKey : uint32_t {
-    kDaemon = 0, kToken, kPrompt, kModel, kTakesDir, kSlots, kTakes, kStatus, kKey, kOptions, kStateCount
+    kDaemon = 0, kToken, kPrompt, kModel, kTakesDir, kSlots, kTakes, kStatus, kKey, kOptions, kChords, kGuide,
+    kStateCount
 };
 
 const char* const kStateKeys[kStateCount] = {
-    "daemon", "token", "prompt", "model", "takes_dir", "slots", "takes", "status", "key", "options"};
+    "daemon", "token", "prompt", "model", "takes_dir", "slots", "takes", "status", "key", "options", "chords", "guide"};
 
 // MIDI notes 0-11 (octave -1) are reserved for these; every other note may be a slot
 enum ReservedNote : uint8_t {
     kNoteReroll = 0, kNoteNextVariation = 1, kNoteAccept = 2, kNoteCancel = 3, kNotePreviousVariation = 4,
-    kNoteAudition = 5, kNoteGenerate = 6, kLastReservedNote = 11
+    kNoteAudition = 5, kNoteGenerate = 6, kNoteRecordGuide = 7, kNoteClearGuide = 8, kLastReservedNote = 11
 };
 
 constexpr size_t kMaxLiveTakes = 64;                 // takes run() can play at once
 constexpr uint64_t kMaxTakeBytes = 2ull << 30;       // one take's audio, all variations
 constexpr int32_t kContinuationSeconds = 30;         // an extend sends at most this much of the take's end
 constexpr size_t kMaxStateText = 4u << 20;           // a `takes` or `slots` state we accept
+constexpr size_t kMaxGuideBytes = 1u << 20;          // a guide SMF (the daemon's limit)
 
 std::string envOr(const char* name, const std::string& fallback)
 {
@@ -112,6 +115,59 @@ bool splitAddress(const std::string& address, std::string& host, uint16_t& port)
     if (value < 1 || value > 65535) return false;
     port = static_cast<uint16_t>(value);
     return true;
+}
+
+std::string trimmed(const std::string& text)
+{
+    const size_t first = text.find_first_not_of(" \t\r\n");
+    if (first == std::string::npos) return std::string();
+    return text.substr(first, text.find_last_not_of(" \t\r\n") - first + 1);
+}
+
+// A file of at most `maxBytes`; false with `error`.
+bool readSmall(const std::string& path, size_t maxBytes, std::string& out, std::string& error)
+{
+    std::ifstream f(path, std::ios::binary);
+    if (!f) {
+        error = std::strerror(errno);
+        return false;
+    }
+    out.assign(maxBytes + 1, '\0');
+    f.read(&out[0], static_cast<std::streamsize>(out.size()));
+    out.resize(static_cast<size_t>(f.gcount()));
+    if (out.size() > maxBytes) {
+        error = "over " + std::to_string(maxBytes >> 10) + " KiB";
+        return false;
+    }
+    return true;
+}
+
+std::string utcStamp()
+{
+    const std::time_t now = std::time(nullptr);
+    std::tm tm{};
+#if defined(_WIN32)
+    gmtime_s(&tm, &now);
+#else
+    gmtime_r(&now, &tm);
+#endif
+    char buf[32];
+    std::strftime(buf, sizeof buf, "%Y%m%d-%H%M%S", &tm);
+    return buf;
+}
+
+const char* stoppedBecause(stemd::GuideRecorder::Why why)
+{
+    using Why = stemd::GuideRecorder::Why;
+    switch (why) {
+    case Why::Cancelled: return "stopped by Record";
+    case Why::TransportStopped: return "the transport stopped";
+    case Why::Jumped: return "the transport jumped (a locate or a loop)";
+    case Why::GridChanged: return "the tempo, meter or sample rate changed";
+    case Why::TooManyNotes: return "more than 4096 notes were played (a guide holds at most 4096)";
+    case Why::None: break;
+    }
+    return "it was stopped";
 }
 
 struct RtProbe {  // the real-time probe hook (tests/rt_probe.c); absent in a normal host
@@ -222,6 +278,8 @@ protected:
             p.hints = 0;
             setRange(p, "Bars received", "bars_received", 0, 4096, 0, kParameterIsOutput | kParameterIsInteger);
             break;
+        case kRecordGuide: setRange(p, "Record guide", "record_guide", 0, 1, 0, kParameterIsBoolean); break;
+        case kGuideBars: setRange(p, "Guide bars", "guide_bars", 1, 64, 4, kParameterIsInteger); break;
         }
     }
 
@@ -242,8 +300,8 @@ protected:
 
     void setParameterValue(uint32_t index, float value) override
     {
-        if (index >= kParamCount || index >= kConnected) return;
-        if (index == kGenerate || index == kAudition || index == kCancel) {
+        if (index >= kParamCount || index == kConnected || index == kBarsReceived) return;
+        if (index == kGenerate || index == kAudition || index == kCancel || index == kRecordGuide) {
             // fires once as the host's value rises to 0.5 or above: DPF 1.6 hands no host change of a
             // kParameterIsTrigger parameter to the plugin in VST3 and CLAP, so these are plain switches.
             // An LV2 host keeps the port's value and restores it with the project: DPF hands it over
@@ -276,9 +334,13 @@ protected:
             loadTakes(text);
             return;
         }
+        if (std::strcmp(key, "guide") == 0) {
+            loadGuide(text);
+            return;
+        }
         const std::lock_guard<std::mutex> lock(fMutex);
         for (uint32_t i = 0; i < kStateCount; ++i) {
-            if (std::strcmp(key, kStateKeys[i]) != 0 || i == kStatus || i == kTakes) continue;
+            if (std::strcmp(key, kStateKeys[i]) != 0 || i == kStatus || i == kTakes || i == kGuide) continue;
             if (text.size() > kMaxStateText) {
                 fLastError = std::string("state ") + key + " over 4 MiB: ignored";
                 return;
@@ -311,11 +373,19 @@ protected:
         const int64_t ts = followTransport(pos, rate, frames);
         const bool playing = pos.playing;
 
+        // MIDI: notes 0-11 are the plugin's controls; while a guide is armed or recording, the rest are the
+        // guide's (with program changes), else notes 12-127 fire slots
+        const bool guiding = fGuideRecorder.block(fGrid, ts, frames, playing);
         for (uint32_t i = 0; i < midiCount; ++i) {
             const MidiEvent& ev = midi[i];
-            if (ev.size >= 3 && (ev.data[0] & 0xF0) == 0x90 && ev.data[2] > 0)
+            if (ev.size < 2 || ev.size > MidiEvent::kDataSize) continue;
+            const bool note = (ev.data[0] & 0xE0) == 0x80;  // note off or on
+            const bool control = note && ev.data[1] <= kLastReservedNote;
+            if (note && ev.size >= 3 && (ev.data[0] & 0xF0) == 0x90 && ev.data[2] > 0 && (control || !guiding))
                 fNotes.push(NoteCommand{static_cast<uint8_t>(ev.data[1] & 0x7F), ev.data[2]});
+            if (guiding && !control) fGuideRecorder.event(ev.frame, ev.data, ev.size);
         }
+        fGuideRecorder.endBlock();
 
         // the takes that can sound now: published, at this rate; newest first
         const TakeAudio* takes[kMaxLiveTakes];
@@ -485,8 +555,13 @@ private:
             for (NoteCommand note{}; fNotes.pop(note);) notes.push_back(note.note);
             const uint32_t generate = fTriggers[kGenerate].load(std::memory_order_acquire);
             const uint32_t cancel = fTriggers[kCancel].load(std::memory_order_acquire);
+            const uint32_t record = fTriggers[kRecordGuide].load(std::memory_order_acquire);
             const float variation = fParams[kVariation].load(std::memory_order_relaxed);
             lock.unlock();
+            if (record != seen[kRecordGuide]) {
+                seen[kRecordGuide] = record;
+                toggleGuideRecording();
+            }
             if (generate != seen[kGenerate] && fSnapValid.load()) {  // waits for run() to have seen the transport
                 seen[kGenerate] = generate;
                 generateFromParameters();
@@ -501,6 +576,7 @@ private:
             }
             for (const uint8_t note : notes) onNote(note);
             uiRunActions();
+            collectGuide();
             writeFinishedTakes();
             conformRates();
             lock.lock();
@@ -537,8 +613,9 @@ private:
 
     // A request for `bars` bars from `startBar` (0-based; < 0: the next bar line), at the host's tempo,
     // meter and rate as run() last saw them. `like`: a re-roll's take, whose key and family keys the
-    // request repeats (else the window's current ones). `continuation`: audio at `continuationRate` (stereo
-    // interleaved) the take continues from (extend).
+    // request repeats (else the window's current ones), and its guide when it is not extended.
+    // `continuation`: audio at `continuationRate` (stereo interleaved) the take continues from (extend).
+    // The guide: the recorded one (the `guide` state), else the `chords` state; a re-roll repeats its take's.
     void generate(const std::string& prompt, const std::string& model, int32_t bars, int32_t variations,
                   int32_t startBar, const TakeRecord* like = nullptr,
                   std::shared_ptr<const std::vector<float>> continuation = nullptr, uint32_t continuationRate = 0)
@@ -563,10 +640,26 @@ private:
             request.continuation_rate = static_cast<int32_t>(continuationRate);
             request.continuation_channels = 2;
         }
-        std::string options;
+        std::string options, guideFile;
         {
             const std::lock_guard<std::mutex> lock(fMutex);
             options = uiRequestKeys(request, like);  // key, steps, guidance, strength, temperature (ui_access.inc)
+            if (like && !request.continuation) {
+                request.guide = like->guide;
+                request.chords = like->chords;
+                guideFile = like->guideFile;
+            } else {
+                request.guide = fGuide;
+                if (!fGuide) request.chords = trimmed(fStates[kChords]);
+            }
+        }
+        std::string guideError;
+        if (!request.guide && !guideFile.empty()) {  // a take reopened from a project: its guide is its file
+            std::string bytes;
+            if (readSmall(guideFile, kMaxGuideBytes, bytes, guideError))
+                request.guide = std::make_shared<const std::vector<uint8_t>>(bytes.begin(), bytes.end());
+            else
+                guideError = "its guide, " + guideFile + ", cannot be read: " + guideError;
         }
 
         TakeRecord take;
@@ -577,6 +670,8 @@ private:
         take.meter = request.meter;
         take.key = request.key;
         take.options = options;
+        take.chords = request.chords;
+        take.guide = request.guide;
         take.startBar = startBar;
         take.bars = bars;
         take.variations = variations;
@@ -592,7 +687,7 @@ private:
         } else {
             take.audio = std::make_shared<TakeAudio>(fSerial.fetch_add(1) + 1, take.startSample, grid, startBar, bars, variations);
         }
-        const std::string error = stemd::validate_request(request);
+        const std::string error = guideError.empty() ? stemd::validate_request(request) : guideError;
         if (!error.empty() && take.errorCode.empty()) {
             take.state = "failed";
             take.errorCode = "bad_request";
@@ -711,6 +806,8 @@ private:
             case kNoteCancel: cancelSelected(); break;
             case kNoteAudition: fTriggers[kAudition].fetch_add(1, std::memory_order_release); break;
             case kNoteGenerate: generateFromParameters(); break;
+            case kNoteRecordGuide: toggleGuideRecording(); break;
+            case kNoteClearGuide: clearGuide(); break;
             default: break;
             }
             return;
@@ -779,6 +876,144 @@ private:
         if (!take) return;
         take->accepted = true;
         for (auto& file : take->files) file.rewrite = file.written;  // their sidecars say accepted now
+    }
+
+    // ---- the guide (worker) ------------------------------------------------------------------------------------
+    // Record (the record_guide switch, note 7, the window): arms the recorder for guide_bars bars; while it is
+    // armed or recording, stops it.
+    void toggleGuideRecording()
+    {
+        using Phase = stemd::GuideRecorder::Phase;
+        const Phase phase = fGuideRecorder.phase();
+        const std::lock_guard<std::mutex> lock(fMutex);
+        if (phase == Phase::Armed || phase == Phase::Recording) {
+            fGuideRecorder.stop();
+            if (phase == Phase::Armed) fGuideMessage = "not recorded: stopped before it started";
+            return;
+        }
+        if (phase != Phase::Idle) return;  // a recording just ended: collectGuide() takes it first
+        const int32_t bars = std::clamp(static_cast<int32_t>(fParams[kGuideBars].load() + 0.5f), 1, 64);
+        if (fGuideRecorder.arm(bars))
+            fGuideMessage = "armed: " + std::to_string(bars) + (bars == 1 ? " bar" : " bars") +
+                            " from the next bar line once the host plays";
+    }
+
+    // A recording that ended: its SMF becomes the guide (the `guide` state and a guide-*.mid file in the
+    // takes folder); one stopped or empty leaves the guide as it was and says why.
+    void collectGuide()
+    {
+        using Phase = stemd::GuideRecorder::Phase;
+        const Phase phase = fGuideRecorder.phase();
+        if (phase != Phase::Done && phase != Phase::Stopped) return;
+        const stemd::GuideRecorder::Why why = fGuideRecorder.why();
+        const int32_t from = fGuideRecorder.fromBar() + 1, bars = fGuideRecorder.bars();
+        stemd::RecordedGuide guide;
+        std::string error;
+        if (!fGuideRecorder.finish(guide, error)) {
+            const std::lock_guard<std::mutex> lock(fMutex);
+            fGuideMessage = phase == Phase::Stopped
+                                ? "not recorded: " + std::string(stoppedBecause(why)) + " in bars " + std::to_string(from) +
+                                      "-" + std::to_string(from + bars - 1) + "; the guide is as it was"
+                                : error;
+            fLastError = "guide: " + fGuideMessage;
+            return;
+        }
+        std::string folder;
+        {
+            const std::lock_guard<std::mutex> lock(fMutex);
+            folder = fStates[kTakesDir];
+        }
+        std::string path;
+        std::error_code ec;
+        std::filesystem::create_directories(folder, ec);
+        const std::string stem = (std::filesystem::path(folder) / ("guide-" + utcStamp())).string();
+        for (int n = 0; n < 1000; ++n) {
+            path = stem + (n ? "-" + std::to_string(n) : std::string()) + ".mid";
+            if (stemd::atomicWrite(path, guide.smf, error, false)) break;
+            path.clear();
+            if (error.compare(0, 7, "exists:") != 0) break;
+        }
+        char bpm[48];
+        GuideInfo info;
+        info.bars = guide.bars;
+        info.notes = static_cast<int32_t>(guide.notes.size());
+        info.fromBar = guide.fromBar;
+        info.tempo = stemd::tempoText(guide.tempo, bpm, sizeof bpm);
+        info.meter = std::to_string(guide.meter.numerator) + "/" + std::to_string(guide.meter.denominator);
+        info.file = path;
+        const std::string state = "{\"smf\": \"" + stemd::base64Encode(guide.smf) + "\", \"bars\": " +
+                                  std::to_string(info.bars) + ", \"notes\": " + std::to_string(info.notes) +
+                                  ", \"from_bar\": " + std::to_string(info.fromBar) + ", \"bpm\": " +
+                                  stemd::jsonString(info.tempo) + ", \"meter\": " + stemd::jsonString(info.meter) +
+                                  ", \"file\": " + stemd::jsonString(path) + "}";
+        const std::lock_guard<std::mutex> lock(fMutex);
+        fGuide = std::make_shared<const std::vector<uint8_t>>(guide.smf.begin(), guide.smf.end());
+        fGuideInfo = info;
+        fStates[kGuide] = state;
+        fGuideMessage = "recorded " + std::to_string(info.notes) + (info.notes == 1 ? " note" : " notes") + " in bars " +
+                        std::to_string(from) + "-" + std::to_string(from + bars - 1) +
+                        (path.empty() ? ": its file was not written (" + error + ")" : "");
+        if (path.empty()) fLastError = "guide: " + fGuideMessage;
+    }
+
+    void clearGuide()
+    {
+        const std::lock_guard<std::mutex> lock(fMutex);
+        if (!fGuide) return;
+        fGuide.reset();
+        fGuideInfo = GuideInfo();
+        fStates[kGuide].clear();
+        fGuideMessage = "guide cleared: requests go with the chords, if any";
+    }
+
+    // The `guide` state from a saved project (host thread): "" forgets the guide.
+    void loadGuide(const std::string& text)
+    {
+        std::shared_ptr<const std::vector<uint8_t>> smf;
+        GuideInfo info;
+        std::string error;
+        if (!trimmed(text).empty()) {
+            stemd::Json json;
+            std::string bytes;
+            if (text.size() > kMaxStateText || !stemd::parseJson(text, json, error) || json.type != stemd::Json::Type::Object)
+                error = "not a JSON object" + (error.empty() ? std::string() : " (" + error + ")");
+            else if (!stemd::base64Decode(json.str("smf"), bytes, kMaxGuideBytes) || bytes.compare(0, 4, "MThd") != 0)
+                error = "its smf is not a Standard MIDI File of at most 1 MiB in base64";
+            if (!error.empty()) {
+                const std::lock_guard<std::mutex> lock(fMutex);
+                fLastError = "guide state not read: " + error + ": the guide is as it was";
+                return;
+            }
+            smf = std::make_shared<const std::vector<uint8_t>>(bytes.begin(), bytes.end());
+            info.bars = static_cast<int32_t>(std::clamp(json.num("bars"), 0.0, 1024.0));
+            info.notes = static_cast<int32_t>(std::clamp(json.num("notes"), 0.0, 1e6));
+            info.fromBar = static_cast<int32_t>(std::clamp(json.num("from_bar"), 0.0, 1e6));
+            info.tempo = json.str("bpm").substr(0, 32);
+            info.meter = json.str("meter").substr(0, 8);
+            info.file = json.str("file").substr(0, 4096);
+        }
+        const std::lock_guard<std::mutex> lock(fMutex);
+        fGuide = std::move(smf);
+        fGuideInfo = info;
+        fStates[kGuide] = fGuide ? text : std::string();
+    }
+
+    // The take's MIDI guide beside its WAV as NAME.mid (NAME: the take's, without a variation), written once
+    // per folder; its path, or "" when it has none or it could not be written (the sidecar then names none).
+    std::string writeTakeGuide(const TakeRecord& take, const std::string& folder)
+    {
+        namespace fs = std::filesystem;
+        if (!take.guide) return take.guideFile;
+        std::error_code ec;
+        const std::string path =
+            fs::absolute(fs::path(folder) / (stemd::takeName(take.prompt, take.startBar, take.takeNumber, 0, false) + ".mid"), ec)
+                .string();
+        if (take.guideFile == path && fs::exists(path, ec)) return path;
+        std::string error;
+        if (stemd::atomicWrite(path, std::string(take.guide->begin(), take.guide->end()), error)) return path;
+        const std::lock_guard<std::mutex> lock(fMutex);
+        fLastError = "take " + take.id + ": its guide was not written: " + error;
+        return std::string();
     }
 
     // ---- takes to disk (worker) -------------------------------------------------------------------------------
@@ -864,6 +1099,7 @@ private:
             if (daemonJson.empty()) daemonJson = before;
         }
         if (received.empty()) received = utcNow();
+        const std::string guideFile = writeTakeGuide(take, folder);
         std::string partial;
         if (kept < take.bars)
             partial = ", \"partial\": {\"bars_kept\": " + std::to_string(kept) + ", \"bars\": " +
@@ -878,6 +1114,7 @@ private:
                                ", \"channels\": 2, \"frames\": " + std::to_string(frames) +
                                ", \"format\": \"float32\", \"accepted\": " + (take.accepted ? "true" : "false") +
                                ", \"received\": " + stemd::jsonString(received) + partial;
+        if (!guideFile.empty()) delivery += ", \"guide_file\": " + stemd::jsonString(fs::path(guideFile).filename().string());
         std::string sidecar = daemonJson.empty() ? "" : stemd::sidecarWithDelivery(daemonJson, delivery + "}");
         const bool missing = sidecar.empty();
         if (missing)
@@ -895,6 +1132,7 @@ private:
         TakeRecord* t = findLocked(take.id);
         if (!t) return;
         t->takeNumber = take.takeNumber;
+        if (!guideFile.empty()) t->guideFile = guideFile;
         stemd::TakeFile& onDisk = t->files[static_cast<size_t>(variation)];
         if (!ok) {
             onDisk.written = false;
@@ -1169,7 +1407,7 @@ private:
 
     // ---- members -----------------------------------------------------------------------------------------------
     // parameters: set by the host (any thread), read everywhere
-    std::atomic<float> fParams[kParamCount] = {{4}, {1}, {0}, {0}, {1}, {0}, {0}, {0}, {0}};
+    std::atomic<float> fParams[kParamCount] = {{4}, {1}, {0}, {0}, {1}, {0}, {0}, {0}, {0}, {0}, {4}};
     std::atomic<uint32_t> fTriggers[kParamCount] = {};
     std::atomic<bool> fTriggerHigh[kParamCount] = {};
     std::atomic<bool> fRan{false};  // run() has returned once: a switch's value since is the host's press
@@ -1206,6 +1444,16 @@ private:
     std::string fConnection, fModels, fLastError, fIdPrefix;
     bool fConnected = false, fLinkDirty = false, fQuit = false;
     uint64_t fRequestCount = 0;
+
+    // the guide: the recorder (its buffer run()'s, its phase shared) and, under fMutex, the recorded guide
+    struct GuideInfo {
+        int32_t bars = 0, notes = 0, fromBar = 0;
+        std::string tempo, meter, file;
+    };
+    stemd::GuideRecorder fGuideRecorder;
+    std::shared_ptr<const std::vector<uint8_t>> fGuide;
+    GuideInfo fGuideInfo;
+    std::string fGuideMessage;
 
     stemd::DaemonLink fLink;
     std::thread fWorker;

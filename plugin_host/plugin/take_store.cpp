@@ -341,7 +341,7 @@ int32_t nextTakeNumber(const std::string& folder, const std::string& prefix)
     return highest + 1;
 }
 
-bool atomicWrite(const std::string& path, const std::string& data, std::string& error)
+bool atomicWrite(const std::string& path, const std::string& data, std::string& error, bool replace)
 {
     std::random_device rd;
     char suffix[32];
@@ -370,6 +370,21 @@ bool atomicWrite(const std::string& path, const std::string& data, std::string& 
     }
 #endif
     std::error_code ec;
+#if !defined(_WIN32)
+    if (!replace) {  // published only where no file is: link() fails on an existing name, rename() would not
+        const bool linked = ::link(partial.c_str(), path.c_str()) == 0;
+        const int why = errno;
+        std::remove(partial.c_str());
+        if (!linked) error = why == EEXIST ? "exists: " + path : "cannot write " + path + ": " + std::strerror(why);
+        return linked;
+    }
+#else
+    if (!replace && std::filesystem::exists(path, ec)) {
+        std::remove(partial.c_str());
+        error = "exists: " + path;
+        return false;
+    }
+#endif
     std::filesystem::rename(partial, path, ec);
     if (ec) {
         error = "cannot rename " + partial + ": " + ec.message();
@@ -680,6 +695,8 @@ std::string takesToJson(const std::vector<TakeRecord>& takes)
                ", \"start_sample\": " + std::to_string(t.startSample) +
                ", \"take\": " + std::to_string(t.takeNumber) + ", \"chosen\": " + std::to_string(t.chosen + 1) +
                ", \"accepted\": " + (t.accepted ? "true" : "false") + ", \"state\": " + jsonString(t.state);
+        if (!t.chords.empty()) out += ", \"chords\": " + jsonString(t.chords);
+        if (!t.guideFile.empty()) out += ", \"guide_file\": " + jsonString(t.guideFile);
         if (!t.errorCode.empty())
             out += ", \"error\": {\"code\": " + jsonString(t.errorCode) + ", \"message\": " +
                    jsonString(t.errorMessage) + "}";
@@ -714,6 +731,8 @@ bool takesFromJson(const std::string& text, std::vector<TakeRecord>& out, std::s
         t.model = item.str("model");
         t.key = item.str("key").substr(0, 64);
         t.options = item.str("options").substr(0, 4096);
+        t.chords = item.str("chords").substr(0, 4096);
+        t.guideFile = item.str("guide_file").substr(0, 4096);
         t.bpm = item.str("bpm", "120");
         t.meter = item.str("meter", "4/4");
         const double startBar = item.num("start_bar", -1), bars = item.num("bars", 0),

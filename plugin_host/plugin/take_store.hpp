@@ -58,8 +58,9 @@ std::string takeName(const std::string& prompt, int32_t startBar, int32_t take, 
 // 1 + the highest take number in `folder` for names starting with `prefix` + "_take".
 int32_t nextTakeNumber(const std::string& folder, const std::string& prefix);
 
-// `data` into `path` through `path.<random>.partial`, synced, then renamed; false with `error`.
-bool atomicWrite(const std::string& path, const std::string& data, std::string& error);
+// `data` into `path` through `path.<random>.partial`, synced, then renamed; false with `error`. With
+// `replace` false an existing `path` is left as it is (false, `error` "exists: PATH").
+bool atomicWrite(const std::string& path, const std::string& data, std::string& error, bool replace = true);
 // A RIFF/WAVE float32 file of interleaved `frames` x `channels` samples.
 std::string wavFloat32(const float* interleaved, int64_t frames, int32_t channels, uint32_t sampleRate);
 // Reads a WAV file (float32, or PCM 16/24/32; mono or stereo) as stereo float32 into `out`
@@ -137,6 +138,11 @@ struct TakeRecord {
     std::string model;
     std::string key;           // the request's key, and its family keys (a JSON object): what a re-roll repeats
     std::string options;
+    // the guide it was made with: chord symbols, or a MIDI guide (its SMF in memory, and once written the
+    // path of its copy beside the take's WAV, NAME.mid); what a re-roll repeats
+    std::string chords;
+    std::shared_ptr<const std::vector<uint8_t>> guide;
+    std::string guideFile;
     std::string bpm = "120";   // exact, as sent: "num/den" or "num"
     std::string meter = "4/4";
     int32_t startBar = 0;      // 0-based (DAW bar 1 = 0)
