@@ -1393,6 +1393,7 @@ private:
         if (otherRate)
             s += "; " + std::to_string(otherRate) + " silent: made at " + std::to_string(takeRate) +
                  " Hz, the host runs at " + std::to_string(hostRate) + " Hz (being resampled)";
+        if (!fGuideMessage.empty()) s += "; guide: " + fGuideMessage;
         if (!fLastError.empty()) s += "; last error: " + fLastError;
         return s;
     }
