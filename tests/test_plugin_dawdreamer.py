@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -362,3 +363,57 @@ def test_a_midi_note_fires_its_slot_at_the_next_bar_line_and_a_reserved_note_pic
     wait_for(lambda: all(json.loads(w.with_suffix(".json").read_text())["delivery"]["accepted"] for w in wavs), 10,
              "the sidecars do not say accepted")
     assert takes_state(plugin, tmp_path)[0]["accepted"] is True
+
+
+def test_a_guide_played_into_the_vst3_is_recorded_where_it_was_played_and_goes_with_the_next_request(
+        vst3, dawdreamer, plugin_env, tmp_path):
+    """Record (the record_guide switch) arms the recorder; DawDreamer plays notes into the VST3 at exact
+    samples while it renders 150 BPM 4/4 from bar 1; the recorded SMF holds them at their positions relative
+    to the bars (within 1/960 quarter; the bound is 1/96), the one still held at the end cut there, and the
+    guide is in the project's state. Then a request goes with it: the click engine, which cannot follow a
+    guide, refuses it with unsupported_key."""
+    from stemd.guides.smf import read_smf
+
+    daemon, takes_dir = plugin_env
+    engine, plugin = new_plugin(dawdreamer, vst3)
+    engine.render(0.1)
+    set_plain(plugin, "Guide bars", 2, 1, 64)
+    plugin.set_parameter(parameter_index(plugin, "Record guide"), 1.0)
+    engine.render(0.1)                                # run() hands the switch over; the worker arms
+    wait_for(lambda: "guide: armed: 2 bars" in read_states(plugin, tmp_path / "state.bin")[0]["status"], 10,
+             "the recorder was not armed")
+    quarter = Fraction(60, 150)                       # seconds
+    played = [(Fraction(0), 60, Fraction(1, 2)),      # (quarters from bar 1, pitch, length in quarters)
+              (Fraction(3, 2), 64, Fraction(1)),
+              (Fraction(10, 3), 67, Fraction(1, 4)),  # a triplet's position: 64,000 samples
+              (Fraction(7), 72, Fraction(3))]         # held past the end of bar 2: cut at quarter 8
+    for q, pitch, length in played:
+        plugin.add_midi_note(pitch, 100, float(q * quarter), float(length * quarter))
+    engine.render(3.6)                                # bars 1-2 end at 3.2 s
+    guides = wait_for(lambda: sorted(takes_dir.glob("guide-*.mid")), 10, "no guide was written")
+    notes = read_smf(guides[0].read_bytes())
+    assert [n.pitch for n in notes] == [60, 64, 67, 72]
+    for note, (q, _, length) in zip(notes, played):
+        assert abs(note.start - q) <= Fraction(1, 960), (note, q)            # 1/96 quarter is the bound
+    assert notes[-1].start + notes[-1].length == 8                             # cut at the last bar line
+    state = json.loads(read_states(plugin, tmp_path / "state.bin")[0]["guide"])
+    assert (state["bars"], state["notes"], state["from_bar"], state["bpm"], state["meter"]) == (2, 4, 0, "150", "4/4")
+
+    plugin.clear_midi()
+    plugin.set_parameter(parameter_index(plugin, "Record guide"), 0.0)
+    ask_for_take(engine, plugin, bars=2, daw_bar=3)
+    take = wait_for(lambda: [t for t in takes_state(plugin, tmp_path) if t["state"] == "failed"], 30,
+                    "the request with a guide was not refused")[0]
+    assert take["error"]["code"] == "unsupported_key" and "guide" in take["error"]["message"]
+
+
+def test_chords_typed_into_the_plugin_go_with_the_request(vst3, dawdreamer, plugin_env, tmp_path):
+    daemon, takes_dir = plugin_env
+    engine, plugin = new_plugin(dawdreamer, vst3)
+    engine.render(0.1)
+    write_states(plugin, tmp_path / "state.bin", chords="Am | F")
+    ask_for_take(engine, plugin)
+    take = wait_for(lambda: [t for t in takes_state(plugin, tmp_path) if t["state"] == "failed"], 30,
+                    "the request with chords was not refused")[0]
+    assert take["error"]["code"] == "unsupported_key" and "chords" in take["error"]["message"]
+    assert take["chords"] == "Am | F"
