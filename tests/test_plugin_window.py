@@ -433,6 +433,161 @@ def test_extend_sends_only_the_last_30_s_of_a_longer_take(plugin_build, jack, st
         app.close()
 
 
+# the request panel's guide row (click family: no keys of its own), in the window's pixels at scale 1
+GUIDE_BARS_UP = (202, 374)
+RECORD = (255, 374)
+CLEAR = (324, 374)
+SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
+PANEL = re.compile(r"guide_bars=(?P<guide_bars>\d+) record=(?P<record>\S+) clear=(?P<clear>[01]) "
+                   r"generate@(?P<generate>\d+,\d+) record@(?P<record_at>\d+,\d+) chords@(?P<chords_at>\d+,\d+) "
+                   r"guide=(?P<guide>.*) recorder=(?P<recorder>.*) warning=(?P<warning>.*) "
+                   r"chords(?P<dim>\(dim\))?=(?P<chords>.*) prompt=")
+
+
+def panel(line: str) -> dict:
+    """The guide panel as the window drew it, from a STEMD_UI_LOG line (free text shows '|' as '¦')."""
+    m = PANEL.search(line.split(" | ")[0])
+    assert m, f"no guide panel in the window's log line {line!r}"
+    return m.groupdict()
+
+
+def point(text: str) -> tuple[int, int]:
+    x, y = text.split(",")
+    return int(x), int(y)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None or shutil.which("fluidsynth") is None
+                    or not SOUNDFONT.exists(),
+                    reason="torch (a MusicGen melody test model), the fluidsynth program or Debian's fluid-soundfont-gm "
+                           "is missing")
+@needs_cc
+def test_chords_typed_in_the_window_go_with_the_request_at_97_bpm_3_4(plugin_build, jack, start_daemon, tmp_path,
+                                                                     tmp_path_factory):
+    """A MusicGen melody test model (a family that follows a guide) at 97 BPM 3/4: chords typed in the window's
+    box, one bar split by beats, are what the daemon's sidecar says the request carried; the window says the
+    next request goes with 3 bars of chords, warns of nothing, and the take lists its guide."""
+    from stemd.models.musicgen.testmodel import write_test_model
+
+    melody = write_test_model(tmp_path_factory.mktemp("melody-tiny"), "musicgen-melody-tiny")
+    daemon = start_daemon("--device", "cpu", "--pace", "0.3", model=str(melody))
+    Timebase(jack, build_jack_timebase(tmp_path), 97, Meter(3, 4))
+    app = App(plugin_build, jack, daemon, tmp_path)
+    win, log = app.win, app.log
+    chords = "Am7 | F . C/E | G7sus4"
+    try:
+        line = wait_log(log, lambda l: "connected=1" in l and "models=1" in l, "the daemon connected", 60)
+        assert panel(line)["guide"] == "no guide", line
+        win.click(PROMPT)
+        win.type("felt piano")
+        win.click(BARS_DOWN)           # 4 -> 3 bars: the chords' length
+        win.click(point(panel(line)["chords_at"]))
+        win.type(chords)
+        line = wait_log(log, lambda l: panel(l)["chords"] == chords.replace("|", "¦"), "the typed chords", 10)
+        assert panel(line)["guide"] == "guide: the chords, 3 bars", line
+        assert panel(line)["warning"] == "", line  # musicgen-melody follows a guide
+        win.shot("chords")
+        win.click(point(panel(line)["generate"]))
+        done = wait_log(log, lambda l: len(takes_of(l)) == 1 and " done " in takes_of(l)[0], "the take ready", 180)
+        assert "chords" in takes_of(done)[0].split(" guide=")[1], done  # the take list shows its guide
+        win.shot("chords-take")
+        wavs = wait_for(lambda: app.written(), 30, "the plugin writing the take")
+        made = json.loads(wavs[0].with_suffix(".json").read_text())
+        assert made["request"]["chords"] == chords, made["request"]
+        assert (made["bars"], made["tempo"], made["meter"]) == (3, 97.0, "3/4"), made
+        assert app.proc.poll() is None, "the JACK app exited"
+    finally:
+        app.close()
+
+
+def test_the_window_warns_when_the_model_cannot_follow_chords_and_the_daemon_refuses_them(plugin_build, jack,
+                                                                                          start_daemon, tmp_path):
+    """The click model follows no guide: with chords typed the window says so in orange before Generate, and the
+    daemon, given them, refuses the take (unsupported_key): the chords went with the request."""
+    daemon = start_daemon()
+    app = App(plugin_build, jack, daemon, tmp_path)
+    win, log = app.win, app.log
+    try:
+        line = wait_log(log, lambda l: "connected=1" in l and "models=1" in l, "the daemon connected", 60)
+        assert panel(line)["warning"] == "", line  # no chords, no guide: nothing to warn of
+        win.click(PROMPT)
+        win.type("rimshot")
+        win.click(point(panel(line)["chords_at"]))
+        win.type("Dm | G7")
+        line = wait_log(log, lambda l: panel(l)["chords"] == "Dm ¦ G7", "the typed chords", 10)
+        assert panel(line)["warning"] == "click cannot follow a guide: the daemon will refuse it", line
+        win.xdo("key", "Return")      # Enter in the chords box generates
+        failed = wait_log(log, lambda l: len(takes_of(l)) == 1 and " failed " in takes_of(l)[0], "the take refused", 30)
+        assert " error=unsupported_key (click (click) has no chords;" in takes_of(failed)[0], failed
+        assert app.written() == [], "a take was written for a refused request"
+    finally:
+        app.close()
+
+
+def test_record_arms_the_recorder_which_waits_while_the_host_is_stopped(plugin_build, jack, start_daemon, tmp_path):
+    """No timebase master: JACK's transport stays stopped. Guide bars 4 -> 6 reaches the plugin's recorder, Record
+    arms it (the button says Stop, the window the bars and that it waits for the next bar line) and it stays armed;
+    Clear stays disabled with no guide recorded; Stop disarms it."""
+    app = App(plugin_build, jack, start_daemon(), tmp_path)
+    win, log = app.win, app.log
+    try:
+        line = wait_log(log, lambda l: "connected=1" in l and "models=1" in l, "the daemon connected", 60)
+        assert (panel(line)["record"], panel(line)["clear"], panel(line)["guide_bars"]) == ("Record", "0", "4"), line
+        assert point(panel(line)["record_at"]) == RECORD, line
+        for _ in range(2):
+            win.click(GUIDE_BARS_UP)
+        wait_log(log, lambda l: panel(l)["guide_bars"] == "6", "guide bars 6", 10)
+        win.click(RECORD)
+        armed = wait_log(log, lambda l: panel(l)["record"] == "Stop", "the recorder armed", 10)
+        assert panel(armed)["recorder"].startswith("armed (6 bars): starts at the next bar line"), armed
+        win.shot("armed")
+        win.click(CLEAR)               # disabled: nothing to clear
+        time.sleep(3)
+        still = log.read_text().splitlines()[-1]
+        assert panel(still)["record"] == "Stop" and panel(still)["recorder"].startswith("armed"), still
+        assert panel(still)["clear"] == "0", still
+        win.click(RECORD)              # Stop
+        stopped = wait_log(log, lambda l: panel(l)["record"] == "Record", "the recorder stopped", 10)
+        assert not panel(stopped)["recorder"].startswith("armed"), stopped
+        assert app.proc.poll() is None, "the JACK app exited"
+    finally:
+        app.close()
+
+
+def test_at_its_smallest_640x460_every_request_control_is_inside_the_window_and_generate_works(plugin_build, jack,
+                                                                                                start_daemon, tmp_path):
+    """The window made as small as it goes (640x460): the request panel packs its rows; Generate and Record lie
+    inside the window, and Generate, clicked where it is drawn, makes a take."""
+    daemon = start_daemon("--pace", "0.2")
+    app = App(plugin_build, jack, daemon, tmp_path)
+    win, log = app.win, app.log
+    try:
+        line = wait_log(log, lambda l: "connected=1" in l and "models=1" in l, "the daemon connected", 60)
+        win.click(point(panel(line)["chords_at"]))
+        win.type("C | G")              # a warning line too (click cannot follow it): the longest panel
+        big = panel(wait_log(log, lambda l: panel(l)["warning"] != "", "the warning", 10))
+        win.xdo("windowsize", win.id, "640", "460")
+        small = panel(wait_log(log, lambda l: panel(l)["generate"] != big["generate"], "the window packed at 640x460",
+                               20))
+        geometry = win.xdo_output("getwindowgeometry", win.id)
+        assert "Geometry: 640x460" in geometry, geometry
+        assert small["warning"].startswith("click cannot follow a guide"), small
+        for name in ("generate", "record_at", "chords_at"):  # each whole control above the panel's 12 px margin
+            x, y = point(small[name])
+            assert 0 < x < 640 and 0 < y <= 460 - 12 - 15, (name, small)
+        win.shot("smallest")
+        win.click(point(small["chords_at"]))
+        win.xdo("key", "ctrl+u")        # no chords: the click model makes the take
+        win.click(PROMPT)
+        win.type("claves")
+        cleared = panel(wait_log(log, lambda l: panel(l)["chords"] == "", "the chords cleared", 10))
+        x, y = point(cleared["generate"])  # without the warning line the panel may unpack: still inside
+        assert 0 < x < 640 and 0 < y <= 460 - 12 - 15, cleared
+        win.click((x, y))
+        wait_log(log, lambda l: len(takes_of(l)) == 1 and " done " in takes_of(l)[0], "the take ready", 60)
+    finally:
+        app.close()
+
+
 def playhead_x(shot: Path) -> Optional[int]:
     """The column of the waveform's playhead (its yellow line) in a screenshot of the window, or None."""
     from PIL import Image

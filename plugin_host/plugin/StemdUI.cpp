@@ -384,6 +384,7 @@ protected:
         fontSize(13);
         fillColor(170, 170, 170);
         label(x, cy + fCtlH / 2, "Chords", 88);
+        fChordsAt = Rect{x + 90, cy, w - 90, fCtlH};
         textField(kChordsBox, fChords, x + 90, cy, w - 90, fCtlH, false,
                   recorded ? "(a recorded guide wins)" : "Am7 | F | C/E . G | G7sus4", recorded);
         cy += fRowH;
@@ -409,7 +410,8 @@ protected:
         fRecordLabel = idle ? "Record" : "Stop";
         fRecordAt = Rect{x + lw + sw + 4, cy, rw, fCtlH};
         button(kRecordButton, fRecordAt.x, cy, rw, fCtlH, fRecordLabel, fApi != nullptr);
-        button(kClearButton, x + w - clw, cy, clw, fCtlH, "Clear", recorded && fApi != nullptr);
+        fClearEnabled = recorded && fApi != nullptr;
+        button(kClearButton, x + w - clw, cy, clw, fCtlH, "Clear", fClearEnabled);
         cy += fRowH;
 
         fontSize(11);
@@ -1028,10 +1030,10 @@ protected:
     }
 
     // STEMD_UI_LOG=<file>: one line per change of what the window shows (for tests and bug reports): the
-    // connection, the guide panel (guide bars, the Record button's label, Clear enabled, where Generate and
-    // Record are, in logical pixels, the guide, recorder and warning lines, the chords box: its text with '|'
+    // connection, the guide panel (guide bars, the Record button's label, Clear enabled, where Generate, Record
+    // and the chords box are, in logical pixels, the guide, recorder and warning lines, the chords box: its text with '|'
     // written as '¦', "dim" while a recorded guide wins), the prompt, then " | " and each take: id, state, bars
-    // received, chosen variation, accepted, its guide.
+    // received, chosen variation, accepted, its guide, its error (code and message).
     void writeLog()
     {
         if (fLogPath.empty()) return;
@@ -1041,8 +1043,8 @@ protected:
         std::string line = "connected=" + std::to_string(fSnap.connected ? 1 : 0) + " models=" +
                            std::to_string(fSnap.models.size()) + " focus=" + std::to_string(fFocus) +
                            " guide_bars=" + std::to_string(fGuideBars) + " record=" + fRecordLabel +
-                           " clear=" + (fSnap.guide.bars > 0 ? "1" : "0") + " generate@" + at(fGenerateAt) +
-                           " record@" + at(fRecordAt) + " guide=" + bars(fGuideLine) + " recorder=" +
+                           " clear=" + (fClearEnabled ? "1" : "0") + " generate@" + at(fGenerateAt) + " record@" +
+                           at(fRecordAt) + " chords@" + at(fChordsAt) + " guide=" + bars(fGuideLine) + " recorder=" +
                            bars(fRecorderLine) + " warning=" + bars(fWarning) + " chords" +
                            (fSnap.guide.bars > 0 ? "(dim)=" : "=") + bars(fChords.text) + " prompt=" + fPrompt.text;
         for (const auto& t : fSnap.takes)
@@ -1050,6 +1052,7 @@ protected:
                     std::to_string(t.barsReceived) + " v" + std::to_string(t.chosen + 1) + "/" +
                     std::to_string(t.variations) + (t.accepted ? " accepted" : "") +
                     (t.serial == fSnap.selected ? " selected" : "") + (t.guide.empty() ? "" : " guide=" + bars(t.guide)) +
+                    (t.errorCode.empty() ? "" : " error=" + t.errorCode + " (" + bars(t.errorMessage) + ")") +
                     " prompt=" + t.prompt;
         if (line == fLastLog) return;
         fLastLog = line;
@@ -1083,7 +1086,8 @@ private:
     int fBars = 4, fVariations = 1, fStartBar = 0, fGuideBars = 4;
     float fRowH = 30, fCtlH = 24, fMenuY = 160;  // the request panel's row pitch and control height (it packs)
     std::string fGuideLine, fRecorderLine, fRecordLabel, fWarning;  // as drawn this frame (for the log)
-    Rect fGenerateAt{0, 0, 0, 0}, fRecordAt{0, 0, 0, 0};
+    bool fClearEnabled = false;
+    Rect fGenerateAt{0, 0, 0, 0}, fRecordAt{0, 0, 0, 0}, fChordsAt{0, 0, 0, 0};
     std::string fLogPath, fLastLog;
     stemd::UiSnapshot fProbe;       // uiIdle's read, to see whether anything changed
     std::string fSignature[2];
