@@ -66,7 +66,8 @@ def generate(service: Service, client: Any, args: tuple) -> None:
         request = dataclasses.replace(request, seed=random_seed())
     if request.continuation_path:
         check_continuation_path(request, service.continuation_root(client))
-    spec = spec_from_request(dataclasses.replace(request, continuation_path=""), slot.engine)
+    # the engine's limits (the longest take), known from the checkpoint's files before it loads
+    spec = spec_from_request(dataclasses.replace(request, continuation_path=""), slot.engine or slot)
     job = Job(request, client, spec, model=slot.name)
 
     def accepted() -> None:

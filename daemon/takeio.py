@@ -29,8 +29,8 @@ def check_limits(request: GenerateRequest, engine: Engine) -> None:
 
 def spec_from_request(request: GenerateRequest, engine: Optional[Engine],
                       continuation_root: Optional[Path] = None) -> GenerationSpec:
-    """Check the request against the engine's limits (``engine`` None: a model not loaded yet, whose
-    worker checks them) and build its spec."""
+    """Check the request against the engine's limits (``engine``: the engine, or the pool's slot of a model not
+    loaded yet, which knows them from its files; None: its worker checks them) and build its spec."""
     if engine is not None:
         check_limits(request, engine)
     continuation = None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -72,6 +73,8 @@ class Slot:
     test_model: bool = False
     dtype: str = ""                     # what it runs in (before it loads: what it will)
     holds: Optional[frozenset] = None   # the checkpoint's components (a diffusers pipeline's); None: not one
+    max_seconds: float = math.inf       # the longest take, where its files say (a diffusion model's canvas)
+    max_variations: int = Engine.max_variations
     engine: Optional[Engine] = None
     device: Optional[str] = None        # where it is loaded (or being loaded)
     held: int = 0                       # bytes its tensors hold on the device once loaded
@@ -104,17 +107,18 @@ class Slot:
 def locate_slot(entry: ModelEntry, device: str) -> Slot:
     """What is known of ``entry`` before it loads: found on disk (ModelNotFound otherwise), its family,
     licence card, whether it is a test model, the dtype it will run in on its device (``entry.device``,
-    else ``device``), its footprint and the components it holds. Nothing loads."""
+    else ``device``), its footprint, the components it holds and its longest take. Nothing loads."""
     from stemd.licenses import card_for_model, is_test_model
-    from stemd.models.diffusion.loading import pipeline_parts
+    from stemd.models.diffusion.loading import pipeline_longest_take, pipeline_parts
 
     family, folder = locate(entry.source)
     backend = planned_backend(family, entry.device or device, entry.backend, entry.dtype)
     dtype = planned_dtype(family, entry.device or device, entry.dtype, backend)
     test_model = folder is not None and is_test_model(folder)
     card = card_for_model(family, folder, test_model=test_model)
+    longest = pipeline_longest_take(folder, family)
     return Slot(entry, family, folder, footprint(family, folder, dtype, backend), card, test_model, dtype,
-                pipeline_parts(folder))
+                pipeline_parts(folder), math.inf if longest is None else longest)
 
 
 Loader = Callable[[ModelEntry, str], Engine]

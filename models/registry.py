@@ -37,6 +37,17 @@ def chosen_backend(asked: Optional[str]) -> tuple[str, str]:
     return DEFAULT_BACKEND, "the default"
 
 
+def diffusion_engine(family: str):
+    """The engine class of a diffusion family (imports no torch)."""
+    if family == "stable-audio-3":
+        from stemd.models.stable_audio3.engine import StableAudio3Engine
+
+        return StableAudio3Engine
+    from stemd.models.ace_step.engine import AceStepEngine
+
+    return AceStepEngine
+
+
 def load_engine(model: str, *, device: Optional[str] = None, dtype: Optional[str] = None,
                 backend: Optional[str] = None) -> Engine:
     """``backend``: MusicGen's decoding backend (auto, eager, compiled, cuda-graph, onnx, onnx-int8,
@@ -52,11 +63,7 @@ def load_engine(model: str, *, device: Optional[str] = None, dtype: Optional[str
     found = find_pipeline(model)
     if found is not None:
         folder, family = found
-        if family == "stable-audio-3":
-            from stemd.models.stable_audio3.engine import StableAudio3Engine as cls
-        else:
-            from stemd.models.ace_step.engine import AceStepEngine as cls
-        engine = cls.load(model, folder, device=device, dtype=dtype)
+        engine = diffusion_engine(family).load(model, folder, device=device, dtype=dtype)
         if backend == "compiled":
             from stemd.models.diffusion.compiled import use_backend
 

@@ -96,3 +96,33 @@ def test_the_engine_refuses_the_same_cover_with_the_same_words(no_tokenizer):
         assert e.value.code == "unsupported_key"
         assert e.value.message.startswith(f"{engine.name} (ace-step) has no audio_tokenizer, audio_token_detokenizer, "
                                           "which a cover of a guide needs"), e.value.message
+
+
+def test_a_take_longer_than_the_checkpoint_makes_is_refused_before_accepting_while_not_loaded(start_daemon,
+                                                                                            no_tokenizer):
+    daemon = start_daemon("--model", f"ace={no_tokenizer}", "--device", "cpu", model="click")
+    client = TcpClient(daemon.port)
+    # ACE-Step's 600 s canvas holds a take of 538 s: 249 bars of 7/8 at 97 BPM (539 s) or of 3/4 at 83 BPM (540 s)
+    for rid, meter, bpm in (("l1", "7/8", 97), ("l2", "3/4", 83)):
+        client.send("/stemd/generate", rid, "model", "ace", "bars", 249, "bpm", bpm, "meter", meter)
+        client.send("/stemd/ping")
+        got = [m for m in client.until("/stemd/pong") if m.address != "/stemd/pong"]
+        assert [(m.address, m.args[:2]) for m in got] == [("/stemd/error", (rid, "out_of_range"))], got
+        assert got[0].args[2].endswith("ace takes at most 538 s"), got[0].args[2]
+    client.send("/stemd/models")
+    assert client.until("/stemd/models/reply")[-1].args[10:13] == ("ace", "ace-step", 0)    # never loaded
+    client.close()
+
+
+def test_the_pool_knows_a_checkpoints_longest_take_and_parts_before_it_loads_as_its_engine_does(tmp_path):
+    pytest.importorskip("diffusers")
+    from stemd.models.diffusion.testmodels import write_test_pipeline
+    from stemd.models.entries import ModelEntry
+    from stemd.models.pool import locate_slot
+    from stemd.models.registry import load_engine
+
+    folder = write_test_pipeline(tmp_path / "sa3", "sa3-tiny")      # its duration conditioner: 120 s at most
+    slot = locate_slot(ModelEntry("sa3", str(folder)), "cpu")
+    engine = load_engine(str(folder), device="cpu")
+    assert slot.max_seconds == pytest.approx((120 - 8) / 1.1) and slot.max_seconds == engine.max_seconds
+    assert slot.holds == engine.holds and "duration_embedder" in slot.holds

@@ -38,6 +38,10 @@ class AceStepEngine(DiffusionEngine):
     def latent_frames(self, pipe) -> LatentFrames:
         return LatentFrames(round(self.sample_rate / pipe.latents_per_second), self.sample_rate, LONGEST_CANVAS)
 
+    @classmethod
+    def longest_canvas_in(cls, folder) -> float:
+        return LONGEST_CANVAS
+
     def kwargs(self, spec: GenerationSpec, callback) -> dict:
         """The arguments of one call: the caption once per variation, the grid as ACE-Step's metadata."""
         variations = spec.variations

@@ -105,6 +105,12 @@ class DiffusionEngine(Engine):
         """The model's latent frames and its longest canvas."""
         raise NotImplementedError
 
+    @classmethod
+    def longest_canvas_in(cls, folder: Path) -> Optional[float]:
+        """The longest canvas (seconds) of the checkpoint in ``folder``, read from its files without loading it (None:
+        not known until it loads): the pool knows each model's longest take (``max_seconds``) from its start."""
+        raise NotImplementedError
+
     @property
     def max_seconds(self) -> float:
         return self.latents.longest_take

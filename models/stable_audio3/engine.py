@@ -18,6 +18,9 @@ passed through for the base checkpoints. Stable Audio 3 has no tempo input: the 
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 from stemd.models.base import GenerationSpec
 from stemd.models.diffusion.canvas import LatentFrames
 from stemd.models.diffusion.engine import DiffusionEngine
@@ -46,6 +49,16 @@ class StableAudio3Engine(DiffusionEngine):
         # the duration conditioner's range is the model's longest canvas (120 s small, 384 s medium)
         return LatentFrames(int(pipe.vae.downsampling_ratio), self.sample_rate,
                             float(pipe.duration_embedder.config.max_val))
+
+    @classmethod
+    def longest_canvas_in(cls, folder) -> Optional[float]:
+        """The duration conditioner's ``max_val`` from its config.json (what ``latent_frames`` reads once loaded)."""
+        import json
+
+        try:
+            return float(json.loads((Path(folder) / "duration_embedder" / "config.json").read_text())["max_val"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def call(self, kind: str):
         """The pipeline for ``kind`` (text, inpaint, a2a) over this engine's components."""
