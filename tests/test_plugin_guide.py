@@ -28,7 +28,8 @@ from plugin_hosts import (NOTE_GENERATE, JackApp, Jalv, Timebase, daemon_status,
 from stemd.guides.smf import read_smf
 from stemd.timing import Meter
 from test_guide_in import SLACK, Notes, frame_of, helpers, played_positions  # noqa: F401  (fixture)
-from test_plugin_jack import plugin_env
+from test_plugin_dawdreamer import dawdreamer, new_plugin, plugin_env, read_states, set_plain, vst3  # noqa: F401
+from test_plugin_jack import plugin_env as jack_env
 
 BPM = 97
 NOTE_RECORD_GUIDE = 7      # the plugin's reserved note that arms the recorder (docs/plugin.md)
@@ -119,7 +120,7 @@ def armed_jalv(jack, plugin_build, tmp_path: Path, daemon, bars: int) -> Jalv:
     """The LV2 in jalv, with ``bars`` for its takes and its guides, reaching ``daemon``, jack_notes into its MIDI
     input, armed (``record_guide`` 1) while the transport is stopped."""
     jalv = Jalv(jack, plugin_build, "stemd-jalv", tmp_path / "jalv.log", controls={"bars": bars, "guide_bars": bars},
-                env=plugin_env(tmp_path, daemon))
+                env=jack_env(tmp_path, daemon))
     jalv.wait_ports()
     assert jalv.wait_value("connected", 1, timeout=30) == 1, jalv.log.read_text()[-2000:]
     connect(jack, Notes.PORT, "stemd-jalv:lv2_events_in")
@@ -148,7 +149,7 @@ def recorded(takes: Path, timeout: float = 30) -> Path:
 
 def assert_take_went_with(guide: Path, daemon, takes: Path) -> None:
     """The daemon's take was asked for with ``guide`` as its ``guide`` blob (its sidecar keeps the SMF's
-    SHA-256), and the plugin's own sidecar of the take names the guide file in its delivery."""
+    SHA-256), and the plugin's own sidecar of the take names the copy of the guide it keeps beside the take."""
     theirs = wait_for(lambda: sidecars(daemon.out), 30, "the daemon wrote no sidecar")
     assert len(theirs) == 1, theirs
     assert theirs[0]["guide"]["smf_sha256"] == hashlib.sha256(guide.read_bytes()).hexdigest(), theirs[0]
@@ -156,7 +157,8 @@ def assert_take_went_with(guide: Path, daemon, takes: Path) -> None:
                     "the plugin wrote no sidecar of its take")
     assert len(ours) == 1, ours
     delivery = ours[0]["delivery"]
-    assert Path(delivery["guide_file"]).name == guide.name, delivery
+    kept = takes / delivery["guide_file"]          # the guide kept beside the take, in its folder
+    assert kept.is_file() and kept.read_bytes() == guide.read_bytes(), delivery
 
 
 @needs_jalv
@@ -199,7 +201,7 @@ def test_the_jack_app_is_armed_by_note_7_and_its_next_take_follows_the_guide(
              (guide.frame(guide.end + meter.unit_quarters), guide.frame(guide.end + 2 * meter.unit_quarters),
               NOTE_GENERATE)]
     timebase, notes = play(jack, helpers, meter, Fraction(0), guide.notes + press)
-    app = JackApp(jack, plugin_build, tmp_path, env=plugin_env(tmp_path, daemon), sender=False)
+    app = JackApp(jack, plugin_build, tmp_path, env=jack_env(tmp_path, daemon), sender=False)
     wait_for(lambda: daemon_status(daemon)[4] >= 1, 30, "the JACK app did not connect to the daemon")
     connect(jack, Notes.PORT, JackApp.MIDI_IN)
     timebase.tell("play")
@@ -236,3 +238,30 @@ def test_more_than_4096_notes_played_make_no_guide_and_the_next_take_goes_withou
     assert jalv.wait_value("bars_received", 1, timeout=60) == 1, jalv.log.read_text()[-2000:] + daemon.log[-2000:]
     theirs = sidecars(daemon.out)
     assert len(theirs) == 1 and "guide" not in theirs[0], theirs
+
+
+@pytest.mark.parametrize("played", [4096, 4097])
+def test_a_guide_holds_4096_notes_and_the_status_names_a_recording_of_more_in_dawdreamer(
+        vst3, dawdreamer, plugin_env, tmp_path, played):
+    # jalv shows no state; DawDreamer's saved VST3 state holds the plugin's status line and its guide. DawDreamer
+    # renders faster than real time from 0 each time: the recorder is armed first (the worker arms it), then
+    # bar 1 (150 BPM 4/4, 0 to 1.6 s) is played with the notes
+    _, takes_dir = plugin_env
+    engine, plugin = new_plugin(dawdreamer, vst3)
+    engine.render(0.1)
+    set_plain(plugin, "Guide bars", 1, 1, 64)
+    set_plain(plugin, "Record guide", 1, 0, 1)
+    engine.render(0.1)
+    states = lambda: read_states(plugin, tmp_path / "state.bin")[0]  # noqa: E731
+    wait_for(lambda: "guide: armed: 1 bar" in states()["status"], 10, f"the recorder was not armed ({states()})")
+    for i in range(played):
+        plugin.add_midi_note(30 + i % 60, 100, 1.6 * i / played, 0.001)
+    engine.render(2.0)
+    wait_for(lambda: "guide: armed" not in states()["status"], 10, "the recording did not end")
+    if played == 4096:
+        wait_for(lambda: states()["guide"], 10, "4096 notes made no guide")
+        assert json.loads(states()["guide"])["notes"] == 4096
+        assert len(read_smf(recorded(takes_dir).read_bytes())) == 4096
+        return
+    assert "guide: not recorded: more than 4096 notes were played" in states()["status"], states()["status"]
+    assert states()["guide"] == "" and not list(takes_dir.glob("guide-*.mid")), states()["guide"][:200]
