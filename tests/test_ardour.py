@@ -101,18 +101,44 @@ def audible_samples(rendered: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.abs(rendered).max(axis=1) > 1e-6)  # -120 dBFS, on either channel
 
 
-def describe_audible(rendered: np.ndarray, before: int) -> str:
+def ardour_machine() -> str:
+    """What of this machine picks Ardour's code paths, for a failure message: the CPU count (Ardour 7.3 runs
+    CPUs - 1 DSP threads, 2 on one CPU; with one thread, that is on 2 CPUs, it processes the routes on the
+    engine's own thread, otherwise on its graph threads) and the x86 features that choose its mixing
+    routines (AVX-512F before FMA, AVX and SSE; 7.3's AVX-512F routines write up to 7 samples past a buffer
+    whose length is not a multiple of 8, fixed in Ardour 8.5)."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    simd = next((f for f in ("avx512f", "fma", "avx", "sse") if f in flags), "none read")
+    return f"{os.cpu_count()} CPUs, {simd} the widest of avx512f/fma/avx/sse"
+
+
+def describe_audible(rendered: np.ndarray, before: int, take: Optional[np.ndarray] = None) -> str:
     """Where a render is audible before sample ``before``, for a failure message: how many samples, the
-    first ones with their levels, and how many lie on multiples of 1024 (Ardour's export cycle)."""
+    first ones with their levels, how many lie on multiples of 1024 (Ardour's export cycle), what the
+    multiples of 2048 hold (the first-run failure's pattern), whether the render is ``take`` from
+    ``before`` on once they are left out, and the machine."""
     early = audible_samples(rendered[:before])
     if not early.size:
-        return "nothing audible before the bar"
+        return f"nothing audible before the bar; {ardour_machine()}"
     levels = ", ".join(f"{i}: {rendered[i].max():+.3g}" for i in early[:12])
     grid = np.arange(2048, len(rendered), 2048)        # the first-run failure's pattern, over the whole export
-    on_grid = np.count_nonzero(np.abs(rendered[grid]).max(axis=1) > 1e-6)
-    return (f"{early.size} audible samples before the bar ({np.count_nonzero(early % 1024 == 0)} on multiples "
-            f"of 1024, {np.count_nonzero(early % 2048 == 0)} of 2048), the first at {levels}; in the whole export "
-            f"{on_grid} of the {grid.size} multiples of 2048 are audible")
+    on_grid = grid[np.abs(rendered[grid]).max(axis=1) > 1e-6]
+    held = "; ".join(f"{i}: {' '.join(float(v).hex() for v in rendered[i])}" for i in on_grid[:4])
+    described = (f"{early.size} audible samples before the bar ({np.count_nonzero(early % 1024 == 0)} on multiples "
+                 f"of 1024, {np.count_nonzero(early % 2048 == 0)} of 2048), the first at {levels}; in the whole export "
+                 f"{on_grid.size} of the {grid.size} multiples of 2048 are audible ({held}; "
+                 f"{len(np.unique(rendered[on_grid], axis=0))} distinct)")
+    if take is not None:
+        off_grid = np.ones(len(rendered), bool)
+        off_grid[grid] = False
+        placed = np.zeros_like(rendered)
+        placed[before:before + len(take)] = take[:len(rendered) - before]
+        same = not np.flatnonzero((np.abs(rendered - placed).max(axis=1) > 1e-6) & off_grid).size
+        described += f"; off the 2048 grid the render {'is' if same else 'is not'} the take at the bar"
+    return f"{described}; {ardour_machine()}"
 
 
 def assert_renders_at(session: Path, tmp_path: Path, take: np.ndarray, at: int, exports: int = 3) -> None:
@@ -141,13 +167,13 @@ def assert_renders_at(session: Path, tmp_path: Path, take: np.ndarray, at: int, 
         before = np.abs(rendered[:at]).max() if at else 0.0
         if audible[0] < at or before > 1e-6:
             problems.append(f"export {attempt + 1}: first audible sample {audible[0]}, bar starts at {at}; "
-                            f"level {before:.2e} before the bar: {describe_audible(rendered, at)}")
+                            f"level {before:.2e} before the bar: {describe_audible(rendered, at, take)}")
             continue
         assert audible[0] == at, f"first audible sample {audible[0]}, bar starts at {at}"
         diff = np.flatnonzero(np.abs(rendered[at:at + len(take)] - take).max(axis=1) > 1e-6)
         if diff.size:
             problems.append(f"export {attempt + 1}: {diff.size} samples of the render differ from the take, first "
-                            f"at take sample {diff[0]}; {describe_audible(rendered, at)}")
+                            f"at take sample {diff[0]}; {describe_audible(rendered, at, take)}")
             continue
         for problem in problems:
             warnings.warn(f"ardour7-export, tried again: {problem}")
@@ -298,3 +324,23 @@ def test_session_writer_refuses_a_take_at_another_rate(tmp_path):
     wav = write_take(tmp_path, "x", np.zeros((2, 100), np.float32), 44100, {})
     with pytest.raises(ArdourSessionError, match="44100 Hz but the session runs at 48000 Hz"):
         session.add_region(wav, 0)
+
+
+def test_a_retried_export_is_described_by_its_2048_grid_and_whether_the_take_sits_on_its_bar():
+    """The first-run failure's pattern, made by hand at 97 BPM 3/4: the take on bar 3 plus one sample on
+    every multiple of 2048. The warning names the grid, what it holds, and whether the take is in place."""
+    grid, at = Grid(97, "3/4"), Grid(97, "3/4").bar_start_sample(2, 48000)
+    take = np.zeros((grid.span_samples(2, 2, 48000), 2), np.float32)
+    take[::14845] = 0.9                                        # a click on every beat
+    rendered = np.zeros((at + len(take), 2), np.float32)
+    rendered[at:] = take
+    rendered[2048::2048] += np.float32(3.0517578e-05)          # 2 ** -15 on every multiple of 2048
+    described = describe_audible(rendered, at, take)
+    assert "86 audible samples before the bar (86 on multiples of 1024, 86 of 2048)" in described, described
+    assert "in the whole export 173 of the 173 multiples of 2048 are audible" in described, described
+    assert "2048: 0x1.0000000000000p-15 0x1.0000000000000p-15" in described, described
+    assert "off the 2048 grid the render is the take at the bar" in described, described
+    assert ardour_machine() in described
+    late = np.roll(rendered, 1, axis=0)                        # the same take one sample late
+    assert "the render is not the take at the bar" in describe_audible(late, at, take)
+    assert describe_audible(np.zeros_like(rendered), at, take).startswith("nothing audible before the bar; ")
