@@ -161,10 +161,19 @@ def assert_take_went_with(guide: Path, daemon, takes: Path) -> None:
     assert kept.is_file() and kept.read_bytes() == guide.read_bytes(), delivery
 
 
+#: found by this test: what JACK's beats_per_minute counts at 7/8. The tests' timebase master (tests/jack_timebase.c)
+#: gives 97 BPM 7/8 as 194 beats of beat_type (eighths) a minute, and ``stemd bridge --follow jack`` reads it so; the
+#: plugin takes a host's beats per minute for quarters (StemdPlugin.cpp's followTransport), as Ardour 7's own JACK
+#: timebase master writes them (its tempo's note types a minute, with beat_type 8). In jalv the guide then says 194
+#: BPM with every note at twice its place, and the take is asked for as "2 bars 194 BPM 7/8"
+EIGHTHS_OR_QUARTERS = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "the plugin reads the tests' JACK timebase master's 194 eighths a minute (97 BPM 7/8) as 194 quarters a minute"))
+
+
 @needs_jalv
 @follows_guides
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("meter", ["3/4", "7/8"])
+@pytest.mark.parametrize("meter", ["3/4", pytest.param("7/8", marks=EIGHTHS_OR_QUARTERS)])
 def test_lv2_in_jalv_records_a_guide_where_it_was_played_and_its_next_take_follows_it(
         jack, helpers, tmp_path, start_daemon, plugin_build, melody_tiny, meter):
     meter = Meter.parse(meter)
