@@ -92,13 +92,43 @@ def refuse_missing(keys: list[str], family: str, model: str, holds: Optional[Col
                                 f"{need.task} needs: {need.instead}", request_id)
 
 
+def refuse_clashes(keys: list[str], family: str, given_audio: bool, request_id: str = "") -> None:
+    """Refuse (``bad_arguments``) keys of ``family`` that make no task together, or a task without the audio it
+    works on (``given_audio``: a continuation blob or path)."""
+    def refuse(message: str):
+        raise ProtocolError("bad_arguments", message, request_id)
+
+    asked, guide = set(keys), bool(set(keys) & {"guide", "chords"})
+    if guide and given_audio:
+        refuse("a melody model follows a guide from the take's first bar: send the guide without continuation or "
+               "continuation_path" if family == "musicgen-melody" else
+               "a guide is the audio the take is made from: send it without continuation or continuation_path")
+    if family == "ace-step":
+        tasks = [k for k in ("track", "extract", "repaint") if k in asked]
+        on_audio = [k for k in tasks if k != "track"]
+        if guide and on_audio:
+            refuse(f"{on_audio[0]} works on given audio, not on a guide: ask for a cover (no task key) or track NAME "
+                   "with a guide")
+        if guide and tasks and "guide_strength" in asked:
+            refuse("guide_strength is a cover's: track NAME with a guide is the lego task, which has none")
+        if not guide and "guide_strength" in asked:
+            refuse("guide_strength is how closely a cover follows its guide: give chords or a guide")
+        if len(tasks) > 1:
+            refuse(f"{' and '.join(tasks)} are different tasks: ask for one")
+        if tasks and not guide and not given_audio:
+            refuse(f"{tasks[0]} works on given audio: send it as continuation or continuation_path")
+    if family == "stable-audio-3" and "strength" in asked and not guide and not given_audio:
+        refuse("strength makes a variation of given audio: send it as continuation or continuation_path")
+
+
 def check_keys(request: GenerateRequest, family: str, model: str,
                holds: Optional[Collection[str]] = None) -> None:
-    """What the daemon's dispatch and ``stemd render`` ask before any work: :func:`refuse_lacking` and
-    :func:`refuse_missing` for the keys ``request`` sets."""
-    keys = keys_set(request)
-    refuse_lacking(keys, family, model, request.request_id)
-    refuse_missing(keys, family, model, holds, request.request_id)
+    """What the daemon's dispatch and ``stemd render`` ask before any work: :func:`refuse_lacking`,
+    :func:`refuse_clashes` and :func:`refuse_missing` for the keys ``request`` sets."""
+    keys, rid = keys_set(request), request.request_id
+    refuse_lacking(keys, family, model, rid)
+    refuse_clashes(keys, family, request.continuation is not None or bool(request.continuation_path), rid)
+    refuse_missing(keys, family, model, holds, rid)
 
 
 def check_spec(spec, family: str, model: str, holds: Optional[Collection[str]] = None) -> None:
@@ -107,4 +137,5 @@ def check_spec(spec, family: str, model: str, holds: Optional[Collection[str]] =
     ``holds``: the parts the engine loaded."""
     keys = keys_given(spec.sampling, spec.extra)
     refuse_lacking(keys, family, model)
+    refuse_clashes(keys, family, spec.continuation is not None)
     refuse_missing(keys, family, model, holds)

@@ -6,6 +6,7 @@ at 97 BPM 3/4 and 7/8."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from daemon_fixtures import TcpClient
@@ -114,15 +115,62 @@ def test_a_take_longer_than_the_checkpoint_makes_is_refused_before_accepting_whi
     client.close()
 
 
-def test_the_pool_knows_a_checkpoints_longest_take_and_parts_before_it_loads_as_its_engine_does(tmp_path):
+@pytest.fixture(scope="module")
+def sa3(tmp_path_factory):
+    pytest.importorskip("torch")
     pytest.importorskip("diffusers")
     from stemd.models.diffusion.testmodels import write_test_pipeline
+
+    return write_test_pipeline(tmp_path_factory.mktemp("sa3-tiny"), "sa3-tiny")
+
+
+def test_the_pool_knows_a_checkpoints_longest_take_and_parts_before_it_loads_as_its_engine_does(sa3):
     from stemd.models.entries import ModelEntry
     from stemd.models.pool import locate_slot
     from stemd.models.registry import load_engine
 
-    folder = write_test_pipeline(tmp_path / "sa3", "sa3-tiny")      # its duration conditioner: 120 s at most
+    folder = sa3                                                     # its duration conditioner: 120 s at most
     slot = locate_slot(ModelEntry("sa3", str(folder)), "cpu")
     engine = load_engine(str(folder), device="cpu")
     assert slot.max_seconds == pytest.approx((120 - 8) / 1.1) and slot.max_seconds == engine.max_seconds
     assert slot.holds == engine.holds and "duration_embedder" in slot.holds
+
+
+AUDIO = ("continuation", np.zeros(2 * 4800, "<f4").tobytes())
+#: (model, keys, what the refusal says): keys that make no task together, or a task without its audio
+CLASHES = [
+    ("ace", ("track", "bass", "extract", "drums", *AUDIO), "track and extract are different tasks: ask for one"),
+    ("ace", ("repaint", "1-2"), "repaint works on given audio: send it as continuation"),
+    ("ace", ("guide_strength", 0.5), "guide_strength is how closely a cover follows its guide"),
+    ("ace", (*COVER, "extract", "drums"), "extract works on given audio, not on a guide"),
+    ("ace", (*COVER, "track", "bass", "guide_strength", 0.5), "guide_strength is a cover's"),
+    ("ace", (*COVER, "track", "bass", *AUDIO), "a guide is the audio the take is made from"),
+    ("sa3", ("strength", 0.5), "strength makes a variation of given audio"),
+    ("sa3", (*COVER, *AUDIO), "a guide is the audio the take is made from"),
+]
+
+
+def test_keys_that_make_no_task_together_are_refused_before_accepting_by_models_not_loaded(start_daemon,
+                                                                                         no_tokenizer, sa3):
+    daemon = start_daemon("--model", f"ace={no_tokenizer}", "--model", f"sa3={sa3}", "--device", "cpu", model="click")
+    client = TcpClient(daemon.port)
+    for i, (model, keys, says) in enumerate(CLASHES):
+        rid = f"x{i}"
+        got = replies_to(client, rid, "7/8" if i % 2 else "3/4", "model", model, *keys)
+        assert [(m.address, m.args[:2]) for m in got] == [("/stemd/error", (rid, "bad_arguments"))], (keys, got)
+        assert says in got[0].args[2], got[0].args[2]
+    client.send("/stemd/models")
+    reply = client.until("/stemd/models/reply")[-1].args
+    assert [reply[1 + 9 * i: 4 + 9 * i] for i in (1, 2)] == [("ace", "ace-step", 0), ("sa3", "stable-audio-3", 0)]
+    client.close()
+
+
+def test_a_melody_model_refuses_a_guide_with_given_audio_before_any_work():
+    from stemd.families import check_keys
+    from stemd.protocol import GenerateRequest
+
+    with pytest.raises(ProtocolError, match="a melody model follows a guide from the take's first bar") as e:
+        check_keys(GenerateRequest("m1", bars=2, bpm=97, meter="7/8", chords="Am | F", continuation_path="a.wav"),
+                   "musicgen-melody", "melody")
+    assert e.value.code == "bad_arguments"
+    check_keys(GenerateRequest("m2", bars=2, bpm=97, meter="7/8", chords="Am | F"), "musicgen-melody", "melody")

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-from stemd.families import check_spec
 from stemd.models.base import GenerationSpec
 from stemd.models.diffusion.canvas import LatentFrames
 from stemd.models.diffusion.engine import DiffusionEngine
-from stemd.protocol import ProtocolError, repaint_range
+from stemd.protocol import repaint_range
 
 LONGEST_CANVAS = 600.0    # ACE-Step 1.5 makes up to ten minutes
 
@@ -53,14 +52,9 @@ class AceStepEngine(DiffusionEngine):
                     guidance_scale=guidance, callback_on_step_end=callback)
 
     def task(self, spec: GenerationSpec) -> tuple[str, Optional[str]]:
-        """(ACE-Step task type, track name) for the request's keys."""
+        """(ACE-Step task type, track name) for the request's keys (one task at most, over given audio:
+        stemd/families.py's refuse_clashes checked them before)."""
         track, extract, repaint = spec.extra.get("track"), spec.extra.get("extract"), spec.extra.get("repaint")
-        asked = [name for name, v in (("track", track), ("extract", extract), ("repaint", repaint)) if v]
-        if len(asked) > 1:
-            raise ProtocolError("bad_arguments", f"{' and '.join(asked)} are different tasks: ask for one")
-        if asked and spec.continuation is None:
-            raise ProtocolError("bad_arguments", f"{asked[0]} works on given audio: send it as continuation or "
-                                "continuation_path")
         if track:
             return "lego", track
         if extract:
@@ -76,9 +70,6 @@ class AceStepEngine(DiffusionEngine):
         guide = self.guide_audio(spec, canvas)
         if guide is not None:
             return self.follow(spec, guide, canvas, callback)
-        if spec.extra.get("guide_strength") is not None:
-            raise ProtocolError("bad_arguments", "guide_strength is how closely a cover follows its guide: give "
-                                "chords or a guide")
         task, track = self.task(spec)
         args = self.kwargs(spec, callback)
         if task == "text2music":
@@ -104,26 +95,16 @@ class AceStepEngine(DiffusionEngine):
         return tail.trim(out)
 
     def follow(self, spec: GenerationSpec, guide, canvas: float, callback):
-        """A take that follows its guide: ``cover`` of the guide's audio, or with ``track NAME`` the lego task over
-        it."""
+        """A take that follows its guide: ``cover`` of the guide's audio (which needs the audio tokenizer: NEEDS in
+        stemd/families.py), or with ``track NAME`` the lego task over it."""
         import torch
 
-        asked = [k for k in ("extract", "repaint") if spec.extra.get(k)]
-        if asked:
-            raise ProtocolError("bad_arguments", f"{asked[0]} works on given audio, not on a guide: ask for a cover "
-                                "(no task key) or track NAME with a guide")
         args = self.kwargs(spec, callback)
         torch.manual_seed(args["generator"][0].initial_seed())   # the autoencoder samples its latent: seed it too
         track = spec.extra.get("track")
         if track:
-            if spec.extra.get("guide_strength") is not None:
-                raise ProtocolError("bad_arguments", "guide_strength is a cover's: track NAME with a guide is the lego "
-                                    "task, which has none")
             return self.pipe(task_type="lego", track_name=track, src_audio=guide, audio_duration=canvas,
                              **args).audios
-        # a cover needs the audio tokenizer and detokenizer, which a checkpoint may leave out: the daemon refused it
-        # before accepting (stemd/families.py's NEEDS, from the parts it located); this holds for raw() called alone
-        check_spec(spec, self.family, self.name, self.holds)
         strength = spec.extra.get("guide_strength")
         return self.pipe(task_type="cover", src_audio=guide, audio_duration=canvas,
                          audio_cover_strength=1.0 if strength is None else float(strength), **args).audios

@@ -168,7 +168,7 @@ class DiffusionEngine(Engine):
     def guide_audio(self, spec: GenerationSpec, seconds: float):
         """The spec's guide (``chords`` or a ``guide`` SMF) rendered on the take's grid at the model's rate
         (models/guide_audio.py), ``seconds`` long, as the pipeline takes audio: a ``(2, n)`` tensor; None without
-        a guide. A guide is its own source audio: with ``continuation`` too it is refused."""
+        a guide. A guide is its own source audio: with ``continuation`` too it is refused (stemd/families.py)."""
         import torch
 
         from stemd.models.guide_audio import spec_guide_audio
@@ -176,11 +176,6 @@ class DiffusionEngine(Engine):
         audio = spec_guide_audio(spec, self.sample_rate, seconds)
         if audio is None:
             return None
-        if spec.continuation is not None:
-            from stemd.protocol import ProtocolError
-
-            raise ProtocolError("bad_arguments", "a guide is the audio the take is made from: send it without "
-                                "continuation or continuation_path")
         return torch.from_numpy(audio).to(self.device, self.pipe.vae.dtype)
 
     # -- one request -------------------------------------------------------------------------------
@@ -198,9 +193,13 @@ class DiffusionEngine(Engine):
         yield self.raw(spec, should_stop=should_stop, on_progress=on_progress)
 
     def raw(self, spec: GenerationSpec, *, should_stop=never_stop, on_progress=no_progress) -> np.ndarray:
-        """The pipeline's audio for ``spec`` before conform: float32 ``(variations, 2, n)`` at the model's rate."""
+        """The pipeline's audio for ``spec`` before conform: float32 ``(variations, 2, n)`` at the model's rate;
+        keys it cannot take together, or a task this checkpoint lacks a part for, refused first."""
         import torch
 
+        from stemd.families import check_spec
+
+        check_spec(spec, self.family, self.name, self.holds)     # (called alone too, not only through stream)
         with torch.no_grad():
             audio = self.make(spec, self.step_callback(self.steps(spec), should_stop, on_progress))
         if not torch.isfinite(audio).all():

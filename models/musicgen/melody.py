@@ -176,16 +176,10 @@ class MelodyEngine(MusicGenEngine):
 
     def guide_audio(self, spec) -> Optional[np.ndarray]:
         """The spec's guide rendered over the take (its first bar line at sample 0); None without one. A guide
-        stands for the melody: with a continuation too it is refused."""
+        stands for the melody: with a continuation too it is refused when the take starts (stemd/families.py)."""
         from stemd.models.guide_audio import spec_guide_audio
 
-        audio = spec_guide_audio(spec, self.sample_rate, float(spec.seconds))
-        if audio is not None and spec.continuation is not None:
-            from stemd.protocol import ProtocolError
-
-            raise ProtocolError("bad_arguments", "a melody model follows a guide from the take's first bar: send the "
-                                "guide without continuation or continuation_path")
-        return audio
+        return spec_guide_audio(spec, self.sample_rate, float(spec.seconds))
 
     def condition(self, spec, params, total: int, max_delay: int) -> int:
         lm = self.ck.lm

@@ -88,12 +88,7 @@ class StableAudio3Engine(DiffusionEngine):
             level = self.GUIDE_STRENGTH if strength is None else float(strength)
             return self.call("a2a")(duration=canvas, audio=guide[None], init_noise_level=level,
                                     **self.kwargs(spec, callback)).audios
-        if strength is not None:
-            if spec.continuation is None:
-                from stemd.protocol import ProtocolError
-
-                raise ProtocolError("bad_arguments", "strength makes a variation of given audio: send it as "
-                                    "continuation or continuation_path")
+        if strength is not None:     # over given audio (stemd/families.py refused it without)
             audio = self.source_audio(spec.continuation, canvas)[None]
             return self.call("a2a")(duration=canvas, audio=audio, init_noise_level=float(strength),
                                     **self.kwargs(spec, callback)).audios
