@@ -1,8 +1,11 @@
 /* jack_timebase: a JACK timebase master at a given tempo and meter, with a reference output.
  *
- *   jack_timebase BPM BEATS_PER_BAR BEAT_TYPE
+ *   jack_timebase BPM BEATS_PER_BAR BEAT_TYPE [beats|quarters]
  *
- * Tempo counts quarter notes per minute (as stemd and DAWs do); the bar/beat/tick it publishes every
+ * Tempo counts quarter notes per minute (as stemd and DAWs do). JACK leaves open what its
+ * beats_per_minute counts: with "beats" (the default) it is written in beats of beat_type, as JACK's own
+ * example client (example-clients/transport.c) does (97 BPM 7/8 is 194); with "quarters" in quarter notes,
+ * as Ardour 7's JACK timebase master writes its tempo (97). Either way the bar/beat/tick it publishes every
  * cycle are computed from the transport frame exactly (bar k starts at round(k x bar length)). Its
  * output port "frame" carries, on every sample while the transport rolls, that sample's transport
  * frame plus one, divided by 2^24 (0 while stopped). A recording of it beside a plugin's output
@@ -20,6 +23,7 @@
 #include <string.h>
 
 static double bpm, beats_per_bar, beat_type;
+static int in_quarters;  /* beats_per_minute in quarters (Ardour 7) rather than beats of beat_type */
 static jack_port_t *frame_port;
 static const double ticks_per_beat = 1920.0;
 
@@ -55,8 +59,8 @@ static void timebase(jack_transport_state_t state, jack_nframes_t nframes, jack_
     pos->beats_per_bar = (float)beats_per_bar;
     pos->beat_type = (float)beat_type;
     pos->ticks_per_beat = ticks_per_beat;
-    /* JACK's beats_per_minute counts beats of beat_type; stemd's tempo counts quarters */
-    pos->beats_per_minute = bpm * beat_type / 4.0;
+    /* JACK's example counts beats of beat_type, Ardour 7 quarters; stemd's tempo counts quarters */
+    pos->beats_per_minute = in_quarters ? bpm : bpm * beat_type / 4.0;
 }
 
 static jack_client_t *client;
@@ -76,10 +80,11 @@ static int process(jack_nframes_t nframes, void *arg)
 
 int main(int argc, char **argv)
 {
-    if (argc != 4) {
-        fprintf(stderr, "usage: jack_timebase BPM BEATS_PER_BAR BEAT_TYPE\n");
+    if (argc != 4 && !(argc == 5 && (!strcmp(argv[4], "beats") || !strcmp(argv[4], "quarters")))) {
+        fprintf(stderr, "usage: jack_timebase BPM BEATS_PER_BAR BEAT_TYPE [beats|quarters]\n");
         return 2;
     }
+    in_quarters = argc == 5 && !strcmp(argv[4], "quarters");
     bpm = atof(argv[1]);
     beats_per_bar = atof(argv[2]);
     beat_type = atof(argv[3]);

@@ -448,8 +448,9 @@ class Timebase:
 
     PORT = "stemd-timebase:frame"
 
-    def __init__(self, jack, exe: Path, bpm: int, meter: Meter):
-        self.proc = jack.start([str(exe), str(bpm), str(meter.numerator), str(meter.denominator)],
+    def __init__(self, jack, exe: Path, bpm: int, meter: Meter, convention: str = "beats"):
+        # convention: what its beats_per_minute counts, "beats" of beat_type (JACK's example) or "quarters" (Ardour 7)
+        self.proc = jack.start([str(exe), str(bpm), str(meter.numerator), str(meter.denominator), convention],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                bufsize=1)
         line = read_line(self.proc, 15)

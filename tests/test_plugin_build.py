@@ -187,6 +187,57 @@ def test_lv2_places_a_take_on_its_bar_whatever_one_glitched_jack_cycle_said(tran
     assert wrong == [], f"{len(wrong)} blocks off, first (block, plugin, JACK frame): {wrong[:3]}"
 
 
+def cycles_from(start: int, blocks: int, stopped: int = 0, late: int | None = None) -> str:
+    """JACK's cycles for transport_test jackhost, the master's bar 1 at frame 0: `stopped` cycles located at
+    `start`, then a roll from it; at cycle `late` the frame comes a cycle early and stays (jalv sends an event)."""
+    rows = [f"{start} {start} 0"] * stopped
+    rows += [f"{f} {f} 1" for f in (start + 256 * k + (256 if late is not None and k >= late else 0)
+                                     for k in range(blocks))]
+    return "\n".join(rows) + "\n"
+
+
+def jack_host(transport_test, fmt: str, meter: str, convention: str, cycles: str) -> list[tuple[int, int, str]]:
+    n, d = meter.split("/")
+    proc = subprocess.run([str(transport_test), "jackhost", fmt, "97", n, d, "48000", "256", convention],
+                          input=cycles, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return [(int(ts), int(frame), tempo) for ts, frame, tempo in (line.split() for line in proc.stdout.splitlines())]
+
+
+@needs_toolchain
+@pytest.mark.parametrize("meter", ["7/8", "5/16", "3/2"])
+@pytest.mark.parametrize("convention", ["beats", "quarters"])
+@pytest.mark.parametrize("start", [0, 51959])
+def test_the_jack_app_reads_97_quarters_a_minute_from_a_master_counting_either_beat(transport_test, meter,
+                                                                                   convention, start):
+    # JACK's example master writes 97 BPM 7/8 as 194 (eighths), Ardour 7 as 97 (quarters): the plugin tells
+    # them apart by how the bar/beat/tick advances against the frames within the first rolling blocks
+    rows = jack_host(transport_test, "jack", meter, convention, cycles_from(start, 600, stopped=4))
+    rolled = rows[4:]
+    assert {tempo for _, _, tempo in rolled[64:]} == {"97"}, rolled[64]
+    if convention == "quarters":       # Ardour's reading is the plugin's until told: never anything else
+        assert {tempo for _, _, tempo in rows} == {"97"}
+    wrong = [(i, ts, frame) for i, (ts, frame, _) in enumerate(rows) if ts != frame]
+    assert wrong == [], f"{len(wrong)} blocks off, first (block, plugin, JACK frame): {wrong[:3]}"
+
+
+@needs_toolchain
+@pytest.mark.parametrize("convention", ["beats", "quarters"])
+def test_lv2_in_jalv_reads_97_quarters_a_minute_from_either_master_once_an_event_is_off_bar_1(transport_test,
+                                                                                            convention):
+    # jalv sends the master's position only when the transport starts, stops or jumps, and DPF sums bar/beat
+    # between them at the master's beats per minute taken as the meter's beats: only events are evidence.
+    # Located at 51,959 (mid bar 1 of 7/8 at 97 BPM) the first event tells it
+    rows = jack_host(transport_test, "lv2", "7/8", convention, cycles_from(51959, 600, stopped=4))
+    assert {tempo for _, _, tempo in rows} == {"97"}
+    assert all(ts == frame for ts, frame, _ in rows)
+    # rolled from frame 0, bar 1 beat 1 says nothing: a late cycle (an event at frame 76,800) does
+    rows = jack_host(transport_test, "lv2", "7/8", convention, cycles_from(0, 600, late=300))
+    assert {tempo for _, _, tempo in rows[301:]} == {"97"}
+    assert {tempo for _, _, tempo in rows[:300]} == {"194" if convention == "beats" else "97"}
+    assert all(ts == frame for ts, frame, _ in rows)
+
+
 # --- the take store (plugin_host/plugin/take_store.cpp through build/plugin/take_store_test) -------------
 @pytest.fixture(scope="module")
 def take_store_test(transport_test) -> Path:      # `make check` builds both

@@ -463,19 +463,6 @@ private:
     // and meter and publishes a snapshot for the worker.
     int64_t followTransport(const TimePosition& pos, uint32_t rate, uint32_t frames) noexcept
     {
-        stemd::Tempo tempo = fGrid.tempo();
-        stemd::Meter meter = fGrid.meter();
-        if (pos.bbt.valid) {
-            stemd::Tempo t;
-            stemd::Meter m;
-            if (stemd::tempoFromHost(pos.bbt.beatsPerMinute, t)) tempo = t;
-            if (stemd::meterFromHost(pos.bbt.beatsPerBar, pos.bbt.beatType, m)) meter = m;
-        }
-        if (tempo.num != fGrid.tempo().num || tempo.den != fGrid.tempo().den ||
-            meter.numerator != fGrid.meter().numerator || meter.denominator != fGrid.meter().denominator ||
-            rate != fGrid.sampleRate())
-            fGrid = BarGrid(tempo, meter, rate);
-
         stemd::HostPosition host;
         host.playing = pos.playing;
         host.frame = pos.frame;
@@ -487,7 +474,22 @@ private:
         host.beatsPerBar = pos.bbt.beatsPerBar;
         host.beatType = pos.bbt.beatType;
         host.beatsPerMinute = pos.bbt.beatsPerMinute;
-        const int64_t ts = fTimeline.follow(fFormat, host, fGrid, frames);
+
+        stemd::Tempo tempo = fGrid.tempo();
+        stemd::Meter meter = fGrid.meter();
+        stemd::Tempo t;
+        const bool told = fTempoReader.read(fFormat, host, rate, frames, t);   // in quarters, whatever the host counts
+        if (pos.bbt.valid) {
+            stemd::Meter m;
+            if (told) tempo = t;
+            if (stemd::meterFromHost(pos.bbt.beatsPerBar, pos.bbt.beatType, m)) meter = m;
+        }
+        if (tempo.num != fGrid.tempo().num || tempo.den != fGrid.tempo().den ||
+            meter.numerator != fGrid.meter().numerator || meter.denominator != fGrid.meter().denominator ||
+            rate != fGrid.sampleRate())
+            fGrid = BarGrid(tempo, meter, rate);
+
+        const int64_t ts = fTimeline.follow(fFormat, host, fGrid, frames, !pos.bbt.valid || fTempoReader.sure());
 
         fSnapSeq.fetch_add(1, std::memory_order_acq_rel);
         fSnapTs.store(ts, std::memory_order_relaxed);
@@ -1417,6 +1419,7 @@ private:
     stemd::HostFormat fFormat = stemd::HostFormat::Frames;
     BarGrid fGrid;
     stemd::TimelineFollower fTimeline;
+    stemd::TempoReader fTempoReader;   // run() only
     int64_t fFreeClock = 0, fAuditionStart = 0;
     uint32_t fAuditionSeen = 0;
     uint64_t fAuditionTake = 0;

@@ -132,8 +132,58 @@ double hostQuarters(HostFormat format, const HostPosition& pos) noexcept
     return ((pos.bar - 1) * pos.beatsPerBar + inBar) * 4.0 / pos.beatType;
 }
 
+TempoUnit tempoUnit(double beats, double frames, double minFrames, double bpm, double beatType,
+                    double rate) noexcept
+{
+    if (!(beats >= 0.25) || !(frames >= minFrames) || !(frames > 0) || !(bpm > 0) || !(rate > 0) ||
+        !(beatType > 0) || beatType == 4.0)
+        return TempoUnit::Unknown;
+    const double perMinute = beats * 60.0 * rate / frames;   // the meter's beats a minute, measured
+    if (std::fabs(perMinute / bpm - 1.0) <= 0.125) return TempoUnit::MeterBeats;
+    if (std::fabs(perMinute / (bpm * beatType / 4.0) - 1.0) <= 0.125) return TempoUnit::Quarters;
+    return TempoUnit::Unknown;
+}
+
+bool TempoReader::read(HostFormat format, const HostPosition& pos, uint32_t rate, uint32_t frames,
+                       Tempo& out) noexcept
+{
+    const bool jack = format == HostFormat::Frames || format == HostFormat::Lv2;
+    const bool bbt = jack && hostQuarters(format, pos) >= 0;
+    const bool steady = pos.playing && fLastPlaying && pos.frame == fLastFrame + fLastFrames;
+    const double minFrames = 16.0 * frames;
+    if (bbt) {
+        // the meter's beats from bar 1 (LV2 and JACK give the meter's own bars and beats)
+        const double beats = (pos.bar - 1) * pos.beatsPerBar + (pos.beat - 1) + pos.tick / pos.ticksPerBeat;
+        TempoUnit seen = TempoUnit::Unknown;
+        if (format == HostFormat::Lv2) {
+            if (!steady) seen = tempoUnit(beats, static_cast<double>(pos.frame), minFrames, pos.beatsPerMinute,
+                                          pos.beatType, rate);
+        } else if (steady && fAnchored && pos.beatsPerMinute == fAnchorBpm && pos.beatsPerBar == fAnchorPerBar &&
+                   pos.beatType == fAnchorType) {
+            seen = tempoUnit(beats - fAnchorBeats, static_cast<double>(pos.frame - fAnchorFrame), minFrames,
+                             pos.beatsPerMinute, pos.beatType, rate);
+        } else {  // a roll starts, or the transport jumped or changed: measure from here
+            fAnchored = pos.playing;
+            fAnchorFrame = pos.frame;
+            fAnchorBeats = beats;
+            fAnchorBpm = pos.beatsPerMinute;
+            fAnchorPerBar = pos.beatsPerBar;
+            fAnchorType = pos.beatType;
+        }
+        if (seen != TempoUnit::Unknown) fUnit = seen;
+    } else {
+        fAnchored = false;
+    }
+    fLastPlaying = pos.playing;
+    fLastFrame = pos.frame;
+    fLastFrames = frames;
+    fSure = !bbt || pos.beatType == 4.0 || fUnit != TempoUnit::Unknown;
+    const bool meterBeats = bbt && fUnit == TempoUnit::MeterBeats;
+    return tempoFromHost(meterBeats ? pos.beatsPerMinute * 4.0 / pos.beatType : pos.beatsPerMinute, out);
+}
+
 int64_t TimelineFollower::follow(HostFormat format, const HostPosition& pos, const BarGrid& grid,
-                                 uint32_t frames) noexcept
+                                 uint32_t frames, bool tempoSure) noexcept
 {
     const int64_t tolerance = static_cast<int64_t>(grid.sampleRate() / 500);  // 2 ms
     const double quarters = hostQuarters(format, pos);
@@ -156,6 +206,8 @@ int64_t TimelineFollower::follow(HostFormat format, const HostPosition& pos, con
                 // the frame advanced as it should: what disagrees is the last event's, not news
             } else if (origin - fOrigin <= tolerance && fOrigin - origin <= tolerance) {
                 fVotes = 0;
+            } else if (!tempoSure) {
+                fVotes = 0;   // the grid's tempo may be the master's twice: its origin is no news
             } else if (fVotes > 0 && origin - fNewOrigin <= tolerance && fNewOrigin - origin <= tolerance) {
                 if (++fVotes >= kOriginBlocks) {
                     fOrigin = origin;

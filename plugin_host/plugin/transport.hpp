@@ -85,6 +85,45 @@ struct HostPosition {
 // LV2 and JACK give the meter's own bars and beats. Negative when the position is not known.
 double hostQuarters(HostFormat format, const HostPosition& pos) noexcept;
 
+// What a host's beats per minute counts. VST3 and CLAP: quarter notes (their specs). JACK's jack_position_t
+// leaves it open and masters disagree: JACK's example master (and tests/jack_timebase.c) counts the meter's
+// beats (97 quarters a minute in 7/8 is 194), Ardour 7 counts its tempo's note type, a quarter (97). Their
+// bar/beat/tick agree (beats of beat_type), so the unit shows in how the bar/beat/tick advances against the
+// frames: at beats_per_minute a minute the master counts the meter's beats, at beats_per_minute x beat_type
+// / 4 quarters (see tempoUnit). The JACK app (Frames, fresh bar/beat/tick every block) measures from the
+// first block of a steady roll to this one. In LV2 only blocks that may carry a host event count (as for
+// TimelineFollower), measured from bar 1 at frame 0: DPF 1.6 sums bar/beat between events at
+// beats_per_minute meter beats a minute, so its sums would only repeat that guess; jalv sends an event when
+// the transport starts, stops, locates or a JACK cycle comes late, so a roll from frame 0 tells nothing until
+// one of those. Until told, a host's value is read as quarters (what Ardour writes); with beat_type 4 both
+// readings are one. A told unit stays until another interval tells otherwise.
+enum class TempoUnit { Unknown, MeterBeats, Quarters };
+
+// The rule, once: `beats` of the meter advanced over `frames` frames at `rate` against a master's
+// beats per minute `bpm` at beat type `beatType`. Unknown for less than a quarter of a beat (a whole tick
+// is up to 1/480 of it) or fewer than `minFrames` frames (16 blocks: a late JACK cycle moves it by less
+// than 1/16), for beat type 4 (both read the same), and where neither rate lies within 1/8 (they differ
+// twice at least).
+TempoUnit tempoUnit(double beats, double frames, double minFrames, double bpm, double beatType,
+                    double rate) noexcept;
+
+class TempoReader {
+public:
+    // The host's tempo in quarter notes a minute as an exact rational, for this block ([audio]: no
+    // allocation, no lock); false (`out` untouched) where tempoFromHost refuses it.
+    bool read(HostFormat format, const HostPosition& pos, uint32_t rate, uint32_t frames, Tempo& out) noexcept;
+    TempoUnit unit() const noexcept { return fUnit; }
+    // Whether the last block's tempo is sure: VST3, CLAP, beat type 4, or the unit told.
+    bool sure() const noexcept { return fSure; }
+
+private:
+    TempoUnit fUnit = TempoUnit::Unknown;
+    bool fSure = true, fAnchored = false, fLastPlaying = false;
+    uint64_t fAnchorFrame = 0, fLastFrame = 0;
+    uint32_t fLastFrames = 0;
+    double fAnchorBeats = 0, fAnchorBpm = 0, fAnchorPerBar = 0, fAnchorType = 0;
+};
+
 // Where each block lies on the timeline (bar 1 = sample 0), from the host's frame and its bar/beat/tick.
 // The origin (the frame of bar 1) is 0 unless kOriginBlocks blocks in a row put it elsewhere by more than
 // 2 ms. In LV2 only blocks that may carry a host event vote: the first, those while stopped or starting,
@@ -101,7 +140,10 @@ public:
     static constexpr int32_t kOriginBlocks = 4;
 
     // The timeline sample of this block's first frame ([audio]: no allocation, no lock).
-    int64_t follow(HostFormat format, const HostPosition& pos, const BarGrid& grid, uint32_t frames) noexcept;
+    // With `tempoSure` false (a JACK master's tempo unit not told yet: the grid's tempo may be twice the
+    // master's) no block votes for a new origin.
+    int64_t follow(HostFormat format, const HostPosition& pos, const BarGrid& grid, uint32_t frames,
+                   bool tempoSure = true) noexcept;
     int64_t origin() const noexcept { return fOrigin; }
 
 private:

@@ -15,6 +15,11 @@
 //       jack_timebase.c) computed its bar/beat/tick from, 1 or 0. jalv sends a time:Position (float
 //       barBeat from the master's whole ticks) only when the frame or rolling is not what it expected; DPF
 //       keeps the event's values and adds each block to them itself. Prints "ts frame" for each block
+//   transport_test jackhost FORMAT BPM N D RATE BLOCK CONVENTION
+//       the same cycles through jalv and DPF's LV2 wrapper (FORMAT lv2) or DPF's JACK app (FORMAT jack: the
+//       master's bar/beat/tick fresh every block), the master writing its beats per minute in the meter's
+//       beats (CONVENTION beats, as tests/jack_timebase.c and JACK's example) or in quarters (quarters, as
+//       Ardour 7); the plugin reads its tempo as followTransport does. Prints "ts frame tempo" for each block
 #include "transport.hpp"
 
 #include <cmath>
@@ -38,18 +43,25 @@ struct Lv2Event {
     int32_t beatUnit;
 };
 
-static Lv2Event masterEvent(const BarGrid& grid, double bpm, int64_t frame, int64_t bbtFrame, bool rolling)
+static Lv2Event masterEvent(const BarGrid& grid, double bpm, int64_t frame, int64_t bbtFrame, bool rolling,
+                            bool quarters, double* beatTick = nullptr)
 {
     const int64_t bar = grid.barAt(bbtFrame);
     const double n = grid.meter().numerator, beatLen = static_cast<double>(grid.barLength(bar)) / n;
     const double inBar = static_cast<double>(bbtFrame - grid.barStart(bar)) / beatLen;
     const double beat = std::floor(inBar), tick = std::floor((inBar - beat) * 1920.0);
-    const double jackBpm = bpm * grid.meter().denominator / 4.0;   // JACK counts beats of beat_type
+    // JACK's example counts beats of beat_type, Ardour 7 quarters
+    const double jackBpm = quarters ? bpm : bpm * grid.meter().denominator / 4.0;
+    if (beatTick) {
+        beatTick[0] = beat;
+        beatTick[1] = tick;
+    }
     return Lv2Event{frame, rolling ? 1.0f : 0.0f, static_cast<float>(beat + tick / 1920.0), static_cast<float>(n),
                     static_cast<float>(jackBpm), bar, grid.meter().denominator};
 }
 
-static int lv2Host(char** argv)
+// lv2host (format Lv2, the meter's beats, prints "ts frame") and jackhost (prints "ts frame tempo")
+static int jackHost(char** argv, HostFormat format, bool quarters, bool printTempo)
 {
     Tempo tempo;
     Meter meter;
@@ -69,11 +81,27 @@ static int lv2Host(char** argv)
     int64_t expected = 0;
     bool wasRolling = false;
     TimelineFollower follower;
+    TempoReader reader;
+    BarGrid heard = grid;   // the plugin's grid, from the tempo it reads (followTransport)
     long long frame = 0, bbtFrame = 0;
     int rolling = 0;
+    char text[64];
     while (std::scanf("%lld %lld %d", &frame, &bbtFrame, &rolling) == 3) {
-        if (frame != expected || (rolling != 0) != wasRolling) {  // jalv: the transport is not as expected
-            const Lv2Event ev = masterEvent(grid, bpm, frame, bbtFrame, rolling != 0);
+        if (format == HostFormat::Frames) {  // DistrhoPluginJACK.cpp: the master's values every cycle
+            double beatTick[2];
+            const Lv2Event ev = masterEvent(grid, bpm, frame, bbtFrame, rolling != 0, quarters, beatTick);
+            pos.playing = rolling != 0;
+            pos.frame = static_cast<uint64_t>(frame);
+            pos.bar = static_cast<int32_t>(ev.bar + 1);
+            pos.beat = static_cast<int32_t>(beatTick[0]) + 1;
+            pos.tick = beatTick[1];
+            pos.beatsPerBar = ev.beatsPerBar;
+            pos.beatType = ev.beatUnit;
+            pos.beatsPerMinute = static_cast<double>(ev.beatsPerMinute);
+            pos.bbtValid = true;
+            speed = 0.0;                     // no sums of DPF's own
+        } else if (frame != expected || (rolling != 0) != wasRolling) {  // jalv: the transport is not as expected
+            const Lv2Event ev = masterEvent(grid, bpm, frame, bbtFrame, rolling != 0, quarters);
             speed = ev.speed;
             pos.playing = speed != 0.0;
             lastBar = ev.bar;
@@ -93,7 +121,15 @@ static int lv2Host(char** argv)
         }
         expected = rolling ? frame + block : frame;
         wasRolling = rolling != 0;
-        std::printf("%lld %lld\n", static_cast<long long>(follower.follow(HostFormat::Lv2, pos, grid, block)), frame);
+        Tempo read;
+        const bool told = reader.read(format, pos, static_cast<uint32_t>(rate), block, read);
+        if (pos.bbtValid && told && (read.num != heard.tempo().num || read.den != heard.tempo().den))
+            heard = BarGrid(read, meter, static_cast<uint32_t>(rate));
+        const int64_t ts = follower.follow(format, pos, heard, block, !pos.bbtValid || reader.sure());
+        if (printTempo)
+            std::printf("%lld %lld %s\n", static_cast<long long>(ts), frame, tempoText(heard.tempo(), text, sizeof text));
+        else
+            std::printf("%lld %lld\n", static_cast<long long>(ts), frame);
         if (speed != 0.0) {  // DPF's sums for the next block
             lastFrame += block;
             pos.frame = static_cast<uint64_t>(lastFrame);
@@ -174,7 +210,10 @@ int main(int argc, char** argv)
         }
         return 0;
     }
-    if (argc == 7 && std::strcmp(argv[1], "lv2host") == 0) return lv2Host(argv);
+    if (argc == 7 && std::strcmp(argv[1], "lv2host") == 0) return jackHost(argv, HostFormat::Lv2, false, false);
+    if (argc == 9 && std::strcmp(argv[1], "jackhost") == 0)
+        return jackHost(argv + 1, std::strcmp(argv[2], "jack") == 0 ? HostFormat::Frames : HostFormat::Lv2,
+                        std::strcmp(argv[8], "quarters") == 0, true);
     if (argc != 8 || std::strcmp(argv[1], "grid") != 0) {
         std::fprintf(stderr, "usage: transport_test grid BPM N D RATE FIRST LAST | tempo BPM | meter N D\n");
         return 2;
