@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from stemd.bridge.guide_in import GuideRecording
-from stemd.bridge.transport.jack import Cycle, bbt_cycle
+from stemd.bridge.transport.jack import Cycle, TempoUnit, bbt_cycle
 from stemd.guides import GuideError
 from stemd.guides.smf import read_smf
 from stemd.timing import Meter
@@ -45,6 +45,40 @@ def test_bbt_of_a_timebase_master_is_read_in_quarters_with_the_tempo_in_quarters
     for nonsense in ({"beats_per_bar": 0.0}, {"ticks_per_beat": 0.0}, {"beats_per_minute": float("inf")}):
         odd = bbt_cycle({**pos, **nonsense}, True, Fraction(97), Meter.parse("3/4"))
         assert not odd.bbt and odd.quarters == Fraction(123 * 97, 60 * RATE), nonsense
+
+
+def master_position(frame: int, meter: Meter, quarters: bool) -> dict:
+    """tests/jack_timebase.c's position at ``frame`` for 97 BPM (bar 1 at frame 0, whole ticks), its beats per
+    minute in beats of beat_type (JACK's example) or in quarters (Ardour 7)."""
+    beats = Fraction(frame * 97, 60 * RATE) / meter.unit_quarters
+    bar, in_bar = divmod(beats, meter.numerator)
+    beat = int(in_bar)
+    return {"frame_rate": RATE, "frame": frame, "bar": int(bar) + 1, "beat": beat + 1,
+            "tick": int((in_bar - beat) * 1920), "bar_start_tick": 0.0, "beats_per_bar": float(meter.numerator),
+            "beat_type": float(meter.denominator), "ticks_per_beat": 1920.0,
+            "beats_per_minute": 97.0 if quarters else 97.0 * meter.denominator / 4}
+
+
+@pytest.mark.parametrize("meter", ["7/8", "5/16", "3/2", "3/4"])
+@pytest.mark.parametrize("quarters", [False, True])
+def test_the_tempo_unit_of_a_master_is_told_by_how_its_bars_advance_against_the_frames(meter, quarters):
+    # a roll from the middle of bar 2 in 256-frame cycles: bar/beat/tick is read the same either way, the
+    # tempo in quarters once 16 cycles and a quarter of a beat have gone by
+    meter = Meter.parse(meter)
+    unit = TempoUnit()
+    start = 120_000
+    cycles = [bbt_cycle(master_position(start + 256 * k, meter, quarters), True, Fraction(120), Meter.parse("4/4"),
+                        unit, 256) for k in range(200)]
+    exact = [Fraction((start + 256 * k) * 97, 60 * RATE) for k in range(200)]
+    assert all(0 <= q - c.quarters < meter.unit_quarters / 1920 for q, c in zip(exact, cycles))
+    told = next(k for k, c in enumerate(cycles) if c.bpm == 97)
+    assert all(c.bpm == 97 for c in cycles[told:])
+    assert told <= 64 if meter.denominator != 4 else told == 0
+    if quarters and meter.denominator != 4:          # until told, JACK's example's reading: half or twice
+        assert cycles[0].bpm == Fraction(97 * 4, meter.denominator)
+    # a steady roll's later cycles keep it; a locate starts a new measure and the unit stays meanwhile
+    later = bbt_cycle(master_position(9_000, meter, quarters), True, Fraction(120), Meter.parse("4/4"), unit, 256)
+    assert later.bpm == 97
 
 
 def test_with_another_follower_a_cycle_is_placed_on_the_followed_transport_at_its_first_frame():
@@ -262,9 +296,11 @@ def test_no_such_port_names_the_ports_there_are(jack, helpers, tmp_path):
         "stemd bridge: no JACK MIDI port 'keyboard'; the JACK MIDI outputs here: stemd-notes:out"], err
 
 
-def test_the_jack_follower_reads_tempo_meter_and_bars_from_the_timebase_master(jack, helpers):
-    # 7/8 at 97 quarters per minute: JACK's master says 194 eighths per minute; the bridge says 97
-    timebase = Timebase(jack, helpers[0], 97, Meter.parse("7/8"))
+@pytest.mark.parametrize("convention", ["beats", "quarters"])
+def test_the_jack_follower_reads_tempo_meter_and_bars_from_the_timebase_master(jack, helpers, convention):
+    # 7/8 at 97 quarters per minute: JACK's example master says 194 eighths per minute, Ardour 7's 97 quarters;
+    # the bridge says 97 either way (told within the roll's first cycles)
+    timebase = Timebase(jack, helpers[0], 97, Meter.parse("7/8"), convention)
     timebase.tell(f"locate {frame_of(Fraction(7, 2) * 2, 97)}")      # bar 3
     bridge = jack.start([sys.executable, "-m", "stemd", "bridge", "--daemon", "none", "--follow", "jack",
                          "--print-transport", "--no-stdin", "--command-port", "0"], stdout=subprocess.PIPE,
@@ -274,6 +310,10 @@ def test_the_jack_follower_reads_tempo_meter_and_bars_from_the_timebase_master(j
     rolling = [line for line in json_lines(bridge, 4.0) if line["playing"]]
     timebase.tell("stop")
     assert stopped and (stopped[-1]["bar"], stopped[-1]["beat"], stopped[-1]["playing"]) == (3, 1, False), stopped
+    # bar 3's downbeat may be printed before the unit is told (16 cycles: 85 ms in), then again at 97
+    told = next(i for i, line in enumerate(rolling) if line["bpm"] == 97.0)
+    assert (told <= 1 if convention == "quarters" else told == 0) and rolling[0]["bar"] == 3 and rolling[0]["beat"] == 1, rolling
+    rolling = rolling[told:]
     beats = [(line["bar"], line["beat"]) for line in rolling]
     assert beats[:8] == [(3, 1), (3, 2), (3, 3), (3, 4), (3, 5), (3, 6), (3, 7), (4, 1)], rolling
     assert all(line["bpm"] == 97.0 and line["meter"] == "7/8" for line in rolling), rolling

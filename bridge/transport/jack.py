@@ -3,7 +3,9 @@
 A JACK client of the bridge's asks the transport where it is at the first frame of every cycle. With a
 timebase master (a DAW on JACK: Ardour, Qtractor...) its bar, beat, tick, meter and tempo place the
 position; without one, the transport frame does, at the tempo and meter of the spec (default 120, 4/4).
-JACK's ``beats_per_minute`` counts beats of the meter's unit; stemd's tempo counts quarter notes.
+stemd's tempo counts quarter notes; what JACK's ``beats_per_minute`` counts is each master's choice (JACK's
+example: beats of the meter's unit, 194 for 97 BPM 7/8; Ardour 7: quarters, 97). :class:`TempoUnit` tells
+them apart from how the master's bar/beat/tick advances against the frames.
 
 The same client reads MIDI inputs for ``--guide-in`` (:meth:`JackClient.add_midi_input`): each event's
 position is the cycle's position plus its frame offset in the cycle, so a note sits where it was played
@@ -47,9 +49,60 @@ class Cycle:
         return self.quarters + Fraction(offset) * self.bpm / (60 * self.frame_rate)
 
 
-def bbt_cycle(position: dict, rolling: bool, fallback_bpm: Fraction, fallback_meter: Meter) -> Cycle:
+class TempoUnit:
+    """What a JACK timebase master's ``beats_per_minute`` counts: beats of ``beat_type`` or quarter notes.
+
+    Masters agree on bar/beat/tick (beats of the meter's unit), so the unit shows in how the position advances
+    against the frames over a steady roll: at ``beats_per_minute`` a minute the master counts the meter's
+    beats, at ``beats_per_minute x beat_type / 4`` quarters. Measured from the first cycle of a steady roll
+    (same tempo and meter, each frame the last one plus its cycle) over at least a quarter of a beat (a whole
+    tick is up to 1/480 of it) and 16 cycles (a late JACK cycle moves it less than 1/16); the rate read must lie
+    within 1/8 of one of the two (they differ twice at least). With beat_type 4 both are one and nothing is
+    learnt. Until told, the meter's beats (JACK's example); a told unit stays until a roll tells otherwise.
+    The plugin reads its hosts by the same rule (plugin_host/plugin/transport.hpp, tempoUnit)."""
+
+    MIN_BEATS, MIN_CYCLES, CLOSE = Fraction(1, 4), 16, Fraction(1, 8)
+
+    def __init__(self):
+        self.quarters = False           # JACK's example's reading until a roll says otherwise
+        self._anchor: Optional[tuple] = None
+        self._expected: Optional[int] = None
+
+    @staticmethod
+    def told(beats: Fraction, frames: int, cycle_frames: int, bpm: Fraction, unit: int, rate: int) -> Optional[bool]:
+        """True: the master counts quarters; False: the meter's beats; None: not told by this interval."""
+        if unit == 4 or beats < TempoUnit.MIN_BEATS or frames < TempoUnit.MIN_CYCLES * cycle_frames or bpm <= 0:
+            return None
+        per_minute = beats * 60 * rate / frames
+        if abs(per_minute / bpm - 1) <= TempoUnit.CLOSE:
+            return False
+        if abs(per_minute / (bpm * unit / 4) - 1) <= TempoUnit.CLOSE:
+            return True
+        return None
+
+    def observe(self, position: dict, rolling: bool, cycle_frames: int) -> None:
+        """One JACK cycle's ``transport_query`` dict (its bar/beat/tick checked by :func:`bbt_cycle`)."""
+        frame = int(position["frame"])
+        key = (position["beats_per_minute"], position["beats_per_bar"], position["beat_type"], position["frame_rate"])
+        beats = ((position["bar"] - 1) * int(round(position["beats_per_bar"])) + (position["beat"] - 1)
+                 + Fraction(int(position["tick"]), int(round(position["ticks_per_beat"]))))
+        steady = rolling and self._anchor is not None and self._anchor[0] == key and frame == self._expected
+        self._expected = frame + cycle_frames if rolling else None
+        if not steady:                      # a roll starts, or the transport jumped or changed: measure from here
+            self._anchor = (key, frame, beats) if rolling else None
+            return
+        told = self.told(beats - self._anchor[2], frame - self._anchor[1], cycle_frames,
+                         Fraction(position["beats_per_minute"]).limit_denominator(10_000),
+                         int(round(position["beat_type"])), int(position["frame_rate"]))
+        if told is not None:
+            self.quarters = told
+
+
+def bbt_cycle(position: dict, rolling: bool, fallback_bpm: Fraction, fallback_meter: Meter,
+              tempo_unit: Optional[TempoUnit] = None, cycle_frames: int = 0) -> Cycle:
     """A :class:`Cycle` from JACK-Client's ``transport_query`` dict: its bar/beat/tick when a timebase master
-    gives them, else its frame at the fallback tempo and meter."""
+    gives them, else its frame at the fallback tempo and meter. ``tempo_unit`` (fed this cycle of ``cycle_frames``)
+    says what the master's beats per minute count; without one, the meter's beats."""
     rate = int(position["frame_rate"])
     meter = None
     if "bar" in position:
@@ -62,7 +115,11 @@ def bbt_cycle(position: dict, rolling: bool, fallback_bpm: Fraction, fallback_me
         beats = ((position["bar"] - 1) * per_bar + (position["beat"] - 1)
                  + Fraction(int(position["tick"]), int(round(position["ticks_per_beat"]))))
         quarters = beats * Fraction(4, unit)
-        bpm = Fraction(position["beats_per_minute"]).limit_denominator(10_000) * Fraction(4, unit)
+        bpm = Fraction(position["beats_per_minute"]).limit_denominator(10_000)
+        if tempo_unit is not None:
+            tempo_unit.observe(position, rolling, cycle_frames)
+        if tempo_unit is None or not tempo_unit.quarters:
+            bpm *= Fraction(4, unit)
         return Cycle(quarters, bpm, meter, rolling, rate, bbt=True)
     quarters = Fraction(int(position["frame"]), rate) * fallback_bpm / 60
     return Cycle(quarters, fallback_bpm, fallback_meter, rolling, rate)
@@ -127,6 +184,7 @@ class JackClient:
         self._told_at = 0.0
         self.last_cycle: Optional[Cycle] = None
         self._line = BbtLine()
+        self._tempo_unit = TempoUnit()
         self._lock = threading.Lock()
         self.client.set_process_callback(self._process)
         self.client.activate()
@@ -184,7 +242,7 @@ class JackClient:
     # --- JACK's process thread -----------------------------------------------------------------
     def _process(self, frames: int) -> None:
         started = time.monotonic() - self.client.frames_since_cycle_start / self.client.samplerate
-        cycle = self._cycle(started)
+        cycle = self._cycle(started, frames)
         self.last_cycle = cycle
         for listener in self._cycle_listeners:      # before the cycle's events: a recording starts here
             listener(cycle)
@@ -194,10 +252,11 @@ class JackClient:
         if self.follow:
             self._tell(cycle, started)
 
-    def _cycle(self, started: float) -> Cycle:
+    def _cycle(self, started: float, frames: int = 0) -> Cycle:
         if self.follow:
             state, position = self.client.transport_query()
-            cycle = bbt_cycle(position, state == self._jack.ROLLING, self.fallback_bpm, self.fallback_meter)
+            cycle = bbt_cycle(position, state == self._jack.ROLLING, self.fallback_bpm, self.fallback_meter,
+                              self._tempo_unit, frames)
             if not cycle.bbt:            # no (usable) BBT: the frame placed it
                 return cycle
             tick = cycle.meter.unit_quarters / Fraction(position["ticks_per_beat"]).limit_denominator(10_000)
