@@ -38,6 +38,16 @@ def engines(pipelines):
     return {arch: load_engine(str(folder), device="cpu") for arch, folder in pipelines.items()}
 
 
+def written(tmp_path_factory, arch: str, without: tuple = ()):
+    """A test pipeline of ``arch`` written in-process (``without``: optional components left out); skips without
+    torch or diffusers."""
+    pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    from stemd.models.diffusion.testmodels import write_test_pipeline
+
+    return write_test_pipeline(tmp_path_factory.mktemp(arch), arch, without=without)
+
+
 def reference(folder):
     """diffusers' own pipeline, loaded on its own from the same folder."""
     from diffusers import DiffusionPipeline

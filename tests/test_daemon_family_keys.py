@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from daemon_fixtures import TcpClient
+from diffusion_fixtures import written
 from stemd.families import FAMILY_KEYS, FAMILY_ONLY, keys_set
 from stemd.protocol import GenerateRequest
 
@@ -45,11 +46,7 @@ def test_the_click_engine_refuses_what_it_lacks_before_accepting(daemon, key, va
 
 @pytest.fixture(scope="module")
 def acestep(tmp_path_factory):
-    pytest.importorskip("torch")
-    pytest.importorskip("diffusers")
-    from stemd.models.diffusion.testmodels import write_test_pipeline
-
-    return write_test_pipeline(tmp_path_factory.mktemp("acestep-tiny"), "acestep-tiny")
+    return written(tmp_path_factory, "acestep-tiny")
 
 
 def test_models_not_loaded_yet_refuse_other_families_keys_at_once_and_stay_unloaded(start_daemon, tiny, acestep):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from daemon_fixtures import TcpClient
+from diffusion_fixtures import written
 from stemd.families import refuse_missing
 from stemd.protocol import ProtocolError
 
@@ -19,11 +20,7 @@ COVER = ("chords", "Am | F | C")
 
 @pytest.fixture(scope="module")
 def no_tokenizer(tmp_path_factory):
-    pytest.importorskip("torch")
-    pytest.importorskip("diffusers")
-    from stemd.models.diffusion.testmodels import write_test_pipeline
-
-    return write_test_pipeline(tmp_path_factory.mktemp("acestep-tiny-no-tokenizer"), "acestep-tiny", without=TOKENIZER)
+    return written(tmp_path_factory, "acestep-tiny", without=TOKENIZER)
 
 
 def replies_to(client: TcpClient, rid: str, meter: str, *keys) -> list:
@@ -117,11 +114,7 @@ def test_a_take_longer_than_the_checkpoint_makes_is_refused_before_accepting_whi
 
 @pytest.fixture(scope="module")
 def sa3(tmp_path_factory):
-    pytest.importorskip("torch")
-    pytest.importorskip("diffusers")
-    from stemd.models.diffusion.testmodels import write_test_pipeline
-
-    return write_test_pipeline(tmp_path_factory.mktemp("sa3-tiny"), "sa3-tiny")
+    return written(tmp_path_factory, "sa3-tiny")
 
 
 def test_the_pool_knows_a_checkpoints_longest_take_and_parts_before_it_loads_as_its_engine_does(sa3):
