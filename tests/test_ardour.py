@@ -140,7 +140,9 @@ def describe_audible(rendered: np.ndarray, before: int, take: Optional[np.ndarra
     described = (f"{early.size} audible samples before the bar ({np.count_nonzero(early % 1024 == 0)} on multiples "
                  f"of 1024, {np.count_nonzero(early % 2048 == 0)} of 2048), the first at {levels}; in the whole export "
                  f"{on_grid.size} of the {grid.size} multiples of 2048 are audible ({held}; "
-                 f"{len(np.unique(rendered[on_grid], axis=0))} distinct)")
+                 f"{len(np.unique(rendered[on_grid], axis=0))} distinct; audible on the left "
+                 f"{np.count_nonzero(np.abs(rendered[grid, 0]) > 1e-6)}, on the right "
+                 f"{np.count_nonzero(np.abs(rendered[grid, 1]) > 1e-6)})")
     if take is not None:
         off_grid = np.ones(len(rendered), bool)
         off_grid[grid] = False
@@ -161,12 +163,19 @@ def assert_renders_at(session: Path, tmp_path: Path, take: np.ndarray, at: int, 
     residue before the bar, an export that hung (a loaded machine); on a fresh CI machine's first run,
     an export audible on 8,767 samples, the first at 2048, 4096, 6144: exactly what the right take (8,600
     audible samples here) gives with one more audible sample on every multiple of 2048 through the whole
-    export (173, 6 of them inside the take's clicks), that is on the first sample of every other
-    1024-sample cycle of ardour7-export's engine. Its cause in Ardour was not found: not reproduced in
-    30+ first-run exports, each with a HOME of its own, nor in 92 more (86 of saved sessions of this test,
-    6 whole runs of it) with Ardour told of 1 to 16 CPUs (ARDOUR_CONCURRENCY), pinned to one CPU, beside
-    busy loops, with the track's inputs on system:capture or not, and with the memory writes of Ardour
-    7.3's AVX-512F routines emulated on an AVX2 CPU. The warning says what a recurrence holds."""
+    export (173, 6 of them inside the take's clicks). Those are the samples where one channel's export
+    delay line wraps (traced here with an LD_PRELOAD probe of Ardour's mix_buffers_no_gain): the master
+    bus plays to system:playback, on which Ardour's Dummy engine reports 256 samples of latency, so
+    ardour7-export splits its first exported cycle 768 + 256; in the 768 ExportGraphBuilder::process
+    reads the first channel of its map only (it returns inside its loop), so the other channel's
+    2048-sample ring buffer (PortExportChannel) runs 768 samples behind and its read splits into
+    768 + 256 every other 1024-sample cycle, at export samples 2048, 4096, ...: 173 times in this export,
+    while the first channel's read never splits. What made the sample at such a wrap audible on that
+    machine was not found: not reproduced in 30+ first-run exports, each with a HOME of its own, nor in
+    92 more (86 of saved sessions of this test, 6 whole runs of it) with Ardour told of 1 to 16 CPUs
+    (ARDOUR_CONCURRENCY), pinned to one CPU, beside busy loops, with the track's inputs on
+    system:capture or not, and with the memory writes of Ardour 7.3's AVX-512F routines emulated on an
+    AVX2 CPU. The warning says what a recurrence holds, channel by channel."""
     problems = []
     for attempt in range(exports):
         result = export(session, tmp_path, f"export{attempt or ''}.wav")
@@ -341,17 +350,19 @@ def test_session_writer_refuses_a_take_at_another_rate(tmp_path):
 
 def test_a_retried_export_is_described_by_its_2048_grid_and_whether_the_take_sits_on_its_bar():
     """The first-run failure's pattern, made by hand at 97 BPM 3/4: the take on bar 3 plus one sample on
-    every multiple of 2048. The warning names the grid, what it holds, and whether the take is in place."""
+    every multiple of 2048 on one channel. The warning names the grid, what each channel holds there, and
+    whether the take is in place."""
     grid, at = Grid(97, "3/4"), Grid(97, "3/4").bar_start_sample(2, 48000)
     take = np.zeros((grid.span_samples(2, 2, 48000), 2), np.float32)
     take[::14845] = 0.9                                        # a click on every beat
     rendered = np.zeros((at + len(take), 2), np.float32)
     rendered[at:] = take
-    rendered[2048::2048] += np.float32(3.0517578e-05)          # 2 ** -15 on every multiple of 2048
+    rendered[2048::2048, 1] += np.float32(3.0517578e-05)       # 2 ** -15 on every multiple of 2048, right only
     described = describe_audible(rendered, at, take)
     assert "86 audible samples before the bar (86 on multiples of 1024, 86 of 2048)" in described, described
     assert "in the whole export 173 of the 173 multiples of 2048 are audible" in described, described
-    assert "2048: 0x1.0000000000000p-15 0x1.0000000000000p-15" in described, described
+    assert "audible on the left 0, on the right 173" in described, described
+    assert "2048: 0x0.0p+0 0x1.0000000000000p-15" in described, described
     assert "off the 2048 grid the render is the take at the bar" in described, described
     assert ardour_machine() in described
     late = np.roll(rendered, 1, axis=0)                        # the same take one sample late
