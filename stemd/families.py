@@ -10,7 +10,8 @@ Some tasks need a part that only some checkpoints of a family hold (ACE-Step's c
 tokenizer and detokenizer, which a checkpoint may leave out): :data:`NEEDS`. The daemon reads what each
 checkpoint holds when it locates the model (``model_index.json``: models/diffusion/loading.py, no weights loaded)
 and refuses such a request the same way, before ``/stemd/accepted``; the engine checks the parts it loaded.
-Core: no torch.
+Keys a family takes that make no task together (two of ACE-Step's tasks, a task without its audio, a guide with
+given audio ...) are ``bad_arguments`` at the same two places (:func:`refuse_clashes`). Core: no torch.
 """
 
 from __future__ import annotations
