@@ -163,19 +163,20 @@ def assert_renders_at(session: Path, tmp_path: Path, take: np.ndarray, at: int, 
     residue before the bar, an export that hung (a loaded machine); on a fresh CI machine's first run,
     an export audible on 8,767 samples, the first at 2048, 4096, 6144: exactly what the right take (8,600
     audible samples here) gives with one more audible sample on every multiple of 2048 through the whole
-    export (173, 6 of them inside the take's clicks). Those are the samples where one channel's export
-    delay line wraps (traced here with an LD_PRELOAD probe of Ardour's mix_buffers_no_gain): the master
-    bus plays to system:playback, on which Ardour's Dummy engine reports 256 samples of latency, so
-    ardour7-export splits its first exported cycle 768 + 256; in the 768 ExportGraphBuilder::process
-    reads the first channel of its map only (it returns inside its loop), so the other channel's
-    2048-sample ring buffer (PortExportChannel) runs 768 samples behind and its read splits into
-    768 + 256 every other 1024-sample cycle, at export samples 2048, 4096, ...: 173 times in this export,
-    while the first channel's read never splits. What made the sample at such a wrap audible on that
-    machine was not found: not reproduced in 30+ first-run exports, each with a HOME of its own, nor in
-    92 more (86 of saved sessions of this test, 6 whole runs of it) with Ardour told of 1 to 16 CPUs
-    (ARDOUR_CONCURRENCY), pinned to one CPU, beside busy loops, with the track's inputs on
+    export (173, 6 of them inside the take's clicks). In this test's export those are the samples 768
+    into every other 1024-sample cycle (not the first): the master bus plays to system:playback, on which
+    Ardour's Dummy engine reports 256 samples of latency, so ardour7-export splits its first exported
+    cycle 768 + 256. They are also exactly where one channel's export delay line wraps (traced here with
+    an LD_PRELOAD probe of Ardour's mix_buffers_no_gain): in the 768 ExportGraphBuilder::process reads
+    the first channel of its map only (it returns inside its loop), so the other channel's 2048-sample
+    ring buffer (PortExportChannel) runs 768 behind and its read splits 768 + 256 every other cycle, at
+    export samples 2048, 4096, ..., 173 times, while the first channel's never splits. A fault at the
+    wrap would mark that channel alone; the warning counts each channel. What made those samples audible
+    on that machine was not found: not reproduced in 30+ first-run exports, each with a HOME of its own,
+    nor in 92 more (86 of saved sessions of this test, 6 whole runs of it) with Ardour told of 1 to 16
+    CPUs (ARDOUR_CONCURRENCY), pinned to one CPU, beside busy loops, with the track's inputs on
     system:capture or not, and with the memory writes of Ardour 7.3's AVX-512F routines emulated on an
-    AVX2 CPU. The warning says what a recurrence holds, channel by channel."""
+    AVX2 CPU."""
     problems = []
     for attempt in range(exports):
         result = export(session, tmp_path, f"export{attempt or ''}.wav")
