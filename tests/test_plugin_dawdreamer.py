@@ -318,17 +318,26 @@ def test_a_project_reopened_at_another_sample_rate_plays_its_take_resampled_on_i
     assert saved["sample_rate"] == RATE and saved["variations"][0]["wav"] == str(wav)
 
 
-def test_a_refused_request_keeps_the_daemons_code_and_message(vst3, dawdreamer, plugin_env, tmp_path):
+def failed_take(plugin, tmp_path: Path, what: str) -> dict:
+    return wait_for(lambda: [t for t in takes_state(plugin, tmp_path) if t["state"] == "failed"], 30, what)[0]
+
+
+@pytest.mark.parametrize("states,code,named", [({"model": "no-such-model"}, "unknown_model", "no-such-model"),
+                                               ({"chords": "Am | F"}, "unsupported_key", "chords")])
+def test_a_refused_request_keeps_the_daemons_code_and_message(vst3, dawdreamer, plugin_env, tmp_path, states, code,
+                                                              named):
+    """A model the daemon lacks, or chords typed into the plugin for the click engine (which cannot follow a
+    guide): the take keeps the daemon's code and message, and nothing plays."""
     daemon, takes_dir = plugin_env
     engine, plugin = new_plugin(dawdreamer, vst3)
     engine.render(0.1)
-    write_states(plugin, tmp_path / "state.bin", model="no-such-model")
+    write_states(plugin, tmp_path / "state.bin", **states)
     ask_for_take(engine, plugin)
-    take = wait_for(lambda: [t for t in takes_state(plugin, tmp_path) if t["state"] == "failed"], 30,
-                    "the take did not fail")[0]
-    assert take["error"]["code"] == "unknown_model"
-    assert "no-such-model" in take["error"]["message"]
-    assert "unknown_model" in read_states(plugin, tmp_path / "state.bin")[0]["status"]
+    take = failed_take(plugin, tmp_path, "the take did not fail")
+    assert take["error"]["code"] == code
+    assert named in take["error"]["message"]
+    assert take.get("chords", "") == states.get("chords", "")          # the chords it went with, saved
+    assert code in read_states(plugin, tmp_path / "state.bin")[0]["status"]
     engine.render(7.0)
     assert np.abs(engine.get_audio()).max() == 0.0             # nothing to play, nothing invented
     assert not list(takes_dir.glob("*.wav"))
@@ -402,18 +411,6 @@ def test_a_guide_played_into_the_vst3_is_recorded_where_it_was_played_and_goes_w
     plugin.clear_midi()
     plugin.set_parameter(parameter_index(plugin, "Record guide"), 0.0)
     ask_for_take(engine, plugin, bars=2, daw_bar=3)
-    take = wait_for(lambda: [t for t in takes_state(plugin, tmp_path) if t["state"] == "failed"], 30,
-                    "the request with a guide was not refused")[0]
+    take = failed_take(plugin, tmp_path, "the request with a guide was not refused")
     assert take["error"]["code"] == "unsupported_key" and "guide" in take["error"]["message"]
 
-
-def test_chords_typed_into_the_plugin_go_with_the_request(vst3, dawdreamer, plugin_env, tmp_path):
-    daemon, takes_dir = plugin_env
-    engine, plugin = new_plugin(dawdreamer, vst3)
-    engine.render(0.1)
-    write_states(plugin, tmp_path / "state.bin", chords="Am | F")
-    ask_for_take(engine, plugin)
-    take = wait_for(lambda: [t for t in takes_state(plugin, tmp_path) if t["state"] == "failed"], 30,
-                    "the request with chords was not refused")[0]
-    assert take["error"]["code"] == "unsupported_key" and "chords" in take["error"]["message"]
-    assert take["chords"] == "Am | F"

@@ -86,7 +86,8 @@ std::string defaultTakesDir()
     return envOr("STEMD_TAKES_DIR", home + "/stemd-takes");
 }
 
-std::string utcNow()
+// The time now in UTC, as strftime formats it
+std::string utcNow(const char* format = "%Y-%m-%dT%H:%M:%S+00:00")
 {
     const std::time_t now = std::time(nullptr);
     std::tm tm{};
@@ -96,7 +97,7 @@ std::string utcNow()
     gmtime_r(&now, &tm);
 #endif
     char buf[40];
-    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S+00:00", &tm);
+    std::strftime(buf, sizeof buf, format, &tm);
     return buf;
 }
 
@@ -140,20 +141,6 @@ bool readSmall(const std::string& path, size_t maxBytes, std::string& out, std::
         return false;
     }
     return true;
-}
-
-std::string utcStamp()
-{
-    const std::time_t now = std::time(nullptr);
-    std::tm tm{};
-#if defined(_WIN32)
-    gmtime_s(&tm, &now);
-#else
-    gmtime_r(&now, &tm);
-#endif
-    char buf[32];
-    std::strftime(buf, sizeof buf, "%Y%m%d-%H%M%S", &tm);
-    return buf;
 }
 
 const char* stoppedBecause(stemd::GuideRecorder::Why why)
@@ -928,7 +915,7 @@ private:
         std::string path;
         std::error_code ec;
         std::filesystem::create_directories(folder, ec);
-        const std::string stem = (std::filesystem::path(folder) / ("guide-" + utcStamp())).string();
+        const std::string stem = (std::filesystem::path(folder) / ("guide-" + utcNow("%Y%m%d-%H%M%S"))).string();
         for (int n = 0; n < 1000; ++n) {
             path = stem + (n ? "-" + std::to_string(n) : std::string()) + ".mid";
             if (stemd::atomicWrite(path, guide.smf, error, false)) break;
