@@ -1,7 +1,8 @@
 """The stemd plugin on JACK (a JACK dummy server at 48 kHz), following JACK's transport: the LV2 in jalv,
 and the JACK standalone (build/plugin/stemd, DPF's own JACK host).
 
-A timebase master of the tests' own (tests/jack_timebase.c) publishes 97 BPM 3/4 and writes each sample's
+A timebase master of the tests' own (tests/jack_timebase.c) publishes 97 BPM 3/4 or 7/8 (its beats per minute
+in the meter's beats as JACK's example writes them, or in quarters as Ardour 7 does) and writes each sample's
 transport frame on its ``frame`` port; jack_rec records the plugin's outputs beside it in the same
 cycles, so the recording says on which transport sample the plugin's take starts. The plugin reaches a
 real ``stemd serve`` through $STEMD_DAEMON. jalv's plugin is driven through its parameters; the JACK app,
@@ -27,6 +28,8 @@ from stemd.timing import Grid, Meter
 
 RATE = 48000
 GRID = Grid(97, "3/4")
+#: (meter, what the master's beats_per_minute counts): the plugin must read 97 quarters a minute from each
+MASTERS = [("3/4", "beats"), ("7/8", "beats"), ("7/8", "quarters")]
 
 pytestmark = [needs_jack_rec, needs_cc]
 
@@ -35,9 +38,10 @@ def plugin_env(tmp_path, daemon) -> dict:
     return {"STEMD_DAEMON": f"127.0.0.1:{daemon.port}", "STEMD_TAKES_DIR": str(tmp_path / "plugin-takes")}
 
 
-def jack_app_with(jack, tmp_path, plugin_build, daemon) -> tuple[Timebase, JackApp]:
-    """The tests' timebase master at 97 BPM 3/4 (stopped) and the JACK app, once it has reached ``daemon``."""
-    timebase = Timebase(jack, build_jack_timebase(tmp_path), 97, Meter(3, 4))
+def jack_app_with(jack, tmp_path, plugin_build, daemon, meter: str = "3/4",
+                  convention: str = "beats") -> tuple[Timebase, JackApp]:
+    """The tests' timebase master at 97 BPM ``meter`` (stopped) and the JACK app, once it has reached ``daemon``."""
+    timebase = Timebase(jack, build_jack_timebase(tmp_path), 97, Meter.parse(meter), convention)
     app = JackApp(jack, plugin_build, tmp_path, env=plugin_env(tmp_path, daemon))
     wait_for(lambda: daemon_status(daemon)[4] >= 1, 20, "the JACK app did not connect to the daemon")
     return timebase, app
@@ -96,24 +100,29 @@ def play_from_bar_1(jack, timebase, ports: list[str], seconds: int, wav, passes:
 
 
 @needs_jalv
-def test_lv2_in_jalv_follows_jack_transport_at_97_bpm_3_4_and_its_take_starts_on_the_first_sample_of_bar_3(
-        jack, tmp_path, start_daemon, plugin_build):
+@pytest.mark.parametrize("meter, convention", MASTERS)
+def test_lv2_in_jalv_follows_jack_transport_at_97_bpm_and_its_take_starts_on_the_first_sample_of_bar_3(
+        jack, tmp_path, start_daemon, plugin_build, meter, convention):
+    grid = Grid(97, meter)
     daemon = start_daemon()
-    timebase = Timebase(jack, build_jack_timebase(tmp_path), 97, Meter(3, 4))
+    timebase = Timebase(jack, build_jack_timebase(tmp_path), 97, Meter.parse(meter), convention)
+    # stopped in the middle of bar 1: jalv hands the plugin the master's position there, which tells what the
+    # master's beats per minute count (a roll from bar 1's first sample alone would not: jalv then sends no
+    # position until the transport stops or jumps, and DPF counts bar/beat on from its guess)
+    timebase.tell(f"locate {grid.bar_start_sample(1, RATE) // 2}")
     jalv = Jalv(jack, plugin_build, "stemd-jalv", tmp_path / "jalv.log", controls={"bars": 2, "start_bar": 3},
                 env=plugin_env(tmp_path, daemon))
     outs = jalv.wait_ports()
     assert jalv.wait_value("connected", 1, timeout=20) == 1, jalv.log.read_text()[-2000:]
-    timebase.tell("locate 0")
-    timebase.tell("play")                      # the plugin reads tempo and meter from the rolling transport
+    timebase.tell("play")                      # the plugin reads tempo and meter from the transport
     time.sleep(0.5)
     jalv.set("generate", 1)
     assert jalv.wait_value("bars_received", 2, timeout=30) == 2, jalv.log.read_text()[-2000:]
-    # bar 5 (the take's end) is 7.42 s in
-    stemd, frames, _ = play_from_bar_1(jack, timebase, [*outs, Timebase.PORT], 10, tmp_path / "jack.wav")
-    assert frames.max() > GRID.bar_start_sample(4, RATE)
-    assert "2 bars 97 BPM 3/4 at bar 3" in daemon.log
-    assert_plays_from(stemd, frames, the_take(daemon), GRID.bar_start_sample(2, RATE))   # 178,144
+    assert f"2 bars 97 BPM {meter} at bar 3" in daemon.log, daemon.log[-2000:]
+    # bar 5 (the take's end) is 7.42 s in at 3/4, 8.66 s at 7/8
+    stemd, frames, _ = play_from_bar_1(jack, timebase, [*outs, Timebase.PORT], 11, tmp_path / "jack.wav")
+    assert frames.max() > grid.bar_start_sample(4, RATE)
+    assert_plays_from(stemd, frames, the_take(daemon), grid.bar_start_sample(2, RATE))   # 178,144 at 3/4
 
 
 @needs_jalv
@@ -140,24 +149,26 @@ def test_lv2_restored_with_generate_high_asks_nothing_until_generate_rises_again
 
 @pytest.mark.skipif(importlib.util.find_spec("rtmidi") is None,
                     reason="python-rtmidi (MIDI to the JACK app) is not installed")
-def test_jack_app_follows_jack_transport_at_97_bpm_3_4_and_a_take_from_a_midi_note_starts_on_its_bar(
-        jack, tmp_path, start_daemon, plugin_build):
+@pytest.mark.parametrize("meter, convention", MASTERS)
+def test_jack_app_follows_jack_transport_at_97_bpm_and_a_take_from_a_midi_note_starts_on_its_bar(
+        jack, tmp_path, start_daemon, plugin_build, meter, convention):
+    grid = Grid(97, meter)
     daemon = start_daemon()
-    timebase, app = jack_app_with(jack, tmp_path, plugin_build, daemon)
+    timebase, app = jack_app_with(jack, tmp_path, plugin_build, daemon, meter, convention)
     timebase.tell("locate 0")
-    timebase.tell("play")
-    timebase.roll_to(RATE // 4)                # into bar 1 (to 1.86 s): the next bar line is bar 2
+    timebase.tell("play")                      # the JACK app tells what the beats per minute count as it rolls
+    timebase.roll_to(RATE // 4)                # into bar 1 (to 1.86 s at 3/4, 2.16 s at 7/8): next is bar 2
     app.note(NOTE_GENERATE)
     done = wait_for(lambda: re.search(r"4 bars (\S+) BPM (\S+) at bar (\d+).*-> done", daemon.log), 30,
                     "the daemon made no take for the note")
-    assert done.group(1, 2) == ("97", "3/4"), done.group(0)   # what JACK's timebase master says
+    assert done.group(1, 2) == ("97", meter), done.group(0)   # what JACK's timebase master means
     bar = int(done.group(3))
     assert bar >= 2, f"asked for bar {bar}, but the note came after bar 1 had started"
-    end = GRID.bar_start_sample(bar + 3, RATE)
+    end = grid.bar_start_sample(bar + 3, RATE)
     stemd, frames, _ = play_from_bar_1(jack, timebase, [*app.outs, Timebase.PORT], end // RATE + 2,
                                        tmp_path / "jack.wav")
     assert frames.max() > end
-    assert_plays_from(stemd, frames, the_take(daemon), GRID.bar_start_sample(bar - 1, RATE))
+    assert_plays_from(stemd, frames, the_take(daemon), grid.bar_start_sample(bar - 1, RATE))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None or importlib.util.find_spec("rtmidi") is None,
