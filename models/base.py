@@ -116,6 +116,12 @@ class Engine(ABC):
     #: the most variations per request
     max_variations: int = 16
 
+    @classmethod
+    def max_seconds_in(cls, folder) -> Optional[float]:
+        """The longest take (seconds) of the checkpoint in ``folder`` before it loads (None: known once it loads):
+        the model pool reads it when it locates each model, so dispatch refuses a longer take at once."""
+        return cls.max_seconds
+
     @abstractmethod
     def stream(self, spec: GenerationSpec, *, should_stop: StopFn = never_stop,
                on_progress: ProgressFn = no_progress) -> AudioStream:

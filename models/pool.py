@@ -73,7 +73,7 @@ class Slot:
     test_model: bool = False
     dtype: str = ""                     # what it runs in (before it loads: what it will)
     holds: Optional[frozenset] = None   # the checkpoint's components (a diffusers pipeline's); None: not one
-    max_seconds: float = math.inf       # the longest take, where its files say (a diffusion model's canvas)
+    max_seconds: float = math.inf       # the longest take (its engine's, a diffusion model's from its files)
     max_variations: int = Engine.max_variations
     engine: Optional[Engine] = None
     device: Optional[str] = None        # where it is loaded (or being loaded)
@@ -109,14 +109,15 @@ def locate_slot(entry: ModelEntry, device: str) -> Slot:
     licence card, whether it is a test model, the dtype it will run in on its device (``entry.device``,
     else ``device``), its footprint, the components it holds and its longest take. Nothing loads."""
     from stemd.licenses import card_for_model, is_test_model
-    from stemd.models.diffusion.loading import pipeline_longest_take, pipeline_parts
+    from stemd.models.diffusion.loading import pipeline_parts
+    from stemd.models.registry import engine_class
 
     family, folder = locate(entry.source)
     backend = planned_backend(family, entry.device or device, entry.backend, entry.dtype)
     dtype = planned_dtype(family, entry.device or device, entry.dtype, backend)
     test_model = folder is not None and is_test_model(folder)
     card = card_for_model(family, folder, test_model=test_model)
-    longest = pipeline_longest_take(folder, family)
+    longest = engine_class(family).max_seconds_in(folder)
     return Slot(entry, family, folder, footprint(family, folder, dtype, backend), card, test_model, dtype,
                 pipeline_parts(folder), math.inf if longest is None else longest)
 

@@ -37,15 +37,19 @@ def chosen_backend(asked: Optional[str]) -> tuple[str, str]:
     return DEFAULT_BACKEND, "the default"
 
 
-def diffusion_engine(family: str):
-    """The engine class of a diffusion family (imports no torch)."""
-    if family == "stable-audio-3":
-        from stemd.models.stable_audio3.engine import StableAudio3Engine
-
-        return StableAudio3Engine
-    from stemd.models.ace_step.engine import AceStepEngine
-
-    return AceStepEngine
+def engine_class(family: str) -> type:
+    """The engine class of a model family (MusicGen's imports torch; the others do not)."""
+    if family == "click":
+        from stemd.models.click import ClickEngine as cls
+    elif family == "stable-audio-3":
+        from stemd.models.stable_audio3.engine import StableAudio3Engine as cls
+    elif family == "ace-step":
+        from stemd.models.ace_step.engine import AceStepEngine as cls
+    elif family == "musicgen-melody":
+        from stemd.models.musicgen.melody import MelodyEngine as cls
+    else:
+        from stemd.models.musicgen.engine import MusicGenEngine as cls
+    return cls
 
 
 def load_engine(model: str, *, device: Optional[str] = None, dtype: Optional[str] = None,
@@ -63,7 +67,7 @@ def load_engine(model: str, *, device: Optional[str] = None, dtype: Optional[str
     found = find_pipeline(model)
     if found is not None:
         folder, family = found
-        engine = diffusion_engine(family).load(model, folder, device=device, dtype=dtype)
+        engine = engine_class(family).load(model, folder, device=device, dtype=dtype)
         if backend == "compiled":
             from stemd.models.diffusion.compiled import use_backend
 

@@ -96,19 +96,24 @@ def test_the_engine_refuses_the_same_cover_with_the_same_words(no_tokenizer):
                                           "which a cover of a guide needs"), e.value.message
 
 
-def test_a_take_longer_than_the_checkpoint_makes_is_refused_before_accepting_while_not_loaded(start_daemon,
-                                                                                            no_tokenizer):
-    daemon = start_daemon("--model", f"ace={no_tokenizer}", "--device", "cpu", model="click")
+def test_a_take_longer_than_the_model_makes_is_refused_before_accepting_while_not_loaded(start_daemon, no_tokenizer,
+                                                                                      tiny):
+    daemon = start_daemon("--model", f"ace={no_tokenizer}", "--model", f"tiny={tiny}", "--device", "cpu",
+                          model="click")
     client = TcpClient(daemon.port)
-    # ACE-Step's 600 s canvas holds a take of 538 s: 249 bars of 7/8 at 97 BPM (539 s) or of 3/4 at 83 BPM (540 s)
-    for rid, meter, bpm in (("l1", "7/8", 97), ("l2", "3/4", 83)):
-        client.send("/stemd/generate", rid, "model", "ace", "bars", 249, "bpm", bpm, "meter", meter)
+    # ACE-Step's 600 s canvas holds a take of 538 s: 249 bars of 7/8 at 97 BPM (539 s) or of 3/4 at 83 BPM (540 s);
+    # MusicGen makes 600 s: 256 bars of 7/8 at 83 BPM (648 s; at 16 kHz mono, within the daemon's take bytes)
+    for rid, model, bars, meter, bpm, most in (("l1", "ace", 249, "7/8", 97, 538), ("l2", "ace", 249, "3/4", 83, 538),
+                                               ("l3", "tiny", 256, "7/8", 83, 600)):
+        client.send("/stemd/generate", rid, "model", model, "bars", bars, "bpm", bpm, "meter", meter,
+                    "sample_rate", 16000, "channels", 1)
         client.send("/stemd/ping")
         got = [m for m in client.until("/stemd/pong") if m.address != "/stemd/pong"]
         assert [(m.address, m.args[:2]) for m in got] == [("/stemd/error", (rid, "out_of_range"))], got
-        assert got[0].args[2].endswith("ace takes at most 538 s"), got[0].args[2]
+        assert got[0].args[2].endswith(f"{model} takes at most {most} s"), got[0].args[2]
     client.send("/stemd/models")
-    assert client.until("/stemd/models/reply")[-1].args[10:13] == ("ace", "ace-step", 0)    # never loaded
+    reply = client.until("/stemd/models/reply")[-1].args
+    assert [reply[1 + 9 * i: 4 + 9 * i] for i in (1, 2)] == [("ace", "ace-step", 0), ("tiny", "musicgen", 0)]
     client.close()
 
 

@@ -108,8 +108,16 @@ class DiffusionEngine(Engine):
     @classmethod
     def longest_canvas_in(cls, folder: Path) -> Optional[float]:
         """The longest canvas (seconds) of the checkpoint in ``folder``, read from its files without loading it (None:
-        not known until it loads): the pool knows each model's longest take (``max_seconds``) from its start."""
+        not known until it loads)."""
         raise NotImplementedError
+
+    @classmethod
+    def max_seconds_in(cls, folder) -> Optional[float]:
+        """``max_seconds`` from the checkpoint's files: the longest take its longest canvas holds."""
+        from stemd.models.diffusion.canvas import longest_take
+
+        canvas = cls.longest_canvas_in(folder)
+        return None if canvas is None else longest_take(canvas)
 
     @property
     def max_seconds(self) -> float:

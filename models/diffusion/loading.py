@@ -103,14 +103,3 @@ def pipeline_parts(folder: Optional[Path]) -> Optional[frozenset]:
                      if not name.startswith("_") and isinstance(value, list) and len(value) == 2 and all(value)
                      and (Path(folder) / name).is_dir())
 
-
-def pipeline_longest_take(folder: Optional[Path], family: str) -> Optional[float]:
-    """The longest take (seconds) the pipeline in ``folder`` makes, read from its files as its engine's
-    ``max_seconds`` reads the loaded model; None when ``family`` is not a diffusion family or the files do not say."""
-    if folder is None or family not in PIPELINE_FAMILIES.values():
-        return None
-    from stemd.models.diffusion.canvas import longest_take
-    from stemd.models.registry import diffusion_engine
-
-    canvas = diffusion_engine(family).longest_canvas_in(folder)
-    return None if canvas is None else longest_take(canvas)
