@@ -174,7 +174,7 @@ public:
             fKey.caret = fKey.text.size();
             fDaemon.text = fSnap.daemon;
             fToken.text = fSnap.token;
-            fChords.text = fSnap.chords;
+            fChords.text = fChordsSent = fSnap.chords;
             fChords.caret = fChords.text.size();
             fModel = fSnap.model;
             readOptions(fSnap.options);
@@ -202,7 +202,8 @@ protected:
         else if (std::strcmp(key, "daemon") == 0 && fFocus != kDaemonBox) fDaemon.text = text, fDaemon.caret = text.size();
         else if (std::strcmp(key, "token") == 0 && fFocus != kTokenBox) fToken.text = text, fToken.caret = text.size();
         else if (std::strcmp(key, "options") == 0) readOptions(text);
-        else if (std::strcmp(key, "chords") == 0 && fFocus != kChordsBox) fChords.text = text, fChords.caret = text.size();
+        else if (std::strcmp(key, "chords") == 0 && fFocus != kChordsBox)
+            fChords.text = fChordsSent = text, fChords.caret = text.size();
         repaint();
     }
 
@@ -811,8 +812,6 @@ protected:
         const uintptr_t native = getWindow().getNativeWindowHandle();
         if (box != kNone && fFocus == kNone) fKeyboardBefore = stemd::takeKeyboard(native);
         else if (box == kNone && fFocus != kNone) stemd::giveBackKeyboard(native, fKeyboardBefore);
-        if (fFocus == kChordsBox && box != kChordsBox && fChords.text != fSnap.chords)
-            setState("chords", fChords.text.c_str());  // kept for the host's project, and for MIDI-note requests
         fFocus = box;
     }
 
@@ -853,6 +852,7 @@ protected:
             else if (ctrl && (ev.key == 'u' || ev.key == 'U')) box->text.clear(), box->caret = 0;
             break;
         }
+        if (box == &fChords) sendChords();
         repaint();
         return true;
     }
@@ -863,6 +863,7 @@ protected:
         if (!box) return false;
         if ((ev.mod & (kModifierControl | kModifierSuper)) != 0 || ev.character < 32 || ev.character == 127) return true;
         box->insert(ev.string);
+        if (box == &fChords) sendChords();
         repaint();
         return true;
     }
@@ -954,13 +955,23 @@ protected:
         focus(kNone);
     }
 
+    // The chords box's text into the `chords` state (the plugin sends it unless a recorded guide wins) as it is
+    // typed: the host may deliver a state later than uiGenerate (LV2 passes it through run()), so it is
+    // there well before a request is made; also what MIDI-note requests and the host's project get.
+    void sendChords()
+    {
+        if (fChords.text == fChordsSent) return;
+        fChordsSent = fChords.text;
+        setState("chords", fChordsSent.c_str());
+    }
+
     void requestTake()
     {
         if (!fApi) return;
         const std::string options = optionsJson();
         setState("prompt", fPrompt.text.c_str());
         setState("key", fKey.text.c_str());
-        setState("chords", fChords.text.c_str());  // the plugin sends it unless a recorded guide wins
+        sendChords();
         setState("options", options.c_str());
         fApi->uiGenerate(fPrompt.text, fModel, fKey.text, options, fBars, fVariations, fStartBar);
     }
@@ -1081,6 +1092,7 @@ private:
     bool fMenuOpen = false;
     uint64_t fConfirmDelete = 0;
     TextBox fPrompt, fKey, fDaemon, fToken, fChords;
+    std::string fChordsSent;  // the chords state as this window last set or was told it
     std::string fModel;
     std::vector<std::pair<std::string, float>> fOptions;
     int fBars = 4, fVariations = 1, fStartBar = 0, fGuideBars = 4;
