@@ -1,8 +1,9 @@
-"""A task the checkpoint cannot do is refused when the request arrives, before ``/stemd/accepted``, whether the
-model is loaded or not: the daemon reads which components each checkpoint holds when it locates it
-(``model_index.json``, no weights loaded). Here ACE-Step's cover of a guide, which needs the audio tokenizer and
-detokenizer, on an ACE-Step test model (the real architecture with random weights, built here) saved without them,
-at 97 BPM 3/4 and 7/8."""
+"""A request its model cannot do is refused when it arrives, before ``/stemd/accepted``, whether the model is loaded
+or not: the daemon reads which components each checkpoint holds and its longest take when it locates it
+(``model_index.json`` and config files, no weights loaded). Here ACE-Step's cover of a guide, which needs the audio
+tokenizer and detokenizer, on an ACE-Step test model (the real architecture with random weights, built here) saved
+without them; takes longer than a model makes; keys that make no task together. At 97 BPM 3/4 and 7/8 (and 83 BPM
+where a long take needs it)."""
 
 from __future__ import annotations
 
