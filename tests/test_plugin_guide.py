@@ -292,9 +292,12 @@ def test_a_guide_holds_4096_notes_and_the_status_names_a_recording_of_more_in_da
     engine.render(0.1)
     set_plain(plugin, "Guide bars", 1, 1, 64)
     set_plain(plugin, "Record guide", 1, 0, 1)
-    engine.render(0.1)
+    engine.render(0.01)     # one block hands the switch over: the worker arms after it, not during a later block
     states = lambda: read_states(plugin, tmp_path / "state.bin")[0]  # noqa: E731
-    wait_for(lambda: "guide: armed: 1 bar" in states()["status"], 10, f"the recorder was not armed ({states()})")
+    try:
+        wait_for(lambda: "guide: armed: 1 bar" in states()["status"], 10, "the recorder was not armed")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; the status: {states()['status']}") from None
     for i in range(played):
         plugin.add_midi_note(30 + i % 60, 100, 1.6 * i / played, 0.001)
     engine.render(2.0)
