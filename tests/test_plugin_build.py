@@ -187,18 +187,19 @@ def test_lv2_places_a_take_on_its_bar_whatever_one_glitched_jack_cycle_said(tran
     assert wrong == [], f"{len(wrong)} blocks off, first (block, plugin, JACK frame): {wrong[:3]}"
 
 
-def cycles_from(start: int, blocks: int, stopped: int = 0, late: int | None = None) -> str:
+def cycles_from(start: int, blocks: int, stopped: int = 0, late: int | None = None, block: int = 256) -> str:
     """JACK's cycles for transport_test jackhost, the master's bar 1 at frame 0: `stopped` cycles located at
     `start`, then a roll from it; at cycle `late` the frame comes a cycle early and stays (jalv sends an event)."""
     rows = [f"{start} {start} 0"] * stopped
-    rows += [f"{f} {f} 1" for f in (start + 256 * k + (256 if late is not None and k >= late else 0)
+    rows += [f"{f} {f} 1" for f in (start + block * k + (block if late is not None and k >= late else 0)
                                      for k in range(blocks))]
     return "\n".join(rows) + "\n"
 
 
-def jack_host(transport_test, fmt: str, meter: str, convention: str, cycles: str) -> list[tuple[int, int, str]]:
+def jack_host(transport_test, fmt: str, meter: str, convention: str, cycles: str,
+              block: int = 256) -> list[tuple[int, int, str]]:
     n, d = meter.split("/")
-    proc = subprocess.run([str(transport_test), "jackhost", fmt, "97", n, d, "48000", "256", convention],
+    proc = subprocess.run([str(transport_test), "jackhost", fmt, "97", n, d, "48000", str(block), convention],
                           input=cycles, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return [(int(ts), int(frame), tempo) for ts, frame, tempo in (line.split() for line in proc.stdout.splitlines())]
@@ -217,6 +218,16 @@ def test_the_jack_app_reads_97_quarters_a_minute_from_a_master_counting_either_b
     assert {tempo for _, _, tempo in rolled[64:]} == {"97"}, rolled[64]
     if convention == "quarters":       # Ardour's reading is the plugin's until told: never anything else
         assert {tempo for _, _, tempo in rows} == {"97"}
+    wrong = [(i, ts, frame) for i, (ts, frame, _) in enumerate(rows) if ts != frame]
+    assert wrong == [], f"{len(wrong)} blocks off, first (block, plugin, JACK frame): {wrong[:3]}"
+
+
+@needs_toolchain
+def test_the_jack_app_keeps_bar_1_where_it_is_while_it_reads_twice_the_tempo(transport_test):
+    # 64-frame blocks: until told, 194 eighths read as quarters put bar 1 half the frame back, moving 32 frames
+    # a block (under the 2 ms that four agreeing blocks need): no block votes for an origin until it is told
+    rows = jack_host(transport_test, "jack", "7/8", "beats", cycles_from(0, 400, block=64), block=64)
+    assert rows[0][2] == "194" and {tempo for _, _, tempo in rows[64:]} == {"97"}
     wrong = [(i, ts, frame) for i, (ts, frame, _) in enumerate(rows) if ts != frame]
     assert wrong == [], f"{len(wrong)} blocks off, first (block, plugin, JACK frame): {wrong[:3]}"
 
