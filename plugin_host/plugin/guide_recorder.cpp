@@ -79,8 +79,9 @@ bool GuideRecorder::block(const BarGrid& grid, int64_t ts, uint32_t frames, bool
              grid.meter().numerator != fGrid.meter().numerator ||
              grid.meter().denominator != fGrid.meter().denominator || grid.sampleRate() != fGrid.sampleRate())
         stopNow(Why::GridChanged);
-    // a late cycle may skip ahead a little (its events still carry the host's samples); a locate does not
-    else if (ts < fNextTs || ts - fNextTs > static_cast<int64_t>(grid.sampleRate() / 4)) stopNow(Why::Jumped);
+    // a late cycle may skip ahead (JACK's dummy driver on a loaded machine skips hundreds of milliseconds;
+    // the events still carry the host's samples); a locate back, or on by more than a second, is a jump
+    else if (ts < fNextTs || ts - fNextTs > static_cast<int64_t>(grid.sampleRate())) stopNow(Why::Jumped);
     if (this->phase() != Phase::Recording) return true;
     fBlockTs = ts;
     fBlockFrames = frames;
