@@ -973,7 +973,7 @@ protected:
         setState("key", fKey.text.c_str());
         sendChords();
         setState("options", options.c_str());
-        fApi->uiGenerate(fPrompt.text, fModel, fKey.text, options, fBars, fVariations, fStartBar);
+        fApi->uiGenerate(fPrompt.text, fModel, fKey.text, options, fChords.text, fBars, fVariations, fStartBar);
     }
 
     // ---- the family's own keys ------------------------------------------------------------------------------

@@ -85,9 +85,11 @@ public:
     // queued for the plugin's worker thread; acts on the take `serial` (0: the selected one)
     virtual void uiAction(UiAction action, uint64_t serial) = 0;
     // a request with these settings (also kept in the plugin's state); made on the plugin's worker thread.
-    // startBar: 0 = the next bar line, N = the DAW's bar N
+    // startBar: 0 = the next bar line, N = the DAW's bar N. The states are set here, at once: one set through
+    // the host (UI::setState) may reach the plugin only after the request is made (LV2 passes it through run())
     virtual void uiGenerate(const std::string& prompt, const std::string& model, const std::string& key,
-                            const std::string& options, int32_t bars, int32_t variations, int32_t startBar) = 0;
+                            const std::string& options, const std::string& chords, int32_t bars, int32_t variations,
+                            int32_t startBar) = 0;
 };
 
 // Opens `folder` in the file manager (xdg-open on Linux) from a detached thread; returns at once.
