@@ -9,6 +9,8 @@
  *                                reaches its frame
  *   sent                         "ok sent N LATE": events written so far, and those written later than their
  *                                frame (a locate past them); 0 late means every event left on its frame
+ *   jumps                        "ok jumps N": rolling cycles, once armed, whose first frame was not where the
+ *                                cycle before ended (a locate, or the dummy driver skipping frames under load)
  * Prints "ready" once active. The process callback writes each event at its frame's offset in the cycle
  * (jack_transport_query gives the cycle's first transport frame), so where a note lands on the transport
  * does not depend on the machine's load. Built by the tests: cc -O1 -o jack_notes jack_notes.c -ljack
@@ -32,7 +34,9 @@ struct event {
 static struct event events[MAX_EVENTS];
 static int count;                 /* written by the stdin thread before arm */
 static atomic_int armed;
-static atomic_int next_event, late_events;
+static atomic_int next_event, late_events, jumps;
+static unsigned long expected_frame;  /* where the last rolling cycle ended (process thread only) */
+static int rolled;
 static jack_port_t *out_port;
 static jack_client_t *client;
 
@@ -54,6 +58,10 @@ static int process(jack_nframes_t nframes, void *arg)
     jack_position_t pos;
     if (jack_transport_query(client, &pos) != JackTransportRolling)
         return 0;
+    if (rolled && pos.frame != expected_frame)
+        atomic_fetch_add(&jumps, 1);
+    rolled = 1;
+    expected_frame = (unsigned long)pos.frame + nframes;
     int i = atomic_load(&next_event);
     unsigned long end = (unsigned long)pos.frame + nframes;
     while (i < count && events[i].frame < end) {
@@ -110,6 +118,8 @@ int main(void)
             qsort(events, (size_t)count, sizeof events[0], by_frame);
             atomic_store(&armed, 1);
             reply("ok arm %d", count);
+        } else if (!strcmp(line, "jumps")) {
+            reply("ok jumps %d", atomic_load(&jumps));
         } else if (!strcmp(line, "sent")) {
             reply("ok sent %d %d", atomic_load(&next_event), atomic_load(&late_events));
         } else {
