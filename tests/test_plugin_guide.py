@@ -133,7 +133,7 @@ class Recording:
         assert line[:2] == ["ok", "jumps"], line
         return int(line[2])
 
-    def guide(self, takes: Path, until: int, *play_args, passes: int = 3) -> tuple[Path, int]:
+    def guide(self, takes: Path, until: int, *play_args, passes: int = 5) -> tuple[Path, int]:
         """Plays (:meth:`play`) until the transport passes frame ``until``, then stops it: the newest guide-*.mid the plugin
         wrote in ``takes`` and the passes it took. On this loaded machine JACK's dummy driver now and then skips
         a cycle's frames: the plugin then sees the transport jump and keeps nothing (and jack_notes may send
