@@ -388,7 +388,7 @@ def test_a_guide_played_into_the_vst3_is_recorded_where_it_was_played_and_goes_w
     engine.render(0.1)
     set_plain(plugin, "Guide bars", 2, 1, 64)
     plugin.set_parameter(parameter_index(plugin, "Record guide"), 1.0)
-    engine.render(0.1)                                # run() hands the switch over; the worker arms
+    engine.render(0.01)     # one block hands the switch over: the worker arms after it, not in a later block
     wait_for(lambda: "guide: armed: 2 bars" in read_states(plugin, tmp_path / "state.bin")[0]["status"], 10,
              "the recorder was not armed")
     quarter = Fraction(60, 150)                       # seconds

@@ -147,14 +147,14 @@ def test_recording_starts_on_the_next_bar_line_and_ends_on_a_bar_line_at_97_bpm_
 
 @pytest.mark.parametrize("interrupt,why", [
     ("block {t} 512 0", 2),                 # the transport stopped
-    ("block {back} 512 1", 3),              # a locate backwards
+    ("block {back} 512 1", 3),              # a locate back by more than two blocks
     ("block {far} 512 1", 3),               # a locate forwards by more than a second
     ("grid 98 1 3 4 48000\nblock {t} 512 1", 4),   # another tempo
     ("stop\nblock {t} 512 1", 1),           # stopped by the producer
 ])
 def test_a_recording_interrupted_keeps_nothing_and_says_why(guide_test, interrupt, why):
-    lines = ["grid 97 1 3 4 48000", "arm 2", "block 0 512 1", f"ev 3 {bytes([0x90, 60, 90]).hex()}", "end"]
-    lines += interrupt.format(t=512, back=0, far=512 + 48001).split("\n")
+    lines = ["grid 97 1 3 4 48000", "arm 2", "block 2048 512 1", f"ev 3 {bytes([0x90, 60, 90]).hex()}", "end"]
+    lines += interrupt.format(t=2560, back=2560 - 1025, far=2560 + 48001).split("\n")
     lines += ["end", "finish", "arm 2"]
     out = run_script(guide_test, lines)
     assert f"phase 4 why {why}" in out
@@ -168,6 +168,20 @@ def test_a_late_cycle_that_skips_ahead_up_to_a_second_goes_on_recording(guide_te
     notes = read_smf(bytes.fromhex(next(line for line in out if line.startswith("smf "))[4:]))
     off_tick = round(Fraction(48512 * 97 * 960, 48000 * 60))       # the note-off at its own sample, after the skip
     assert [(n.pitch, n.start, n.length) for n in notes] == [(60, 0, Fraction(off_tick, 960))]
+
+
+def test_a_repeated_cycle_goes_on_recording_where_the_last_block_ended(guide_test):
+    """JACK's dummy driver under load repeats a cycle's frame, then skips the next: the repeated block's
+    events are placed where the last block ended (time went on), and the recording is kept."""
+    on, off = bytes([0x90, 64, 90]).hex(), bytes([0x80, 64, 0]).hex()
+    lines = ["grid 97 1 3 4 48000", "arm 1", "block 0 256 1", "end", "block 256 256 1", "end",
+             "block 256 256 1", f"ev 10 {on}", "end",           # the frame of the block before, again
+             "block 768 256 1", f"ev 10 {off}", "end", "block 40000 256 1", "end", "block 80000 256 1", "end",
+             "block 89000 256 1", "end", "finish"]
+    out = run_script(guide_test, lines)
+    notes = read_smf(bytes.fromhex(next(line for line in out if line.startswith("smf "))[4:]))
+    tick = lambda sample: Fraction(round(Fraction(sample * 97 * 960, 48000 * 60)), 960)   # noqa: E731
+    assert [(n.pitch, n.start, n.length) for n in notes] == [(64, tick(522), tick(778) - tick(522))]
 
 
 def test_a_recording_with_no_note_or_too_many_notes_makes_no_guide(guide_test):
