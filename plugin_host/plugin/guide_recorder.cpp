@@ -79,16 +79,16 @@ bool GuideRecorder::block(const BarGrid& grid, int64_t ts, uint32_t frames, bool
              grid.meter().numerator != fGrid.meter().numerator ||
              grid.meter().denominator != fGrid.meter().denominator || grid.sampleRate() != fGrid.sampleRate())
         stopNow(Why::GridChanged);
-    // A late cycle may skip ahead (JACK's dummy driver on a loaded machine skips hundreds of milliseconds; the
-    // events still carry the host's samples), or repeat the last cycle's frame before it skips the next: time
-    // went on while the host's frame stood still, so such a block is placed where the last one ended. A locate
-    // back, or on by more than a second, is a jump.
+    // A late cycle may skip ahead (JACK's dummy driver on a loaded machine skips hundreds of milliseconds), or
+    // repeat the last cycle's frame before it skips the next; either way its events keep the host's samples,
+    // which is where a player following the same transport put them. A locate back by more than two blocks,
+    // or on by more than a second, is a jump.
     else if (ts + 2 * static_cast<int64_t>(frames) < fNextTs || ts - fNextTs > static_cast<int64_t>(grid.sampleRate()))
         stopNow(Why::Jumped);
     if (this->phase() != Phase::Recording) return true;
-    fBlockTs = std::max(ts, fNextTs);
+    fBlockTs = ts;
     fBlockFrames = frames;
-    fNextTs = fBlockTs + frames;
+    fNextTs = ts + frames;
     return true;
 }
 
