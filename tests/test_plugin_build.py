@@ -223,6 +223,27 @@ def test_the_jack_app_reads_97_quarters_a_minute_from_a_master_counting_either_b
 
 
 @needs_toolchain
+@pytest.mark.parametrize("convention", ["beats", "quarters"])
+def test_the_jack_app_reads_the_tempo_unit_on_a_roll_whose_cycles_jack_repeats_and_skips(transport_test,
+                                                                                        convention):
+    # JACK's dummy driver under load: every 6th cycle repeats the last one's frame and the next skips one, and
+    # a locate comes half-way. No 16 blocks in a row follow on from each other; summed, they tell it
+    frames, frame = [], 51959
+    for k in range(160):
+        if k == 80:
+            frame = 300_000
+        elif k % 6 == 5:
+            frame -= 256
+        elif k % 6 == 0 and k:
+            frame += 256
+        frames.append(frame)
+        frame += 256
+    rows = jack_host(transport_test, "jack", "7/8", convention, "".join(f"{f} {f} 1\n" for f in frames))
+    tempos = [tempo for _, _, tempo in rows]
+    assert "97" in tempos and set(tempos[tempos.index("97"):]) == {"97"} and tempos.index("97") <= 40, tempos
+
+
+@needs_toolchain
 def test_the_jack_app_keeps_bar_1_where_it_is_while_it_reads_twice_the_tempo(transport_test):
     # 64-frame blocks: until told, 194 eighths read as quarters put bar 1 half the frame back, moving 32 frames
     # a block (under the 2 ms that four agreeing blocks need): no block votes for an origin until it is told

@@ -53,20 +53,23 @@ class TempoUnit:
     """What a JACK timebase master's ``beats_per_minute`` counts: beats of ``beat_type`` or quarter notes.
 
     Masters agree on bar/beat/tick (beats of the meter's unit), so the unit shows in how the position advances
-    against the frames over a steady roll: at ``beats_per_minute`` a minute the master counts the meter's
-    beats, at ``beats_per_minute x beat_type / 4`` quarters. Measured from the first cycle of a steady roll
-    (same tempo and meter, each frame the last one plus its cycle) over at least a quarter of a beat (a whole
-    tick is up to 1/480 of it) and 16 cycles (a late JACK cycle moves it less than 1/16); the rate read must lie
-    within 1/8 of one of the two (they differ twice at least). With beat_type 4 both are one and nothing is
-    learnt. Until told, the meter's beats (JACK's example); a told unit stays until a roll tells otherwise.
-    The plugin reads its hosts by the same rule (plugin_host/plugin/transport.hpp, tempoUnit)."""
+    against the frames: at ``beats_per_minute`` a minute the master counts the meter's beats, at
+    ``beats_per_minute x beat_type / 4`` quarters. Summed over each rolling cycle that follows on from the last
+    one (its frame the last one plus its cycle) while the tempo and meter stay: a locate, or a cycle that JACK's
+    dummy driver repeats or skips under load, adds nothing and loses nothing. Told once the sums reach a quarter
+    of a beat (a whole tick is up to 1/480 of it) and 16 cycles (a late JACK cycle moves it less than 1/16), and
+    the rate read lies within 1/8 of one of the two (they differ twice at least). With beat_type 4 both are one
+    and nothing is learnt. Until told, the meter's beats (JACK's example); a told unit stays until another
+    measure tells otherwise. The plugin reads its hosts by the same rule (plugin_host/plugin/transport.hpp,
+    tempoUnit)."""
 
     MIN_BEATS, MIN_CYCLES, CLOSE = Fraction(1, 4), 16, Fraction(1, 8)
 
     def __init__(self):
         self.quarters = False           # JACK's example's reading until a roll says otherwise
-        self._anchor: Optional[tuple] = None
-        self._expected: Optional[int] = None
+        self._key: Optional[tuple] = None
+        self._last: Optional[tuple] = None     # (frame the next cycle starts at if it follows on, beats)
+        self._beats, self._frames = Fraction(0), 0
 
     @staticmethod
     def told(beats: Fraction, frames: int, cycle_frames: int, bpm: Fraction, unit: int, rate: int) -> Optional[bool]:
@@ -86,12 +89,17 @@ class TempoUnit:
         key = (position["beats_per_minute"], position["beats_per_bar"], position["beat_type"], position["frame_rate"])
         beats = ((position["bar"] - 1) * int(round(position["beats_per_bar"])) + (position["beat"] - 1)
                  + Fraction(int(position["tick"]), int(round(position["ticks_per_beat"]))))
-        steady = rolling and self._anchor is not None and self._anchor[0] == key and frame == self._expected
-        self._expected = frame + cycle_frames if rolling else None
-        if not steady:                      # a roll starts, or the transport jumped or changed: measure from here
-            self._anchor = (key, frame, beats) if rolling else None
+        last, self._last = self._last, ((frame + cycle_frames, beats) if rolling else None)
+        if not rolling:
             return
-        told = self.told(beats - self._anchor[2], frame - self._anchor[1], cycle_frames,
+        if key != self._key:                # a first roll, or the tempo or meter changed: measure anew
+            self._key, self._beats, self._frames = key, Fraction(0), 0
+            return
+        if last is None or last[0] != frame:    # the transport jumped: this cycle adds nothing
+            return
+        self._beats += beats - last[1]
+        self._frames += cycle_frames
+        told = self.told(self._beats, self._frames, cycle_frames,
                          Fraction(position["beats_per_minute"]).limit_denominator(10_000),
                          int(round(position["beat_type"])), int(position["frame_rate"]))
         if told is not None:

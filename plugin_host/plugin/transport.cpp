@@ -158,17 +158,21 @@ bool TempoReader::read(HostFormat format, const HostPosition& pos, uint32_t rate
         if (format == HostFormat::Lv2) {
             if (!steady) seen = tempoUnit(beats, static_cast<double>(pos.frame), minFrames, pos.beatsPerMinute,
                                           pos.beatType, rate);
-        } else if (steady && fAnchored && pos.beatsPerMinute == fAnchorBpm && pos.beatsPerBar == fAnchorPerBar &&
-                   pos.beatType == fAnchorType) {
-            seen = tempoUnit(beats - fAnchorBeats, static_cast<double>(pos.frame - fAnchorFrame), minFrames,
-                             pos.beatsPerMinute, pos.beatType, rate);
-        } else {  // a roll starts, or the transport jumped or changed: measure from here
-            fAnchored = pos.playing;
-            fAnchorFrame = pos.frame;
-            fAnchorBeats = beats;
-            fAnchorBpm = pos.beatsPerMinute;
-            fAnchorPerBar = pos.beatsPerBar;
-            fAnchorType = pos.beatType;
+        } else if (pos.playing) {
+            if (!fAnchored || pos.beatsPerMinute != fAnchorBpm || pos.beatsPerBar != fAnchorPerBar ||
+                pos.beatType != fAnchorType) {  // a first roll, or the tempo or meter changed: measure anew
+                fAnchored = true;
+                fAnchorBpm = pos.beatsPerMinute;
+                fAnchorPerBar = pos.beatsPerBar;
+                fAnchorType = pos.beatType;
+                fSumBeats = 0;
+                fSumFrames = 0;
+            } else if (steady) {  // only blocks that follow on from the last one count: a jump adds nothing
+                fSumBeats += beats - fLastBeats;
+                fSumFrames += static_cast<double>(pos.frame - fLastFrame);
+                seen = tempoUnit(fSumBeats, fSumFrames, minFrames, pos.beatsPerMinute, pos.beatType, rate);
+            }
+            fLastBeats = beats;
         }
         if (seen != TempoUnit::Unknown) fUnit = seen;
     } else {

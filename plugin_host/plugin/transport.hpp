@@ -90,12 +90,13 @@ double hostQuarters(HostFormat format, const HostPosition& pos) noexcept;
 // beats (97 quarters a minute in 7/8 is 194), Ardour 7 counts its tempo's note type, a quarter (97). Their
 // bar/beat/tick agree (beats of beat_type), so the unit shows in how the bar/beat/tick advances against the
 // frames: at beats_per_minute a minute the master counts the meter's beats, at beats_per_minute x beat_type
-// / 4 quarters (see tempoUnit). The JACK app (Frames, fresh bar/beat/tick every block) measures from the
-// first block of a steady roll to this one. In LV2 only blocks that may carry a host event count (as for
-// TimelineFollower), measured from bar 1 at frame 0: DPF 1.6 sums bar/beat between events at
-// beats_per_minute meter beats a minute, so its sums would only repeat that guess; jalv sends an event when
-// the transport starts, stops, locates or a JACK cycle comes late, so a roll from frame 0 tells nothing until
-// one of those. Until told, a host's value is read as quarters (what Ardour writes); with beat_type 4 both
+// / 4 quarters (see tempoUnit). The JACK app (Frames, fresh bar/beat/tick every block) sums what the
+// bar/beat/tick and the frame advanced over each rolling block that follows on from the last one, while the
+// tempo and meter stay: a locate, or a cycle that JACK's dummy driver repeats or skips under load, adds
+// nothing and loses nothing. In LV2 only blocks that may carry a host event count (as for TimelineFollower),
+// measured from bar 1 at frame 0: DPF 1.6 sums bar/beat between events at beats_per_minute meter beats a
+// minute, so its sums would only repeat that guess; jalv sends an event when the transport starts, stops,
+// locates or a JACK cycle comes late, so a roll from frame 0 tells nothing until one of those. Until told, a host's value is read as quarters (what Ardour writes); with beat_type 4 both
 // readings are one. A told unit stays until another interval tells otherwise.
 enum class TempoUnit { Unknown, MeterBeats, Quarters };
 
@@ -119,9 +120,9 @@ public:
 private:
     TempoUnit fUnit = TempoUnit::Unknown;
     bool fSure = true, fAnchored = false, fLastPlaying = false;
-    uint64_t fAnchorFrame = 0, fLastFrame = 0;
+    uint64_t fLastFrame = 0;
     uint32_t fLastFrames = 0;
-    double fAnchorBeats = 0, fAnchorBpm = 0, fAnchorPerBar = 0, fAnchorType = 0;
+    double fLastBeats = 0, fSumBeats = 0, fSumFrames = 0, fAnchorBpm = 0, fAnchorPerBar = 0, fAnchorType = 0;
 };
 
 // Where each block lies on the timeline (bar 1 = sample 0), from the host's frame and its bar/beat/tick.
