@@ -133,12 +133,13 @@ class Recording:
         assert line[:2] == ["ok", "jumps"], line
         return int(line[2])
 
-    def guide(self, takes: Path, until: int, *play_args, passes: int = 5) -> tuple[Path, int]:
+    def guide(self, takes: Path, until: int, *play_args, passes: int = 5, unexplained: bool = True) -> tuple[Path, int]:
         """Plays (:meth:`play`) until the transport passes frame ``until``, then stops it: the newest guide-*.mid the plugin
         wrote in ``takes`` and the passes it took. On this loaded machine JACK's dummy driver now and then skips
         a cycle's frames: the plugin then sees the transport jump and keeps nothing (and jack_notes may send
         notes late): such a pass is played again, up to ``passes`` times. A pass with no guide and no jump is
-        played again too, with a warning: it happened once in about ten runs of the JACK app, cause unknown."""
+        played again too, with a warning: it happened once in about ten runs of the JACK app, cause unknown
+        (``unexplained=False``: such a pass fails at once)."""
         for attempt in range(1, passes + 1):
             before = set(takes.glob("guide-*.mid"))
             self.play(*play_args)
@@ -154,6 +155,7 @@ class Recording:
                 assert len(new) == 1, new
                 return new[0], attempt
             if not (jumps or late):   # seen once in about ten runs of the JACK app: said, and played again
+                assert unexplained, f"pass {attempt}: the plugin kept no guide though JACK's transport did not jump"
                 warnings.warn(f"pass {attempt}: the plugin kept no guide though JACK's transport did not jump")
             print(f"pass {attempt}: no guide kept; JACK's transport jumped {jumps} times, {late} notes late")
         raise AssertionError(f"the plugin kept no guide in {takes} in {passes} passes")
@@ -245,24 +247,28 @@ def test_lv2_in_jalv_records_a_guide_where_it_was_played_and_its_next_take_follo
 
 @follows_guides
 @pytest.mark.timeout(600)
+@pytest.mark.parametrize("meter", ["3/4", "7/8"])
 def test_the_jack_app_is_armed_by_note_7_and_its_next_take_follows_the_guide(
-        jack, helpers, tmp_path, start_daemon, plugin_build, melody_tiny):
+        jack, helpers, tmp_path, start_daemon, plugin_build, melody_tiny, meter):
     # the JACK app has no parameters from outside: its recorder has the default guide_bars, 4; the notes 7
-    # (arm) and 6 (a 4-bar take at the next bar line) come from jack_notes too, early in bar 1 and after the end
-    meter = Meter.parse("3/4")
+    # (arm) and 6 (a 4-bar take at the next bar line) come from jack_notes too, early in bar 1 and after the end.
+    # In 7/8 the master counts eighths (194 a minute) and note 7 comes on the roll's first frame: the recorder
+    # begins on 194 read as quarters, then again on the next bar line once the roll's first blocks tell 97
+    meter = Meter.parse(meter)
     daemon = start_daemon("--device", "cpu", model=str(melody_tiny))
     takes = tmp_path / "plugin-takes"
     guide = Guide(meter, 4, meter.bar_quarters)
-    press = [(guide.frame(-guide.first + meter.bar_quarters / 8), guide.frame(-guide.first + meter.bar_quarters / 4),
+    arm_at = meter.bar_quarters / 8 if meter.denominator == 4 else Fraction(0)
+    press = [(guide.frame(-guide.first + arm_at), guide.frame(-guide.first + arm_at + meter.bar_quarters / 8),
               NOTE_RECORD_GUIDE),
              (guide.frame(guide.end + meter.unit_quarters), guide.frame(guide.end + 2 * meter.unit_quarters),
               NOTE_GENERATE)]
-    recording = Recording(jack, helpers, meter)
+    recording = Recording(jack, helpers, meter, "beats")
     app = JackApp(jack, plugin_build, tmp_path, env=jack_env(tmp_path, daemon), sender=False)
     wait_for(lambda: daemon_status(daemon)[4] >= 1, 30, "the JACK app did not connect to the daemon")
     mid, passes = recording.guide(takes, guide.frame(guide.end + 2 * meter.unit_quarters + 1), Fraction(0),
-                                  guide.notes + press, JackApp.MIDI_IN)
-    guide.check(mid)
+                                  guide.notes + press, JackApp.MIDI_IN, unexplained=meter.denominator == 4)
+    guide.check(mid)                    # (in 7/8 a later pass would find the tempo told: the first must keep it)
     wait_for(lambda: daemon.log.count("-> done") == passes, 300, "the daemon made no take for note 6")
     assert_take_went_with(mid, daemon, takes)
     assert app.proc.poll() is None

@@ -185,6 +185,35 @@ def test_a_repeated_cycle_goes_on_recording_with_the_hosts_samples(guide_test):
     assert [(n.pitch, n.start, n.length) for n in notes] == [(64, tick(266), tick(778) - tick(266))]
 
 
+@pytest.mark.parametrize("told", [True, False])
+def test_a_recording_begun_on_a_tempo_not_yet_sure_begins_again_on_the_tempo_told(guide_test, told):
+    """Armed before the roll with a JACK master counting 7/8's eighths (194 for 97 quarters), the JACK app reads
+    194 until the roll's first blocks tell it: the recording begun on bar 1 of the guess begins again on the
+    next bar line at 97 and keeps the notes from there. A tempo that changes while still unsure stops it."""
+    on, off = bytes([0x90, 64, 90]).hex(), bytes([0x80, 64, 0]).hex()
+    lines = ["grid 194 1 7 8 48000", "arm 1", "block 0 256 1 0", f"ev 5 {on}", "end"]
+    lines += [line for k in range(1, 16) for line in (f"block {256 * k} 256 1 0", "end")]
+    lines += ["grid 97 1 7 8 48000"]
+    bar2, bar3 = (Grid(97, "7/8").bar_start_sample(b, 48000) for b in (1, 2))
+    t = 256 * 16
+    while t < bar3 + 256:
+        lines += [f"block {t} 256 1 {1 if told else 0}"]
+        if t <= bar2 + 1000 < t + 256:
+            lines += [f"ev {bar2 + 1000 - t} {on}"]
+        if t <= bar2 + 30000 < t + 256:
+            lines += [f"ev {bar2 + 30000 - t} {off}"]
+        lines += ["end"]
+        t += 256
+    out = run_script(guide_test, lines + ["finish"])
+    if not told:
+        assert "phase 4 why 4" in out            # another tempo, and still no surer: stopped
+        return
+    assert "from 1 bars 1 notes 1" in out, out[-3:]
+    notes = read_smf(bytes.fromhex(next(line for line in out if line.startswith("smf "))[4:]))
+    tick = lambda sample: Fraction(round(Fraction(sample * 97 * 960, 48000 * 60)), 960)   # noqa: E731
+    assert [(n.pitch, n.start, n.length) for n in notes] == [(64, tick(1000), tick(30000) - tick(1000))]
+
+
 def test_a_recording_with_no_note_or_too_many_notes_makes_no_guide(guide_test):
     empty = run_script(guide_test, ["grid 97 1 7 8 48000", "arm 1", "block 0 110000 1", "end", "finish"])
     assert "error no note was played in bars 1-1: no guide was made" in empty

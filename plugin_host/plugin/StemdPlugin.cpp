@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -123,6 +124,14 @@ std::string trimmed(const std::string& text)
     const size_t first = text.find_first_not_of(" \t\r\n");
     if (first == std::string::npos) return std::string();
     return text.substr(first, text.find_last_not_of(" \t\r\n") - first + 1);
+}
+
+// `value` rounded to a whole number within [lo, hi]: a host's or a project's NaN or infinity is lo or hi
+int32_t roundedIn(double value, int32_t lo, int32_t hi) noexcept
+{
+    if (!(value >= lo)) return lo;
+    if (!(value <= hi)) return hi;
+    return static_cast<int32_t>(std::lround(value));
 }
 
 // A file of at most `maxBytes`; false with `error`.
@@ -362,7 +371,7 @@ protected:
 
         // MIDI: notes 0-11 are the plugin's controls; while a guide is armed or recording, the rest are the
         // guide's (with program changes), else notes 12-127 fire slots
-        const bool guiding = fGuideRecorder.block(fGrid, ts, frames, playing);
+        const bool guiding = fGuideRecorder.block(fGrid, ts, frames, playing, fTempoReader.sure());
         for (uint32_t i = 0; i < midiCount; ++i) {
             const MidiEvent& ev = midi[i];
             if (ev.size < 2 || ev.size > MidiEvent::kDataSize) continue;
@@ -500,6 +509,12 @@ private:
         uint32_t rate = 48000;
     };
 
+    // a parameter's value as a whole number within [lo, hi] (any thread)
+    int32_t intParam(uint32_t index, int32_t lo, int32_t hi) const noexcept
+    {
+        return roundedIn(fParams[index].load(std::memory_order_relaxed), lo, hi);
+    }
+
     Snapshot snapshot() const
     {
         Snapshot s;
@@ -561,7 +576,7 @@ private:
             }
             if (variation != lastVariation) {
                 lastVariation = variation;
-                chooseVariation(static_cast<int32_t>(variation + 0.5f) - 1, false);
+                chooseVariation(roundedIn(variation, 0, 16) - 1, false);
             }
             for (const uint8_t note : notes) onNote(note);
             uiRunActions();
@@ -594,9 +609,9 @@ private:
             prompt = fStates[kPrompt];
             model = fStates[kModel];
         }
-        const int32_t bars = std::clamp(static_cast<int32_t>(fParams[kBars].load() + 0.5f), 1, 64);
-        const int32_t variations = std::clamp(static_cast<int32_t>(fParams[kVariations].load() + 0.5f), 1, 16);
-        const int32_t startBar = std::clamp(static_cast<int32_t>(fParams[kStartBar].load() + 0.5f), 0, 9999);
+        const int32_t bars = intParam(kBars, 1, 64);
+        const int32_t variations = intParam(kVariations, 1, 16);
+        const int32_t startBar = intParam(kStartBar, 0, 9999);
         generate(prompt, model, bars, variations, startBar - 1);
     }
 
@@ -812,10 +827,9 @@ private:
             if (!slot || slot->type != stemd::Json::Type::Object) return;
             prompt = slot->str("prompt", fStates[kPrompt]);
             model = slot->str("model", fStates[kModel]);
-            bars = static_cast<int32_t>(slot->num("bars", fParams[kBars].load()) + 0.5);
+            bars = roundedIn(slot->num("bars", fParams[kBars].load()), 1, 64);
         }
-        generate(prompt, model, std::clamp(bars, 1, 64),
-                 std::clamp(static_cast<int32_t>(fParams[kVariations].load() + 0.5f), 1, 16), -1);
+        generate(prompt, model, std::clamp(bars, 1, 64), intParam(kVariations, 1, 16), -1);
     }
 
     void reroll()
@@ -881,7 +895,7 @@ private:
             return;
         }
         if (phase != Phase::Idle) return;  // a recording just ended: collectGuide() takes it first
-        const int32_t bars = std::clamp(static_cast<int32_t>(fParams[kGuideBars].load() + 0.5f), 1, 64);
+        const int32_t bars = intParam(kGuideBars, 1, 64);
         if (fGuideRecorder.arm(bars))
             fGuideMessage = "armed: " + std::to_string(bars) + (bars == 1 ? " bar" : " bars") +
                             " from the next bar line once the host plays";

@@ -55,29 +55,42 @@ void GuideRecorder::stopNow(Why why) noexcept
     fPhase.store(static_cast<int32_t>(Phase::Stopped), std::memory_order_release);
 }
 
-bool GuideRecorder::block(const BarGrid& grid, int64_t ts, uint32_t frames, bool playing) noexcept
+void GuideRecorder::begin(const BarGrid& grid, int64_t ts, bool tempoSure) noexcept
+{
+    const int64_t bar = grid.barLineFrom(ts, true);
+    fGrid = grid;
+    fStart = grid.barStart(bar);
+    fEnd = grid.barStart(bar + fBars.load(std::memory_order_relaxed));
+    fCount = 0;
+    fNoteOns = 0;
+    fBegunUnsure = !tempoSure;
+    fFromBar.store(static_cast<int32_t>(std::min<int64_t>(bar, INT32_MAX)), std::memory_order_relaxed);
+    fBarsDone.store(0, std::memory_order_relaxed);
+    fNextTs = ts;
+    fPhase.store(static_cast<int32_t>(Phase::Recording), std::memory_order_release);
+}
+
+bool GuideRecorder::block(const BarGrid& grid, int64_t ts, uint32_t frames, bool playing, bool tempoSure) noexcept
 {
     const Phase phase = this->phase();
     if (phase == Phase::Armed) {
         if (!playing) return true;
-        const int64_t bar = grid.barLineFrom(ts, true);
-        fGrid = grid;
-        fStart = grid.barStart(bar);
-        fEnd = grid.barStart(bar + fBars.load(std::memory_order_relaxed));
-        fCount = 0;
-        fNoteOns = 0;
-        fFromBar.store(static_cast<int32_t>(std::min<int64_t>(bar, INT32_MAX)), std::memory_order_relaxed);
-        fNextTs = ts;
-        fPhase.store(static_cast<int32_t>(Phase::Recording), std::memory_order_release);
+        begin(grid, ts, tempoSure);
     } else if (phase != Phase::Recording) {
         return false;
     }
-    // recording: a stop, a locate, another tempo, meter or rate ends it, and nothing is kept
+    const bool gridChanged = grid.tempo().num != fGrid.tempo().num || grid.tempo().den != fGrid.tempo().den ||
+                             grid.meter().numerator != fGrid.meter().numerator ||
+                             grid.meter().denominator != fGrid.meter().denominator ||
+                             grid.sampleRate() != fGrid.sampleRate();
+    // recording: a stop, a locate, another tempo, meter or rate ends it, and nothing is kept; the tempo told
+    // after a recording began on a guess begins it again
     if (fStopAsked.load(std::memory_order_acquire)) stopNow(Why::Cancelled);
     else if (!playing) stopNow(Why::TransportStopped);
-    else if (grid.tempo().num != fGrid.tempo().num || grid.tempo().den != fGrid.tempo().den ||
-             grid.meter().numerator != fGrid.meter().numerator ||
-             grid.meter().denominator != fGrid.meter().denominator || grid.sampleRate() != fGrid.sampleRate())
+    else if (gridChanged && fBegunUnsure && tempoSure && grid.meter().numerator == fGrid.meter().numerator &&
+             grid.meter().denominator == fGrid.meter().denominator && grid.sampleRate() == fGrid.sampleRate())
+        begin(grid, ts, true);
+    else if (gridChanged)
         stopNow(Why::GridChanged);
     // A late cycle may skip ahead (JACK's dummy driver on a loaded machine skips hundreds of milliseconds), or
     // repeat the last cycle's frame before it skips the next; either way its events keep the host's samples,

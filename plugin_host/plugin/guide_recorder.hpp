@@ -68,8 +68,11 @@ public:
     // ---- [audio] ----
     // The block of `frames` frames starting at timeline sample `ts`, on `grid`. Returns whether this
     // block's events belong to the recorder (armed or recording): then they are not the plugin's
-    // triggers.
-    bool block(const BarGrid& grid, int64_t ts, uint32_t frames, bool playing) noexcept;
+    // triggers. `tempoSure`: whether the grid's tempo is known (TempoReader::sure). A recording begun on
+    // a tempo not yet sure that changes when it becomes sure (a JACK master counting the meter's beats,
+    // told within the roll's first blocks) begins again on the next bar line of the tempo told; any other
+    // change of tempo, meter or rate stops it.
+    bool block(const BarGrid& grid, int64_t ts, uint32_t frames, bool playing, bool tempoSure = true) noexcept;
     // One MIDI event at frame `frame` of the block (after block()).
     void event(uint32_t frame, const uint8_t* data, uint32_t size) noexcept;
     // After the block's events: the recording ends once the block reaches its last bar line.
@@ -81,6 +84,7 @@ private:
         uint8_t status, data1, data2;
     };
     void stopNow(Why why) noexcept;
+    void begin(const BarGrid& grid, int64_t ts, bool tempoSure) noexcept;
 
     std::unique_ptr<Event[]> fEvents;
     size_t fCount = 0;
@@ -88,6 +92,7 @@ private:
     BarGrid fGrid;
     int64_t fStart = 0, fEnd = 0, fBlockTs = 0, fNextTs = 0;
     uint32_t fBlockFrames = 0;
+    bool fBegunUnsure = false;
     std::atomic<int32_t> fPhase{0}, fWhy{0}, fBars{4}, fFromBar{0}, fBarsDone{0};
     std::atomic<bool> fStopAsked{false};
 };

@@ -1,7 +1,8 @@
 // The guide recorder driven from a script on stdin, for tests/test_plugin_guide_recorder.py:
 //   grid TEMPO_NUM TEMPO_DEN METER_NUM METER_DEN RATE   the grid of the blocks that follow
 //   arm BARS | stop
-//   block TS FRAMES PLAYING                               a block (then its events, then `end`)
+//   block TS FRAMES PLAYING [SURE]                        a block (then its events, then `end`); SURE 0: its
+//                                                         grid's tempo is not yet sure (default 1)
 //   ev FRAME HEX                                          a MIDI event in the block, e.g. ev 12 903c64
 //   end
 //   finish                                                prints "smf HEX", "error MESSAGE" or "phase N why W"
@@ -38,9 +39,10 @@ int main()
         } else if (op == "block") {
             long long ts = 0;
             unsigned frames = 0;
-            int playing = 0;
+            int playing = 0, sure = 1;
             in >> ts >> frames >> playing;
-            const bool listening = recorder.block(grid, ts, frames, playing != 0);
+            if (!(in >> sure)) sure = 1;
+            const bool listening = recorder.block(grid, ts, frames, playing != 0, sure != 0);
             std::printf("listening %d\n", listening ? 1 : 0);
         } else if (op == "ev") {
             unsigned frame = 0;
