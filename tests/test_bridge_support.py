@@ -201,7 +201,8 @@ def json_lines(proc: subprocess.Popen, seconds: float, first_only: bool = False)
 
 #: A JACK timebase master (``python -c TIMEBASE_MASTER BPM``): 4/4 at BPM, BBT from the transport frame on
 #: every cycle, so jack_midi_clock sends clock at BPM and a Song Position Pointer on every start and locate.
-#: Reads ``play``, ``stop``, ``locate FRAME`` lines on stdin and answers each with ``ok ...``.
+#: Reads ``play``, ``stop``, ``locate FRAME`` lines on stdin and answers each with ``ok ...``; ``frames`` answers
+#: ``ok frames N``: JACK's frame time now (the frames its cycles have run, rolling or not; 32 bits).
 TIMEBASE_MASTER = """
 import ctypes, ctypes.util, sys
 BPM, BEATS_PER_BAR, TICKS = float(sys.argv[1]), 4, 1920.0
@@ -235,6 +236,8 @@ if not client:
 jack.jack_set_timebase_callback.argtypes = [ctypes.c_void_p, ctypes.c_int, CALLBACK, ctypes.c_void_p]
 jack.jack_activate.argtypes = jack.jack_transport_start.argtypes = jack.jack_transport_stop.argtypes = [ctypes.c_void_p]
 jack.jack_transport_locate.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+jack.jack_frame_time.argtypes = [ctypes.c_void_p]
+jack.jack_frame_time.restype = ctypes.c_uint32
 if jack.jack_set_timebase_callback(client, 0, callback, None) != 0 or jack.jack_activate(client) != 0:
     sys.exit("cannot become the JACK timebase master")
 print("ready", flush=True)
@@ -246,5 +249,8 @@ for line in sys.stdin:
         jack.jack_transport_stop(client)
     elif command[:1] == ["locate"]:
         jack.jack_transport_locate(client, int(command[1]))
+    elif command[:1] == ["frames"]:
+        print("ok frames", jack.jack_frame_time(client), flush=True)
+        continue
     print("ok", line.strip(), flush=True)
 """
