@@ -507,9 +507,9 @@ def record(jack, ports: list[str], seconds: int, wav: Path, before_play=None) ->
 
 def recorded_in_time(jack, rec: subprocess.Popen, timeout: float) -> bool:
     """Whether jack_rec (:func:`record`) finished within ``timeout`` s. Else it is stopped, False, with a
-    warning: twice in one CI run on the 2-core VM (and once in about 25 runs alone) JACK's dummy server
-    stopped calling jack_rec about 2 s into its recording and it never finished; not seen again in the
-    pass played after it."""
+    warning: twice in one CI run on the 2-core VM (and once in about 25 runs of the JACK app's test alone)
+    jack_rec's file stopped growing about 2 s into its recording, with every client still in JACK, and it
+    never finished; why was not found (jack_rec exits when JACK shuts it out, so it was not that)."""
     try:
         rec.wait(timeout)
         return True
