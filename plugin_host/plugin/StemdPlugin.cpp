@@ -829,7 +829,7 @@ private:
             model = slot->str("model", fStates[kModel]);
             bars = roundedIn(slot->num("bars", fParams[kBars].load()), 1, 64);
         }
-        generate(prompt, model, std::clamp(bars, 1, 64), intParam(kVariations, 1, 16), -1);
+        generate(prompt, model, bars, intParam(kVariations, 1, 16), -1);
     }
 
     void reroll()

@@ -79,18 +79,17 @@ bool GuideRecorder::block(const BarGrid& grid, int64_t ts, uint32_t frames, bool
     } else if (phase != Phase::Recording) {
         return false;
     }
-    const bool gridChanged = grid.tempo().num != fGrid.tempo().num || grid.tempo().den != fGrid.tempo().den ||
-                             grid.meter().numerator != fGrid.meter().numerator ||
-                             grid.meter().denominator != fGrid.meter().denominator ||
-                             grid.sampleRate() != fGrid.sampleRate();
+    const bool tempoChanged = grid.tempo().num != fGrid.tempo().num || grid.tempo().den != fGrid.tempo().den;
+    const bool meterOrRateChanged = grid.meter().numerator != fGrid.meter().numerator ||
+                                    grid.meter().denominator != fGrid.meter().denominator ||
+                                    grid.sampleRate() != fGrid.sampleRate();
     // recording: a stop, a locate, another tempo, meter or rate ends it, and nothing is kept; the tempo told
     // after a recording began on a guess begins it again
     if (fStopAsked.load(std::memory_order_acquire)) stopNow(Why::Cancelled);
     else if (!playing) stopNow(Why::TransportStopped);
-    else if (gridChanged && fBegunUnsure && tempoSure && grid.meter().numerator == fGrid.meter().numerator &&
-             grid.meter().denominator == fGrid.meter().denominator && grid.sampleRate() == fGrid.sampleRate())
+    else if (tempoChanged && !meterOrRateChanged && fBegunUnsure && tempoSure)
         begin(grid, ts, true);
-    else if (gridChanged)
+    else if (tempoChanged || meterOrRateChanged)
         stopNow(Why::GridChanged);
     // A late cycle may skip ahead (JACK's dummy driver on a loaded machine skips hundreds of milliseconds), or
     // repeat the last cycle's frame before it skips the next; either way its events keep the host's samples,
